@@ -1,0 +1,21 @@
+"""User-facing errors: one line that names the problem (the CLI exits 2, the app shows st.error)."""
+
+
+class PrunescopeError(Exception):
+    """Bad input or an unusable environment, explained in one line; never a bug in prunescope."""
+
+
+class ModelLoadError(PrunescopeError):
+    """A model spec that cannot be loaded: unknown id, offline hub, broken directory, missing package."""
+
+
+class UnsupportedArchitectureError(PrunescopeError):
+    """A model whose architecture has no adapter."""
+
+
+class TaskError(PrunescopeError):
+    """A malformed task file or a task that cannot produce the requested prompts."""
+
+
+class PromptTooLongError(PrunescopeError):
+    """A prompt longer than the model's context."""

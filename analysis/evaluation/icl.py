@@ -1,0 +1,190 @@
+"""Batched k-shot ICL evaluation with copy-error classification.
+
+Scoring: the model continues each prompt greedily until the task's delimiter (a newline by default) or a
+token budget (the longest answer in the task plus slack); the text before the delimiter, trimmed, is the
+prediction and is compared with the gold answer as a string (case-insensitive unless the task is
+case-sensitive). Comparing strings rather than one next token survives tokenizers that split an answer,
+e.g. SmolLM2 tokenizes " 2" as " " + "2".
+
+Batching: prompts are sorted by length and left-padded with an attention mask where the family handles
+padding exactly (transformers, Mamba, Mamba-2); RWKV and Griffin ignore padding, so their batches hold
+prompts of equal token length only. Either way a batched run gives the same predictions as one prompt
+at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import pandas as pd
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from analysis.errors import PromptTooLongError, PrunescopeError
+from analysis.models.loader import LoadedModel
+from analysis.pruning.mask import NeuronMask
+from analysis.tasks.task import Prompt, Task, normalize_answer
+
+Progress = Callable[[int, int], None]
+OUTCOMES = ("correct", "copy", "other")
+
+
+def classify(prediction: str, gold: str, demo_outputs: Sequence[str], case_sensitive: bool = False) -> str:
+    """'correct' if the prediction is the gold answer, 'copy' if it is wrong and equals a demonstration's
+    output, else 'other'."""
+    pred = normalize_answer(prediction, case_sensitive)
+    if pred == normalize_answer(gold, case_sensitive):
+        return "correct"
+    if pred in {normalize_answer(y, case_sensitive) for y in demo_outputs}:
+        return "copy"
+    return "other"
+
+
+@dataclass
+class EvalResult:
+    """Accuracy, copy-error and other-error rates of one (model, task, shots) run, with per-example records."""
+
+    model: str
+    task: str
+    shots: int
+    seed: int
+    records: pd.DataFrame
+    masked: bool = False
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.records)
+
+    def rate(self, outcome: str) -> float:
+        return float((self.records["outcome"] == outcome).mean()) if self.n else 0.0
+
+    @property
+    def accuracy(self) -> float:
+        return self.rate("correct")
+
+    @property
+    def copy_error_rate(self) -> float:
+        return self.rate("copy")
+
+    @property
+    def other_error_rate(self) -> float:
+        return self.rate("other")
+
+    def summary(self) -> dict:
+        return {"model": self.model, "task": self.task, "shots": self.shots, "n": self.n,
+                "accuracy": self.accuracy, "copy_error_rate": self.copy_error_rate,
+                "other_error_rate": self.other_error_rate}
+
+
+def evaluate_task(loaded: LoadedModel, task: Task, shots: int, n: int, seed: int = 0,
+                  mask: NeuronMask | None = None, batch_size: int = 16,
+                  progress: Progress | None = None) -> EvalResult:
+    """Evaluate ``n`` ``shots``-shot prompts of ``task`` (see the module docstring for the scoring)."""
+    prompts = task.sample_prompts(shots, n, seed)
+    predictions = generate_answers(loaded, prompts, task, mask=mask, batch_size=batch_size, progress=progress)
+    rows = []
+    for prompt, prediction in zip(prompts, predictions):
+        outcome = classify(prediction, prompt.gold, prompt.demo_outputs, task.case_sensitive)
+        rows.append({"prompt": prompt.text, "query": prompt.query, "gold": prompt.gold, "prediction": prediction,
+                     "outcome": outcome, "correct": outcome == "correct", "is_copy": outcome == "copy",
+                     "demo_outputs": list(prompt.demo_outputs)})
+    return EvalResult(model=loaded.name, task=task.name, shots=shots, seed=seed, records=pd.DataFrame(rows),
+                      masked=mask is not None and len(mask) > 0, meta={"mask_size": len(mask) if mask else 0})
+
+
+def answer_token_budget(loaded: LoadedModel, task: Task, slack: int = 2) -> int:
+    """Tokens to generate: enough for the task's longest ' answer<delimiter>' plus ``slack``."""
+    lengths = [len(loaded.tokenizer(" " + y + task.delimiter, add_special_tokens=False).input_ids)
+               for _, y in task.pairs]
+    return max(lengths) + slack
+
+
+def generate_answers(loaded: LoadedModel, prompts: Sequence[Prompt], task: Task, mask: NeuronMask | None = None,
+                     batch_size: int = 16, progress: Progress | None = None) -> list[str]:
+    """Greedy answers (text before the delimiter, trimmed) for ``prompts``, in their order."""
+    if batch_size < 1:
+        raise PrunescopeError(f"batch size must be at least 1 (got {batch_size})")
+    tok = loaded.tokenizer
+    encoded = [tok(p.text).input_ids for p in prompts]
+    budget = answer_token_budget(loaded, task)
+    limit = loaded.adapter.max_context()
+    longest = max(len(ids) for ids in encoded)
+    if limit is not None and longest + budget > limit:
+        raise PromptTooLongError(f"prompt of {longest} tokens plus {budget} answer tokens exceeds the model's "
+                                 f"context of {limit}; use fewer shots")
+    answers: list[str] = [""] * len(prompts)
+    done = 0
+    with loaded.session(mask):
+        for batch in plan_batches([len(ids) for ids in encoded], batch_size, loaded.adapter.supports_left_padding):
+            texts = _generate_batch(loaded, [encoded[i] for i in batch], budget, task.delimiter)
+            for i, text in zip(batch, texts):
+                answers[i] = text.split(task.delimiter)[0].strip()
+            done += len(batch)
+            if progress:
+                progress(done, len(prompts))
+    return answers
+
+
+def plan_batches(lengths: Sequence[int], batch_size: int, allow_padding: bool) -> list[list[int]]:
+    """Index batches sorted by length; without padding support, each batch holds one length only."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and len(groups[-1]) < batch_size and (allow_padding or lengths[groups[-1][0]] == lengths[i]):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def delimiter_tokens(loaded: LoadedModel, delimiter: str) -> torch.Tensor:
+    """Boolean table over the vocabulary: does the token's text contain ``delimiter``? (memoised per model)"""
+    key = ("delimiter-tokens", delimiter)
+    if key not in loaded.memo:
+        tok = loaded.tokenizer
+        vocab = max(len(tok), loaded.model.get_output_embeddings().weight.shape[0])
+        texts = tok.batch_decode([[i] for i in range(len(tok))])
+        table = torch.zeros(vocab, dtype=torch.bool)
+        table[: len(texts)] = torch.tensor([delimiter in t for t in texts])
+        loaded.memo[key] = table.to(loaded.device)
+    return loaded.memo[key]
+
+
+class _DelimiterStop(StoppingCriteria):
+    """Per-sequence stop once a generated token contains the delimiter (cheaper than stop_strings, which
+    re-scans the vocabulary on every generate call)."""
+
+    def __init__(self, table: torch.Tensor):
+        self.table = table
+        self.done: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        hit = self.table[input_ids[:, -1]]
+        self.done = hit if self.done is None else self.done | hit
+        return self.done
+
+
+def _generate_batch(loaded: LoadedModel, batch: list[list[int]], budget: int, delimiter: str) -> list[str]:
+    from transformers import GenerationConfig
+
+    tok = loaded.tokenizer
+    width = max(len(ids) for ids in batch)
+    input_ids = torch.full((len(batch), width), tok.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, ids in enumerate(batch):
+        input_ids[row, width - len(ids):] = torch.tensor(ids)
+        attention_mask[row, width - len(ids):] = 1
+    config = GenerationConfig(max_new_tokens=budget, do_sample=False, num_beams=1, pad_token_id=tok.pad_token_id,
+                              eos_token_id=tok.eos_token_id)
+    stop = _DelimiterStop(delimiter_tokens(loaded, delimiter))
+    try:
+        with torch.inference_mode():
+            out = loaded.model.generate(input_ids=input_ids.to(loaded.device),
+                                        attention_mask=attention_mask.to(loaded.device),
+                                        generation_config=config, stopping_criteria=StoppingCriteriaList([stop]))
+    except torch.OutOfMemoryError:
+        raise PrunescopeError(f"out of memory generating a batch of {len(batch)} prompts of up to {width} tokens "
+                              f"on {loaded.device}; use a smaller batch size") from None
+    return tok.batch_decode(out[:, width:], skip_special_tokens=True)

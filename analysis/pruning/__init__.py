@@ -1,0 +1,5 @@
+"""Neuron masks and pruning."""
+
+from analysis.pruning.mask import NeuronMask
+
+__all__ = ["NeuronMask"]

@@ -1,0 +1,95 @@
+"""NeuronMask: a set of (layer, neuron) pairs zeroed by forward hooks, never by editing weights.
+
+Zero-ablation at every position, as in the copying-bias pruning of arXiv 2410.01288. Leaving
+:meth:`NeuronMask.applied` removes the hooks, so the model's outputs are bit-identical to before.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Iterator
+
+import torch
+
+from analysis.errors import PrunescopeError
+
+if TYPE_CHECKING:
+    from analysis.models.loader import LoadedModel
+
+MASK_FORMAT = "prunescope-mask/1"
+
+
+@dataclass(frozen=True)
+class NeuronMask:
+    neurons: frozenset[tuple[int, int]]
+    meta: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @classmethod
+    def from_pairs(cls, pairs: Iterable[tuple[int, int]], **meta) -> "NeuronMask":
+        return cls(frozenset((int(layer), int(index)) for layer, index in pairs), meta)
+
+    def __len__(self) -> int:
+        return len(self.neurons)
+
+    def by_layer(self) -> dict[int, list[int]]:
+        """Sorted neuron indices per layer."""
+        layers: dict[int, list[int]] = {}
+        for layer, index in sorted(self.neurons):
+            layers.setdefault(layer, []).append(index)
+        return layers
+
+    def validate(self, neuron_counts: list[int], what: str = "mask") -> None:
+        """Raise a one-line error if a neuron lies outside the model's layers or widths."""
+        for layer, index in sorted(self.neurons):
+            if not 0 <= layer < len(neuron_counts):
+                raise PrunescopeError(f"{what}: layer {layer} does not exist (the model has {len(neuron_counts)})")
+            if not 0 <= index < neuron_counts[layer]:
+                raise PrunescopeError(f"{what}: neuron {index} of layer {layer} does not exist "
+                                      f"(the layer has {neuron_counts[layer]})")
+
+    @contextmanager
+    def applied(self, loaded: LoadedModel) -> Iterator[None]:
+        """Zero this mask's neurons in ``loaded``'s forward passes while the context is open."""
+        adapter = loaded.adapter
+        self.validate(adapter.neuron_counts())
+        index = {layer: torch.tensor(ids, device=loaded.device) for layer, ids in self.by_layer().items()}
+
+        def zero(layer: int, activation: torch.Tensor) -> torch.Tensor:
+            return activation.index_fill(-1, index[layer], 0.0)
+
+        with adapter.hook_sites(zero, layers=sorted(index)):
+            yield
+
+    def to_json(self) -> dict:
+        return {"format": MASK_FORMAT, "size": len(self), "neurons": [list(p) for p in sorted(self.neurons)],
+                "meta": self.meta}
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_json(), indent=1), encoding="utf-8")
+        return path
+
+    @classmethod
+    def from_json(cls, data: dict, what: str = "mask") -> "NeuronMask":
+        if not isinstance(data, dict) or data.get("format") != MASK_FORMAT or not isinstance(data.get("neurons"), list):
+            raise PrunescopeError(f"{what}: not a prunescope mask (expected format {MASK_FORMAT!r} and a neurons list)")
+        try:
+            pairs = [(int(layer), int(index)) for layer, index in data["neurons"]]
+        except (TypeError, ValueError):
+            raise PrunescopeError(f"{what}: neurons must be [layer, index] integer pairs") from None
+        return cls.from_pairs(pairs, **(data.get("meta") or {}))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "NeuronMask":
+        path = Path(path)
+        what = f"mask file {path}"
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise PrunescopeError(f"{what}: no such file") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise PrunescopeError(f"{what}: not valid JSON ({exc})") from None
+        return cls.from_json(data, what)

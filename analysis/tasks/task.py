@@ -1,0 +1,115 @@
+"""Tasks as (input, output) pairs and deterministic k-shot prompt sampling.
+
+A prompt is ``shots`` demonstrations rendered with the task's template followed by the query rendered up to
+(but not including) the answer, with trailing whitespace removed: ``"apple -> 2\\nsky -> 0\\ntree ->"``.
+The model is expected to continue with ``" <answer><delimiter>"``; the delimiter is the template text after
+``{y}`` (a newline by default).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from analysis.errors import TaskError
+
+DEFAULT_TEMPLATE = "{x} -> {y}\n"
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One k-shot prompt: the text fed to the model, its query and gold answer, and the demonstrations."""
+
+    text: str
+    query: str
+    gold: str
+    demos: tuple[tuple[str, str], ...]
+
+    @property
+    def demo_outputs(self) -> tuple[str, ...]:
+        return tuple(y for _, y in self.demos)
+
+
+@dataclass(frozen=True)
+class Task:
+    """A named list of (input, output) pairs and how to turn them into prompts.
+
+    ``kind`` is ``"icl"`` for ordinary mapping tasks and ``"copying"`` for the synthetic copying-bias task,
+    whose demonstrations never share the query's answer (so answering with a demonstration's output is a
+    copying error by construction). ``case_sensitive`` decides answer comparison (to-upper must be).
+    """
+
+    name: str
+    pairs: tuple[tuple[str, str], ...]
+    template: str = DEFAULT_TEMPLATE
+    kind: str = "icl"
+    case_sensitive: bool = False
+    description: str = ""
+    source: str = "built-in"
+    meta: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        validate_template(self.template)
+
+    @property
+    def delimiter(self) -> str:
+        """Text that ends an answer (the template after ``{y}``)."""
+        return self.template.split("{y}", 1)[1]
+
+    def render_demo(self, x: str, y: str) -> str:
+        return self.template.replace("{x}", x).replace("{y}", y)
+
+    def render_query(self, x: str) -> str:
+        return self.template.split("{y}", 1)[0].replace("{x}", x).rstrip()
+
+    def build_prompt(self, query: tuple[str, str], demos: list[tuple[str, str]]) -> Prompt:
+        text = "".join(self.render_demo(x, y) for x, y in demos) + self.render_query(query[0])
+        return Prompt(text=text, query=query[0], gold=query[1], demos=tuple(demos))
+
+    def sample_prompts(self, shots: int, n: int, seed: int = 0) -> list[Prompt]:
+        """``n`` deterministic ``shots``-shot prompts from ``seed``.
+
+        Queries are drawn without replacement (cycling through a fresh shuffle when n exceeds the pairs);
+        demonstrations are drawn from the other pairs, never with the query's input, and for the copying task
+        never with the query's answer.
+        """
+        if shots < 0 or n < 1:
+            raise TaskError(f"need shots >= 0 and n >= 1 (got shots={shots}, n={n})")
+        if len(self.pairs) < shots + 1:
+            raise TaskError(
+                f"task {self.name!r} ({self.source}) has {len(self.pairs)} pairs; "
+                f"{shots}-shot prompts need at least {shots + 1}"
+            )
+        rng = random.Random(f"{self.name}|{shots}|{seed}")
+        order: list[int] = []
+        prompts = []
+        while len(prompts) < n:
+            if not order:
+                order = list(range(len(self.pairs)))
+                rng.shuffle(order)
+            query = self.pairs[order.pop()]
+            pool = [p for p in self.pairs if p[0] != query[0] and not self._conflicts(p, query)]
+            if len(pool) < shots:
+                raise TaskError(
+                    f"task {self.name!r}: query {query[0]!r} leaves only {len(pool)} usable demonstrations "
+                    f"for {shots} shots"
+                )
+            prompts.append(self.build_prompt(query, rng.sample(pool, shots)))
+        return prompts
+
+    def _conflicts(self, demo: tuple[str, str], query: tuple[str, str]) -> bool:
+        return self.kind == "copying" and normalize_answer(demo[1]) == normalize_answer(query[1])
+
+
+def validate_template(template: str) -> None:
+    """A template needs ``{x}`` before ``{y}`` and a non-empty delimiter after ``{y}``."""
+    if template.count("{x}") != 1 or template.count("{y}") != 1 or template.index("{x}") > template.index("{y}"):
+        raise TaskError(f"prompt template {template!r} must contain {{x}} once, followed by {{y}} once")
+    if not template.split("{y}", 1)[1]:
+        raise TaskError(f"prompt template {template!r} needs a delimiter after {{y}}, e.g. a newline")
+
+
+def normalize_answer(text: str, case_sensitive: bool = False) -> str:
+    """Trim, collapse inner whitespace and (unless case-sensitive) casefold, for answer comparison."""
+    text = " ".join(text.split())
+    return text if case_sensitive else text.casefold()
