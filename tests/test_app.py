@@ -1,0 +1,163 @@
+"""Headless app tests (streamlit AppTest) on a tiny random Llama, plus the pure chart builders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from analysis.errors import TaskError
+from analysis.models.tiny import build_tiny_model
+from components.charts import outcome_bar_chart
+from components.widgets import HUB_OPTION, MODEL_KEY, UPLOAD_OPTION, parse_upload
+
+MAIN = Path(__file__).resolve().parents[1] / "app" / "main.py"
+TIMEOUT = 60
+GOOD_CSV = b"input,output\n" + b"".join(f"w{i},{i}\n".encode() for i in range(6))
+BAD_CSV = b"question,answer\ncat,dog\n"
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    return build_tiny_model("llama", tmp_path_factory.mktemp("tiny") / "llama")
+
+
+@pytest.fixture
+def app(tiny_dir, monkeypatch) -> AppTest:
+    monkeypatch.setenv("PRUNESCOPE_MODEL", str(tiny_dir))
+    at = AppTest.from_file(str(MAIN), default_timeout=TIMEOUT).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _percent(metric) -> float:
+    return float(metric.value.rstrip("%")) / 100
+
+
+def _evaluate(at: AppTest, shots: int = 1, n: int = 5) -> AppTest:
+    at.number_input(key="eval_shots").set_value(shots)
+    at.number_input(key="eval_n").set_value(n)
+    at.button(key="eval_run").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _chart_bars(at: AppTest) -> dict[str, list[float]]:
+    (chart,) = at.get("plotly_chart")
+    figure = json.loads(chart.proto.spec)
+    return {trace["name"]: trace["y"] for trace in figure["data"]}
+
+
+def test_renders_with_model_description(app, tiny_dir):
+    loaded = app.session_state[MODEL_KEY]
+    assert loaded is not None and loaded.family == "transformer"
+    assert loaded.describe() in [s.value for s in app.success]
+    assert app.text_input(key="model_local_dir").value == str(tiny_dir)
+    assert app.sidebar.caption[0].value.startswith("Resolved: cpu")
+    assert not app.error
+    assert app.header[0].value == "Evaluate"
+    assert app.button(key="eval_run").disabled is False
+
+
+def test_rerun_keeps_sidebar(app):
+    # A folder named app/pages would switch Streamlit to legacy pages-directory mode: reruns then skip
+    # main.py (no sidebar). Pages live in app/views instead.
+    assert not (MAIN.parent / "pages").exists()
+    app.run()
+    assert not app.exception
+    assert app.selectbox(key="model_choice").value and app.session_state[MODEL_KEY] is not None
+    assert app.sidebar.success
+
+
+def test_evaluate_shows_metrics_chart_and_table(app):
+    _evaluate(app, shots=1, n=5)
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics["n"] == "5"
+    rates = [_percent(m) for m in app.metric if m.label != "n"]
+    assert sum(rates) == pytest.approx(1.0, abs=0.0016)  # three values rounded to 0.1%
+    (run,) = app.session_state["eval_runs"]
+    summary = run["summary"]
+    assert summary["n"] == 5 and summary["shots"] == 1
+    assert summary["accuracy"] + summary["copy_error_rate"] + summary["other_error_rate"] == pytest.approx(1.0)
+    bars = _chart_bars(app)
+    assert bars["Accuracy"] == [summary["accuracy"]]
+    assert bars["Copy errors"] == [summary["copy_error_rate"]]
+    table = app.dataframe[0].value
+    assert len(table) == 5 and set(table["outcome"]) <= {"correct", "copy", "other"}
+    assert list(table["prediction"]) == list(run["records"]["prediction"])
+
+
+def test_runs_accumulate_and_clear(app):
+    _evaluate(app, shots=1, n=3)
+    _evaluate(app, shots=2, n=3)
+    assert [r["summary"]["shots"] for r in app.session_state["eval_runs"]] == [1, 2]
+    assert len(_chart_bars(app)["Accuracy"]) == 2
+    app.button(key="eval_clear").click().run()
+    assert not app.exception
+    assert app.session_state["eval_runs"] == [] and not app.metric
+
+
+def test_bad_upload_shows_error_and_keeps_results(app):
+    _evaluate(app, shots=1, n=3)
+    app.selectbox(key="eval_task_choice").set_value(UPLOAD_OPTION).run()
+    assert app.button(key="eval_run").disabled  # no task until a valid file
+    app.file_uploader(key="eval_task_upload").set_value(("bad.csv", BAD_CSV, "text/csv")).run()
+    assert not app.exception
+    assert any("expected the columns input,output" in e.value for e in app.error)
+    assert app.metric and app.metric[-1].value == "3"  # earlier results stay visible
+    app.file_uploader(key="eval_task_upload").set_value(("good.csv", GOOD_CSV, "text/csv")).run()
+    assert not app.error
+    _evaluate(app, shots=1, n=4)
+    assert app.session_state["eval_runs"][-1]["summary"]["task"] == "good"
+
+
+def test_too_many_shots_error_keeps_results(app):
+    _evaluate(app, shots=1, n=3)
+    app.selectbox(key="eval_task_choice").set_value(UPLOAD_OPTION).run()
+    tiny_task = b"input,output\na,b\nc,d\n"  # 2 pairs: 8-shot prompts are impossible
+    app.file_uploader(key="eval_task_upload").set_value(("two.csv", tiny_task, "text/csv")).run()
+    _evaluate(app, shots=8, n=3)
+    assert any("need at least 9" in e.value for e in app.error)
+    assert len(app.session_state["eval_runs"]) == 1 and app.metric[-1].value == "3"
+
+
+def test_unknown_model_shows_error(app):
+    app.text_input(key="model_local_dir").set_value("/nonexistent/prunescope-model").run()
+    assert not app.exception
+    assert len(app.error) == 1 and "unknown model" in app.error[0].value
+    assert app.session_state[MODEL_KEY] is None
+    assert any("Pick a working model" in i.value for i in app.info)
+
+
+def test_hub_option_waits_for_an_id(app):
+    app.selectbox(key="model_choice").set_value(HUB_OPTION).run()
+    assert not app.exception and not app.error
+    assert app.text_input(key="model_hub_id").value == ""
+    assert any("Pick a working model" in i.value for i in app.info)
+
+
+def test_parse_upload_rejects_wrong_columns():
+    with pytest.raises(TaskError, match="expected the columns input,output"):
+        parse_upload(BAD_CSV, "bad.csv")
+    assert len(parse_upload(GOOD_CSV, "good.csv").pairs) == 6
+
+
+def test_outcome_bar_chart_values():
+    summaries = [
+        {"model": "m", "task": "antonyms", "shots": 4, "n": 10, "accuracy": 0.5, "copy_error_rate": 0.3,
+         "other_error_rate": 0.2},
+        {"model": "m", "task": "antonyms", "shots": 4, "n": 10, "accuracy": 0.25, "copy_error_rate": 0.0,
+         "other_error_rate": 0.75},
+    ]
+    fig = outcome_bar_chart(summaries)
+    bars = {trace.name: trace for trace in fig.data}
+    assert list(bars) == ["Accuracy", "Copy errors", "Other errors"]
+    assert list(bars["Accuracy"].y) == [0.5, 0.25]
+    assert list(bars["Copy errors"].y) == [0.3, 0.0]
+    assert list(bars["Other errors"].y) == [0.2, 0.75]
+    assert list(bars["Accuracy"].text) == ["50%", "25%"]
+    assert len(set(bars["Accuracy"].x)) == 2  # repeated settings stay separate groups
+    assert fig.layout.barmode == "group" and tuple(fig.layout.yaxis.range) == (0, 1)

