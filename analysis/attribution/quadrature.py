@@ -1,0 +1,27 @@
+"""Quadrature rules for Integrated Gradients on [0, 1]: nodes alpha_k and weights w_k."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from analysis.errors import PrunescopeError
+
+QUADRATURES = ("riemann", "gauss-legendre")
+
+
+def quadrature(method: str, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(alphas, weights) as float64 tensors.
+
+    ``riemann`` is the right Riemann sum: alpha_k = k/m, w_k = 1/m for k = 1..m. ``gauss-legendre`` maps the
+    m-point Legendre rule from [-1, 1] to [0, 1] (as captum's ``gausslegendre``).
+    """
+    if steps < 1:
+        raise PrunescopeError(f"IG needs at least 1 step (got {steps})")
+    if method == "riemann":
+        alphas = torch.arange(1, steps + 1, dtype=torch.float64) / steps
+        return alphas, torch.full((steps,), 1.0 / steps, dtype=torch.float64)
+    if method == "gauss-legendre":
+        nodes, weights = np.polynomial.legendre.leggauss(steps)
+        return torch.from_numpy((nodes + 1) / 2), torch.from_numpy(weights / 2)
+    raise PrunescopeError(f"unknown quadrature {method!r}: use {' or '.join(QUADRATURES)}")

@@ -1,0 +1,108 @@
+"""IG targets: which scalar F of the model's output at the answer position is attributed.
+
+- ``gold``: log-probability of the gold answer's first token.
+- ``copy``: logit(copied answer) - logit(gold answer), where the copied answer is the demonstration answer
+  (other than the gold one) whose first token the model prefers at the answer position.
+- ``confidence``: the logit of the model's top prediction at the answer position (2507.09185). The token is
+  fixed at the clean prediction, so F stays smooth along the IG path (a running max would not).
+
+*First token* means the first answer token that is not pure whitespace: SmolLM2 tokenizes " 2" as
+" " + "2", so the " " is appended to the prompt and "2" is the target. The answer position is then the
+last token of that extended prompt; :attr:`AttributionInput.text` is the exact string that was run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from analysis.errors import PrunescopeError
+from analysis.models.loader import LoadedModel
+from analysis.tasks.task import Prompt, normalize_answer
+
+TARGETS = ("gold", "copy", "confidence")
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    kind: str
+    token_ids: tuple[int, ...]  # gold: (gold,); copy: (copied, gold); confidence: (top prediction,)
+
+    def value(self, loaded: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
+        """F for final hidden states [R, H] at the answer position -> [R]; only the needed logits are built."""
+        adapter = loaded.adapter
+        if self.kind == "gold":
+            logits = adapter.logits(hidden)
+            return torch.log_softmax(logits.float(), dim=-1)[:, self.token_ids[0]]
+        ids = torch.tensor(self.token_ids, device=hidden.device)
+        logits = adapter.logits(hidden, ids).float()
+        return logits[:, 0] - logits[:, 1] if self.kind == "copy" else logits[:, 0]
+
+
+@dataclass(frozen=True)
+class AttributionInput:
+    """One prompt prepared for attribution: the exact text and token ids run, and the target."""
+
+    text: str
+    input_ids: tuple[int, ...]
+    target: TargetSpec
+    prompt: Prompt
+
+
+def answer_tokens(loaded: LoadedModel, prompt_text: str, answer: str) -> tuple[list[int], list[int], int]:
+    """(prompt ids, answer continuation ids, index of the first non-whitespace answer token)."""
+    tok = loaded.tokenizer
+    base = tok(prompt_text).input_ids
+    full = tok(prompt_text + " " + answer).input_ids
+    cont = full[len(base):] if full[: len(base)] == base else tok(" " + answer, add_special_tokens=False).input_ids
+    for j, token in enumerate(cont):
+        if tok.decode([token]).strip():
+            return base, cont, j
+    raise PrunescopeError(f"answer {answer!r} has no non-whitespace token")
+
+
+def prepare_inputs(loaded: LoadedModel, prompts: Sequence[Prompt], target: str) -> list[AttributionInput]:
+    """Attribution inputs for ``prompts``; ``copy`` and ``confidence`` run the model once per prompt."""
+    if target not in TARGETS:
+        raise PrunescopeError(f"unknown target {target!r}: use {', '.join(TARGETS)}")
+    items = []
+    for prompt in prompts:
+        base, cont, j = answer_tokens(loaded, prompt.text, prompt.gold)
+        ids = base + cont[:j]
+        text = prompt.text + loaded.tokenizer.decode(cont[:j])
+        gold = cont[j]
+        if target == "gold":
+            spec = TargetSpec("gold", (gold,))
+        else:
+            logits = _clean_logits(loaded, ids)
+            if target == "confidence":
+                spec = TargetSpec("confidence", (int(logits.argmax()),))
+            else:
+                spec = TargetSpec("copy", (_copied_token(loaded, prompt, ids, j, gold, logits), gold))
+        items.append(AttributionInput(text, tuple(ids), spec, prompt))
+    return items
+
+
+def _clean_logits(loaded: LoadedModel, ids: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        hidden = loaded.adapter.base_model(input_ids=torch.tensor([ids], device=loaded.device),
+                                           use_cache=False).last_hidden_state
+        return loaded.adapter.logits(hidden[0, -1])
+
+
+def _copied_token(loaded: LoadedModel, prompt: Prompt, ids: list[int], j: int, gold: int,
+                  logits: torch.Tensor) -> int:
+    """The first token of the demonstration answer the model prefers, among those distinguishable from gold."""
+    candidates = set()
+    for answer in prompt.demo_outputs:
+        if normalize_answer(answer) == normalize_answer(prompt.gold):
+            continue
+        base, cont, k = answer_tokens(loaded, prompt.text, answer)
+        if base + cont[:k] == ids and cont[k] != gold:
+            candidates.add(cont[k])
+    if not candidates:
+        raise PrunescopeError(f"copy target: no demonstration answer of the prompt for {prompt.query!r} starts "
+                              "with a token different from the gold answer's (use the copying task)")
+    return max(sorted(candidates), key=lambda token: float(logits[token]))
