@@ -18,7 +18,7 @@ from typing import Sequence
 
 import torch
 
-from analysis.errors import PrunescopeError
+from analysis.errors import PromptTooLongError, PrunescopeError
 from analysis.models.loader import LoadedModel
 from analysis.tasks.task import Prompt, normalize_answer
 
@@ -68,9 +68,13 @@ def prepare_inputs(loaded: LoadedModel, prompts: Sequence[Prompt], target: str) 
     if target not in TARGETS:
         raise PrunescopeError(f"unknown target {target!r}: use {', '.join(TARGETS)}")
     items = []
+    limit = loaded.adapter.max_context()
     for prompt in prompts:
         base, cont, j = answer_tokens(loaded, prompt.text, prompt.gold)
         ids = base + cont[:j]
+        if limit is not None and len(ids) > limit:
+            raise PromptTooLongError(f"prompt of {len(ids)} tokens exceeds the model's context of {limit}; "
+                                     "use fewer shots")
         text = prompt.text + loaded.tokenizer.decode(cont[:j])
         gold = cont[j]
         if target == "gold":

@@ -14,13 +14,15 @@ at a time.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, ContextManager, Sequence
 
 import pandas as pd
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from analysis.cache import ResultsCache, task_fingerprint
 from analysis.errors import PromptTooLongError, PrunescopeError
 from analysis.models.loader import LoadedModel
 from analysis.pruning.mask import NeuronMask
@@ -78,10 +80,29 @@ class EvalResult:
                 "other_error_rate": self.other_error_rate}
 
 
+EVAL_VERSION = "icl-eval/1"
+
+
 def evaluate_task(loaded: LoadedModel, task: Task, shots: int, n: int, seed: int = 0,
-                  mask: NeuronMask | None = None, batch_size: int = 16,
-                  progress: Progress | None = None) -> EvalResult:
-    """Evaluate ``n`` ``shots``-shot prompts of ``task`` (see the module docstring for the scoring)."""
+                  mask: NeuronMask | None = None, batch_size: int = 16, progress: Progress | None = None,
+                  cache: ResultsCache | None = None) -> EvalResult:
+    """Evaluate ``n`` ``shots``-shot prompts of ``task`` (see the module docstring for the scoring).
+
+    With ``cache``, a repeated request (same weights, task data, shots, n, seed and mask) is read from disk.
+    """
+    if cache is None:
+        return _evaluate(loaded, task, shots, n, seed, mask, batch_size, progress)
+    parts = {"model": loaded.fingerprint(), "task": task_fingerprint(task), "shots": shots, "n": n, "seed": seed,
+             "mask": sorted(mask.neurons) if mask else []}
+    result, hit = cache.get_or_compute("eval", EVAL_VERSION, parts, lambda: _evaluate(
+        loaded, task, shots, n, seed, mask, batch_size, progress))
+    if hit and progress:
+        progress(n, n)
+    result.model, result.task = loaded.name, task.name
+    return result
+
+
+def _evaluate(loaded, task, shots, n, seed, mask, batch_size, progress) -> EvalResult:
     prompts = task.sample_prompts(shots, n, seed)
     predictions = generate_answers(loaded, prompts, task, mask=mask, batch_size=batch_size, progress=progress)
     rows = []
@@ -102,8 +123,12 @@ def answer_token_budget(loaded: LoadedModel, task: Task, slack: int = 2) -> int:
 
 
 def generate_answers(loaded: LoadedModel, prompts: Sequence[Prompt], task: Task, mask: NeuronMask | None = None,
-                     batch_size: int = 16, progress: Progress | None = None) -> list[str]:
-    """Greedy answers (text before the delimiter, trimmed) for ``prompts``, in their order."""
+                     batch_size: int = 16, progress: Progress | None = None,
+                     intervention: Callable[[], ContextManager] | None = None) -> list[str]:
+    """Greedy answers (text before the delimiter, trimmed) for ``prompts``, in their order.
+
+    ``intervention`` returns a context manager (e.g. hooks) entered around generation, under the model lock.
+    """
     if batch_size < 1:
         raise PrunescopeError(f"batch size must be at least 1 (got {batch_size})")
     tok = loaded.tokenizer
@@ -116,7 +141,7 @@ def generate_answers(loaded: LoadedModel, prompts: Sequence[Prompt], task: Task,
                                  f"context of {limit}; use fewer shots")
     answers: list[str] = [""] * len(prompts)
     done = 0
-    with loaded.session(mask):
+    with loaded.session(mask), (intervention() if intervention else nullcontext()):
         adapter = loaded.adapter
         size = min(batch_size, adapter.max_decode_batch or batch_size)
         for batch in plan_batches([len(ids) for ids in encoded], size, adapter.supports_left_padding):

@@ -8,8 +8,9 @@ The model is expected to continue with ``" <answer><delimiter>"``; the delimiter
 
 from __future__ import annotations
 
+import hashlib
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from analysis.errors import TaskError
 
@@ -96,6 +97,13 @@ class Task:
                 )
             prompts.append(self.build_prompt(query, rng.sample(pool, shots)))
         return prompts
+
+    def split(self, heldout_fraction: float = 0.3, seed: int = 0) -> tuple["Task", "Task"]:
+        """(fit, held-out) tasks over disjoint pairs, chosen deterministically from ``seed``."""
+        order = sorted(self.pairs, key=lambda p: hashlib.sha256(f"{seed}|{p[0]}".encode()).hexdigest())
+        cut = max(1, round(len(order) * heldout_fraction))
+        return (replace(self, name=f"{self.name}[fit]", pairs=tuple(order[cut:])),
+                replace(self, name=f"{self.name}[heldout]", pairs=tuple(order[:cut])))
 
     def _conflicts(self, demo: tuple[str, str], query: tuple[str, str]) -> bool:
         return self.kind == "copying" and normalize_answer(demo[1]) == normalize_answer(query[1])

@@ -1,0 +1,32 @@
+"""Task-level neuron attribution: sample prompts, prepare targets, run IG, cache the result on disk."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from analysis.attribution.neuron_ig import NeuronIGResult, neuron_ig
+from analysis.attribution.targets import prepare_inputs
+from analysis.cache import ResultsCache, task_fingerprint
+from analysis.models.loader import LoadedModel
+from analysis.tasks.task import Task
+
+IG_VERSION = "neuron-ig/1"
+
+
+def attribute_task(loaded: LoadedModel, task: Task, target: str, n: int, shots: int, seed: int = 0,
+                   steps: int = 20, quadrature: str = "riemann", cache: ResultsCache | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> NeuronIGResult:
+    """All-layer neuron IG of ``target`` over ``n`` ``shots``-shot prompts of ``task`` (fast path)."""
+
+    def compute() -> NeuronIGResult:
+        items = prepare_inputs(loaded, task.sample_prompts(shots, n, seed), target)
+        return neuron_ig(loaded, items, steps=steps, quadrature=quadrature, progress=progress)
+
+    if cache is None:
+        return compute()
+    parts = {"model": loaded.fingerprint(), "task": task_fingerprint(task), "target": target, "n": n,
+             "shots": shots, "seed": seed, "steps": steps, "quadrature": quadrature}
+    result, hit = cache.get_or_compute("neuron-ig", IG_VERSION, parts, compute)
+    if hit and progress:
+        progress(n, n)
+    return result
