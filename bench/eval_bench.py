@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from analysis.cli import quiet_libraries
+from analysis.cli.common import quiet_libraries
 from analysis.evaluation import evaluate_task
 from analysis.models import load_model
 from analysis.tasks import get_task

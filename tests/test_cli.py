@@ -85,3 +85,68 @@ def test_python_dash_m_entry_point(tiny_dirs):
     proc = subprocess.run([sys.executable, "-m", "analysis", "eval", "--task", "nope"], capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and proc.stdout == ""
+
+
+def test_attribute_writes_a_reproducible_npz(capsys, tiny_dirs, tmp_path):
+    import numpy as np
+
+    out = tmp_path / "ig.npz"
+    code, stdout, err = run(capsys, "attribute", "--model", tiny_dirs["llama"], "--task", "vowel-count",
+                            "--target", "copy", "--steps", "4", "--quadrature", "gauss-legendre", "--n", "3",
+                            "--shots", "2", "--out", str(out))
+    assert code == 0, err
+    data = np.load(out)
+    assert data["scores"].shape == (2, 64) and data["per_prompt"].shape == (3, 2, 64)
+    assert data["target_ids"].shape == (3, 2) and data["prompts"].shape == (3,)
+    np.testing.assert_allclose(data["scores"], data["per_prompt"].mean(0), rtol=1e-6)
+    assert str(data["quadrature"]) == "gauss-legendre"
+    code, _, _ = run(capsys, "attribute", "--model", tiny_dirs["llama"], "--task", "vowel-count", "--target",
+                     "gold", "--steps", "2", "--n", "2", "--shots", "1", "--out", str(tmp_path / "g.npz"))
+    assert code == 0 and np.load(tmp_path / "g.npz")["target_ids"].shape == (2,)
+
+
+def test_copying_neurons_then_prune_eval(capsys, tiny_dirs, tmp_path):
+    mask_path = tmp_path / "mask.json"
+    code, out, err = run(capsys, "copying-neurons", "--model", tiny_dirs["gpt2"], "--n", "2", "--steps", "2",
+                         "--shots", "2", "--top-k", "5", "--out", str(mask_path))
+    assert code == 0, err
+    assert len(NeuronMask.load(mask_path)) == 5 and "5 neurons" in out
+    code, out, err = run(capsys, "prune-eval", "--model", tiny_dirs["gpt2"], "--mask", str(mask_path), "--tasks",
+                         "antonyms,to-upper", "--shots", "1,2", "--n", "3", "--random-controls", "2", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["mask_size"] == 5 and len(data["results"]) == 2 * 2 + 2  # tasks x shots, plus averages
+    assert {r["task"] for r in data["results"]} == {"antonyms", "to-upper", "average"}
+
+
+def test_task_vectors_json(capsys, tiny_dirs, tmp_path):
+    mask = NeuronMask.from_pairs([(0, 1)]).save(tmp_path / "m.json")
+    code, out, err = run(capsys, "task-vectors", "--model", tiny_dirs["llama"], "--task", "to-upper", "--shots",
+                         "2", "--n", "4", "--mask", str(mask), "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert len(data["unpruned"]["accuracy_per_layer"]) == 2 and data["mask_size"] == 1
+    assert 0 <= data["pruned"]["best_layer"] < 2
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["attribute", "--task", "vowel-count", "--target", "nope", "--out", "x.npz"], "invalid choice: 'nope'"),
+    (["attribute", "--task", "vowel-count", "--n", "0", "--out", "x.npz"], "argument --n: must be at least 1"),
+    (["copying-neurons", "--top-k", "many", "--out", "m.json"], "--top-k must be a whole number or 'auto'"),
+    (["prune-eval", "--mask", "/no/mask.json", "--tasks", "antonyms"], "mask file /no/mask.json: no such file"),
+    (["prune-eval", "--mask", "m.json", "--tasks", "bogus"], "unknown task 'bogus'"),
+])
+def test_attribution_commands_bad_input(capsys, argv, message):
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_k_larger_than_neurons_and_too_long_prompts(capsys, tiny_dirs, tmp_path):
+    code, _, err = run(capsys, "copying-neurons", "--model", tiny_dirs["gpt2"], "--n", "1", "--steps", "1",
+                       "--shots", "1", "--top-k", "1000", "--out", str(tmp_path / "m.json"))
+    assert code == 2 and "k=1000 is out of range: the model has 128 neurons in all" in err
+    long_task = tmp_path / "long.csv"
+    long_task.write_text("input,output\n" + "".join(f"{'word ' * 80}{i},{i}\n" for i in range(6)))
+    code, _, err = run(capsys, "attribute", "--model", tiny_dirs["gpt2"], "--task", str(long_task), "--n", "1",
+                       "--shots", "4", "--out", str(tmp_path / "x.npz"))
+    assert code == 2 and "exceeds the model's context of 256" in err

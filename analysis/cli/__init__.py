@@ -1,0 +1,40 @@
+"""Command line: ``python -m analysis <command>``. Bad input exits 2 with one line on stderr."""
+
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+from analysis.cli import evaluate, pruning
+from analysis.cli.common import EXIT_BAD_INPUT, OneLineParser, quiet_libraries
+from analysis.errors import PrunescopeError
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(prog="python -m analysis", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    evaluate.register(commands)
+    pruning.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if getattr(args, "quiet", True):
+            quiet_libraries()
+        return args.run(args)
+    except PrunescopeError as exc:
+        print(f"prunescope: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("prunescope: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if not isinstance(exc, MemoryError) and type(exc).__name__ != "OutOfMemoryError":  # torch's (CUDA) OOM
+            raise
+        print("prunescope: error: out of memory; use fewer prompts, a smaller batch size or a smaller model",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT

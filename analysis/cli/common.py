@@ -1,0 +1,84 @@
+"""Shared CLI pieces: one-line argparse errors, argument types, device options, progress bars."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+EXIT_BAD_INPUT = 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports usage errors as a single line (exit 2), like every other bad input."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.exit(EXIT_BAD_INPUT, f"prunescope: error: {message} (see {self.prog} --help)\n")
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def int_list(text: str) -> list[int]:
+    """'1,2,4' -> [1, 2, 4] (each at least 0)."""
+    return [non_negative_int(part) for part in text.split(",") if part.strip()]
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="default", help="default, a toy model name, a local directory or a hub id")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda, cuda:N")
+    parser.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on CUDA), float32, ...")
+    parser.add_argument("--no-cache", action="store_true", help="recompute instead of reading the results cache")
+
+
+def load(args: argparse.Namespace):
+    from analysis.models import load_model
+
+    return load_model(args.model, device=args.device, dtype=args.dtype)
+
+
+def results_cache(args: argparse.Namespace):
+    from analysis.cache import ResultsCache
+
+    return None if getattr(args, "no_cache", False) else ResultsCache()
+
+
+def quiet_libraries() -> None:
+    """Keep stderr for our own progress bar and errors."""
+    import huggingface_hub
+    import transformers
+
+    huggingface_hub.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def tqdm_progress(desc: str, unit: str = "prompt"):
+    """A progress callback ``(done, total)`` drawing a tqdm bar on stderr; call ``.close()`` when done."""
+    from tqdm import tqdm
+
+    bar = tqdm(desc=desc, unit=unit, file=sys.stderr, leave=False)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    update.close = bar.close
+    return update

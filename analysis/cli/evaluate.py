@@ -1,0 +1,68 @@
+"""CLI commands ``eval``, ``tasks``, ``models``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from analysis.cli.common import add_model_args, load, non_negative_int, positive_int, results_cache, tqdm_progress
+
+
+def register(commands) -> None:
+    ev = commands.add_parser("eval", help="k-shot ICL accuracy and copy-error rate of a model on a task")
+    ev.add_argument("--task", required=True, help="a built-in task name (see `tasks`) or a .csv/.json file")
+    ev.add_argument("--shots", type=non_negative_int, default=4)
+    ev.add_argument("--n", type=positive_int, default=40, help="number of prompts")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--mask", help="a NeuronMask JSON file to apply while evaluating")
+    ev.add_argument("--batch-size", type=positive_int, default=16)
+    add_model_args(ev)
+    ev.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    ev.set_defaults(run=cmd_eval)
+    commands.add_parser("tasks", help="list the built-in tasks").set_defaults(run=cmd_tasks, quiet=False)
+    commands.add_parser("models", help="list the built-in model choices").set_defaults(run=cmd_models, quiet=False)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from analysis.evaluation import evaluate_task
+    from analysis.pruning import NeuronMask
+    from analysis.tasks import get_task
+
+    task = get_task(args.task, min_pairs=args.shots + 1)
+    mask = NeuronMask.load(args.mask) if args.mask else None
+    loaded = load(args)
+    progress = tqdm_progress(f"{task.name} {args.shots}-shot")
+    try:
+        result = evaluate_task(loaded, task, args.shots, args.n, seed=args.seed, mask=mask,
+                               batch_size=args.batch_size, progress=progress, cache=results_cache(args))
+    finally:
+        progress.close()
+    summary = result.summary()
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"model  {loaded.describe()}\ntask   {task.name} ({task.source}), {args.shots}-shot, "
+              f"n={result.n}, seed={args.seed}" + (f", mask of {len(mask)} neurons" if mask else ""))
+        for key in ("accuracy", "copy_error_rate", "other_error_rate"):
+            print(f"{key:<17}{summary[key]:7.3f}")
+    return 0
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from analysis.tasks import builtin_tasks
+
+    print(f"{'task':<18} {'kind':<8} {'pairs':>5}  description")
+    for name, task in builtin_tasks().items():
+        print(f"{name:<18} {task.kind:<8} {len(task.pairs):>5}  {task.description}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from analysis.models import model_choices, supported_architectures
+    from analysis.models.loader import describe_choice
+
+    for name in model_choices():
+        print(f"{name:<16} {describe_choice(name)}")
+    print("\nAlso: any local Hugging Face directory or hub id of a supported architecture:\n  "
+          + supported_architectures().replace("; ", "\n  "))
+    return 0

@@ -1,0 +1,212 @@
+"""CLI commands ``attribute``, ``copying-neurons``, ``confidence-neurons``, ``prune-eval``, ``task-vectors``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from analysis.cli.common import (add_model_args, int_list, load, non_negative_int, positive_int, results_cache,
+                                 tqdm_progress)
+from analysis.errors import PrunescopeError
+
+
+def register(commands) -> None:
+    from analysis.attribution import QUADRATURES, TARGETS
+
+    at = commands.add_parser("attribute", help="all-layer neuron Integrated Gradients -> .npz")
+    at.add_argument("--task", required=True)
+    at.add_argument("--target", choices=TARGETS, default="gold")
+    _ig_args(at, QUADRATURES, n=16)
+    at.add_argument("--out", required=True, help="output .npz file")
+    at.set_defaults(run=cmd_attribute)
+
+    cn = commands.add_parser("copying-neurons", help="copying-bias neurons of a model -> mask.json")
+    _ig_args(cn, QUADRATURES, n=64)
+    cn.add_argument("--top-k", default="auto", help="neurons to select, or 'auto' to choose k by a held-out sweep")
+    cn.add_argument("--per-layer", action="store_true", help="take the top k of every layer")
+    cn.add_argument("--out", required=True, help="output mask JSON file")
+    cn.set_defaults(run=cmd_copying_neurons)
+
+    cf = commands.add_parser("confidence-neurons", help="high-confidence neurons of one layer -> mask.json")
+    cf.add_argument("--task", required=True)
+    cf.add_argument("--layer", type=non_negative_int, required=True)
+    cf.add_argument("--percent", type=float, default=1.0, help="share of the layer's neurons to select")
+    cf.add_argument("--min-prob", type=float, default=0.5, help="confidence threshold on the top token")
+    _ig_args(cf, QUADRATURES, n=64)
+    cf.add_argument("--out", required=True)
+    cf.set_defaults(run=cmd_confidence_neurons)
+
+    pe = commands.add_parser("prune-eval", help="unpruned vs pruned vs random masks on ICL tasks")
+    pe.add_argument("--mask", required=True)
+    pe.add_argument("--tasks", default="all", help="comma-separated task names or .csv/.json paths, or 'all'")
+    pe.add_argument("--shots", type=int_list, default=[1, 2, 4])
+    pe.add_argument("--n", type=positive_int, default=50)
+    pe.add_argument("--random-controls", type=non_negative_int, default=3)
+    pe.add_argument("--seed", type=int, default=0)
+    pe.add_argument("--flipped", help="also write the flipped examples to this CSV file")
+    add_model_args(pe)
+    pe.add_argument("--json", action="store_true")
+    pe.set_defaults(run=cmd_prune_eval)
+
+    tv = commands.add_parser("task-vectors", help="task-vector patching accuracy per layer")
+    tv.add_argument("--task", required=True)
+    tv.add_argument("--shots", type=non_negative_int, default=4)
+    tv.add_argument("--n", type=positive_int, default=40)
+    tv.add_argument("--seed", type=int, default=0)
+    tv.add_argument("--mask", help="also evaluate with this mask applied")
+    add_model_args(tv)
+    tv.add_argument("--json", action="store_true")
+    tv.set_defaults(run=cmd_task_vectors)
+
+
+def _ig_args(parser, quadratures, n: int) -> None:
+    parser.add_argument("--steps", type=positive_int, default=20)
+    parser.add_argument("--quadrature", choices=quadratures, default="riemann")
+    parser.add_argument("--n", type=positive_int, default=n, help="number of prompts")
+    parser.add_argument("--shots", type=non_negative_int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    add_model_args(parser)
+
+
+def cmd_attribute(args: argparse.Namespace) -> int:
+    from analysis.attribution import attribute_task
+    from analysis.tasks import get_task
+
+    task = get_task(args.task, min_pairs=args.shots + 1)
+    loaded = load(args)
+    progress = tqdm_progress(f"IG {args.target} on {task.name}")
+    try:
+        result = attribute_task(loaded, task, args.target, args.n, args.shots, args.seed, args.steps,
+                                args.quadrature, cache=results_cache(args), progress=progress)
+    finally:
+        progress.close()
+    target_ids = np.array([item.target.token_ids if args.target == "copy" else item.target.token_ids[0]
+                           for item in result.inputs], dtype=np.int64)
+    np.savez_compressed(args.out, scores=result.scores.numpy(), per_prompt=result.per_prompt.numpy(),
+                        prompts=np.array([item.text for item in result.inputs]), target_ids=target_ids,
+                        f_clean=result.f_clean.numpy(), target=args.target, steps=args.steps,
+                        quadrature=args.quadrature, model=loaded.name, task=task.name)
+    layer_totals = result.scores.sum(dim=1)
+    print(f"wrote {args.out}: scores {tuple(result.scores.shape)}, {len(result.inputs)} prompts; "
+          f"layer with the largest total attribution: {int(layer_totals.abs().argmax())}")
+    return 0
+
+
+def cmd_copying_neurons(args: argparse.Namespace) -> int:
+    from analysis.pruning.copying import copying_scores, k_sweep, select_top_k
+
+    auto = args.top_k == "auto"
+    k = None if auto else _parse_k(args.top_k)
+    loaded = load(args)
+    cache = results_cache(args)
+    progress = tqdm_progress("IG copy on vowel-count")
+    try:
+        scores, _ = copying_scores(loaded, n=args.n, shots=args.shots, seed=args.seed, steps=args.steps,
+                                   quadrature=args.quadrature, cache=cache, progress=progress)
+    finally:
+        progress.close()
+    if auto:
+        progress = tqdm_progress("k-sweep", unit="eval")
+        try:
+            table, k = k_sweep(loaded, scores, per_layer=args.per_layer, cache=cache, progress=progress)
+        finally:
+            progress.close()
+        print(table.pivot(index="k", columns="task", values="accuracy").to_string(float_format="%.3f"),
+              file=sys.stderr)
+    mask = select_top_k(scores, k, args.per_layer, model=loaded.name, n=args.n, steps=args.steps)
+    mask.save(args.out)
+    print(f"wrote {args.out}: {len(mask)} neurons (k={k}{', per layer' if args.per_layer else ''}"
+          f"{', chosen by the held-out sweep' if auto else ''}) in layers {sorted(mask.by_layer())}")
+    return 0
+
+
+def _parse_k(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise PrunescopeError(f"--top-k must be a whole number or 'auto', got {text!r}") from None
+
+
+def cmd_confidence_neurons(args: argparse.Namespace) -> int:
+    from analysis.pruning.confidence import confidence_neurons
+    from analysis.tasks import get_task
+
+    task = get_task(args.task, min_pairs=args.shots + 1)
+    loaded = load(args)
+    progress = tqdm_progress(f"IG confidence on {task.name}")
+    try:
+        found = confidence_neurons(loaded, task, args.layer, args.percent, n=args.n, shots=args.shots,
+                                   seed=args.seed, steps=args.steps, quadrature=args.quadrature,
+                                   min_prob=args.min_prob, cache=results_cache(args), progress=progress)
+    finally:
+        progress.close()
+    found.mask.save(args.out)
+    print(f"wrote {args.out}: {len(found.mask)} neurons of layer {args.layer} "
+          f"({found.n_confident} of {args.n} prompts answered with p >= {args.min_prob})")
+    return 0
+
+
+def cmd_prune_eval(args: argparse.Namespace) -> int:
+    from analysis.pruning import NeuronMask
+    from analysis.pruning.evaluate import prune_eval
+    from analysis.tasks import get_task, icl_task_names
+
+    if not args.shots:
+        raise PrunescopeError("--shots needs at least one shot count, e.g. 1,2,4")
+    names = icl_task_names() if args.tasks == "all" else [t.strip() for t in args.tasks.split(",") if t.strip()]
+    tasks = [get_task(name, min_pairs=max(args.shots) + 1) for name in names]
+    mask = NeuronMask.load(args.mask)
+    loaded = load(args)
+    progress = tqdm_progress("prune-eval", unit="eval")
+    try:
+        result = prune_eval(loaded, mask, tasks, args.shots, args.n, args.random_controls, args.seed,
+                            cache=results_cache(args), progress=progress)
+    finally:
+        progress.close()
+    if args.flipped:
+        result.flipped.to_csv(args.flipped, index=False)
+    if args.json:
+        print(json.dumps(result.to_json()))
+        return 0
+    summary = result.summary()
+    columns = ["task", "shots", "n", "baseline_accuracy", "pruned_accuracy", "random_accuracy_mean",
+               "random_accuracy_std", "baseline_copy_error_rate", "pruned_copy_error_rate",
+               "random_copy_error_rate_mean"]
+    print(f"model {loaded.describe()}, mask of {len(mask)} neurons, {args.random_controls} random controls")
+    print(summary[columns].to_string(index=False, float_format="%.3f"))
+    return 0
+
+
+def cmd_task_vectors(args: argparse.Namespace) -> int:
+    from analysis.evaluation.task_vectors import task_vectors
+    from analysis.pruning import NeuronMask
+    from analysis.tasks import get_task
+
+    task = get_task(args.task, min_pairs=args.shots + 1)
+    mask = NeuronMask.load(args.mask) if args.mask else None
+    loaded = load(args)
+    runs = {}
+    for label, m in [("unpruned", None)] + ([("pruned", mask)] if mask else []):
+        progress = tqdm_progress(f"task vectors {label}", unit="layer")
+        try:
+            runs[label] = task_vectors(loaded, task, args.shots, args.n, seed=args.seed, mask=m, progress=progress)
+        finally:
+            progress.close()
+    out = {"model": loaded.name, "task": task.name, "shots": args.shots, "n": args.n,
+           "mask_size": len(mask) if mask else 0}
+    for label, r in runs.items():
+        out[label] = {"icl_accuracy": r.icl_accuracy, "zero_shot_accuracy": r.zero_shot_accuracy,
+                      "best_layer": r.best_layer, "best_accuracy": r.best_accuracy,
+                      "accuracy_per_layer": [float(a) for a in r.table.accuracy]}
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    print(f"model {loaded.describe()}; task {task.name}, {args.shots}-shot, n={args.n}")
+    for label, r in runs.items():
+        print(f"{label}: ICL {r.icl_accuracy:.3f}, zero-shot {r.zero_shot_accuracy:.3f}, best layer {r.best_layer} "
+              f"({r.best_accuracy:.3f})")
+        print("  " + " ".join(f"{layer}:{acc:.2f}" for layer, acc in zip(r.table.layer, r.table.accuracy)))
+    return 0
