@@ -51,3 +51,31 @@ def test_copying_task_shows_copying_bias(smollm):
     result = evaluate_task(smollm, builtin_tasks()["vowel-count"], shots=4, n=40, seed=0)
     assert result.copy_error_rate > 0.3
     assert result.copy_error_rate > 2 * result.other_error_rate
+
+
+def test_attribution_targets_skip_the_space_token(smollm):
+    """SmolLM2 splits " 2" into " " + "2": the space joins the prompt and the digit is the target."""
+    from analysis.attribution import prepare_inputs
+
+    prompt = builtin_tasks()["vowel-count"].sample_prompts(4, 1, seed=0)[0]
+    item = prepare_inputs(smollm, [prompt], "copy")[0]
+    tok = smollm.tokenizer
+    assert item.text == prompt.text + " " and list(item.input_ids) == tok(item.text).input_ids
+    copied, gold = (tok.decode([t]) for t in item.target.token_ids)
+    assert gold == prompt.gold and copied in prompt.demo_outputs and copied != gold
+
+
+def test_fast_ig_equals_reference_and_is_complete(smollm):
+    import torch
+
+    from analysis.attribution import neuron_ig, prepare_inputs, site_scaled_target
+
+    item = prepare_inputs(smollm, builtin_tasks()["vowel-count"].sample_prompts(4, 1, seed=0), "copy")[0]
+    fast = neuron_ig(smollm, [item], steps=2)
+    ref = neuron_ig(smollm, [item], steps=2, method="reference")
+    assert float((fast.per_prompt - ref.per_prompt).norm() / ref.per_prompt.norm()) < 1e-4
+    riemann = neuron_ig(smollm, [item], steps=64).per_prompt[0]
+    with torch.no_grad():
+        for layer in (0, 15, 29):
+            delta = float(fast.f_clean[0]) - float(site_scaled_target(smollm, item, layer, torch.tensor(0.0)))
+            assert abs(float(riemann[layer].sum()) - delta) <= 0.05 * abs(delta)
