@@ -28,6 +28,7 @@ test: setup
 
 bench: setup
 	$(PY) bench/eval_bench.py
+	$(PY) bench/ig_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
