@@ -1,0 +1,107 @@
+"""Attention maps of every family: the exact implicit attention of Mamba, Mamba-2, RWKV-4 and Griffin
+(2403.01590, 2405.16504), computed from each layer's own intermediates, and the real softmax attention of
+transformers (and of Griffin's local-attention layers), as [layers, T, T] maps for one text.
+
+Forms: Mamba/Mamba-2 ``s6`` (the selective-scan matrix) or ``unified`` (conv1d, its SiLU and the SiLU(z)
+gate folded in); RWKV ``unified`` (with the sigmoid(r) gate) or ``wkv``; Griffin ``unified`` (conv and
+y-branch gate folded in) or ``rglru``; transformers ``softmax``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from analysis.errors import PrunescopeError
+from analysis.implicit_attention.common import DEFAULT_BUDGET_BYTES, Reduction, eager_attention
+from analysis.models.loader import LoadedModel
+
+FORMS = {"transformer": ("softmax",), "mamba": ("s6", "unified"), "mamba2": ("s6", "unified"),
+         "rwkv": ("unified", "wkv"), "griffin": ("unified", "rglru")}
+MAX_TOKENS = 4096
+
+
+@dataclass
+class AttentionMaps:
+    """``attn[k]`` is the [T, T] map of layer ``layers[k]`` (rows: output positions, columns: sources)."""
+
+    attn: torch.Tensor
+    layers: list[int]
+    input_ids: list[int]
+    tokens: list[str]
+    form: str
+    reduce: str
+    kinds: list[str]  # per layer: "implicit" or "softmax"
+
+
+def default_form(family: str) -> str:
+    return FORMS[family][0]
+
+
+def attention_maps(loaded: LoadedModel, text: str, form: str | None = None, reduce: str = "mean",
+                   layers: list[int] | None = None, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> AttentionMaps:
+    """Attention maps of ``text`` for the chosen layers (all by default), reduced over channels or heads."""
+    family = loaded.family
+    form = form or default_form(family)
+    if form not in FORMS[family]:
+        raise PrunescopeError(f"{family} models have no {form!r} attention form; use {' or '.join(FORMS[family])}")
+    reduction = Reduction.parse(reduce)
+    if not text.strip():
+        raise PrunescopeError("the text is empty")
+    ids = loaded.tokenizer(text).input_ids
+    layers = list(range(loaded.n_layers)) if layers is None else sorted(set(int(i) for i in layers))
+    bad = [i for i in layers if not 0 <= i < loaded.n_layers]
+    if bad:
+        raise PrunescopeError(f"layer {bad[0]} does not exist (the model has {loaded.n_layers})")
+    _check_budget(len(ids), len(layers), budget_bytes)
+    input_ids = torch.tensor([ids], device=loaded.device)
+    maps, kinds = _compute(loaded, family, input_ids, form, reduction, layers, budget_bytes)
+    tokens = [loaded.tokenizer.decode([i]) for i in ids]
+    return AttentionMaps(torch.stack([maps[i].float().cpu() for i in layers]), layers, ids, tokens, form, reduce,
+                         [kinds[i] for i in layers])
+
+
+def _check_budget(length: int, n_layers: int, budget_bytes: int) -> None:
+    """The maps themselves and one channel's working set must fit the budget."""
+    needed = length * length * (4 * n_layers + 64)
+    if length > MAX_TOKENS or needed > budget_bytes:
+        raise PrunescopeError(f"text of {length} tokens needs about {needed / 2**30:.1f} GiB for its attention maps; "
+                              f"the memory budget is {budget_bytes / 2**30:.1f} GiB (shorten the text or pick layers)")
+
+
+def _compute(loaded, family, input_ids, form, reduction, layers, budget):
+    if family in ("mamba", "mamba2"):
+        from analysis.implicit_attention.mamba import capture_mamba, mamba_reduced
+
+        internals = capture_mamba(loaded, input_ids, layers)
+        return {i: mamba_reduced(internals[i], form, reduction, budget) for i in layers}, dict.fromkeys(layers, "implicit")
+    if family == "rwkv":
+        from analysis.implicit_attention.rwkv import capture_rwkv, rwkv_reduced
+
+        internals = capture_rwkv(loaded, input_ids, layers)
+        return {i: rwkv_reduced(internals[i], form, reduction, budget) for i in layers}, dict.fromkeys(layers, "implicit")
+    if family == "griffin":
+        from analysis.implicit_attention.griffin import capture_griffin, griffin_attention_maps, griffin_reduced
+
+        internals = capture_griffin(loaded, input_ids, layers)
+        maps = {i: griffin_reduced(inner, form, reduction, budget) for i, inner in internals.items()}
+        kinds = dict.fromkeys(maps, "implicit")
+        softmax = griffin_attention_maps(loaded, input_ids, [i for i in layers if i not in maps])
+        return {**maps, **softmax}, {**kinds, **dict.fromkeys(softmax, "softmax")}
+    probs = softmax_attention(loaded, input_ids)
+    return {i: _reduce_heads(probs[i], reduction) for i in layers}, dict.fromkeys(layers, "softmax")
+
+
+def softmax_attention(loaded: LoadedModel, input_ids: torch.Tensor) -> list[torch.Tensor]:
+    """Per layer, the [heads, T, T] softmax attention probabilities of a transformer (one eager forward)."""
+    with eager_attention(loaded), torch.no_grad():
+        out = loaded.model(input_ids=input_ids, output_attentions=True, use_cache=False)
+    if not out.attentions or out.attentions[0] is None:
+        raise PrunescopeError(f"{loaded.model.config.model_type} does not return attention probabilities")
+    return [a[0].float() for a in out.attentions]
+
+
+def _reduce_heads(probs: torch.Tensor, reduction: Reduction) -> torch.Tensor:
+    selected = probs[reduction.selected(probs.shape[0])]
+    return (selected.abs() if reduction.kind == "absmean" else selected).mean(dim=0)

@@ -1,0 +1,79 @@
+"""Shared pieces of the implicit-attention views: reductions over channels/heads and chunking under a
+memory budget (only the requested reduction of the [channels, T, T] tensor is ever kept)."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from analysis.errors import PrunescopeError
+
+DEFAULT_BUDGET_BYTES = 1 << 30  # working memory for one chunk of per-channel matrices
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """How per-channel (or per-head) matrices become one [T, T] map: ``mean``, ``absmean``, or the mean over
+    selected ``channels``."""
+
+    kind: str = "mean"
+    channels: tuple[int, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> "Reduction":
+        """'mean' | 'absmean' | 'channels:3,17,40'."""
+        if text in ("mean", "absmean"):
+            return cls(text)
+        if text.startswith("channels:"):
+            try:
+                channels = tuple(int(c) for c in text.split(":", 1)[1].split(",") if c.strip())
+            except ValueError:
+                channels = ()
+            if channels:
+                return cls("channels", channels)
+        raise PrunescopeError(f"unknown reduction {text!r}: use mean, absmean or channels:IDX[,IDX...]")
+
+    def selected(self, n_channels: int) -> torch.Tensor:
+        """Indices of the channels this reduction averages over."""
+        if self.kind != "channels":
+            return torch.arange(n_channels)
+        bad = [c for c in self.channels if not 0 <= c < n_channels]
+        if bad:
+            raise PrunescopeError(f"channel {bad[0]} does not exist (the layer has {n_channels})")
+        return torch.tensor(self.channels)
+
+
+def reduce_in_chunks(matrices: Callable[[torch.Tensor], torch.Tensor], n_channels: int, length: int,
+                     reduction: Reduction, budget_bytes: int = DEFAULT_BUDGET_BYTES,
+                     bytes_per_entry: int = 64) -> torch.Tensor:
+    """Mean (or mean of absolute values) over the selected channels of ``matrices(idx) -> [len(idx), T, T]``,
+    calling it on chunks of channels so that about ``bytes_per_entry`` bytes per (channel, i, j) entry of
+    working memory stay within ``budget_bytes``."""
+    selected = reduction.selected(n_channels)
+    per_channel = max(1, length * length * bytes_per_entry)
+    chunk = max(1, budget_bytes // per_channel)
+    total = None
+    for start in range(0, len(selected), chunk):
+        part = matrices(selected[start:start + chunk])
+        part = part.abs() if reduction.kind == "absmean" else part
+        summed = part.sum(dim=0)
+        total = summed if total is None else total + summed
+    return total / len(selected)
+
+
+@contextmanager
+def eager_attention(loaded):
+    """Run the model with the eager attention implementation (the only one returning probabilities), under
+    the model's lock, and switch back afterwards."""
+    with loaded.lock:
+        previous = loaded.model.config._attn_implementation
+        if previous != "eager":
+            loaded.model.set_attn_implementation("eager")
+        try:
+            yield
+        finally:
+            if previous != "eager":
+                loaded.model.set_attn_implementation(previous)

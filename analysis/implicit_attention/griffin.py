@@ -1,0 +1,262 @@
+"""Exact implicit attention of Griffin / RecurrentGemma recurrent blocks (RG-LRU, arXiv 2405.16504).
+
+Per channel, with ``log a_t = -8 r_t softplus(Lambda)``, input gate ``i_t`` and HF's reset at position 0
+(``a`` is zeroed there and the ``sqrt(1 - a^2)`` normaliser replaced by 1), the RG-LRU output is
+``y_t = sum_{j<=t} alpha[t, j] x_j`` with
+``alpha[t, j] = prod_{s=j+1..t} a_s * m_j * i_j``, ``m_j = 1`` at a reset, else ``sqrt(1 - a_j^2)``
+(and ``alpha[t, j] = 0`` when a reset lies in ``(j, t]``). Forms:
+
+* ``"rglru"``: ``alpha``; maps the RG-LRU input (conv1d output) to the RG-LRU output.
+* ``"unified"``: ``diag(gelu(linear_y(h))) @ alpha @ Conv`` with ``Conv`` the depthwise causal conv1d as a
+  per-channel Toeplitz matrix; maps ``linear_x``'s output to ``linear_out``'s input. The conv bias enters as
+  the additive term ``gelu(linear_y(h))_t * sum_j alpha[t, j] * bias`` (see :func:`griffin_conv_bias_term`).
+
+Captured in one ordinary forward pass (batch 1, ``use_cache=False``, empty state) with hooks on the recurrent
+block's ``linear_x`` output, ``rg_lru`` input (activations, position_ids) and output, ``act_fn`` output (the
+y-branch gate) and ``linear_out`` input. The gates live inside ``RecurrentGemmaRglru.forward`` (no submodule
+to hook), so they are recomputed from the captured RG-LRU input with the module's own parameters and HF's
+exact ops, in the model's dtype, then cast to float32.
+
+Attention layers (Griffin's local MQA blocks) have no implicit matrices: :func:`capture_griffin` skips them,
+and :func:`griffin_attention_maps` returns their real softmax probabilities averaged over heads (running the
+forward with the eager attention implementation, restored afterwards).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from analysis.errors import PrunescopeError
+from analysis.implicit_attention.common import DEFAULT_BUDGET_BYTES, Reduction, eager_attention, reduce_in_chunks
+from analysis.implicit_attention.rwkv import _as_batch1, _layers
+
+FORMS = ("unified", "rglru")
+
+
+@dataclass
+class GriffinInternals:
+    """One recurrent layer's intermediates (batch 1, float32, shapes [T, C] unless noted)."""
+
+    layer: int
+    x_pre: torch.Tensor  # output of linear_x (conv1d input)
+    x: torch.Tensor  # RG-LRU input (conv1d output)
+    rglru_output: torch.Tensor  # RG-LRU output
+    y_gate: torch.Tensor  # act_fn(linear_y(h)), multiplies the RG-LRU output
+    out_input: torch.Tensor  # input of linear_out: rglru_output * y_gate
+    log_a: torch.Tensor  # -8 * r_t * softplus(recurrent_param)
+    input_gate: torch.Tensor  # i_t
+    reset: torch.Tensor  # [T] bool, position_ids == 0
+    conv_weight: torch.Tensor  # [C, K]
+    conv_bias: torch.Tensor  # [C]
+
+    @property
+    def length(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def n_channels(self) -> int:
+        return self.x.shape[1]
+
+
+def _check_form(form: str) -> None:
+    if form not in FORMS:
+        raise PrunescopeError(f"unknown Griffin implicit-attention form {form!r}: use one of {', '.join(FORMS)}")
+
+
+def griffin_recurrent_layers(loaded) -> list[int]:
+    """Indices of the layers whose temporal block is recurrent (has an RG-LRU)."""
+    return [i for i in range(loaded.n_layers) if hasattr(loaded.adapter.block(i).temporal_block, "rg_lru")]
+
+
+def _gates(lru: nn.Module, act: torch.Tensor):
+    """log a and the input gate exactly as ``RecurrentGemmaRglru.forward`` computes them."""
+    T, width = act.shape
+    heads, block = lru.num_attention_heads, lru.block_width
+    ra = act.reshape(T, heads, block).permute(1, 0, 2)
+    input_gate = torch.sigmoid(torch.baddbmm(lru.input_gate_bias[:, None, :], ra, lru.input_gate_weight)
+                               .transpose(0, 1).reshape(T, width))
+    r = torch.sigmoid(torch.baddbmm(lru.recurrent_gate_bias[:, None, :], ra, lru.recurrent_gate_weight)
+                      .transpose(0, 1).reshape(T, width))
+    log_a = -8.0 * r * nn.functional.softplus(lru.recurrent_param)
+    return log_a, input_gate
+
+
+def capture_griffin(loaded, input_ids: torch.Tensor, layers=None) -> dict[int, GriffinInternals]:
+    """Run the model once (batch 1, empty state) and keep the internals of each requested *recurrent* layer;
+    attention layers among ``layers`` (or all layers when None) are skipped."""
+    recurrent = set(griffin_recurrent_layers(loaded))
+    chosen = [i for i in _layers(loaded, layers) if i in recurrent]
+    ids = _as_batch1(input_ids, loaded.device)
+    store: dict[int, dict] = {i: {} for i in chosen}
+
+    def out_hook(layer, name):
+        def hook(_module, _args, output):
+            out = output[0] if isinstance(output, tuple) else output
+            store[layer][name] = out[0].detach()
+        return hook
+
+    def in_hook(layer, name):
+        def hook(_module, args):
+            store[layer][name] = args[0][0].detach()
+            if name == "x":
+                store[layer]["position_ids"] = args[1][0].detach()
+        return hook
+
+    handles = []
+    with loaded.lock:
+        try:
+            for i in chosen:
+                blk = loaded.adapter.block(i).temporal_block
+                handles += [blk.linear_x.register_forward_hook(out_hook(i, "x_pre")),
+                            blk.rg_lru.register_forward_pre_hook(in_hook(i, "x")),
+                            blk.rg_lru.register_forward_hook(out_hook(i, "rglru_output")),
+                            blk.act_fn.register_forward_hook(out_hook(i, "y_gate")),
+                            blk.linear_out.register_forward_pre_hook(in_hook(i, "out_input"))]
+            with torch.no_grad():
+                loaded.model(input_ids=ids, use_cache=False)
+        finally:
+            for h in handles:
+                h.remove()
+        result = {}
+        for i in chosen:
+            blk, s = loaded.adapter.block(i).temporal_block, store[i]
+            reset = s.pop("position_ids") == 0
+            with torch.no_grad():
+                log_a, input_gate = _gates(blk.rg_lru, s["x"])
+            result[i] = GriffinInternals(
+                layer=i, **{k: v.float() for k, v in s.items()}, log_a=log_a.float(), input_gate=input_gate.float(),
+                reset=reset, conv_weight=blk.conv_1d.weight.detach()[:, 0, :].float(),
+                conv_bias=blk.conv_1d.bias.detach().float())
+    return result
+
+
+def _channels(internals: GriffinInternals, channels: torch.Tensor | None) -> torch.Tensor:
+    if channels is None:
+        return torch.arange(internals.n_channels, device=internals.x.device)
+    return torch.as_tensor(channels, dtype=torch.long).reshape(-1).to(internals.x.device)
+
+
+def _source_weight(internals: GriffinInternals, idx: torch.Tensor) -> torch.Tensor:
+    """[T, n]: m_j * i_j, with m_j = 1 at a reset, else sqrt(1 - a_j^2) (computed as HF does)."""
+    log_a = internals.log_a[:, idx]
+    mult = torch.sqrt(1 - torch.exp(2 * log_a))
+    mult = torch.where(internals.reset[:, None], torch.ones_like(mult), mult)
+    return mult * internals.input_gate[:, idx]
+
+
+def _rglru_matrices(internals: GriffinInternals, idx: torch.Tensor) -> torch.Tensor:
+    T = internals.length
+    cs = torch.cumsum(internals.log_a[:, idx].double(), dim=0).T  # [n, T]
+    seg_sum = (cs[:, :, None] - cs[:, None, :]).float()  # sum_{s=j+1..t} log a_s  [n, t, j]
+    segment = torch.cumsum(internals.reset.long(), dim=0)
+    pos = torch.arange(T, device=cs.device)
+    invalid = (pos[None, :] > pos[:, None]) | (segment[:, None] != segment[None, :])
+    decay = torch.exp(seg_sum.masked_fill(invalid[None], float("-inf")))
+    return decay * _source_weight(internals, idx).T[:, None, :]
+
+
+def _fold_conv(alpha: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """alpha @ Toeplitz(conv): out[c, t, s] = sum_d alpha[c, t, s + d] * weight[c, K - 1 - d]."""
+    K, T = weight.shape[1], alpha.shape[-1]
+    out = torch.zeros_like(alpha)
+    for d in range(min(K, T)):  # over kernel taps, not positions
+        out[:, :, :T - d] += alpha[:, :, d:] * weight[:, K - 1 - d, None, None]
+    return out
+
+
+def griffin_matrices(internals: GriffinInternals, form: str = "unified",
+                     channels: torch.Tensor | None = None) -> torch.Tensor:
+    """[len(channels), T, T] matrices (row = output position, column = source; zero above the diagonal),
+    vectorised with differences of cumulative log-decays."""
+    _check_form(form)
+    idx = _channels(internals, channels)
+    alpha = _rglru_matrices(internals, idx)
+    if form == "unified":
+        alpha = _fold_conv(alpha, internals.conv_weight[idx]) * internals.y_gate[:, idx].T[:, :, None]
+    return alpha
+
+
+def griffin_conv_bias_term(internals: GriffinInternals) -> torch.Tensor:
+    """[T, C] additive term of the unified form: y_gate_t * sum_j alpha[t, j] * conv_bias."""
+    idx = _channels(internals, None)
+    row_sums = _rglru_matrices(internals, idx).sum(dim=-1).T  # [T, C]
+    return internals.y_gate * row_sums * internals.conv_bias
+
+
+def griffin_reduced(internals: GriffinInternals, form: str, reduction: Reduction,
+                    budget_bytes: int = DEFAULT_BUDGET_BYTES) -> torch.Tensor:
+    """[T, T] reduction over channels, computing per-channel matrices in chunks within ``budget_bytes``."""
+    _check_form(form)
+    return reduce_in_chunks(lambda idx: griffin_matrices(internals, form, idx), internals.n_channels,
+                            internals.length, reduction, budget_bytes)
+
+
+def griffin_loop_matrices(internals: GriffinInternals, form: str = "unified",
+                          channels: torch.Tensor | None = None) -> torch.Tensor:
+    """Reference: the conv (tap by tap, for "unified") and HF's RG-LRU recurrence run position by position
+    on a one-hot input per source position (all sources and channels at once), in float64."""
+    _check_form(form)
+    idx = _channels(internals, channels).cpu()
+    T, n = internals.length, len(idx)
+    a = torch.exp(internals.log_a.cpu().double()[:, idx])  # [T, n]
+    a = a * ~internals.reset.cpu()[:, None]
+    b = _source_weight(internals, idx.to(internals.x.device)).cpu().double()
+    inputs = torch.eye(T, dtype=torch.float64)[:, :, None].expand(T, T, n)  # [source, t, n]
+    if form == "unified":
+        weight = internals.conv_weight.cpu().double()[idx]  # [n, K]
+        K = weight.shape[1]
+        conv = torch.zeros(T, T, n, dtype=torch.float64)
+        for t in range(T):
+            for k in range(K):
+                s = t - (K - 1) + k
+                if s >= 0:
+                    conv[:, t] += inputs[:, s] * weight[:, k]
+        inputs = conv
+    out = torch.zeros(n, T, T, dtype=torch.float64)
+    state = torch.zeros(T, n, dtype=torch.float64)
+    for t in range(T):
+        state = a[t] * state + b[t] * inputs[:, t]
+        out[:, t, :] = state.T
+    if form == "unified":
+        out = out * internals.y_gate.cpu().double()[:, idx].T[:, :, None]
+    return out.float().to(internals.x.device)
+
+
+def griffin_reconstruct(internals: GriffinInternals, form: str = "unified") -> tuple[torch.Tensor, torch.Tensor]:
+    """(matrices applied to their input, the captured tensor), both [T, C]: RG-LRU input -> RG-LRU output for
+    "rglru"; linear_x output -> linear_out input (plus :func:`griffin_conv_bias_term`) for "unified"."""
+    _check_form(form)
+    alpha = griffin_matrices(internals, form)
+    if form == "rglru":
+        return torch.einsum("ctj,jc->tc", alpha, internals.x), internals.rglru_output
+    rebuilt = torch.einsum("ctj,jc->tc", alpha, internals.x_pre) + griffin_conv_bias_term(internals)
+    return rebuilt, internals.out_input
+
+
+def griffin_attention_maps(loaded, input_ids: torch.Tensor, layers=None) -> dict[int, torch.Tensor]:
+    """[T, T] softmax probabilities averaged over heads for each requested *attention* layer (recurrent ones
+    are skipped), from one forward with the eager attention implementation (switched back afterwards)."""
+    recurrent = set(griffin_recurrent_layers(loaded))
+    chosen = [i for i in _layers(loaded, layers) if i not in recurrent]
+    ids = _as_batch1(input_ids, loaded.device)
+    maps: dict[int, torch.Tensor] = {}
+
+    def hook(layer):
+        def fn(_module, _args, output):
+            maps[layer] = output[1][0].detach().float().mean(dim=0)
+        return fn
+
+    handles = []
+    with eager_attention(loaded):
+        try:
+            for i in chosen:
+                handles.append(loaded.adapter.block(i).temporal_block.register_forward_hook(hook(i)))
+            with torch.no_grad():
+                loaded.model(input_ids=ids, use_cache=False)
+        finally:
+            for h in handles:
+                h.remove()
+    return maps

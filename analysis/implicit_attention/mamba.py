@@ -1,0 +1,301 @@
+"""Exact implicit ("hidden") attention of Mamba (arXiv 2403.01590) and Mamba-2, and the unified form that
+also folds in the conv1d, its SiLU and the output gate (arXiv 2405.16504).
+
+Everything is read from one forward pass of the real transformers modules (batch 1, ``use_cache=False``),
+through hooks on each layer's mixer:
+
+* Mamba: ``in_proj`` output (x branch before the conv, gate z), ``x_proj`` input (the SSM input
+  u = SiLU(conv(x))) and output (dt_low, B, C), ``out_proj`` input (y_ssm * SiLU(z)) and the mixer output.
+* Mamba-2: ``in_proj`` output (gate z, xBC before the conv, raw dt), ``norm`` (gated RMSNorm) inputs
+  (y, the SSD output with the D skip, and the gate), ``out_proj`` input and the mixer output.
+
+transformers 5.23 never *calls* ``conv1d`` or ``dt_proj`` as modules (it uses their weights in
+``F.conv1d`` / a matmul), so no hook can see their outputs: the conv pre-activation, Delta and (Mamba-2)
+B and C are recomputed from the captured tensors with the layer's own weights, exactly as the HF torch path
+does it (same ops, in the model's dtype), and every view is checked against tensors the real forward
+produced (:func:`mamba_reconstruct`). Forms (per channel d / head h, j <= i, 0 above the diagonal):
+
+* ``"s6"`` (alias ``"ssm"``/``"ssd"``): Mamba ``alpha[d,i,j] = sum_n C[i,n] exp(A[d,n] sum_{k=j+1..i}
+  Delta[k,d]) Delta[j,d] B[j,n]``, one matrix per d_inner channel, ``y_ssm = alpha @ u + D u``.
+  Mamba-2: one matrix per head, ``alpha_h[i,j] = (C_i . B_j) exp(A_h sum_{k=j+1..i} dt[k,h]) dt[j,h]``
+  (heads share the B/C of their group), ``y_h = alpha_h @ x_h + D_h x_h``.
+* ``"unified"``: per d_inner channel, ``M[i,m] = SiLU(z_i) sum_j (alpha + D I)[i,j] sigmoid(c_j) K[j,m]``
+  with K the causal depthwise-conv Toeplitz matrix and c the conv pre-activation (SiLU(c) = c sigmoid(c)
+  as a data-dependent diagonal); ``M @ x`` plus the conv-bias term gives the gated tensor. For Mamba that
+  is the ``out_proj`` input; for Mamba-2 it is ``y * SiLU(z)``, the gated tensor inside ``norm`` just
+  before its RMS normalisation, which is not linear in x and is left out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from analysis.errors import PrunescopeError
+from analysis.implicit_attention.common import DEFAULT_BUDGET_BYTES, Reduction, reduce_in_chunks
+
+FORMS = {"s6": "s6", "ssm": "s6", "ssd": "s6", "unified": "unified"}
+
+
+@dataclass
+class MambaInternals:
+    """One layer's tensors from one forward pass (fp32 copies, batch dimension dropped; T positions,
+    d = d_inner channels, H heads (Mamba: H = d), G groups, n states, K conv taps)."""
+
+    model_type: str  # "mamba" or "mamba2"
+    layer: int
+    x: torch.Tensor  # [T, d] x branch of in_proj, before the conv
+    z: torch.Tensor  # [T, d] gate branch of in_proj
+    c: torch.Tensor  # [T, d] conv1d output before its SiLU (recomputed)
+    u: torch.Tensor  # [T, d] SSM input SiLU(c) (Mamba: captured at x_proj; Mamba-2: recomputed)
+    delta: torch.Tensor  # [T, H] time steps after bias, softplus (and Mamba-2's clamp)
+    A: torch.Tensor  # Mamba [d, n]; Mamba-2 [H]
+    B: torch.Tensor  # Mamba [T, n]; Mamba-2 [T, G, n]
+    C: torch.Tensor  # like B
+    D: torch.Tensor  # [H]
+    conv_weight: torch.Tensor  # [d, K] (the x channels)
+    conv_bias: torch.Tensor | None  # [d]
+    head_dim: int = 1  # channels per head (Mamba: 1)
+    observed: dict[str, torch.Tensor] = field(default_factory=dict)  # real-forward tensors, [T, .]
+
+    @property
+    def length(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def n_heads(self) -> int:
+        return self.delta.shape[1]
+
+
+def _form(form: str) -> str:
+    if form not in FORMS:
+        raise PrunescopeError(f"unknown implicit-attention form {form!r}: use s6 (ssm), or unified")
+    return FORMS[form]
+
+
+def n_channels(internals: MambaInternals, form: str) -> int:
+    """How many matrices a form has: s6 -> heads (Mamba: d_inner channels), unified -> d_inner channels."""
+    return internals.n_heads if _form(form) == "s6" else internals.x.shape[1]
+
+
+# -- capture -------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def capture_mamba(loaded, input_ids: torch.LongTensor, layers: list[int] | None = None
+                  ) -> dict[int, MambaInternals]:
+    """Run ``input_ids`` ([T] or [1, T]) once through the model with hooks on each requested layer's mixer
+    and return its internals (model types ``mamba`` and ``mamba2``)."""
+    model_type = loaded.model.config.model_type
+    if model_type not in ("mamba", "mamba2"):
+        raise PrunescopeError(f"implicit attention of Mamba needs a mamba or mamba2 model, not {model_type!r}")
+    ids = input_ids.reshape(1, -1) if input_ids.dim() == 1 else input_ids
+    if ids.shape[0] != 1 or ids.shape[1] == 0:
+        raise PrunescopeError("capture_mamba takes one non-empty prompt (batch 1)")
+    layers = list(range(loaded.n_layers)) if layers is None else list(layers)
+    bad = [layer for layer in layers if not 0 <= layer < loaded.n_layers]
+    if bad:
+        raise PrunescopeError(f"layer {bad[0]} does not exist (the model has {loaded.n_layers})")
+    raw: dict[int, dict[str, torch.Tensor]] = {layer: {} for layer in layers}
+
+    def save(store, key, kind):
+        def hook(module, args, kwargs, output=None):
+            store[key] = (output if kind == "out" else args[0] if args else next(iter(kwargs.values()))).detach()
+            if kind == "norm":  # MambaRMSNormGated(hidden_states, gate)
+                store["norm_gate"] = (args[1] if len(args) > 1 else kwargs["gate"]).detach()
+        return hook
+
+    names = {"mamba": [("in_proj", "out"), ("x_proj", "in"), ("x_proj", "out"), ("out_proj", "in")],
+             "mamba2": [("in_proj", "out"), ("norm", "norm"), ("out_proj", "in")]}[model_type]
+    handles = []
+    with loaded.session():
+        try:
+            for layer in layers:
+                mixer = loaded.adapter.block(layer).mixer
+                handles.append(mixer.register_forward_hook(save(raw[layer], "mixer_out", "out"), with_kwargs=True))
+                for name, kind in names:
+                    module, key = getattr(mixer, name), f"{name}_{kind}"
+                    if kind == "out":
+                        handles.append(module.register_forward_hook(save(raw[layer], key, kind), with_kwargs=True))
+                    else:
+                        handles.append(module.register_forward_pre_hook(save(raw[layer], key, kind),
+                                                                        with_kwargs=True))
+            loaded.model(input_ids=ids.to(loaded.device), use_cache=False)
+        finally:
+            for handle in handles:
+                handle.remove()
+        missing = [key for layer in layers for key in ("in_proj_out", "out_proj_in", "mixer_out")
+                   if key not in raw[layer]]
+        if missing:  # e.g. a fused kernel path that bypasses the submodules
+            raise PrunescopeError(f"the forward pass never reached {missing[0]}: run the model in eval mode")
+        build = _internals_mamba if model_type == "mamba" else _internals_mamba2
+        return {layer: build(loaded.adapter.block(layer).mixer, layer, raw[layer]) for layer in layers}
+
+
+def _conv(mixer, xbc: torch.Tensor) -> torch.Tensor:
+    """[T, channels] -> causal depthwise conv pre-activation, as HF's torch ``causal_conv1d_fn``."""
+    weight, length = mixer.conv1d.weight, xbc.shape[0]
+    out = F.conv1d(xbc.T[None].to(weight.dtype), weight, mixer.conv1d.bias, padding=weight.shape[-1] - 1,
+                   groups=weight.shape[0])
+    return out[0, :, :length].T
+
+
+def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.detach().float().clone()  # stays on the model's device
+
+
+def _internals_mamba(mixer, layer: int, raw: dict) -> MambaInternals:
+    d, n, rank = mixer.intermediate_size, mixer.ssm_state_size, mixer.time_step_rank
+    x, z = raw["in_proj_out"][0].split([d, d], dim=-1)
+    dt_low, B, C = raw["x_proj_out"][0].split([rank, n, n], dim=-1)
+    # HF: dt_proj.weight @ dt_low (no module call), then + bias in fp32 and softplus; no clamping in Mamba-1
+    delta = F.softplus((dt_low @ mixer.dt_proj.weight.T).float() + mixer.dt_proj.bias.float())
+    return MambaInternals(
+        "mamba", layer, _f32(x), _f32(z), _f32(_conv(mixer, x)), _f32(raw["x_proj_in"][0]), _f32(delta),
+        _f32(-torch.exp(mixer.A_log.float())), _f32(B), _f32(C), _f32(mixer.D), _f32(mixer.conv1d.weight[:, 0]),
+        _f32(mixer.conv1d.bias), 1,
+        {"out_proj_in": _f32(raw["out_proj_in"][0]), "mixer_out": _f32(raw["mixer_out"][0])})
+
+
+def _internals_mamba2(mixer, layer: int, raw: dict) -> MambaInternals:
+    d, heads, groups, n = mixer.intermediate_size, mixer.num_heads, mixer.n_groups, mixer.ssm_state_size
+    z, xbc, dt = raw["in_proj_out"][0].split([d, mixer.conv_dim, heads], dim=-1)
+    conv = _conv(mixer, xbc)
+    u, B, C = mixer.act(conv).split([d, groups * n, groups * n], dim=-1)
+    lo, hi = mixer.time_step_limit  # HF clamps the softplus'ed dt to time_step_limit (default (0, inf))
+    delta = torch.clamp(F.softplus(dt + mixer.dt_bias.to(dt.dtype)), min=lo, max=hi)
+    y, gate = raw["norm_norm"][0], raw["norm_gate"][0]
+    gated = y.float() * F.silu(gate.float())  # first line of MambaRMSNormGated, before the RMS scaling
+    return MambaInternals(
+        "mamba2", layer, _f32(xbc[:, :d]), _f32(z), _f32(conv[:, :d]), _f32(u), _f32(delta),
+        _f32(-torch.exp(mixer.A_log.float())), _f32(B.reshape(-1, groups, n)), _f32(C.reshape(-1, groups, n)),
+        _f32(mixer.D), _f32(mixer.conv1d.weight[:d, 0]),
+        _f32(None if mixer.conv1d.bias is None else mixer.conv1d.bias[:d]), mixer.head_dim,
+        {"ssm_out": _f32(y), "gated": _f32(gated), "out_proj_in": _f32(raw["out_proj_in"][0]),
+         "mixer_out": _f32(raw["mixer_out"][0])})
+
+
+# -- vectorised matrices -------------------------------------------------------------------------------------
+def _alpha(inn: MambaInternals, heads: torch.Tensor) -> torch.Tensor:
+    """[len(heads), T, T] s6/SSD matrices (no D), from differences of cumulative sums of Delta."""
+    length = inn.length
+    delta = inn.delta[:, heads]  # [T, c]
+    cum = delta.double().cumsum(0).T  # fp64 so that S_i - S_j keeps its precision on long prompts
+    seg = (cum[:, :, None] - cum[:, None, :]).float()  # [c, i, j] = sum_{k=j+1..i} Delta[k]
+    future = ~torch.ones(length, length, dtype=torch.bool, device=delta.device).tril()
+    if inn.model_type == "mamba":
+        arg = seg[..., None] * inn.A[heads][:, None, None, :]  # [c, i, j, n]
+        decay = arg.masked_fill_(future[None, :, :, None], float("-inf")).exp_()
+        alpha = torch.einsum("cijn,in,jn->cij", decay, inn.C, inn.B)
+    else:
+        decay = (seg * inn.A[heads][:, None, None]).masked_fill_(future, float("-inf")).exp_()
+        per_group = torch.einsum("ign,jgn->gij", inn.C, inn.B)  # C_i . B_j per group
+        alpha = decay * per_group[heads // (inn.n_heads // inn.B.shape[1])]
+    return alpha * delta.T[:, None, :]
+
+
+def _unified(inn: MambaInternals, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Unified matrices [c, T, T] of d_inner channels ``idx`` and the conv-bias term [T, c] (or None)."""
+    heads = idx // inn.head_dim
+    unique, inverse = heads.unique(return_inverse=True)
+    mixed = _alpha(inn, unique)[inverse]
+    mixed.diagonal(dim1=1, dim2=2).add_(inn.D[heads][:, None])
+    mixed.mul_(torch.sigmoid(inn.c[:, idx]).T[:, None, :])  # SiLU(c_j) = sigmoid(c_j) * c_j
+    gate = F.silu(inn.z[:, idx]).T  # [c, T]
+    bias = None if inn.conv_bias is None else (gate * mixed.sum(-1) * inn.conv_bias[idx][:, None]).T
+    taps = inn.conv_weight.shape[1]  # conv: c_j = sum_k w[K-1-k] x_{j-k} + b, so M[i,m] = sum_k a[i,m+k] w[K-1-k]
+    folded = torch.zeros_like(mixed)
+    for k in range(taps):
+        folded[:, :, :inn.length - k] += inn.conv_weight[idx, taps - 1 - k][:, None, None] * mixed[:, :, k:]
+    return folded.mul_(gate[:, :, None]), bias
+
+
+def _channels(inn: MambaInternals, form: str, channels) -> torch.Tensor:
+    total = n_channels(inn, form)
+    if channels is None:
+        return torch.arange(total)
+    idx = torch.as_tensor(channels, dtype=torch.long).reshape(-1)
+    if len(idx) and not (0 <= int(idx.min()) and int(idx.max()) < total):
+        raise PrunescopeError(f"channel out of range (the {form} form of this layer has {total})")
+    return idx
+
+
+@torch.no_grad()
+def mamba_matrices(internals: MambaInternals, form: str = "s6", channels: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+    """[len(channels) or all, T, T] implicit-attention matrices (s6: per head, Mamba's heads being its
+    d_inner channels; unified: per d_inner channel); lower-triangular, no loop over positions."""
+    form = _form(form)
+    idx = _channels(internals, form, channels)
+    return _alpha(internals, idx) if form == "s6" else _unified(internals, idx)[0]
+
+
+def _bytes_per_entry(inn: MambaInternals, form: str) -> int:
+    states = inn.A.shape[1] if inn.model_type == "mamba" else 1
+    return 4 * (2 * states + (6 if _form(form) == "s6" else 12))
+
+
+def mamba_reduced(internals: MambaInternals, form: str, reduction: Reduction,
+                  budget_bytes: int = DEFAULT_BUDGET_BYTES) -> torch.Tensor:
+    """[T, T] mean / absmean / chosen-channels mean of a form's matrices, chunked over channels."""
+    return reduce_in_chunks(lambda idx: mamba_matrices(internals, form, idx), n_channels(internals, form),
+                            internals.length, reduction, budget_bytes, _bytes_per_entry(internals, form))
+
+
+# -- reference and checks ------------------------------------------------------------------------------------
+@torch.no_grad()
+def mamba_loop_matrices(internals: MambaInternals, form: str, channels: torch.Tensor) -> torch.Tensor:
+    """Slow fp64 reference: unroll h_i = exp(Delta_i A) h_{i-1} + Delta_i B_i u_i position by position,
+    keeping each u_j's coefficient in the state (alpha[i,j] = C_i . coef_j); unified then multiplies explicit
+    diag(SiLU z) (alpha + D I) diag(sigmoid c) Toeplitz(conv) matrices."""
+    inn, form = internals, _form(form)
+    idx = _channels(inn, form, channels)
+    heads = idx if form == "s6" else idx // inn.head_dim
+    length, dd, dev = inn.length, torch.float64, inn.x.device
+    if inn.model_type == "mamba":
+        a = inn.A[heads].double()
+        b = inn.B.double()[:, None, :].expand(-1, len(idx), -1)
+        c = inn.C.double()[:, None, :].expand_as(b)
+    else:
+        groups = heads // (inn.n_heads // inn.B.shape[1])
+        b, c = inn.B.double()[:, groups], inn.C.double()[:, groups]  # [T, c, n]
+        a = inn.A[heads].double()[:, None].expand(-1, b.shape[-1])
+    delta = inn.delta[:, heads].double()  # [T, c]
+    coef = torch.zeros(len(idx), length, b.shape[-1], dtype=dd, device=dev)  # coefficient of u_j in h_i: [c, j, n]
+    alpha = torch.zeros(len(idx), length, length, dtype=dd, device=dev)
+    for i in range(length):
+        coef = coef * torch.exp(delta[i][:, None] * a)[:, None, :]
+        coef[:, i] = delta[i][:, None] * b[i]
+        alpha[:, i] = torch.einsum("cjn,cn->cj", coef, c[i])
+    if form == "s6":
+        return alpha.float()
+    taps, eye = inn.conv_weight.shape[1], torch.eye(length, dtype=dd, device=dev)
+    out = torch.zeros_like(alpha)
+    for row, ch in enumerate(idx.tolist()):
+        toeplitz = torch.zeros(length, length, dtype=dd, device=dev)
+        for j in range(length):
+            for k in range(min(taps, j + 1)):
+                toeplitz[j, j - k] = inn.conv_weight[ch, taps - 1 - k].double()
+        mixed = alpha[row] + inn.D[heads[row]].double() * eye
+        out[row] = (torch.diag(F.silu(inn.z[:, ch].double())) @ mixed @ torch.diag(torch.sigmoid(inn.c[:, ch].double()))
+                    @ toeplitz)
+    return out.float()
+
+
+@torch.no_grad()
+def mamba_reconstruct(internals: MambaInternals, form: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(matrices applied to the layer's inputs, the real forward's tensor), both [T, d]. s6: Mamba -> the
+    out_proj input (alpha u + D u) * SiLU(z); Mamba-2 -> the SSD output y entering the gated norm.
+    unified: M x + conv-bias term -> Mamba's out_proj input / Mamba-2's y * SiLU(z)."""
+    inn, form = internals, _form(form)
+    length = inn.length
+    if form == "s6":
+        u = inn.u.reshape(length, inn.n_heads, inn.head_dim)
+        y = (torch.einsum("hij,jhp->ihp", _alpha(inn, torch.arange(inn.n_heads)), u)
+             + inn.D[:, None] * u).reshape(length, -1)
+        if inn.model_type == "mamba":
+            return y * F.silu(inn.z), inn.observed["out_proj_in"]
+        return y, inn.observed["ssm_out"]
+    folded, bias = _unified(inn, torch.arange(inn.x.shape[1]))
+    rebuilt = torch.einsum("dim,md->id", folded, inn.x) + (0 if bias is None else bias)
+    return rebuilt, inn.observed["out_proj_in" if inn.model_type == "mamba" else "gated"]

@@ -1,0 +1,71 @@
+"""The attention-map dispatcher: every family, transformer softmax exactness, and bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from analysis.errors import PrunescopeError
+from analysis.implicit_attention import attention_maps, softmax_attention
+from analysis.implicit_attention.common import Reduction
+from analysis.models.tiny import TINY_FAMILIES
+
+TEXT = "a:3 b:5 c:1 d:7 | b:5 a:"
+
+
+@pytest.mark.parametrize("model_type", TINY_FAMILIES)
+def test_maps_for_every_family(tiny_loaded, model_type):
+    loaded = tiny_loaded(model_type)
+    maps = attention_maps(loaded, TEXT)
+    length = len(loaded.tokenizer(TEXT).input_ids)
+    assert maps.attn.shape == (loaded.n_layers, length, length) and len(maps.tokens) == length
+    assert maps.attn.triu(1).abs().max() == 0 and maps.attn.abs().max() > 0
+    assert "".join(maps.tokens) == TEXT
+    for k, kind in enumerate(maps.kinds):
+        if kind == "softmax":
+            torch.testing.assert_close(maps.attn[k].sum(-1), torch.ones(length))
+
+
+def test_dispatcher_matches_the_family_module(tiny_loaded):
+    from analysis.implicit_attention.mamba import capture_mamba, mamba_reduced
+
+    loaded = tiny_loaded("mamba")
+    maps = attention_maps(loaded, TEXT, form="unified", reduce="absmean", layers=[1])
+    internals = capture_mamba(loaded, torch.tensor([loaded.tokenizer(TEXT).input_ids]), [1])[1]
+    torch.testing.assert_close(maps.attn[0], mamba_reduced(internals, "unified", Reduction("absmean"), 1 << 30))
+    assert maps.layers == [1] and maps.form == "unified"
+
+
+def test_transformer_attention_reproduces_the_attention_output(tiny_loaded):
+    """Per-head probabilities times the layer's own values give the input of o_proj (GQA included)."""
+    loaded = tiny_loaded("llama")
+    ids = torch.tensor([loaded.tokenizer(TEXT).input_ids])
+    probs = softmax_attention(loaded, ids)
+    seen = {}
+    attn = loaded.model.model.layers[1].self_attn
+    handles = [attn.v_proj.register_forward_hook(lambda m, a, out: seen.__setitem__("v", out[0])),
+               attn.o_proj.register_forward_pre_hook(lambda m, a: seen.__setitem__("o", a[0][0]))]
+    with torch.no_grad():
+        loaded.model(ids)
+    for h in handles:
+        h.remove()
+    heads, kv_heads, dim = attn.config.num_attention_heads, attn.config.num_key_value_heads, attn.head_dim
+    values = seen["v"].reshape(-1, kv_heads, dim).repeat_interleave(heads // kv_heads, dim=1)
+    rebuilt = torch.einsum("hij,jhd->ihd", probs[1], values).reshape(len(ids[0]), heads * dim)
+    assert float((rebuilt - seen["o"]).norm() / seen["o"].norm()) < 1e-5
+    mean = attention_maps(loaded, TEXT, reduce="channels:1,3").attn[1]
+    torch.testing.assert_close(mean, probs[1][[1, 3]].mean(0))
+
+
+@pytest.mark.parametrize("model_type,kwargs,message", [
+    ("llama", {"form": "s6"}, "transformer models have no 's6' attention form"),
+    ("rwkv", {"form": "s6"}, "rwkv models have no 's6' attention form; use unified or wkv"),
+    ("mamba", {"reduce": "median"}, "unknown reduction 'median'"),
+    ("mamba", {"layers": [5]}, "layer 5 does not exist"),
+    ("mamba", {"budget_bytes": 1000}, "needs about"),
+])
+def test_bad_requests(tiny_loaded, model_type, kwargs, message):
+    with pytest.raises(PrunescopeError, match=message):
+        attention_maps(tiny_loaded(model_type), TEXT, **kwargs)
+    with pytest.raises(PrunescopeError, match="the text is empty"):
+        attention_maps(tiny_loaded(model_type), "   ")

@@ -1,0 +1,142 @@
+"""Implicit attention of Mamba / Mamba-2 on tiny random models: exact against the real forward, equal to a
+position-loop reference, causal, and reduced/chunked consistently."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from analysis.errors import PrunescopeError
+from analysis.implicit_attention import mamba as mamba_mod
+from analysis.implicit_attention.common import Reduction
+from analysis.implicit_attention.mamba import (capture_mamba, mamba_loop_matrices, mamba_matrices, mamba_reconstruct,
+                                               mamba_reduced, n_channels)
+from analysis.models import load_model
+from analysis.models.tiny import build_tiny_model
+
+PROMPT = "The cat is big. Q: What is the capital of France?\nA: Paris"
+MODEL_TYPES = ("mamba", "mamba2")
+FORMS = ("s6", "unified")
+
+
+def _ids(loaded) -> torch.Tensor:
+    ids = loaded.tokenizer(PROMPT, return_tensors="pt").input_ids[0]
+    assert 20 <= len(ids) <= 30
+    return ids
+
+
+@pytest.fixture(scope="module")
+def captured(tiny_loaded):
+    cache = {}
+
+    def get(model_type):
+        if model_type not in cache:
+            loaded = tiny_loaded(model_type)
+            cache[model_type] = capture_mamba(loaded, _ids(loaded))
+        return cache[model_type]
+
+    return get
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_reconstruction_equals_real_forward(tiny_loaded, captured, model_type, form):
+    layers = captured(model_type)
+    assert sorted(layers) == list(range(tiny_loaded(model_type).n_layers))
+    for inn in layers.values():
+        rebuilt, observed = mamba_reconstruct(inn, form)
+        assert rebuilt.shape == observed.shape == (inn.length, inn.x.shape[1])
+        assert _rel(rebuilt, observed) < 1e-4
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_vectorised_equals_loop_reference_and_is_causal(captured, model_type, form):
+    for inn in captured(model_type).values():
+        full = mamba_matrices(inn, form)
+        assert full.shape == (n_channels(inn, form), inn.length, inn.length)
+        idx = torch.arange(full.shape[0])
+        torch.testing.assert_close(full, mamba_loop_matrices(inn, form, idx), rtol=1e-4, atol=1e-6)
+        assert (full.triu(1) == 0).all() and (full.diagonal(dim1=1, dim2=2) != 0).any()
+        some = torch.tensor([full.shape[0] - 1, 0, 3])
+        torch.testing.assert_close(mamba_matrices(inn, form, some), full[some], rtol=1e-5, atol=1e-7)
+
+
+def test_s6_is_per_channel_for_mamba_per_head_for_mamba2(captured):
+    assert n_channels(captured("mamba")[0], "s6") == n_channels(captured("mamba")[0], "unified") == 64
+    inn2 = captured("mamba2")[0]
+    assert n_channels(inn2, "s6") == n_channels(inn2, "ssm") == 4 and n_channels(inn2, "unified") == 64
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_reductions_match_full_tensor(captured, model_type, form):
+    inn = captured(model_type)[1]
+    full = mamba_matrices(inn, form)
+    budget = 1 << 30
+    expected = {"mean": full.mean(0), "absmean": full.abs().mean(0), "channels:1,3": full[[1, 3]].mean(0),
+                "channels:2": full[2]}
+    for text, want in expected.items():
+        got = mamba_reduced(inn, form, Reduction.parse(text), budget)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_tiny_budget_chunks_agree_with_one_chunk(captured, monkeypatch, model_type, form):
+    inn = captured(model_type)[0]
+    one = mamba_reduced(inn, form, Reduction("absmean"), 1 << 30)
+    calls = []
+    real = mamba_mod.mamba_matrices
+    monkeypatch.setattr(mamba_mod, "mamba_matrices", lambda i, f, c: calls.append(len(c)) or real(i, f, c))
+    many = mamba_reduced(inn, form, Reduction("absmean"), 1)
+    assert len(calls) == n_channels(inn, form) and set(calls) == {1}
+    torch.testing.assert_close(many, one, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_bad_channels_and_forms_raise(captured, model_type):
+    inn = captured(model_type)[0]
+    for form in FORMS:
+        with pytest.raises(PrunescopeError):
+            mamba_reduced(inn, form, Reduction("channels", (n_channels(inn, form),)), 1 << 20)
+        with pytest.raises(PrunescopeError):
+            mamba_matrices(inn, form, torch.tensor([-1]))
+    with pytest.raises(PrunescopeError):
+        mamba_matrices(inn, "softmax")
+
+
+def test_capture_rejects_bad_input_and_removes_hooks(tiny_loaded):
+    loaded = tiny_loaded("mamba")
+    ids = _ids(loaded)
+    with pytest.raises(PrunescopeError):
+        capture_mamba(loaded, ids, layers=[loaded.n_layers])
+    with pytest.raises(PrunescopeError):
+        capture_mamba(loaded, torch.stack([ids, ids]))
+    with pytest.raises(PrunescopeError):
+        capture_mamba(tiny_loaded("llama"), ids)
+    only = capture_mamba(loaded, ids[None], layers=[1])
+    assert list(only) == [1]
+    for module in loaded.model.modules():
+        assert not module._forward_hooks and not module._forward_pre_hooks
+
+
+def test_mamba2_groups_and_time_step_limit(tmp_path):
+    """n_groups > 1 (heads share their group's B/C) and a clamping time_step_limit stay exact."""
+    path = build_tiny_model("mamba2", tmp_path / "m2", seed=1, n_groups=2, time_step_limit=(0.05, 0.9))
+    loaded = load_model(str(path), device="cpu")
+    layers = capture_mamba(loaded, _ids(loaded))
+    clamped = torch.cat([inn.delta.flatten() for inn in layers.values()])
+    assert ((clamped == 0.05) | (clamped == 0.9)).any()  # the limit is active in this model
+    for inn in layers.values():
+        assert inn.B.shape[1] == 2
+        for form in FORMS:
+            rebuilt, observed = mamba_reconstruct(inn, form)
+            assert _rel(rebuilt, observed) < 1e-4
+            idx = torch.arange(0, n_channels(inn, form), 3)
+            torch.testing.assert_close(mamba_matrices(inn, form, idx), mamba_loop_matrices(inn, form, idx),
+                                       rtol=1e-4, atol=1e-6)
