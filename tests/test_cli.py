@@ -150,3 +150,23 @@ def test_k_larger_than_neurons_and_too_long_prompts(capsys, tiny_dirs, tmp_path)
     code, _, err = run(capsys, "attribute", "--model", tiny_dirs["gpt2"], "--task", str(long_task), "--n", "1",
                        "--shots", "4", "--out", str(tmp_path / "x.npz"))
     assert code == 2 and "exceeds the model's context of 256" in err
+
+
+def test_attention_npz_and_png(capsys, tiny_dirs, tmp_path):
+    import numpy as np
+
+    out, png = tmp_path / "a.npz", tmp_path / "a.png"
+    code, stdout, err = run(capsys, "attention", "--model", tiny_dirs["mamba"], "--text", "a:3 b:5 | a:",
+                            "--form", "unified", "--reduce", "absmean", "--layers", "1", "--out", str(out),
+                            "--png", str(png))
+    assert code == 0, err
+    data = np.load(out)
+    length = len(data["input_ids"])
+    assert data["attn"].shape == (1, length, length) and data["tokens"].shape == (length,)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for argv, message in [(["--form", "s6", "--model", tiny_dirs["rwkv"]], "rwkv models have no 's6'"),
+                          (["--text", "", "--model", tiny_dirs["mamba"]], "the text is empty"),
+                          (["--layers", "x", "--model", tiny_dirs["mamba"]], "--layers must be 'all'")]:
+        base = ["attention", "--text", "abc", "--out", str(out)]
+        code, _, err = run(capsys, *base, *argv)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1

@@ -184,14 +184,38 @@ def _alpha(inn: MambaInternals, heads: torch.Tensor) -> torch.Tensor:
     seg = (cum[:, :, None] - cum[:, None, :]).float()  # [c, i, j] = sum_{k=j+1..i} Delta[k]
     future = ~torch.ones(length, length, dtype=torch.bool, device=delta.device).tril()
     if inn.model_type == "mamba":
-        arg = seg[..., None] * inn.A[heads][:, None, None, :]  # [c, i, j, n]
-        decay = arg.masked_fill_(future[None, :, :, None], float("-inf")).exp_()
-        alpha = torch.einsum("cijn,in,jn->cij", decay, inn.C, inn.B)
+        return _alpha_s6_blocked(inn, heads, cum)
     else:
         decay = (seg * inn.A[heads][:, None, None]).masked_fill_(future, float("-inf")).exp_()
         per_group = torch.einsum("ign,jgn->gij", inn.C, inn.B)  # C_i . B_j per group
         alpha = decay * per_group[heads // (inn.n_heads // inn.B.shape[1])]
     return alpha * delta.T[:, None, :]
+
+
+def _alpha_s6_blocked(inn: MambaInternals, heads: torch.Tensor, cum: torch.Tensor,
+                      block: int = 64) -> torch.Tensor:
+    """Mamba's [c, T, T] matrices without a [c, T, T, n] tensor: exp((S_i - S_j) A) = exp((S_i - S_r) A) *
+    exp((S_r - S_j) A) factorises through a reference point r, so rows of block I against the columns before it
+    are one batched matmul over the state dimension, with r = the last position before block I (both factors
+    are <= 1 since Delta > 0 and A < 0: no overflow). Diagonal blocks use the direct masked exponent."""
+    length = inn.length
+    a = inn.A[heads].double()  # [c, n]
+    delta = inn.delta[:, heads].double().T  # [c, T]
+    b, c_mat = inn.B.double(), inn.C.double()  # [T, n]
+    alpha = torch.zeros(len(heads), length, length, dtype=torch.float64, device=a.device)
+    for start in range(0, length, block):
+        stop = min(start + block, length)
+        rows = slice(start, stop)
+        seg = cum[:, rows, None] - cum[:, None, rows]  # [c, b, b]
+        causal = torch.ones(stop - start, stop - start, dtype=torch.bool, device=a.device).tril()
+        decay = (seg[..., None] * a[:, None, None, :]).masked_fill_(~causal[None, :, :, None], float("-inf")).exp_()
+        alpha[:, rows, rows] = torch.einsum("cijn,in,jn->cij", decay, c_mat[rows], b[rows])
+        if start:
+            ref = cum[:, start - 1]  # [c]
+            left = c_mat[rows][None] * torch.exp((cum[:, rows] - ref[:, None])[..., None] * a[:, None, :])
+            right = b[:start][None] * torch.exp((ref[:, None] - cum[:, :start])[..., None] * a[:, None, :])
+            alpha[:, rows, :start] = torch.bmm(left, right.transpose(1, 2))
+    return (alpha * delta[:, None, :]).float()
 
 
 def _unified(inn: MambaInternals, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -231,8 +255,12 @@ def mamba_matrices(internals: MambaInternals, form: str = "s6", channels: torch.
 
 
 def _bytes_per_entry(inn: MambaInternals, form: str) -> int:
+    """Working bytes per (channel, i, j): fp64 matrices and copies, plus Mamba's [c, 64, 64, n] diagonal
+    blocks spread over the T x T entries."""
     states = inn.A.shape[1] if inn.model_type == "mamba" else 1
-    return 4 * (2 * states + (6 if _form(form) == "s6" else 12))
+    block = min(inn.length, 64)
+    diagonal = -(-16 * states * block * block // (inn.length * inn.length))
+    return 8 * (3 if _form(form) == "s6" else 5) + diagonal
 
 
 def mamba_reduced(internals: MambaInternals, form: str, reduction: Reduction,

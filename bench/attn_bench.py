@@ -1,0 +1,99 @@
+"""Mamba implicit attention, vectorised vs a position-by-position loop, on a Mamba-130m-shaped random model.
+
+    python bench/attn_bench.py [--lengths 64,128,256] [--long 512] [--layers 24]
+
+24 layers, hidden 768, d_inner 1536, state 16 (random weights: the cost does not depend on them); all
+layers, s6 form, mean over channels. For each length: seconds for the vectorised path (capture + blocked,
+channel-chunked matrices) and for the loop reference (fp64 recurrence, one position at a time) in the same
+run, and their ratio. The long length runs the vectorised path alone in a child process whose peak resident
+memory (model included) is reported. Last line: ``ratio_T256=<x> peak_mem_T512_gb=<y>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import resource
+import time
+
+import torch
+
+
+def build(layers: int):
+    from transformers import MambaConfig, MambaForCausalLM
+
+    from analysis.models.adapters import make_adapter
+    from analysis.models.loader import LoadedModel
+    from analysis.models.tiny import build_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer()
+    config = MambaConfig(vocab_size=len(tokenizer), hidden_size=768, num_hidden_layers=layers, state_size=16,
+                         expand=2, conv_kernel=4)
+    model = MambaForCausalLM(config).eval().requires_grad_(False)
+    return LoadedModel("mamba-130m-shaped", "random", model, tokenizer, make_adapter(model), torch.device("cpu"),
+                       torch.float32)
+
+
+def vectorised(loaded, ids):
+    from analysis.implicit_attention.common import Reduction
+    from analysis.implicit_attention.mamba import capture_mamba, mamba_reduced
+
+    internals = capture_mamba(loaded, ids)
+    return torch.stack([mamba_reduced(internals[i], "s6", Reduction("mean")) for i in sorted(internals)])
+
+
+def loop(loaded, ids, chunk: int = 256):
+    from analysis.implicit_attention.mamba import capture_mamba, mamba_loop_matrices
+
+    internals = capture_mamba(loaded, ids)
+    maps = []
+    for i in sorted(internals):
+        width = internals[i].delta.shape[1]
+        total = sum(mamba_loop_matrices(internals[i], "s6", torch.arange(s, min(s + chunk, width))).sum(0)
+                    for s in range(0, width, chunk))
+        maps.append(total / width)
+    return torch.stack(maps)
+
+
+def _long_child(layers: int, length: int, queue) -> None:
+    torch.set_num_threads(torch.get_num_threads())
+    loaded = build(layers)
+    ids = torch.randint(0, len(loaded.tokenizer), (length,))
+    start = time.perf_counter()
+    vectorised(loaded, ids)
+    queue.put((time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lengths", default="64,128,256")
+    parser.add_argument("--long", type=int, default=512)
+    parser.add_argument("--layers", type=int, default=24)
+    args = parser.parse_args()
+    loaded = build(args.layers)
+    print(f"model: {args.layers} layers, hidden 768, d_inner 1536, state 16; torch threads {torch.get_num_threads()}")
+    ratios = {}
+    for length in (int(t) for t in args.lengths.split(",")):
+        ids = torch.randint(0, len(loaded.tokenizer), (length,), generator=torch.Generator().manual_seed(length))
+        start = time.perf_counter()
+        fast = vectorised(loaded, ids)
+        fast_s = time.perf_counter() - start
+        start = time.perf_counter()
+        slow = loop(loaded, ids)
+        slow_s = time.perf_counter() - start
+        diff = float((fast - slow).abs().max() / slow.abs().max())
+        ratios[length] = slow_s / fast_s
+        print(f"T={length}: vectorised {fast_s:.2f} s, loop {slow_s:.2f} s, ratio {ratios[length]:.1f}, "
+              f"max rel diff {diff:.1e}")
+    queue = multiprocessing.get_context("spawn").Queue()
+    child = multiprocessing.get_context("spawn").Process(target=_long_child, args=(args.layers, args.long, queue))
+    child.start()
+    long_s, peak_gb = queue.get()
+    child.join()
+    print(f"T={args.long}: vectorised {long_s:.2f} s, peak resident memory {peak_gb:.2f} GB (model included)")
+    print(f"ratio_T256={ratios.get(256, float('nan')):.1f} peak_mem_T{args.long}_gb={peak_gb:.2f}")
+
+
+if __name__ == "__main__":
+    main()
