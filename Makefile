@@ -29,6 +29,7 @@ test: setup
 bench: setup
 	$(PY) bench/eval_bench.py
 	$(PY) bench/ig_bench.py
+	$(PY) bench/attn_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

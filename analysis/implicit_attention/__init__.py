@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from analysis.errors import PrunescopeError
-from analysis.implicit_attention.common import DEFAULT_BUDGET_BYTES, Reduction, eager_attention
+from analysis.implicit_attention.common import DEFAULT_BUDGET_BYTES, Reduction, check_layers, eager_attention
 from analysis.models.loader import LoadedModel
 
 FORMS = {"transformer": ("softmax",), "mamba": ("s6", "unified"), "mamba2": ("s6", "unified"),
@@ -50,10 +50,7 @@ def attention_maps(loaded: LoadedModel, text: str, form: str | None = None, redu
     if not text.strip():
         raise PrunescopeError("the text is empty")
     ids = loaded.tokenizer(text).input_ids
-    layers = list(range(loaded.n_layers)) if layers is None else sorted(set(int(i) for i in layers))
-    bad = [i for i in layers if not 0 <= i < loaded.n_layers]
-    if bad:
-        raise PrunescopeError(f"layer {bad[0]} does not exist (the model has {loaded.n_layers})")
+    layers = sorted(set(check_layers(loaded, layers)))
     _check_budget(len(ids), len(layers), budget_bytes)
     input_ids = torch.tensor([ids], device=loaded.device)
     maps, kinds = _compute(loaded, family, input_ids, form, reduction, layers, budget_bytes)

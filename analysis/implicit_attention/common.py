@@ -77,3 +77,21 @@ def eager_attention(loaded):
         finally:
             if previous != "eager":
                 loaded.model.set_attn_implementation(previous)
+
+
+def prompt_ids(input_ids, device: torch.device) -> torch.Tensor:
+    """One non-empty prompt as a [1, T] tensor on ``device`` (accepts [T] or [1, T])."""
+    ids = torch.as_tensor(input_ids)
+    ids = ids[None] if ids.dim() == 1 else ids
+    if ids.dim() != 2 or ids.shape[0] != 1 or ids.shape[1] == 0:
+        raise PrunescopeError("implicit attention needs one non-empty prompt (batch 1)")
+    return ids.to(device)
+
+
+def check_layers(loaded, layers) -> list[int]:
+    """The requested layer indices (all when None), each checked to exist."""
+    chosen = list(range(loaded.n_layers)) if layers is None else [int(i) for i in layers]
+    bad = [i for i in chosen if not 0 <= i < loaded.n_layers]
+    if bad:
+        raise PrunescopeError(f"layer {bad[0]} does not exist (the model has {loaded.n_layers})")
+    return chosen

@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from analysis.errors import PrunescopeError
-from analysis.implicit_attention.common import DEFAULT_BUDGET_BYTES, Reduction, eager_attention, reduce_in_chunks
-from analysis.implicit_attention.rwkv import _as_batch1, _layers
+from analysis.implicit_attention.common import (DEFAULT_BUDGET_BYTES, Reduction, check_layers, eager_attention,
+                                                prompt_ids, reduce_in_chunks)
 
 FORMS = ("unified", "rglru")
 
@@ -88,8 +88,8 @@ def capture_griffin(loaded, input_ids: torch.Tensor, layers=None) -> dict[int, G
     """Run the model once (batch 1, empty state) and keep the internals of each requested *recurrent* layer;
     attention layers among ``layers`` (or all layers when None) are skipped."""
     recurrent = set(griffin_recurrent_layers(loaded))
-    chosen = [i for i in _layers(loaded, layers) if i in recurrent]
-    ids = _as_batch1(input_ids, loaded.device)
+    chosen = [i for i in check_layers(loaded, layers) if i in recurrent]
+    ids = prompt_ids(input_ids, loaded.device)
     store: dict[int, dict] = {i: {} for i in chosen}
 
     def out_hook(layer, name):
@@ -240,8 +240,8 @@ def griffin_attention_maps(loaded, input_ids: torch.Tensor, layers=None) -> dict
     """[T, T] softmax probabilities averaged over heads for each requested *attention* layer (recurrent ones
     are skipped), from one forward with the eager attention implementation (switched back afterwards)."""
     recurrent = set(griffin_recurrent_layers(loaded))
-    chosen = [i for i in _layers(loaded, layers) if i not in recurrent]
-    ids = _as_batch1(input_ids, loaded.device)
+    chosen = [i for i in check_layers(loaded, layers) if i not in recurrent]
+    ids = prompt_ids(input_ids, loaded.device)
     maps: dict[int, torch.Tensor] = {}
 
     def hook(layer):

@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from analysis.errors import PrunescopeError
-from analysis.implicit_attention.common import DEFAULT_BUDGET_BYTES, Reduction, reduce_in_chunks
+from analysis.implicit_attention.common import (DEFAULT_BUDGET_BYTES, Reduction, check_layers, prompt_ids,
+                                                reduce_in_chunks)
 
 FORMS = {"s6": "s6", "ssm": "s6", "ssd": "s6", "unified": "unified"}
 
@@ -89,13 +90,8 @@ def capture_mamba(loaded, input_ids: torch.LongTensor, layers: list[int] | None 
     model_type = loaded.model.config.model_type
     if model_type not in ("mamba", "mamba2"):
         raise PrunescopeError(f"implicit attention of Mamba needs a mamba or mamba2 model, not {model_type!r}")
-    ids = input_ids.reshape(1, -1) if input_ids.dim() == 1 else input_ids
-    if ids.shape[0] != 1 or ids.shape[1] == 0:
-        raise PrunescopeError("capture_mamba takes one non-empty prompt (batch 1)")
-    layers = list(range(loaded.n_layers)) if layers is None else list(layers)
-    bad = [layer for layer in layers if not 0 <= layer < loaded.n_layers]
-    if bad:
-        raise PrunescopeError(f"layer {bad[0]} does not exist (the model has {loaded.n_layers})")
+    ids = prompt_ids(input_ids, loaded.device)
+    layers = check_layers(loaded, layers)
     raw: dict[int, dict[str, torch.Tensor]] = {layer: {} for layer in layers}
 
     def save(store, key, kind):
@@ -120,7 +116,7 @@ def capture_mamba(loaded, input_ids: torch.LongTensor, layers: list[int] | None 
                     else:
                         handles.append(module.register_forward_pre_hook(save(raw[layer], key, kind),
                                                                         with_kwargs=True))
-            loaded.model(input_ids=ids.to(loaded.device), use_cache=False)
+            loaded.model(input_ids=ids, use_cache=False)
         finally:
             for handle in handles:
                 handle.remove()

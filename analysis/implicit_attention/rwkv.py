@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import torch
 
 from analysis.errors import PrunescopeError
-from analysis.implicit_attention.common import DEFAULT_BUDGET_BYTES, Reduction, reduce_in_chunks
+from analysis.implicit_attention.common import (DEFAULT_BUDGET_BYTES, Reduction, check_layers, prompt_ids,
+                                                reduce_in_chunks)
 
 FORMS = ("unified", "wkv")
 
@@ -55,26 +56,10 @@ def _check_form(form: str) -> None:
         raise PrunescopeError(f"unknown RWKV implicit-attention form {form!r}: use one of {', '.join(FORMS)}")
 
 
-def _as_batch1(input_ids: torch.Tensor, device: torch.device) -> torch.Tensor:
-    ids = torch.as_tensor(input_ids)
-    ids = ids[None] if ids.dim() == 1 else ids
-    if ids.dim() != 2 or ids.shape[0] != 1 or ids.shape[1] == 0:
-        raise PrunescopeError("implicit attention needs one non-empty prompt (batch 1)")
-    return ids.to(device)
-
-
-def _layers(loaded, layers) -> list[int]:
-    chosen = list(range(loaded.n_layers)) if layers is None else [int(i) for i in layers]
-    bad = [i for i in chosen if not 0 <= i < loaded.n_layers]
-    if bad:
-        raise PrunescopeError(f"layer {bad[0]} does not exist (the model has {loaded.n_layers})")
-    return chosen
-
-
 def capture_rwkv(loaded, input_ids: torch.Tensor, layers=None) -> dict[int, RwkvInternals]:
     """Run the model once on ``input_ids`` (batch 1, from the empty state) and keep each layer's internals."""
-    chosen = _layers(loaded, layers)
-    ids = _as_batch1(input_ids, loaded.device)
+    chosen = check_layers(loaded, layers)
+    ids = prompt_ids(input_ids, loaded.device)
     store: dict[int, dict[str, torch.Tensor]] = {i: {} for i in chosen}
 
     def out_hook(layer, name):

@@ -1,0 +1,402 @@
+"""Token-level relevance: how much each prompt token matters for one target token at the last position.
+
+F is the *logit* of the target token at the last position (default target: the model's top prediction there).
+Methods (``METHODS``), all batch 1, ``use_cache=False``, under ``loaded.lock``:
+
+* ``raw``: the last row of the attention map (:func:`attention_maps`), averaged over the chosen layers
+  (default: the last layer). Implicit maps of Mamba/RWKV/Griffin may be negative; the sign is kept.
+* ``rollout``: last row of ``R = A'_{l_k} ... A'_{l_1}`` with ``A'_l = rownorm(I + |A_l|)`` over the chosen
+  layers (default all), later layers on the left (Abnar & Zuidema 2020).
+* ``gradattn``: per layer ``(mean_c dF/dA[c] * A[c])^+`` over channels/heads, then rollout. Since a layer's
+  output is ``y[i,c] = sum_j A[c,i,j] u[j,c]``, ``dF/dA[c,i,j] = g[i,c] u[j,c]`` with ``g = dF/dy``: one
+  forward+backward captures ``g`` at the tensor each form maps to (table in :func:`_implicit_targets`), ``u``
+  and the matrices come from the family's capture. Transformers (and Griffin's local-attention layers) run a
+  registered eager attention function whose softmax probabilities sit in the graph, so dF/dA is read directly.
+* ``ig``: captum Integrated Gradients on the input embeddings, zero baseline, ``steps`` Gauss-Legendre
+  nodes, summed over the hidden dimension. Completeness (scores sum to F(x) - F(0)) holds only as well as
+  the quadrature resolves the path, and ``delta`` reports the error: with pre-norm models F(alpha x) jumps
+  at tiny alpha, where the norms' eps dominates (tiny llama: 0 -> 6.5 by alpha = 1e-3; SmolLM2: 0 -> 21 by
+  1e-4), so a few dozen nodes can miss by 10-150%. Models whose norms never see ~0 (GPT-2 position
+  embeddings) are accurate to < 1% at 64 steps.
+* ``gxi``: gradient x input on the input embeddings, summed over the hidden dimension.
+* ``lrp`` (transformers only): conservative propagation (Ali et al. 2022, arXiv 2202.07304) as gradient x
+  input with the softmax probabilities and every norm's 1/sigma detached (:func:`conservative_propagation`).
+  Other nonlinearities (gated MLPs, GELU) keep their ordinary gradient.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from analysis.errors import PromptTooLongError, PrunescopeError
+from analysis.implicit_attention import FORMS, attention_maps, default_form
+from analysis.implicit_attention.common import Reduction, reduce_in_chunks
+from analysis.models.loader import LoadedModel
+
+METHODS = ("raw", "rollout", "gradattn", "ig", "gxi", "lrp")
+LRP_FAMILIES = ("transformer",)
+PROBE, CONSERVATIVE = "prunescope_probe", "prunescope_conservative"  # registered attention implementations
+_STATE = threading.local()  # per-thread recorder of (module, probs) while PROBE runs
+
+
+@dataclass
+class TokenRelevance:
+    """``scores[t]``: relevance of prompt token ``t`` for ``target_id`` at the last position."""
+
+    scores: torch.Tensor
+    tokens: list[str]
+    input_ids: list[int]
+    method: str
+    target_id: int
+    delta: float | None = None  # ig only: sum(scores) - (F(x) - F(0)), the completeness error
+
+
+def token_relevance(loaded: LoadedModel, text: str, method: str, target_id: int | None = None,
+                    layers: list[int] | None = None, form: str | None = None, steps: int = 32) -> TokenRelevance:
+    """Relevance of every token of ``text`` for ``target_id`` (default: top prediction) at the last position.
+    ``layers`` and ``form`` apply to raw / rollout / gradattn; ``steps`` to ig."""
+    if method not in METHODS:
+        raise PrunescopeError(f"unknown relevance method {method!r}: use one of {', '.join(METHODS)}")
+    if method == "lrp":
+        _require_lrp(loaded)
+    if method == "ig" and int(steps) < 1:
+        raise PrunescopeError(f"ig needs at least 1 step (got {steps})")
+    ids = prompt_ids(loaded, text)
+    delta = None
+    with loaded.lock:
+        input_ids = torch.tensor([ids], device=loaded.device)
+        target = top_prediction(loaded, input_ids) if target_id is None else _check_target(loaded, target_id)
+        if method in ("raw", "rollout"):
+            chosen = layers if layers is not None else ([loaded.n_layers - 1] if method == "raw" else None)
+            attn = attention_maps(loaded, text, form=form, layers=chosen).attn
+            scores = attn.mean(0)[-1] if method == "raw" else rollout(attn)[-1]
+        elif method == "gradattn":
+            scores = rollout(gradient_weighted_maps(loaded, input_ids, target, layers, form))[-1]
+        elif method == "ig":
+            scores, delta = _integrated_gradients(loaded, input_ids, target, int(steps))
+        else:
+            with conservative_propagation(loaded) if method == "lrp" else nullcontext():
+                scores = gradient_x_input(loaded, input_ids, target)
+    tokens = [loaded.tokenizer.decode([i]) for i in ids]
+    return TokenRelevance(scores.detach().float().cpu(), tokens, ids, method, target, delta)
+
+
+# -- shared helpers ------------------------------------------------------------------------------------------
+def prompt_ids(loaded: LoadedModel, text: str) -> list[int]:
+    """Token ids of ``text``; empty or over-long texts are one-line errors."""
+    if not isinstance(text, str) or not text.strip():
+        raise PrunescopeError("the text is empty")
+    ids, limit = list(loaded.tokenizer(text).input_ids), loaded.adapter.max_context()
+    if limit is not None and len(ids) > limit:
+        raise PromptTooLongError(f"text of {len(ids)} tokens exceeds the model's context of {limit}")
+    return ids
+
+
+def _check_target(loaded: LoadedModel, target_id) -> int:
+    vocab = loaded.model.get_output_embeddings().weight.shape[0]
+    if not 0 <= int(target_id) < vocab:
+        raise PrunescopeError(f"target token id {target_id} is outside the vocabulary (0..{vocab - 1})")
+    return int(target_id)
+
+
+@torch.no_grad()
+def top_prediction(loaded: LoadedModel, input_ids: torch.Tensor) -> int:
+    """The model's most likely next token after ``input_ids`` [1, T]."""
+    with loaded.lock:
+        hidden = loaded.adapter.base_model(input_ids=input_ids, use_cache=False).last_hidden_state
+        return int(loaded.adapter.logits(hidden[:, -1]).argmax(-1)[0])
+
+
+def target_logit(loaded: LoadedModel, embeds: torch.Tensor, target: int) -> torch.Tensor:
+    """F for input embeddings [B, T, H] -> [B]: the target's logit at the last position (only that logit)."""
+    hidden = loaded.adapter.base_model(inputs_embeds=embeds, use_cache=False).last_hidden_state
+    return loaded.adapter.logits(hidden[:, -1], torch.tensor([target], device=embeds.device))[:, 0].float()
+
+
+def _embeds(loaded: LoadedModel, input_ids: torch.Tensor) -> torch.Tensor:
+    return loaded.model.get_input_embeddings()(input_ids).detach()
+
+
+def rollout(maps: torch.Tensor) -> torch.Tensor:
+    """``prod_l rownorm(I + |A_l|)`` for maps [L, T, T] taken in order (later layers multiply on the left)."""
+    eye = torch.eye(maps.shape[-1], dtype=torch.float64)
+    result = eye.clone()
+    for step in eye + maps.detach().double().cpu().abs():
+        result = (step / step.sum(-1, keepdim=True)) @ result
+    return result.float()
+
+
+# -- input-gradient methods ------------------------------------------------------------------------------------
+def gradient_x_input(loaded: LoadedModel, input_ids: torch.Tensor, target: int) -> torch.Tensor:
+    """[T] sum over the hidden dim of dF/de * e at the input embeddings e."""
+    with loaded.lock, torch.enable_grad():
+        embeds = _embeds(loaded, input_ids).requires_grad_(True)
+        (grad,) = torch.autograd.grad(target_logit(loaded, embeds, target).sum(), embeds)
+    return (grad * embeds).detach()[0].sum(-1)
+
+
+def _integrated_gradients(loaded: LoadedModel, input_ids: torch.Tensor, target: int, steps: int
+                          ) -> tuple[torch.Tensor, float]:
+    """([T] IG scores, completeness error) from captum, zero embedding baseline, Gauss-Legendre nodes."""
+    from captum.attr import IntegratedGradients
+
+    embeds = _embeds(loaded, input_ids)
+    batch = max(1, min(steps, 8192 // embeds.shape[1]))  # rows of the path evaluated together
+    ig = IntegratedGradients(lambda e: target_logit(loaded, e, target))
+    with loaded.lock:
+        attributions, delta = ig.attribute(embeds, baselines=torch.zeros_like(embeds), n_steps=steps,
+                                           internal_batch_size=batch, return_convergence_delta=True)
+    return attributions.detach()[0].sum(-1), float(delta[0])
+
+
+# -- attention implementations: probe (probabilities in the graph) and conservative (detached) -----------------
+def _eager(module, query, key, value, attention_mask, scaling=None, dropout=0.0, detach=False, **kwargs):
+    """Eager attention for any head layout (GQA/MQA: kv heads repeated), as the models' own eager code."""
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(query, key.transpose(-1, -2)) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
+    if kwargs.get("softcap"):
+        scores = torch.tanh(scores / kwargs["softcap"]) * kwargs["softcap"]
+    if attention_mask is not None:
+        scores = scores + attention_mask[..., : key.shape[-2]]
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    probs = probs.detach() if detach else probs
+    if getattr(_STATE, "records", None) is not None:
+        _STATE.records.append((module, probs))
+    return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    AttentionInterface.register(PROBE, _eager)
+    AttentionInterface.register(CONSERVATIVE, lambda *a, **k: _eager(*a, **{**k, "detach": True}))
+    AttentionMaskInterface.register(PROBE, eager_mask)
+    AttentionMaskInterface.register(CONSERVATIVE, eager_mask)
+
+
+_register()
+
+
+@contextmanager
+def attention_mode(loaded: LoadedModel, name: str) -> Iterator[list]:
+    """Run with attention implementation ``name`` (PROBE or CONSERVATIVE) under the lock; yields the list that
+    collects (attention module, probabilities) of every attention call; the previous implementation and the
+    recorder are restored on exit."""
+    with loaded.lock:
+        previous = loaded.model.config._attn_implementation
+        saved = getattr(_STATE, "records", None)
+        _STATE.records = records = []
+        try:
+            loaded.model.set_attn_implementation(name)
+            if loaded.model.config._attn_implementation != name:
+                raise PrunescopeError(f"{loaded.model.config.model_type} cannot switch its attention function")
+            yield records
+        finally:
+            loaded.model.set_attn_implementation(previous)
+            _STATE.records = saved
+
+
+def _rms_forward(module):
+    weight, eps = module.weight, module.variance_epsilon
+
+    def forward(hidden_states):
+        h = hidden_states.to(torch.float32)
+        variance = h.pow(2).mean(-1, keepdim=True).detach()
+        return weight * (h * torch.rsqrt(variance + eps)).to(hidden_states.dtype)
+    return forward
+
+
+def _layer_norm_forward(module: nn.LayerNorm):
+    dims = tuple(range(-len(module.normalized_shape), 0))
+
+    def forward(x):
+        centred = x - x.mean(dims, keepdim=True)
+        out = centred * torch.rsqrt(x.var(dims, unbiased=False, keepdim=True).detach() + module.eps)
+        out = out * module.weight if module.weight is not None else out
+        return out + module.bias if module.bias is not None else out
+    return forward
+
+
+@contextmanager
+def conservative_propagation(loaded: LoadedModel) -> Iterator[None]:
+    """Inside: softmax probabilities and each norm's 1/sigma are constants for autograd (same forward values,
+    up to float rounding). Norms: ``nn.LayerNorm`` and Llama-style RMSNorm (``weight * x / rms``); each
+    replacement is checked against the module on a probe input, and any other norm class is an error.
+    Everything (attention implementation, module forwards) is restored on exit."""
+    _require_lrp(loaded)
+    with loaded.lock:
+        patched = []
+        try:
+            for module in loaded.model.modules():
+                name = type(module).__name__
+                if isinstance(module, nn.LayerNorm):
+                    forward = _layer_norm_forward(module)
+                elif "rmsnorm" in name.lower() and hasattr(module, "variance_epsilon"):
+                    forward = _rms_forward(module)
+                elif "norm" in name.lower() and any(True for _ in module.parameters(recurse=False)):
+                    raise PrunescopeError(f"lrp does not know how to detach the normalisation {name}")
+                else:
+                    continue
+                _check_same(module, forward, name)
+                patched.append((module, module.__dict__.get("forward")))
+                module.forward = forward
+            with attention_mode(loaded, CONSERVATIVE):
+                yield
+        finally:
+            for module, previous in reversed(patched):
+                del module.forward
+                if previous is not None:
+                    module.forward = previous
+
+
+def _require_lrp(loaded: LoadedModel) -> None:
+    if loaded.family not in LRP_FAMILIES:
+        raise PrunescopeError(f"lrp (conservative propagation) supports {', '.join(LRP_FAMILIES)} models, "
+                              f"not {loaded.family}")
+
+
+@torch.no_grad()
+def _check_same(module, forward, name: str) -> None:
+    weight = next(module.parameters())
+    shape = getattr(module, "normalized_shape", None) or tuple(weight.shape)
+    probe = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0)).to(weight.device, weight.dtype)
+    if not torch.allclose(forward(probe).float(), module(probe).float(), rtol=1e-3, atol=1e-3):
+        raise PrunescopeError(f"lrp does not know how to detach the normalisation {name}")
+
+
+# -- gradient-weighted attention -------------------------------------------------------------------------------
+def gradient_weighted_maps(loaded: LoadedModel, input_ids: torch.Tensor, target: int,
+                           layers: list[int] | None = None, form: str | None = None) -> torch.Tensor:
+    """[len(layers), T, T]: per layer ``(mean_c dF/dA[c] * A[c])^+`` (channels, or heads for softmax layers)."""
+    family = loaded.family
+    form = form or default_form(family)
+    if form not in FORMS[family]:
+        raise PrunescopeError(f"{family} models have no {form!r} attention form; use {' or '.join(FORMS[family])}")
+    layers = list(range(loaded.n_layers)) if layers is None else sorted({int(i) for i in layers})
+    bad = [i for i in layers if not 0 <= i < loaded.n_layers]
+    if bad:
+        raise PrunescopeError(f"layer {bad[0]} does not exist (the model has {loaded.n_layers})")
+    with loaded.lock:
+        maps = _softmax_weighted(loaded, input_ids, target, layers) if family in ("transformer", "griffin") else {}
+        implicit = [i for i in layers if i not in maps]
+        if implicit:
+            maps.update(_implicit_weighted(loaded, input_ids, target, implicit, form))
+    return torch.stack([maps[i].clamp(min=0).float().cpu() for i in layers])
+
+
+def _layer_of(loaded: LoadedModel) -> dict[int, int]:
+    return {id(m): i for i in range(loaded.n_layers) for m in loaded.adapter.block(i).modules()}
+
+
+def _softmax_weighted(loaded, input_ids, target, layers) -> dict[int, torch.Tensor]:
+    """mean_h dF/dA_h * A_h of every softmax-attention layer among ``layers`` (one forward + backward)."""
+    with attention_mode(loaded, PROBE) as records, torch.enable_grad():
+        embeds = _embeds(loaded, input_ids).requires_grad_(True)
+        value = target_logit(loaded, embeds, target).sum()
+    layer_of = _layer_of(loaded)
+    chosen = [(layer_of[id(m)], p) for m, p in records if layer_of.get(id(m)) in layers]
+    if not chosen:
+        return {}
+    grads = torch.autograd.grad(value, [p for _, p in chosen])
+    return {i: (g[0].float() * p[0].detach().float()).mean(0) for (i, p), g in zip(chosen, grads)}
+
+
+def _implicit_targets(loaded, form: str, layers: list[int]):
+    """Per layer, (module, how, fix): the hook that exposes y, and how g = dF/dy follows from its gradient.
+
+    mamba s6: u = SSM input, y = alpha u (+ D u) = out_proj input / SiLU(z); mamba unified: u = x branch,
+    y = out_proj input. mamba2 s6: y = the SSD output entering the gated norm; mamba2 unified: y = its
+    y * SiLU(gate), made a graph tensor by computing it in a pre-hook and calling the norm with gate=None.
+    rwkv unified: u = value, y = output's input; wkv: y = that / sigmoid(r). griffin rglru: u = RG-LRU input,
+    y = its output; unified: u = linear_x output, y = linear_out input."""
+    model_type, out = loaded.model.config.model_type, {}
+    for i in layers:
+        block = loaded.adapter.block(i)
+        if model_type == "mamba":
+            out[i] = (block.mixer.out_proj, "input", "silu_z" if form == "s6" else None)
+        elif model_type == "mamba2":
+            out[i] = (block.mixer.norm, "gated" if form == "unified" else "input", None)
+        elif model_type == "rwkv":
+            out[i] = (block.attention.output, "input", "sigmoid_r" if form == "wkv" else None)
+        else:
+            temporal = block.temporal_block
+            out[i] = (temporal.rg_lru, "output", None) if form == "rglru" else (temporal.linear_out, "input", None)
+    return out
+
+
+def _capture(loaded, input_ids, layers):
+    from analysis.implicit_attention import griffin, mamba, rwkv
+
+    capture, matrices = {"mamba": (mamba.capture_mamba, mamba.mamba_matrices),
+                         "mamba2": (mamba.capture_mamba, mamba.mamba_matrices),
+                         "rwkv": (rwkv.capture_rwkv, rwkv.rwkv_matrices)}.get(
+        loaded.family, (griffin.capture_griffin, griffin.griffin_matrices))
+    return capture(loaded, input_ids, layers), matrices
+
+
+def _source(inn, form: str) -> torch.Tensor:
+    """The per-channel input u [T, C] that the ``form`` matrices multiply."""
+    if hasattr(inn, "model_type"):  # Mamba / Mamba-2
+        return inn.u if form == "s6" else inn.x
+    if hasattr(inn, "value"):  # RWKV
+        return inn.value
+    return inn.x if form == "rglru" else inn.x_pre
+
+
+def _implicit_weighted(loaded, input_ids, target, layers, form) -> dict[int, torch.Tensor]:
+    internals, matrices = _capture(loaded, input_ids, layers)
+    layers = [i for i in layers if i in internals]  # Griffin: recurrent layers only
+    targets = _implicit_targets(loaded, form, layers)
+    seen: dict[int, torch.Tensor] = {}
+
+    def pre(layer, how):
+        def hook(module, args, kwargs):
+            seen[layer] = args[0] if args else kwargs["hidden_states"]
+            if how == "gated":  # the norm's first line, done here so that the gated tensor is in the graph
+                gate = args[1] if len(args) > 1 else kwargs.get("gate")
+                seen[layer] = seen[layer].to(torch.float32) * F.silu(gate.to(torch.float32))
+                return (seen[layer],), {}
+        return hook
+
+    handles = []
+    with loaded.lock, torch.enable_grad():
+        try:
+            for i, (module, how, _) in targets.items():
+                handles.append(module.register_forward_hook(
+                    lambda m, a, out, i=i: seen.__setitem__(i, out[0] if isinstance(out, tuple) else out))
+                    if how == "output" else module.register_forward_pre_hook(pre(i, how), with_kwargs=True))
+                if how == "gated":  # the norm returned float32 now; give the next layer its usual dtype
+                    handles.append(module.register_forward_hook(lambda m, a, out: out.to(m.weight.dtype)))
+            embeds = _embeds(loaded, input_ids).requires_grad_(True)
+            value = target_logit(loaded, embeds, target).sum()
+        finally:
+            for handle in handles:
+                handle.remove()
+        grads = torch.autograd.grad(value, [seen[i] for i in layers])
+    result = {}
+    for i, grad in zip(layers, grads):
+        inn, fix = internals[i], targets[i][2]
+        g = grad[0].float()
+        if fix == "silu_z":
+            g = g * F.silu(inn.z)
+        elif fix == "sigmoid_r":
+            g = g * torch.sigmoid(inn.receptance)
+        u = _source(inn, form)
+        per = getattr(inn, "head_dim", 1) if form == "s6" else 1  # Mamba-2 s6: one matrix per head
+        g3, u3 = g.reshape(len(g), -1, per), u.reshape(len(u), -1, per)
+
+        def weighted(idx, inn=inn, g3=g3, u3=u3):
+            idx = idx.to(g3.device)
+            return matrices(inn, form, idx) * torch.einsum("icp,jcp->cij", g3[:, idx], u3[:, idx])
+        result[i] = reduce_in_chunks(weighted, g3.shape[1], len(g), Reduction("mean"))
+    return result

@@ -1,0 +1,60 @@
+"""Toy-model training: the parallel training paths equal transformers' loops; corpus and recall data."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from analysis.models.toy import corpus_lines, recall_examples, recall_line
+from analysis.models.train_paths import parallel_training
+
+
+@pytest.mark.parametrize("model_type", ["rwkv", "recurrent_gemma", "mamba"])
+def test_parallel_training_paths_match_the_loops(tiny_loaded, model_type):
+    model = tiny_loaded(model_type).model
+    ids = tiny_loaded(model_type).tokenizer("a:3 b:5 c:1 | b:5 a:3 c:", return_tensors="pt").input_ids
+    model.train()
+    try:
+        results = []
+        for parallel in (False, True):
+            model.zero_grad()
+            with torch.enable_grad(), (parallel_training(model) if parallel else torch.enable_grad()):
+                for p in model.parameters():
+                    p.requires_grad_(True)
+                loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+                loss.backward()
+            grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+            results.append((float(loss), grads))
+    finally:
+        model.eval().requires_grad_(False)
+        model.zero_grad(set_to_none=True)
+    (loss_loop, grad_loop), (loss_par, grad_par) = results
+    assert loss_par == pytest.approx(loss_loop, rel=1e-5)
+    assert float((grad_par - grad_loop).norm() / grad_loop.norm()) < 1e-4
+
+
+def test_parallel_training_restores_the_model(tiny_loaded):
+    from transformers.models.rwkv import modeling_rwkv
+
+    original = modeling_rwkv.rwkv_linear_attention
+    with parallel_training(tiny_loaded("rwkv").model):
+        assert modeling_rwkv.rwkv_linear_attention is not original
+    assert modeling_rwkv.rwkv_linear_attention is original
+    griffin = tiny_loaded("recurrent_gemma").model
+    with parallel_training(griffin):
+        pass
+    assert all("_rnn_scan" not in vars(m) for m in griffin.modules())
+
+
+def test_recall_data():
+    import random
+
+    line, asked = recall_line(random.Random(0))
+    context = line.split("|")[0]
+    for prompt, answer in asked:
+        key = prompt.rstrip(":").split()[-1]
+        assert f"{key}:{answer}" in context and prompt.endswith(f" {key}:")
+    assert recall_examples(1, 50) == recall_examples(1, 50) and len(recall_examples(1, 50)) == 50
+    lines = corpus_lines(0, 200)
+    assert lines == corpus_lines(0, 200) and all(l.endswith("\n") for l in lines)
+    assert any("|" in l for l in lines) and any(l.startswith("copy:") for l in lines)
