@@ -170,3 +170,20 @@ def test_attention_npz_and_png(capsys, tiny_dirs, tmp_path):
         base = ["attention", "--text", "abc", "--out", str(out)]
         code, _, err = run(capsys, *base, *argv)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_relevance_and_faithfulness(capsys, tiny_dirs, tmp_path):
+    out = tmp_path / "rel.json"
+    code, stdout, err = run(capsys, "relevance", "--model", tiny_dirs["llama"], "--text", "cat -> dog\nsun ->",
+                            "--method", "gxi", "--out", str(out))
+    assert code == 0, err
+    data = json.loads(out.read_text())
+    assert len(data["scores"]) == len(data["tokens"]) == len(data["input_ids"]) and "most relevant" in stdout
+    code, _, err = run(capsys, "relevance", "--model", tiny_dirs["mamba"], "--text", "abc", "--method", "lrp",
+                       "--out", str(out))
+    assert code == 2 and "lrp" in err and len(err.strip().splitlines()) == 1
+    code, stdout, err = run(capsys, "faithfulness", "--model", tiny_dirs["llama"], "--task", "antonyms",
+                            "--methods", "gxi,raw", "--n", "2", "--json")
+    assert code == 0, err
+    rows = json.loads(stdout)["rows"]
+    assert {(r["method"], r["order"]) for r in rows} >= {("gxi", "most_first"), ("random", "least_first")}

@@ -1,4 +1,4 @@
-"""CLI commands ``attention`` (attention maps -> .npz/.png) and ``train-toy``."""
+"""CLI commands ``attention`` (maps -> .npz/.png), ``relevance``, ``faithfulness`` and ``train-toy``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 
 import numpy as np
 
-from analysis.cli.common import add_model_args
+from analysis.cli.common import add_model_args, non_negative_int, positive_int, tqdm_progress
 from analysis.errors import PrunescopeError
 
 
@@ -20,6 +20,25 @@ def register(commands) -> None:
     at.add_argument("--png", help="also draw the maps into this PNG file")
     add_model_args(at)
     at.set_defaults(run=cmd_attention)
+
+    rel = commands.add_parser("relevance", help="token relevance for the next-token prediction -> JSON")
+    rel.add_argument("--text", required=True)
+    rel.add_argument("--method", required=True, choices=["raw", "rollout", "gradattn", "ig", "gxi", "lrp"])
+    rel.add_argument("--target", help="target token text (default: the model's top prediction)")
+    rel.add_argument("--form", help="attention form for raw/rollout/gradattn (see `attention`)")
+    rel.add_argument("--out", required=True, help="output JSON file")
+    add_model_args(rel)
+    rel.set_defaults(run=cmd_relevance)
+
+    fa = commands.add_parser("faithfulness", help="perturbation AUCs of relevance methods on a task")
+    fa.add_argument("--task", required=True)
+    fa.add_argument("--methods", default="raw,rollout,gradattn,ig,gxi", help="comma-separated methods")
+    fa.add_argument("--n", type=positive_int, default=20)
+    fa.add_argument("--shots", type=non_negative_int, default=2)
+    fa.add_argument("--seed", type=int, default=0)
+    add_model_args(fa)
+    fa.add_argument("--json", action="store_true")
+    fa.set_defaults(run=cmd_faithfulness)
 
     tt = commands.add_parser("train-toy", help="train a small offline checkpoint (mamba, rwkv, ...)")
     tt.add_argument("--arch", required=True, choices=["transformer", "mamba", "mamba2", "rwkv", "griffin"])
@@ -81,10 +100,59 @@ def draw_png(maps, path: str, title: str) -> None:
     plt.close(fig)
 
 
+def cmd_relevance(args: argparse.Namespace) -> int:
+    import json
+
+    from analysis.attribution.tokens import token_relevance
+    from analysis.cli.common import load
+
+    loaded = load(args)
+    target = None
+    if args.target is not None:
+        ids = loaded.tokenizer(args.target, add_special_tokens=False).input_ids
+        if len(ids) != 1:
+            raise PrunescopeError(f"--target {args.target!r} is {len(ids)} tokens; give the text of one token")
+        target = ids[0]
+    rel = token_relevance(loaded, args.text, args.method, target_id=target, form=args.form)
+    data = {"model": loaded.name, "text": args.text, "method": args.method, "target_id": rel.target_id,
+            "target_token": loaded.tokenizer.decode([rel.target_id]), "tokens": rel.tokens,
+            "input_ids": list(rel.input_ids), "scores": [float(x) for x in rel.scores]}
+    with open(args.out, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=1)
+    top = sorted(range(len(rel.tokens)), key=lambda i: -float(rel.scores[i]))[:5]
+    print(f"wrote {args.out}: {args.method} relevance for {data['target_token']!r}; most relevant: "
+          + ", ".join(f"{rel.tokens[i]!r}" for i in top))
+    return 0
+
+
+def cmd_faithfulness(args: argparse.Namespace) -> int:
+    import json
+
+    from analysis.cli.common import load
+    from analysis.evaluation.faithfulness import faithfulness
+    from analysis.tasks import get_task
+
+    task = get_task(args.task, min_pairs=args.shots + 1)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    loaded = load(args)
+    bar = tqdm_progress(f"faithfulness on {task.name}")
+    try:
+        table = faithfulness(loaded, task, methods, args.n, shots=args.shots, seed=args.seed, progress=bar)
+    finally:
+        bar.close()
+    if args.json:
+        rows = table.drop(columns=[c for c in table.columns if c == "note"]).to_dict("records")
+        print(json.dumps({"model": loaded.name, "task": task.name, "n": args.n, "rows": rows}))
+    else:
+        print(f"model {loaded.describe()}; task {task.name}; n={args.n}. most_first: lower AUC is more faithful; "
+              "least_first: higher is")
+        print(table.to_string(index=False, float_format="%.4f"))
+    return 0
+
+
 def cmd_train_toy(args: argparse.Namespace) -> int:
     from analysis.models.loader import TOY_DIR
     from analysis.models.toy import train_toy
-    from analysis.cli.common import tqdm_progress
 
     out = args.out or str(TOY_DIR / f"toy-{args.arch}")
     bar = tqdm_progress(f"train toy-{args.arch}", unit="step")
