@@ -177,41 +177,39 @@ def _alpha(inn: MambaInternals, heads: torch.Tensor) -> torch.Tensor:
     length = inn.length
     delta = inn.delta[:, heads]  # [T, c]
     cum = delta.double().cumsum(0).T  # fp64 so that S_i - S_j keeps its precision on long prompts
-    seg = (cum[:, :, None] - cum[:, None, :]).float()  # [c, i, j] = sum_{k=j+1..i} Delta[k]
-    future = ~torch.ones(length, length, dtype=torch.bool, device=delta.device).tril()
     if inn.model_type == "mamba":
         return _alpha_s6_blocked(inn, heads, cum)
-    else:
-        decay = (seg * inn.A[heads][:, None, None]).masked_fill_(future, float("-inf")).exp_()
-        per_group = torch.einsum("ign,jgn->gij", inn.C, inn.B)  # C_i . B_j per group
-        alpha = decay * per_group[heads // (inn.n_heads // inn.B.shape[1])]
-    return alpha * delta.T[:, None, :]
+    seg = (cum[:, :, None] - cum[:, None, :]).float()  # [c, i, j] = sum_{k=j+1..i} Delta[k]
+    future = ~torch.ones(length, length, dtype=torch.bool, device=delta.device).tril()
+    decay = (seg * inn.A[heads][:, None, None]).masked_fill_(future, float("-inf")).exp_()
+    per_group = torch.einsum("ign,jgn->gij", inn.C, inn.B)  # C_i . B_j per group
+    return decay.mul_(per_group[heads // (inn.n_heads // inn.B.shape[1])]).mul_(delta.T[:, None, :])
 
 
 def _alpha_s6_blocked(inn: MambaInternals, heads: torch.Tensor, cum: torch.Tensor,
-                      block: int = 64) -> torch.Tensor:
+                      block: int = 32) -> torch.Tensor:
     """Mamba's [c, T, T] matrices without a [c, T, T, n] tensor: exp((S_i - S_j) A) = exp((S_i - S_r) A) *
     exp((S_r - S_j) A) factorises through a reference point r, so rows of block I against the columns before it
     are one batched matmul over the state dimension, with r = the last position before block I (both factors
-    are <= 1 since Delta > 0 and A < 0: no overflow). Diagonal blocks use the direct masked exponent."""
+    are <= 1 since Delta > 0 and A < 0: no overflow). Diagonal blocks use the direct masked exponent. Sums of
+    Delta stay in fp64 (``cum``); exponents and products are fp32 like the model."""
     length = inn.length
-    a = inn.A[heads].double()  # [c, n]
-    delta = inn.delta[:, heads].double().T  # [c, T]
-    b, c_mat = inn.B.double(), inn.C.double()  # [T, n]
-    alpha = torch.zeros(len(heads), length, length, dtype=torch.float64, device=a.device)
+    a = inn.A[heads].float()  # [c, n]
+    b, c_mat = inn.B.float(), inn.C.float()  # [T, n]
+    alpha = torch.zeros(len(heads), length, length, device=a.device)
     for start in range(0, length, block):
         stop = min(start + block, length)
         rows = slice(start, stop)
-        seg = cum[:, rows, None] - cum[:, None, rows]  # [c, b, b]
-        causal = torch.ones(stop - start, stop - start, dtype=torch.bool, device=a.device).tril()
-        decay = (seg[..., None] * a[:, None, None, :]).masked_fill_(~causal[None, :, :, None], float("-inf")).exp_()
-        alpha[:, rows, rows] = torch.einsum("cijn,in,jn->cij", decay, c_mat[rows], b[rows])
+        seg = (cum[:, rows, None] - cum[:, None, rows]).float()  # [c, b, b]
+        future = torch.ones(stop - start, stop - start, dtype=torch.bool, device=a.device).triu(1)
+        decay = (seg[..., None] * a[:, None, None, :]).masked_fill_(future[None, :, :, None], float("-inf")).exp_()
+        alpha[:, rows, rows] = decay.mul_(c_mat[rows, None, :] * b[None, rows, :]).sum(-1)
         if start:
-            ref = cum[:, start - 1]  # [c]
-            left = c_mat[rows][None] * torch.exp((cum[:, rows] - ref[:, None])[..., None] * a[:, None, :])
-            right = b[:start][None] * torch.exp((ref[:, None] - cum[:, :start])[..., None] * a[:, None, :])
+            ref = cum[:, start - 1:start]  # [c, 1]
+            left = c_mat[rows][None] * torch.exp((cum[:, rows] - ref).float()[..., None] * a[:, None, :])
+            right = b[:start][None] * torch.exp((ref - cum[:, :start]).float()[..., None] * a[:, None, :])
             alpha[:, rows, :start] = torch.bmm(left, right.transpose(1, 2))
-    return (alpha * delta[:, None, :]).float()
+    return alpha.mul_(inn.delta[:, heads].float().T[:, None, :])
 
 
 def _unified(inn: MambaInternals, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -251,12 +249,12 @@ def mamba_matrices(internals: MambaInternals, form: str = "s6", channels: torch.
 
 
 def _bytes_per_entry(inn: MambaInternals, form: str) -> int:
-    """Working bytes per (channel, i, j): fp64 matrices and copies, plus Mamba's [c, 64, 64, n] diagonal
+    """Working bytes per (channel, i, j): fp32 matrices and copies, plus Mamba's [c, 32, 32, n] diagonal
     blocks spread over the T x T entries."""
     states = inn.A.shape[1] if inn.model_type == "mamba" else 1
-    block = min(inn.length, 64)
-    diagonal = -(-16 * states * block * block // (inn.length * inn.length))
-    return 8 * (3 if _form(form) == "s6" else 5) + diagonal
+    block = min(inn.length, 32)
+    diagonal = -(-8 * states * block * inn.length // (inn.length * inn.length))
+    return 4 * (3 if _form(form) == "s6" else 5) + diagonal
 
 
 def mamba_reduced(internals: MambaInternals, form: str, reduction: Reduction,
