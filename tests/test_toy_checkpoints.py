@@ -28,10 +28,11 @@ def test_every_toy_is_listed_with_a_card():
 def test_toys_load_by_name_and_recall_well_above_chance(name):
     loaded = load_model(name, device="cpu")
     assert loaded.family == TOYS[name]
-    accuracy = recall_accuracy(loaded.model, loaded.tokenizer, recall_examples(7, 60))  # not the card's seed
+    accuracy = recall_accuracy(loaded.model, loaded.tokenizer, recall_examples(7, 200))  # not the card's seed
     card = json.loads((TOY_DIR / name / "training.json").read_text())
-    assert accuracy >= 0.3, f"{name}: held-out recall {accuracy:.2f} (chance 0.1)"
-    assert abs(accuracy - card["recall_accuracy"]) < 0.2
+    # chance is 0.1; with 200 queries its standard error is 0.021, so 0.15 is far outside chance
+    assert accuracy >= 0.15, f"{name}: held-out recall {accuracy:.2f} (chance 0.1)"
+    assert abs(accuracy - card["recall_accuracy"]) < 0.1
 
 
 @pytest.mark.parametrize("name,capture,reconstruct,forms", [
