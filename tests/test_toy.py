@@ -24,7 +24,7 @@ def test_parallel_training_paths_match_the_loops(tiny_loaded, model_type):
                 loss = model(input_ids=ids, labels=ids, use_cache=False).loss
                 loss.backward()
             grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
-            results.append((float(loss), grads))
+            results.append((float(loss.detach()), grads))
     finally:
         model.eval().requires_grad_(False)
         model.zero_grad(set_to_none=True)

@@ -20,7 +20,7 @@ def test_every_toy_is_listed_with_a_card():
     assert set(TOYS) <= set(model_choices())
     for name in TOYS:
         card = (TOY_DIR / name / "README.md").read_text()
-        assert "Held-out recall accuracy" in card and "parameters" in card
+        assert "Held-out recall accuracy" in card and "M-parameter" in card
         assert json.loads((TOY_DIR / name / "training.json").read_text())["parameters"] <= 5_000_000
 
 
