@@ -32,6 +32,18 @@ def tiny_loaded(tiny_dirs):
     return get
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run far faster on one intra-op thread when the machine is busy (OpenMP spin contention);
+    modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
     """Keep test results out of the user's cache, except the dequantized default model (slow to rebuild)."""

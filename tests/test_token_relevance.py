@@ -15,13 +15,7 @@ from analysis.implicit_attention import softmax_attention
 TEXT = "a:3 b:5 c:1 d:7 | b:5 a:"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run far faster on one intra-op thread when the machine is busy (OpenMP spin contention)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _ids(loaded, text=TEXT):
