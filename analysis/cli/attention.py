@@ -89,7 +89,8 @@ def draw_png(maps, path: str, title: str) -> None:
     for ax in axes.flat[count:]:
         ax.axis("off")
     for ax, layer, attn, kind in zip(axes.flat, maps.layers, maps.attn, maps.kinds):
-        ax.imshow(attn.numpy(), cmap="viridis")
+        limit = float(attn.abs().max()) or 1.0  # signed maps: a diverging scale centred on zero
+        ax.imshow(attn.numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit)
         ax.set_title(f"layer {layer} ({kind})", fontsize=9)
         if len(labels) <= 40:
             ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=6)
