@@ -45,3 +45,20 @@ def outcome_bar_chart(summaries: Sequence[dict], title: str | None = None) -> go
         uniformtext=dict(minsize=9, mode="show"),
     )
     return fig
+
+
+def attention_heatmap(attn, tokens: Sequence[str], title: str = "") -> go.Figure:
+    """A T x T attention map (rows: output positions, columns: source tokens) with token labels.
+
+    Implicit attention is signed, so the colour scale is diverging and centred on zero; the hover shows the
+    (output, source) token pair and the value.
+    """
+    values = [[float(v) for v in row] for row in attn]
+    limit = max((abs(v) for row in values for v in row), default=1.0) or 1.0
+    labels = [f"{i}:{t!r}"[: 24] for i, t in enumerate(tokens)]
+    fig = go.Figure(go.Heatmap(
+        z=values, x=labels, y=labels, colorscale="RdBu", reversescale=True, zmid=0, zmin=-limit, zmax=limit,
+        hovertemplate="output %{y}<br>source %{x}<br>%{z:.4g}<extra></extra>"))
+    fig.update_layout(title=title, yaxis_autorange="reversed", xaxis_tickangle=-60, height=620,
+                      margin=dict(l=10, r=10, t=50, b=10))
+    return fig

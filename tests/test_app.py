@@ -161,3 +161,26 @@ def test_outcome_bar_chart_values():
     assert list(bars["Accuracy"].text) == ["50%", "25%"]
     assert len(set(bars["Accuracy"].x)) == 2  # repeated settings stay separate groups
     assert fig.layout.barmode == "group" and tuple(fig.layout.yaxis.range) == (0, 1)
+
+
+def test_attention_page_for_a_mamba_model(tmp_path_factory, monkeypatch):
+    mamba = build_tiny_model("mamba", tmp_path_factory.mktemp("tiny") / "mamba")
+    monkeypatch.setenv("PRUNESCOPE_MODEL", str(mamba))
+    at = AppTest.from_file(str(MAIN), default_timeout=TIMEOUT)
+    at.switch_page("views/attention.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    last = at.session_state["attn_last"]
+    assert last["kind"] == "implicit" and "".join(last["tokens"]) == "a:3 b:5 c:1 d:7 | b:5 a:"
+    at.selectbox(key="attn_form").set_value("unified")
+    at.text_input(key="attn_reduce").set_value("median").run()
+    assert not at.exception and "unknown reduction 'median'" in at.error[0].value
+
+
+def test_attention_heatmap_values_and_scale():
+    from components.charts import attention_heatmap
+
+    fig = attention_heatmap([[0.5, 0.0], [-2.0, 1.0]], ["a", "b"])
+    heat = fig.data[0]
+    assert [list(r) for r in heat.z] == [[0.5, 0.0], [-2.0, 1.0]]
+    assert heat.zmin == -2.0 and heat.zmax == 2.0 and heat.zmid == 0
+    assert list(heat.x) == ["0:'a'", "1:'b'"]
