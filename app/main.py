@@ -14,6 +14,7 @@ st.set_page_config(page_title="prunescope", layout="wide")
 
 PAGES = [
     st.Page("views/evaluate.py", title="Evaluate", icon=":material/checklist:", default=True),
+    st.Page("views/attribution.py", title="Neuron attribution", icon=":material/neurology:"),
     st.Page("views/attention.py", title="Attention", icon=":material/grid_on:"),
 ]
 

@@ -62,3 +62,38 @@ def attention_heatmap(attn, tokens: Sequence[str], title: str = "") -> go.Figure
     fig.update_layout(title=title, yaxis_autorange="reversed", xaxis_tickangle=-60, height=620,
                       margin=dict(l=10, r=10, t=50, b=10))
     return fig
+
+
+def neuron_heatmap(scores, max_columns: int = 256, title: str = "") -> go.Figure:
+    """Layers x neurons attribution heatmap. Wide layers are binned into at most ``max_columns`` columns, each
+    showing its strongest (largest |score|) neuron's score; hover names the layer and the neuron."""
+    rows = [[float(v) for v in layer] for layer in scores]
+    width = len(rows[0]) if rows else 0
+    size = max(1, -(-width // max_columns))
+    z, neuron_ids = [], []
+    for row in rows:
+        cells, ids = [], []
+        for start in range(0, width, size):
+            chunk = row[start:start + size]
+            offset = max(range(len(chunk)), key=lambda i: abs(chunk[i]))
+            cells.append(chunk[offset])
+            ids.append(start + offset)
+        z.append(cells)
+        neuron_ids.append(ids)
+    limit = max((abs(v) for r in z for v in r), default=1.0) or 1.0
+    fig = go.Figure(go.Heatmap(
+        z=z, customdata=neuron_ids, colorscale="RdBu", reversescale=True, zmid=0, zmin=-limit, zmax=limit,
+        hovertemplate="layer %{y}<br>neuron %{customdata}<br>score %{z:.3g}<extra></extra>"))
+    fig.update_layout(title=title, xaxis_title=f"neurons (bins of {size})" if size > 1 else "neuron",
+                      yaxis_title="layer", height=520, margin=dict(l=10, r=10, t=50, b=10))
+    return fig
+
+
+def layer_totals_bar(scores) -> go.Figure:
+    """Total attribution per layer (sum over its neurons)."""
+    totals = [float(sum(layer)) for layer in scores]
+    fig = go.Figure(go.Bar(x=list(range(len(totals))), y=totals, marker_color="#c2410c",
+                           hovertemplate="layer %{x}<br>total %{y:.3g}<extra></extra>"))
+    fig.update_layout(xaxis_title="layer", yaxis_title="total attribution", height=300,
+                      margin=dict(l=10, r=10, t=30, b=10))
+    return fig

@@ -184,3 +184,29 @@ def test_attention_heatmap_values_and_scale():
     assert [list(r) for r in heat.z] == [[0.5, 0.0], [-2.0, 1.0]]
     assert heat.zmin == -2.0 and heat.zmax == 2.0 and heat.zmid == 0
     assert list(heat.x) == ["0:'a'", "1:'b'"]
+
+
+def test_attribution_page_runs_ig_and_shows_top_neurons(app):
+    app.switch_page("views/attribution.py").run()
+    assert not app.exception
+    app.selectbox(key="ig_task_choice").set_value("vowel-count")
+    app.number_input(key="ig_n").set_value(2)
+    app.number_input(key="ig_shots").set_value(2)
+    app.number_input(key="ig_steps").set_value(3)
+    app.button(key="ig_run").click().run()
+    assert not app.exception, [e.value for e in app.exception]
+    shown = app.session_state["ig_result"]
+    assert tuple(shown["result"].scores.shape) == (2, 64)
+    top = shown["top"]
+    assert len(top) == 20 and (top.score.abs().diff().dropna() <= 1e-12).all()  # sorted by |score|
+    assert app.dataframe[0].value.shape[0] == 20
+
+
+def test_neuron_heatmap_bins_keep_the_strongest_neuron():
+    from components.charts import layer_totals_bar, neuron_heatmap
+
+    scores = [[0.1, -0.9, 0.2, 0.3], [0.0, 0.1, 0.5, -0.4]]
+    fig = neuron_heatmap(scores, max_columns=2)
+    assert [list(r) for r in fig.data[0].z] == [[-0.9, 0.3], [0.1, 0.5]]
+    assert [list(r) for r in fig.data[0].customdata] == [[1, 3], [1, 2]]
+    assert list(layer_totals_bar(scores).data[0].y) == pytest.approx([-0.3, 0.2])

@@ -124,3 +124,25 @@ def test_bad_requests(tiny_loaded):
     prompt = same_start.build_prompt(("a", "New York"), [("b", "New Delhi")])
     with pytest.raises(PrunescopeError, match="copy target: no demonstration answer"):
         prepare_inputs(loaded, [prompt], "copy")
+
+
+def test_top_neurons_and_where_they_fire(tiny_loaded):
+    from analysis.attribution.summary import top_neurons
+
+    loaded = tiny_loaded("gpt2")
+    items = prepare_inputs(loaded, copying_prompts(2), "gold")
+    result = neuron_ig(loaded, items, steps=3)
+    table = top_neurons(loaded, result, k=5)
+    order = result.scores.abs().flatten().argsort(descending=True)[:5]
+    assert [(r.layer, r.neuron) for r in table.itertuples()] == [(int(i) // 64, int(i) % 64) for i in order]
+    row = table.iloc[0]
+    best = (-float("inf"), None)
+    for item in items:  # an independent scan of every position's activation
+        seen = {}
+        with loaded.adapter.hook_sites(lambda l, a: seen.__setitem__(l, a.reshape(len(item.input_ids), -1)),
+                                       layers=[int(row.layer)]):
+            loaded.model(torch.tensor([item.input_ids]))
+        column = seen[int(row.layer)][:, int(row.neuron)]
+        if float(column.max()) > best[0]:
+            best = (float(column.max()), loaded.tokenizer.decode([item.input_ids[int(column.argmax())]]))
+    assert row.max_activation == pytest.approx(best[0]) and row.fires_most_on == best[1]
