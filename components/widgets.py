@@ -105,6 +105,15 @@ def current_model() -> LoadedModel | None:
     return st.session_state.get(MODEL_KEY)
 
 
+def require_model(purpose: str = "") -> LoadedModel:
+    """The picked model; without one, an info line and the page stops here (the sidebar shows why)."""
+    loaded = current_model()
+    if loaded is None:
+        st.info(f"Pick a working model in the sidebar{purpose}.")
+        st.stop()
+    return loaded
+
+
 def parse_upload(data: bytes, filename: str) -> Task:
     """Turn uploaded task-file bytes into a Task (raises TaskError with a one-line reason)."""
     return parse_task_bytes(data, filename, min_pairs=MIN_UPLOAD_PAIRS, source=f"upload {filename}")

@@ -80,7 +80,7 @@ def prepare_inputs(loaded: LoadedModel, prompts: Sequence[Prompt], target: str) 
         if target == "gold":
             spec = TargetSpec("gold", (gold,))
         else:
-            logits = _clean_logits(loaded, ids)
+            logits = clean_logits(loaded, ids)
             if target == "confidence":
                 spec = TargetSpec("confidence", (int(logits.argmax()),))
             else:
@@ -89,7 +89,8 @@ def prepare_inputs(loaded: LoadedModel, prompts: Sequence[Prompt], target: str) 
     return items
 
 
-def _clean_logits(loaded: LoadedModel, ids: list[int]) -> torch.Tensor:
+def clean_logits(loaded: LoadedModel, ids: list[int]) -> torch.Tensor:
+    """Next-token logits at the last position of ``ids`` (one full forward, no cache)."""
     with torch.no_grad():
         hidden = loaded.adapter.base_model(input_ids=torch.tensor([ids], device=loaded.device),
                                            use_cache=False).last_hidden_state

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from analysis.attribution.neuron_ig import neuron_ig
-from analysis.attribution.targets import prepare_inputs
+from analysis.attribution.targets import clean_logits, prepare_inputs
 from analysis.cache import ResultsCache, task_fingerprint
 from analysis.errors import PrunescopeError
 from analysis.models.loader import LoadedModel
@@ -72,7 +72,4 @@ def confidence_neurons(loaded: LoadedModel, task: Task, layer: int, percent: flo
 
 
 def _top_prob(loaded: LoadedModel, ids) -> float:
-    with torch.no_grad():
-        hidden = loaded.adapter.base_model(input_ids=torch.tensor([list(ids)], device=loaded.device),
-                                           use_cache=False).last_hidden_state
-        return float(torch.softmax(loaded.adapter.logits(hidden[0, -1]).float(), dim=-1).max())
+    return float(torch.softmax(clean_logits(loaded, list(ids)).float(), dim=-1).max())

@@ -5,16 +5,13 @@ import streamlit as st
 from analysis.errors import PrunescopeError
 from analysis.implicit_attention import FORMS, attention_maps
 from components.charts import attention_heatmap
-from components.widgets import current_model, one_line
+from components.widgets import one_line, require_model
 
 st.header("Attention")
 st.caption("Mamba, Mamba-2, RWKV and Griffin: the exact implicit attention computed from each layer's own "
            "parameters and activations; transformers: the real softmax attention.")
 
-loaded = current_model()
-if loaded is None:
-    st.info("Pick a working model in the sidebar.")
-    st.stop()
+loaded = require_model()
 
 text = st.text_area("Text", value="a:3 b:5 c:1 d:7 | b:5 a:", key="attn_text")
 col_form, col_reduce, col_layer = st.columns(3)

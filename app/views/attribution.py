@@ -7,16 +7,13 @@ from analysis.attribution.summary import top_neurons
 from analysis.cache import ResultsCache
 from analysis.errors import PrunescopeError
 from components.charts import layer_totals_bar, neuron_heatmap
-from components.widgets import current_model, one_line, run_progress, task_picker
+from components.widgets import one_line, require_model, run_progress, task_picker
 
 st.header("Neuron attribution")
 st.caption("Integrated Gradients of a target at the answer position with respect to every layer's neurons "
            "(baseline zero); results are cached on disk, so a revisit is instant.")
 
-loaded = current_model()
-if loaded is None:
-    st.info("Pick a working model in the sidebar.")
-    st.stop()
+loaded = require_model()
 
 col_task, col_target = st.columns([3, 1])
 with col_task:

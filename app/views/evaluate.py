@@ -5,7 +5,7 @@ import streamlit as st
 from analysis.errors import PrunescopeError
 from analysis.evaluation import evaluate_task
 from components.charts import outcome_bar_chart
-from components.widgets import current_model, one_line, run_progress, task_picker
+from components.widgets import one_line, require_model, run_progress, task_picker
 
 RUNS_KEY = "eval_runs"  # list of {"summary": dict, "records": DataFrame}, oldest first
 MAX_RUNS = 12
@@ -15,10 +15,7 @@ st.header("Evaluate")
 st.caption("Greedy k-shot answers compared with the gold answer; a wrong answer equal to a demonstration's "
            "output counts as a copy error.")
 
-loaded = current_model()
-if loaded is None:
-    st.info("Pick a working model in the sidebar to evaluate.")
-    st.stop()
+loaded = require_model(' to evaluate')
 
 runs = st.session_state.setdefault(RUNS_KEY, [])
 col_task, col_shots, col_n, col_seed = st.columns([3, 1, 1, 1])
