@@ -142,16 +142,42 @@ def test_mamba2_groups_and_time_step_limit(tmp_path):
                                        rtol=1e-4, atol=1e-6)
 
 
+def _long_ids(loaded) -> torch.Tensor:
+    text = " ".join(f"{k}:{v}" for k, v in zip("abcdefghijklmnopqrstuvwxyz" * 3, range(78)))
+    ids = loaded.tokenizer(text, return_tensors="pt").input_ids[0]
+    assert len(ids) > 130 and len(ids) & (len(ids) - 1)  # several levels and a padded, non-power-of-two length
+    return ids
+
+
 def test_long_prompt_uses_blocked_factorisation_exactly(tiny_loaded):
     """T > 64 exercises the off-diagonal blocks of Mamba's factorised s6 matrices."""
     loaded = tiny_loaded("mamba")
-    text = " ".join(f"{k}:{v}" for k, v in zip("abcdefghijklmnopqrstuvwxyz" * 3, range(78)))
-    ids = loaded.tokenizer(text, return_tensors="pt").input_ids[0]
-    assert len(ids) > 130
-    inn = capture_mamba(loaded, ids, [0, 1])
+    inn = capture_mamba(loaded, _long_ids(loaded), [0, 1])
     for layer, internals in inn.items():
         channels = torch.tensor([0, 7, 33, 63])
         fast = mamba_matrices(internals, "s6", channels)
         torch.testing.assert_close(fast, mamba_loop_matrices(internals, "s6", channels), rtol=1e-4, atol=1e-6)
         rebuilt, observed = mamba_reconstruct(internals, "unified")
         assert float((rebuilt - observed).norm() / observed.norm()) < 1e-4
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_channel_means_without_matrices_equal_the_mean_of_the_matrices(tiny_loaded, monkeypatch, model_type):
+    """The hierarchical GEMM path (mamba_mean) equals averaging the per-channel matrices, on a long prompt, for
+    every length up to it (padding), for chosen channels and under a budget that forces one channel per chunk;
+    it never builds the per-channel matrices."""
+    loaded = tiny_loaded(model_type)
+    internals = capture_mamba(loaded, _long_ids(loaded), [1])[1]
+    for form in FORMS:
+        full = mamba_matrices(internals, form)
+        monkeypatch.setattr(mamba_mod, "mamba_matrices", None)
+        chosen = Reduction("channels", (0, 2, 3))
+        torch.testing.assert_close(mamba_reduced(internals, form, Reduction("mean")), full.mean(0),
+                                   rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(mamba_reduced(internals, form, chosen, budget_bytes=1), full[[0, 2, 3]].mean(0),
+                                   rtol=1e-5, atol=1e-6)
+        monkeypatch.undo()
+    for length in (1, 2, 5, 64, 65):
+        short = capture_mamba(loaded, _long_ids(loaded)[:length], [0])[0]
+        torch.testing.assert_close(mamba_reduced(short, "unified", Reduction("mean")),
+                                   mamba_matrices(short, "unified").mean(0), rtol=1e-5, atol=1e-6)

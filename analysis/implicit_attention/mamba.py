@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from analysis.errors import PrunescopeError
 from analysis.implicit_attention.common import (DEFAULT_BUDGET_BYTES, Reduction, check_layers, prompt_ids,
                                                 reduce_in_chunks)
+from analysis.implicit_attention.mamba_mean import mamba_mean
 
 FORMS = {"s6": "s6", "ssm": "s6", "ssd": "s6", "unified": "unified"}
 
@@ -223,7 +224,7 @@ def _unified(inn: MambaInternals, idx: torch.Tensor) -> tuple[torch.Tensor, torc
     bias = None if inn.conv_bias is None else (gate * mixed.sum(-1) * inn.conv_bias[idx][:, None]).T
     taps = inn.conv_weight.shape[1]  # conv: c_j = sum_k w[K-1-k] x_{j-k} + b, so M[i,m] = sum_k a[i,m+k] w[K-1-k]
     folded = torch.zeros_like(mixed)
-    for k in range(taps):
+    for k in range(min(taps, inn.length)):
         folded[:, :, :inn.length - k] += inn.conv_weight[idx, taps - 1 - k][:, None, None] * mixed[:, :, k:]
     return folded.mul_(gate[:, :, None]), bias
 
@@ -259,7 +260,10 @@ def _bytes_per_entry(inn: MambaInternals, form: str) -> int:
 
 def mamba_reduced(internals: MambaInternals, form: str, reduction: Reduction,
                   budget_bytes: int = DEFAULT_BUDGET_BYTES) -> torch.Tensor:
-    """[T, T] mean / absmean / chosen-channels mean of a form's matrices, chunked over channels."""
+    """[T, T] mean / absmean / chosen-channels mean of a form's matrices. Means are linear in the channels and
+    go through :func:`mamba_mean` (no per-channel matrix); absmean builds the matrices in channel chunks."""
+    if reduction.kind != "absmean":
+        return mamba_mean(internals, _form(form), reduction.selected(n_channels(internals, form)), budget_bytes)
     return reduce_in_chunks(lambda idx: mamba_matrices(internals, form, idx), n_channels(internals, form),
                             internals.length, reduction, budget_bytes, _bytes_per_entry(internals, form))
 
