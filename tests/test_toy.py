@@ -58,3 +58,26 @@ def test_recall_data():
     lines = corpus_lines(0, 200)
     assert lines == corpus_lines(0, 200) and all(l.endswith("\n") for l in lines)
     assert any("|" in l for l in lines) and any(l.startswith("copy:") for l in lines)
+
+
+@pytest.mark.parametrize("length,key_scale,decay_shift", [(5, 3.0, -3.0), (37, 1.0, 0.0), (64, 30.0, 4.0)])
+def test_chunked_wkv_equals_the_transformers_loop(length, key_scale, decay_shift):
+    """Values and all four gradients of the chunked WKV equal transformers' CPU loop, for lengths that are not a
+    multiple of the chunk, keys spread over +-90 and decays up to w = e^7 (where a plain cumsum overflows)."""
+    from transformers.models.rwkv.modeling_rwkv import rwkv_linear_attention_cpu
+
+    from analysis.models.train_paths import rwkv_wkv_parallel
+
+    gen = torch.Generator().manual_seed(length)
+    inputs = [(torch.randn(16, generator=gen) + decay_shift), torch.randn(16, generator=gen),
+              torch.randn(3, length, 16, generator=gen) * key_scale, torch.randn(3, length, 16, generator=gen)]
+    inputs = [t.requires_grad_() for t in inputs]
+    upstream = torch.randn(3, length, 16, generator=gen)
+    results = []
+    for fn in (rwkv_linear_attention_cpu, rwkv_wkv_parallel):
+        out = fn(*inputs)[0]
+        results.append((out.detach(), torch.autograd.grad((out * upstream).sum(), inputs)))
+    (ref, ref_grads), (got, got_grads) = results
+    assert float((got - ref).abs().max() / ref.abs().max()) < 1e-5
+    for g, r in zip(got_grads, ref_grads):
+        assert float((g - r).norm() / r.norm()) < 1e-5

@@ -51,7 +51,7 @@ def recall_line(rng: random.Random) -> tuple[str, list[tuple[str, str]]]:
     """A recall line (context and queries) and its (query prefix, answer) pairs, for scoring."""
     keys = rng.sample(KEYS, rng.randint(*RECALL_PAIRS))
     values = {k: str(rng.randrange(10)) for k in keys}
-    queries = rng.sample(keys, min(3, len(keys)))
+    queries = rng.sample(keys, len(keys))  # every key once, in a new order: many supervised recalls per line
     context = " ".join(f"{k}:{values[k]}" for k in keys) + " |"
     asked, line = [], context
     for q in queries:
@@ -71,9 +71,9 @@ def corpus_lines(seed: int, n_lines: int) -> list[str]:
     lines = []
     for _ in range(n_lines):
         kind = rng.random()
-        if kind < 0.5:
+        if kind < 0.6:
             lines.append(recall_line(rng)[0])
-        elif kind < 0.65:
+        elif kind < 0.7:
             word = "".join(rng.choice(KEYS) for _ in range(rng.randint(2, 6)))
             lines.append(f"copy: {word} -> {word}\n")
         else:
@@ -151,10 +151,12 @@ def train_toy(arch: str, out_dir: str | Path, seed: int = 0, minutes: float = 15
 
 
 def _train_loop(model, stream, optimizer, rng, start, minutes, max_steps, batch, seq_len, lr, progress):
-    """AdamW with warm-up and cosine decay on random windows of the token stream, until time or steps run out."""
+    """AdamW with warm-up and cosine decay on random windows of the token stream, until time or steps run out;
+    the decay follows whichever budget (steps or minutes) is closer to its end, so it completes either way."""
     step, loss_value = 0, float("nan")
     while step < max_steps and time.monotonic() - start < minutes * 60:
-        scale = min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(step / max_steps, 1.0)))
+        done = max(step / max_steps, (time.monotonic() - start) / (minutes * 60))
+        scale = min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
         for group in optimizer.param_groups:
             group["lr"] = lr * scale
         offsets = torch.randint(0, len(stream) - seq_len - 1, (batch,), generator=rng)
@@ -175,9 +177,10 @@ def model_card(report: ToyReport) -> str:
 
 Trained with `python -m analysis train-toy --arch {report.arch} --seed {report.seed}` on CPU, from scratch.
 
-- **Data**: a synthetic corpus generated from seed {report.seed} (analysis/models/toy.py): in-context
-  key->value recall (`q:7 b:2 m:5 | b:2`), copying (`copy: kqzm -> kqzm`), and few-shot lines of the
-  built-in ICL tasks (letters, case, lists, antonyms, vowel counts).
+- **Data**: a synthetic corpus generated from seed {report.seed} (analysis/models/toy.py): 60 % in-context
+  key->value recall lines (`q:7 b:2 m:5 | b:2 m:5 q:7`, every key queried once), 10 % copying
+  (`copy: kqzm -> kqzm`) and 30 % few-shot lines of the built-in ICL tasks (letters, case, lists, antonyms,
+  vowel counts).
 - **Training**: {report.steps} AdamW steps of 16 x 96 tokens, {report.seconds / 60:.1f} min; final loss
   {report.final_loss:.3f}.
 - **Held-out recall accuracy**: {report.recall_accuracy:.3f} on 300 queries with fresh keys and values

@@ -16,22 +16,44 @@ from typing import Iterator
 import torch
 
 
-def rwkv_wkv_parallel(time_decay, time_first, key, value, state=None, return_state=False):
+def rwkv_wkv_parallel(time_decay, time_first, key, value, state=None, return_state=False, chunk: int = 8):
     """RWKV-4's WKV for a whole sequence from the empty state: weights over i <= t proportional to
-    exp(k_i - (t-1-i) w) (i < t) and exp(u + k_t) (i = t), normalised; w = exp(time_decay)."""
+    exp(k_i - (t-1-i) w) (i < t) and exp(u + k_t) (i = t), normalised; w = exp(time_decay).
+
+    Chunked in fp64: inside a chunk of ``chunk`` positions a masked [chunk, chunk] weight block; across chunks a
+    carried numerator/denominator state, decayed by exp(-chunk w) per chunk. Keys are shifted by their maximum
+    over the sequence (it cancels in the ratio), so every exponent is <= u and nothing overflows; the work is
+    O(T * chunk) per channel instead of the O(T^2) of a full [B, C, T, T] weight tensor."""
     if state is not None or return_state:
         raise NotImplementedError("the parallel WKV covers training from the empty state only")
-    _, length, _ = key.shape
-    t = torch.arange(length, device=key.device)
-    distance = (t[:, None] - 1 - t[None, :]).to(key.dtype)  # t - 1 - i
-    w = torch.exp(time_decay.float())  # [C]
-    k = key.float().transpose(1, 2)  # [B, C, T]
-    logits = k[:, :, None, :] - distance[None, None] * w[None, :, None, None]  # [B, C, t, i]
-    diagonal = (time_first.float()[None, :, None] + k)  # [B, C, T]
-    logits = logits.masked_fill(t[None, :] > t[:, None], float("-inf"))
-    logits = torch.diagonal_scatter(logits, diagonal, dim1=2, dim2=3)
-    weights = torch.softmax(logits, dim=-1)
-    out = torch.einsum("bcti,bic->btc", weights, value.float())
+    batch, length, channels = key.shape
+    pad = (-length) % chunk
+    w, u = torch.exp(time_decay.double()), time_first.double()  # [C]
+    k = key.double() - key.double().amax(dim=1, keepdim=True).detach()
+    k = torch.cat([k, k.new_full((batch, pad, channels), -1e4)], 1).view(batch, -1, chunk, channels)
+    v = torch.cat([value.double(), value.new_zeros(batch, pad, channels, dtype=torch.float64)], 1)
+    v = v.view(batch, -1, chunk, channels)
+    pos = torch.arange(chunk, device=key.device, dtype=torch.float64)
+    gap = (pos[:, None] - 1 - pos[None, :])[None, None, :, :, None]  # t - 1 - i within the chunk
+    before = (pos[:, None] > pos[None, :])[None, None, :, :, None]
+    local = torch.exp((k[:, :, None] - gap * w).masked_fill(~before, float("-inf")))  # [B, n, t, i, C]
+    first = torch.exp(u + k)  # the i = t term
+    num = torch.einsum("bntic,bnic->bntc", local, v) + first * v
+    den = local.sum(3) + first
+    tail = torch.exp(k - (chunk - 1 - pos)[:, None] * w)  # weight of each position at the chunk's end
+    carry_num, carry_den = (tail * v).sum(2), tail.sum(2)  # [B, n, C]
+    decay = torch.exp(-chunk * w)
+    state_num = state_den = torch.zeros(batch, channels, dtype=torch.float64, device=key.device)
+    nums, dens = [], []
+    for c in range(k.shape[1]):  # T / chunk steps over [B, C] states: the only loop
+        nums.append(state_num)
+        dens.append(state_den)
+        state_num = decay * state_num + carry_num[:, c]
+        state_den = decay * state_den + carry_den[:, c]
+    into = torch.exp(-pos[:, None] * w)  # [chunk, C]: decay from the chunk's start to t
+    num = num + into * torch.stack(nums, 1)[:, :, None]
+    den = den + into * torch.stack(dens, 1)[:, :, None]
+    out = (num / den).reshape(batch, -1, channels)[:, :length]
     return out.to(key.dtype), None
 
 
