@@ -3,23 +3,43 @@
 Pages are listed in PAGES (one line each) and live in app/views/. The folder must not be named
 ``pages/``: Streamlit then falls back to its legacy pages-directory mode, which can run a page script
 without this file (no sidebar) on the server's first run and on every AppTest rerun. The sidebar holds the model
-picker; pages read the loaded model with :func:`components.widgets.current_model`.
+picker, presentation mode and the copy-link control; pages read the loaded model with
+:func:`components.widgets.current_model` and shared settings from :mod:`components.state`.
 """
 
 import streamlit as st
 
-from components.widgets import model_picker
+from components import present, state
+from components.widgets import SPEC_KEY, apply_model_spec, model_picker
 
-st.set_page_config(page_title="prunescope", layout="wide")
+presenting = present.requested()
+st.set_page_config(page_title="prunescope", layout="wide",
+                   initial_sidebar_state="collapsed" if presenting else "auto")
 
-PAGES = [
-    st.Page("views/evaluate.py", title="Evaluate", icon=":material/checklist:", default=True),
-    st.Page("views/attribution.py", title="Neuron attribution", icon=":material/neurology:"),
-    st.Page("views/attention.py", title="Attention", icon=":material/grid_on:"),
-]
+PAGES = {
+    "model": st.Page("views/model_task.py", title="Model & task", icon=":material/tune:", default=True),
+    "evaluate": st.Page("views/evaluate.py", title="Evaluate", icon=":material/checklist:"),
+    "attribution": st.Page("views/attribution.py", title="Neuron attribution", icon=":material/neurology:"),
+    "pruning": st.Page("views/pruning.py", title="Copying neurons & pruning", icon=":material/content_cut:"),
+    "attention": st.Page("views/attention.py", title="Implicit attention", icon=":material/grid_on:"),
+    "task-vectors": st.Page("views/task_vectors.py", title="Task vectors", icon=":material/moving:"),
+    "compare": st.Page("views/compare.py", title="Compare", icon=":material/compare:"),
+}
 
-page = st.navigation(PAGES)
+params = state.restore_from_query()
+if params.get(state.MODEL_PARAM):
+    apply_model_spec(params[state.MODEL_PARAM])
+page = st.navigation(list(PAGES.values()))
+wanted = PAGES.get(params.get(state.PAGE_PARAM, ""))
+if wanted is not None and wanted.url_path != page.url_path:
+    st.switch_page(wanted)
+
 with st.sidebar:
     st.title("prunescope")
     model_picker()
+    present.toggle()
+    state.share_link()
+present.apply_style()
+page_name = next(name for name, p in PAGES.items() if p.url_path == page.url_path)
+state.sync_query(page_name, st.session_state.get(SPEC_KEY), {present.PARAM: "1"} if present.requested() else {})
 page.run()

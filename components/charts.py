@@ -17,6 +17,8 @@ OUTCOME_SERIES = (
 def run_label(summary: dict, index: int | None = None) -> str:
     """Short x-axis label of one evaluation run, e.g. ``#2 antonyms, 4-shot``."""
     prefix = f"#{index + 1} " if index is not None else ""
+    if summary.get("label"):
+        return prefix + str(summary["label"])
     label = f"{prefix}{summary.get('task', '?')}, {summary.get('shots', '?')}-shot"
     if summary.get("masked"):
         label += " (pruned)"

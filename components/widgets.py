@@ -7,6 +7,7 @@ between sessions, and the library runs hooked forwards under the model's lock.
 
 from __future__ import annotations
 
+import html
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,13 +20,16 @@ from analysis.device import DTYPES, dtype_name, resolve_device, resolve_dtype
 from analysis.errors import PrunescopeError
 from analysis.models import LoadedModel, load_model, model_choices
 from analysis.tasks import Task, builtin_tasks, parse_task_bytes
+from components import state
 
 MODEL_ENV = "PRUNESCOPE_MODEL"
 MODEL_KEY = "loaded_model"
+SPEC_KEY = "model_spec"  # the spec typed or picked (for deep links), even when loading failed
 HUB_OPTION = "Hugging Face id…"
 LOCAL_OPTION = "Local directory…"
 UPLOAD_OPTION = "Upload CSV/JSON…"
 DTYPE_OPTIONS = ["auto", *DTYPES]
+UPLOADED_KEY = "uploaded_task"
 MIN_UPLOAD_PAIRS = 2  # a 1-shot prompt needs two pairs
 
 
@@ -54,19 +58,34 @@ def _initial_model(env_spec: str) -> tuple[str, str]:
     return HUB_OPTION, env_spec
 
 
+def apply_model_spec(spec: str) -> None:
+    """Preset the picker to ``spec`` (a deep link's model), before the picker is drawn."""
+    option, text = _initial_model(spec.strip())
+    st.session_state["model_choice"] = option
+    if option == HUB_OPTION:
+        st.session_state["model_hub_id"] = text
+    elif option == LOCAL_OPTION:
+        st.session_state["model_local_dir"] = text
+
+
 def _pick_spec() -> str | None:
     """The model spec chosen in the picker, or None while a free-text field is empty."""
     initial, text_default = _initial_model(os.environ.get(MODEL_ENV, "").strip())
+    if st.session_state.get("model_choice") not in (None, *model_choices(), HUB_OPTION, LOCAL_OPTION):
+        st.session_state["model_choice"] = initial  # e.g. a deep link naming a toy this install lacks
     options = [*model_choices(), HUB_OPTION, LOCAL_OPTION]
-    choice = st.selectbox("Model", options, index=options.index(initial), key="model_choice",
+    if "model_choice" not in st.session_state:
+        st.session_state["model_choice"] = initial
+    choice = st.selectbox("Model", options, key="model_choice",
                           help="'default' is SmolLM2-135M-Instruct; other names are toy checkpoints.")
     default = text_default if choice == initial else ""
+    text_key = {HUB_OPTION: "model_hub_id", LOCAL_OPTION: "model_local_dir"}.get(choice)
+    if text_key and text_key not in st.session_state:
+        st.session_state[text_key] = default
     if choice == HUB_OPTION:
-        spec = st.text_input("Hugging Face id", value=default, key="model_hub_id",
-                             placeholder="HuggingFaceTB/SmolLM2-135M")
+        spec = st.text_input("Hugging Face id", key="model_hub_id", placeholder="HuggingFaceTB/SmolLM2-135M")
     elif choice == LOCAL_OPTION:
-        spec = st.text_input("Local directory", value=default, key="model_local_dir",
-                             placeholder="/path/to/hf-model-dir")
+        spec = st.text_input("Local directory", key="model_local_dir", placeholder="/path/to/hf-model-dir")
     else:
         return choice
     return spec.strip() or None
@@ -79,6 +98,7 @@ def model_picker() -> LoadedModel | None:
     """
     st.session_state[MODEL_KEY] = None
     spec = _pick_spec()
+    st.session_state[SPEC_KEY] = spec
     col_device, col_dtype = st.columns(2)
     device = col_device.selectbox("Device", device_options(), key="model_device")
     dtype = col_dtype.selectbox("Dtype", DTYPE_OPTIONS, key="model_dtype")
@@ -119,19 +139,26 @@ def parse_upload(data: bytes, filename: str) -> Task:
     return parse_task_bytes(data, filename, min_pairs=MIN_UPLOAD_PAIRS, source=f"upload {filename}")
 
 
-def task_picker(key: str = "task") -> Task | None:
-    """Built-in task select, or an uploaded CSV (``input,output``) / JSON list; None until a valid task."""
+def task_picker() -> Task | None:
+    """The shared task setting: a built-in task, or an uploaded CSV (``input,output``) / JSON list; None until a
+    valid task. The same picker on every page edits the same setting."""
     tasks = builtin_tasks()
     options = [*tasks, UPLOAD_OPTION]
-    choice = st.selectbox("Task", options, key=f"{key}_choice",
-                          format_func=lambda n: n if n == UPLOAD_OPTION else f"{n} — {tasks[n].description}")
+    if state.get("task") not in options:
+        state.put("task", state.DEFAULTS["task"])
+    choice = state.bound(st.selectbox, "Task", "task", options=options,
+                         format_func=lambda n: n if n == UPLOAD_OPTION else f"{n} — {tasks[n].description}")
     if choice != UPLOAD_OPTION:
         task = tasks[choice]
         st.caption(f"{len(task.pairs)} pairs · {task.kind} · e.g. {task.pairs[0][0]} → {task.pairs[0][1]}")
         return task
-    uploaded = st.file_uploader("Task file", type=["csv", "json"], key=f"{key}_upload",
+    uploaded = st.file_uploader("Task file", type=["csv", "json"], key="task_upload",
                                 help='CSV with columns input,output or JSON [{"input": ..., "output": ...}]')
     if uploaded is None:
+        previous = st.session_state.get(UPLOADED_KEY)
+        if previous is not None:
+            st.caption(f"{previous.name}: {len(previous.pairs)} pairs (uploaded earlier)")
+            return previous
         st.info("Upload a CSV with columns input,output or a JSON list of {input, output} objects.")
         return None
     try:
@@ -139,19 +166,61 @@ def task_picker(key: str = "task") -> Task | None:
     except PrunescopeError as exc:
         st.error(one_line(exc))
         return None
+    st.session_state[UPLOADED_KEY] = task
     st.caption(f"{task.name}: {len(task.pairs)} pairs from {uploaded.name}")
     return task
 
 
+CANCELLED_KEY = "cancelled_job"
+
+
 @contextmanager
-def run_progress(label: str = "Evaluating") -> Iterator[Callable[[int, int], None]]:
-    """A progress bar for the block; yields a ``progress(done, total)`` callback and removes the bar after."""
-    bar = st.progress(0.0, text=f"{label}…")
+def run_progress(label: str = "Evaluating", unit: str = "steps") -> Iterator[Callable[[int, int], None]]:
+    """A progress bar with a Cancel button for the block; yields a ``progress(done, total)`` callback.
+
+    Cancel reruns the script, which stops the running job at its next progress update (Streamlit interrupts
+    a run when a new one is requested); the next run says so once. Finished results are in the on-disk cache;
+    a cancelled job leaves nothing half-written."""
+    cancelled = st.session_state.pop(CANCELLED_KEY, None)
+    if cancelled:
+        st.warning(f"Cancelled: {cancelled}")
+    box = st.empty()
+    with box.container():
+        col_bar, col_cancel = st.columns([6, 1])
+        bar = col_bar.progress(0.0, text=f"{label}…")
+        col_cancel.button("Cancel", key=f"cancel_{label}", icon=":material/stop_circle:",
+                          on_click=lambda: st.session_state.__setitem__(CANCELLED_KEY, label))
 
     def update(done: int, total: int) -> None:
-        bar.progress(min(done / total, 1.0) if total else 1.0, text=f"{label}: {done}/{total} prompts")
+        bar.progress(min(done / total, 1.0) if total else 1.0, text=f"{label}: {done}/{total} {unit}")
 
     try:
         yield update
     finally:
-        bar.empty()
+        box.empty()
+
+
+@contextmanager
+def guarded(what: str) -> Iterator[None]:
+    """Run a block; any failure becomes one ``st.error`` line naming ``what`` and the page goes on (results
+    already in session state stay). Streamlit's own stop/rerun signals pass through (BaseException)."""
+    try:
+        yield
+    except PrunescopeError as exc:
+        st.error(one_line(exc))
+    except (MemoryError, torch.OutOfMemoryError) as exc:
+        st.error(f"out of memory while computing the {what}: use fewer prompts, a shorter text or a smaller "
+                 f"model ({type(exc).__name__})")
+    except Exception as exc:  # noqa: BLE001 - a failed computation must not take the page down
+        st.error(f"{what} failed: {type(exc).__name__}: {one_line(exc)}")
+
+
+def token_chips(tokens: list[str], ids: list[int]) -> str:
+    """HTML of a token sequence as chips (visible spaces and newlines, the id on hover)."""
+    chips = []
+    for position, (token, token_id) in enumerate(zip(tokens, ids)):
+        shown = html.escape(token.replace(" ", "·").replace("\n", "⏎"))
+        chips.append(f'<span title="position {position}, id {token_id}" style="display:inline-block;'
+                     'margin:2px;padding:1px 5px;border:1px solid #d4d4d8;border-radius:4px;'
+                     f'font-family:monospace;background:#fafafa">{shown}</span>')
+    return "<div>" + "".join(chips) + "</div>"

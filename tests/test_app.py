@@ -37,8 +37,10 @@ def _percent(metric) -> float:
 
 
 def _evaluate(at: AppTest, shots: int = 1, n: int = 5) -> AppTest:
-    at.number_input(key="eval_shots").set_value(shots)
-    at.number_input(key="eval_n").set_value(n)
+    if not at.header or at.header[0].value != "Evaluate":
+        at.switch_page("views/evaluate.py").run()
+    at.number_input(key="_w_shots").set_value(shots)
+    at.number_input(key="_w_n").set_value(n)
     at.button(key="eval_run").click()
     at.run()
     assert not at.exception, [e.value for e in at.exception]
@@ -58,8 +60,11 @@ def test_renders_with_model_description(app, tiny_dir):
     assert app.text_input(key="model_local_dir").value == str(tiny_dir)
     assert app.sidebar.caption[0].value.startswith("Resolved: cpu")
     assert not app.error
-    assert app.header[0].value == "Evaluate"
-    assert app.button(key="eval_run").disabled is False
+    assert app.header[0].value == "Model & task"
+    assert {m.label: m.value for m in app.metric}["Layers"] == "2"
+    assert "⟶ gold:" in app.code[0].value  # the prompt preview
+    app.switch_page("views/evaluate.py").run()
+    assert app.header[0].value == "Evaluate" and app.button(key="eval_run").disabled is False
 
 
 def test_rerun_keeps_sidebar(app):
@@ -102,13 +107,13 @@ def test_runs_accumulate_and_clear(app):
 
 def test_bad_upload_shows_error_and_keeps_results(app):
     _evaluate(app, shots=1, n=3)
-    app.selectbox(key="eval_task_choice").set_value(UPLOAD_OPTION).run()
+    app.selectbox(key="_w_task").set_value(UPLOAD_OPTION).run()
     assert app.button(key="eval_run").disabled  # no task until a valid file
-    app.file_uploader(key="eval_task_upload").set_value(("bad.csv", BAD_CSV, "text/csv")).run()
+    app.file_uploader(key="task_upload").set_value(("bad.csv", BAD_CSV, "text/csv")).run()
     assert not app.exception
     assert any("expected the columns input,output" in e.value for e in app.error)
     assert app.metric and app.metric[-1].value == "3"  # earlier results stay visible
-    app.file_uploader(key="eval_task_upload").set_value(("good.csv", GOOD_CSV, "text/csv")).run()
+    app.file_uploader(key="task_upload").set_value(("good.csv", GOOD_CSV, "text/csv")).run()
     assert not app.error
     _evaluate(app, shots=1, n=4)
     assert app.session_state["eval_runs"][-1]["summary"]["task"] == "good"
@@ -116,9 +121,9 @@ def test_bad_upload_shows_error_and_keeps_results(app):
 
 def test_too_many_shots_error_keeps_results(app):
     _evaluate(app, shots=1, n=3)
-    app.selectbox(key="eval_task_choice").set_value(UPLOAD_OPTION).run()
+    app.selectbox(key="_w_task").set_value(UPLOAD_OPTION).run()
     tiny_task = b"input,output\na,b\nc,d\n"  # 2 pairs: 8-shot prompts are impossible
-    app.file_uploader(key="eval_task_upload").set_value(("two.csv", tiny_task, "text/csv")).run()
+    app.file_uploader(key="task_upload").set_value(("two.csv", tiny_task, "text/csv")).run()
     _evaluate(app, shots=8, n=3)
     assert any("need at least 9" in e.value for e in app.error)
     assert len(app.session_state["eval_runs"]) == 1 and app.metric[-1].value == "3"
@@ -189,9 +194,9 @@ def test_attention_heatmap_values_and_scale():
 def test_attribution_page_runs_ig_and_shows_top_neurons(app):
     app.switch_page("views/attribution.py").run()
     assert not app.exception
-    app.selectbox(key="ig_task_choice").set_value("vowel-count")
+    app.selectbox(key="_w_task").set_value("vowel-count")
     app.number_input(key="ig_n").set_value(2)
-    app.number_input(key="ig_shots").set_value(2)
+    app.number_input(key="_w_shots").set_value(2)
     app.number_input(key="ig_steps").set_value(3)
     app.button(key="ig_run").click().run()
     assert not app.exception, [e.value for e in app.exception]

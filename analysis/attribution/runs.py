@@ -15,8 +15,11 @@ IG_VERSION = "neuron-ig/1"
 
 def attribute_task(loaded: LoadedModel, task: Task, target: str, n: int, shots: int, seed: int = 0,
                    steps: int = 20, quadrature: str = "riemann", cache: ResultsCache | None = None,
-                   progress: Callable[[int, int], None] | None = None) -> NeuronIGResult:
-    """All-layer neuron IG of ``target`` over ``n`` ``shots``-shot prompts of ``task`` (fast path)."""
+                   progress: Callable[[int, int], None] | None = None,
+                   compute_missing: bool = True) -> NeuronIGResult | None:
+    """All-layer neuron IG of ``target`` over ``n`` ``shots``-shot prompts of ``task`` (fast path). With
+    ``compute_missing=False`` only a cached result is returned (None when there is none): a page can show
+    earlier results without starting a long job."""
 
     def compute() -> NeuronIGResult:
         items = prepare_inputs(loaded, task.sample_prompts(shots, n, seed), target)
@@ -26,6 +29,8 @@ def attribute_task(loaded: LoadedModel, task: Task, target: str, n: int, shots: 
         return compute()
     parts = {"model": loaded.fingerprint(), "task": task_fingerprint(task), "target": target, "n": n,
              "shots": shots, "seed": seed, "steps": steps, "quadrature": quadrature}
+    if not compute_missing:
+        return cache.get("neuron-ig", cache.key("neuron-ig", IG_VERSION, parts))
     result, hit = cache.get_or_compute("neuron-ig", IG_VERSION, parts, compute)
     if hit and progress:
         progress(n, n)

@@ -15,6 +15,7 @@ from typing import Callable
 import pandas as pd
 import torch
 
+from analysis.cache import ResultsCache, task_fingerprint
 from analysis.evaluation.icl import classify, evaluate_task, generate_answers
 from analysis.models.loader import LoadedModel
 from analysis.pruning.mask import NeuronMask
@@ -40,10 +41,28 @@ class TaskVectorResult:
         return float(self.table.accuracy.max())
 
 
+TASK_VECTOR_VERSION = "task-vectors/1"
+
+
 def task_vectors(loaded: LoadedModel, task: Task, shots: int = 4, n: int = 40, vector_prompts: int = 8,
                  seed: int = 0, mask: NeuronMask | None = None, batch_size: int = 16,
-                 progress: Callable[[int, int], None] | None = None) -> TaskVectorResult:
-    """Patched zero-shot accuracy at every layer (see the module docstring)."""
+                 progress: Callable[[int, int], None] | None = None,
+                 cache: ResultsCache | None = None) -> TaskVectorResult:
+    """Patched zero-shot accuracy at every layer (see the module docstring); read from ``cache`` when the same
+    weights, task, settings and mask were run before."""
+    if cache is None:
+        return _task_vector_run(loaded, task, shots, n, vector_prompts, seed, mask, batch_size, progress)
+    parts = {"model": loaded.fingerprint(), "task": task_fingerprint(task), "shots": shots, "n": n,
+             "vector_prompts": vector_prompts, "seed": seed, "mask": sorted(mask.neurons) if mask else []}
+    result, hit = cache.get_or_compute("task-vectors", TASK_VECTOR_VERSION, parts, lambda: _task_vector_run(
+        loaded, task, shots, n, vector_prompts, seed, mask, batch_size, progress))
+    if hit and progress:
+        progress(loaded.n_layers, loaded.n_layers)
+    result.task = task.name
+    return result
+
+
+def _task_vector_run(loaded, task, shots, n, vector_prompts, seed, mask, batch_size, progress) -> TaskVectorResult:
     adapter = loaded.adapter
     queries = task.sample_prompts(0, n, seed)
     vectors = _task_vectors(loaded, task.sample_prompts(shots, vector_prompts, seed + 1), mask)

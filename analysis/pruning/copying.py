@@ -51,14 +51,16 @@ def normalized_copy_scores(result: NeuronIGResult) -> torch.Tensor:
 
 def copying_scores(loaded: LoadedModel, n: int = 64, shots: int = 4, seed: int = 0, steps: int = 20,
                    quadrature: str = "riemann", cache: ResultsCache | None = None,
-                   progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, NeuronIGResult]:
-    """(copying scores [L, N], the underlying IG result) from the copying task's fit split."""
+                   progress: Callable[[int, int], None] | None = None, compute_missing: bool = True
+                   ) -> tuple[torch.Tensor, NeuronIGResult] | None:
+    """(copying scores [L, N], the underlying IG result) from the copying task's fit split (None when
+    ``compute_missing`` is False and nothing is cached)."""
     if n < 1:
         raise PrunescopeError(f"need at least one prompt to score copying neurons (got N = {n})")
     fit, _ = copying_splits()
     result = attribute_task(loaded, fit, "copy", n=n, shots=shots, seed=seed, steps=steps, quadrature=quadrature,
-                            cache=cache, progress=progress)
-    return normalized_copy_scores(result), result
+                            cache=cache, progress=progress, compute_missing=compute_missing)
+    return None if result is None else (normalized_copy_scores(result), result)
 
 
 def select_top_k(scores: torch.Tensor, k: int, per_layer: bool = False, **meta) -> NeuronMask:

@@ -33,8 +33,9 @@ class PruneEvalResult:
         for (task, shots), group in self.table.groupby(["task", "shots"], sort=False):
             row = {"task": task, "shots": shots, "n": int(group["n"].iloc[0])}
             for condition in ("baseline", "pruned"):
-                picked = group[group.condition == condition].iloc[0]
-                row.update({f"{condition}_{m}": float(picked[m]) for m in METRICS})
+                picked = group[group.condition == condition]
+                row.update({f"{condition}_{m}": float(picked[m].iloc[0]) if len(picked) else float("nan")
+                            for m in METRICS})
             controls = group[group.condition == "random"]
             for m in METRICS:
                 row[f"random_{m}_mean"] = float(controls[m].mean()) if len(controls) else float("nan")
@@ -61,15 +62,18 @@ class PruneEvalResult:
         return {"model": self.model, "mask_size": self.mask_size, "results": results}
 
 
-def prune_eval(loaded: LoadedModel, mask: NeuronMask, tasks: Sequence[Task], shots: Sequence[int] = (1, 2, 4),
+def prune_eval(loaded: LoadedModel, mask: NeuronMask | None, tasks: Sequence[Task], shots: Sequence[int] = (1, 2, 4),
                n: int = 50, random_controls: int = 3, seed: int = 0, cache: ResultsCache | None = None,
                progress: Callable[[int, int], None] | None = None) -> PruneEvalResult:
     """Evaluate every task at every shot count without the mask, with it, and with ``random_controls``
-    random masks (seeds 0..R-1) of the same size and layer distribution; the same prompts throughout."""
-    mask.validate(loaded.adapter.neuron_counts())
-    controls = [random_mask_like(mask, loaded.adapter.neuron_counts(), s) for s in range(random_controls)]
+    random masks (seeds 0..R-1) of the same size and layer distribution; the same prompts throughout.
+    ``mask=None`` evaluates the unpruned model only (the pruned and random columns of the summary are NaN)."""
+    if mask is not None:
+        mask.validate(loaded.adapter.neuron_counts())
+    controls = [] if mask is None else [random_mask_like(mask, loaded.adapter.neuron_counts(), s)
+                                        for s in range(random_controls)]
     rows, flips = [], []
-    done, total = 0, len(tasks) * len(shots) * (2 + len(controls))
+    done, total = 0, len(tasks) * len(shots) * (1 + (mask is not None) + len(controls))
 
     def run(task, k, condition, m, control_seed=None):
         nonlocal done
@@ -84,12 +88,14 @@ def prune_eval(loaded: LoadedModel, mask: NeuronMask, tasks: Sequence[Task], sho
     for task in tasks:
         for k in shots:
             base = run(task, k, "baseline", None)
+            if mask is None:
+                continue
             pruned = run(task, k, "pruned", mask)
             for control_seed, control in enumerate(controls):
                 run(task, k, "random", control, control_seed)
             flips.append(_flipped(task.name, k, base.records, pruned.records))
     flipped = pd.concat(flips, ignore_index=True) if flips else pd.DataFrame()
-    return PruneEvalResult(loaded.name, len(mask), pd.DataFrame(rows), flipped)
+    return PruneEvalResult(loaded.name, len(mask or ()), pd.DataFrame(rows), flipped)
 
 
 def _flipped(task: str, shots: int, base: pd.DataFrame, pruned: pd.DataFrame) -> pd.DataFrame:

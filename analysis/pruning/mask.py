@@ -82,6 +82,30 @@ class NeuronMask:
             raise PrunescopeError(f"{what}: neurons must be [layer, index] integer pairs") from None
         return cls.from_pairs(pairs, **(data.get("meta") or {}))
 
+    def to_text(self) -> str:
+        """Compact ``layer.index`` list for links: ``3.17,5.200``."""
+        return ",".join(f"{layer}.{index}" for layer, index in sorted(self.neurons))
+
+    @classmethod
+    def from_text(cls, text: str, what: str = "mask") -> "NeuronMask":
+        """Parse :meth:`to_text` output (an empty string is the empty mask)."""
+        pairs = []
+        for item in filter(None, (part.strip() for part in text.split(","))):
+            layer, dot, index = item.partition(".")
+            if not (dot and layer.isdigit() and index.isdigit()):
+                raise PrunescopeError(f"{what}: {item!r} is not a layer.index pair (e.g. 3.17)")
+            pairs.append((int(layer), int(index)))
+        return cls.from_pairs(pairs, method="link")
+
+    @classmethod
+    def from_bytes(cls, data: bytes, what: str = "mask") -> "NeuronMask":
+        """A mask from uploaded JSON bytes, with a one-line error for anything else."""
+        try:
+            parsed = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise PrunescopeError(f"{what}: not valid JSON ({exc})") from None
+        return cls.from_json(parsed, what)
+
     @classmethod
     def load(cls, path: str | Path) -> "NeuronMask":
         path = Path(path)

@@ -1,33 +1,96 @@
-"""Attention page: the (implicit) attention map of one layer for a text, as a T x T heatmap."""
+"""Implicit attention page: one layer's (implicit) attention map for a text beside a transformer's real
+attention, token relevance by every method, and the perturbation-faithfulness table."""
 
+import pandas as pd
 import streamlit as st
 
-from analysis.errors import PrunescopeError
+from analysis.attribution.tokens import LRP_FAMILIES, METHODS, token_relevance
+from analysis.evaluation.faithfulness import faithfulness
 from analysis.implicit_attention import FORMS, attention_maps
+from analysis.models import model_choices
+from analysis.tasks import builtin_tasks
+from components import present, state
 from components.charts import attention_heatmap
-from components.widgets import one_line, require_model
+from components.charts_pruning import relevance_chart
+from components.export import chart, report_button, table
+from components.widgets import cached_model, guarded, require_model, run_progress
 
-st.header("Attention")
+NO_COMPARISON = "none"
+DEFAULT_TEXT = "a:3 b:5 c:1 d:7 | b:5 a:"
+
+st.header("Implicit attention")
 st.caption("Mamba, Mamba-2, RWKV and Griffin: the exact implicit attention computed from each layer's own "
-           "parameters and activations; transformers: the real softmax attention.")
+           "parameters and activations (arXiv 2403.01590, 2405.16504); transformers: the real softmax attention.")
 
 loaded = require_model()
+with present.controls():
+    text = st.text_area("Text", value=DEFAULT_TEXT, key="attn_text")
+    col_form, col_reduce, col_layer, col_other = st.columns(4)
+    form = col_form.selectbox("Form", FORMS[loaded.family], key="attn_form")
+    reduce = col_reduce.text_input("Reduction", value="mean", key="attn_reduce",
+                                   help="mean, absmean, or channels:IDX[,IDX...] (heads for transformers)")
+    if state.get("layer") >= loaded.n_layers:
+        state.put("layer", loaded.n_layers - 1)
+    layer = state.bound(col_layer.number_input, "Layer", "layer", min_value=0, max_value=loaded.n_layers - 1,
+                        step=1)
+    others = [NO_COMPARISON, *[m for m in model_choices() if m != loaded.name]]
+    default_other = "toy-transformer" if loaded.family != "transformer" and "toy-transformer" in others else NO_COMPARISON
+    other_spec = col_other.selectbox("Beside it", others, index=others.index(default_other), key="attn_other",
+                                     help="a second model's attention on the same text (its last layer by default)")
 
-text = st.text_area("Text", value="a:3 b:5 c:1 d:7 | b:5 a:", key="attn_text")
-col_form, col_reduce, col_layer = st.columns(3)
-form = col_form.selectbox("Form", FORMS[loaded.family], key="attn_form")
-reduce = col_reduce.text_input("Reduction", value="mean", key="attn_reduce",
-                               help="mean, absmean, or channels:IDX[,IDX...] (heads for transformers)")
-layer = col_layer.number_input("Layer", min_value=0, max_value=loaded.n_layers - 1, value=0, step=1,
-                               key="attn_layer")
-
-try:
+figures, tables = {}, {}
+left, right = st.columns(2) if other_spec != NO_COMPARISON else (st.container(), None)
+with left, guarded("attention map"):
     maps = attention_maps(loaded, text, form=form, reduce=reduce, layers=[int(layer)])
-except PrunescopeError as exc:
-    st.error(one_line(exc))
-else:
     kind = maps.kinds[0]
-    st.plotly_chart(attention_heatmap(maps.attn[0].tolist(), maps.tokens,
-                                      f"layer {int(layer)} ({kind}, {maps.form}, {maps.reduce})"),
-                    key="attn_chart")
+    title = f"{loaded.name} layer {int(layer)} ({kind}, {maps.form}, {maps.reduce})"
+    figures[title] = attention_heatmap(maps.attn[0].tolist(), maps.tokens, title)
+    chart(figures[title], "attn_chart", "attention")
     st.session_state["attn_last"] = {"layer": int(layer), "kind": kind, "tokens": maps.tokens}
+if right is not None:
+    with right, guarded(f"attention of {other_spec}"):
+        other = cached_model(other_spec, "auto", "auto")
+        other_layer = min(int(layer), other.n_layers - 1)
+        other_maps = attention_maps(other, text, layers=[other_layer])
+        other_title = f"{other.name} layer {other_layer} ({other_maps.kinds[0]}, {other_maps.form})"
+        figures[other_title] = attention_heatmap(other_maps.attn[0].tolist(), other_maps.tokens, other_title)
+        chart(figures[other_title], "attn_other_chart", "attention-comparison")
+
+st.subheader("Token relevance")
+methods = [m for m in METHODS if m != "lrp" or loaded.family in LRP_FAMILIES]
+chosen = st.multiselect("Methods", methods, default=[m for m in ("raw", "rollout", "gradattn", "gxi") if m in methods],
+                        key="rel_methods", help="relevance of each token for the model's top next-token prediction")
+if chosen:
+    with guarded("token relevance"):
+        results = {m: token_relevance(loaded, text, m, form=form) for m in chosen}
+        first = next(iter(results.values()))
+        target = loaded.tokenizer.decode([first.target_id])
+        rel_title = f"relevance for the predicted next token {target!r}"
+        figures[rel_title] = relevance_chart(first.tokens, {m: r.scores.tolist() for m, r in results.items()},
+                                             rel_title)
+        chart(figures[rel_title], "rel_chart", "token-relevance")
+        if "ig" in results and results["ig"].delta is not None:
+            st.caption(f"ig completeness error (sum of scores − (F(x) − F(baseline))): {results['ig'].delta:.3g}")
+        tables["Token relevance"] = pd.DataFrame({"token": first.tokens, **{m: r.scores.tolist()
+                                                                            for m, r in results.items()}})
+
+st.subheader("Faithfulness")
+st.caption("Tokens are replaced with padding most-relevant-first (lower area = more faithful) and least-relevant-"
+           "first (higher = more faithful), tracking the probability of the model's prediction; random orders are "
+           "the baseline.")
+with present.controls("Faithfulness settings"):
+    c_task, c_n, c_run = st.columns([2, 1, 1])
+    task_name = c_task.selectbox("Task", list(builtin_tasks()), key="faith_task")
+    faith_n = c_n.number_input("Prompts", 1, 200, 10, key="faith_n")
+    run = c_run.button("Run faithfulness", key="faith_run", disabled=not chosen)
+if run:
+    with guarded("faithfulness test"), run_progress("Faithfulness", "prompts") as progress:
+        st.session_state["faith_table"] = (loaded.name, faithfulness(
+            loaded, builtin_tasks()[task_name], chosen, int(faith_n), shots=2, progress=progress))
+shown = st.session_state.get("faith_table")
+if shown and shown[0] == loaded.name:
+    table(shown[1], "faithfulness")
+    tables["Faithfulness"] = shown[1]
+if figures:
+    report_button("Implicit attention", figures, tables, {"model": loaded.describe(), "text": text, "form": form,
+                                                         "reduction": reduce})

@@ -5,9 +5,10 @@ import streamlit as st
 from analysis.attribution import QUADRATURES, TARGETS, attribute_task
 from analysis.attribution.summary import top_neurons
 from analysis.cache import ResultsCache
-from analysis.errors import PrunescopeError
+from components import present, state
 from components.charts import layer_totals_bar, neuron_heatmap
-from components.widgets import one_line, require_model, run_progress, task_picker
+from components.export import chart, report_button, table
+from components.widgets import guarded, require_model, run_progress, task_picker
 
 st.header("Neuron attribution")
 st.caption("Integrated Gradients of a target at the answer position with respect to every layer's neurons "
@@ -15,30 +16,43 @@ st.caption("Integrated Gradients of a target at the answer position with respect
 
 loaded = require_model()
 
-col_task, col_target = st.columns([3, 1])
-with col_task:
-    task = task_picker("ig_task")
-target = col_target.selectbox("Target", TARGETS, index=1, key="ig_target",
-                              help="gold: log p(gold); copy: logit(copied) - logit(gold); confidence: top logit")
-col_n, col_shots, col_steps, col_rule = st.columns(4)
-n = col_n.number_input("Prompts", min_value=1, max_value=256, value=8, key="ig_n")
-shots = col_shots.number_input("Shots", min_value=1, max_value=8, value=4, key="ig_shots")
-steps = col_steps.number_input("Steps", min_value=1, max_value=256, value=20, key="ig_steps")
-rule = col_rule.selectbox("Quadrature", QUADRATURES, key="ig_rule")
+with present.controls():
+    col_task, col_target = st.columns([3, 1])
+    with col_task:
+        task = task_picker()
+    target = col_target.selectbox("Target", TARGETS, index=1, key="ig_target",
+                                  help="gold: log p(gold); copy: logit(copied) - logit(gold); confidence: top logit")
+    col_n, col_shots, col_steps, col_rule = st.columns(4)
+    n = col_n.number_input("Prompts", min_value=1, max_value=256, value=8, key="ig_n")
+    shots = state.bound(col_shots.number_input, "Shots", "shots", min_value=1, max_value=8, step=1)
+    steps = col_steps.number_input("Steps", min_value=1, max_value=256, value=20, key="ig_steps")
+    rule = col_rule.selectbox("Quadrature", QUADRATURES, key="ig_rule")
+    clicked = st.button("Attribute", type="primary", disabled=task is None, key="ig_run")
 
-if st.button("Attribute", type="primary", disabled=task is None, key="ig_run"):
-    try:
-        with run_progress(f"IG {target} on {task.name}") as progress:
-            result = attribute_task(loaded, task, target, int(n), int(shots), 0, int(steps), rule,
-                                    cache=ResultsCache(), progress=progress)
-        st.session_state["ig_result"] = {"result": result, "top": top_neurons(loaded, result), "model": loaded.name}
-    except PrunescopeError as exc:
-        st.error(one_line(exc))
+if task is not None:
+    args = (loaded, task, target, int(n), int(shots), int(state.get("seed")), int(steps), rule)
+    with guarded("attribution"):
+        result = attribute_task(*args, cache=ResultsCache(), compute_missing=False)  # shown at once if cached
+        if result is None and clicked:
+            with run_progress(f"IG {target} on {task.name}", "prompts") as progress:
+                result = attribute_task(*args, cache=ResultsCache(), progress=progress)
+        if result is not None:
+            key = (loaded.name, args[1:])
+            if st.session_state.get("ig_result", {}).get("key") != key:
+                st.session_state["ig_result"] = {"key": key, "result": result, "top": top_neurons(loaded, result),
+                                                 "model": loaded.name}
 
 shown = st.session_state.get("ig_result")
 if shown and shown["model"] == loaded.name:
     result = shown["result"]
     st.subheader(f"{result.target} target, {len(result.inputs)} prompts, {result.steps} {result.quadrature} steps")
-    st.plotly_chart(neuron_heatmap(result.scores.tolist(), title="mean attribution per neuron"), key="ig_heat")
-    st.plotly_chart(layer_totals_bar(result.scores.tolist()), key="ig_layers")
-    st.dataframe(shown["top"], hide_index=True)
+    heat = neuron_heatmap(result.scores.tolist(), title="mean attribution per neuron")
+    totals = layer_totals_bar(result.scores.tolist())
+    chart(heat, "ig_heat", "neuron-attribution")
+    chart(totals, "ig_layers", "attribution-per-layer")
+    st.caption("Top neurons by mean |attribution|, with the prompt token where each fires most")
+    table(shown["top"], "top-neurons")
+    report_button("Neuron attribution", {"Mean attribution per neuron": heat, "Total per layer": totals},
+                  {"Top neurons": shown["top"]},
+                  {"model": loaded.describe(), "target": result.target, "prompts": len(result.inputs),
+                   "steps": result.steps, "quadrature": result.quadrature})

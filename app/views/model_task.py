@@ -1,0 +1,42 @@
+"""Model & task page: what is loaded, the shared task settings, and one prompt with its tokens."""
+
+import streamlit as st
+
+from analysis.errors import PrunescopeError
+from components import present, state
+from components.widgets import one_line, require_model, task_picker, token_chips
+
+st.header("Model & task")
+st.caption("Pick the model in the sidebar (the default SmolLM2-135M-Instruct, a toy checkpoint, a Hugging Face id "
+           "or a local directory). The task and the settings below are shared by every page and saved in the "
+           "page's link.")
+
+loaded = require_model()
+counts = loaded.adapter.neuron_counts()
+c1, c2, c3, c4 = st.columns(4)
+c1.metric("Family", loaded.family)
+c2.metric("Layers", loaded.n_layers)
+c3.metric("Neurons", f"{sum(counts):,}", help=f"{counts[0]} per layer at the adapter's neuron site")
+c4.metric("Parameters", f"{sum(p.numel() for p in loaded.model.parameters()) / 1e6:.1f} M")
+st.caption(f"{loaded.describe()} · source: {loaded.source}")
+
+with present.controls("Task settings"):
+    col_task, col_shots, col_n, col_seed = st.columns([3, 1, 1, 1])
+    with col_task:
+        task = task_picker()
+    shots = state.bound(col_shots.number_input, "Shots", "shots", min_value=0, max_value=8, step=1)
+    state.bound(col_n.number_input, "Prompts (n)", "n", min_value=1, max_value=500, step=1)
+    seed = state.bound(col_seed.number_input, "Seed", "seed", min_value=0, max_value=2**31 - 1, step=1)
+
+if task is not None:
+    try:
+        prompt = task.sample_prompts(int(shots), 1, seed=int(seed))[0]
+    except PrunescopeError as exc:
+        st.error(one_line(exc))
+    else:
+        ids = loaded.tokenizer(prompt.text).input_ids
+        st.subheader("Preview: one prompt")
+        st.code(prompt.text + f"  ⟶ gold: {prompt.gold}", language=None)
+        st.caption(f"{len(ids)} tokens; demonstration answers (a wrong answer equal to one of them is a copy "
+                   f"error): {', '.join(prompt.demo_outputs) or 'none'}")
+        st.html(token_chips([loaded.tokenizer.decode([i]) for i in ids], ids))

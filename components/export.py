@@ -1,0 +1,50 @@
+"""Streamlit widgets for output: charts with Plotly's PNG download, tables with CSV/JSON downloads, and the
+HTML report button. Every page shows its figures and tables through these, so every one is exportable."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from components import present, state
+from components.report import html_report, table_json
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "prunescope"
+
+
+def chart(figure: go.Figure, key: str, name: str | None = None) -> None:
+    """A Plotly chart whose camera button saves a 2x PNG named after the figure (tall in presentation mode)."""
+    config = {"displaylogo": False,
+              "toImageButtonOptions": {"format": "png", "filename": _slug(name or key), "scale": 2}}
+    height = present.figure_height()
+    if height:
+        figure = go.Figure(figure).update_layout(height=height)
+    st.plotly_chart(figure, key=key, config=config)
+
+
+def table(frame: pd.DataFrame, name: str, **dataframe_kwargs) -> None:
+    """A dataframe with CSV and JSON download buttons."""
+    st.dataframe(frame, hide_index=True, **dataframe_kwargs)
+    slug = _slug(name)
+    left, right, _ = st.columns([1, 1, 6])
+    left.download_button("CSV", lambda: frame.to_csv(index=False), f"{slug}.csv", "text/csv", key=f"csv_{slug}",
+                         icon=":material/download:")
+    right.download_button("JSON", lambda: table_json(frame), f"{slug}.json", "application/json",
+                          key=f"json_{slug}", icon=":material/download:")
+
+
+def report_button(title: str, figures: Mapping[str, go.Figure] | None = None,
+                  tables: Mapping[str, pd.DataFrame] | None = None, params: Mapping[str, object] | None = None
+                  ) -> None:
+    """Download a self-contained HTML report of what the page shows (figures, tables, parameters, link)."""
+    settings = {name: state.get(name) for name in state.DEFAULTS}
+    parts = (title, dict(figures or {}), dict(tables or {}), {**settings, **(params or {})}, state.link())
+    st.download_button("HTML report", lambda: html_report(*parts[:4], link=parts[4]),  # built on click only
+                       f"prunescope-{_slug(title)}.html", "text/html",
+                       key=f"report_{_slug(title)}", icon=":material/description:", type="primary")

@@ -1,0 +1,35 @@
+"""Which neuron mask a page uses: the link's mask, else the one set on the pruning page, else the top-k copying
+neurons from cached copying scores (default scoring settings). Shared by the task-vector and compare pages."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from analysis.cache import ResultsCache
+from analysis.models import LoadedModel
+from analysis.pruning import NeuronMask
+from analysis.pruning.copying import copying_scores, select_top_k
+from components import state
+
+ACTIVE_KEY = "active_mask"  # {"model": name, "mask": NeuronMask}
+SCORING = dict(n=32, shots=4, steps=20)  # the pruning page's default scoring settings
+
+
+def remember(loaded: LoadedModel, mask: NeuronMask | None) -> None:
+    st.session_state[ACTIVE_KEY] = {"model": loaded.name, "mask": mask}
+
+
+def active_mask(loaded: LoadedModel) -> tuple[NeuronMask | None, str]:
+    """(mask or None, where it came from); raises PrunescopeError for a malformed or out-of-range link mask."""
+    text = state.get("mask")
+    if text:
+        mask = NeuronMask.from_text(text, "mask in the link")
+        mask.validate(loaded.adapter.neuron_counts(), "mask in the link")
+        return mask, "from the link"
+    active = st.session_state.get(ACTIVE_KEY)
+    if active and active["model"] == loaded.name and active["mask"] is not None:
+        return active["mask"], "set on the pruning page"
+    scored = copying_scores(loaded, **SCORING, cache=ResultsCache(), compute_missing=False)
+    if scored is not None:
+        return select_top_k(scored[0], int(state.get("k"))), f"top {state.get('k')} copying neurons"
+    return None, "no mask: compute copying scores on the pruning page"

@@ -1,0 +1,92 @@
+"""Settings shared by every page, and deep links.
+
+Streamlit drops a widget's state when a page that does not draw it runs, so the settings that several pages
+use (task, shots, n, seed, layer, k, mask) live in plain session-state keys and the widgets are *bound* to
+them (:func:`bound`). On a session's first run, the URL's query parameters fill those keys
+(:func:`restore_from_query`); every run writes the current ones back (:func:`sync_query`), so the address bar
+is always a link to what is on screen, and :func:`share_link` shows it with a copy button.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlencode
+
+import streamlit as st
+
+# query parameter -> default value (its type is the parameter's type)
+DEFAULTS: dict[str, Any] = {"task": "antonyms", "shots": 4, "n": 40, "seed": 0, "layer": 0, "k": 20, "mask": ""}
+PREFIX = "setting_"  # session-state key of a setting
+RESTORED = "_query_restored"
+PAGE_PARAM = "page"
+MODEL_PARAM = "model"
+
+
+def key(name: str) -> str:
+    return PREFIX + name
+
+
+def get(name: str) -> Any:
+    """A shared setting's current value (its default until set)."""
+    return st.session_state.get(key(name), DEFAULTS[name])
+
+
+def put(name: str, value: Any) -> None:
+    st.session_state[key(name)] = value
+
+
+def _parse(name: str, text: str) -> Any:
+    default = DEFAULTS[name]
+    if isinstance(default, int):
+        try:
+            return int(text)
+        except ValueError:
+            return default
+    return text
+
+
+def restore_from_query() -> dict[str, str]:
+    """On the session's first run only: copy known query parameters into the settings (and the model picker's
+    keys); returns the parameters it saw (``page`` included) so the caller can switch page."""
+    if st.session_state.get(RESTORED):
+        return {}
+    st.session_state[RESTORED] = True
+    params = {name: st.query_params[name] for name in st.query_params}
+    for name, text in params.items():
+        if name in DEFAULTS:
+            put(name, _parse(name, text))
+    return params
+
+
+def sync_query(page: str, model_spec: str | None, extra: dict[str, str] | None = None) -> None:
+    """Write the page, the model, the settings that differ from their defaults and ``extra`` into the URL."""
+    wanted = {PAGE_PARAM: page, **(extra or {})}
+    if model_spec:
+        wanted[MODEL_PARAM] = model_spec
+    wanted.update({name: str(get(name)) for name in DEFAULTS if get(name) != DEFAULTS[name]})
+    if dict(st.query_params) != wanted:
+        st.query_params.from_dict(wanted)
+
+
+def link() -> str:
+    """The full URL of the current view (host from the browser's request when known)."""
+    base = (st.context.url or "").split("?", 1)[0] if hasattr(st, "context") else ""
+    return f"{base}?{urlencode(dict(st.query_params))}"
+
+
+def share_link() -> None:
+    """A 'copy link' control: the deep link in a code box (with Streamlit's copy button)."""
+    with st.popover("Copy link", icon=":material/link:"):
+        st.caption("A link to this page with the current model, task and settings:")
+        st.code(link(), language=None)
+
+
+def bound(widget: Callable[..., Any], label: str, name: str, **kwargs) -> Any:
+    """Draw ``widget(label, ...)`` bound to the shared setting ``name``: it starts from the setting and
+    writes back to it, on any page."""
+    widget_key = f"_w_{name}"
+    st.session_state[widget_key] = get(name)  # before the widget exists in this run: allowed
+    value = widget(label, key=widget_key, on_change=lambda: put(name, st.session_state[widget_key]), **kwargs)
+    put(name, value)
+    return value
