@@ -27,6 +27,7 @@ PAGES = {
 }
 
 params = state.restore_from_query()
+present.restore(params)
 if params.get(state.MODEL_PARAM):
     apply_model_spec(params[state.MODEL_PARAM])
 page = st.navigation(list(PAGES.values()))

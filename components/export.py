@@ -30,6 +30,8 @@ def chart(figure: go.Figure, key: str, name: str | None = None) -> None:
 
 def table(frame: pd.DataFrame, name: str, **dataframe_kwargs) -> None:
     """A dataframe with CSV and JSON download buttons."""
+    frame = frame.copy()
+    frame.attrs = {}  # library tables keep curves in attrs; Arrow cannot serialise them
     st.dataframe(frame, hide_index=True, **dataframe_kwargs)
     slug = _slug(name)
     left, right, _ = st.columns([1, 1, 6])

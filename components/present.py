@@ -28,6 +28,13 @@ def requested() -> bool:
     return st.query_params.get(PARAM, "0") in ("1", "true", "yes")
 
 
+def restore(params: dict[str, str]) -> None:
+    """A deep link's ``present=1`` switches the mode on (read on the first run: page switches drop the URL's
+    parameters)."""
+    if params.get(PARAM) in ("1", "true", "yes"):
+        st.session_state[KEY] = True
+
+
 def toggle() -> bool:
     if KEY not in st.session_state:
         st.session_state[KEY] = requested()

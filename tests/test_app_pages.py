@@ -1,0 +1,145 @@
+"""AppTest of the pruning, task-vector, compare and attention pages, deep links and presentation mode."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from analysis.pruning import NeuronMask
+from components.widgets import MODEL_KEY
+
+MAIN = Path(__file__).resolve().parents[1] / "app" / "main.py"
+TIMEOUT = 120
+
+
+def _ok(at: AppTest) -> AppTest:
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _start(model: str, monkeypatch, page: str | None = None, **settings) -> AppTest:
+    monkeypatch.setenv("PRUNESCOPE_MODEL", model)
+    at = AppTest.from_file(str(MAIN), default_timeout=TIMEOUT)
+    for name, value in settings.items():
+        at.session_state[f"setting_{name}"] = value
+    if page:
+        at.switch_page(page)
+    return _ok(at.run())
+
+
+def _metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def test_pruning_toggle_changes_the_numbers(monkeypatch):
+    at = _start("toy-transformer", monkeypatch, "views/pruning.py", shots=2, n=12, k=150)
+    assert any("No copying scores" in i.value for i in at.info)
+    at.number_input(key="score_n").set_value(4)
+    at.number_input(key="score_steps").set_value(4)
+    at.button(key="score_run").click()
+    _ok(at.run())
+    at.multiselect(key="prune_tasks").set_value(["vowel-count", "to-upper"])
+    _ok(at.run())
+    before = _metrics(at)
+    assert set(before) == {"Accuracy, unpruned", "Copy errors, unpruned"}
+    assert "Pruned" not in json.dumps([c.proto.spec for c in at.get("plotly_chart") if c.key == "prune_bars"])
+    at.toggle(key="prune_on").set_value(True)
+    _ok(at.run())
+    after = _metrics(at)
+    assert after["Accuracy, unpruned"] == before["Accuracy, unpruned"]
+    assert (after["Accuracy, pruned"], after["Copy errors, pruned"]) != (before["Accuracy, unpruned"],
+                                                                        before["Copy errors, unpruned"])
+    summary = at.session_state["prune_summary"]
+    assert {"pruned_accuracy", "random_accuracy_mean"} <= set(summary.columns)
+    assert list(summary.task) == ["vowel-count", "to-upper", "average"]
+    bars = json.loads(next(c for c in at.get("plotly_chart") if c.key == "prune_bars").proto.spec)
+    assert {t["name"] for t in bars["data"]} == {"Unpruned", "Pruned", "Random mask"}
+    assert st_mask_size(at) == 150
+    at.toggle(key="prune_on").set_value(False)
+    _ok(at.run())
+    assert _metrics(at) == before  # back to the cached unpruned numbers
+
+
+def st_mask_size(at: AppTest) -> int:
+    return len(at.session_state["active_mask"]["mask"])
+
+
+def test_pruning_page_bad_inputs_show_errors(monkeypatch):
+    at = _start("toy-transformer", monkeypatch, "views/pruning.py", mask="0.1,9.4")
+    assert any("layer 9 does not exist" in e.value for e in at.error)
+    at.session_state["setting_mask"] = ""
+    at.file_uploader(key="mask_upload").set_value(("m.json", b"{not json", "application/json"))
+    _ok(at.run())
+    assert any("not valid JSON" in e.value for e in at.error)
+    good = json.dumps(NeuronMask.from_pairs([(0, 1), (1, 2)]).to_json()).encode()
+    at.file_uploader(key="mask_upload").set_value(("m.json", good, "application/json"))
+    _ok(at.run())
+    assert not at.error and at.session_state["setting_mask"] == "0.1,1.2"
+    assert any("2 neurons (uploaded)" in c.value for c in at.caption)
+
+
+def test_k_larger_than_the_neuron_count(monkeypatch, tmp_path):
+    at = _start("toy-transformer", monkeypatch, "views/pruning.py", k=10**6)
+    at.number_input(key="score_n").set_value(1)
+    at.number_input(key="score_steps").set_value(2)
+    at.button(key="score_run").click()
+    _ok(at.run())
+    assert any("k=1000000 is out of range: the model has 1536 neurons" in e.value for e in at.error)
+
+
+def test_deep_link_restores_page_model_and_settings():
+    at = AppTest.from_file(str(MAIN), default_timeout=TIMEOUT)
+    at.query_params.update({"page": "attention", "model": "toy-mamba", "task": "antonyms", "shots": "2",
+                            "layer": "3", "present": "1"})
+    _ok(at.run())
+    assert at.header[0].value == "Implicit attention"
+    assert at.session_state[MODEL_KEY].name == "toy-mamba"
+    assert at.number_input(key="_w_layer").value == 3 and at.session_state["setting_shots"] == 2
+    assert at.session_state["attn_last"]["layer"] == 3 and at.session_state["attn_last"]["kind"] == "implicit"
+    assert at.toggle(key="presentation_mode").value is True
+    assert {"page": "attention", "model": "toy-mamba", "shots": "2", "layer": "3", "present": "1"}.items() \
+        <= dict(at.query_params).items()
+    at.number_input(key="_w_layer").set_value(1)
+    _ok(at.run())
+    assert at.query_params["layer"] in ("1", ["1"])
+
+
+def test_attention_page_beside_a_transformer_with_relevance_and_faithfulness(monkeypatch):
+    at = _start("toy-rwkv", monkeypatch, "views/attention.py")
+    keys = {c.key for c in at.get("plotly_chart")}
+    assert {"attn_chart", "attn_other_chart", "rel_chart"} <= keys
+    assert "lrp" not in at.multiselect(key="rel_methods").options
+    at.number_input(key="faith_n").set_value(2)
+    at.button(key="faith_run").click()
+    _ok(at.run())
+    table = at.session_state["faith_table"][1]
+    assert set(table.method) == {"raw", "rollout", "gradattn", "gxi", "random"}
+    at.text_area(key="attn_text").set_value("   ")
+    _ok(at.run())
+    assert any("the text is empty" in e.value for e in at.error)
+
+
+def test_task_vectors_and_compare_pages(monkeypatch):
+    at = _start("toy-transformer", monkeypatch, "views/task_vectors.py", task="to-upper", shots=2, mask="0.1,1.5")
+    at.number_input(key="tv_n").set_value(4)
+    at.number_input(key="tv_vec").set_value(2)
+    at.button(key="tv_run").click()
+    _ok(at.run())
+    name, results = at.session_state["tv_results"]
+    assert list(results) == ["unpruned", "pruned"] and len(results["pruned"].table) == 4
+    at.switch_page("views/compare.py").run()
+    at.session_state["setting_n"] = 4
+    at.selectbox(key="cmp_mask_B").set_value("active mask")
+    at.button(key="cmp_run").click()
+    _ok(at.run())
+    runs = at.session_state["cmp_runs"]
+    assert [r.n for r in runs.values()] == [4, 4] and any("2 neurons" in label for label in runs)
+    at.radio(key="cmp_mode").set_value("two models")
+    _ok(at.run())
+    at.selectbox(key="cmp_model").set_value("toy-mamba")
+    at.button(key="cmp_run").click()
+    _ok(at.run())
+    assert [label.split(":")[1].strip() for label in at.session_state["cmp_runs"]] == ["toy-transformer", "toy-mamba"]

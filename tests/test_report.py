@@ -1,0 +1,52 @@
+"""The HTML report is self-contained (plotly.js inlined once) and holds the figures, tables and parameters;
+masks round-trip through their link text."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from analysis.errors import PrunescopeError
+from analysis.pruning import NeuronMask
+from components.charts_pruning import pruning_bars
+from components.report import html_report, table_json
+
+
+def _summary() -> pd.DataFrame:
+    return pd.DataFrame([{"task": "antonyms", "shots": 4, "n": 10, "baseline_accuracy": 0.5,
+                          "baseline_copy_error_rate": 0.3, "pruned_accuracy": 0.6, "pruned_copy_error_rate": 0.1,
+                          "random_accuracy_mean": 0.45, "random_accuracy_std": 0.05,
+                          "random_copy_error_rate_mean": 0.3, "random_copy_error_rate_std": 0.02}])
+
+
+def test_html_report_is_self_contained_with_figures_tables_and_params():
+    figure = pruning_bars(_summary())
+    text = html_report("Pruning <test>", {"Comparison": figure, "Again": figure}, {"Summary": _summary()},
+                       {"model": "toy", "mask": "0.1,2.3"}, link="http://localhost:8501/?page=pruning")
+    assert text.startswith("<!DOCTYPE html>") and "Pruning &lt;test&gt;" in text
+    assert text.count("<script src=") == 0  # nothing fetched from a CDN
+    assert text.count("plotly.js v") == 1 and text.count("Plotly.newPlot") == 2  # library inlined once
+    assert "<td>antonyms</td>" in text and "0.6000" in text and "0.1000" in text
+    assert "<code>0.1,2.3</code>" in text and "?page=pruning" in text
+
+
+def test_pruning_bars_values_and_missing_conditions():
+    figure = pruning_bars(_summary())
+    bars = {(t.name, t.xaxis): list(t.y) for t in figure.data}
+    assert bars[("Pruned", "x")] == [0.6] and bars[("Pruned", "x2")] == [0.1]
+    assert bars[("Random mask", "x")] == [0.45]
+    baseline_only = pruning_bars(_summary().drop(columns=[c for c in _summary() if c.startswith(("pruned", "random"))]))
+    assert {t.name for t in baseline_only.data} == {"Unpruned"}
+
+
+def test_table_json_and_mask_text_round_trip():
+    assert json.loads(table_json(pd.DataFrame({"a": [1.5, float("nan")]}))) == [{"a": 1.5}, {"a": None}]
+    mask = NeuronMask.from_pairs([(3, 17), (0, 2)])
+    assert mask.to_text() == "0.2,3.17" and NeuronMask.from_text(mask.to_text()) == mask
+    assert len(NeuronMask.from_text("")) == 0
+    with pytest.raises(PrunescopeError, match="'3-17' is not a layer.index pair"):
+        NeuronMask.from_text("3-17")
+    with pytest.raises(PrunescopeError, match="not a prunescope mask"):
+        NeuronMask.from_bytes(b'{"neurons": []}')
