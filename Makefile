@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test bench clean
+.PHONY: setup browser run test bench clean
 
 $(STAMP): requirements.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,13 +23,22 @@ setup: $(STAMP)
 run: setup
 	$(PY) -m streamlit run app/main.py
 
-test: setup
+# Debian's Chromium for the real-browser test (tests/test_browser.py), installed through apt-get when missing
+# and possible (root or sudo); without it that one test skips. .ci/run insists on it.
+browser:
+	@test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" -eq 0 ]; then S=""; elif command -v sudo >/dev/null; then S="sudo -n"; else S=none; fi; \
+	  if [ "$$S" != none ] && $$S apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$S apt-get install -y -qq \
+	     --no-install-recommends chromium; then :; else echo "note: chromium not installed; the browser test will skip"; fi; }
+
+test: setup browser
 	$(PY) -m pytest
 
 bench: setup
 	$(PY) bench/eval_bench.py
 	$(PY) bench/ig_bench.py
 	$(PY) bench/attn_bench.py
+	$(PY) bench/toggle_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

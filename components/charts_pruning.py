@@ -33,8 +33,8 @@ def pruning_bars(summary: pd.DataFrame, title: str = "") -> go.Figure:
                 error_y=error, text=[f"{v:.0%}" for v in values], textposition="outside", cliponaxis=False,
                 hovertemplate=f"{name}<br>%{{x}}: %{{y:.1%}}<extra></extra>"), row=1, col=col)
     fig.update_yaxes(range=[0, 1.08], tickformat=".0%")
-    fig.update_layout(barmode="group", title=title, height=420, margin=dict(t=80, b=40, l=40, r=10),
-                      legend=dict(orientation="h", yanchor="bottom", y=1.1, x=0))
+    fig.update_layout(barmode="group", title=title, height=440, margin=dict(t=70, b=70, l=40, r=10),
+                      legend=dict(orientation="h", yanchor="top", y=-0.12, x=0))
     return fig
 
 

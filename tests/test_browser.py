@@ -1,0 +1,134 @@
+"""End to end in a real browser: `streamlit run app/main.py` on a free port, Debian's Chromium driven by
+playwright (no browser download): model -> task -> evaluate -> copying scores -> pruning toggle; the numbers
+appear and change. Screenshots go to tests/artifacts/ (ignored by git)."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "tests" / "artifacts"
+TIMEOUT_MS = 90_000
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is in requirements.txt")
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (.ci/run installs it)")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    port = _free_port()
+    env = {**os.environ, "PRUNESCOPE_MODEL": "toy-mamba",
+           "PRUNESCOPE_CACHE": str(tmp_path_factory.mktemp("browser-cache"))}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise RuntimeError("streamlit did not start: " + process.stdout.read1().decode(errors="replace"))
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    ARTIFACTS.mkdir(exist_ok=True)
+    with playwright_api.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=str(CHROMIUM),
+                                         args=["--headless", "--no-sandbox", "--disable-gpu"])
+        tab = browser.new_page(viewport={"width": 1500, "height": 1100})
+        tab.set_default_timeout(TIMEOUT_MS)
+        try:
+            yield tab
+        finally:
+            tab.screenshot(path=str(ARTIFACTS / "last.png"), full_page=True)  # what the page showed at the end
+            browser.close()
+
+
+def _select(page, label: str, option: str) -> None:
+    page.get_by_role("combobox", name=re.compile(label)).first.click()
+    page.get_by_role("option", name=re.compile(f"^{re.escape(option)}")).first.click()
+
+
+def _number(page, label: str, value: int) -> None:
+    box = page.get_by_label(label, exact=True)
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def _metric(page, label: str) -> str:
+    card = page.locator('[data-testid="stMetric"]').filter(has_text=label).first
+    return card.locator('[data-testid="stMetricValue"]').inner_text()
+
+
+def _idle(page) -> None:
+    """Wait until the script has finished (Streamlit shows its running indicator meanwhile)."""
+    page.wait_for_timeout(300)
+    page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=TIMEOUT_MS)
+
+
+def test_model_task_evaluate_and_pruning_toggle(server, page):
+    page.goto(server)
+    page.get_by_role("heading", name="Model & task").wait_for()
+    _select(page, "Model", "toy-transformer")
+    page.get_by_text("toy-transformer (transformer,").first.wait_for()  # the sidebar's load message
+    _select(page, "Task", "to-upper")
+    _idle(page)
+    page.screenshot(path=str(ARTIFACTS / "1-model-task.png"))
+    assert "to-upper" in page.url and "toy-transformer" in page.url  # the deep link follows the view
+
+    page.get_by_role("link", name="Evaluate").click()
+    page.get_by_role("heading", name="Evaluate").wait_for()
+    _number(page, "Prompts (n)", 12)
+    _number(page, "Shots", 2)
+    _idle(page)
+    page.get_by_role("button", name="Evaluate").click()
+    page.locator('[data-testid="stMetric"]').filter(has_text="Accuracy").first.wait_for()
+    accuracy = _metric(page, "Accuracy")
+    assert re.fullmatch(r"\d+\.\d%", accuracy)
+    page.screenshot(path=str(ARTIFACTS / "2-evaluate.png"))
+
+    page.get_by_role("link", name="Copying neurons & pruning").click()
+    page.get_by_role("heading", name="Copying neurons & pruning").wait_for()
+    _number(page, "Scoring prompts", 4)
+    _number(page, "IG steps", 4)
+    _idle(page)
+    page.get_by_role("button", name="Compute copying scores").click()
+    page.get_by_text("Mask: 20 neurons").wait_for()  # k defaults to 20
+    _number(page, "k (neurons to prune)", 150)
+    page.get_by_text("Mask: 150 neurons").wait_for()
+    page.locator('[data-testid="stMetric"]').filter(has_text="Accuracy, unpruned").first.wait_for()
+    unpruned = (_metric(page, "Accuracy, unpruned"), _metric(page, "Copy errors, unpruned"))
+    page.screenshot(path=str(ARTIFACTS / "3-pruning-off.png"), full_page=True)
+    page.get_by_text("Prune", exact=True).click()
+    page.locator('[data-testid="stMetric"]').filter(has_text="Accuracy, pruned").first.wait_for()
+    _idle(page)
+    pruned = (_metric(page, "Accuracy, pruned"), _metric(page, "Copy errors, pruned"))
+    assert pruned != unpruned
+    assert (_metric(page, "Accuracy, unpruned"), _metric(page, "Copy errors, unpruned")) == unpruned
+    page.screenshot(path=str(ARTIFACTS / "4-pruning-on.png"), full_page=True)
