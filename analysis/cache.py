@@ -41,10 +41,15 @@ def task_fingerprint(task) -> str:
 
 
 class ResultsCache:
-    """A directory of cached results (default: ``<user cache>/results``)."""
+    """A directory of cached results (default: ``<user cache>/results``), plus read-only ``fallbacks`` consulted
+    on a miss (default: the results shipped in ``assets/precomputed/`` for the app's first clicks)."""
 
-    def __init__(self, root: str | Path | None = None):
+    def __init__(self, root: str | Path | None = None, fallbacks: tuple[Path, ...] | None = None):
         self.root = Path(root) if root is not None else cache_dir() / "results"
+        if fallbacks is None:
+            from analysis.demo import PRECOMPUTED_DIR
+            fallbacks = (PRECOMPUTED_DIR,)
+        self.fallbacks = tuple(Path(f) for f in fallbacks if Path(f).resolve() != self.root.resolve())
 
     def key(self, kind: str, version: str, parts: dict) -> str:
         return stable_hash({"kind": kind, "version": version, "parts": parts})
@@ -53,18 +58,22 @@ class ResultsCache:
         return self.root / kind / f"{key}.pt"
 
     def get(self, kind: str, key: str) -> Any | None:
-        """The cached value, or None when absent or corrupt (a corrupt file is reported and removed)."""
-        path = self.path(kind, key)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return None
-        digest, payload = data[len(MAGIC): len(MAGIC) + 32], data[len(MAGIC) + 32:]
-        if not data.startswith(MAGIC) or hashlib.sha256(payload).digest() != digest:
-            warnings.warn(f"cache entry {path} is corrupt; recomputing it", CorruptCacheEntry, stacklevel=2)
-            path.unlink(missing_ok=True)
-            return None
-        return torch.load(io.BytesIO(payload), weights_only=False)
+        """The cached value, or None when absent or corrupt (a corrupt file is reported and removed; a corrupt
+        shipped file is reported and left alone)."""
+        for root in (self.root, *self.fallbacks):
+            path = root / kind / f"{key}.pt"
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                continue
+            digest, payload = data[len(MAGIC): len(MAGIC) + 32], data[len(MAGIC) + 32:]
+            if not data.startswith(MAGIC) or hashlib.sha256(payload).digest() != digest:
+                warnings.warn(f"cache entry {path} is corrupt; recomputing it", CorruptCacheEntry, stacklevel=2)
+                if root == self.root:
+                    path.unlink(missing_ok=True)
+                continue
+            return torch.load(io.BytesIO(payload), weights_only=False)
+        return None
 
     def put(self, kind: str, key: str, value: Any) -> Path:
         """Write atomically: a temporary file in the same directory, then a rename."""

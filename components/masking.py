@@ -6,13 +6,13 @@ from __future__ import annotations
 import streamlit as st
 
 from analysis.cache import ResultsCache
+from analysis.demo import SCORING
 from analysis.models import LoadedModel
 from analysis.pruning import NeuronMask
 from analysis.pruning.copying import copying_scores, select_top_k
 from components import state
 
 ACTIVE_KEY = "active_mask"  # {"model": name, "mask": NeuronMask}
-SCORING = dict(n=32, shots=4, steps=20)  # the pruning page's default scoring settings
 
 
 def remember(loaded: LoadedModel, mask: NeuronMask | None) -> None:

@@ -15,8 +15,10 @@ from urllib.parse import urlencode
 
 import streamlit as st
 
-# query parameter -> default value (its type is the parameter's type)
-DEFAULTS: dict[str, Any] = {"task": "antonyms", "shots": 4, "n": 40, "seed": 0, "layer": 0, "k": 20, "mask": ""}
+from analysis.demo import SETTINGS
+
+# query parameter -> default value (its type is the parameter's type); the demo's results are precomputed for these
+DEFAULTS: dict[str, Any] = dict(SETTINGS)
 PREFIX = "setting_"  # session-state key of a setting
 RESTORED = "_query_restored"
 PAGE_PARAM = "page"

@@ -88,3 +88,19 @@ def test_repeated_attribution_comes_from_cache(tiny_loaded, tmp_path, monkeypatc
     monkeypatch.setattr(runs, "neuron_ig", lambda *a, **k: pytest.fail("recomputed"))
     again = runs.attribute_task(loaded, task, "copy", n=2, shots=2, steps=3, cache=cache)
     assert torch.equal(first.per_prompt, again.per_prompt)
+
+
+def test_shipped_results_are_read_when_the_user_cache_misses(tmp_path):
+    """A read-only fallback folder (assets/precomputed for the demo) answers a miss; results computed later go to
+    the user's folder; a corrupt shipped file is reported and skipped, never deleted."""
+    shipped = ResultsCache(tmp_path / "shipped", fallbacks=())
+    shipped.put("eval", "k1", {"value": 1})
+    user = ResultsCache(tmp_path / "user", fallbacks=(tmp_path / "shipped",))
+    assert user.get("eval", "k1") == {"value": 1}
+    assert user.get_or_compute("eval", "v", {"a": 1}, lambda: 7) == (7, False)
+    assert not (tmp_path / "shipped" / "eval" / f"{user.key('eval', 'v', {'a': 1})}.pt").exists()
+    bad = shipped.path("eval", "k2")
+    bad.write_bytes(b"garbage")
+    with pytest.warns(CorruptCacheEntry):
+        assert user.get("eval", "k2") is None
+    assert bad.exists()

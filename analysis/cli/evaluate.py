@@ -1,9 +1,10 @@
-"""CLI commands ``eval``, ``tasks``, ``models``."""
+"""CLI commands ``eval``, ``tasks``, ``models``, ``precompute-demo``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from analysis.cli.common import add_model_args, load, non_negative_int, positive_int, results_cache, tqdm_progress
 
@@ -21,6 +22,11 @@ def register(commands) -> None:
     ev.set_defaults(run=cmd_eval)
     commands.add_parser("tasks", help="list the built-in tasks").set_defaults(run=cmd_tasks, quiet=False)
     commands.add_parser("models", help="list the built-in model choices").set_defaults(run=cmd_models, quiet=False)
+    pd_ = commands.add_parser("precompute-demo", help="compute the app's default results for a hosted demo")
+    pd_.add_argument("--out", default=None, help="cache folder to fill (default: assets/precomputed)")
+    pd_.add_argument("--no-sweep", action="store_true", help="skip the k-sweep (the slowest part)")
+    add_model_args(pd_)
+    pd_.set_defaults(run=cmd_precompute_demo)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -65,4 +71,14 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"{name:<16} {describe_choice(name)}")
     print("\nAlso: any local Hugging Face directory or hub id of a supported architecture:\n  "
           + supported_architectures().replace("; ", "\n  "))
+    return 0
+
+
+def cmd_precompute_demo(args: argparse.Namespace) -> int:
+    from analysis.demo import PRECOMPUTED_DIR, precompute_demo
+
+    out = args.out or PRECOMPUTED_DIR
+    precompute_demo(load(args), out, sweep=not args.no_sweep, progress=lambda step: print(f"computing {step}…"))
+    files = list(Path(out).rglob("*.pt"))
+    print(f"wrote {len(files)} cache entries ({sum(f.stat().st_size for f in files) / 2**20:.1f} MiB) to {out}")
     return 0

@@ -5,6 +5,7 @@ import streamlit as st
 from analysis.attribution import QUADRATURES, TARGETS, attribute_task
 from analysis.attribution.summary import top_neurons
 from analysis.cache import ResultsCache
+from analysis.demo import ATTRIBUTION
 from components import present, state
 from components.charts import layer_totals_bar, neuron_heatmap
 from components.export import chart, report_button, table
@@ -20,13 +21,14 @@ with present.controls():
     col_task, col_target = st.columns([3, 1])
     with col_task:
         task = task_picker()
-    target = col_target.selectbox("Target", TARGETS, index=1, key="ig_target",
+    target = col_target.selectbox("Target", TARGETS, index=TARGETS.index(ATTRIBUTION["target"]), key="ig_target",
                                   help="gold: log p(gold); copy: logit(copied) - logit(gold); confidence: top logit")
     col_n, col_shots, col_steps, col_rule = st.columns(4)
-    n = col_n.number_input("Prompts", min_value=1, max_value=256, value=8, key="ig_n")
+    n = col_n.number_input("Prompts", min_value=1, max_value=256, value=ATTRIBUTION["n"], key="ig_n")
     shots = state.bound(col_shots.number_input, "Shots", "shots", min_value=1, max_value=8, step=1)
-    steps = col_steps.number_input("Steps", min_value=1, max_value=256, value=20, key="ig_steps")
-    rule = col_rule.selectbox("Quadrature", QUADRATURES, key="ig_rule")
+    steps = col_steps.number_input("Steps", min_value=1, max_value=256, value=ATTRIBUTION["steps"], key="ig_steps")
+    rule = col_rule.selectbox("Quadrature", QUADRATURES, index=QUADRATURES.index(ATTRIBUTION["quadrature"]),
+                              key="ig_rule")
     clicked = st.button("Attribute", type="primary", disabled=task is None, key="ig_run")
 
 if task is not None:

@@ -5,16 +5,17 @@ same-size random mask on the chosen tasks."""
 import streamlit as st
 
 from analysis.cache import ResultsCache
+from analysis.demo import PRUNE_CONTROLS, PRUNE_TASKS, SCORING
 from analysis.errors import PrunescopeError
 from analysis.pruning import NeuronMask
-from analysis.pruning.copying import COPYING_TASK, DEV_TASKS, K_GRID, copying_scores, k_sweep, select_top_k
+from analysis.pruning.copying import K_GRID, copying_scores, k_sweep, select_top_k
 from analysis.pruning.evaluate import prune_eval
 from analysis.tasks import builtin_tasks
 from components import present, state
 from components.charts import neuron_heatmap
 from components.charts_pruning import k_sweep_chart, pruning_bars
 from components.export import chart, report_button, table
-from components.masking import SCORING, remember
+from components.masking import remember
 from components.widgets import guarded, one_line, require_model, run_progress
 
 st.header("Copying neurons & pruning")
@@ -81,8 +82,8 @@ def live_panel() -> None:
     evaluations return at once."""
     names = [*builtin_tasks()]
     c_tasks, c_ctrl, c_on = st.columns([4, 1, 1])
-    chosen = c_tasks.multiselect("Tasks", names, default=[COPYING_TASK, *DEV_TASKS], key="prune_tasks")
-    controls = c_ctrl.number_input("Random seeds", 0, 5, 1, key="prune_controls")
+    chosen = c_tasks.multiselect("Tasks", names, default=list(PRUNE_TASKS), key="prune_tasks")
+    controls = c_ctrl.number_input("Random seeds", 0, 5, PRUNE_CONTROLS, key="prune_controls")
     pruned = c_on.toggle("Prune", key="prune_on", disabled=mask is None,
                          help="Zero the mask's neurons and re-evaluate the tasks")
     shots, n = int(state.get("shots")), int(state.get("n"))

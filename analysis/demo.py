@@ -1,0 +1,48 @@
+"""The app's default settings, and the results a hosted demo ships precomputed for them.
+
+The app opens on these settings (components/state.py reads them), so precomputing exactly these requests for
+the default model (``python -m analysis precompute-demo``) puts their cache entries under
+``assets/precomputed/``; :class:`analysis.cache.ResultsCache` reads that folder when its own has no entry, so
+a fresh CPU host answers the first clicks at once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from analysis.attribution.runs import attribute_task
+from analysis.cache import ResultsCache
+from analysis.models.loader import LoadedModel
+from analysis.paths import ASSETS_DIR
+from analysis.pruning.copying import COPYING_TASK, DEV_TASKS, K_GRID, copying_scores, k_sweep, select_top_k
+from analysis.pruning.evaluate import prune_eval
+from analysis.tasks import builtin_tasks
+
+PRECOMPUTED_DIR = ASSETS_DIR / "precomputed"
+SETTINGS = {"task": "antonyms", "shots": 4, "n": 40, "seed": 0, "layer": 0, "k": 20, "mask": ""}
+SCORING = {"n": 32, "shots": 4, "steps": 20}  # copying scores on the pruning page
+PRUNE_TASKS = (COPYING_TASK, *DEV_TASKS)  # the pruning page's default task list
+PRUNE_CONTROLS = 1  # random-mask seeds on the pruning page
+ATTRIBUTION = {"target": "copy", "n": 8, "steps": 20, "quadrature": "riemann"}  # the attribution page
+
+
+def precompute_demo(loaded: LoadedModel, out: str | Path = PRECOMPUTED_DIR, sweep: bool = True,
+                    progress: Callable[[str], None] | None = None) -> ResultsCache:
+    """Compute what the app's pages request on their defaults and store it in a cache rooted at ``out``."""
+    cache = ResultsCache(out, fallbacks=())
+    say = progress or (lambda _: None)
+    say("copying scores")
+    scores, _ = copying_scores(loaded, **SCORING, cache=cache)
+    mask = select_top_k(scores, SETTINGS["k"])
+    tasks = [builtin_tasks()[name] for name in PRUNE_TASKS]
+    say("pruning table")
+    prune_eval(loaded, mask, tasks, shots=[SETTINGS["shots"]], n=SETTINGS["n"], random_controls=PRUNE_CONTROLS,
+               seed=SETTINGS["seed"], cache=cache)
+    say("attribution")
+    attribute_task(loaded, builtin_tasks()[SETTINGS["task"]], ATTRIBUTION["target"], ATTRIBUTION["n"],
+                   SETTINGS["shots"], SETTINGS["seed"], ATTRIBUTION["steps"], ATTRIBUTION["quadrature"], cache=cache)
+    if sweep:
+        say("k-sweep")
+        k_sweep(loaded, scores, K_GRID, cache=cache)
+    return cache
