@@ -143,3 +143,34 @@ def test_task_vectors_and_compare_pages(monkeypatch):
     at.button(key="cmp_run").click()
     _ok(at.run())
     assert [label.split(":")[1].strip() for label in at.session_state["cmp_runs"]] == ["toy-transformer", "toy-mamba"]
+
+
+def test_bad_model_inputs_keep_the_app_running(monkeypatch, tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8}))
+    at = _start(str(tmp_path), monkeypatch)
+    assert any("architecture 'bert'" in e.value and "supported" in e.value for e in at.error)
+    at.selectbox(key="model_choice").set_value("Hugging Face id…").run()
+    at.text_input(key="model_hub_id").set_value("no-such-org/no-such-model")
+    _ok(at.run())
+    assert any("no-such-org/no-such-model" in e.value for e in at.error)
+    at.selectbox(key="model_choice").set_value("toy-transformer")
+    _ok(at.run())
+    assert not at.error and at.session_state[MODEL_KEY].name == "toy-transformer"
+
+
+def test_overlong_text_and_out_of_memory_are_errors_not_crashes(monkeypatch):
+    at = _start("toy-transformer", monkeypatch, "views/attention.py")
+    at.multiselect(key="rel_methods").set_value([])
+    at.text_area(key="attn_text").set_value("a:1 " * 3000)
+    _ok(at.run())
+    assert any("tokens needs about" in e.value or "4096" in e.value for e in at.error)
+    import torch
+
+    def boom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr("analysis.implicit_attention.attention_maps", boom)
+    at.text_area(key="attn_text").set_value("a:1 b:2 | a:")
+    _ok(at.run())
+    assert any(e.value.startswith("out of memory while computing the attention map") for e in at.error)
+    assert at.header[0].value == "Implicit attention"

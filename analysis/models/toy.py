@@ -45,6 +45,8 @@ TOY_CONFIGS = {  # about 0.5-1.5 M parameters each
 }
 KEYS = string.ascii_lowercase
 RECALL_PAIRS = (4, 8)
+DEFAULT_MINUTES = 18.0  # the budget is 20 minutes on 2 CPU cores; the recall evaluation follows training
+DEFAULT_MAX_STEPS = 6000
 
 
 def recall_line(rng: random.Random) -> tuple[str, list[tuple[str, str]]]:
@@ -114,9 +116,13 @@ class ToyReport:
     final_loss: float
     recall_accuracy: float
     seed: int
+    minutes: float = DEFAULT_MINUTES
+    max_steps: int = DEFAULT_MAX_STEPS
+    threads: int = 1
 
 
-def train_toy(arch: str, out_dir: str | Path, seed: int = 0, minutes: float = 15.0, max_steps: int = 4000,
+def train_toy(arch: str, out_dir: str | Path, seed: int = 0, minutes: float = DEFAULT_MINUTES,
+              max_steps: int = DEFAULT_MAX_STEPS,
               batch: int = 16, seq_len: int = 96, lr: float = 2e-3,
               progress: Callable[[int, float], None] | None = None) -> ToyReport:
     """Train a toy ``arch`` model for at most ``minutes`` or ``max_steps`` and save it with its card."""
@@ -140,7 +146,7 @@ def train_toy(arch: str, out_dir: str | Path, seed: int = 0, minutes: float = 15
     model.eval()
     accuracy = recall_accuracy(model, tokenizer, recall_examples(seed + 1, 300))
     report = ToyReport(arch, model_type, sum(p.numel() for p in model.parameters()), step, seconds, loss_value,
-                       accuracy, seed)
+                       accuracy, seed, minutes, max_steps, torch.get_num_threads())
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
@@ -175,7 +181,8 @@ def _train_loop(model, stream, optimizer, rng, start, minutes, max_steps, batch,
 def model_card(report: ToyReport) -> str:
     return f"""# toy-{report.arch}: a {report.parameters / 1e6:.2f} M-parameter {report.model_type} trained by prunescope
 
-Trained with `python -m analysis train-toy --arch {report.arch} --seed {report.seed}` on CPU, from scratch.
+Trained from scratch with `python -m analysis train-toy --arch {report.arch} --seed {report.seed} --minutes
+{report.minutes:g} --max-steps {report.max_steps}` on CPU ({report.threads} thread{"s" if report.threads > 1 else ""}).
 
 - **Data**: a synthetic corpus generated from seed {report.seed} (analysis/models/toy.py): 60 % in-context
   key->value recall lines (`q:7 b:2 m:5 | b:2 m:5 q:7`, every key queried once), 10 % copying
