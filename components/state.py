@@ -88,7 +88,13 @@ def bound(widget: Callable[..., Any], label: str, name: str, **kwargs) -> Any:
     """Draw ``widget(label, ...)`` bound to the shared setting ``name``: it starts from the setting and
     writes back to it, on any page."""
     widget_key = f"_w_{name}"
-    st.session_state[widget_key] = get(name)  # before the widget exists in this run: allowed
+    value = get(name)
+    if isinstance(value, (int, float)):  # another page (or a link) may have set a value this widget cannot show
+        low, high = kwargs.get("min_value"), kwargs.get("max_value")
+        value = max(value, low) if low is not None else value
+        value = min(value, high) if high is not None else value
+        put(name, value)
+    st.session_state[widget_key] = value  # before the widget exists in this run: allowed
     value = widget(label, key=widget_key, on_change=lambda: put(name, st.session_state[widget_key]), **kwargs)
     put(name, value)
     return value

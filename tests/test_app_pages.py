@@ -174,3 +174,15 @@ def test_overlong_text_and_out_of_memory_are_errors_not_crashes(monkeypatch):
     _ok(at.run())
     assert any(e.value.startswith("out of memory while computing the attention map") for e in at.error)
     assert at.header[0].value == "Implicit attention"
+
+
+def test_a_setting_out_of_another_pages_range_is_clamped(monkeypatch):
+    at = _start("toy-transformer", monkeypatch, "views/evaluate.py", layer=9)
+    at.number_input(key="_w_shots").set_value(0)
+    _ok(at.run())
+    at.switch_page("views/attribution.py")
+    _ok(at.run())
+    assert at.number_input(key="_w_shots").value == 1 and at.session_state["setting_shots"] == 1
+    at.switch_page("views/attention.py")
+    _ok(at.run())
+    assert at.number_input(key="_w_layer").value == 3  # toy-transformer has 4 layers

@@ -29,8 +29,6 @@ with present.controls():
     form = col_form.selectbox("Form", FORMS[loaded.family], key="attn_form")
     reduce = col_reduce.text_input("Reduction", value="mean", key="attn_reduce",
                                    help="mean, absmean, or channels:IDX[,IDX...] (heads for transformers)")
-    if state.get("layer") >= loaded.n_layers:
-        state.put("layer", loaded.n_layers - 1)
     layer = state.bound(col_layer.number_input, "Layer", "layer", min_value=0, max_value=loaded.n_layers - 1,
                         step=1)
     others = [NO_COMPARISON, *[m for m in model_choices() if m != loaded.name]]

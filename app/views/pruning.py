@@ -2,6 +2,8 @@
 task), pick the top k (or load a mask), and compare the pruned model live against the unpruned model and a
 same-size random mask on the chosen tasks."""
 
+import json
+
 import streamlit as st
 
 from analysis.cache import ResultsCache
@@ -71,7 +73,7 @@ if mask is not None:
     if state.get("mask") and st.button("Use the top-k copying mask instead", key="mask_clear"):
         state.put("mask", "")
         st.rerun()
-    st.download_button("Save mask (JSON)", lambda: __import__("json").dumps(mask.to_json(), indent=1),
+    st.download_button("Save mask (JSON)", lambda: json.dumps(mask.to_json(), indent=1),
                        f"mask-{loaded.name.replace('/', '_')}-{len(mask)}.json", "application/json",
                        key="mask_save", icon=":material/download:")
 
