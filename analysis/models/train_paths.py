@@ -57,19 +57,31 @@ def rwkv_wkv_parallel(time_decay, time_first, key, value, state=None, return_sta
     return out.to(key.dtype), None
 
 
-def rglru_scan_parallel(module, hidden_states, recurrent_gate, reset, recurrent_states, acc_dtype=torch.float32):
+def rglru_scan_parallel(module, hidden_states, recurrent_gate, reset, recurrent_states, acc_dtype=torch.float32,
+                        chunk: int = 16):
     """Griffin's linear recurrence h_t = a_t h_{t-1} + x_t for a whole sequence whose only reset is at
-    position 0 (how toy training feeds it): h_t = sum_{j<=t} exp(L_t - L_j) x_j with L the cumulative log a."""
+    position 0 (how toy training feeds it), in chunks: inside a chunk, h_t = sum_j exp(G_t - G_j) x_j with G the
+    chunk's cumulative log a (a masked [chunk, chunk] block, every weight <= 1), plus exp(G_t) times the state
+    carried from the previous chunk. O(T * chunk) per channel instead of a full [B, C, T, T] weight tensor."""
     if recurrent_states is not None or hidden_states.shape[1] == 1 or reset[:, 1:].any():
         return module.__class__._rnn_scan(module, hidden_states, recurrent_gate, reset, recurrent_states, acc_dtype)
-    gate = recurrent_gate.to(acc_dtype)
-    log_a = torch.log(gate.clamp_min(1e-30))
-    log_a[:, 0] = 0.0  # a_0 multiplies only the (zero) initial state
-    cum = log_a.cumsum(dim=1).transpose(1, 2)  # [B, C, T]
-    length = hidden_states.shape[1]
-    future = torch.ones(length, length, dtype=torch.bool, device=gate.device).triu(1)
-    weights = (cum[:, :, :, None] - cum[:, :, None, :]).masked_fill(future, float("-inf")).exp()
-    out = torch.einsum("bctj,bjc->btc", weights, hidden_states.to(acc_dtype))
+    batch, length, channels = hidden_states.shape
+    pad = (-length) % chunk
+    log_a = torch.log(recurrent_gate.to(acc_dtype).clamp_min(1e-30))
+    log_a = torch.cat([torch.zeros_like(log_a[:, :1]), log_a[:, 1:]], 1)  # a_0 multiplies the zero initial state
+    x = hidden_states.to(acc_dtype)
+    zeros = x.new_zeros(batch, pad, channels)
+    cum = torch.cat([log_a, zeros], 1).view(batch, -1, chunk, channels).cumsum(2)  # [B, n, chunk, C]
+    x = torch.cat([x, zeros], 1).view(batch, -1, chunk, channels)
+    future = torch.ones(chunk, chunk, dtype=torch.bool, device=x.device).triu(1)[None, None, :, :, None]
+    weights = (cum[:, :, :, None] - cum[:, :, None, :]).masked_fill(future, float("-inf")).exp()  # [B, n, t, j, C]
+    local = torch.einsum("bntjc,bnjc->bntc", weights, x)
+    decay = cum.exp()  # product of a from the chunk's start to t
+    state, outs = x.new_zeros(batch, channels), []
+    for c in range(x.shape[1]):  # T / chunk steps over [B, C] states: the only loop
+        outs.append(local[:, c] + decay[:, c] * state[:, None])
+        state = outs[-1][:, -1]
+    out = torch.stack(outs, 1).reshape(batch, -1, channels)[:, :length]
     return out.to(hidden_states.dtype), out[:, -1]
 
 
