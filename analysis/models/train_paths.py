@@ -2,10 +2,10 @@
 
 transformers runs RWKV's WKV and Griffin's RG-LRU as Python loops over time on CPU, and Mamba's scan
 likewise unless ``mambapy`` is used: training through them is 20-100x too slow for the 20-minute toy budget.
-During training only, :func:`parallel_training` swaps in the same mathematics computed for all positions
-at once (as the implicit-attention matrices: a masked [B, C, T, T] weight tensor times the inputs). The
-saved checkpoints are ordinary transformers models; tests check the parallel paths give the same outputs
-and gradients as the loops.
+During training only, :func:`parallel_training` swaps in the same mathematics computed in chunks: a masked
+[chunk, chunk] weight block inside each chunk (the implicit-attention matrices, restricted to the chunk) and
+a carried state between chunks, so the only loop is over T / chunk. The saved checkpoints are ordinary
+transformers models; tests check the chunked paths give the same outputs and gradients as the loops.
 """
 
 from __future__ import annotations
