@@ -10,7 +10,7 @@ picker, presentation mode and the copy-link control; pages read the loaded model
 import streamlit as st
 
 from components import present, state
-from components.widgets import SPEC_KEY, apply_model_spec, model_picker
+from components.widgets import SPEC_KEY, apply_model_spec, model_picker, show_cancelled
 
 presenting = present.requested()
 st.set_page_config(page_title="prunescope", layout="wide",
@@ -41,6 +41,7 @@ with st.sidebar:
     present.toggle()
     state.share_link()
 present.apply_style()
+show_cancelled()
 page_name = next(name for name, p in PAGES.items() if p.url_path == page.url_path)
 state.sync_query(page_name, st.session_state.get(SPEC_KEY), {present.PARAM: "1"} if present.requested() else {})
 page.run()

@@ -179,11 +179,8 @@ def run_progress(label: str = "Evaluating", unit: str = "steps") -> Iterator[Cal
     """A progress bar with a Cancel button for the block; yields a ``progress(done, total)`` callback.
 
     Cancel reruns the script, which stops the running job at its next progress update (Streamlit interrupts
-    a run when a new one is requested); the next run says so once. Finished results are in the on-disk cache;
-    a cancelled job leaves nothing half-written."""
-    cancelled = st.session_state.pop(CANCELLED_KEY, None)
-    if cancelled:
-        st.warning(f"Cancelled: {cancelled}")
+    a run when a new one is requested); the next run says so once (:func:`show_cancelled`). Finished results
+    are in the on-disk cache; a cancelled job leaves nothing half-written."""
     box = st.empty()
     with box.container():
         col_bar, col_cancel = st.columns([6, 1])
@@ -198,6 +195,13 @@ def run_progress(label: str = "Evaluating", unit: str = "steps") -> Iterator[Cal
         yield update
     finally:
         box.empty()
+
+
+def show_cancelled() -> None:
+    """Say once, after a Cancel click, which job was stopped."""
+    cancelled = st.session_state.pop(CANCELLED_KEY, None)
+    if cancelled:
+        st.warning(f"Cancelled: {cancelled}", icon=":material/stop_circle:")
 
 
 @contextmanager

@@ -114,6 +114,14 @@ def test_model_task_evaluate_and_pruning_toggle(server, page):
     assert re.fullmatch(r"\d+\.\d%", accuracy)
     page.screenshot(path=str(ARTIFACTS / "2-evaluate.png"))
 
+    _number(page, "Prompts (n)", 500)  # a long job, cancelled half-way: the page says so and keeps the results
+    _idle(page)
+    page.get_by_role("button", name="Evaluate").click()
+    page.get_by_role("button", name="Cancel").click()
+    page.get_by_text("Cancelled: Evaluating to-upper, 2-shot").wait_for()
+    assert _metric(page, "Accuracy") == accuracy and _metric(page, "n") == "12"
+    _number(page, "Prompts (n)", 12)
+
     page.get_by_role("link", name="Copying neurons & pruning").click()
     page.get_by_role("heading", name="Copying neurons & pruning").wait_for()
     _number(page, "Scoring prompts", 4)
