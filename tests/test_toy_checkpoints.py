@@ -30,8 +30,8 @@ def test_toys_load_by_name_and_recall_well_above_chance(name):
     assert loaded.family == TOYS[name]
     accuracy = recall_accuracy(loaded.model, loaded.tokenizer, recall_examples(7, 200))  # not the card's seed
     card = json.loads((TOY_DIR / name / "training.json").read_text())
-    # chance is 0.1; with 200 queries its standard error is 0.021, so 0.15 is far outside chance
-    assert accuracy >= 0.15, f"{name}: held-out recall {accuracy:.2f} (chance 0.1)"
+    # chance is 0.1 (ten digits); with 200 queries its standard error is 0.021: 0.4 is four times chance
+    assert accuracy >= 0.4, f"{name}: held-out recall {accuracy:.2f} (chance 0.1)"
     assert abs(accuracy - card["recall_accuracy"]) < 0.1
 
 
