@@ -15,16 +15,24 @@ from analysis.attribution.runs import attribute_task
 from analysis.cache import ResultsCache
 from analysis.models.loader import LoadedModel
 from analysis.paths import ASSETS_DIR
-from analysis.pruning.copying import COPYING_TASK, DEV_TASKS, K_GRID, copying_scores, k_sweep, select_top_k
+from analysis.pruning.copying import (COPYING_TASK, DEV_TASKS, K_GRID, copying_scores, copying_splits, k_sweep,
+                                     select_top_k)
 from analysis.pruning.evaluate import prune_eval
 from analysis.tasks import builtin_tasks
 
 PRECOMPUTED_DIR = ASSETS_DIR / "precomputed"
 SETTINGS = {"task": "antonyms", "shots": 4, "n": 40, "seed": 0, "layer": 0, "k": 20, "mask": ""}
 SCORING = {"n": 32, "shots": 4, "steps": 20}  # copying scores on the pruning page
-PRUNE_TASKS = (COPYING_TASK, *DEV_TASKS)  # the pruning page's default task list
+PRUNE_TASKS = (f"{COPYING_TASK}[heldout]", *DEV_TASKS)  # the pruning page's default tasks (held-out copying split)
 PRUNE_CONTROLS = 1  # random-mask seeds on the pruning page
 ATTRIBUTION = {"target": "copy", "n": 8, "steps": 20, "quadrature": "riemann"}  # the attribution page
+
+
+def pruning_tasks() -> dict:
+    """Tasks the pruning page offers: the copying task's held-out split (its fit split scored the neurons, so
+    judge the pruning on the other one) and every built-in task."""
+    _, heldout = copying_splits()
+    return {heldout.name: heldout, **builtin_tasks()}
 
 
 def precompute_demo(loaded: LoadedModel, out: str | Path = PRECOMPUTED_DIR, sweep: bool = True,
@@ -35,7 +43,7 @@ def precompute_demo(loaded: LoadedModel, out: str | Path = PRECOMPUTED_DIR, swee
     say("copying scores")
     scores, _ = copying_scores(loaded, **SCORING, cache=cache)
     mask = select_top_k(scores, SETTINGS["k"])
-    tasks = [builtin_tasks()[name] for name in PRUNE_TASKS]
+    tasks = [pruning_tasks()[name] for name in PRUNE_TASKS]
     say("pruning table")
     prune_eval(loaded, mask, tasks, shots=[SETTINGS["shots"]], n=SETTINGS["n"], random_controls=PRUNE_CONTROLS,
                seed=SETTINGS["seed"], cache=cache)

@@ -41,7 +41,7 @@ def test_pruning_toggle_changes_the_numbers(monkeypatch):
     at.number_input(key="score_steps").set_value(4)
     at.button(key="score_run").click()
     _ok(at.run())
-    at.multiselect(key="prune_tasks").set_value(["vowel-count", "next-letter"])
+    at.multiselect(key="prune_tasks").set_value(["vowel-count[heldout]", "next-letter"])
     _ok(at.run())
     before = _metrics(at)
     assert set(before) == {"Accuracy, unpruned", "Copy errors, unpruned"}
@@ -54,7 +54,7 @@ def test_pruning_toggle_changes_the_numbers(monkeypatch):
                                                                         before["Copy errors, unpruned"])
     summary = at.session_state["prune_summary"]
     assert {"pruned_accuracy", "random_accuracy_mean"} <= set(summary.columns)
-    assert list(summary.task) == ["vowel-count", "next-letter", "average"]
+    assert list(summary.task) == ["vowel-count[heldout]", "next-letter", "average"]
     bars = json.loads(next(c for c in at.get("plotly_chart") if c.key == "prune_bars").proto.spec)
     assert {t["name"] for t in bars["data"]} == {"Unpruned", "Pruned", "Random mask"}
     assert st_mask_size(at) == 150

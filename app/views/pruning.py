@@ -7,12 +7,11 @@ import json
 import streamlit as st
 
 from analysis.cache import ResultsCache
-from analysis.demo import PRUNE_CONTROLS, PRUNE_TASKS, SCORING
+from analysis.demo import PRUNE_CONTROLS, PRUNE_TASKS, SCORING, pruning_tasks
 from analysis.errors import PrunescopeError
 from analysis.pruning import NeuronMask
 from analysis.pruning.copying import K_GRID, copying_scores, k_sweep, select_top_k
 from analysis.pruning.evaluate import prune_eval
-from analysis.tasks import builtin_tasks
 from components import present, state
 from components.charts import neuron_heatmap
 from components.charts_pruning import k_sweep_chart, pruning_bars
@@ -82,15 +81,15 @@ if mask is not None:
 def live_panel() -> None:
     """Re-runs alone when the toggle, tasks or controls change: the model is never reloaded, cached
     evaluations return at once."""
-    names = [*builtin_tasks()]
+    offered = pruning_tasks()
     c_tasks, c_ctrl, c_on = st.columns([4, 1, 1])
-    chosen = c_tasks.multiselect("Tasks", names, default=list(PRUNE_TASKS), key="prune_tasks")
+    chosen = c_tasks.multiselect("Tasks", list(offered), default=list(PRUNE_TASKS), key="prune_tasks")
     controls = c_ctrl.number_input("Random seeds", 0, 5, PRUNE_CONTROLS, key="prune_controls")
     pruned = c_on.toggle("Prune", key="prune_on", disabled=mask is None,
                          help="Zero the mask's neurons and re-evaluate the tasks")
     shots, n = int(state.get("shots")), int(state.get("n"))
     st.caption(f"{shots}-shot, {n} prompts per task, seed {state.get('seed')} (change them on Model & task)")
-    tasks = [builtin_tasks()[name] for name in chosen]
+    tasks = [offered[name] for name in chosen]
     if not tasks:
         st.info("Pick at least one task.")
         return
