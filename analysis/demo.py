@@ -21,8 +21,10 @@ from analysis.pruning.evaluate import prune_eval
 from analysis.tasks import builtin_tasks
 
 PRECOMPUTED_DIR = ASSETS_DIR / "precomputed"
-SETTINGS = {"task": "antonyms", "shots": 4, "n": 40, "seed": 0, "layer": 0, "k": 20, "mask": ""}
 SCORING = {"n": 32, "shots": 4, "steps": 20}  # copying scores on the pruning page
+# every setting a link restores (the copying-score settings too: with k they define the mask)
+SETTINGS = {"task": "antonyms", "shots": 4, "n": 40, "seed": 0, "layer": 0, "k": 20, "mask": "",
+            **{f"score_{name}": value for name, value in SCORING.items()}}
 PRUNE_TASKS = (f"{COPYING_TASK}[heldout]", *DEV_TASKS)  # the pruning page's default tasks (held-out copying split)
 PRUNE_CONTROLS = 1  # random-mask seeds on the pruning page
 ATTRIBUTION = {"target": "copy", "n": 8, "steps": 20, "quadrature": "riemann"}  # the attribution page

@@ -29,7 +29,8 @@ def active_mask(loaded: LoadedModel) -> tuple[NeuronMask | None, str]:
     active = st.session_state.get(ACTIVE_KEY)
     if active and active["model"] == loaded.name and active["mask"] is not None:
         return active["mask"], "set on the pruning page"
-    scored = copying_scores(loaded, **SCORING, cache=ResultsCache(), compute_missing=False)
+    scoring = {name: int(state.get(f"score_{name}")) for name in SCORING}
+    scored = copying_scores(loaded, **scoring, cache=ResultsCache(), compute_missing=False)
     if scored is not None:
         return select_top_k(scored[0], int(state.get("k"))), f"top {state.get('k')} copying neurons"
     return None, "no mask: compute copying scores on the pruning page"

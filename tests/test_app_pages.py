@@ -37,8 +37,8 @@ def _metrics(at: AppTest) -> dict[str, str]:
 def test_pruning_toggle_changes_the_numbers(monkeypatch):
     at = _start("toy-transformer", monkeypatch, "views/pruning.py", shots=2, n=12, k=150)
     assert any("No copying scores" in i.value for i in at.info)
-    at.number_input(key="score_n").set_value(4)
-    at.number_input(key="score_steps").set_value(4)
+    at.number_input(key="_w_score_n").set_value(4)
+    at.number_input(key="_w_score_steps").set_value(4)
     at.button(key="score_run").click()
     _ok(at.run())
     at.multiselect(key="prune_tasks").set_value(["vowel-count[heldout]", "next-letter"])
@@ -82,12 +82,13 @@ def test_pruning_page_bad_inputs_show_errors(monkeypatch):
 
 
 def test_k_larger_than_the_neuron_count(monkeypatch, tmp_path):
-    at = _start("toy-transformer", monkeypatch, "views/pruning.py", k=10**6)
-    at.number_input(key="score_n").set_value(1)
-    at.number_input(key="score_steps").set_value(2)
+    at = _start("toy-transformer", monkeypatch, "views/pruning.py", k=10**6)  # e.g. a link made on a bigger model
+    assert any("k=1000000 is out of range: the model has 1536 neurons; using k=1536" in e.value for e in at.error)
+    at.number_input(key="_w_score_n").set_value(1)
+    at.number_input(key="_w_score_steps").set_value(2)
     at.button(key="score_run").click()
     _ok(at.run())
-    assert any("k=1000000 is out of range: the model has 1536 neurons" in e.value for e in at.error)
+    assert not at.error and st_mask_size(at) == 1536
 
 
 def test_deep_link_restores_page_model_and_settings():

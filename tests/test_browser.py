@@ -129,8 +129,10 @@ def test_model_task_evaluate_and_pruning_toggle(server, page):
     _idle(page)
     page.get_by_role("button", name="Compute copying scores").click()
     page.get_by_text("Mask: 20 neurons").wait_for()  # k defaults to 20
-    _number(page, "k (neurons to prune)", 150)
-    page.get_by_text("Mask: 150 neurons").wait_for()
+    _idle(page)
+    assert "page=pruning" in page.url and "model=toy-transformer" in page.url
+    page.goto(re.sub(r"&k=\d+", "", page.url) + "&k=150")  # a deep link: a new session restores everything
+    page.get_by_text("Mask: 150 neurons").wait_for()  # the copying scores come from the disk cache
     page.locator('[data-testid="stMetric"]').filter(has_text="Accuracy, unpruned").first.wait_for()
     unpruned = (_metric(page, "Accuracy, unpruned"), _metric(page, "Copy errors, unpruned"))
     page.screenshot(path=str(ARTIFACTS / "3-pruning-off.png"), full_page=True)

@@ -7,7 +7,7 @@ import json
 import streamlit as st
 
 from analysis.cache import ResultsCache
-from analysis.demo import PRUNE_CONTROLS, PRUNE_TASKS, SCORING, pruning_tasks
+from analysis.demo import PRUNE_CONTROLS, PRUNE_TASKS, pruning_tasks
 from analysis.errors import PrunescopeError
 from analysis.pruning import NeuronMask
 from analysis.pruning.copying import K_GRID, copying_scores, k_sweep, select_top_k
@@ -24,15 +24,19 @@ st.caption("Copying score of a neuron: its Integrated-Gradients attribution to l
            "logit(gold) on the copying task, normalised per prompt and averaged (arXiv 2410.01288). Pruning zeroes "
            "the top-k neurons; the control zeroes as many random neurons in the same layers.")
 
+def per_layer_chosen() -> bool:
+    return bool(st.session_state.get("per_layer"))
+
+
 loaded = require_model()
 cache = ResultsCache()
 counts = loaded.adapter.neuron_counts()
 
 with present.controls("Copying scores"):
     c_n, c_shots, c_steps, c_run = st.columns([1, 1, 1, 2])
-    score_n = c_n.number_input("Scoring prompts", 1, 256, SCORING["n"], key="score_n")
-    score_shots = c_shots.number_input("Scoring shots", 1, 8, SCORING["shots"], key="score_shots")
-    score_steps = c_steps.number_input("IG steps", 1, 128, SCORING["steps"], key="score_steps")
+    score_n = state.bound(c_n.number_input, "Scoring prompts", "score_n", min_value=1, max_value=256)
+    score_shots = state.bound(c_shots.number_input, "Scoring shots", "score_shots", min_value=1, max_value=8)
+    score_steps = state.bound(c_steps.number_input, "IG steps", "score_steps", min_value=1, max_value=128)
     compute = c_run.button("Compute copying scores", type="primary", key="score_run")
 
 params = dict(n=int(score_n), shots=int(score_shots), steps=int(score_steps), cache=cache)
@@ -49,8 +53,12 @@ scores = None if scored is None else scored[0]
 
 with present.controls("Mask"):
     c_k, c_layer, c_file = st.columns([2, 1, 3])
-    k = state.bound(c_k.number_input, "k (neurons to prune)", "k", min_value=0, step=1, disabled=scores is None,
-                    help=f"at most {sum(counts):,} (all neurons), or {counts[0]:,} per layer")
+    limit = counts[0] if per_layer_chosen() else sum(counts)
+    if state.get("k") > limit:  # e.g. a link made on a bigger model
+        st.error(f"k={state.get('k')} is out of range: the model has {limit} neurons"
+                 + (" per layer" if per_layer_chosen() else "") + f"; using k={limit}")
+    k = state.bound(c_k.slider, "k (neurons to prune)", "k", min_value=0, max_value=limit, step=1,
+                    disabled=scores is None, help="the k highest copying scores (use the arrow keys for single steps)")
     per_layer = c_layer.checkbox("top k per layer", key="per_layer", disabled=scores is None)
     upload = c_file.file_uploader("…or load a mask (JSON)", type=["json"], key="mask_upload")
 
