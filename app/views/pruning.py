@@ -24,6 +24,12 @@ st.caption("Copying score of a neuron: its Integrated-Gradients attribution to l
            "logit(gold) on the copying task, normalised per prompt and averaged (arXiv 2410.01288). Pruning zeroes "
            "the top-k neurons; the control zeroes as many random neurons in the same layers.")
 
+def k_options(limit: int, current: int) -> list[int]:
+    """Slider stops: every k up to 10, then about 1-2-5 per decade up to the neuron count (and the current k)."""
+    stops = {k for k in range(11)} | {m * 10**e for e in range(1, 7) for m in (1, 1.5, 2, 3, 5, 7)}
+    return sorted({int(k) for k in stops if k <= limit} | {limit, current})
+
+
 def per_layer_chosen() -> bool:
     return bool(st.session_state.get("per_layer"))
 
@@ -57,8 +63,9 @@ with present.controls("Mask"):
     if state.get("k") > limit:  # e.g. a link made on a bigger model
         st.error(f"k={state.get('k')} is out of range: the model has {limit} neurons"
                  + (" per layer" if per_layer_chosen() else "") + f"; using k={limit}")
-    k = state.bound(c_k.slider, "k (neurons to prune)", "k", min_value=0, max_value=limit, step=1,
-                    disabled=scores is None, help="the k highest copying scores (use the arrow keys for single steps)")
+        state.put("k", limit)
+    k = state.bound(c_k.select_slider, "k (neurons to prune)", "k", options=k_options(limit, state.get("k")),
+                    disabled=scores is None, help="the k highest copying scores; any k also works in the link")
     per_layer = c_layer.checkbox("top k per layer", key="per_layer", disabled=scores is None)
     upload = c_file.file_uploader("…or load a mask (JSON)", type=["json"], key="mask_upload")
 
