@@ -197,6 +197,21 @@ def run_progress(label: str = "Evaluating", unit: str = "steps") -> Iterator[Cal
         box.empty()
 
 
+MEMO_KEY = "_memo"
+MEMO_SIZE = 32
+
+
+def memo(key: tuple, compute: Callable[[], object]) -> object:
+    """A per-session memo of cheap-to-keep results (attention maps, token relevance) so that reruns caused by
+    other widgets do not recompute them; ``key`` must name everything the result depends on."""
+    store: dict = st.session_state.setdefault(MEMO_KEY, {})
+    if key not in store:
+        store[key] = compute()
+        while len(store) > MEMO_SIZE:
+            store.pop(next(iter(store)))
+    return store[key]
+
+
 def show_cancelled() -> None:
     """Say once, after a Cancel click, which job was stopped."""
     cancelled = st.session_state.pop(CANCELLED_KEY, None)

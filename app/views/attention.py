@@ -13,7 +13,7 @@ from components import present, state
 from components.charts import attention_heatmap
 from components.charts_pruning import relevance_chart
 from components.export import chart, report_button, table
-from components.widgets import cached_model, guarded, require_model, run_progress
+from components.widgets import cached_model, guarded, memo, require_model, run_progress
 
 NO_COMPARISON = "none"
 DEFAULT_TEXT = "a:3 b:5 c:1 d:7 | b:5 a:"
@@ -39,7 +39,8 @@ with present.controls():
 figures, tables = {}, {}
 left, right = st.columns(2) if other_spec != NO_COMPARISON else (st.container(), None)
 with left, guarded("attention map"):
-    maps = attention_maps(loaded, text, form=form, reduce=reduce, layers=[int(layer)])
+    maps = memo(("attn", loaded.fingerprint(), text, form, reduce, int(layer)),
+                lambda: attention_maps(loaded, text, form=form, reduce=reduce, layers=[int(layer)]))
     kind = maps.kinds[0]
     title = f"{loaded.name} layer {int(layer)} ({kind}, {maps.form}, {maps.reduce})"
     figures[title] = attention_heatmap(maps.attn[0].tolist(), maps.tokens, title)
@@ -49,7 +50,8 @@ if right is not None:
     with right, guarded(f"attention of {other_spec}"):
         other = cached_model(other_spec, "auto", "auto")
         other_layer = min(int(layer), other.n_layers - 1)
-        other_maps = attention_maps(other, text, layers=[other_layer])
+        other_maps = memo(("attn", other.fingerprint(), text, None, "mean", other_layer),
+                          lambda: attention_maps(other, text, layers=[other_layer]))
         other_title = f"{other.name} layer {other_layer} ({other_maps.kinds[0]}, {other_maps.form})"
         figures[other_title] = attention_heatmap(other_maps.attn[0].tolist(), other_maps.tokens, other_title)
         chart(figures[other_title], "attn_other_chart", "attention-comparison")
@@ -60,7 +62,8 @@ chosen = st.multiselect("Methods", methods, default=[m for m in ("raw", "rollout
                         key="rel_methods", help="relevance of each token for the model's top next-token prediction")
 if chosen:
     with guarded("token relevance"):
-        results = {m: token_relevance(loaded, text, m, form=form) for m in chosen}
+        results = {m: memo(("relevance", loaded.fingerprint(), text, m, form),
+                           lambda m=m: token_relevance(loaded, text, m, form=form)) for m in chosen}
         first = next(iter(results.values()))
         target = loaded.tokenizer.decode([first.target_id])
         rel_title = f"relevance for the predicted next token {target!r}"
