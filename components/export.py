@@ -24,7 +24,7 @@ def chart(figure: go.Figure, key: str, name: str | None = None) -> None:
               "toImageButtonOptions": {"format": "png", "filename": _slug(name or key), "scale": 2}}
     height = present.figure_height()
     if height:
-        figure = go.Figure(figure).update_layout(height=height)
+        figure = go.Figure(figure).update_layout(height=height, font=dict(size=17))
     st.plotly_chart(figure, key=key, config=config)
 
 

@@ -16,8 +16,9 @@ STYLE = """<style>
 html, body, [data-testid="stAppViewContainer"] { font-size: 20px; }
 [data-testid="stMarkdownContainer"] p, [data-testid="stCaptionContainer"] { font-size: 1.1rem; }
 h1, h2, h3 { font-size: 2.1rem !important; }
-[data-testid="stMetricValue"] { font-size: 3rem; }
-.block-container { padding-top: 1.5rem; max-width: 100%; }
+[data-testid="stMetricValue"], [data-testid="stMetricValue"] * { font-size: 3rem !important; line-height: 1.2; }
+[data-testid="stMetricLabel"] * { font-size: 1.2rem !important; }
+.block-container { padding-top: 3.5rem; max-width: 100%; }
 </style>"""
 
 
