@@ -75,10 +75,14 @@ def _select(page, label: str, option: str) -> None:
     page.get_by_role("option", name=re.compile(f"^{re.escape(option)}")).first.click()
 
 
-def _number(page, label: str, value: int) -> None:
+def _number(page, label: str, value: int, param: str) -> None:
+    """Type a number into a shared-setting input and wait until the rerun it starts has put it in the URL (a
+    second input typed before that could be overwritten by the first rerun's redraw)."""
     box = page.get_by_label(label, exact=True)
     box.fill(str(value))
     box.press("Enter")
+    page.wait_for_url(re.compile(rf"[?&]{param}={value}(&|$)"))
+    _idle(page)
 
 
 def _metric(page, label: str) -> str:
@@ -105,8 +109,8 @@ def test_model_task_evaluate_and_pruning_toggle(server, page):
 
     page.get_by_role("link", name="Evaluate").click()
     page.get_by_role("heading", name="Evaluate").wait_for()
-    _number(page, "Prompts (n)", 12)
-    _number(page, "Shots", 2)
+    _number(page, "Prompts (n)", 12, "n")
+    _number(page, "Shots", 2, "shots")
     _idle(page)
     page.get_by_role("button", name="Evaluate").click()
     page.locator('[data-testid="stMetric"]').filter(has_text="Accuracy").first.wait_for()
@@ -114,18 +118,18 @@ def test_model_task_evaluate_and_pruning_toggle(server, page):
     assert re.fullmatch(r"\d+\.\d%", accuracy)
     page.screenshot(path=str(ARTIFACTS / "2-evaluate.png"))
 
-    _number(page, "Prompts (n)", 500)  # a long job, cancelled half-way: the page says so and keeps the results
+    _number(page, "Prompts (n)", 500, "n")  # a long job, cancelled half-way: the page says so and keeps the results
     _idle(page)
     page.get_by_role("button", name="Evaluate").click()
     page.get_by_role("button", name="Cancel").click()
-    page.get_by_text("Cancelled: Evaluating to-upper, 2-shot").wait_for()
+    page.get_by_text("Cancelled: Evaluating to-upper, 2-shot").wait_for()  # the label names the job's settings
     assert _metric(page, "Accuracy") == accuracy and _metric(page, "n") == "12"
-    _number(page, "Prompts (n)", 12)
+    _number(page, "Prompts (n)", 12, "n")
 
     page.get_by_role("link", name="Copying neurons & pruning").click()
     page.get_by_role("heading", name="Copying neurons & pruning").wait_for()
-    _number(page, "Scoring prompts", 4)
-    _number(page, "IG steps", 4)
+    _number(page, "Scoring prompts", 4, "score_n")
+    _number(page, "IG steps", 4, "score_steps")
     _idle(page)
     page.get_by_role("button", name="Compute copying scores").click()
     page.get_by_text("Mask: 20 neurons").wait_for()  # k defaults to 20
