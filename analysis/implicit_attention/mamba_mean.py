@@ -22,17 +22,20 @@ import torch.nn.functional as F
 
 from analysis.implicit_attention.common import DEFAULT_BUDGET_BYTES
 
+# exp(-60) = 8.7e-27: smaller factors are kept at that value instead of becoming fp32 denormals, which the CPU
+# handles ~10x slower; the change to any entry is below 1e-25 (the matrices' entries are O(1e-3..1)).
+MIN_EXPONENT = -60.0
+
 
 def _per_channel(inn, idx: torch.Tensor, form: str, total: int):
-    """Per selected channel: a [c, n], B and C [T, c, n] (broadcast views), delta [T, c] and cum [T, c] (fp64),
+    """Per selected channel: a [c, n], B and C [T, c or 1, n], delta [T, c] and cum [T, c] (fp64),
     the left diagonal [T, c] (with the mean's 1/total), the right diagonals [K, T, c] (one per conv tap for
     unified) and the extra diagonal term D [c] of the unified form (zero for s6)."""
     heads = idx if form == "s6" else idx // inn.head_dim
     length, count = inn.length, len(idx)
-    if inn.model_type == "mamba":
+    if inn.model_type == "mamba":  # B and C are shared by the channels: [T, 1, n], broadcast (never expanded)
         a = inn.A[heads]
-        b = inn.B[:, None, :].expand(length, count, -1)
-        c = inn.C[:, None, :].expand(length, count, -1)
+        b, c = inn.B[:, None, :], inn.C[:, None, :]
     else:
         groups = heads // (inn.n_heads // inn.B.shape[1])
         b, c = inn.B[:, groups], inn.C[:, groups]
@@ -52,17 +55,11 @@ def _per_channel(inn, idx: torch.Tensor, form: str, total: int):
     return a.float(), b.float(), c.float(), delta, cum, left, rights, extra
 
 
-def _pad(t: torch.Tensor, size: int, dim: int, value=None) -> torch.Tensor:
-    """Pad ``t`` along ``dim`` to ``size`` with zeros, or with its last entry when ``value == 'edge'``."""
-    missing = size - t.shape[dim]
-    if missing == 0:
-        return t
-    if value == "edge":
-        tail = t.narrow(dim, t.shape[dim] - 1, 1)
-        return torch.cat([t, tail.expand(*[missing if i == dim else s for i, s in enumerate(t.shape)])], dim)
-    shape = list(t.shape)
-    shape[dim] = missing
-    return torch.cat([t, t.new_zeros(shape)], dim)
+def _pad_edge(t: torch.Tensor, size: int) -> torch.Tensor:
+    """Pad ``t`` along dim 0 to ``size`` rows by repeating its last row (zero-weight positions past the prompt
+    keep the last cumulative sum, so their exponents stay <= 0)."""
+    missing = size - t.shape[0]
+    return t if missing == 0 else torch.cat([t, t[-1:].expand(missing, *t.shape[1:])])
 
 
 def _accumulate(out: torch.Tensor, a, b, c, delta, cum, left, rights, extra) -> None:
@@ -70,13 +67,18 @@ def _accumulate(out: torch.Tensor, a, b, c, delta, cum, left, rights, extra) -> 
     taps, length = rights.shape[0], delta.shape[0]
     size = out.shape[-1]
     weight_right = rights * delta  # [K, T, c]: R_k[j, d] * Delta[j, d]
-    diag = torch.einsum("tcn,tcn->tc", c, b) * delta + extra  # alpha_d[i, i] (+ D for unified)
+    diag = (c * b).sum(-1) * delta + extra  # alpha_d[i, i] (+ D for unified)
     out.diagonal(dim1=1, dim2=2)[:, :length] += torch.einsum("tc,ktc->kt", left * diag, rights)
-    cum = _pad(cum, size, 0, "edge")
-    left_c = _pad(left[..., None] * c, size, 0)  # [P, c, n]
-    right_b = _pad(weight_right[..., None] * b, size, 1)  # [K, P, c, n]
+    cum = _pad_edge(cum, size)
+    channels, states = delta.shape[1], a.shape[1]
+    left_c = out.new_empty(size, channels, states)  # [P, c, n], zero past the prompt
+    torch.mul(left[..., None], c, out=left_c[:length])
+    left_c[length:] = 0
+    right_b = out.new_empty(taps, size, channels, states)  # [K, P, c, n]
+    torch.mul(weight_right[..., None], b, out=right_b[:, :length])
+    right_b[:, length:] = 0
     half = size // 2
-    up = torch.empty(half, *left_c.shape[1:], device=out.device)  # reused by every level: [P/2, c, n]
+    up = torch.empty(half, channels, states, device=out.device)  # reused by every level: [P/2, c, n]
     down = torch.empty_like(up)
     h = 1
     while h < size:
@@ -84,10 +86,10 @@ def _accumulate(out: torch.Tensor, a, b, c, delta, cum, left, rights, extra) -> 
         blocks = cum.view(nb, 2, h, -1)
         ref = blocks[:, 0, h - 1:h]  # [nb, 1, c]: the last column of each pair
         rows = up.view(nb, h, *up.shape[1:])  # exp((S_i - S_p) A) * L_i C_i, then (S_p - S_j) for the columns
-        torch.mul((blocks[:, 1] - ref).float()[..., None], a, out=rows).exp_()
+        torch.mul((blocks[:, 1] - ref).float()[..., None], a, out=rows).clamp_(min=MIN_EXPONENT).exp_()
         rows.mul_(left_c.view(nb, 2, h, *left_c.shape[1:])[:, 1])
         cols = down.view(nb, h, *down.shape[1:])
-        torch.mul((ref - blocks[:, 0]).float()[..., None], a, out=cols).exp_()
+        torch.mul((ref - blocks[:, 0]).float()[..., None], a, out=cols).clamp_(min=MIN_EXPONENT).exp_()
         right_cols = right_b.view(taps, nb, 2, h, *right_b.shape[2:])[:, :, 0]
         cols = (cols.mul_(right_cols[0]) if taps == 1 else cols * right_cols).view(-1, nb, h, up[0].numel())
         product = torch.bmm(rows.view(nb, h, -1), cols.transpose(0, 1).flatten(1, 2).transpose(1, 2))
