@@ -30,6 +30,12 @@ PRUNE_CONTROLS = 1  # random-mask seeds on the pruning page
 ATTRIBUTION = {"target": "copy", "n": 8, "steps": 20, "quadrature": "riemann"}  # the attribution page
 
 
+def mask_file_name(model_name: str) -> str:
+    """File name of the default copying mask of a model (a local directory contributes its last part)."""
+    short = Path(model_name).name if Path(model_name).is_dir() else model_name.replace("/", "_")
+    return f"copying-mask-{short}-k{SETTINGS['k']}.json"
+
+
 def pruning_tasks() -> dict:
     """Tasks the pruning page offers: the copying task's held-out split (its fit split scored the neurons, so
     judge the pruning on the other one) and every built-in task."""
@@ -39,12 +45,14 @@ def pruning_tasks() -> dict:
 
 def precompute_demo(loaded: LoadedModel, out: str | Path = PRECOMPUTED_DIR, sweep: bool = True,
                     progress: Callable[[str], None] | None = None) -> ResultsCache:
-    """Compute what the app's pages request on their defaults and store it in a cache rooted at ``out``."""
+    """Compute what the app's pages request on their defaults and store it in a cache rooted at ``out``, plus
+    the default copying mask as a JSON file there."""
     cache = ResultsCache(out, fallbacks=())
     say = progress or (lambda _: None)
     say("copying scores")
     scores, _ = copying_scores(loaded, **SCORING, cache=cache)
-    mask = select_top_k(scores, SETTINGS["k"])
+    mask = select_top_k(scores, SETTINGS["k"], model=loaded.name, scoring=SCORING)
+    mask.save(Path(out) / mask_file_name(loaded.name))  # also loadable as a file on the pruning page
     tasks = [pruning_tasks()[name] for name in PRUNE_TASKS]
     say("pruning table")
     prune_eval(loaded, mask, tasks, shots=[SETTINGS["shots"]], n=SETTINGS["n"], random_controls=PRUNE_CONTROLS,
