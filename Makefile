@@ -28,7 +28,7 @@ run: setup
 browser:
 	@test -x /usr/bin/chromium || { \
 	  if [ "$$(id -u)" -eq 0 ]; then S=""; elif command -v sudo >/dev/null; then S="sudo -n"; else S=none; fi; \
-	  if [ "$$S" != none ] && $$S apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$S apt-get install -y -qq \
+	  if [ "$$S" != none ] && $$S apt-get update -qq && $$S env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	     --no-install-recommends chromium; then :; else echo "note: chromium not installed; the browser test will skip"; fi; }
 
 test: setup browser
