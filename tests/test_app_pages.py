@@ -187,3 +187,15 @@ def test_a_setting_out_of_another_pages_range_is_clamped(monkeypatch):
     at.switch_page("views/attention.py")
     _ok(at.run())
     assert at.number_input(key="_w_layer").value == 3  # toy-transformer has 4 layers
+
+
+@pytest.mark.parametrize("model", ["toy-mamba", "toy-mamba2", "toy-rwkv", "toy-griffin", "toy-transformer"])
+def test_attention_page_on_every_family(monkeypatch, model):
+    """Each family's map (its default form), the second model's map and the relevance heatmap render."""
+    at = _start(model, monkeypatch, "views/attention.py")
+    assert not at.error
+    last = at.session_state["attn_last"]
+    assert last["kind"] == ("softmax" if model == "toy-transformer" else "implicit")
+    keys = {c.key for c in at.get("plotly_chart")}
+    assert {"attn_chart", "rel_chart"} <= keys
+    assert ("attn_other_chart" in keys) == (model != "toy-transformer")  # beside it: the toy transformer
