@@ -9,7 +9,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 # (summary column prefix, legend name, colour)
-CONDITIONS = (("baseline", "Unpruned", "#6b7280"), ("pruned", "Pruned", "#c2410c"), ("random", "Random mask", "#2563eb"))
+CONDITIONS = (("baseline", "Unpruned", "#6b7280"), ("pruned", "Pruned", "#c2410c"),
+              ("random", "Random mask", "#2563eb"))
 PANELS = (("accuracy", "Accuracy"), ("copy_error_rate", "Copy-error rate"))
 
 

@@ -32,7 +32,8 @@ with present.controls():
     layer = state.bound(col_layer.number_input, "Layer", "layer", min_value=0, max_value=loaded.n_layers - 1,
                         step=1)
     others = [NO_COMPARISON, *[m for m in model_choices() if m != loaded.name]]
-    default_other = "toy-transformer" if loaded.family != "transformer" and "toy-transformer" in others else NO_COMPARISON
+    beside_transformer = loaded.family != "transformer" and "toy-transformer" in others
+    default_other = "toy-transformer" if beside_transformer else NO_COMPARISON
     other_spec = col_other.selectbox("Beside it", others, index=others.index(default_other), key="attn_other",
                                      help="a second model's attention on the same text (its last layer by default)")
 
