@@ -8,6 +8,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from analysis.pruning.copying import COPYING_TASK
+
 # (summary column prefix, legend name, colour)
 CONDITIONS = (("baseline", "Unpruned", "#6b7280"), ("pruned", "Pruned", "#c2410c"),
               ("random", "Random mask", "#2563eb"))
@@ -47,7 +49,7 @@ def k_sweep_chart(table: pd.DataFrame, best: int | None = None) -> go.Figure:
         rows = rows.sort_values("k")
         fig.add_trace(go.Scatter(x=rows.k, y=rows.accuracy, mode="lines+markers", name=f"{task} accuracy",
                                  hovertemplate=f"{task}<br>k=%{{x}}<br>accuracy %{{y:.1%}}<extra></extra>"))
-    copying = table[table.task.str.contains("held-out|vowel", regex=True)].sort_values("k")
+    copying = table[table.task.str.startswith(COPYING_TASK)].sort_values("k")
     if len(copying):
         fig.add_trace(go.Scatter(x=copying.k, y=copying.copy_error_rate, mode="lines+markers",
                                  line=dict(dash="dash", color="#c2410c"), name="copy-error rate (copying task)",

@@ -11,8 +11,15 @@ from analysis.models import LoadedModel
 from analysis.pruning import NeuronMask
 from analysis.pruning.copying import copying_scores, select_top_k
 from components import state
+from components.widgets import memo
 
 ACTIVE_KEY = "active_mask"  # {"model": name, "mask": NeuronMask}
+
+
+def stored_copying_scores(loaded: LoadedModel, n: int, shots: int, steps: int):
+    """(scores, IG result) from the on-disk or shipped cache, or None; read once per session and settings."""
+    return memo(("copying-scores", loaded.fingerprint(), n, shots, steps), lambda: copying_scores(
+        loaded, n=n, shots=shots, steps=steps, cache=ResultsCache(), compute_missing=False))
 
 
 def remember(loaded: LoadedModel, mask: NeuronMask | None) -> None:
@@ -29,8 +36,7 @@ def active_mask(loaded: LoadedModel) -> tuple[NeuronMask | None, str]:
     active = st.session_state.get(ACTIVE_KEY)
     if active and active["model"] == loaded.name and active["mask"] is not None:
         return active["mask"], "set on the pruning page"
-    scoring = {name: int(state.get(f"score_{name}")) for name in SCORING}
-    scored = copying_scores(loaded, **scoring, cache=ResultsCache(), compute_missing=False)
+    scored = stored_copying_scores(loaded, **{name: int(state.get(f"score_{name}")) for name in SCORING})
     if scored is not None:
         return select_top_k(scored[0], int(state.get("k"))), f"top {state.get('k')} copying neurons"
     return None, "no mask: compute copying scores on the pruning page"

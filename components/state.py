@@ -73,7 +73,7 @@ def sync_query(page: str, model_spec: str | None, extra: dict[str, str] | None =
 
 def link() -> str:
     """The full URL of the current view (host from the browser's request when known)."""
-    base = (st.context.url or "").split("?", 1)[0] if hasattr(st, "context") else ""
+    base = (st.context.url or "").split("?", 1)[0]
     return f"{base}?{urlencode(dict(st.query_params))}"
 
 

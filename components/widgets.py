@@ -202,11 +202,15 @@ MEMO_SIZE = 32
 
 
 def memo(key: tuple, compute: Callable[[], object]) -> object:
-    """A per-session memo of cheap-to-keep results (attention maps, token relevance) so that reruns caused by
-    other widgets do not recompute them; ``key`` must name everything the result depends on."""
+    """A per-session memo of results that reruns caused by other widgets should not recompute or re-read from
+    disk (attention maps, token relevance, cached scores); ``key`` must name everything the result depends on.
+    ``None`` ("nothing yet") is not kept, so a later call looks again."""
     store: dict = st.session_state.setdefault(MEMO_KEY, {})
     if key not in store:
-        store[key] = compute()
+        value = compute()
+        if value is None:
+            return None
+        store[key] = value
         while len(store) > MEMO_SIZE:
             store.pop(next(iter(store)))
     return store[key]

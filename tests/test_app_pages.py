@@ -34,6 +34,10 @@ def _metrics(at: AppTest) -> dict[str, str]:
     return {m.label: m.value for m in at.metric}
 
 
+def st_mask_size(at: AppTest) -> int:
+    return len(at.session_state["active_mask"]["mask"])
+
+
 def test_pruning_toggle_changes_the_numbers(monkeypatch):
     at = _start("toy-transformer", monkeypatch, "views/pruning.py", shots=2, n=12, k=150)
     assert any("No copying scores" in i.value for i in at.info)
@@ -61,10 +65,6 @@ def test_pruning_toggle_changes_the_numbers(monkeypatch):
     at.toggle(key="prune_on").set_value(False)
     _ok(at.run())
     assert _metrics(at) == before  # back to the cached unpruned numbers
-
-
-def st_mask_size(at: AppTest) -> int:
-    return len(at.session_state["active_mask"]["mask"])
 
 
 def test_pruning_page_bad_inputs_show_errors(monkeypatch):

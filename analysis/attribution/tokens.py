@@ -38,6 +38,7 @@ from torch import nn
 from analysis.errors import PromptTooLongError, PrunescopeError
 from analysis.implicit_attention import FORMS, attention_maps, default_form
 from analysis.implicit_attention.common import Reduction, reduce_in_chunks
+from analysis.models.hooks import hook_scope
 from analysis.models.loader import LoadedModel
 
 METHODS = ("raw", "rollout", "gradattn", "ig", "gxi", "lrp")
@@ -364,20 +365,17 @@ def _implicit_weighted(loaded, input_ids, target, layers, form) -> dict[int, tor
                 return (seen[layer],), {}
         return hook
 
-    handles = []
     with loaded.lock, torch.enable_grad():
-        try:
+        with hook_scope() as add:
             for i, (module, how, _) in targets.items():
-                handles.append(module.register_forward_hook(
-                    lambda m, a, out, i=i: seen.__setitem__(i, out[0] if isinstance(out, tuple) else out))
-                    if how == "output" else module.register_forward_pre_hook(pre(i, how), with_kwargs=True))
+                if how == "output":
+                    add(module, lambda m, a, out, i=i: seen.__setitem__(i, out[0] if isinstance(out, tuple) else out))
+                else:
+                    add(module, pre(i, how), pre=True, with_kwargs=True)
                 if how == "gated":  # the norm returned float32 now; give the next layer its usual dtype
-                    handles.append(module.register_forward_hook(lambda m, a, out: out.to(m.weight.dtype)))
+                    add(module, lambda m, a, out: out.to(m.weight.dtype))
             embeds = _embeds(loaded, input_ids).requires_grad_(True)
             value = target_logit(loaded, embeds, target).sum()
-        finally:
-            for handle in handles:
-                handle.remove()
         grads = torch.autograd.grad(value, [seen[i] for i in layers])
     result = {}
     for i, grad in zip(layers, grads):

@@ -32,6 +32,7 @@ from torch import nn
 from analysis.errors import PrunescopeError
 from analysis.implicit_attention.common import (DEFAULT_BUDGET_BYTES, Reduction, check_layers, eager_attention,
                                                 prompt_ids, reduce_in_chunks)
+from analysis.models.hooks import hook_scope
 
 FORMS = ("unified", "rglru")
 
@@ -105,21 +106,17 @@ def capture_griffin(loaded, input_ids: torch.Tensor, layers=None) -> dict[int, G
                 store[layer]["position_ids"] = args[1][0].detach()
         return hook
 
-    handles = []
     with loaded.lock:
-        try:
+        with hook_scope() as add:
             for i in chosen:
                 blk = loaded.adapter.block(i).temporal_block
-                handles += [blk.linear_x.register_forward_hook(out_hook(i, "x_pre")),
-                            blk.rg_lru.register_forward_pre_hook(in_hook(i, "x")),
-                            blk.rg_lru.register_forward_hook(out_hook(i, "rglru_output")),
-                            blk.act_fn.register_forward_hook(out_hook(i, "y_gate")),
-                            blk.linear_out.register_forward_pre_hook(in_hook(i, "out_input"))]
+                add(blk.linear_x, out_hook(i, "x_pre"))
+                add(blk.rg_lru, in_hook(i, "x"), pre=True)
+                add(blk.rg_lru, out_hook(i, "rglru_output"))
+                add(blk.act_fn, out_hook(i, "y_gate"))
+                add(blk.linear_out, in_hook(i, "out_input"), pre=True)
             with torch.no_grad():
                 loaded.model(input_ids=ids, use_cache=False)
-        finally:
-            for h in handles:
-                h.remove()
         result = {}
         for i in chosen:
             blk, s = loaded.adapter.block(i).temporal_block, store[i]
@@ -249,14 +246,9 @@ def griffin_attention_maps(loaded, input_ids: torch.Tensor, layers=None) -> dict
             maps[layer] = output[1][0].detach().float().mean(dim=0)
         return fn
 
-    handles = []
-    with eager_attention(loaded):
-        try:
-            for i in chosen:
-                handles.append(loaded.adapter.block(i).temporal_block.register_forward_hook(hook(i)))
-            with torch.no_grad():
-                loaded.model(input_ids=ids, use_cache=False)
-        finally:
-            for h in handles:
-                h.remove()
+    with eager_attention(loaded), hook_scope() as add:
+        for i in chosen:
+            add(loaded.adapter.block(i).temporal_block, hook(i))
+        with torch.no_grad():
+            loaded.model(input_ids=ids, use_cache=False)
     return maps

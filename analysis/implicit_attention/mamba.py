@@ -37,6 +37,7 @@ from analysis.errors import PrunescopeError
 from analysis.implicit_attention.common import (DEFAULT_BUDGET_BYTES, Reduction, check_layers, prompt_ids,
                                                 reduce_in_chunks)
 from analysis.implicit_attention.mamba_mean import mamba_mean
+from analysis.models.hooks import hook_scope
 
 FORMS = {"s6": "s6", "ssm": "s6", "ssd": "s6", "unified": "unified"}
 
@@ -104,23 +105,15 @@ def capture_mamba(loaded, input_ids: torch.LongTensor, layers: list[int] | None 
 
     names = {"mamba": [("in_proj", "out"), ("x_proj", "in"), ("x_proj", "out"), ("out_proj", "in")],
              "mamba2": [("in_proj", "out"), ("norm", "norm"), ("out_proj", "in")]}[model_type]
-    handles = []
     with loaded.session():
-        try:
+        with hook_scope() as add:
             for layer in layers:
                 mixer = loaded.adapter.block(layer).mixer
-                handles.append(mixer.register_forward_hook(save(raw[layer], "mixer_out", "out"), with_kwargs=True))
+                add(mixer, save(raw[layer], "mixer_out", "out"), with_kwargs=True)
                 for name, kind in names:
-                    module, key = getattr(mixer, name), f"{name}_{kind}"
-                    if kind == "out":
-                        handles.append(module.register_forward_hook(save(raw[layer], key, kind), with_kwargs=True))
-                    else:
-                        handles.append(module.register_forward_pre_hook(save(raw[layer], key, kind),
-                                                                        with_kwargs=True))
+                    add(getattr(mixer, name), save(raw[layer], f"{name}_{kind}", kind), pre=kind != "out",
+                        with_kwargs=True)
             loaded.model(input_ids=ids, use_cache=False)
-        finally:
-            for handle in handles:
-                handle.remove()
         missing = [key for layer in layers for key in ("in_proj_out", "out_proj_in", "mixer_out")
                    if key not in raw[layer]]
         if missing:  # e.g. a fused kernel path that bypasses the submodules

@@ -7,8 +7,8 @@ one matrix product over the joint (channel, state) axis:
     exp((S_i - S_j) A) = exp((S_i - S_p) A) * exp((S_p - S_j) A)        (S = cumsum of Delta)
 
 through the block's last column p, both factors <= 1 (Delta > 0, A < 0), so nothing overflows; exponents are
-floored at -60, which changes no entry by more than 1e-25 and keeps fp32 out of its slow denormal range. The blocks tile the strict lower triangle like a binary
-tree: at level h, rows [s+h, s+2h) against columns [s, s+h) for every s that is a multiple of 2h (the
+floored at -60, which changes no entry by more than 1e-25 and keeps fp32 out of its slow denormal range.
+The blocks tile the strict lower triangle like a binary tree: at level h, rows [s+h, s+2h) against columns [s, s+h) for every s that is a multiple of 2h (the
 length padded to a power of two with zero-weight positions); the diagonal (exp(0) = 1) is direct. All blocks
 of a level are one batched matmul, so the cost is about T^2 * d * n multiply-adds in BLAS plus T log T * d * n
 exponentials, instead of T^2 * d * n exponentials and a [d, T, T] tensor. The unified form's causal conv is a

@@ -26,6 +26,7 @@ import torch
 from analysis.errors import PrunescopeError
 from analysis.implicit_attention.common import (DEFAULT_BUDGET_BYTES, Reduction, check_layers, prompt_ids,
                                                 reduce_in_chunks)
+from analysis.models.hooks import hook_scope
 
 FORMS = ("unified", "wkv")
 
@@ -72,19 +73,14 @@ def capture_rwkv(loaded, input_ids: torch.Tensor, layers=None) -> dict[int, Rwkv
             store[layer]["output_input"] = args[0][0].detach().float()
         return hook
 
-    handles = []
-    with loaded.lock:
-        try:
-            for i in chosen:
-                att = loaded.adapter.block(i).attention
-                for name in ("key", "value", "receptance"):
-                    handles.append(getattr(att, name).register_forward_hook(out_hook(i, name)))
-                handles.append(att.output.register_forward_pre_hook(in_hook(i)))
-            with torch.no_grad():
-                loaded.model(input_ids=ids, use_cache=False)
-        finally:
-            for h in handles:
-                h.remove()
+    with loaded.lock, hook_scope() as add:
+        for i in chosen:
+            att = loaded.adapter.block(i).attention
+            for name in ("key", "value", "receptance"):
+                add(getattr(att, name), out_hook(i, name))
+            add(att.output, in_hook(i), pre=True)
+        with torch.no_grad():
+            loaded.model(input_ids=ids, use_cache=False)
     result = {}
     for i in chosen:
         att = loaded.adapter.block(i).attention

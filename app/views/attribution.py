@@ -4,12 +4,12 @@ import streamlit as st
 
 from analysis.attribution import QUADRATURES, TARGETS, attribute_task
 from analysis.attribution.summary import top_neurons
-from analysis.cache import ResultsCache
+from analysis.cache import ResultsCache, task_fingerprint
 from analysis.demo import ATTRIBUTION
 from components import present, state
 from components.charts import layer_totals_bar, neuron_heatmap
 from components.export import chart, report_button, table
-from components.widgets import guarded, require_model, run_progress, task_picker
+from components.widgets import guarded, memo, require_model, run_progress, task_picker
 
 st.header("Neuron attribution")
 st.caption("Integrated Gradients of a target at the answer position with respect to every layer's neurons "
@@ -33,16 +33,19 @@ with present.controls():
 
 if task is not None:
     args = (loaded, task, target, int(n), int(shots), int(state.get("seed")), int(steps), rule)
-    with guarded("attribution"):
-        result = attribute_task(*args, cache=ResultsCache(), compute_missing=False)  # shown at once if cached
-        if result is None and clicked:
+    key = ("neuron-ig", loaded.fingerprint(), task_fingerprint(task), *args[2:])
+
+    def with_top(result):
+        return None if result is None else {"result": result, "top": top_neurons(loaded, result), "model": loaded.name}
+
+    with guarded("attribution"):  # a cached result (on disk or shipped) is shown at once, read once per session
+        shown = memo(key, lambda: with_top(attribute_task(*args, cache=ResultsCache(), compute_missing=False)))
+        if shown is None and clicked:
             with run_progress(f"IG {target} on {task.name}", "prompts") as progress:
                 result = attribute_task(*args, cache=ResultsCache(), progress=progress)
-        if result is not None:
-            key = (loaded.name, args[1:])
-            if st.session_state.get("ig_result", {}).get("key") != key:
-                st.session_state["ig_result"] = {"key": key, "result": result, "top": top_neurons(loaded, result),
-                                                 "model": loaded.name}
+            shown = memo(key, lambda: with_top(result))
+        if shown is not None:
+            st.session_state["ig_result"] = shown
 
 shown = st.session_state.get("ig_result")
 if shown and shown["model"] == loaded.name:

@@ -16,7 +16,7 @@ from components import present, state
 from components.charts import neuron_heatmap
 from components.charts_pruning import k_sweep_chart, pruning_bars
 from components.export import chart, report_button, table
-from components.masking import remember
+from components.masking import remember, stored_copying_scores
 from components.widgets import guarded, one_line, require_model, run_progress
 
 st.header("Copying neurons & pruning")
@@ -45,13 +45,13 @@ with present.controls("Copying scores"):
     score_steps = state.bound(c_steps.number_input, "IG steps", "score_steps", min_value=1, max_value=128)
     compute = c_run.button("Compute copying scores", type="primary", key="score_run")
 
-params = dict(n=int(score_n), shots=int(score_shots), steps=int(score_steps), cache=cache)
+params = dict(n=int(score_n), shots=int(score_shots), steps=int(score_steps))
 scored = None
 with guarded("copying scores"):
-    scored = copying_scores(loaded, **params, compute_missing=False)  # cached (or shipped) results show at once
+    scored = stored_copying_scores(loaded, **params)  # cached (or shipped) results show at once
     if scored is None and compute:
         with run_progress("IG of the copy target", "prompts") as progress:
-            scored = copying_scores(loaded, **params, progress=progress)
+            scored = copying_scores(loaded, **params, cache=cache, progress=progress)
 if scored is None:
     st.info("No copying scores for these settings yet: compute them (progress is shown; the result is cached on "
             "disk), or load a saved mask below.")

@@ -23,6 +23,8 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from torch import nn
 
+from analysis.models.hooks import hook_scope
+
 SiteFn = Callable[[int, torch.Tensor], "torch.Tensor | None"]
 
 
@@ -116,31 +118,21 @@ class ModelAdapter:
 
         Hooks are removed on exit, so the model afterwards computes exactly what it did before.
         """
-        handles = []
-        try:
+        with hook_scope() as add:
             for layer in range(self.n_layers) if layers is None else layers:
-                module = self.site_module(layer)
                 if self._sites[layer].io == "input":
-                    handles.append(module.register_forward_pre_hook(_pre_hook(fn, layer)))
+                    add(self.site_module(layer), _pre_hook(fn, layer), pre=True)
                 else:
-                    handles.append(module.register_forward_hook(_post_hook(fn, layer)))
+                    add(self.site_module(layer), _post_hook(fn, layer))
             yield
-        finally:
-            for handle in handles:
-                handle.remove()
 
     @contextmanager
     def hook_block_inputs(self, fn: SiteFn, layers: Iterable[int] | None = None) -> Iterator[None]:
         """Like :meth:`hook_sites`, for the residual-stream input of each block."""
-        handles = []
-        try:
+        with hook_scope() as add:
             for layer in range(self.n_layers) if layers is None else layers:
-                handles.append(self._blocks[layer].register_forward_pre_hook(_block_hook(fn, layer),
-                                                                            with_kwargs=True))
+                add(self._blocks[layer], _block_hook(fn, layer), pre=True, with_kwargs=True)
             yield
-        finally:
-            for handle in handles:
-                handle.remove()
 
     # -- continuation (IG fast path) -------------------------------------------------------------------
     def logits(self, hidden: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
