@@ -1,14 +1,16 @@
 """Mamba implicit attention, vectorised vs a position-by-position loop, on a Mamba-130m-shaped random model.
 
-    python bench/attn_bench.py [--lengths 64,128,256] [--long 512] [--layers 24]
+    python bench/attn_bench.py [--lengths 64,128,256] [--long 512] [--layers 24] [--repeats 3]
 
 24 layers, hidden 768, d_inner 1536, state 16 (random weights: the cost does not depend on them); all
 layers, s6 form, mean over channels. For each length the layers' internals are captured once (one forward
 pass with hooks, timed and shared), then the same internals go through the vectorised path
 (:func:`mamba_reduced`: the hierarchical GEMM of ``mamba_mean``) and through the loop reference (the fp64
 recurrence of the tests, one position at a time, vectorised over channels), and the two maps are compared.
-Printed per length: capture seconds, both paths' seconds, the ratio of the two paths and the end-to-end
-ratio with the shared capture added to both. The long length runs capture + vectorised path alone in a child
+Both paths are warmed up once on a short prompt and timed as the best of ``--repeats`` runs each (the same
+count for both: the minimum is the least noisy estimate on a shared machine). Printed per length: capture
+seconds, both paths' seconds, the ratio of the two paths and the end-to-end ratio with the shared capture
+added to both. The long length runs capture + vectorised path alone in a child
 process whose peak resident memory (model included) is reported.
 Last line: ``ratio_T256=<paths ratio> peak_mem_T512_gb=<y>``.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import queue as queues
 import resource
 import time
 
@@ -56,10 +59,14 @@ def loop(internals, chunk: int = 256):
     return torch.stack(maps)
 
 
-def _timed(fn, *args):
-    start = time.perf_counter()
-    result = fn(*args)
-    return result, time.perf_counter() - start
+def _timed(fn, *args, repeats: int = 1):
+    """The result of ``fn(*args)`` and its best wall time over ``repeats`` runs."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn(*args)
+        best = min(best, time.perf_counter() - start)
+    return result, best
 
 
 def _long_child(layers: int, length: int, queue) -> None:
@@ -71,31 +78,50 @@ def _long_child(layers: int, length: int, queue) -> None:
     queue.put((time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30))
 
 
+def _run_long(layers: int, length: int) -> tuple[float, float]:
+    """Seconds and peak resident GB of capture + vectorised path at ``length``, in a fresh child process."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(target=_long_child, args=(layers, length, queue))
+    child.start()
+    while True:
+        try:
+            result = queue.get(timeout=5)
+            break
+        except queues.Empty:  # keep waiting while the child lives
+            if not child.is_alive():
+                raise SystemExit(f"the T={length} child process failed (exit code {child.exitcode})")
+    child.join()
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", default="64,128,256")
     parser.add_argument("--long", type=int, default=512)
     parser.add_argument("--layers", type=int, default=24)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per path and length (best is kept)")
     args = parser.parse_args()
     loaded = build(args.layers)
     print(f"model: {args.layers} layers, hidden 768, d_inner 1536, state 16; torch threads {torch.get_num_threads()}")
+    warm = capture_mamba(loaded, torch.arange(8))  # first calls pay one-off costs (thread pools, BLAS setup)
+    vectorised(warm), loop(warm)
     ratios = {}
     for length in (int(t) for t in args.lengths.split(",")):
         ids = torch.randint(0, len(loaded.tokenizer), (length,), generator=torch.Generator().manual_seed(length))
         internals, capture_s = _timed(capture_mamba, loaded, ids)
-        fast, fast_s = _timed(vectorised, internals)
-        slow, slow_s = _timed(loop, internals)
+        fast, fast_s = _timed(vectorised, internals, repeats=args.repeats)
+        slow, slow_s = _timed(loop, internals, repeats=args.repeats)
         diff = float((fast - slow).abs().max() / slow.abs().max())
         ratios[length] = slow_s / fast_s
         print(f"T={length}: capture {capture_s:.2f} s (shared), vectorised {fast_s:.2f} s, loop {slow_s:.2f} s, "
               f"ratio {ratios[length]:.1f} (end to end {(capture_s + slow_s) / (capture_s + fast_s):.1f}), "
               f"max rel diff {diff:.1e}")
-    queue = multiprocessing.get_context("spawn").Queue()
-    child = multiprocessing.get_context("spawn").Process(target=_long_child, args=(args.layers, args.long, queue))
-    child.start()
-    long_s, peak_gb = queue.get()
-    child.join()
-    print(f"T={args.long}: capture + vectorised {long_s:.2f} s, peak resident memory {peak_gb:.2f} GB (model included)")
+    peak_gb = float("nan")
+    if args.long > 0:
+        long_s, peak_gb = _run_long(args.layers, args.long)
+        print(f"T={args.long}: capture + vectorised {long_s:.2f} s, peak resident memory {peak_gb:.2f} GB "
+              "(model included)")
     print(f"ratio_T256={ratios.get(256, float('nan')):.1f} peak_mem_T{args.long}_gb={peak_gb:.2f}")
 
 

@@ -3,6 +3,9 @@ position-loop reference, causal, and reduced/chunked consistently."""
 
 from __future__ import annotations
 
+import dataclasses
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 
@@ -181,3 +184,35 @@ def test_channel_means_without_matrices_equal_the_mean_of_the_matrices(tiny_load
         short = capture_mamba(loaded, _long_ids(loaded)[:length], [0])[0]
         torch.testing.assert_close(mamba_reduced(short, "unified", Reduction("mean")),
                                    mamba_matrices(short, "unified").mean(0), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_channel_means_stay_exact_when_decays_underflow(tiny_loaded, model_type):
+    """Time steps x300 (per-step exponents below -200, running products far below fp32's range): the
+    running-product path still equals the fp64 loop, with no inf/NaN."""
+    loaded = tiny_loaded(model_type)
+    internals = dataclasses.replace(capture_mamba(loaded, _long_ids(loaded), [0])[0])
+    internals.delta = internals.delta * 300
+    assert float((internals.delta.max(0).values[:, None] * internals.A.reshape(len(internals.A), -1)).min()) < -200
+    everything = torch.arange(internals.delta.shape[1])
+    reference = mamba_loop_matrices(internals, "s6", everything).mean(0)
+    fast = mamba_reduced(internals, "s6", Reduction("mean"))
+    assert torch.isfinite(fast).all()
+    # entries reach 1e4 and channels cancel, so fp32's error is relative to the largest entry (the per-channel
+    # matrices' mean is off by as much)
+    assert float((fast - reference).abs().max() / reference.abs().max()) < 1e-6
+
+
+def test_concurrent_channel_means_use_separate_buffers(tiny_loaded):
+    """Two threads at once (the app serves several sessions) get exactly what each gets alone: the reused
+    scratch buffers are per thread."""
+    loaded = tiny_loaded("mamba")
+    long_one = capture_mamba(loaded, _long_ids(loaded), [0])[0]
+    short_one = capture_mamba(loaded, _long_ids(loaded)[:70], [0])[0]
+    alone = [mamba_reduced(inn, "unified", Reduction("mean")) for inn in (long_one, short_one)]
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(3):
+            together = list(pool.map(lambda inn: mamba_reduced(inn, "unified", Reduction("mean")),
+                                     (long_one, short_one)))
+            for got, want in zip(together, alone):
+                assert torch.equal(got, want)
