@@ -7,8 +7,9 @@ layers, s6 form, mean over channels. For each length the layers' internals are c
 pass with hooks, timed and shared), then the same internals go through the vectorised path
 (:func:`mamba_reduced`: the hierarchical GEMM of ``mamba_mean``) and through the loop reference (the fp64
 recurrence of the tests, one position at a time, vectorised over channels), and the two maps are compared.
-Both paths are warmed up once on a short prompt and timed as the best of ``--repeats`` runs each (the same
-count for both: the minimum is the least noisy estimate on a shared machine). Printed per length: capture
+Both paths are warmed up once on a short prompt and timed as the best of ``--repeats`` runs each, the runs
+of the two paths alternating so that a slow spell of a shared machine falls on both (the minimum is the least
+noisy estimate of each path's cost). Printed per length: capture
 seconds, both paths' seconds, the ratio of the two paths and the end-to-end ratio with the shared capture
 added to both. The long length runs capture + vectorised path alone in a child
 process whose peak resident memory (model included) is reported.
@@ -59,14 +60,20 @@ def loop(internals, chunk: int = 256):
     return torch.stack(maps)
 
 
-def _timed(fn, *args, repeats: int = 1):
-    """The result of ``fn(*args)`` and its best wall time over ``repeats`` runs."""
-    best = float("inf")
+def _timed(fn, *args):
+    start = time.perf_counter()
+    result = fn(*args)
+    return result, time.perf_counter() - start
+
+
+def _alternating(paths, *args, repeats: int):
+    """Each path's result and best wall time over ``repeats`` rounds, the paths alternating in every round."""
+    results, best = [None] * len(paths), [float("inf")] * len(paths)
     for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn(*args)
-        best = min(best, time.perf_counter() - start)
-    return result, best
+        for k, path in enumerate(paths):
+            results[k], seconds = _timed(path, *args)
+            best[k] = min(best[k], seconds)
+    return results, best
 
 
 def _long_child(layers: int, length: int, queue) -> None:
@@ -110,8 +117,7 @@ def main() -> None:
     for length in (int(t) for t in args.lengths.split(",")):
         ids = torch.randint(0, len(loaded.tokenizer), (length,), generator=torch.Generator().manual_seed(length))
         internals, capture_s = _timed(capture_mamba, loaded, ids)
-        fast, fast_s = _timed(vectorised, internals, repeats=args.repeats)
-        slow, slow_s = _timed(loop, internals, repeats=args.repeats)
+        (fast, slow), (fast_s, slow_s) = _alternating((vectorised, loop), internals, repeats=args.repeats)
         diff = float((fast - slow).abs().max() / slow.abs().max())
         ratios[length] = slow_s / fast_s
         print(f"T={length}: capture {capture_s:.2f} s (shared), vectorised {fast_s:.2f} s, loop {slow_s:.2f} s, "

@@ -12,6 +12,7 @@ import torch
 from analysis.errors import PrunescopeError
 from analysis.implicit_attention import mamba as mamba_mod
 from analysis.implicit_attention.common import Reduction
+from analysis.implicit_attention.mamba_mean import channel_chunk
 from analysis.implicit_attention.mamba import (capture_mamba, mamba_loop_matrices, mamba_matrices, mamba_reconstruct,
                                                mamba_reduced, n_channels)
 from analysis.models import load_model
@@ -179,6 +180,9 @@ def test_channel_means_without_matrices_equal_the_mean_of_the_matrices(tiny_load
                                    rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(mamba_reduced(internals, form, chosen, budget_bytes=1), full[[0, 2, 3]].mean(0),
                                    rtol=1e-5, atol=1e-6)
+        pairs = next(b for b in range(1000, 10**7, 1000) if channel_chunk(internals, form, 3, b) == 2)
+        torch.testing.assert_close(mamba_reduced(internals, form, chosen, budget_bytes=pairs),  # chunks of 2 and 1
+                                   full[[0, 2, 3]].mean(0), rtol=1e-5, atol=1e-6)
         monkeypatch.undo()
     for length in (1, 2, 5, 64, 65):
         short = capture_mamba(loaded, _long_ids(loaded)[:length], [0])[0]

@@ -50,14 +50,15 @@ class _Terms:
     """The selected channels' factors (c channels, n states, K right diagonals): a [c, n]; b and c [T, c or 1, n]
     (Mamba shares them across channels: broadcast, never expanded); delta [T, c]; left [T, c] with the mean's
     1/total, or None for s6, whose constant 1/total is folded into c (one pass less over the largest arrays);
-    rights [K, T, c], one per conv tap for unified; extra [c], the unified form's D on the diagonal."""
+    rights [K, T, c], one per conv tap for unified, or None for s6 (one right diagonal of ones); extra [c], the
+    unified form's D on the diagonal."""
 
     a: torch.Tensor
     b: torch.Tensor
     c: torch.Tensor
     delta: torch.Tensor
     left: torch.Tensor | None
-    rights: torch.Tensor
+    rights: torch.Tensor | None
     extra: torch.Tensor
 
     def channels(self, start: int, stop: int) -> "_Terms":
@@ -70,30 +71,39 @@ class _Terms:
     def diagonal(self) -> torch.Tensor:
         """[K, T]: the channel sum of each right diagonal's contribution at j = i (exp(0) = 1), D included."""
         diag = (self.c * self.b).sum(-1) * self.delta + self.extra  # alpha_d[i, i] (+ D for unified)
-        return torch.einsum("tc,ktc->kt", diag if self.left is None else self.left * diag, self.rights)
+        weighted = diag if self.left is None else self.left * diag
+        return weighted.sum(-1)[None] if self.rights is None else torch.einsum("tc,ktc->kt", weighted, self.rights)
+
+
+def _pick(t: torch.Tensor, dim: int, idx: torch.Tensor) -> torch.Tensor:
+    """``t.index_select(dim, idx)`` (~10x faster than [:, idx] on CPU), or ``t`` itself when ``idx`` is every
+    index in order (the mean over all channels: no copy)."""
+    if len(idx) == t.shape[dim] and bool((idx == torch.arange(len(idx), device=idx.device)).all()):
+        return t
+    return t.index_select(dim, idx)
 
 
 def _terms(inn, idx: torch.Tensor, form: str) -> _Terms:
-    """The factors of the ``form`` matrices of channels ``idx`` (index_select: ~10x faster than [:, idx])."""
+    """The factors of the ``form`` matrices of channels ``idx``."""
     heads = idx if form == "s6" else idx // inn.head_dim
-    length, count = inn.length, len(idx)
+    count = len(idx)
     if inn.model_type == "mamba":
-        a = inn.A.index_select(0, heads)
+        a = _pick(inn.A, 0, heads)
         b, c = inn.B[:, None, :], inn.C[:, None, :]
     else:
         groups = heads // (inn.n_heads // inn.B.shape[1])
         b, c = inn.B.index_select(1, groups), inn.C.index_select(1, groups)
         a = inn.A.index_select(0, heads)[:, None].expand(-1, b.shape[-1])
-    delta = inn.delta.index_select(1, heads).float()
+    delta = _pick(inn.delta, 1, heads).float()
     if form == "s6":
         left, c = None, c / count
-        rights = torch.ones(1, length, count, device=delta.device)
-        extra = torch.zeros(count, device=delta.device)
+        rights = None
+        extra = delta.new_zeros(1).expand(count)
     else:
-        left = F.silu(inn.z.index_select(1, idx)) / count
+        left = F.silu(_pick(inn.z, 1, idx)) / count
         taps = inn.conv_weight.shape[1]
-        sig = torch.sigmoid(inn.c.index_select(1, idx))
-        weight = inn.conv_weight.index_select(0, idx)
+        sig = torch.sigmoid(_pick(inn.c, 1, idx))
+        weight = _pick(inn.conv_weight, 0, idx)
         rights = torch.stack([sig * weight[:, taps - 1 - k] for k in range(taps)])
         extra = inn.D.index_select(0, heads).float()
     return _Terms(a.float(), b.float(), c.float(), delta, left, rights, extra)
@@ -112,78 +122,107 @@ class _Scratch:
             buf = self._local.buf = like.new_empty(numel)
         self.flat, self.used = buf, 0
 
-    def take(self, *shape: int, pad_from: int = 0, fill: float = 0.0) -> torch.Tensor:
-        """The next [*shape] slice of the buffer, its rows from ``pad_from`` on (the padding) set to ``fill``."""
+    def take(self, *shape: int) -> torch.Tensor:
+        """The next [*shape] slice of the buffer."""
         numel = math.prod(shape)
         out = self.flat[self.used:self.used + numel].view(shape)
         self.used += numel
-        if pad_from:
-            out[pad_from:] = fill
         return out
-
-    def rewind(self) -> None:
-        """Hand out the buffer from its start again (the previous chunk is done with it)."""
-        self.used = 0
 
     @staticmethod
     def numel(size: int, width: int, taps: int) -> int:
-        """Floats :func:`_accumulate` takes for ``width`` = channels * states columns."""
-        return size * width * (taps + 2) + size // 2 * width
+        """Floats a :class:`_Tree` takes for ``width`` = channels * states columns."""
+        return size * width * (taps + 2) + size // 2 * width + size * size * taps // 4
 
 
-def _accumulate(out: torch.Tensor, scratch: _Scratch, terms: _Terms) -> None:
-    """Add one channel chunk's strictly-lower-triangular part to ``out`` [K, P, P] (one map per right diagonal)."""
-    a, b, c, delta, left, rights = terms.a, terms.b, terms.c, terms.delta, terms.left, terms.rights
-    taps, length = rights.shape[0], delta.shape[0]
-    size = out.shape[-1]
-    channels, states = delta.shape[1], a.shape[1]
-    width = channels * states
-    # totals: each current block's product of per-step decays (level 1: the decays themselves; 1 past the prompt)
-    totals = scratch.take(size, channels, states, pad_from=length, fill=1.0)
-    torch.mul(delta[..., None], a * LOG2E, out=totals[:length]).clamp_(min=MIN_EXPONENT * LOG2E).exp2_()
-    rows = scratch.take(size, channels, states, pad_from=length)  # L_i C_i * decays from the pivot (excl.) to i
-    torch.mul(totals[:length], c, out=rows[:length])
-    if left is not None:
-        rows[:length].mul_(left[..., None])
-    cols = scratch.take(size, taps, channels, states, pad_from=length)  # R_j Delta_j B_j * decays after j to pivot
-    torch.mul((rights * delta).transpose(0, 1)[..., None], b[:, None], out=cols[:length])
-    rows, cols, totals = rows.view(size, width), cols.view(size, taps, width), totals.view(size, width)
-    spare = [scratch.take(size // 2, width), totals]  # the next level's totals alternate between two buffers
-    h = 1
-    while h < size:
-        nb = size // (2 * h)
-        later = rows.view(nb, 2, h, width)[:, 1]  # [nb, h, width]: the rows of each pair's later block
-        earlier = cols.view(nb, 2, h, taps, width)[:, 0]  # [nb, h, taps, width]: the earlier block's columns
-        tiles = out.view(taps, nb, 2, h, nb, 2, h).diagonal(dim1=1, dim2=4)[:, 1, :, 0]  # [taps, h, h, nb]
-        product = torch.bmm(later, earlier.flatten(1, 2).transpose(1, 2))  # [nb, h, h * taps]: all taps at once
-        tiles += product.view(nb, h, h, taps).permute(3, 1, 2, 0)
-        if 2 * h < size:  # extend the running products over the whole next-level blocks
-            blocks = totals.view(nb, 2, 1, width)
-            later[1:].mul_(blocks[1:, 0])  # the first pair's rows and the last pair's columns are never used again
-            earlier[:-1].mul_(blocks[:-1, 1, :, None])
-            totals = torch.mul(blocks[:, 0, 0], blocks[:, 1, 0], out=spare[0][:nb])
-            spare.reverse()
-        h *= 2
+class _Tree:
+    """The binary tree of blocks over one chunk of channels: the running products in scratch buffers and, per
+    level, the views that level multiplies, adds and extends. Built once per call and reused by every chunk of
+    the same width, so a chunk costs a handful of kernel calls per level and no Python view bookkeeping."""
+
+    def __init__(self, out: torch.Tensor, scratch: _Scratch, channels: int, states: int):
+        taps, size = out.shape[0], out.shape[-1]
+        self.channels, width = channels, channels * states
+        # totals: each current block's product of per-step decays (level 1: the decays themselves; 1 past the prompt)
+        self.totals = scratch.take(size, channels, states)
+        self.rows = scratch.take(size, channels, states)  # L_i C_i * decays from the pivot (excl.) to i
+        self.cols = scratch.take(size, taps, channels, states)  # R_j Delta_j B_j * decays after j to the pivot
+        spare = [scratch.take(size // 2, width), self.totals.view(size, width)]  # next totals alternate
+        products = scratch.take(size * size * taps // 4)
+        rows, cols, totals = self.rows.view(size, width), self.cols.view(size, taps, width), spare[1]
+        self.levels = []
+        h = 1
+        while h < size:
+            nb = size // (2 * h)
+            later = rows.view(nb, 2, h, width)[:, 1]  # [nb, h, width]: the rows of each pair's later block
+            earlier = cols.view(nb, 2, h, taps, width)[:, 0]  # [nb, h, taps, width]: the earlier block's columns
+            product = products[:nb * h * h * taps].view(nb, h, h * taps)  # all taps in one matmul
+            tiles = out.view(taps, nb, 2, h, nb, 2, h).diagonal(dim1=1, dim2=4)[:, 1, :, 0]  # [taps, h, h, nb]
+            level = [later, earlier.flatten(1, 2).transpose(1, 2), product, tiles,
+                     product.view(nb, h, h, taps).permute(3, 1, 2, 0)]
+            if 2 * h < size:  # extend the running products over the whole next-level blocks; the first pair's
+                blocks = totals.view(nb, 2, 1, width)  # rows and the last pair's columns are never used again
+                totals = spare[0][:nb]
+                level += [later[1:], blocks[1:, 0], earlier[:-1], blocks[:-1, 1, :, None],
+                          blocks[:, 0, 0], blocks[:, 1, 0], totals]
+                spare.reverse()
+            self.levels.append(level)
+            h *= 2
+
+    def accumulate(self, terms: _Terms) -> None:
+        """Add this chunk's strictly-lower-triangular part to the output (one map per right diagonal)."""
+        a, b, c, delta, left, rights = terms.a, terms.b, terms.c, terms.delta, terms.left, terms.rights
+        length = delta.shape[0]
+        self.totals[length:], self.rows[length:], self.cols[length:] = 1.0, 0.0, 0.0  # zero-weight padding
+        exponents = torch.mul(delta[..., None], a * LOG2E, out=self.totals[:length])
+        exponents.clamp_(min=MIN_EXPONENT * LOG2E).exp2_()
+        torch.mul(self.totals[:length], c, out=self.rows[:length])
+        if left is not None:
+            self.rows[:length].mul_(left[..., None])
+        weight_right = delta[:, None] if rights is None else (rights * delta).transpose(0, 1)  # [T, K, c]
+        torch.mul(weight_right[..., None], b[:, None], out=self.cols[:length])
+        for later, earlier, product, tiles, product_tiles, *extend in self.levels:
+            torch.bmm(later, earlier, out=product)
+            tiles += product_tiles
+            if extend:
+                later_rest, before, earlier_rest, after, first, second, totals = extend
+                later_rest.mul_(before)
+                earlier_rest.mul_(after)
+                torch.mul(first, second, out=totals)
+
+
+def _sizes(inn, form: str) -> tuple[int, int, int]:
+    """The padded length (a power of two), the state size and the number of right diagonals (conv taps)."""
+    size = 1 << max(0, (inn.length - 1).bit_length())
+    states = inn.A.shape[-1] if inn.model_type == "mamba" else inn.B.shape[-1]
+    return size, states, 1 if form == "s6" else inn.conv_weight.shape[1]
+
+
+def channel_chunk(inn, form: str, count: int, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> int:
+    """Channels per chunk: as many as keep one chunk's running products within the budget and CACHE_BYTES,
+    spread evenly (ceil(count / chunks)), so only the last chunk can be narrower."""
+    size, states, taps = _sizes(inn, form)
+    per_channel = 4 * size * states * (taps + 2)  # bytes
+    chunks = -(-count // max(1, min(budget_bytes, CACHE_BYTES) // per_channel))
+    return -(-count // chunks)
 
 
 @torch.no_grad()
 def mamba_mean(inn, form: str, idx: torch.Tensor, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> torch.Tensor:
     """[T, T] mean over channels ``idx`` of the ``s6`` (per head) or ``unified`` (per d_inner channel)
     matrices, equal to averaging :func:`analysis.implicit_attention.mamba.mamba_matrices`."""
-    length = inn.length
-    size = 1 << max(0, (length - 1).bit_length())
-    states = inn.A.shape[-1] if inn.model_type == "mamba" else inn.B.shape[-1]
-    taps = 1 if form == "s6" else inn.conv_weight.shape[1]
-    per_channel = 4 * size * states * (taps + 2)  # bytes of one channel's running products
-    chunks = -(-len(idx) // max(1, min(budget_bytes, CACHE_BYTES) // per_channel))
-    chunk = -(-len(idx) // chunks)  # equal chunks: no small remainder
+    length, (size, states, taps) = inn.length, _sizes(inn, form)
+    chunk = channel_chunk(inn, form, len(idx), budget_bytes)
     terms = _terms(inn, idx, form)
     out = torch.zeros(taps, size, size, device=inn.x.device)
     out.diagonal(dim1=1, dim2=2)[:, :length] = terms.diagonal()
-    scratch = _Scratch(_Scratch.numel(size, chunk * states, taps), out)
+    numel = _Scratch.numel(size, chunk * states, taps)
+    tree = None
     for start in range(0, len(idx), chunk):
-        scratch.rewind()
-        _accumulate(out, scratch, terms.channels(start, min(start + chunk, len(idx))))
+        width = min(chunk, len(idx) - start)
+        if tree is None or tree.channels != width:  # the last chunk may be narrower
+            tree = _Tree(out, _Scratch(numel, out), width, states)
+        tree.accumulate(terms.channels(start, start + width))
     out = out[:, :length, :length]
     if taps == 1:
         return out[0].contiguous()
