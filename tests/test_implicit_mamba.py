@@ -11,8 +11,8 @@ import torch
 
 from analysis.errors import PrunescopeError
 from analysis.implicit_attention import mamba as mamba_mod
+from analysis.implicit_attention import mamba_mean as mamba_mean_mod
 from analysis.implicit_attention.common import Reduction
-from analysis.implicit_attention.mamba_mean import channel_chunk
 from analysis.implicit_attention.mamba import (capture_mamba, mamba_loop_matrices, mamba_matrices, mamba_reconstruct,
                                                mamba_reduced, n_channels)
 from analysis.models import load_model
@@ -180,7 +180,7 @@ def test_channel_means_without_matrices_equal_the_mean_of_the_matrices(tiny_load
                                    rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(mamba_reduced(internals, form, chosen, budget_bytes=1), full[[0, 2, 3]].mean(0),
                                    rtol=1e-5, atol=1e-6)
-        pairs = next(b for b in range(1000, 10**7, 1000) if channel_chunk(internals, form, 3, b) == 2)
+        pairs = next(b for b in range(1000, 10**7, 1000) if mamba_mean_mod.channel_chunk(internals, form, 3, b) == 2)
         torch.testing.assert_close(mamba_reduced(internals, form, chosen, budget_bytes=pairs),  # chunks of 2 and 1
                                    full[[0, 2, 3]].mean(0), rtol=1e-5, atol=1e-6)
         monkeypatch.undo()
@@ -220,3 +220,18 @@ def test_concurrent_channel_means_use_separate_buffers(tiny_loaded):
                                      (long_one, short_one)))
             for got, want in zip(together, alone):
                 assert torch.equal(got, want)
+
+
+def test_scratch_is_kept_only_when_small(tiny_loaded, monkeypatch):
+    """The per-thread scratch buffer is reused across calls, but one larger than RETAIN_BYTES (a very long
+    prompt) is dropped after the call instead of staying allocated."""
+    internals = capture_mamba(tiny_loaded("mamba"), _long_ids(tiny_loaded("mamba")), [0])[0]
+
+    def kept_after_call(retain_bytes: int):
+        monkeypatch.setattr(mamba_mean_mod._Scratch, "RETAIN_BYTES", retain_bytes)
+        with ThreadPoolExecutor(1) as pool:  # a fresh thread: nothing kept from earlier calls
+            return pool.submit(lambda: (mamba_reduced(internals, "s6", Reduction("mean")),
+                                        getattr(mamba_mean_mod._Scratch._local, "buf", None))).result()[1]
+
+    assert kept_after_call(1 << 30) is not None
+    assert kept_after_call(1000) is None

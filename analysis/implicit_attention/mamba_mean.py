@@ -112,14 +112,18 @@ def _terms(inn, idx: torch.Tensor, form: str) -> _Terms:
 class _Scratch:
     """Per-thread reusable float buffers for the running products. A fresh multi-MB CPU tensor costs ~15x its
     first use in page faults, more than all the arithmetic here; keeping one buffer per thread (about
-    CACHE_BYTES) avoids that and stays safe when several app sessions compute at once."""
+    CACHE_BYTES) avoids that and stays safe when several app sessions compute at once. Buffers above
+    RETAIN_BYTES (very long prompts) are allocated per call and not kept."""
 
     _local = threading.local()
+    RETAIN_BYTES = 64 << 20
 
     def __init__(self, numel: int, like: torch.Tensor):
         buf = getattr(self._local, "buf", None)
         if buf is None or buf.numel() < numel or buf.device != like.device:
-            buf = self._local.buf = like.new_empty(numel)
+            buf = like.new_empty(numel)
+            if numel * buf.element_size() <= self.RETAIN_BYTES:
+                self._local.buf = buf
         self.flat, self.used = buf, 0
 
     def take(self, *shape: int) -> torch.Tensor:
