@@ -72,12 +72,14 @@ def _compute(loaded, family, input_ids, form, reduction, layers, budget):
         from analysis.implicit_attention.mamba import capture_mamba, mamba_reduced
 
         internals = capture_mamba(loaded, input_ids, layers)
-        return {i: mamba_reduced(internals[i], form, reduction, budget) for i in layers}, dict.fromkeys(layers, "implicit")
+        maps = {i: mamba_reduced(internals[i], form, reduction, budget) for i in layers}
+        return maps, dict.fromkeys(layers, "implicit")
     if family == "rwkv":
         from analysis.implicit_attention.rwkv import capture_rwkv, rwkv_reduced
 
         internals = capture_rwkv(loaded, input_ids, layers)
-        return {i: rwkv_reduced(internals[i], form, reduction, budget) for i in layers}, dict.fromkeys(layers, "implicit")
+        maps = {i: rwkv_reduced(internals[i], form, reduction, budget) for i in layers}
+        return maps, dict.fromkeys(layers, "implicit")
     if family == "griffin":
         from analysis.implicit_attention.griffin import capture_griffin, griffin_attention_maps, griffin_reduced
 

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from analysis.errors import PrunescopeError
 from analysis.implicit_attention.common import (DEFAULT_BUDGET_BYTES, Reduction, check_layers, prompt_ids,
                                                 reduce_in_chunks)
-from analysis.implicit_attention.mamba_mean import mamba_mean
+from analysis.implicit_attention.mamba_mean import mamba_mean, mamba_s6_abs_sum, mamba_s6_matrices
 from analysis.models.hooks import hook_scope
 
 FORMS = {"s6": "s6", "ssm": "s6", "ssd": "s6", "unified": "unified"}
@@ -167,43 +167,19 @@ def _internals_mamba2(mixer, layer: int, raw: dict) -> MambaInternals:
 
 # -- vectorised matrices -------------------------------------------------------------------------------------
 def _alpha(inn: MambaInternals, heads: torch.Tensor) -> torch.Tensor:
-    """[len(heads), T, T] s6/SSD matrices (no D), from differences of cumulative sums of Delta."""
+    """[len(heads), T, T] s6/SSD matrices (no D). Mamba: the blocked running products of
+    :func:`mamba_s6_matrices` (no [c, T, T, n] tensor); Mamba-2 (one scalar A per head): from differences of
+    cumulative sums of Delta, in fp64 so that S_i - S_j keeps its precision on long prompts."""
+    if inn.model_type == "mamba":
+        return mamba_s6_matrices(inn, heads)
     length = inn.length
     delta = inn.delta[:, heads]  # [T, c]
-    cum = delta.double().cumsum(0).T  # fp64 so that S_i - S_j keeps its precision on long prompts
-    if inn.model_type == "mamba":
-        return _alpha_s6_blocked(inn, heads, cum)
+    cum = delta.double().cumsum(0).T
     seg = (cum[:, :, None] - cum[:, None, :]).float()  # [c, i, j] = sum_{k=j+1..i} Delta[k]
     future = ~torch.ones(length, length, dtype=torch.bool, device=delta.device).tril()
     decay = (seg * inn.A[heads][:, None, None]).masked_fill_(future, float("-inf")).exp_()
     per_group = torch.einsum("ign,jgn->gij", inn.C, inn.B)  # C_i . B_j per group
     return decay.mul_(per_group[heads // (inn.n_heads // inn.B.shape[1])]).mul_(delta.T[:, None, :])
-
-
-def _alpha_s6_blocked(inn: MambaInternals, heads: torch.Tensor, cum: torch.Tensor,
-                      block: int = 32) -> torch.Tensor:
-    """Mamba's [c, T, T] matrices without a [c, T, T, n] tensor: exp((S_i - S_j) A) = exp((S_i - S_r) A) *
-    exp((S_r - S_j) A) factorises through a reference point r, so rows of block I against the columns before it
-    are one batched matmul over the state dimension, with r = the last position before block I (both factors
-    are <= 1 since Delta > 0 and A < 0: no overflow). Diagonal blocks use the direct masked exponent. Sums of
-    Delta stay in fp64 (``cum``); exponents and products are fp32 like the model."""
-    length = inn.length
-    a = inn.A[heads].float()  # [c, n]
-    b, c_mat = inn.B.float(), inn.C.float()  # [T, n]
-    alpha = torch.zeros(len(heads), length, length, device=a.device)
-    for start in range(0, length, block):
-        stop = min(start + block, length)
-        rows = slice(start, stop)
-        seg = (cum[:, rows, None] - cum[:, None, rows]).float()  # [c, b, b]
-        future = torch.ones(stop - start, stop - start, dtype=torch.bool, device=a.device).triu(1)
-        decay = (seg[..., None] * a[:, None, None, :]).masked_fill_(future[None, :, :, None], float("-inf")).exp_()
-        alpha[:, rows, rows] = decay.mul_(c_mat[rows, None, :] * b[None, rows, :]).sum(-1)
-        if start:
-            ref = cum[:, start - 1:start]  # [c, 1]
-            left = c_mat[rows][None] * torch.exp((cum[:, rows] - ref).float()[..., None] * a[:, None, :])
-            right = b[:start][None] * torch.exp((ref - cum[:, :start]).float()[..., None] * a[:, None, :])
-            alpha[:, rows, :start] = torch.bmm(left, right.transpose(1, 2))
-    return alpha.mul_(inn.delta[:, heads].float().T[:, None, :])
 
 
 def _unified(inn: MambaInternals, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -243,20 +219,25 @@ def mamba_matrices(internals: MambaInternals, form: str = "s6", channels: torch.
 
 
 def _bytes_per_entry(inn: MambaInternals, form: str) -> int:
-    """Working bytes per (channel, i, j): fp32 matrices and copies, plus Mamba's [c, 32, 32, n] diagonal
-    blocks spread over the T x T entries."""
-    states = inn.A.shape[1] if inn.model_type == "mamba" else 1
-    block = min(inn.length, 32)
-    diagonal = -(-8 * states * block * inn.length // (inn.length * inn.length))
-    return 4 * (3 if _form(form) == "s6" else 5) + diagonal
+    """Working bytes per (channel, i, j): fp32 matrices and copies, plus Mamba's tree scratch (running products
+    [P, n] x 3.5 and the largest level's [P/2, P/2] block) spread over the T x T entries."""
+    states = inn.A.shape[1] if inn.model_type == "mamba" else 0
+    size = 1 << max(0, (inn.length - 1).bit_length())
+    scratch = -(-4 * (7 * size * states // 2 + size * size // 4) // (inn.length * inn.length))
+    return 4 * (3 if _form(form) == "s6" else 5) + scratch
 
 
 def mamba_reduced(internals: MambaInternals, form: str, reduction: Reduction,
                   budget_bytes: int = DEFAULT_BUDGET_BYTES) -> torch.Tensor:
     """[T, T] mean / absmean / chosen-channels mean of a form's matrices. Means are linear in the channels and
-    go through :func:`mamba_mean` (no per-channel matrix); absmean builds the matrices in channel chunks."""
+    go through :func:`mamba_mean` (no per-channel matrix); Mamba's s6 absmean sums absolute values block by
+    block (:func:`mamba_s6_abs_sum`); other absmeans build the matrices in channel chunks (the unified form's
+    conv mixes blocks before the absolute value)."""
+    selected = reduction.selected(n_channels(internals, form))
     if reduction.kind != "absmean":
-        return mamba_mean(internals, _form(form), reduction.selected(n_channels(internals, form)), budget_bytes)
+        return mamba_mean(internals, _form(form), selected, budget_bytes)
+    if _form(form) == "s6" and internals.model_type == "mamba":
+        return mamba_s6_abs_sum(internals, selected, budget_bytes) / len(selected)
     return reduce_in_chunks(lambda idx: mamba_matrices(internals, form, idx), n_channels(internals, form),
                             internals.length, reduction, budget_bytes, _bytes_per_entry(internals, form))
 

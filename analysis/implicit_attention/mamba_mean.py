@@ -1,4 +1,5 @@
-"""Channel-mean Mamba / Mamba-2 implicit attention without any per-channel [T, T] matrix.
+"""Mamba / Mamba-2 implicit attention by a binary tree of blocks: channel means without any per-channel
+[T, T] matrix, Mamba's per-channel s6 matrices, and their absolute values summed block by block.
 
 The mean over channels d of ``L[i,d] alpha_d[i,j] R[j,d]`` (L, R: the data-dependent diagonals of the form,
 e.g. SiLU(z_i) and sigmoid(c_j) for ``unified``) is, for a block of rows that lies after a block of columns,
@@ -22,6 +23,10 @@ Cost: about T^2 / 2 * d * n multiply-adds in BLAS, T * d * n exponentials and 2 
 over half the [T, d * n] factors, instead of T^2 * d * n exponentials and a [d, T, T] tensor. Channels go in
 chunks whose factors fit a CPU's last-level cache. The unified form's causal conv is a sum over its taps k of
 the same product with the tap's weight in R, shifted by k columns.
+
+The same tree with one output per channel, contracting only that channel's n states, gives Mamba's
+per-channel s6 matrices (:func:`mamba_s6_matrices`) or, taking each block's absolute values before summing
+over channels, the ``absmean`` reduction without the matrices (:func:`mamba_s6_abs_sum`).
 """
 
 from __future__ import annotations
@@ -109,6 +114,13 @@ def _terms(inn, idx: torch.Tensor, form: str) -> _Terms:
     return _Terms(a.float(), b.float(), c.float(), delta, left, rights, extra)
 
 
+def _sizes(inn, form: str) -> tuple[int, int, int]:
+    """The padded length (a power of two), the state size and the number of right diagonals (conv taps)."""
+    size = 1 << max(0, (inn.length - 1).bit_length())
+    states = inn.A.shape[-1] if inn.model_type == "mamba" else inn.B.shape[-1]
+    return size, states, 1 if form == "s6" else inn.conv_weight.shape[1]
+
+
 class _Scratch:
     """Per-thread reusable float buffers for the running products. A fresh multi-MB CPU tensor costs ~15x its
     first use in page faults, more than all the arithmetic here; keeping one buffer per thread (about
@@ -134,60 +146,58 @@ class _Scratch:
         return out
 
     @staticmethod
-    def numel(size: int, width: int, taps: int) -> int:
-        """Floats a :class:`_Tree` takes for ``width`` = channels * states columns."""
-        return size * width * (taps + 2) + size // 2 * width + size * size * taps // 4
+    def numel(groups: int, size: int, width: int, taps: int) -> int:
+        """Floats a :class:`_Tree` takes."""
+        return groups * (size * width * (taps + 2) + size // 2 * width + size * size * taps // 4)
 
 
 class _Tree:
-    """The binary tree of blocks over one chunk of channels: the running products in scratch buffers and, per
-    level, the views that level multiplies, adds and extends. Built once per call and reused by every chunk of
-    the same width, so a chunk costs a handful of kernel calls per level and no Python view bookkeeping."""
+    """The binary tree of blocks for ``groups`` independent outputs (``out`` [G, K, P, P]), each contracting
+    ``width`` columns: one output over the joint (channel, state) axis for channel means (G = 1), or one per
+    channel over its states for per-channel matrices (G = channels). Holds the running products in scratch
+    buffers ([G, P, width], the caller fills level 1) and, per level, the views that level multiplies, writes
+    and extends. Built once per call and reused by every chunk of the same width, so a chunk costs a handful of
+    kernel calls per level and no Python view bookkeeping."""
 
-    def __init__(self, out: torch.Tensor, scratch: _Scratch, channels: int, states: int):
-        taps, size = out.shape[0], out.shape[-1]
-        self.channels, width = channels, channels * states
+    def __init__(self, out: torch.Tensor, scratch: _Scratch, width: int, abs_groups: int = 0):
+        """``abs_groups`` > 0: that many groups, whose blocks' absolute values are summed into ``out``'s single
+        output (the per-channel matrices' absolute values, never materialised)."""
+        taps, size = out.shape[1], out.shape[-1]
+        self.absolute = abs_groups > 0
+        groups = abs_groups or out.shape[0]
+        self.width = width
         # totals: each current block's product of per-step decays (level 1: the decays themselves; 1 past the prompt)
-        self.totals = scratch.take(size, channels, states)
-        self.rows = scratch.take(size, channels, states)  # L_i C_i * decays from the pivot (excl.) to i
-        self.cols = scratch.take(size, taps, channels, states)  # R_j Delta_j B_j * decays after j to the pivot
-        spare = [scratch.take(size // 2, width), self.totals.view(size, width)]  # next totals alternate
-        products = scratch.take(size * size * taps // 4)
-        rows, cols, totals = self.rows.view(size, width), self.cols.view(size, taps, width), spare[1]
+        self.totals = scratch.take(groups, size, width)
+        self.rows = scratch.take(groups, size, width)  # L_i C_i * decays from the pivot (excl.) to i
+        self.cols = scratch.take(groups, size, taps, width)  # R_j Delta_j B_j * decays after j to the pivot
+        spare = [scratch.take(groups, size // 2, width), self.totals]  # the next level's totals alternate
+        products = scratch.take(groups * size * size * taps // 4)
+        totals = self.totals
         self.levels = []
         h = 1
         while h < size:
             nb = size // (2 * h)
-            later = rows.view(nb, 2, h, width)[:, 1]  # [nb, h, width]: the rows of each pair's later block
-            earlier = cols.view(nb, 2, h, taps, width)[:, 0]  # [nb, h, taps, width]: the earlier block's columns
-            product = products[:nb * h * h * taps].view(nb, h, h * taps)  # all taps in one matmul
-            tiles = out.view(taps, nb, 2, h, nb, 2, h).diagonal(dim1=1, dim2=4)[:, 1, :, 0]  # [taps, h, h, nb]
-            level = [later, earlier.flatten(1, 2).transpose(1, 2), product, tiles,
-                     product.view(nb, h, h, taps).permute(3, 1, 2, 0)]
+            later = self.rows.view(groups, nb, 2, h, width)[:, :, 1]  # [G, nb, h, W]: each pair's later rows
+            earlier = self.cols.view(groups, nb, 2, h, taps, width)[:, :, 0]  # [G, nb, h, K, W]: earlier columns
+            product = products[:groups * nb * h * h * taps].view(groups * nb, h, h * taps)  # taps in one matmul
+            tiles = out.view(-1, taps, nb, 2, h, nb, 2, h).diagonal(dim1=2, dim2=5)[:, :, 1, :, 0]
+            level = [later.view(groups * nb, h, width),  # views (never copies: the updates below must reach them)
+                     earlier.view(groups * nb, h * taps, width).transpose(1, 2),
+                     product, tiles, product.view(groups, nb, h, h, taps).permute(0, 4, 2, 3, 1)]
             if 2 * h < size:  # extend the running products over the whole next-level blocks; the first pair's
-                blocks = totals.view(nb, 2, 1, width)  # rows and the last pair's columns are never used again
-                totals = spare[0][:nb]
-                level += [later[1:], blocks[1:, 0], earlier[:-1], blocks[:-1, 1, :, None],
-                          blocks[:, 0, 0], blocks[:, 1, 0], totals]
+                blocks = totals.view(groups, nb, 2, 1, width)  # rows, the last pair's columns are never used again
+                totals = spare[0][:, :nb]
+                level += [later[:, 1:], blocks[:, 1:, 0], earlier[:, :-1], blocks[:, :-1, 1, :, None],
+                          blocks[:, :, 0, 0], blocks[:, :, 1, 0], totals]
                 spare.reverse()
             self.levels.append(level)
             h *= 2
 
-    def accumulate(self, terms: _Terms) -> None:
-        """Add this chunk's strictly-lower-triangular part to the output (one map per right diagonal)."""
-        a, b, c, delta, left, rights = terms.a, terms.b, terms.c, terms.delta, terms.left, terms.rights
-        length = delta.shape[0]
-        self.totals[length:], self.rows[length:], self.cols[length:] = 1.0, 0.0, 0.0  # zero-weight padding
-        exponents = torch.mul(delta[..., None], a * LOG2E, out=self.totals[:length])
-        exponents.clamp_(min=MIN_EXPONENT * LOG2E).exp2_()
-        torch.mul(self.totals[:length], c, out=self.rows[:length])
-        if left is not None:
-            self.rows[:length].mul_(left[..., None])
-        weight_right = delta[:, None] if rights is None else (rights * delta).transpose(0, 1)  # [T, K, c]
-        torch.mul(weight_right[..., None], b[:, None], out=self.cols[:length])
+    def run(self) -> None:
+        """Add every level's blocks to the output (the buffers hold level 1)."""
         for later, earlier, product, tiles, product_tiles, *extend in self.levels:
             torch.bmm(later, earlier, out=product)
-            tiles += product_tiles
+            tiles += product_tiles.abs_().sum(0, keepdim=True) if self.absolute else product_tiles
             if extend:
                 later_rest, before, earlier_rest, after, first, second, totals = extend
                 later_rest.mul_(before)
@@ -195,11 +205,74 @@ class _Tree:
                 torch.mul(first, second, out=totals)
 
 
-def _sizes(inn, form: str) -> tuple[int, int, int]:
-    """The padded length (a power of two), the state size and the number of right diagonals (conv taps)."""
-    size = 1 << max(0, (inn.length - 1).bit_length())
-    states = inn.A.shape[-1] if inn.model_type == "mamba" else inn.B.shape[-1]
-    return size, states, 1 if form == "s6" else inn.conv_weight.shape[1]
+def _decays(delta: torch.Tensor, a: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """exp(delta * a) (broadcast) into ``out``, floored at exp(MIN_EXPONENT), through exp2."""
+    torch.mul(delta, a * LOG2E, out=out)
+    return out.clamp_(min=MIN_EXPONENT * LOG2E).exp2_()
+
+
+def _accumulate_mean(tree: _Tree, terms: _Terms) -> None:
+    """Add one channel chunk's strictly-lower-triangular part to the means (G = 1, width = channels * states)."""
+    a, b, c, delta, left, rights = terms.a, terms.b, terms.c, terms.delta, terms.left, terms.rights
+    length, channels, states = delta.shape[0], delta.shape[1], a.shape[1]
+    size = tree.totals.shape[1]
+    totals = tree.totals.view(size, channels, states)
+    rows = tree.rows.view(size, channels, states)
+    cols = tree.cols.view(size, -1, channels, states)
+    totals[length:], rows[length:], cols[length:] = 1.0, 0.0, 0.0  # zero-weight padding
+    _decays(delta[..., None], a, totals[:length])
+    torch.mul(totals[:length], c, out=rows[:length])
+    if left is not None:
+        rows[:length].mul_(left[..., None])
+    weight_right = delta[:, None] if rights is None else (rights * delta).transpose(0, 1)  # [T, K, c]
+    torch.mul(weight_right[..., None], b[:, None], out=cols[:length])
+    tree.run()
+
+
+def _fill_per_channel(tree: _Tree, inn, heads: torch.Tensor) -> None:
+    """Level 1 of Mamba's per-channel s6 tree (G = channels, width = states): the decays, C_i times them and
+    Delta_j B_j."""
+    length = inn.length
+    a = _pick(inn.A, 0, heads).float()
+    delta = _pick(inn.delta, 1, heads).float().T  # [c, T]
+    b, c = inn.B.float(), inn.C.float()  # [T, n]
+    tree.totals[:, length:], tree.rows[:, length:], tree.cols[:, length:] = 1.0, 0.0, 0.0
+    _decays(delta[..., None], a[:, None, :], tree.totals[:, :length])
+    torch.mul(tree.totals[:, :length], c, out=tree.rows[:, :length])
+    torch.mul(delta[..., None], b, out=tree.cols[:, :length, 0])
+
+
+@torch.no_grad()
+def mamba_s6_matrices(inn, heads: torch.Tensor) -> torch.Tensor:
+    """Mamba's per-channel s6 matrices [c, T, T] (no D) by the same tree, one output per channel contracting
+    its n states: no [c, T, T, n] tensor and one exponential per (position, channel, state)."""
+    length, (size, states, _) = inn.length, _sizes(inn, "s6")
+    out = torch.zeros(len(heads), 1, size, size, device=inn.x.device)
+    out.diagonal(dim1=2, dim2=3)[:, 0, :length] = (inn.C * inn.B).sum(-1) * _pick(inn.delta, 1, heads).T
+    tree = _Tree(out, _Scratch(_Scratch.numel(len(heads), size, states, 1), out), states)
+    _fill_per_channel(tree, inn, heads)
+    tree.run()
+    return out[:, 0, :length, :length]
+
+
+@torch.no_grad()
+def mamba_s6_abs_sum(inn, heads: torch.Tensor, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> torch.Tensor:
+    """[T, T] sum over Mamba channels ``heads`` of the s6 matrices' absolute values, block by block: only one
+    level's blocks of one channel chunk exist at a time, never the [c, T, T] matrices."""
+    length, (size, states, _) = inn.length, _sizes(inn, "s6")
+    per_channel = 4 * _Scratch.numel(1, size, states, 1)  # bytes
+    chunk = max(1, min(budget_bytes, CACHE_BYTES) // per_channel)
+    out = torch.zeros(1, 1, size, size, device=inn.x.device)
+    out.diagonal(dim1=2, dim2=3)[0, 0, :length] = (inn.C * inn.B).sum(-1).abs() * _pick(inn.delta, 1, heads).sum(1)
+    tree = None
+    for start in range(0, len(heads), chunk):
+        part = heads[start:start + chunk]
+        if tree is None or tree.rows.shape[0] != len(part):
+            scratch = _Scratch(_Scratch.numel(len(part), size, states, 1), out)
+            tree = _Tree(out, scratch, states, abs_groups=len(part))
+        _fill_per_channel(tree, inn, part)
+        tree.run()
+    return out[0, 0, :length, :length]
 
 
 def channel_chunk(inn, form: str, count: int, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> int:
@@ -220,13 +293,13 @@ def mamba_mean(inn, form: str, idx: torch.Tensor, budget_bytes: int = DEFAULT_BU
     terms = _terms(inn, idx, form)
     out = torch.zeros(taps, size, size, device=inn.x.device)
     out.diagonal(dim1=1, dim2=2)[:, :length] = terms.diagonal()
-    numel = _Scratch.numel(size, chunk * states, taps)
+    numel = _Scratch.numel(1, size, chunk * states, taps)
     tree = None
     for start in range(0, len(idx), chunk):
-        width = min(chunk, len(idx) - start)
-        if tree is None or tree.channels != width:  # the last chunk may be narrower
-            tree = _Tree(out, _Scratch(numel, out), width, states)
-        tree.accumulate(terms.channels(start, start + width))
+        width = min(chunk, len(idx) - start) * states
+        if tree is None or tree.width != width:  # the last chunk may be narrower
+            tree = _Tree(out[None], _Scratch(numel, out), width)
+        _accumulate_mean(tree, terms.channels(start, start + width // states))
     out = out[:, :length, :length]
     if taps == 1:
         return out[0].contiguous()
