@@ -12,6 +12,9 @@ import torch
 from analysis.errors import PrunescopeError
 
 DEFAULT_BUDGET_BYTES = 1 << 30  # working memory for one chunk of per-channel matrices
+# ...but no chunk above this: larger CPU tensors are mmap'd fresh on every allocation and pay a page fault per
+# 4 KiB on first touch (Mamba-130m unified absmean, T = 256: 0.24 s per layer in 64 MiB chunks, 0.54 s in 1 GiB)
+CHUNK_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -51,14 +54,15 @@ def reduce_in_chunks(matrices: Callable[[torch.Tensor], torch.Tensor], n_channel
                      bytes_per_entry: int = 64) -> torch.Tensor:
     """Mean (or mean of absolute values) over the selected channels of ``matrices(idx) -> [len(idx), T, T]``,
     calling it on chunks of channels so that about ``bytes_per_entry`` bytes per (channel, i, j) entry of
-    working memory stay within ``budget_bytes``."""
+    working memory stay within ``budget_bytes``. ``matrices`` must return a fresh tensor: absmean takes the
+    absolute values in place (a copy of a chunk costs more in page faults than the sum itself)."""
     selected = reduction.selected(n_channels)
     per_channel = max(1, length * length * bytes_per_entry)
-    chunk = max(1, budget_bytes // per_channel)
+    chunk = max(1, min(budget_bytes, CHUNK_BYTES) // per_channel)
     total = None
     for start in range(0, len(selected), chunk):
         part = matrices(selected[start:start + chunk])
-        part = part.abs() if reduction.kind == "absmean" else part
+        part = part.abs_() if reduction.kind == "absmean" else part
         summed = part.sum(dim=0)
         total = summed if total is None else total + summed
     return total / len(selected)

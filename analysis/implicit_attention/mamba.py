@@ -185,16 +185,20 @@ def _alpha(inn: MambaInternals, heads: torch.Tensor) -> torch.Tensor:
 def _unified(inn: MambaInternals, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Unified matrices [c, T, T] of d_inner channels ``idx`` and the conv-bias term [T, c] (or None)."""
     heads = idx // inn.head_dim
-    unique, inverse = heads.unique(return_inverse=True)
-    mixed = _alpha(inn, unique)[inverse]
+    if inn.head_dim == 1:  # Mamba: a matrix per channel already
+        mixed = _alpha(inn, heads)
+    else:  # Mamba-2: one per head, shared by the head's channels
+        unique, inverse = heads.unique(return_inverse=True)
+        mixed = _alpha(inn, unique)[inverse]
     mixed.diagonal(dim1=1, dim2=2).add_(inn.D[heads][:, None])
     mixed.mul_(torch.sigmoid(inn.c[:, idx]).T[:, None, :])  # SiLU(c_j) = sigmoid(c_j) * c_j
     gate = F.silu(inn.z[:, idx]).T  # [c, T]
     bias = None if inn.conv_bias is None else (gate * mixed.sum(-1) * inn.conv_bias[idx][:, None]).T
     taps = inn.conv_weight.shape[1]  # conv: c_j = sum_k w[K-1-k] x_{j-k} + b, so M[i,m] = sum_k a[i,m+k] w[K-1-k]
-    folded = torch.zeros_like(mixed)
-    for k in range(min(taps, inn.length)):
-        folded[:, :, :inn.length - k] += inn.conv_weight[idx, taps - 1 - k][:, None, None] * mixed[:, :, k:]
+    weight = inn.conv_weight[idx][:, :, None, None]  # [c, K, 1, 1]
+    folded = mixed * weight[:, taps - 1]  # tap 0 covers every column; in-place adds for the others (no copies)
+    for k in range(1, min(taps, inn.length)):
+        folded[:, :, :inn.length - k].addcmul_(mixed[:, :, k:], weight[:, taps - 1 - k])
     return folded.mul_(gate[:, :, None]), bias
 
 
