@@ -11,7 +11,7 @@ import torch
 
 from analysis.errors import PrunescopeError
 from analysis.implicit_attention import mamba as mamba_mod
-from analysis.implicit_attention import mamba_mean as mamba_mean_mod
+from analysis.implicit_attention import block_tree
 from analysis.implicit_attention.common import Reduction
 from analysis.implicit_attention.mamba import (capture_mamba, mamba_loop_matrices, mamba_matrices, mamba_reconstruct,
                                                mamba_reduced, n_channels)
@@ -170,7 +170,7 @@ def test_long_prompt_uses_blocked_factorisation_exactly(tiny_loaded):
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_channel_means_without_matrices_equal_the_mean_of_the_matrices(tiny_loaded, monkeypatch, model_type):
-    """The hierarchical GEMM path (mamba_mean) equals averaging the per-channel matrices, on a long prompt, for
+    """The block-tree path (mamba_mean) equals averaging the per-channel matrices, on a long prompt, for
     every length up to it (padding), for chosen channels and under a budget that forces one channel per chunk;
     it never builds the per-channel matrices."""
     loaded = tiny_loaded(model_type)
@@ -183,7 +183,7 @@ def test_channel_means_without_matrices_equal_the_mean_of_the_matrices(tiny_load
                                    rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(mamba_reduced(internals, form, chosen, budget_bytes=1), full[[0, 2, 3]].mean(0),
                                    rtol=1e-5, atol=1e-6)
-        pairs = next(b for b in range(1000, 10**7, 1000) if mamba_mean_mod.channel_chunk(internals, form, 3, b) == 2)
+        pairs = next(b for b in range(1000, 10**7, 1000) if block_tree.channel_chunk(internals, form, 3, b) == 2)
         torch.testing.assert_close(mamba_reduced(internals, form, chosen, budget_bytes=pairs),  # chunks of 2 and 1
                                    full[[0, 2, 3]].mean(0), rtol=1e-5, atol=1e-6)
         monkeypatch.undo()
@@ -233,10 +233,10 @@ def test_scratch_is_kept_only_when_small(tiny_loaded, monkeypatch):
     internals = capture_mamba(tiny_loaded("mamba"), _long_ids(tiny_loaded("mamba")), [0])[0]
 
     def kept_after_call(retain_bytes: int):
-        monkeypatch.setattr(mamba_mean_mod._Scratch, "RETAIN_BYTES", retain_bytes)
+        monkeypatch.setattr(block_tree._Scratch, "RETAIN_BYTES", retain_bytes)
         with ThreadPoolExecutor(1) as pool:  # a fresh thread: nothing kept from earlier calls
             return pool.submit(lambda: (mamba_reduced(internals, "s6", Reduction("mean")),
-                                        getattr(mamba_mean_mod._Scratch._local, "buf", None))).result()[1]
+                                        getattr(block_tree._Scratch._local, "buf", None))).result()[1]
 
     assert kept_after_call(1 << 30) is not None
     assert kept_after_call(1000) is None

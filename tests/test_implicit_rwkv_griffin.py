@@ -117,6 +117,10 @@ def test_griffin_reset_inside_the_sequence(captured):
         torch.testing.assert_close(full, griffin_loop_matrices(moved, form), rtol=1e-4, atol=1e-6)
         rglru = griffin_matrices(moved, "rglru")
         assert torch.all(rglru[:, 10:, :10] == 0)
+        mean = griffin_reduced(moved, form, Reduction("mean"))  # the block tree: infinite rate at the reset
+        torch.testing.assert_close(mean, full.mean(0), rtol=1e-5, atol=1e-7)
+        if form == "rglru":  # (the unified form's conv still reaches back over the reset)
+            assert float(mean[10:, :10].abs().max()) < 1e-20
 
 
 def test_rwkv_rescaled_layers(tiny_dirs):

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from analysis.errors import PrunescopeError
+from analysis.implicit_attention.block_tree import Terms, mean_over_channels
 from analysis.implicit_attention.common import (DEFAULT_BUDGET_BYTES, Reduction, check_layers, eager_attention,
                                                 prompt_ids, reduce_in_chunks)
 from analysis.models.hooks import hook_scope
@@ -183,10 +184,32 @@ def griffin_conv_bias_term(internals: GriffinInternals) -> torch.Tensor:
     return internals.y_gate * row_sums * internals.conv_bias
 
 
+def _mean_terms(internals: GriffinInternals, form: str, idx: torch.Tensor) -> Terms:
+    """The RG-LRU as :class:`Terms` of the block tree (one state per channel): decays exp(-rate) with
+    rate = -log a (infinite at a reset: nothing carries over it), input weight m_j i_j, and for unified the
+    y gate on the left and the conv taps on the right; 1/len(idx) makes the channel sum a mean."""
+    length, count = internals.length, len(idx)
+    rate = (-internals.log_a.index_select(1, idx)).masked_fill_(internals.reset[:, None], float("inf"))
+    ones = rate.new_ones(1, 1, 1).expand(length, 1, 1)
+    a = rate.new_full((1, 1), -1.0).expand(count, 1)
+    if form == "rglru":
+        left, c, rights = None, ones / count, None
+    else:
+        left, c = internals.y_gate.index_select(1, idx) / count, ones
+        weight, taps = internals.conv_weight.index_select(0, idx), internals.conv_weight.shape[1]
+        rights = torch.stack([weight[:, taps - 1 - k].expand(length, count) for k in range(taps)])
+    extra = rate.new_zeros(1).expand(count)
+    return Terms(rate, a, ones, c, _source_weight(internals, idx), left, rights, extra)
+
+
 def griffin_reduced(internals: GriffinInternals, form: str, reduction: Reduction,
                     budget_bytes: int = DEFAULT_BUDGET_BYTES) -> torch.Tensor:
-    """[T, T] reduction over channels, computing per-channel matrices in chunks within ``budget_bytes``."""
+    """[T, T] reduction over channels: means through the block tree (no per-channel matrix, one matrix
+    product over the channels per block), absmean from per-channel matrices in chunks within ``budget_bytes``."""
     _check_form(form)
+    if reduction.kind != "absmean":
+        return mean_over_channels(_mean_terms(internals, form, reduction.selected(internals.n_channels)),
+                                  budget_bytes)
     return reduce_in_chunks(lambda idx: griffin_matrices(internals, form, idx), internals.n_channels,
                             internals.length, reduction, budget_bytes)
 

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from analysis.errors import PrunescopeError
 from analysis.implicit_attention.common import (DEFAULT_BUDGET_BYTES, Reduction, check_layers, prompt_ids,
                                                 reduce_in_chunks)
-from analysis.implicit_attention.mamba_mean import mamba_mean, mamba_s6_abs_sum, mamba_s6_matrices
+from analysis.implicit_attention.block_tree import mamba_mean, mamba_s6_abs_sum, mamba_s6_matrices
 from analysis.models.hooks import hook_scope
 
 FORMS = {"s6": "s6", "ssm": "s6", "ssd": "s6", "unified": "unified"}

@@ -1,5 +1,6 @@
-"""Mamba / Mamba-2 implicit attention by a binary tree of blocks: channel means without any per-channel
-[T, T] matrix, Mamba's per-channel s6 matrices, and their absolute values summed block by block.
+"""Implicit attention of diagonal linear recurrences by a binary tree of blocks: channel means without any
+per-channel [T, T] matrix (Mamba, Mamba-2 and Griffin's RG-LRU, as :class:`Terms`), Mamba's per-channel s6
+matrices, and their absolute values summed block by block.
 
 The mean over channels d of ``L[i,d] alpha_d[i,j] R[j,d]`` (L, R: the data-dependent diagonals of the form,
 e.g. SiLU(z_i) and sigmoid(c_j) for ``unified``) is, for a block of rows that lies after a block of columns,
@@ -51,31 +52,34 @@ CACHE_BYTES = 16 << 20
 
 
 @dataclass
-class _Terms:
-    """The selected channels' factors (c channels, n states, K right diagonals): a [c, n]; b and c [T, c or 1, n]
-    (Mamba shares them across channels: broadcast, never expanded); delta [T, c]; left [T, c] with the mean's
-    1/total, or None for s6, whose constant 1/total is folded into c (one pass less over the largest arrays);
-    rights [K, T, c], one per conv tap for unified, or None for s6 (one right diagonal of ones); extra [c], the
-    unified form's D on the diagonal."""
+class Terms:
+    """The factors of a family of diagonal linear recurrences, one per channel (c channels, n states, K right
+    diagonals): ``alpha_d[i, j] = sum_n C[i,n] exp(a[d,n] sum_{k=j+1..i} rate[k,d]) weight[j,d] B[j,n]``, seen
+    through ``L[i,d] alpha_d[i,j] R_k[j,d]``. rate and weight [T, c] (Mamba: both Delta; Griffin: -log a and
+    the RG-LRU's input weight); a [c, n] < 0; b and c [T, c or 1, n] (Mamba shares them across channels:
+    broadcast, never expanded); left [T, c] with the mean's 1/total, or None when that constant 1/total is
+    folded into c (one pass less over the largest arrays); rights [K, T, c], one per conv tap, or None (one
+    right diagonal of ones); extra [c], added on the diagonal (Mamba's D in the unified form)."""
 
+    rate: torch.Tensor
     a: torch.Tensor
     b: torch.Tensor
     c: torch.Tensor
-    delta: torch.Tensor
+    weight: torch.Tensor
     left: torch.Tensor | None
     rights: torch.Tensor | None
     extra: torch.Tensor
 
-    def channels(self, start: int, stop: int) -> "_Terms":
+    def channels(self, start: int, stop: int) -> "Terms":
         """Views of channels [start, stop) (broadcast dimensions stay as they are)."""
         def cut(t, dim):
             return t if t is None or t.shape[dim] == 1 else t.narrow(dim, start, stop - start)
-        return _Terms(cut(self.a, 0), cut(self.b, 1), cut(self.c, 1), cut(self.delta, 1), cut(self.left, 1),
-                      cut(self.rights, 2), cut(self.extra, 0))
+        return Terms(cut(self.rate, 1), cut(self.a, 0), cut(self.b, 1), cut(self.c, 1), cut(self.weight, 1),
+                     cut(self.left, 1), cut(self.rights, 2), cut(self.extra, 0))
 
     def diagonal(self) -> torch.Tensor:
-        """[K, T]: the channel sum of each right diagonal's contribution at j = i (exp(0) = 1), D included."""
-        diag = (self.c * self.b).sum(-1) * self.delta + self.extra  # alpha_d[i, i] (+ D for unified)
+        """[K, T]: the channel sum of each right diagonal's contribution at j = i (exp(0) = 1), extra included."""
+        diag = (self.c * self.b).sum(-1) * self.weight + self.extra  # alpha_d[i, i] (+ D for unified)
         weighted = diag if self.left is None else self.left * diag
         return weighted.sum(-1)[None] if self.rights is None else torch.einsum("tc,ktc->kt", weighted, self.rights)
 
@@ -88,7 +92,7 @@ def _pick(t: torch.Tensor, dim: int, idx: torch.Tensor) -> torch.Tensor:
     return t.index_select(dim, idx)
 
 
-def _terms(inn, idx: torch.Tensor, form: str) -> _Terms:
+def _terms(inn, idx: torch.Tensor, form: str) -> Terms:
     """The factors of the ``form`` matrices of channels ``idx``."""
     heads = idx if form == "s6" else idx // inn.head_dim
     count = len(idx)
@@ -111,7 +115,7 @@ def _terms(inn, idx: torch.Tensor, form: str) -> _Terms:
         weight = _pick(inn.conv_weight, 0, idx)
         rights = torch.stack([sig * weight[:, taps - 1 - k] for k in range(taps)])
         extra = inn.D.index_select(0, heads).float()
-    return _Terms(a.float(), b.float(), c.float(), delta, left, rights, extra)
+    return Terms(delta, a.float(), b.float(), c.float(), delta, left, rights, extra)
 
 
 def _sizes(inn, form: str) -> tuple[int, int, int]:
@@ -205,26 +209,26 @@ class _Tree:
                 torch.mul(first, second, out=totals)
 
 
-def _decays(delta: torch.Tensor, a: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """exp(delta * a) (broadcast) into ``out``, floored at exp(MIN_EXPONENT), through exp2."""
-    torch.mul(delta, a * LOG2E, out=out)
+def _decays(rate: torch.Tensor, a: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """exp(rate * a) (broadcast) into ``out``, floored at exp(MIN_EXPONENT), through exp2."""
+    torch.mul(rate, a * LOG2E, out=out)
     return out.clamp_(min=MIN_EXPONENT * LOG2E).exp2_()
 
 
-def _accumulate_mean(tree: _Tree, terms: _Terms) -> None:
+def _accumulate_mean(tree: _Tree, terms: Terms) -> None:
     """Add one channel chunk's strictly-lower-triangular part to the means (G = 1, width = channels * states)."""
-    a, b, c, delta, left, rights = terms.a, terms.b, terms.c, terms.delta, terms.left, terms.rights
-    length, channels, states = delta.shape[0], delta.shape[1], a.shape[1]
+    a, b, c, weight, left, rights = terms.a, terms.b, terms.c, terms.weight, terms.left, terms.rights
+    length, channels, states = weight.shape[0], weight.shape[1], a.shape[1]
     size = tree.totals.shape[1]
     totals = tree.totals.view(size, channels, states)
     rows = tree.rows.view(size, channels, states)
     cols = tree.cols.view(size, -1, channels, states)
     totals[length:], rows[length:], cols[length:] = 1.0, 0.0, 0.0  # zero-weight padding
-    _decays(delta[..., None], a, totals[:length])
+    _decays(terms.rate[..., None], a, totals[:length])
     torch.mul(totals[:length], c, out=rows[:length])
     if left is not None:
         rows[:length].mul_(left[..., None])
-    weight_right = delta[:, None] if rights is None else (rights * delta).transpose(0, 1)  # [T, K, c]
+    weight_right = weight[:, None] if rights is None else (rights * weight).transpose(0, 1)  # [T, K, c]
     torch.mul(weight_right[..., None], b[:, None], out=cols[:length])
     tree.run()
 
@@ -275,35 +279,46 @@ def mamba_s6_abs_sum(inn, heads: torch.Tensor, budget_bytes: int = DEFAULT_BUDGE
     return out[0, 0, :length, :length]
 
 
-def channel_chunk(inn, form: str, count: int, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> int:
+def _chunk(size: int, states: int, taps: int, count: int, budget_bytes: int) -> int:
     """Channels per chunk: as many as keep one chunk's running products within the budget and CACHE_BYTES,
     spread evenly (ceil(count / chunks)), so only the last chunk can be narrower."""
-    size, states, taps = _sizes(inn, form)
     per_channel = 4 * size * states * (taps + 2)  # bytes
     chunks = -(-count // max(1, min(budget_bytes, CACHE_BYTES) // per_channel))
     return -(-count // chunks)
 
 
+def channel_chunk(inn, form: str, count: int, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> int:
+    """Channels per chunk of :func:`mamba_mean` for ``count`` channels of a Mamba layer."""
+    return _chunk(*_sizes(inn, form), count, budget_bytes)
+
+
 @torch.no_grad()
-def mamba_mean(inn, form: str, idx: torch.Tensor, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> torch.Tensor:
-    """[T, T] mean over channels ``idx`` of the ``s6`` (per head) or ``unified`` (per d_inner channel)
-    matrices, equal to averaging :func:`analysis.implicit_attention.mamba.mamba_matrices`."""
-    length, (size, states, taps) = inn.length, _sizes(inn, form)
-    chunk = channel_chunk(inn, form, len(idx), budget_bytes)
-    terms = _terms(inn, idx, form)
-    out = torch.zeros(taps, size, size, device=inn.x.device)
+def mean_over_channels(terms: Terms, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> torch.Tensor:
+    """[T, T]: the sum over the terms' channels of ``L alpha R`` (the mean when left or c carries 1/total),
+    the right diagonals folded as causal conv taps (tap k: M[i, m] += X_k[i, m + k])."""
+    length, count, states = terms.weight.shape[0], terms.weight.shape[1], terms.a.shape[1]
+    taps = 1 if terms.rights is None else terms.rights.shape[0]
+    size = 1 << max(0, (length - 1).bit_length())
+    chunk = _chunk(size, states, taps, count, budget_bytes)
+    out = torch.zeros(taps, size, size, device=terms.weight.device)
     out.diagonal(dim1=1, dim2=2)[:, :length] = terms.diagonal()
     numel = _Scratch.numel(1, size, chunk * states, taps)
     tree = None
-    for start in range(0, len(idx), chunk):
-        width = min(chunk, len(idx) - start) * states
+    for start in range(0, count, chunk):
+        width = min(chunk, count - start) * states
         if tree is None or tree.width != width:  # the last chunk may be narrower
             tree = _Tree(out[None], _Scratch(numel, out), width)
         _accumulate_mean(tree, terms.channels(start, start + width // states))
     out = out[:, :length, :length]
     if taps == 1:
         return out[0].contiguous()
-    folded = torch.zeros(length, length, device=out.device)  # tap k: M[i, m] += X_k[i, m + k]
+    folded = torch.zeros(length, length, device=out.device)
     for k in range(min(taps, length)):
         folded[:, :length - k] += out[k][:, k:]
     return folded
+
+
+def mamba_mean(inn, form: str, idx: torch.Tensor, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> torch.Tensor:
+    """[T, T] mean over channels ``idx`` of the ``s6`` (per head) or ``unified`` (per d_inner channel)
+    matrices, equal to averaging :func:`analysis.implicit_attention.mamba.mamba_matrices`."""
+    return mean_over_channels(_terms(inn, idx, form), budget_bytes)
