@@ -92,8 +92,8 @@ def _pick(t: torch.Tensor, dim: int, idx: torch.Tensor) -> torch.Tensor:
     return t.index_select(dim, idx)
 
 
-def _terms(inn, idx: torch.Tensor, form: str) -> Terms:
-    """The factors of the ``form`` matrices of channels ``idx``."""
+def _mamba_terms(inn, idx: torch.Tensor, form: str) -> Terms:
+    """Mamba / Mamba-2 as :class:`Terms`: the ``form`` matrices of channels ``idx``."""
     heads = idx if form == "s6" else idx // inn.head_dim
     count = len(idx)
     if inn.model_type == "mamba":
@@ -321,4 +321,4 @@ def mean_over_channels(terms: Terms, budget_bytes: int = DEFAULT_BUDGET_BYTES) -
 def mamba_mean(inn, form: str, idx: torch.Tensor, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> torch.Tensor:
     """[T, T] mean over channels ``idx`` of the ``s6`` (per head) or ``unified`` (per d_inner channel)
     matrices, equal to averaging :func:`analysis.implicit_attention.mamba.mamba_matrices`."""
-    return mean_over_channels(_terms(inn, idx, form), budget_bytes)
+    return mean_over_channels(_mamba_terms(inn, idx, form), budget_bytes)
