@@ -86,7 +86,9 @@ class Terms:
 
 def _pick(t: torch.Tensor, dim: int, idx: torch.Tensor) -> torch.Tensor:
     """``t.index_select(dim, idx)`` (~10x faster than [:, idx] on CPU), or ``t`` itself when ``idx`` is every
-    index in order (the mean over all channels: no copy)."""
+    index in order (the mean over all channels: no copy). ``idx`` may live on another device (the reductions'
+    channel lists are CPU tensors, the internals stay on the model's device)."""
+    idx = idx.to(t.device)
     if len(idx) == t.shape[dim] and bool((idx == torch.arange(len(idx), device=idx.device)).all()):
         return t
     return t.index_select(dim, idx)
@@ -101,8 +103,8 @@ def _mamba_terms(inn, idx: torch.Tensor, form: str) -> Terms:
         b, c = inn.B[:, None, :], inn.C[:, None, :]
     else:
         groups = heads // (inn.n_heads // inn.B.shape[1])
-        b, c = inn.B.index_select(1, groups), inn.C.index_select(1, groups)
-        a = inn.A.index_select(0, heads)[:, None].expand(-1, b.shape[-1])
+        b, c = _pick(inn.B, 1, groups), _pick(inn.C, 1, groups)
+        a = _pick(inn.A, 0, heads)[:, None].expand(-1, b.shape[-1])
     delta = _pick(inn.delta, 1, heads).float()
     if form == "s6":
         left, c = None, c / count
@@ -114,7 +116,7 @@ def _mamba_terms(inn, idx: torch.Tensor, form: str) -> Terms:
         sig = torch.sigmoid(_pick(inn.c, 1, idx))
         weight = _pick(inn.conv_weight, 0, idx)
         rights = torch.stack([sig * weight[:, taps - 1 - k] for k in range(taps)])
-        extra = inn.D.index_select(0, heads).float()
+        extra = _pick(inn.D, 0, heads).float()
     return Terms(delta, a.float(), b.float(), c.float(), delta, left, rights, extra)
 
 

@@ -188,7 +188,7 @@ def _mean_terms(internals: GriffinInternals, form: str, idx: torch.Tensor) -> Te
     """The RG-LRU as :class:`Terms` of the block tree (one state per channel): decays exp(-rate) with
     rate = -log a (infinite at a reset: nothing carries over it), input weight m_j i_j, and for unified the
     y gate on the left and the conv taps on the right; 1/len(idx) makes the channel sum a mean."""
-    length, count = internals.length, len(idx)
+    length, count, idx = internals.length, len(idx), idx.to(internals.x.device)
     rate = (-internals.log_a.index_select(1, idx)).masked_fill_(internals.reset[:, None], float("inf"))
     ones = rate.new_ones(1, 1, 1).expand(length, 1, 1)
     a = rate.new_full((1, 1), -1.0).expand(count, 1)
