@@ -120,9 +120,14 @@ def _mamba_terms(inn, idx: torch.Tensor, form: str) -> Terms:
     return Terms(delta, a.float(), b.float(), c.float(), delta, left, rights, extra)
 
 
+def padded_length(length: int) -> int:
+    """The tree's length: ``length`` rounded up to a power of two (the extra positions weigh zero)."""
+    return 1 << max(0, (length - 1).bit_length())
+
+
 def _sizes(inn, form: str) -> tuple[int, int, int]:
     """The padded length (a power of two), the state size and the number of right diagonals (conv taps)."""
-    size = 1 << max(0, (inn.length - 1).bit_length())
+    size = padded_length(inn.length)
     states = inn.A.shape[-1] if inn.model_type == "mamba" else inn.B.shape[-1]
     return size, states, 1 if form == "s6" else inn.conv_weight.shape[1]
 
@@ -235,6 +240,11 @@ def _accumulate_mean(tree: _Tree, terms: Terms) -> None:
     tree.run()
 
 
+def per_channel_scratch_bytes(size: int, states: int) -> int:
+    """Scratch bytes per channel of the per-channel s6 tree at padded length ``size``."""
+    return 4 * _Scratch.numel(1, size, states, 1)
+
+
 def _fill_per_channel(tree: _Tree, inn, heads: torch.Tensor) -> None:
     """Level 1 of Mamba's per-channel s6 tree (G = channels, width = states): the decays, C_i times them and
     Delta_j B_j."""
@@ -266,7 +276,7 @@ def mamba_s6_abs_sum(inn, heads: torch.Tensor, budget_bytes: int = DEFAULT_BUDGE
     """[T, T] sum over Mamba channels ``heads`` of the s6 matrices' absolute values, block by block: only one
     level's blocks of one channel chunk exist at a time, never the [c, T, T] matrices."""
     length, (size, states, _) = inn.length, _sizes(inn, "s6")
-    per_channel = 4 * _Scratch.numel(1, size, states, 1)  # bytes
+    per_channel = per_channel_scratch_bytes(size, states)
     chunk = max(1, min(budget_bytes, CACHE_BYTES) // per_channel)
     out = torch.zeros(1, 1, size, size, device=inn.x.device)
     out.diagonal(dim1=2, dim2=3)[0, 0, :length] = (inn.C * inn.B).sum(-1).abs() * _pick(inn.delta, 1, heads).sum(1)
@@ -300,7 +310,7 @@ def mean_over_channels(terms: Terms, budget_bytes: int = DEFAULT_BUDGET_BYTES) -
     the right diagonals folded as causal conv taps (tap k: M[i, m] += X_k[i, m + k])."""
     length, count, states = terms.weight.shape[0], terms.weight.shape[1], terms.a.shape[1]
     taps = 1 if terms.rights is None else terms.rights.shape[0]
-    size = 1 << max(0, (length - 1).bit_length())
+    size = padded_length(length)
     chunk = _chunk(size, states, taps, count, budget_bytes)
     out = torch.zeros(taps, size, size, device=terms.weight.device)
     out.diagonal(dim1=1, dim2=2)[:, :length] = terms.diagonal()

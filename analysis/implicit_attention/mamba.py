@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from analysis.errors import PrunescopeError
 from analysis.implicit_attention.common import (DEFAULT_BUDGET_BYTES, Reduction, check_layers, prompt_ids,
                                                 reduce_in_chunks)
-from analysis.implicit_attention.block_tree import mamba_mean, mamba_s6_abs_sum, mamba_s6_matrices
+from analysis.implicit_attention.block_tree import (mamba_mean, mamba_s6_abs_sum, mamba_s6_matrices,
+                                                    padded_length, per_channel_scratch_bytes)
 from analysis.models.hooks import hook_scope
 
 FORMS = {"s6": "s6", "ssm": "s6", "ssd": "s6", "unified": "unified"}
@@ -223,11 +224,11 @@ def mamba_matrices(internals: MambaInternals, form: str = "s6", channels: torch.
 
 
 def _bytes_per_entry(inn: MambaInternals, form: str) -> int:
-    """Working bytes per (channel, i, j): fp32 matrices and copies, plus Mamba's tree scratch (running products
-    [P, n] x 3.5 and the largest level's [P/2, P/2] block) spread over the T x T entries."""
-    states = inn.A.shape[1] if inn.model_type == "mamba" else 0
-    size = 1 << max(0, (inn.length - 1).bit_length())
-    scratch = -(-4 * (7 * size * states // 2 + size * size // 4) // (inn.length * inn.length))
+    """Working bytes per (channel, i, j): fp32 matrices and copies, plus Mamba's per-channel tree scratch
+    spread over the T x T entries."""
+    scratch = 0
+    if inn.model_type == "mamba":
+        scratch = -(-per_channel_scratch_bytes(padded_length(inn.length), inn.A.shape[1]) // inn.length ** 2)
     return 4 * (3 if _form(form) == "s6" else 5) + scratch
 
 
