@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from analysis.cli import attention, evaluate, pruning
+from analysis.cli import attention, evaluate, pruning, task_vectors
 from analysis.cli.common import EXIT_BAD_INPUT, OneLineParser, quiet_libraries
 from analysis.errors import PrunescopeError
 
@@ -17,6 +17,7 @@ def build_parser() -> OneLineParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
     evaluate.register(commands)
     pruning.register(commands)
+    task_vectors.register(commands)
     attention.register(commands)
     return parser
 
