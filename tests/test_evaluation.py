@@ -26,6 +26,19 @@ def test_classify(prediction, gold, demos, case_sensitive, expected):
     assert classify(prediction, gold, demos, case_sensitive) == expected
 
 
+@pytest.mark.parametrize("prediction,gold,demos,query,case_sensitive,expected", [
+    ("Pakistan", "Islamabad", ["Paris", "Rome"], "Pakistan", False, "echo"),
+    (" pakistan ", "Islamabad", ["Paris"], "Pakistan", False, "echo"),  # same normalisation as the gold
+    ("Paris", "Islamabad", ["Paris"], "Paris", False, "copy"),  # a demo output first, even if it is the query
+    ("level", "level", ["noon"], "level", False, "correct"),  # gold first, even if it is the query
+    ("a", "A", ["B"], "a", True, "echo"),  # to-upper: the lower-case input repeated
+    ("A", "a", ["b"], "a", True, "other"),  # case-sensitive: "A" is not the query "a"
+    ("Lahore", "Islamabad", ["Paris"], "Pakistan", False, "other"),
+])
+def test_classify_echo(prediction, gold, demos, query, case_sensitive, expected):
+    assert classify(prediction, gold, demos, case_sensitive, query=query) == expected
+
+
 def test_plan_batches():
     lengths = [5, 3, 5, 4, 3, 5]
     assert plan_batches(lengths, 2, allow_padding=True) == [[1, 4], [3, 0], [2, 5]]
@@ -69,13 +82,33 @@ def test_rates_and_records(tiny_loaded):
     loaded = tiny_loaded("gpt2")
     result = evaluate_task(loaded, builtin_tasks()["vowel-count"], shots=3, n=10, seed=0)
     records = result.records
-    assert result.n == 10 and list(records.columns[:5]) == ["prompt", "query", "gold", "prediction", "outcome"]
-    assert result.accuracy + result.copy_error_rate + result.other_error_rate == pytest.approx(1.0)
+    assert result.n == 10 and list(records.columns[:6]) == ["prompt_index", "prompt", "query", "gold", "prediction",
+                                                            "outcome"]
+    assert list(records.prompt_index) == list(range(10))
+    rates = result.accuracy + result.copy_error_rate + result.echo_rate + result.other_error_rate
+    assert rates == pytest.approx(1.0)
     assert result.copy_error_rate == pytest.approx(records.is_copy.mean())
     for row in records.itertuples():
-        assert row.outcome == classify(row.prediction, row.gold, row.demo_outputs)
+        assert row.outcome == classify(row.prediction, row.gold, row.demo_outputs, query=row.query)
     summary = result.summary()
-    assert set(summary) == {"model", "task", "shots", "n", "accuracy", "copy_error_rate", "other_error_rate"}
+    assert set(summary) == {"model", "task", "shots", "n", "accuracy", "copy_error_rate", "echo_rate",
+                            "other_error_rate"}
+
+
+def test_outcomes_are_rederived_from_cached_predictions(tiny_loaded, tmp_path):
+    """A cached run stores predictions; the outcome columns are recomputed on every read, so entries written
+    before the echo class existed (here: every outcome overwritten with 'other') read back classified."""
+    from analysis.cache import ResultsCache
+
+    loaded, cache = tiny_loaded("gpt2"), ResultsCache(tmp_path, fallbacks=())
+    task = builtin_tasks()["to-upper"]
+    first = evaluate_task(loaded, task, shots=1, n=6, cache=cache)
+    [path] = (tmp_path / "eval").glob("*.pt")
+    stale = cache.get("eval", path.stem)
+    stale.records["outcome"] = "other"
+    cache.put("eval", path.stem, stale)
+    again = evaluate_task(loaded, task, shots=1, n=6, cache=cache)
+    assert list(again.records.outcome) == list(first.records.outcome)
 
 
 def test_progress_is_reported(tiny_loaded):

@@ -6,6 +6,13 @@ prediction and is compared with the gold answer as a string (case-insensitive un
 case-sensitive). Comparing strings rather than one next token survives tokenizers that split an answer,
 e.g. SmolLM2 tokenizes " 2" as " " + "2".
 
+Outcomes: ``correct`` (the gold answer); else ``copy`` (a demonstration's output: the copying bias of
+arXiv 2410.01288); else ``echo`` (the query's own input repeated, "Pakistan -> Pakistan"); else ``other``.
+All three comparisons use the same normalisation. The order decides ties: an answer equal to the gold is
+correct even when it also equals the query (a user task mapping a word to itself), and a demonstration
+output that happens to equal the query counts as a copy. Outcomes are derived from the cached predictions
+on every read (:func:`classify_records`), so changing these rules never needs a model run.
+
 Batching: prompts are sorted by length and left-padded with an attention mask where the family handles
 padding exactly (transformers, Mamba, Mamba-2); RWKV and Griffin ignore padding, so their batches hold
 prompts of equal token length only (and RWKV decodes one sequence at a time, see its adapter). Either way a batched run gives the same predictions as one prompt
@@ -29,18 +36,35 @@ from analysis.pruning.mask import NeuronMask
 from analysis.tasks.task import Prompt, Task, normalize_answer
 
 Progress = Callable[[int, int], None]
-OUTCOMES = ("correct", "copy", "other")
+# rate name -> outcome it counts (the order every table and chart uses)
+RATE_METRICS = {"accuracy": "correct", "copy_error_rate": "copy", "echo_rate": "echo", "other_error_rate": "other"}
+OUTCOMES = ("correct", "copy", "echo", "other")
 
 
-def classify(prediction: str, gold: str, demo_outputs: Sequence[str], case_sensitive: bool = False) -> str:
-    """'correct' if the prediction is the gold answer, 'copy' if it is wrong and equals a demonstration's
-    output, else 'other'."""
+def classify(prediction: str, gold: str, demo_outputs: Sequence[str], case_sensitive: bool = False,
+             query: str | None = None) -> str:
+    """'correct', 'copy' (a demonstration's output), 'echo' (the query input) or 'other'; see the module
+    docstring for the order."""
     pred = normalize_answer(prediction, case_sensitive)
     if pred == normalize_answer(gold, case_sensitive):
         return "correct"
     if pred in {normalize_answer(y, case_sensitive) for y in demo_outputs}:
         return "copy"
+    if query is not None and pred == normalize_answer(query, case_sensitive):
+        return "echo"
     return "other"
+
+
+def classify_records(records: pd.DataFrame, case_sensitive: bool) -> pd.DataFrame:
+    """``records`` with ``prompt_index`` and the outcome columns (re)derived from each row's prediction."""
+    outcome = [classify(row.prediction, row.gold, row.demo_outputs, case_sensitive, row.query)
+               for row in records.itertuples()]
+    derived = pd.DataFrame({"prompt_index": range(len(records)), **records[["prompt", "query", "gold", "prediction"]],
+                            "outcome": outcome}, index=records.index)
+    derived["correct"] = derived["outcome"] == "correct"
+    derived["is_copy"] = derived["outcome"] == "copy"
+    derived["demo_outputs"] = records["demo_outputs"]
+    return derived.reset_index(drop=True)
 
 
 @dataclass
@@ -71,13 +95,16 @@ class EvalResult:
         return self.rate("copy")
 
     @property
+    def echo_rate(self) -> float:
+        return self.rate("echo")
+
+    @property
     def other_error_rate(self) -> float:
         return self.rate("other")
 
     def summary(self) -> dict:
         return {"model": self.model, "task": self.task, "shots": self.shots, "n": self.n,
-                "accuracy": self.accuracy, "copy_error_rate": self.copy_error_rate,
-                "other_error_rate": self.other_error_rate}
+                **{metric: getattr(self, metric) for metric in RATE_METRICS}}
 
 
 EVAL_VERSION = "icl-eval/1"
@@ -99,19 +126,18 @@ def evaluate_task(loaded: LoadedModel, task: Task, shots: int, n: int, seed: int
     if hit and progress:
         progress(n, n)
     result.model, result.task = loaded.name, task.name
+    result.records = classify_records(result.records, task.case_sensitive)
     return result
 
 
 def _evaluate(loaded, task, shots, n, seed, mask, batch_size, progress) -> EvalResult:
     prompts = task.sample_prompts(shots, n, seed)
     predictions = generate_answers(loaded, prompts, task, mask=mask, batch_size=batch_size, progress=progress)
-    rows = []
-    for prompt, prediction in zip(prompts, predictions):
-        outcome = classify(prediction, prompt.gold, prompt.demo_outputs, task.case_sensitive)
-        rows.append({"prompt": prompt.text, "query": prompt.query, "gold": prompt.gold, "prediction": prediction,
-                     "outcome": outcome, "correct": outcome == "correct", "is_copy": outcome == "copy",
-                     "demo_outputs": list(prompt.demo_outputs)})
-    return EvalResult(model=loaded.name, task=task.name, shots=shots, seed=seed, records=pd.DataFrame(rows),
+    records = pd.DataFrame([{"prompt": prompt.text, "query": prompt.query, "gold": prompt.gold,
+                             "prediction": prediction, "demo_outputs": list(prompt.demo_outputs)}
+                            for prompt, prediction in zip(prompts, predictions)])
+    return EvalResult(model=loaded.name, task=task.name, shots=shots, seed=seed,
+                      records=classify_records(records, task.case_sensitive),
                       masked=mask is not None and len(mask) > 0, meta={"mask_size": len(mask) if mask else 0})
 
 
