@@ -9,7 +9,8 @@ from analysis.models import load_model
 from analysis.models.tiny import TINY_FAMILIES, build_tiny_model
 
 FAMILY_OF = {"llama": "transformer", "gpt2": "transformer", "gpt_neox": "transformer", "opt": "transformer",
-             "mamba": "mamba", "mamba2": "mamba2", "rwkv": "rwkv", "recurrent_gemma": "griffin"}
+             "mamba": "mamba", "mamba2": "mamba2", "rwkv": "rwkv", "recurrent_gemma": "griffin",
+             "gemma3_text": "transformer"}
 
 
 @pytest.fixture(scope="session")

@@ -36,7 +36,7 @@ def test_fast_path_equals_reference_every_family(tiny_loaded, model_type):
 @pytest.mark.parametrize("model_type,target,rule", [
     ("llama", "copy", "gauss-legendre"), ("llama", "confidence", "riemann"), ("mamba", "copy", "riemann"),
     ("rwkv", "confidence", "gauss-legendre"), ("recurrent_gemma", "copy", "gauss-legendre"),
-    ("opt", "copy", "riemann"), ("mamba2", "confidence", "gauss-legendre"),
+    ("opt", "copy", "riemann"), ("mamba2", "confidence", "gauss-legendre"), ("gemma3_text", "copy", "riemann"),
 ])
 def test_fast_path_targets_and_quadratures(tiny_loaded, model_type, target, rule):
     loaded = tiny_loaded(model_type)
@@ -68,7 +68,7 @@ def captum_layer_ig(loaded, item, layer, steps, method):
                         method=method)[0]
 
 
-@pytest.mark.parametrize("model_type", ["llama", "gpt2", "mamba", "recurrent_gemma"])
+@pytest.mark.parametrize("model_type", ["llama", "gpt2", "mamba", "recurrent_gemma", "gemma3_text"])
 @pytest.mark.parametrize("rule,captum_method", [("riemann", "riemann_right"), ("gauss-legendre", "gausslegendre")])
 def test_reference_equals_captum(tiny_loaded, model_type, rule, captum_method):
     loaded = tiny_loaded(model_type)
@@ -79,10 +79,11 @@ def test_reference_equals_captum(tiny_loaded, model_type, rule, captum_method):
         assert rel_err(ref[layer], expected) < 1e-4
 
 
-@pytest.mark.parametrize("model_type", TINY_FAMILIES)
+@pytest.mark.parametrize("model_type", [t for t in TINY_FAMILIES if t != "gemma3_text"])
 def test_completeness_at_64_steps(tiny_loaded, model_type):
     """Gauss-Legendre here: the tiny random models are far rougher along the path than trained ones, and a
-    right Riemann sum is off by up to 10 % at 64 steps on them (test_default_model checks Riemann)."""
+    right Riemann sum is off by up to 10 % at 64 steps on them (test_default_model checks Riemann). Gemma 3
+    is left out: its normalised MLP output makes F jump at alpha ~ 0 (test_gemma3 checks that instead)."""
     loaded = tiny_loaded(model_type)
     item = prepare_inputs(loaded, copying_prompts(1), "gold")[0]
     result = neuron_ig(loaded, [item], steps=64, quadrature="gauss-legendre")

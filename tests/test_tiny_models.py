@@ -17,6 +17,7 @@ EXPECTED_CLASS = {
     "mamba2": "Mamba2ForCausalLM",
     "rwkv": "RwkvForCausalLM",
     "recurrent_gemma": "RecurrentGemmaForCausalLM",
+    "gemma3_text": "Gemma3ForCausalLM",
 }
 PROMPT = "apple -> APPLE\nFrance -> Paris\ncat ->"
 UNICODE_TEXT = "héllo -> HÉLLO\n 2, 3 çà ñ 日本 🙂\t!"

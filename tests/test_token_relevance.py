@@ -26,7 +26,7 @@ def _logit(loaded, target, **inputs):
     return loaded.model(**inputs, use_cache=False).logits[0, -1, target]
 
 
-@pytest.mark.parametrize("model_type", ["llama", "mamba"])
+@pytest.mark.parametrize("model_type", ["llama", "mamba", "gemma3_text"])
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_gives_finite_scores(tiny_loaded, model_type, method):
     loaded = tiny_loaded(model_type)

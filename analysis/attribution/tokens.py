@@ -208,12 +208,16 @@ def attention_mode(loaded: LoadedModel, name: str) -> Iterator[list]:
 
 
 def _rms_forward(module):
-    weight, eps = module.weight, module.variance_epsilon
+    """Llama's ``weight * x / rms`` or Gemma's ``(1 + weight) * x / rms`` (norms with ``eps``), rms detached."""
+    gemma = not hasattr(module, "variance_epsilon")
+    weight, eps = module.weight, module.eps if gemma else module.variance_epsilon
 
     def forward(hidden_states):
         h = hidden_states.to(torch.float32)
-        variance = h.pow(2).mean(-1, keepdim=True).detach()
-        return weight * (h * torch.rsqrt(variance + eps)).to(hidden_states.dtype)
+        normed = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True).detach() + eps)
+        if gemma:
+            return (normed * (1.0 + weight.float())).to(hidden_states.dtype)
+        return weight * normed.to(hidden_states.dtype)
     return forward
 
 
@@ -231,7 +235,7 @@ def _layer_norm_forward(module: nn.LayerNorm):
 @contextmanager
 def conservative_propagation(loaded: LoadedModel) -> Iterator[None]:
     """Inside: softmax probabilities and each norm's 1/sigma are constants for autograd (same forward values,
-    up to float rounding). Norms: ``nn.LayerNorm`` and Llama-style RMSNorm (``weight * x / rms``); each
+    up to float rounding). Norms: ``nn.LayerNorm`` and Llama- or Gemma-style RMSNorm; each
     replacement is checked against the module on a probe input, and any other norm class is an error.
     Everything (attention implementation, module forwards) is restored on exit."""
     _require_lrp(loaded)
@@ -242,7 +246,7 @@ def conservative_propagation(loaded: LoadedModel) -> Iterator[None]:
                 name = type(module).__name__
                 if isinstance(module, nn.LayerNorm):
                     forward = _layer_norm_forward(module)
-                elif "rmsnorm" in name.lower() and hasattr(module, "variance_epsilon"):
+                elif "rmsnorm" in name.lower() and (hasattr(module, "variance_epsilon") or hasattr(module, "eps")):
                     forward = _rms_forward(module)
                 elif "norm" in name.lower() and any(True for _ in module.parameters(recurse=False)):
                     raise PrunescopeError(f"lrp does not know how to detach the normalisation {name}")

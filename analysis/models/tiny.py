@@ -22,6 +22,7 @@ TINY_FAMILIES: tuple[str, ...] = (
     "mamba2",
     "rwkv",
     "recurrent_gemma",
+    "gemma3_text",
 )
 
 SPECIAL_TOKEN = "<|endoftext|>"
@@ -134,6 +135,12 @@ def tiny_config(model_type: str, vocab_size: int, **overrides) -> PretrainedConf
             hidden_size=32, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
             num_key_value_heads=1, lru_width=32, attention_window_size=64,
             block_types=["recurrent", "attention", "recurrent"], tie_word_embeddings=True,
+        ),
+        "gemma3_text": dict(  # a 4-token sliding window, so every ICL prompt outgrows it; embeddings scaled
+            hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8, sliding_window=4,
+            layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+            max_position_embeddings=MAX_POSITIONS, tie_word_embeddings=True,
         ),
     }  # fmt: skip
     if model_type not in per_family:

@@ -193,15 +193,23 @@ class ModelAdapter:
 
     @contextmanager
     def _truncated(self, start_layer: int) -> Iterator[None]:
+        """Run only the blocks from ``start_layer`` on. Models that pick each block's attention mask by its
+        position in the loop (``config.layer_types[i]``: Gemma 2/3's sliding and full layers, Qwen, SmolLM3)
+        see the list sliced the same way, so every block keeps its own mask."""
         if not start_layer:
             yield
             return
-        full = getattr(self._layers_parent, self._layers_attr)
+        config = self.base_model.config
+        full, types = getattr(self._layers_parent, self._layers_attr), getattr(config, "layer_types", None)
         setattr(self._layers_parent, self._layers_attr, nn.ModuleList(self._blocks[start_layer:]))
+        if isinstance(types, list) and len(types) == len(self._blocks):
+            config.layer_types = types[start_layer:]
         try:
             yield
         finally:
             setattr(self._layers_parent, self._layers_attr, full)
+            if types is not None:
+                config.layer_types = types
 
     @contextmanager
     def _fed(self, layer: int, block_input: torch.Tensor | None) -> Iterator[None]:

@@ -13,8 +13,8 @@ _GATED_MLP = Layout("model.layers", "mlp.down_proj", "input", "mlp.down_proj")
 class TransformerAdapter(ModelAdapter):
     family = "transformer"
     layouts = {
-        **{t: _GATED_MLP for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "smollm3",
-                                   "olmo", "olmo2", "granite", "phi3")},
+        **{t: _GATED_MLP for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text",
+                                   "smollm3", "olmo", "olmo2", "granite", "phi3")},
         "gpt2": Layout("transformer.h", "mlp.act", "output", "mlp.c_proj"),
         "gpt_neox": Layout("gpt_neox.layers", "mlp.act", "output", "mlp.dense_4h_to_h"),
         "opt": Layout("model.decoder.layers", "activation_fn", "output", "fc2"),
