@@ -15,18 +15,19 @@ from analysis.attribution.runs import attribute_task
 from analysis.cache import ResultsCache
 from analysis.models.loader import LoadedModel
 from analysis.paths import ASSETS_DIR
-from analysis.pruning.copying import (COPYING_TASK, DEV_TASKS, K_GRID, copying_scores, copying_splits, k_sweep,
-                                     select_top_k)
+from analysis.pruning.autok import DEV_TASKS, K_GRID, k_sweep
+from analysis.pruning.copying import COPYING_TASK, copying_scores, copying_splits, select_top_k
 from analysis.pruning.evaluate import prune_eval
 from analysis.tasks import builtin_tasks
 
 PRECOMPUTED_DIR = ASSETS_DIR / "precomputed"
-SCORING = {"n": 32, "shots": 4, "steps": 20}  # copying scores on the pruning page
-# every setting a link restores (the copying-score settings too: with k they define the mask)
+# copying scores on the pruning page: IG run (n, shots, steps), target (copy | copy-prob), prompts (all | copied)
+SCORING = {"n": 32, "shots": 4, "steps": 20, "target": "copy", "prompts": "all"}
+# every setting a link restores (the copying-score and selection settings too: with k they define the mask)
 SETTINGS = {"task": "antonyms", "shots": 4, "n": 40, "seed": 0, "layer": 0, "k": 20, "mask": "",
-            **{f"score_{name}": value for name, value in SCORING.items()}}
+            "per_layer": 0, "layers": "", **{f"score_{name}": value for name, value in SCORING.items()}}
 PRUNE_TASKS = (f"{COPYING_TASK}[heldout]", *DEV_TASKS)  # the pruning page's default tasks (held-out copying split)
-PRUNE_CONTROLS = 1  # random-mask seeds on the pruning page
+PRUNE_CONTROLS = 3  # random-mask seeds on the pruning page (its minimum too: one seed shows no spread)
 ATTRIBUTION = {"target": "copy", "n": 8, "steps": 20, "quadrature": "riemann"}  # the attribution page
 
 
@@ -50,7 +51,7 @@ def precompute_demo(loaded: LoadedModel, out: str | Path = PRECOMPUTED_DIR, swee
     cache = ResultsCache(out, fallbacks=())
     say = progress or (lambda _: None)
     say("copying scores")
-    scores, _ = copying_scores(loaded, **SCORING, cache=cache)
+    scores = copying_scores(loaded, **SCORING, cache=cache).scores
     mask = select_top_k(scores, SETTINGS["k"], model=loaded.name, scoring=SCORING)
     mask.save(Path(out) / mask_file_name(loaded.name))  # also loadable as a file on the pruning page
     tasks = [pruning_tasks()[name] for name in PRUNE_TASKS]

@@ -4,7 +4,7 @@
 
 What the app's pruning panel runs when the toggle flips (the model is loaded once, as under
 ``st.cache_resource``; the unpruned numbers are already cached from the panel's first render): the pruned
-evaluation of one task (``prune_eval`` with the mask, nothing cached for it), then the random control (the app
+evaluation of one task (``prune_eval`` with the mask, nothing cached for it), then the random controls (the app
 shows it right after the pruned numbers), then the toggle back off and on again (both cached). The mask is the
 top-k copying neurons when copying scores are cached, else k neurons spread over the middle layers (the cost
 does not depend on which neurons). Last line: ``toggle_s=<seconds to the pruned numbers>``.
@@ -17,6 +17,7 @@ import tempfile
 import time
 
 from analysis.cache import ResultsCache
+from analysis.demo import PRUNE_CONTROLS
 from analysis.models import load_model
 from analysis.pruning import NeuronMask
 from analysis.pruning.copying import copying_scores, select_top_k
@@ -27,7 +28,7 @@ from analysis.tasks import builtin_tasks
 def _mask(loaded, k: int) -> tuple[NeuronMask, str]:
     scored = copying_scores(loaded, n=32, shots=4, steps=20, cache=ResultsCache(), compute_missing=False)
     if scored is not None:
-        return select_top_k(scored[0], k), "top-k copying neurons"
+        return select_top_k(scored.scores, k), "top-k copying neurons"
     middle = loaded.n_layers // 2
     width = loaded.adapter.neuron_counts()[middle]
     return NeuronMask.from_pairs((middle + i % 4, (97 * i) % width) for i in range(k)), "fixed neurons"
@@ -55,12 +56,12 @@ def main() -> None:
 
         first_render = toggle(False)
         on = toggle(True)
-        control = toggle(True, controls=1)
-        off_again, on_again = toggle(False), toggle(True, controls=1)
+        control = toggle(True, controls=PRUNE_CONTROLS)
+        off_again, on_again = toggle(False), toggle(True, controls=PRUNE_CONTROLS)
     print(f"model {loaded.describe()}; task {args.task}, {args.n} prompts, {args.shots}-shot; mask {len(mask)} "
           f"{source}")
     print(f"first render (unpruned, uncached) {first_render:.2f} s; toggle on -> pruned numbers {on:.2f} s; "
-          f"random control after it {control:.2f} s; toggle off (cached) {off_again:.3f} s; "
+          f"{PRUNE_CONTROLS} random controls after it {control:.2f} s; toggle off (cached) {off_again:.3f} s; "
           f"on again (cached) {on_again:.3f} s")
     print(f"toggle_s={on:.2f}")
 

@@ -6,10 +6,11 @@ from collections.abc import Sequence
 
 import plotly.graph_objects as go
 
-# (summary key, legend name, colour): correct answers, copying errors, other errors.
+# (summary key, legend name, colour): correct answers, copying errors, echoes of the query, other errors.
 OUTCOME_SERIES = (
     ("accuracy", "Accuracy", "#15803d"),
     ("copy_error_rate", "Copy errors", "#c2410c"),
+    ("echo_rate", "Echoes", "#a16207"),
     ("other_error_rate", "Other errors", "#6b7280"),
 )
 
@@ -26,7 +27,7 @@ def run_label(summary: dict, index: int | None = None) -> str:
 
 
 def outcome_bar_chart(summaries: Sequence[dict], title: str | None = None) -> go.Figure:
-    """Grouped bars of accuracy / copy-error / other-error rates, one group per run summary.
+    """Grouped bars of accuracy / copy-error / echo / other-error rates, one group per run summary.
 
     ``summaries`` are :meth:`analysis.evaluation.EvalResult.summary` dicts. Groups are labelled with
     :func:`run_label` (numbered, so repeated task/shot settings stay apart); bars show percentages.

@@ -8,58 +8,117 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from analysis.pruning.copying import COPYING_TASK
 
 # (summary column prefix, legend name, colour)
 CONDITIONS = (("baseline", "Unpruned", "#6b7280"), ("pruned", "Pruned", "#c2410c"),
-              ("random", "Random mask", "#2563eb"))
-PANELS = (("accuracy", "Accuracy"), ("copy_error_rate", "Copy-error rate"))
+              ("random", "Random masks (mean)", "#2563eb"))
+PANELS = (("accuracy", "Accuracy"), ("copy_error_rate", "Copy errors"), ("echo_rate", "Echoes"))
+COMPARISONS = (("baseline", "vs unpruned", "#c2410c"), ("random", "vs random masks", "#2563eb"))
 
 
 def pruning_bars(summary: pd.DataFrame, title: str = "") -> go.Figure:
-    """Accuracy and copy-error rate per task (and the average), unpruned vs pruned vs the random control
-    (mean, with the std over control seeds as error bars). ``summary`` is ``PruneEvalResult.summary()``
-    for one shot count; conditions whose columns are all NaN (not run) are left out."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=[name for _, name in PANELS], horizontal_spacing=0.08)
+    """Accuracy, copy-error and echo rates per task (and the average), unpruned vs pruned vs the random controls'
+    mean, each bar with its 95 % interval as a whisker (bootstrap over queries; for the random mean the control
+    seeds are resampled too, so the whisker holds their spread). ``summary`` is ``PruneEvalResult.summary()``
+    for one shot count; conditions and metrics that were not run are left out."""
+    panels = [(m, name) for m, name in PANELS if f"baseline_{m}" in summary]
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[name for _, name in panels],
+                        horizontal_spacing=0.06)
     tasks = summary["task"].tolist()
-    for col, (metric, _) in enumerate(PANELS, start=1):
+    for col, (metric, _) in enumerate(panels, start=1):
         for condition, name, colour in CONDITIONS:
-            column = f"{condition}_{metric}" + ("_mean" if condition == "random" else "")
+            column = f"{condition}_{metric}"
             if column not in summary or summary[column].isna().all():
                 continue
-            values = summary[column].astype(float).tolist()
+            values = summary[column].astype(float)
             error = None
-            if condition == "random" and f"random_{metric}_std" in summary:
-                error = dict(type="data", array=summary[f"random_{metric}_std"].fillna(0).tolist(), visible=True)
+            if f"{column}_lo" in summary:
+                error = dict(type="data", symmetric=False, visible=True, thickness=1.5, width=3,
+                             array=(summary[f"{column}_hi"] - values).fillna(0).tolist(),
+                             arrayminus=(values - summary[f"{column}_lo"]).fillna(0).tolist())
+            hover = f"{name}<br>%{{x}}: %{{y:.1%}}"
+            if f"{column}_lo" in summary:
+                hover += " (95 % CI %{customdata[0]:.1%}–%{customdata[1]:.1%})"
+            custom = summary[[f"{column}_lo", f"{column}_hi"]].to_numpy() if f"{column}_lo" in summary else None
+            if condition == "random" and f"random_{metric}_min" in summary:
+                hover += "<br>seeds from %{customdata[2]:.1%} to %{customdata[3]:.1%}"
+                custom = summary[[f"{column}_lo", f"{column}_hi", f"random_{metric}_min",
+                                  f"random_{metric}_max"]].to_numpy()
             fig.add_trace(go.Bar(
-                x=tasks, y=values, name=name, legendgroup=name, showlegend=col == 1, marker_color=colour,
-                error_y=error, text=[f"{v:.0%}" for v in values], textposition="outside", cliponaxis=False,
-                hovertemplate=f"{name}<br>%{{x}}: %{{y:.1%}}<extra></extra>"), row=1, col=col)
-    fig.update_yaxes(range=[0, 1.08], tickformat=".0%")
+                x=tasks, y=values.tolist(), name=name, legendgroup=name, showlegend=col == 1, marker_color=colour,
+                error_y=error, customdata=custom, hovertemplate=hover + "<extra></extra>"), row=1, col=col)
+    fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
     fig.update_layout(barmode="group", title=title, height=440, margin=dict(t=70, b=70, l=40, r=10),
                       legend=dict(orientation="h", yanchor="top", y=-0.12, x=0))
     return fig
 
 
-def k_sweep_chart(table: pd.DataFrame, best: int | None = None) -> go.Figure:
-    """Accuracy per task (solid) and the held-out copying task's copy-error rate (dashed) against k
-    (log-like axis; k = 0 is the unpruned model), the chosen k marked."""
+def change_forest(summary: pd.DataFrame, title: str = "") -> go.Figure:
+    """The paired changes themselves: per task (and the average), pruned minus unpruned and pruned minus the
+    random controls, in percentage points with 95 % intervals, around a line at zero. An interval crossing
+    zero is no evidence of an effect, whatever the bars suggest."""
+    panels = [(m, name) for m, name in PANELS if f"d_{m}_vs_baseline" in summary]
+    fig = make_subplots(rows=1, cols=max(len(panels), 1), subplot_titles=[f"Change in {name.lower()}"
+                                                                          for _, name in panels],
+                        shared_yaxes=True, horizontal_spacing=0.04)
+    labels = [f"{t} ({s}-shot)" if summary["shots"].nunique() > 1 else str(t)
+              for t, s in zip(summary["task"], summary["shots"])]
+    for col, (metric, _) in enumerate(panels, start=1):
+        for against, name, colour in COMPARISONS:
+            column = f"d_{metric}_vs_{against}"
+            if column not in summary:
+                continue
+            delta = 100 * summary[column].astype(float)
+            low, high = 100 * summary[f"{column}_lo"], 100 * summary[f"{column}_hi"]
+            fig.add_trace(go.Scatter(
+                x=delta, y=labels, mode="markers", name=name, legendgroup=name, showlegend=col == 1,
+                marker=dict(color=colour, size=9, symbol="diamond" if against == "random" else "circle"),
+                error_x=dict(type="data", symmetric=False, array=(high - delta).tolist(),
+                             arrayminus=(delta - low).tolist(), thickness=2, width=4),
+                customdata=summary[[f"{column}_lo", f"{column}_hi", f"{column}_p"]].to_numpy(),
+                hovertemplate=f"{name}<br>%{{y}}: %{{x:+.1f}} points<br>95 % CI %{{customdata[0]:.1%}} to "
+                              f"%{{customdata[1]:.1%}}, p = %{{customdata[2]:.3f}}<extra></extra>"),
+                row=1, col=col)
+        fig.add_vline(x=0, line_color="#18181b", line_width=1, row=1, col=col)
+    fig.update_xaxes(title_text="points", zeroline=False)
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(title=title, height=120 + 34 * len(labels), margin=dict(t=70, b=40, l=10, r=10),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.08, x=0), scattermode="group")
+    return fig
+
+
+def k_sweep_chart(sweep) -> go.Figure:
+    """The k-sweep (``analysis.pruning.autok.KSweep``): the change against the unpruned model (k = 0) of the
+    sweep tasks' average accuracy and copy-error rate, in points with 95 % intervals, per k; each task's
+    accuracy change as a faint line (hidden until clicked in the legend); the chosen k marked, or a note that
+    none was chosen."""
+    table = sweep.table[sweep.table.k > 0]
+    average = table[table.task == "average"].sort_values("k")
     fig = go.Figure()
-    for task, rows in table.groupby("task", sort=False):
+    for task, rows in table[table.task != "average"].groupby("task", sort=False):
         rows = rows.sort_values("k")
-        fig.add_trace(go.Scatter(x=rows.k, y=rows.accuracy, mode="lines+markers", name=f"{task} accuracy",
-                                 hovertemplate=f"{task}<br>k=%{{x}}<br>accuracy %{{y:.1%}}<extra></extra>"))
-    copying = table[table.task.str.startswith(COPYING_TASK)].sort_values("k")
-    if len(copying):
-        fig.add_trace(go.Scatter(x=copying.k, y=copying.copy_error_rate, mode="lines+markers",
-                                 line=dict(dash="dash", color="#c2410c"), name="copy-error rate (copying task)",
-                                 hovertemplate="k=%{x}<br>copy errors %{y:.1%}<extra></extra>"))
-    if best is not None:
-        fig.add_vline(x=best, line_dash="dot", line_color="#15803d", annotation_text=f"chosen k={best}")
-    ticks = sorted(table.k.unique().tolist())
-    fig.update_layout(xaxis=dict(title="k (neurons pruned)", type="category", categoryarray=ticks),
-                      yaxis=dict(title="share of prompts", range=[0, 1], tickformat=".0%"), height=420,
-                      margin=dict(t=40, b=40, l=40, r=10), legend=dict(orientation="h", y=-0.25))
+        fig.add_trace(go.Scatter(x=rows.k.astype(str), y=100 * rows.d_accuracy, mode="lines", name=f"{task}",
+                                 line=dict(width=1), opacity=0.5, visible="legendonly",
+                                 hovertemplate=f"{task}<br>k=%{{x}}: %{{y:+.1f}} accuracy points<extra></extra>"))
+    for metric, name, colour, dash in (("accuracy", "accuracy (average)", "#15803d", "solid"),
+                                       ("copy_error_rate", "copy errors (average)", "#c2410c", "dash")):
+        delta = 100 * average[f"d_{metric}"]
+        fig.add_trace(go.Scatter(
+            x=average.k.astype(str), y=delta, mode="lines+markers", name=name, line=dict(color=colour, dash=dash),
+            error_y=dict(type="data", symmetric=False, array=(100 * average[f"d_{metric}_hi"] - delta).tolist(),
+                         arrayminus=(delta - 100 * average[f"d_{metric}_lo"]).tolist()),
+            hovertemplate=f"{name}<br>k=%{{x}}: %{{y:+.1f}} points<extra></extra>"))
+    fig.add_hline(y=0, line_color="#18181b", line_width=1)
+    if sweep.chosen:
+        fig.add_vline(x=str(sweep.chosen), line_dash="dot", line_color="#15803d",
+                      annotation_text=f"chosen k={sweep.chosen}")
+    else:
+        fig.add_annotation(text="no k beats the unpruned model beyond noise", xref="paper", yref="paper", x=0.02,
+                           y=0.98, showarrow=False, font=dict(color="#b91c1c"))
+    fig.update_layout(xaxis=dict(title="k (neurons pruned)", type="category"),
+                      yaxis=dict(title="change vs unpruned (points)"), height=420,
+                      title=f"{sweep.shots}-shot, {sweep.n} prompts per task, 95 % intervals",
+                      margin=dict(t=50, b=40, l=40, r=10), legend=dict(orientation="h", y=-0.25))
     return fig
 
 

@@ -4,7 +4,7 @@ HTML report button. Every page shows its figures and tables through these, so ev
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -42,11 +42,13 @@ def table(frame: pd.DataFrame, name: str, **dataframe_kwargs) -> None:
 
 
 def report_button(title: str, figures: Mapping[str, go.Figure] | None = None,
-                  tables: Mapping[str, pd.DataFrame] | None = None, params: Mapping[str, object] | None = None
-                  ) -> None:
-    """Download a self-contained HTML report of what the page shows (figures, tables, parameters, link)."""
+                  tables: Mapping[str, pd.DataFrame] | None = None, params: Mapping[str, object] | None = None,
+                  findings: Sequence[str] = ()) -> None:
+    """Download a self-contained HTML report of what the page shows (findings, figures, tables, parameters,
+    link)."""
     settings = {name: state.get(name) for name in state.DEFAULTS}
     parts = (title, dict(figures or {}), dict(tables or {}), {**settings, **(params or {})}, state.link())
-    st.download_button("HTML report", lambda: html_report(*parts[:4], link=parts[4]),  # built on click only
+    build = lambda: html_report(*parts[:4], link=parts[4], findings=list(findings))  # noqa: E731 - on click only
+    st.download_button("HTML report", build,
                        f"prunescope-{_slug(title)}.html", "text/html",
                        key=f"report_{_slug(title)}", icon=":material/description:", type="primary")

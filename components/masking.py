@@ -9,17 +9,30 @@ from analysis.cache import ResultsCache
 from analysis.demo import SCORING
 from analysis.models import LoadedModel
 from analysis.pruning import NeuronMask
-from analysis.pruning.copying import copying_scores, select_top_k
+from analysis.pruning.copying import CopyingScores, copying_scores, parse_layer_range, select_top_k
 from components import state
 from components.widgets import memo
 
 ACTIVE_KEY = "active_mask"  # {"model": name, "mask": NeuronMask}
 
 
-def stored_copying_scores(loaded: LoadedModel, n: int, shots: int, steps: int):
-    """(scores, IG result) from the on-disk or shipped cache, or None; read once per session and settings."""
-    return memo(("copying-scores", loaded.fingerprint(), n, shots, steps), lambda: copying_scores(
-        loaded, n=n, shots=shots, steps=steps, cache=ResultsCache(), compute_missing=False))
+def scoring_settings() -> dict:
+    """The copying-score settings of the current session (their link parameters are ``score_<name>``)."""
+    return {name: type(default)(state.get(f"score_{name}")) for name, default in SCORING.items()}
+
+
+def stored_copying_scores(loaded: LoadedModel, n: int, shots: int, steps: int, target: str = "copy",
+                          prompts: str = "all") -> CopyingScores | None:
+    """Copying scores from the on-disk or shipped cache, or None; read once per session and settings."""
+    return memo(("copying-scores", loaded.fingerprint(), n, shots, steps, target, prompts), lambda: copying_scores(
+        loaded, n=n, shots=shots, steps=steps, target=target, prompts=prompts, cache=ResultsCache(),
+        compute_missing=False))
+
+
+def top_k_mask(loaded: LoadedModel, scores) -> NeuronMask:
+    """The session's top-k copying mask (k, per layer, layer range from the shared settings)."""
+    layers = parse_layer_range(state.get("layers"), loaded.n_layers)
+    return select_top_k(scores, int(state.get("k")), bool(state.get("per_layer")), layers)
 
 
 def remember(loaded: LoadedModel, mask: NeuronMask | None) -> None:
@@ -36,7 +49,7 @@ def active_mask(loaded: LoadedModel) -> tuple[NeuronMask | None, str]:
     active = st.session_state.get(ACTIVE_KEY)
     if active and active["model"] == loaded.name and active["mask"] is not None:
         return active["mask"], "set on the pruning page"
-    scored = stored_copying_scores(loaded, **{name: int(state.get(f"score_{name}")) for name in SCORING})
+    scored = stored_copying_scores(loaded, **scoring_settings())
     if scored is not None:
-        return select_top_k(scored[0], int(state.get("k"))), f"top {state.get('k')} copying neurons"
+        return top_k_mask(loaded, scored.scores), f"top {state.get('k')} copying neurons"
     return None, "no mask: compute copying scores on the pruning page"

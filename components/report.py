@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -19,15 +19,18 @@ td:first-child,th:first-child{text-align:left}h1{color:#c2410c}code{background:#
 
 def html_report(title: str, figures: Mapping[str, go.Figure] | None = None,
                 tables: Mapping[str, pd.DataFrame] | None = None, params: Mapping[str, object] | None = None,
-                link: str | None = None) -> str:
-    """One HTML document with a parameters list, every figure (plotly.js embedded in the first, so the file
-    needs no network) and every table (numbers to 4 decimals)."""
+                link: str | None = None, findings: Sequence[str] = ()) -> str:
+    """One HTML document with the findings (the generated verdict sentences), a parameters list, every figure
+    (plotly.js embedded in the first, so the file needs no network) and every table (numbers to 4 decimals)."""
     created = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)} — prunescope</title>",
              f"<style>{STYLE}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
              f"<p>prunescope report, {created}.</p>"]
     if link:
         parts.append(f"<p>Open in the app: <a href='{html.escape(link)}'>{html.escape(link)}</a></p>")
+    if findings:
+        parts.append("<h2>Findings</h2>")
+        parts += [f"<p class='finding'>{html.escape(sentence)}</p>" for sentence in findings]
     if params:
         parts.append("<h2>Parameters</h2><ul>")
         parts += [f"<li><b>{html.escape(str(k))}</b>: <code>{html.escape(_text(v))}</code></li>"

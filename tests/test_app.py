@@ -82,16 +82,17 @@ def test_evaluate_shows_metrics_chart_and_table(app):
     metrics = {m.label: m.value for m in app.metric}
     assert metrics["n"] == "5"
     rates = [_percent(m) for m in app.metric if m.label != "n"]
-    assert sum(rates) == pytest.approx(1.0, abs=0.0016)  # three values rounded to 0.1%
+    assert sum(rates) == pytest.approx(1.0, abs=0.0021)  # four values rounded to 0.1%
     (run,) = app.session_state["eval_runs"]
     summary = run["summary"]
     assert summary["n"] == 5 and summary["shots"] == 1
-    assert summary["accuracy"] + summary["copy_error_rate"] + summary["other_error_rate"] == pytest.approx(1.0)
+    assert summary["accuracy"] + summary["copy_error_rate"] + summary["echo_rate"] + summary["other_error_rate"] \
+        == pytest.approx(1.0)
     bars = _chart_bars(app)
     assert bars["Accuracy"] == [summary["accuracy"]]
     assert bars["Copy errors"] == [summary["copy_error_rate"]]
     table = app.dataframe[0].value
-    assert len(table) == 5 and set(table["outcome"]) <= {"correct", "copy", "other"}
+    assert len(table) == 5 and set(table["outcome"]) <= {"correct", "copy", "echo", "other"}
     assert list(table["prediction"]) == list(run["records"]["prediction"])
 
 
@@ -153,16 +154,17 @@ def test_parse_upload_rejects_wrong_columns():
 def test_outcome_bar_chart_values():
     summaries = [
         {"model": "m", "task": "antonyms", "shots": 4, "n": 10, "accuracy": 0.5, "copy_error_rate": 0.3,
-         "other_error_rate": 0.2},
+         "echo_rate": 0.0, "other_error_rate": 0.2},
         {"model": "m", "task": "antonyms", "shots": 4, "n": 10, "accuracy": 0.25, "copy_error_rate": 0.0,
-         "other_error_rate": 0.75},
+         "echo_rate": 0.5, "other_error_rate": 0.25},
     ]
     fig = outcome_bar_chart(summaries)
     bars = {trace.name: trace for trace in fig.data}
-    assert list(bars) == ["Accuracy", "Copy errors", "Other errors"]
+    assert list(bars) == ["Accuracy", "Copy errors", "Echoes", "Other errors"]
+    assert list(bars["Echoes"].y) == [0.0, 0.5]
     assert list(bars["Accuracy"].y) == [0.5, 0.25]
     assert list(bars["Copy errors"].y) == [0.3, 0.0]
-    assert list(bars["Other errors"].y) == [0.2, 0.75]
+    assert list(bars["Other errors"].y) == [0.2, 0.25]
     assert list(bars["Accuracy"].text) == ["50%", "25%"]
     assert len(set(bars["Accuracy"].x)) == 2  # repeated settings stay separate groups
     assert fig.layout.barmode == "group" and tuple(fig.layout.yaxis.range) == (0, 1)

@@ -57,10 +57,19 @@ def test_pruning_toggle_changes_the_numbers(monkeypatch):
     assert (after["Accuracy, pruned"], after["Copy errors, pruned"]) != (before["Accuracy, unpruned"],
                                                                         before["Copy errors, unpruned"])
     summary = at.session_state["prune_summary"]
-    assert {"pruned_accuracy", "random_accuracy_mean"} <= set(summary.columns)
+    assert {"pruned_accuracy", "random_accuracy", "d_accuracy_vs_random_lo", "d_echo_rate_vs_baseline_p"} \
+        <= set(summary.columns)
     assert list(summary.task) == ["vowel-count[heldout]", "next-letter", "average"]
     bars = json.loads(next(c for c in at.get("plotly_chart") if c.key == "prune_bars").proto.spec)
-    assert {t["name"] for t in bars["data"]} == {"Unpruned", "Pruned", "Random mask"}
+    assert {t["name"] for t in bars["data"]} == {"Unpruned", "Pruned", "Random masks (mean)"}
+    pruned_bar = next(t for t in bars["data"] if t["name"] == "Pruned" and t.get("xaxis", "x") == "x")
+    average = summary.iloc[-1]
+    assert pruned_bar["error_y"]["array"][-1] == pytest.approx(average.pruned_accuracy_hi - average.pruned_accuracy)
+    sentences = [i.value for i in at.info] + [i.value for i in at.success] + [e.value for e in at.error]
+    assert any(t.startswith("Against the unpruned model: copy errors") for t in sentences)
+    assert any(t.startswith("Against random masks of the same size: ") for t in sentences)
+    assert {c.key for c in at.get("plotly_chart")} >= {"prune_bars", "prune_changes"}
+    assert at.number_input(key="prune_controls").value == 3
     assert st_mask_size(at) == 150
     at.toggle(key="prune_on").set_value(False)
     _ok(at.run())
@@ -79,6 +88,31 @@ def test_pruning_page_bad_inputs_show_errors(monkeypatch):
     _ok(at.run())
     assert not at.error and at.session_state["setting_mask"] == "0.1,1.2"
     assert any("2 neurons (uploaded)" in c.value for c in at.caption)
+
+
+def test_scoring_options_layer_range_and_mask_table(monkeypatch):
+    at = _start("toy-transformer", monkeypatch, "views/pruning.py", score_n=4, score_steps=2, score_shots=2,
+                score_target="copy-prob", layers="2-3", k=5)
+    assert at.selectbox(key="_w_score_target").value == "copy-prob"
+    at.button(key="score_run").click()
+    _ok(at.run())
+    mask = at.session_state["active_mask"]["mask"]
+    assert len(mask) == 5 and set(mask.by_layer()) <= {2, 3}
+    neurons = next(d.value for d in at.dataframe if list(d.value.columns) == ["layer", "neuron", "score"])
+    assert len(neurons) == 5 and set(neurons.layer) <= {2, 3} and neurons.score.is_monotonic_decreasing
+    assert any("Scores from 4 of 4 prompts (all prompts)" in c.value for c in at.caption)
+    assert {"score_target": "copy-prob", "layers": "2-3"}.items() <= dict(at.query_params).items()
+    # the toy transformer never copies on these prompts: 'copied' has nothing to score, and says so
+    at.selectbox(key="_w_score_prompts").set_value("copied")
+    _ok(at.run())
+    assert any("none of the 4 scoring prompts is a copy error" in e.value for e in at.error)
+    assert at.query_params["score_prompts"] in ("copied", ["copied"])
+
+
+def test_hostile_scoring_options_in_a_link_are_reset(monkeypatch):
+    at = _start("toy-transformer", monkeypatch, "views/pruning.py", score_target="<script>", layers="0-99")
+    assert any("target='<script>' is not one of copy, copy-prob; using copy" in e.value for e in at.error)
+    assert any("layer range '0-99' is outside the model's layers 0-3" in e.value for e in at.error)
 
 
 def test_k_larger_than_the_neuron_count(monkeypatch, tmp_path):
@@ -144,6 +178,7 @@ def test_task_vectors_and_compare_pages(monkeypatch):
     at.button(key="cmp_run").click()
     _ok(at.run())
     assert [label.split(":")[1].strip() for label in at.session_state["cmp_runs"]] == ["toy-transformer", "toy-mamba"]
+    assert any(i.value.startswith("B (toy-mamba) against A (toy-transformer): ") for i in at.info)
 
 
 def test_bad_model_inputs_keep_the_app_running(monkeypatch, tmp_path):

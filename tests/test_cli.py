@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 from analysis.cli import main
@@ -27,9 +28,10 @@ def test_eval_json_is_one_object(capsys, tiny_dirs):
                          "--n", "5", "--json")
     assert code == 0
     summary = json.loads(out)
-    assert list(summary) == ["model", "task", "shots", "n", "accuracy", "copy_error_rate", "other_error_rate"]
+    assert list(summary) == ["model", "task", "shots", "n", "accuracy", "copy_error_rate", "echo_rate",
+                             "other_error_rate"]
     assert summary["n"] == 5 and summary["shots"] == 2 and summary["task"] == "to-upper"
-    assert summary["accuracy"] + summary["copy_error_rate"] + summary["other_error_rate"] == pytest.approx(1)
+    assert sum(summary[key] for key in list(summary)[4:]) == pytest.approx(1)
 
 
 def test_eval_table_with_mask_and_task_file(capsys, tiny_dirs, tmp_path):
@@ -117,6 +119,20 @@ def test_copying_neurons_then_prune_eval(capsys, tiny_dirs, tmp_path):
     data = json.loads(out)
     assert data["mask_size"] == 5 and len(data["results"]) == 2 * 2 + 2  # tasks x shots, plus averages
     assert {r["task"] for r in data["results"]} == {"antonyms", "to-upper", "average"}
+    for entry in data["results"]:
+        for key in ("pruned_vs_baseline", "pruned_vs_random"):
+            for metric in ("accuracy", "copy_error_rate", "echo_rate"):
+                item = entry[key][metric]
+                assert item["ci95"][0] <= item["delta"] <= item["ci95"][1] and 0 < item["p"] <= 1
+    records = tmp_path / "records.csv"
+    code, out, err = run(capsys, "prune-eval", "--model", tiny_dirs["gpt2"], "--mask", str(mask_path), "--tasks",
+                         "antonyms", "--shots", "1", "--n", "3", "--records", str(records))
+    assert code == 0, err
+    table = pd.read_csv(records, keep_default_na=False)
+    assert list(table.columns) == ["task", "shots", "prompt_index", "query", "condition", "answer", "outcome"]
+    assert len(table) == 3 * (2 + 5)  # baseline, pruned and five random controls by default
+    assert set(table.condition) == {"baseline", "pruned", *(f"random-{s}" for s in range(5))}
+    assert "Against random masks of the same size:" in out and "1-shot, all tasks" in out
 
 
 def test_task_vectors_json(capsys, tiny_dirs, tmp_path):

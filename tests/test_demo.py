@@ -24,7 +24,7 @@ def test_precomputed_results_answer_the_apps_default_requests(tiny_loaded, tmp_p
     mask_file = shipped / mask_file_name(loaded.name)
     user = ResultsCache(tmp_path / "user", fallbacks=(shipped,))
     monkeypatch.setattr("analysis.cache.ResultsCache.put", lambda *a: pytest.fail("recomputed a shipped result"))
-    scores, _ = copying_scores(loaded, **SCORING, cache=user, compute_missing=False)
+    scores = copying_scores(loaded, **SCORING, cache=user, compute_missing=False).scores
     mask = select_top_k(scores, SETTINGS["k"])
     assert NeuronMask.load(mask_file) == mask and len(mask) == SETTINGS["k"]
     for name in PRUNE_TASKS:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 
+import pandas as pd
 import pytest
 import torch
 
@@ -13,9 +16,10 @@ from analysis.errors import PrunescopeError
 from analysis.evaluation import evaluate_task
 from analysis.pruning import NeuronMask
 from analysis.pruning.confidence import confidence_neurons
-from analysis.pruning.copying import (copying_splits, k_sweep, normalized_copy_scores, random_mask_like,
-                                      select_top_k)
-from analysis.pruning.evaluate import prune_eval
+from analysis.pruning.autok import choose_k, k_sweep
+from analysis.pruning.copying import (copying_splits, mask_neurons_table, normalized_copy_scores,
+                                      parse_layer_range, random_mask_like, select_top_k)
+from analysis.pruning.evaluate import RECORD_COLUMNS, flip_counts, prune_eval
 from analysis.tasks import builtin_tasks
 
 SCORES = torch.tensor([[0.5, -1.0, 0.2, 0.9],
@@ -36,11 +40,34 @@ def test_select_top_k_global_and_per_layer():
         select_top_k(SCORES, 5, per_layer=True)
 
 
+def test_select_top_k_in_a_layer_range():
+    assert select_top_k(SCORES, 2, layers=(1, 2)).neurons == {(1, 1), (2, 2)}
+    assert select_top_k(SCORES, 1, per_layer=True, layers=(2, 2)).neurons == {(2, 2)}
+    assert select_top_k(SCORES, 2, layers=(1, 2)).meta["layers"] == [1, 2]
+    with pytest.raises(PrunescopeError, match="k=9 is out of range: the model has 8 neurons in layers 1-2"):
+        select_top_k(SCORES, 9, layers=(1, 2))
+    assert parse_layer_range("", 3) is None and parse_layer_range("1-2", 3) == (1, 2)
+    assert parse_layer_range("2", 3) == (2, 2)
+    for bad, message in (("2-1", "outside"), ("0-3", "outside"), ("a-b", "is not 'first-last'")):
+        with pytest.raises(PrunescopeError, match=message):
+            parse_layer_range(bad, 3)
+
+
+def test_mask_neurons_table_lists_neurons_by_score():
+    rows = mask_neurons_table(select_top_k(SCORES, 3), SCORES)
+    assert rows == [{"layer": 0, "neuron": 3, "score": pytest.approx(0.9)},
+                    {"layer": 1, "neuron": 1, "score": pytest.approx(0.8)},
+                    {"layer": 2, "neuron": 2, "score": pytest.approx(0.7)}]
+
+
 def test_normalized_copy_scores():
     per_prompt = torch.tensor([[[1.0, -1.0], [2.0, 0.0]], [[0.0, 10.0], [0.0, -10.0]]])
     result = NeuronIGResult(per_prompt, [], "copy", 4, "riemann", torch.zeros(2))
     expected = torch.tensor([[0.25 / 2, (-0.25 + 0.5) / 2], [0.5 / 2, -0.5 / 2]])
     torch.testing.assert_close(normalized_copy_scores(result), expected)
+    # only the second prompt: its map over its total |attribution| of 20
+    torch.testing.assert_close(normalized_copy_scores(result, [False, True]),
+                               torch.tensor([[0.0, 0.5], [0.0, -0.5]]))
 
 
 def test_random_controls_match_the_layer_distribution():
@@ -61,44 +88,85 @@ def test_copying_splits_are_disjoint_and_complete():
     assert len(heldout.pairs) == round(0.3 * len(full)) and heldout.kind == "copying"
 
 
-def test_prune_eval_tables_and_json(tiny_loaded):
+def test_prune_eval_records_summary_and_json(tiny_loaded):
     loaded = tiny_loaded("llama")
     tasks = [builtin_tasks()["antonyms"], builtin_tasks()["vowel-count"]]
     mask = NeuronMask.from_pairs([(0, i) for i in range(20)] + [(1, i) for i in range(10)])
-    result = prune_eval(loaded, mask, tasks, shots=(1, 2), n=6, random_controls=2)
-    table = result.table
-    assert len(table) == 2 * 2 * (2 + 2)
+    result = prune_eval(loaded, mask, tasks, shots=(1, 2), n=6, random_controls=2, resamples=500)
+    records = result.records
+    assert list(records.columns[:7]) == RECORD_COLUMNS and len(records) == 2 * 2 * (2 + 2) * 6
+    assert set(records.condition) == {"baseline", "pruned", "random-0", "random-1"}
     direct = evaluate_task(loaded, tasks[0], 2, 6, seed=0, mask=mask)
-    pruned_row = table[(table.task == "antonyms") & (table.shots == 2) & (table.condition == "pruned")].iloc[0]
-    assert pruned_row.accuracy == direct.accuracy and pruned_row.copy_error_rate == direct.copy_error_rate
+    pruned_rows = records[(records.task == "antonyms") & (records.shots == 2) & (records.condition == "pruned")]
+    assert list(pruned_rows.answer) == list(direct.records.prediction)
+    assert list(pruned_rows.outcome) == list(direct.records.outcome)
+    control = evaluate_task(loaded, tasks[1], 1, 6, seed=0,
+                            mask=random_mask_like(mask, loaded.adapter.neuron_counts(), 1))
     summary = result.summary()
     assert list(summary.task) == ["antonyms", "antonyms", "vowel-count", "vowel-count", "average", "average"]
     avg = summary[(summary.task == "average") & (summary.shots == 1)].iloc[0]
     per_task = summary[(summary.task != "average") & (summary.shots == 1)]
     assert avg.pruned_accuracy == pytest.approx(per_task.pruned_accuracy.mean())
-    controls = table[(table.task == "vowel-count") & (table.shots == 1) & (table.condition == "random")]
     row = summary[(summary.task == "vowel-count") & (summary.shots == 1)].iloc[0]
-    assert row.random_accuracy_mean == pytest.approx(controls.accuracy.mean())
+    assert result.cell("vowel-count", 1).control_rates["random-1"]["accuracy"] == control.accuracy
+    assert row.random_accuracy_min <= control.accuracy <= row.random_accuracy_max
+    assert row.d_copy_error_rate_vs_baseline == pytest.approx(row.pruned_copy_error_rate - row.baseline_copy_error_rate)
+    assert row.d_accuracy_vs_random == pytest.approx(row.pruned_accuracy - row.random_accuracy)
+    for metric in ("accuracy", "copy_error_rate", "echo_rate"):
+        assert (summary[f"pruned_{metric}_lo"] <= summary[f"pruned_{metric}"]).all()
+        assert (summary[f"d_{metric}_vs_baseline_hi"] >= summary[f"d_{metric}_vs_baseline"]).all()
     data = json.loads(json.dumps(result.to_json()))
-    assert data["mask_size"] == 30 and data["model"] == loaded.name
+    assert data["mask_size"] == 30 and data["model"] == loaded.name and data["random_controls"] == 2
     first = data["results"][0]
-    assert set(first) == {"task", "shots", "n", "baseline", "pruned", "random"}
-    assert set(first["random"]) == {"accuracy_mean", "accuracy_std", "copy_error_rate_mean", "copy_error_rate_std"}
-    base_row = table[(table.task == "antonyms") & (table.shots == 1) & (table.condition == "baseline")].iloc[0]
-    assert first["baseline"]["accuracy"] == base_row.accuracy
+    assert {"baseline", "pruned", "random", "pruned_vs_baseline", "pruned_vs_random", "verdict"} <= set(first)
+    for key in ("pruned_vs_baseline", "pruned_vs_random"):
+        assert set(first[key]) == {"accuracy", "copy_error_rate", "echo_rate"}
+        assert set(first[key]["accuracy"]) == {"delta", "ci95", "p"}
+    assert first["pruned_vs_baseline"]["accuracy"]["delta"] == pytest.approx(summary.d_accuracy_vs_baseline[0])
+    assert data["results"][-1]["task"] == "average"
+    assert first["verdict"]["random"].startswith("Against random masks of the same size: ")
+    csv_rows = list(csv.reader(io.StringIO(result.records_csv())))  # random-model answers hold odd characters
+    assert csv_rows[0] == RECORD_COLUMNS and len(csv_rows) == len(records) + 1
+    assert csv_rows[1][4] == "baseline" and csv_rows[1][5] == records.answer[0]
     flipped = result.flipped
     assert (flipped.baseline != flipped.pruned).all()
-    assert set(flipped.change) <= {"fixed", "broken", "changed"}
+    assert all(change == f"{b} -> {p}" for change, b, p in
+               zip(flipped.change, flipped.baseline_outcome, flipped.pruned_outcome))
+    assert flip_counts(flipped).prompts.sum() == len(flipped)
 
 
-def test_k_sweep_picks_a_grid_value(tiny_loaded):
+def test_auto_k_selects_nothing_when_no_k_helps(tiny_loaded):
+    """A random-weight model answers nothing right with or without pruning: no k beats k = 0, so the sweep
+    chooses k = 0 and says so."""
     loaded = tiny_loaded("gpt2")
     scores = torch.randn(loaded.n_layers, 64, generator=torch.Generator().manual_seed(0))
-    table, best = k_sweep(loaded, scores, ks=(0, 4, 16), dev_tasks=("antonyms",), n=5)
-    assert len(table) == 3 * 2 and best in (4, 16)  # k = 0 is the reference row, never chosen
-    objective = table[table.k > 0].groupby("k")["accuracy"].mean()
-    assert objective[best] == objective.max()
-    assert table[table.k == 16].mask_size.iloc[0] == 16
+    sweep = k_sweep(loaded, scores, ks=(4, 16), dev_tasks=("antonyms",), n=6, resamples=300)
+    assert sorted(sweep.table.k.unique()) == [0, 4, 16]
+    assert set(sweep.table.task) == {"vowel-count[heldout]", "antonyms", "average"}
+    assert sweep.chosen == 0 and sweep.message.startswith("No k beats the unpruned model beyond noise")
+    assert len(select_top_k(scores, sweep.chosen)) == 0
+    row = sweep.table[(sweep.table.k == 16) & (sweep.table.task == "average")].iloc[0]
+    assert row.mask_size == 16 and row.d_accuracy_lo <= row.d_accuracy <= row.d_accuracy_hi
+    assert row.d_accuracy_adj_lo <= row.d_accuracy_lo  # the simultaneous interval is wider
+
+
+def sweep_row(k, d_acc, lo, hi, adj_lo, d_copy):
+    return {"k": k, "task": "average", "d_accuracy": d_acc, "d_accuracy_lo": lo, "d_accuracy_hi": hi,
+            "d_accuracy_adj_lo": adj_lo, "d_copy_error_rate": d_copy}
+
+
+def test_choose_k_needs_a_gain_beyond_noise_and_copies_not_rising():
+    table = pd.DataFrame([
+        sweep_row(5, 0.02, -0.01, 0.05, -0.02, -0.01),  # interval crosses zero
+        sweep_row(20, 0.06, 0.03, 0.09, 0.01, -0.02),  # qualifies
+        sweep_row(50, 0.08, 0.05, 0.11, 0.02, 0.01),  # bigger gain, but copy errors rise
+        sweep_row(100, 0.05, 0.01, 0.09, -0.005, -0.03),  # above zero at 95 %, not at the Bonferroni level
+    ])
+    k, message = choose_k(table, n=80)
+    assert k == 20 and message.startswith("k=20 gains +6.0 accuracy points")
+    assert "not separable from the runner-up k=50" in message
+    none, why = choose_k(table.assign(d_accuracy_adj_lo=-0.01), n=80)
+    assert none == 0 and "best, k=50, changes accuracy by +8.0 points" in why
 
 
 def test_confidence_neurons(tiny_loaded):

@@ -15,16 +15,22 @@ from components.report import html_report, table_json
 
 
 def _summary() -> pd.DataFrame:
-    return pd.DataFrame([{"task": "antonyms", "shots": 4, "n": 10, "baseline_accuracy": 0.5,
-                          "baseline_copy_error_rate": 0.3, "pruned_accuracy": 0.6, "pruned_copy_error_rate": 0.1,
-                          "random_accuracy_mean": 0.45, "random_accuracy_std": 0.05,
-                          "random_copy_error_rate_mean": 0.3, "random_copy_error_rate_std": 0.02}])
+    rates = {"baseline": (0.5, 0.3), "pruned": (0.6, 0.1), "random": (0.45, 0.3)}
+    row = {"task": "antonyms", "shots": 4, "n": 10}
+    for group, (accuracy, copies) in rates.items():
+        for metric, value in (("accuracy", accuracy), ("copy_error_rate", copies)):
+            row.update({f"{group}_{metric}": value, f"{group}_{metric}_lo": value - 0.05,
+                        f"{group}_{metric}_hi": value + 0.1})
+    return pd.DataFrame([row])
 
 
 def test_html_report_is_self_contained_with_figures_tables_and_params():
     figure = pruning_bars(_summary())
     text = html_report("Pruning <test>", {"Comparison": figure, "Again": figure}, {"Summary": _summary()},
-                       {"model": "toy", "mask": "0.1,2.3"}, link="http://localhost:8501/?page=pruning")
+                       {"model": "toy", "mask": "0.1,2.3"}, link="http://localhost:8501/?page=pruning",
+                       findings=["Against the unpruned model: accuracy changes by 1.0 points (CI -2.0 to 4.0): "
+                                 "no evidence of a gain."])
+    assert "<p class='finding'>Against the unpruned model: accuracy changes by 1.0 points" in text
     assert text.startswith("<!DOCTYPE html>") and "Pruning &lt;test&gt;" in text
     assert text.count("<script src=") == 0  # nothing fetched from a CDN
     assert text.count("plotly.js v") == 1 and text.count("Plotly.newPlot") == 2  # library inlined once
@@ -34,9 +40,11 @@ def test_html_report_is_self_contained_with_figures_tables_and_params():
 
 def test_pruning_bars_values_and_missing_conditions():
     figure = pruning_bars(_summary())
-    bars = {(t.name, t.xaxis): list(t.y) for t in figure.data}
-    assert bars[("Pruned", "x")] == [0.6] and bars[("Pruned", "x2")] == [0.1]
-    assert bars[("Random mask", "x")] == [0.45]
+    bars = {(t.name, t.xaxis): t for t in figure.data}
+    assert list(bars[("Pruned", "x")].y) == [0.6] and list(bars[("Pruned", "x2")].y) == [0.1]
+    assert list(bars[("Random masks (mean)", "x")].y) == [0.45]
+    whisker = bars[("Pruned", "x")].error_y  # asymmetric: the interval is 0.55-0.70 around 0.6
+    assert list(whisker.array) == pytest.approx([0.1]) and list(whisker.arrayminus) == pytest.approx([0.05])
     baseline_only = pruning_bars(_summary().drop(columns=[c for c in _summary() if c.startswith(("pruned", "random"))]))
     assert {t.name for t in baseline_only.data} == {"Unpruned"}
 

@@ -3,6 +3,9 @@
 - ``gold``: log-probability of the gold answer's first token.
 - ``copy``: logit(copied answer) - logit(gold answer), where the copied answer is the demonstration answer
   (other than the gold one) whose first token the model prefers at the answer position.
+- ``copy-prob``: the probability of the copied answer's first token (same choice of copied answer): the
+  target of arXiv 2410.01288, which attributes the model's probability of its copying error. Unlike ``copy``
+  it does not subtract the gold answer, so it also credits neurons that raise every answer's logit.
 - ``confidence``: the logit of the model's top prediction at the answer position (2507.09185). The token is
   fixed at the clean prediction, so F stays smooth along the IG path (a running max would not).
 
@@ -22,13 +25,14 @@ from analysis.errors import PromptTooLongError, PrunescopeError
 from analysis.models.loader import LoadedModel
 from analysis.tasks.task import Prompt, normalize_answer
 
-TARGETS = ("gold", "copy", "confidence")
+TARGETS = ("gold", "copy", "copy-prob", "confidence")
+COPY_TARGETS = ("copy", "copy-prob")
 
 
 @dataclass(frozen=True)
 class TargetSpec:
     kind: str
-    token_ids: tuple[int, ...]  # gold: (gold,); copy: (copied, gold); confidence: (top prediction,)
+    token_ids: tuple[int, ...]  # gold: (gold,); copy, copy-prob: (copied, gold); confidence: (top prediction,)
 
     def value(self, loaded: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
         """F for final hidden states [R, H] at the answer position -> [R]; only the needed logits are built."""
@@ -36,6 +40,9 @@ class TargetSpec:
         if self.kind == "gold":
             logits = adapter.logits(hidden)
             return torch.log_softmax(logits.float(), dim=-1)[:, self.token_ids[0]]
+        if self.kind == "copy-prob":
+            logits = adapter.logits(hidden)
+            return torch.softmax(logits.float(), dim=-1)[:, self.token_ids[0]]
         ids = torch.tensor(self.token_ids, device=hidden.device)
         logits = adapter.logits(hidden, ids).float()
         return logits[:, 0] - logits[:, 1] if self.kind == "copy" else logits[:, 0]
@@ -64,7 +71,8 @@ def answer_tokens(loaded: LoadedModel, prompt_text: str, answer: str) -> tuple[l
 
 
 def prepare_inputs(loaded: LoadedModel, prompts: Sequence[Prompt], target: str) -> list[AttributionInput]:
-    """Attribution inputs for ``prompts``; ``copy`` and ``confidence`` run the model once per prompt."""
+    """Attribution inputs for ``prompts``; ``copy``, ``copy-prob`` and ``confidence`` run the model once per
+    prompt."""
     if target not in TARGETS:
         raise PrunescopeError(f"unknown target {target!r}: use {', '.join(TARGETS)}")
     items = []
@@ -84,7 +92,7 @@ def prepare_inputs(loaded: LoadedModel, prompts: Sequence[Prompt], target: str) 
             if target == "confidence":
                 spec = TargetSpec("confidence", (int(logits.argmax()),))
             else:
-                spec = TargetSpec("copy", (_copied_token(loaded, prompt, ids, j, gold, logits), gold))
+                spec = TargetSpec(target, (_copied_token(loaded, prompt, ids, j, gold, logits), gold))
         items.append(AttributionInput(text, tuple(ids), spec, prompt))
     return items
 

@@ -31,6 +31,7 @@ def register(commands) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from analysis.evaluation import evaluate_task
+    from analysis.evaluation.icl import RATE_METRICS
     from analysis.pruning import NeuronMask
     from analysis.tasks import get_task
 
@@ -49,7 +50,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         print(f"model  {loaded.describe()}\ntask   {task.name} ({task.source}), {args.shots}-shot, "
               f"n={result.n}, seed={args.seed}" + (f", mask of {len(mask)} neurons" if mask else ""))
-        for key in ("accuracy", "copy_error_rate", "other_error_rate"):
+        for key in RATE_METRICS:
             print(f"{key:<17}{summary[key]:7.3f}")
     return 0
 

@@ -25,8 +25,14 @@ def register(commands) -> None:
 
     cn = commands.add_parser("copying-neurons", help="copying-bias neurons of a model -> mask.json")
     _ig_args(cn, QUADRATURES, n=64)
+    cn.add_argument("--target", choices=("copy", "copy-prob"), default="copy",
+                    help="IG target: logit(copied) - logit(gold), or the paper's probability of the copied answer")
+    cn.add_argument("--prompts", choices=("all", "copied"), default="all",
+                    help="score on all prompts, or only those where the unpruned model copies")
     cn.add_argument("--top-k", default="auto", help="neurons to select, or 'auto' to choose k by a held-out sweep")
     cn.add_argument("--per-layer", action="store_true", help="take the top k of every layer")
+    cn.add_argument("--layers", default="", help="select only in this layer range, e.g. 10-20 (default: all)")
+    cn.add_argument("--sweep-n", type=positive_int, default=80, help="prompts per task and k in the auto sweep")
     cn.add_argument("--out", required=True, help="output mask JSON file")
     cn.set_defaults(run=cmd_copying_neurons)
 
@@ -44,9 +50,11 @@ def register(commands) -> None:
     pe.add_argument("--tasks", default="all", help="comma-separated task names or .csv/.json paths, or 'all'")
     pe.add_argument("--shots", type=int_list, default=[1, 2, 4])
     pe.add_argument("--n", type=positive_int, default=50)
-    pe.add_argument("--random-controls", type=non_negative_int, default=3)
+    pe.add_argument("--random-controls", type=non_negative_int, default=5,
+                    help="random masks of the same size and layer distribution (seeds 0..R-1)")
     pe.add_argument("--seed", type=int, default=0)
     pe.add_argument("--flipped", help="also write the flipped examples to this CSV file")
+    pe.add_argument("--records", help="also write one CSV row per prompt and condition to this file")
     add_model_args(pe)
     pe.add_argument("--json", action="store_true")
     pe.set_defaults(run=cmd_prune_eval)
@@ -63,6 +71,7 @@ def _ig_args(parser, quadratures, n: int) -> None:
 
 def cmd_attribute(args: argparse.Namespace) -> int:
     from analysis.attribution import attribute_task
+    from analysis.attribution.targets import COPY_TARGETS
     from analysis.tasks import get_task
 
     task = get_task(args.task, min_pairs=args.shots + 1)
@@ -73,7 +82,7 @@ def cmd_attribute(args: argparse.Namespace) -> int:
                                 args.quadrature, cache=results_cache(args), progress=progress)
     finally:
         progress.close()
-    target_ids = np.array([item.target.token_ids if args.target == "copy" else item.target.token_ids[0]
+    target_ids = np.array([item.target.token_ids if args.target in COPY_TARGETS else item.target.token_ids[0]
                            for item in result.inputs], dtype=np.int64)
     np.savez_compressed(args.out, scores=result.scores.numpy(), per_prompt=result.per_prompt.numpy(),
                         prompts=np.array([item.text for item in result.inputs]), target_ids=target_ids,
@@ -86,31 +95,55 @@ def cmd_attribute(args: argparse.Namespace) -> int:
 
 
 def cmd_copying_neurons(args: argparse.Namespace) -> int:
-    from analysis.pruning.copying import copying_scores, k_sweep, select_top_k
+    from analysis.pruning.autok import k_sweep
+    from analysis.pruning.copying import copying_scores, parse_layer_range, select_top_k
 
     auto = args.top_k == "auto"
     k = None if auto else _parse_k(args.top_k)
     loaded = load(args)
+    layers = parse_layer_range(args.layers, loaded.n_layers)
     cache = results_cache(args)
-    progress = tqdm_progress("IG copy on vowel-count")
+    progress = tqdm_progress(f"IG {args.target} on vowel-count")
     try:
-        scores, _ = copying_scores(loaded, n=args.n, shots=args.shots, seed=args.seed, steps=args.steps,
-                                   quadrature=args.quadrature, cache=cache, progress=progress)
+        scored = copying_scores(loaded, n=args.n, shots=args.shots, seed=args.seed, steps=args.steps,
+                                quadrature=args.quadrature, target=args.target, prompts=args.prompts, cache=cache,
+                                progress=progress)
     finally:
         progress.close()
+    print(f"copying scores from {scored.n_used} of {args.n} prompts ({args.prompts}), target {args.target}",
+          file=sys.stderr)
     if auto:
         progress = tqdm_progress("k-sweep", unit="eval")
         try:
-            table, k = k_sweep(loaded, scores, per_layer=args.per_layer, cache=cache, progress=progress)
+            sweep = k_sweep(loaded, scored.scores, per_layer=args.per_layer, layers=layers, n=args.sweep_n,
+                            cache=cache, progress=progress)
         finally:
             progress.close()
-        print(table.pivot(index="k", columns="task", values="accuracy").to_string(float_format="%.3f"),
-              file=sys.stderr)
-    mask = select_top_k(scores, k, args.per_layer, model=loaded.name, n=args.n, steps=args.steps)
+        print(sweep_text(sweep), file=sys.stderr)
+        k = sweep.chosen
+    mask = select_top_k(scored.scores, k, args.per_layer, layers, model=loaded.name, **scored.options)
     mask.save(args.out)
+    if auto and not k:
+        print(f"wrote {args.out}: an empty mask. {sweep.message}")
+        return 0
     print(f"wrote {args.out}: {len(mask)} neurons (k={k}{', per layer' if args.per_layer else ''}"
-          f"{', chosen by the held-out sweep' if auto else ''}) in layers {sorted(mask.by_layer())}")
+          f"{', chosen by the held-out sweep' if auto else ''}) in layers {sorted(mask.by_layer())}"
+          + (f". {sweep.message}" if auto else ""))
     return 0
+
+
+def sweep_text(sweep) -> str:
+    """The k-sweep's average row per k: rates and paired changes with 95 % intervals, in points."""
+    lines = [f"k-sweep, {sweep.shots}-shot, {sweep.n} prompts per task (held-out copying split and dev tasks); "
+             "changes vs k=0 in points [95 % CI]"]
+    for row in sweep.averages().itertuples():
+        line = f"  k={row.k:<4} acc {row.accuracy:.3f} copy {row.copy_error_rate:.3f} echo {row.echo_rate:.3f}"
+        if row.k:
+            line += (f"  d_acc {100 * row.d_accuracy:+.1f} [{100 * row.d_accuracy_lo:+.1f}, "
+                     f"{100 * row.d_accuracy_hi:+.1f}]  d_copy {100 * row.d_copy_error_rate:+.1f} "
+                     f"[{100 * row.d_copy_error_rate_lo:+.1f}, {100 * row.d_copy_error_rate_hi:+.1f}]")
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def _parse_k(text: str) -> int:
@@ -158,13 +191,39 @@ def cmd_prune_eval(args: argparse.Namespace) -> int:
         progress.close()
     if args.flipped:
         result.flipped.to_csv(args.flipped, index=False)
+    if args.records:
+        with open(args.records, "w", newline="") as handle:
+            handle.write(result.records_csv())
     if args.json:
         print(json.dumps(result.to_json()))
         return 0
-    summary = result.summary()
-    columns = ["task", "shots", "n", "baseline_accuracy", "pruned_accuracy", "random_accuracy_mean",
-               "random_accuracy_std", "baseline_copy_error_rate", "pruned_copy_error_rate",
-               "random_copy_error_rate_mean"]
-    print(f"model {loaded.describe()}, mask of {len(mask)} neurons, {args.random_controls} random controls")
-    print(summary[columns].to_string(index=False, float_format="%.3f"))
+    print(f"model {loaded.describe()}, mask of {len(mask)} neurons, {args.random_controls} random controls; "
+          "changes in points with 95 % intervals (bootstrap over queries), p: McNemar vs unpruned, "
+          "bootstrap vs random")
+    print(change_table(result.summary()).to_string(index=False))
+    for shots in args.shots:
+        for sentence in result.verdicts(shots=shots).values():
+            print(f"{shots}-shot, all tasks: {sentence}")
     return 0
+
+
+def change_table(summary) -> "pd.DataFrame":
+    """The prune-eval text table: per task and shots, the rates and the paired changes with intervals."""
+    import pandas as pd
+
+    def points(row, column: str) -> str:
+        if column not in row or pd.isna(row[column]):
+            return ""
+        low, high = row[f"{column}_lo"], row[f"{column}_hi"]
+        return f"{100 * row[column]:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] p={row[f'{column}_p']:.3f}"
+
+    rows = []
+    for _, row in summary.iterrows():
+        out = {"task": row.task, "shots": row.shots, "n": row.n}
+        for metric, short in (("accuracy", "acc"), ("copy_error_rate", "copy"), ("echo_rate", "echo")):
+            rates = [row.get(f"{group}_{metric}") for group in ("baseline", "pruned", "random")]
+            out[short] = " / ".join("" if r is None or pd.isna(r) else f"{r:.3f}" for r in rates)
+            out[f"d_{short} vs unpruned"] = points(row, f"d_{metric}_vs_baseline")
+            out[f"d_{short} vs random"] = points(row, f"d_{metric}_vs_random")
+        rows.append(out)
+    return pd.DataFrame(rows).rename(columns={"acc": "acc (unpr/pruned/random)"})

@@ -245,23 +245,23 @@ def describe_change(metric: str, estimate: Estimate) -> str:
 REFERENCES = {"baseline": "the unpruned model", "random": "random masks of the same size"}
 
 
-def verdict(estimates: dict[str, Estimate], against: str) -> str:
-    """One plain sentence about pruned vs ``against`` ('baseline' or 'random'), generated from the intervals:
-    the copy-error and accuracy changes, then whether the accuracy interval shows a gain, a loss, or neither.
-    E.g. 'Against random masks of the same size: copy errors fall 7.2 points (95 % CI 4.1-10.3); accuracy
-    changes by -0.4 points (CI -3.0 to 2.2): no evidence of a gain.'"""
+def verdict(estimates: dict[str, Estimate], against: str, subject: str = "pruning") -> str:
+    """One plain sentence about the treatment vs ``against`` ('baseline', 'random', or any label), generated
+    from the intervals: the copy-error and accuracy changes, then whether the accuracy interval shows a gain,
+    a loss, or neither. E.g. 'Against random masks of the same size: copy errors fall 7.2 points (95 % CI
+    4.1-10.3); accuracy changes by -0.4 points (CI -3.0 to 2.2): no evidence of a gain.'"""
     if not estimates:
         return ""
-    reference = REFERENCES[against]
+    reference = REFERENCES.get(against, against)
     parts = [describe_change(m, estimates[m]) for m in ("copy_error_rate", "accuracy") if m in estimates]
     sentence = f"Against {reference}: " + "; ".join(parts)
     accuracy = estimates.get("accuracy")
     if accuracy is None:
         return sentence + "."
     if accuracy.ci95[0] > 0:
-        conclusion = "pruning gains accuracy"
+        conclusion = f"{subject} gains accuracy"
     elif accuracy.ci95[1] < 0:
-        conclusion = "pruning costs accuracy"
+        conclusion = f"{subject} costs accuracy"
     else:
         conclusion = "no evidence of a gain"
     return f"{sentence}: {conclusion}."

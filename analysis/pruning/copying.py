@@ -1,28 +1,38 @@
-"""Copying neurons (arXiv 2410.01288): score, select the top-k, random controls, and a k-sweep.
+"""Copying neurons (arXiv 2410.01288): score, select the top-k, random controls.
 
-**Copying score.** Neuron IG of the ``copy`` target (logit of the copied demonstration answer minus logit
-of the gold answer) on N prompts of the copying task's *fit* split. Each prompt's attribution map is
-divided by its total absolute attribution over all layers and neurons (so every prompt weighs the same,
-whatever its logit scale), then the maps are averaged. A positive score means the neuron pushes the model
-toward copying; the top-k scores are the mask.
+**Copying score.** Neuron IG on N prompts of the copying task's *fit* split, of one of two targets:
 
-**Choosing k.** :func:`k_sweep` prunes the top-k for each k of a grid and evaluates the copying task's
-*held-out* split and a few ICL dev tasks (with a seed the final evaluation does not use); the chosen k
-maximises their mean accuracy among k >= 1 (ties: the smaller k). k = 0, the unpruned model, stays in the
-table as the reference: on SmolLM2-135M no k beats it, so choosing it would make every later comparison
-of "pruned" against "unpruned" vacuous.
+- ``copy`` (the default): logit of the copied demonstration answer minus logit of the gold answer. A neuron
+  scores high when it pushes the model toward the copy *rather than* the right answer.
+- ``copy-prob`` (the paper's): the probability of the copied answer, as 2410.01288 attributes the model's
+  probability of its copying error.
+
+The copied answer is the demonstration answer whose first token the model prefers at the answer position.
+Each prompt's attribution map is divided by its total absolute attribution over all layers and neurons (so
+every prompt weighs the same, whatever its logit scale), then the maps are averaged over the prompts used:
+
+- ``all`` prompts (the default), or
+- ``copied``: only the prompts on which the unpruned model actually copies, i.e. whose greedy answer is a
+  copy error, or whose copied answer's first token outranks the gold one (positive ``copy`` target). The
+  paper scores its error cases; a neuron that pushes toward copying where the model does not copy anyway
+  is not behind the errors.
+
+A positive score means the neuron pushes toward copying; the top-k scores (overall or per layer, optionally
+within a layer range) are the mask. IG is computed once for all N prompts and cached; the prompt filter and
+the selection are cheap and run after it. k is chosen in :mod:`analysis.pruning.autok`.
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-import pandas as pd
 import torch
 
 from analysis.attribution.neuron_ig import NeuronIGResult
 from analysis.attribution.runs import attribute_task
+from analysis.attribution.targets import COPY_TARGETS, clean_logits
 from analysis.cache import ResultsCache
 from analysis.errors import PrunescopeError
 from analysis.evaluation.icl import evaluate_task
@@ -32,9 +42,7 @@ from analysis.tasks.builtin import builtin_tasks
 from analysis.tasks.task import Task
 
 COPYING_TASK = "vowel-count"
-DEV_TASKS = ("antonyms", "present-past", "next-letter")
-DEV_SEED = 1000
-K_GRID = (0, 1, 2, 5, 10, 20, 50, 100, 200)
+SCORE_PROMPTS = ("all", "copied")
 
 
 def copying_splits(seed: int = 0) -> tuple[Task, Task]:
@@ -42,41 +50,119 @@ def copying_splits(seed: int = 0) -> tuple[Task, Task]:
     return builtin_tasks()[COPYING_TASK].split(heldout_fraction=0.3, seed=seed)
 
 
-def normalized_copy_scores(result: NeuronIGResult) -> torch.Tensor:
-    """Mean over prompts of each prompt's attributions divided by its total absolute attribution: [L, N]."""
+@dataclass
+class CopyingScores:
+    """Copying scores [layers, neurons], the IG run behind them, and which of its prompts entered the mean."""
+
+    scores: torch.Tensor
+    ig: NeuronIGResult
+    used: list[bool]
+    options: dict = field(default_factory=dict)
+
+    @property
+    def n_used(self) -> int:
+        return sum(self.used)
+
+
+def normalized_copy_scores(result: NeuronIGResult, used: Sequence[bool] | None = None) -> torch.Tensor:
+    """Mean over the ``used`` prompts (default: all) of each prompt's attributions divided by its total
+    absolute attribution: [L, N]."""
     per_prompt = result.per_prompt
+    if used is not None:
+        per_prompt = per_prompt[torch.tensor(list(used), dtype=torch.bool)]
     total = per_prompt.abs().sum(dim=(1, 2), keepdim=True).clamp_min(1e-12)
     return (per_prompt / total).mean(dim=0)
 
 
 def copying_scores(loaded: LoadedModel, n: int = 64, shots: int = 4, seed: int = 0, steps: int = 20,
-                   quadrature: str = "riemann", cache: ResultsCache | None = None,
-                   progress: Callable[[int, int], None] | None = None, compute_missing: bool = True
-                   ) -> tuple[torch.Tensor, NeuronIGResult] | None:
-    """(copying scores [L, N], the underlying IG result) from the copying task's fit split (None when
-    ``compute_missing`` is False and nothing is cached)."""
+                   quadrature: str = "riemann", target: str = "copy", prompts: str = "all",
+                   cache: ResultsCache | None = None, progress: Callable[[int, int], None] | None = None,
+                   compute_missing: bool = True) -> CopyingScores | None:
+    """Copying scores from the copying task's fit split (module docstring); None when ``compute_missing`` is
+    False and the IG run is not cached."""
     if n < 1:
         raise PrunescopeError(f"need at least one prompt to score copying neurons (got N = {n})")
+    if target not in COPY_TARGETS:
+        raise PrunescopeError(f"unknown copying target {target!r}: use {' or '.join(COPY_TARGETS)}")
+    if prompts not in SCORE_PROMPTS:
+        raise PrunescopeError(f"unknown scoring prompts {prompts!r}: use {' or '.join(SCORE_PROMPTS)}")
     fit, _ = copying_splits()
-    result = attribute_task(loaded, fit, "copy", n=n, shots=shots, seed=seed, steps=steps, quadrature=quadrature,
+    result = attribute_task(loaded, fit, target, n=n, shots=shots, seed=seed, steps=steps, quadrature=quadrature,
                             cache=cache, progress=progress, compute_missing=compute_missing)
-    return None if result is None else (normalized_copy_scores(result), result)
+    if result is None:
+        return None
+    used = [True] * len(result.inputs)
+    if prompts == "copied":
+        used = copied_prompts(loaded, fit, result, shots, n, seed, cache)
+        if not any(used):
+            raise PrunescopeError(f"none of the {n} scoring prompts is a copy error of the unpruned model or "
+                                  "favours the copied answer; score with prompts=all or more prompts")
+    options = {"n": n, "shots": shots, "seed": seed, "steps": steps, "quadrature": quadrature, "target": target,
+               "prompts": prompts}
+    return CopyingScores(normalized_copy_scores(result, used), result, used, options)
 
 
-def select_top_k(scores: torch.Tensor, k: int, per_layer: bool = False, **meta) -> NeuronMask:
-    """The ``k`` highest-scoring neurons overall, or the ``k`` highest in each layer (``per_layer``)."""
-    layers, width = scores.shape
-    limit = width if per_layer else layers * width
+def copied_prompts(loaded: LoadedModel, fit: Task, result: NeuronIGResult, shots: int, n: int, seed: int,
+                   cache: ResultsCache | None) -> list[bool]:
+    """Per scoring prompt: does the unpruned model copy (greedy answer a copy error, or the copied answer's
+    first token above the gold one's)?"""
+    answers = evaluate_task(loaded, fit, shots, n, seed=seed, cache=cache).records
+    copies = (answers["outcome"] == "copy").tolist()
+    margins = []
+    with loaded.session():
+        for item in result.inputs:
+            copied, gold = item.target.token_ids
+            logits = clean_logits(loaded, list(item.input_ids))
+            margins.append(float(logits[copied] - logits[gold]))
+    return [bool(c or m > 0) for c, m in zip(copies, margins)]
+
+
+def parse_layer_range(text: str, n_layers: int) -> tuple[int, int] | None:
+    """'' -> None (all layers); 'a-b' -> (a, b) inclusive; 'a' -> (a, a). One-line error otherwise."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    low, _, high = text.partition("-")
+    try:
+        bounds = (int(low), int(high or low))
+    except ValueError:
+        raise PrunescopeError(f"layer range {text!r} is not 'first-last' (e.g. 10-20)") from None
+    if not 0 <= bounds[0] <= bounds[1] < n_layers:
+        raise PrunescopeError(f"layer range {text!r} is outside the model's layers 0-{n_layers - 1}")
+    return bounds
+
+
+def select_top_k(scores: torch.Tensor, k: int, per_layer: bool = False, layers: tuple[int, int] | None = None,
+                 **meta) -> NeuronMask:
+    """The ``k`` highest-scoring neurons overall, or the ``k`` highest in each layer (``per_layer``), among
+    the layers ``layers`` (inclusive range; default all)."""
+    n_layers, width = scores.shape
+    first, last = layers if layers is not None else (0, n_layers - 1)
+    if not 0 <= first <= last < n_layers:
+        raise PrunescopeError(f"layer range {first}-{last} is outside the model's layers 0-{n_layers - 1}")
+    span = last - first + 1
+    limit = width if per_layer else span * width
     if not 0 <= k <= limit:
-        raise PrunescopeError(f"k={k} is out of range: the model has {limit} neurons "
-                              + ("per layer" if per_layer else "in all") + ("" if k >= 0 else "; k must be >= 0"))
+        where = " per layer" if per_layer else (" in all" if span == n_layers else f" in layers {first}-{last}")
+        raise PrunescopeError(f"k={k} is out of range: the model has {limit} neurons{where}"
+                              + ("" if k >= 0 else "; k must be >= 0"))
+    window = scores[first:last + 1]
     if per_layer:
-        index = scores.topk(k, dim=1).indices if k else torch.empty(layers, 0, dtype=torch.long)
-        pairs = [(layer, int(i)) for layer in range(layers) for i in index[layer]]
+        index = window.topk(k, dim=1).indices if k else torch.empty(span, 0, dtype=torch.long)
+        pairs = [(first + layer, int(i)) for layer in range(span) for i in index[layer]]
     else:
-        flat = scores.flatten().topk(k).indices if k else torch.empty(0, dtype=torch.long)
-        pairs = [(int(i) // width, int(i) % width) for i in flat]
-    return NeuronMask.from_pairs(pairs, method="copying-ig", k=k, per_layer=per_layer, **meta)
+        flat = window.flatten().topk(k).indices if k else torch.empty(0, dtype=torch.long)
+        pairs = [(first + int(i) // width, int(i) % width) for i in flat]
+    extra = {"layers": [first, last]} if layers is not None else {}
+    return NeuronMask.from_pairs(pairs, method="copying-ig", k=k, per_layer=per_layer, **extra, **meta)
+
+
+def mask_neurons_table(mask: NeuronMask, scores: torch.Tensor | None) -> list[dict]:
+    """The mask's neurons as rows (layer, neuron, copying score when known), highest score first."""
+    rows = [{"layer": layer, "neuron": index,
+             "score": float(scores[layer, index]) if scores is not None and layer < len(scores) else None}
+            for layer, index in sorted(mask.neurons)]
+    return sorted(rows, key=lambda r: -(r["score"] if r["score"] is not None else float("-inf")))
 
 
 def random_mask_like(mask: NeuronMask, neuron_counts: Sequence[int], seed: int) -> NeuronMask:
@@ -89,29 +175,3 @@ def random_mask_like(mask: NeuronMask, neuron_counts: Sequence[int], seed: int) 
         pool = [i for i in range(neuron_counts[layer]) if i not in taken]
         pairs += [(layer, i) for i in rng.sample(pool, min(len(indices), len(pool)))]
     return NeuronMask.from_pairs(pairs, method="random-control", seed=seed)
-
-
-def k_sweep(loaded: LoadedModel, scores: torch.Tensor, ks: Sequence[int] = K_GRID,
-            dev_tasks: Sequence[str] = DEV_TASKS, shots: int = 2, n: int = 40, per_layer: bool = False,
-            cache: ResultsCache | None = None,
-            progress: Callable[[int, int], None] | None = None) -> tuple[pd.DataFrame, int]:
-    """(one row per (k, task) with accuracy and copy-error rate, the chosen k); see the module docstring."""
-    limit = scores.shape[1] if per_layer else scores.numel()
-    ks = [k for k in ks if k <= limit]
-    tasks = [copying_splits()[1], *(builtin_tasks()[name] for name in dev_tasks)]
-    rows, done, total = [], 0, len(ks) * len(tasks)
-    for k in ks:
-        mask = select_top_k(scores, k, per_layer)
-        for task in tasks:
-            result = evaluate_task(loaded, task, shots, n, seed=DEV_SEED, mask=mask, cache=cache)
-            rows.append({"k": k, "mask_size": len(mask), "task": task.name, "accuracy": result.accuracy,
-                         "copy_error_rate": result.copy_error_rate})
-            done += 1
-            if progress:
-                progress(done, total)
-    table = pd.DataFrame(rows)
-    objective = table[table.k > 0].groupby("k", sort=True)["accuracy"].mean()
-    if objective.empty:
-        raise PrunescopeError("the k-sweep needs at least one k >= 1")
-    best = int(objective.index[objective.to_numpy().argmax()])  # first maximum = smallest k
-    return table, best

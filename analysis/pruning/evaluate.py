@@ -1,85 +1,138 @@
-"""Pruning evaluation: unpruned vs pruned vs random masks of the same size and layer distribution."""
+"""Pruning evaluation: unpruned vs pruned vs random masks of the same size and layer distribution, on the same
+prompts, with paired intervals and tests (analysis/evaluation/paired.py)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import pandas as pd
 
 from analysis.cache import ResultsCache
-from analysis.evaluation.icl import evaluate_task
+from analysis.evaluation.icl import EvalResult, evaluate_task
+from analysis.evaluation.paired import (AVERAGE, BASELINE, COMPARED, PRUNED, RANDOM_PREFIX, RESAMPLES, Cell,
+                                        compare, verdict)
 from analysis.models.loader import LoadedModel
 from analysis.pruning.copying import random_mask_like
 from analysis.pruning.mask import NeuronMask
 from analysis.tasks.task import Task
 
-METRICS = ("accuracy", "copy_error_rate", "other_error_rate")
+RECORD_COLUMNS = ["task", "shots", "prompt_index", "query", "condition", "answer", "outcome"]
+GROUPS = (BASELINE, PRUNED, "random")  # the random group is the mean over the controls
 
 
 @dataclass
 class PruneEvalResult:
-    """``table``: one row per (task, shots, condition, control seed); ``flipped``: prompts whose prediction
-    changed between the unpruned and the pruned model."""
+    """``records``: one row per prompt and condition (``RECORD_COLUMNS`` plus the gold answer), conditions
+    ``baseline``, ``pruned`` and ``random-<seed>``; ``flipped``: prompts whose answer changed between the
+    unpruned and the pruned model. Rates, intervals and tests are computed once, on first use."""
 
     model: str
     mask_size: int
-    table: pd.DataFrame
+    records: pd.DataFrame
     flipped: pd.DataFrame
+    resamples: int = RESAMPLES
+    _cells: list[Cell] | None = field(default=None, repr=False)
+
+    @property
+    def cells(self) -> list[Cell]:
+        """Per (task, shots) and the average per shot count: rates with intervals and both comparisons."""
+        if self._cells is None:
+            self._cells = compare(self.records, resamples=self.resamples)
+        return self._cells
+
+    def ordered_cells(self) -> list[Cell]:
+        """Cells task by task (in the order run), each task's shot counts in order, the averages last."""
+        tasks = list(dict.fromkeys(self.records["task"]))
+        return sorted(self.cells, key=lambda c: (c.task == AVERAGE, tasks.index(c.task) if c.task in tasks else 0,
+                                                 c.shots))
+
+    @property
+    def controls(self) -> list[str]:
+        return sorted({c for c in self.records["condition"] if c.startswith(RANDOM_PREFIX)},
+                      key=lambda c: int(c[len(RANDOM_PREFIX):]))
+
+    def cell(self, task: str = AVERAGE, shots: int | None = None) -> Cell:
+        """The cell of ``task`` (default: the average) at ``shots`` (default: the first shot count)."""
+        matches = [c for c in self.cells if c.task == task and (shots is None or c.shots == shots)]
+        if not matches:
+            raise KeyError(f"no results for task {task!r} at {shots} shots")
+        return matches[0]
 
     def summary(self) -> pd.DataFrame:
-        """Per (task, shots): baseline, pruned, and random mean/std of each metric; plus an 'average' task."""
+        """One row per (task, shots), the averages last: each group's rates with 95 % intervals
+        (``<group>_<metric>``, ``_lo``, ``_hi``), the controls' spread (``random_<metric>_min``/``_max`` over
+        seeds), and the paired changes ``d_<metric>_vs_baseline`` / ``_vs_random`` with ``_lo``, ``_hi``, ``_p``.
+        Groups that were not run are left out."""
         rows = []
-        for (task, shots), group in self.table.groupby(["task", "shots"], sort=False):
-            row = {"task": task, "shots": shots, "n": int(group["n"].iloc[0])}
-            for condition in ("baseline", "pruned"):
-                picked = group[group.condition == condition]
-                row.update({f"{condition}_{m}": float(picked[m].iloc[0]) if len(picked) else float("nan")
-                            for m in METRICS})
-            controls = group[group.condition == "random"]
-            for m in METRICS:
-                row[f"random_{m}_mean"] = float(controls[m].mean()) if len(controls) else float("nan")
-                row[f"random_{m}_std"] = float(controls[m].std(ddof=0)) if len(controls) else float("nan")
+        for cell in self.ordered_cells():
+            row = {"task": cell.task, "shots": cell.shots, "n": cell.n}
+            for group in GROUPS:
+                for metric, rate in cell.rates.get(group, {}).items():
+                    row.update({f"{group}_{metric}": rate.value, f"{group}_{metric}_lo": rate.ci95[0],
+                                f"{group}_{metric}_hi": rate.ci95[1]})
+            if cell.control_rates:
+                for metric in COMPARED:
+                    values = [rates[metric] for rates in cell.control_rates.values()]
+                    row.update({f"random_{metric}_min": min(values), f"random_{metric}_max": max(values)})
+            for against, estimates in (("baseline", cell.vs_baseline), ("random", cell.vs_random)):
+                for metric, est in estimates.items():
+                    name = f"d_{metric}_vs_{against}"
+                    row.update({name: est.delta, f"{name}_lo": est.ci95[0], f"{name}_hi": est.ci95[1],
+                                f"{name}_p": est.p})
             rows.append(row)
-        summary = pd.DataFrame(rows)
-        averages = summary.drop(columns=["task", "n"]).groupby("shots", sort=False).mean().reset_index()
-        averages.insert(0, "task", "average")
-        averages.insert(2, "n", summary.groupby("shots", sort=False)["n"].sum().to_numpy())
-        return pd.concat([summary, averages], ignore_index=True)
+        return pd.DataFrame(rows)
+
+    def verdicts(self, task: str = AVERAGE, shots: int | None = None) -> dict[str, str]:
+        """The plain sentences for pruned vs the unpruned model and vs the random controls (empty when that
+        comparison was not run)."""
+        cell = self.cell(task, shots)
+        return {against: verdict(estimates, against) for against, estimates in
+                (("baseline", cell.vs_baseline), ("random", cell.vs_random)) if estimates}
 
     def to_json(self) -> dict:
-        """The CLI's ``prune-eval --json`` object (per task and shots, the average rows included)."""
+        """The CLI's ``prune-eval --json`` object: per task and shots (the averages included) each group's
+        rates, the controls' rates per seed, and ``pruned_vs_baseline`` / ``pruned_vs_random`` as
+        ``{metric: {"delta", "ci95", "p"}}`` with the verdict sentences."""
         results = []
-        for row in self.summary().to_dict("records"):
-            results.append({
-                "task": row["task"], "shots": int(row["shots"]), "n": int(row["n"]),
-                "baseline": {"accuracy": row["baseline_accuracy"], "copy_error_rate": row["baseline_copy_error_rate"]},
-                "pruned": {"accuracy": row["pruned_accuracy"], "copy_error_rate": row["pruned_copy_error_rate"]},
-                "random": {"accuracy_mean": row["random_accuracy_mean"], "accuracy_std": row["random_accuracy_std"],
-                           "copy_error_rate_mean": row["random_copy_error_rate_mean"],
-                           "copy_error_rate_std": row["random_copy_error_rate_std"]},
-            })
-        return {"model": self.model, "mask_size": self.mask_size, "results": results}
+        for cell in self.ordered_cells():
+            entry = {"task": cell.task, "shots": cell.shots, "n": cell.n}
+            for group in GROUPS:
+                if group in cell.rates:
+                    entry[group] = {m: {"rate": r.value, "ci95": list(r.ci95)} for m, r in cell.rates[group].items()}
+            if cell.control_rates:
+                entry["random_per_seed"] = cell.control_rates
+            if cell.vs_baseline:
+                entry["pruned_vs_baseline"] = {m: e.to_json() for m, e in cell.vs_baseline.items()}
+            if cell.vs_random:
+                entry["pruned_vs_random"] = {m: e.to_json() for m, e in cell.vs_random.items()}
+            entry["verdict"] = self.verdicts(cell.task, cell.shots)
+            results.append(entry)
+        return {"model": self.model, "mask_size": self.mask_size, "random_controls": len(self.controls),
+                "results": results}
+
+    def records_csv(self) -> str:
+        """The ``--records`` CSV: one row per prompt and condition."""
+        return self.records[RECORD_COLUMNS].to_csv(index=False)
 
 
 def prune_eval(loaded: LoadedModel, mask: NeuronMask | None, tasks: Sequence[Task], shots: Sequence[int] = (1, 2, 4),
-               n: int = 50, random_controls: int = 3, seed: int = 0, cache: ResultsCache | None = None,
-               progress: Callable[[int, int], None] | None = None) -> PruneEvalResult:
+               n: int = 50, random_controls: int = 5, seed: int = 0, cache: ResultsCache | None = None,
+               progress: Callable[[int, int], None] | None = None, resamples: int = RESAMPLES) -> PruneEvalResult:
     """Evaluate every task at every shot count without the mask, with it, and with ``random_controls``
     random masks (seeds 0..R-1) of the same size and layer distribution; the same prompts throughout.
-    ``mask=None`` evaluates the unpruned model only (the pruned and random columns of the summary are NaN)."""
+    ``mask=None`` evaluates the unpruned model only (no comparisons)."""
     if mask is not None:
         mask.validate(loaded.adapter.neuron_counts())
     controls = [] if mask is None else [random_mask_like(mask, loaded.adapter.neuron_counts(), s)
                                         for s in range(random_controls)]
-    rows, flips = [], []
+    frames, flips = [], []
     done, total = 0, len(tasks) * len(shots) * (1 + (mask is not None) + len(controls))
 
-    def run(task, k, condition, m, control_seed=None):
+    def run(task: Task, k: int, condition: str, m: NeuronMask | None) -> EvalResult:
         nonlocal done
         result = evaluate_task(loaded, task, k, n, seed=seed, mask=m, cache=cache)
-        rows.append({"task": task.name, "shots": k, "condition": condition, "control_seed": control_seed,
-                     "n": result.n, **{metric: getattr(result, metric) for metric in METRICS}})
+        frames.append(_records(result, task.name, k, condition))
         done += 1
         if progress:
             progress(done, total)
@@ -87,23 +140,43 @@ def prune_eval(loaded: LoadedModel, mask: NeuronMask | None, tasks: Sequence[Tas
 
     for task in tasks:
         for k in shots:
-            base = run(task, k, "baseline", None)
+            base = run(task, k, BASELINE, None)
             if mask is None:
                 continue
-            pruned = run(task, k, "pruned", mask)
+            pruned = run(task, k, PRUNED, mask)
             for control_seed, control in enumerate(controls):
-                run(task, k, "random", control, control_seed)
-            flips.append(_flipped(task.name, k, base.records, pruned.records))
+                run(task, k, f"{RANDOM_PREFIX}{control_seed}", control)
+            flips.append(flipped_examples(task.name, k, base.records, pruned.records))
     flipped = pd.concat(flips, ignore_index=True) if flips else pd.DataFrame()
-    return PruneEvalResult(loaded.name, len(mask or ()), pd.DataFrame(rows), flipped)
+    return PruneEvalResult(loaded.name, len(mask or ()), pd.concat(frames, ignore_index=True), flipped,
+                           resamples=resamples)
 
 
-def _flipped(task: str, shots: int, base: pd.DataFrame, pruned: pd.DataFrame) -> pd.DataFrame:
+def _records(result: EvalResult, task: str, shots: int, condition: str) -> pd.DataFrame:
+    rec = result.records
+    return pd.DataFrame({"task": task, "shots": shots, "prompt_index": rec["prompt_index"], "query": rec["query"],
+                         "condition": condition, "answer": rec["prediction"], "outcome": rec["outcome"],
+                         "gold": rec["gold"]})
+
+
+def flipped_examples(task: str, shots: int, base: pd.DataFrame, pruned: pd.DataFrame) -> pd.DataFrame:
+    """Prompts whose answer changed, with the move between outcome classes (e.g. ``copy -> correct``)."""
     changed = base["prediction"] != pruned["prediction"]
     out = pd.DataFrame({"task": task, "shots": shots, "query": base["query"][changed],
                         "gold": base["gold"][changed], "baseline": base["prediction"][changed],
                         "pruned": pruned["prediction"][changed], "baseline_outcome": base["outcome"][changed],
                         "pruned_outcome": pruned["outcome"][changed]})
-    out["change"] = [("fixed" if p == "correct" else "broken" if b == "correct" else "changed")
-                     for b, p in zip(out.baseline_outcome, out.pruned_outcome)]
+    out["change"] = out["baseline_outcome"] + " -> " + out["pruned_outcome"]
     return out.reset_index(drop=True)
+
+
+def flip_counts(flipped: pd.DataFrame) -> pd.DataFrame:
+    """How many prompts moved between each pair of outcome classes (e.g. 31 'copy -> other', 2 'copy ->
+    correct'), most frequent first."""
+    if flipped.empty:
+        return pd.DataFrame(columns=["change", "prompts"])
+    counts = flipped.groupby("change").size().sort_values(ascending=False)
+    return counts.rename("prompts").reset_index()
+
+
+__all__ = ["PruneEvalResult", "RECORD_COLUMNS", "flip_counts", "flipped_examples", "prune_eval"]

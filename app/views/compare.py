@@ -5,6 +5,7 @@ import streamlit as st
 
 from analysis.cache import ResultsCache
 from analysis.evaluation import evaluate_task
+from analysis.evaluation.paired import compare, verdict
 from analysis.models import model_choices
 from analysis.pruning import NeuronMask
 from analysis.pruning.copying import random_mask_like
@@ -56,6 +57,14 @@ def resolve_mask(choice: str, upload) -> NeuronMask | None:
     return mask if choice == "active mask" else random_mask_like(mask, loaded.adapter.neuron_counts(), 0)
 
 
+def paired_sentence(a, b, label_a: str, label_b: str) -> str:
+    """B against A on the same prompts: the paired changes with intervals, as one generated sentence."""
+    frames = [r.records.assign(task=r.task, shots=r.shots, condition=name) for name, r in (("A", a), ("B", b))]
+    [cell] = [c for c in compare(pd.concat(frames), treatment="B", baseline="A") if c.task != "average"]
+    sentence = verdict(cell.vs_baseline, f"A ({label_a.removeprefix('A: ')})", subject="B")
+    return f"B ({label_b.removeprefix('B: ')}) against" + sentence.removeprefix("Against")
+
+
 if clicked and task is not None:
     runs = {}
     with guarded("comparison"):
@@ -74,11 +83,13 @@ if clicked and task is not None:
 runs = st.session_state.get("cmp_runs")
 if runs:
     summaries = [{**r.summary(), "label": label} for label, r in runs.items()]
+    (label_a, a), (label_b, b) = runs.items()
+    sentence = paired_sentence(a, b, label_a, label_b)
+    st.info(sentence, icon=":material/balance:")
     figure = outcome_bar_chart(summaries, f"{summaries[0]['task']}, {summaries[0]['shots']}-shot")
     chart(figure, "cmp_chart", "comparison")
     overview = pd.DataFrame(summaries)
     table(overview, "comparison-summary")
-    (label_a, a), (label_b, b) = runs.items()
     differ = a.records["prediction"] != b.records["prediction"]
     diff = pd.DataFrame({"query": a.records["query"], "gold": a.records["gold"], "A": a.records["prediction"],
                          "B": b.records["prediction"], "A_outcome": a.records["outcome"],
@@ -86,4 +97,4 @@ if runs:
     st.subheader(f"Answers that differ ({len(diff)} of {len(a.records)})")
     table(diff, "comparison-differences")
     report_button("Compare", {"Comparison": figure}, {"Summary": overview, "Differences": diff},
-                  {"A": label_a, "B": label_b})
+                  {"A": label_a, "B": label_b}, findings=[sentence])

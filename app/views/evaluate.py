@@ -44,11 +44,12 @@ if run_clicked and task is not None:
 if runs:
     latest = runs[-1]["summary"]
     st.subheader(f"{latest['task']}, {latest['shots']}-shot on {latest['model']}")
-    m1, m2, m3, m4 = st.columns(4)
+    m1, m2, m3, m4, m5 = st.columns(5)
     m1.metric("Accuracy", f"{latest['accuracy']:.1%}")
-    m2.metric("Copy-error rate", f"{latest['copy_error_rate']:.1%}")
-    m3.metric("Other-error rate", f"{latest['other_error_rate']:.1%}")
-    m4.metric("n", latest["n"])
+    m2.metric("Copy errors", f"{latest['copy_error_rate']:.1%}", help="a demonstration's answer repeated")
+    m3.metric("Echoes", f"{latest['echo_rate']:.1%}", help="the query's own input repeated")
+    m4.metric("Other errors", f"{latest['other_error_rate']:.1%}")
+    m5.metric("n", latest["n"])
     figure = outcome_bar_chart([r["summary"] for r in runs])
     chart(figure, "eval_chart", "outcomes")
     shown = st.selectbox("Examples of run", range(len(runs)), index=len(runs) - 1,

@@ -1,0 +1,78 @@
+"""Streamlit display of pruning results: the verdict sentences, the headline metrics with their intervals,
+the bars and the paired changes, the flips between outcome classes. The numbers come from
+``PruneEvalResult`` (analysis/pruning/evaluate.py, analysis/evaluation/paired.py); this module only shows them.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from analysis.evaluation.paired import Cell
+from analysis.pruning.evaluate import PruneEvalResult, flip_counts
+from components.charts_pruning import change_forest, pruning_bars
+from components.export import chart, table
+
+
+def show_verdicts(sentences: dict[str, str]) -> None:
+    """One line per comparison: green when accuracy gains beyond noise, red when it falls, else neutral."""
+    for sentence in sentences.values():
+        if sentence.endswith("pruning gains accuracy."):
+            st.success(sentence, icon=":material/trending_up:")
+        elif sentence.endswith("pruning costs accuracy."):
+            st.error(sentence, icon=":material/trending_down:")
+        else:
+            st.info(sentence, icon=":material/balance:")
+
+
+def _interval(rate) -> str:
+    return f"95 % CI {rate.ci95[0]:.1%}–{rate.ci95[1]:.1%}"
+
+
+def show_metrics(cell: Cell, pruned: bool) -> None:
+    """Accuracy and copy errors of the unpruned and (when on) the pruned model, averaged over the tasks; the
+    delta is the paired change, its interval in the tooltip."""
+    base = cell.rates["baseline"]
+    columns = st.columns(4)
+    columns[0].metric("Accuracy, unpruned", f"{base['accuracy'].value:.1%}", help=_interval(base["accuracy"]))
+    columns[1].metric("Copy errors, unpruned", f"{base['copy_error_rate'].value:.1%}",
+                      help=_interval(base["copy_error_rate"]))
+    if not pruned or "pruned" not in cell.rates:
+        return
+    for column, metric, label, colour in ((columns[2], "accuracy", "Accuracy, pruned", "normal"),
+                                          (columns[3], "copy_error_rate", "Copy errors, pruned", "inverse")):
+        change = cell.vs_baseline[metric]
+        column.metric(label, f"{cell.rates['pruned'][metric].value:.1%}", f"{100 * change.delta:+.1f} points",
+                      delta_color=colour, help=f"change vs unpruned: 95 % CI {100 * change.ci95[0]:+.1f} to "
+                                               f"{100 * change.ci95[1]:+.1f} points, McNemar p = {change.p:.3f}")
+
+
+def show_result(result: PruneEvalResult, pruned: bool, shots: int, mask_size: int) -> dict:
+    """Everything the live panel shows for one evaluation; returns the figures, tables and findings for the
+    HTML report."""
+    summary = result.summary()
+    average = result.cell(shots=shots)
+    findings = list(result.verdicts(shots=shots).values()) if pruned else []
+    show_verdicts(result.verdicts(shots=shots) if pruned else {})
+    show_metrics(average, pruned)
+    figures = {"Rates with 95 % intervals": pruning_bars(
+        summary, f"{shots}-shot, {mask_size if pruned else 0} neurons pruned, {len(result.controls)} random masks")}
+    chart(figures["Rates with 95 % intervals"], "prune_bars", "pruning-comparison")
+    if pruned:
+        figures["Paired changes"] = change_forest(summary, "Pruned minus unpruned, and minus random masks")
+        chart(figures["Paired changes"], "prune_changes", "pruning-changes")
+    table(summary, "pruning-summary")
+    tables = {"Summary": summary}
+    if pruned:
+        moves = flip_counts(result.flipped)
+        st.subheader(f"Flipped examples ({len(result.flipped)})")
+        st.caption("How the prompts whose answer changed moved between outcome classes (copy: a demonstration's "
+                   "answer; echo: the query repeated).")
+        table(moves, "flip-counts")
+        table(result.flipped, "flipped-examples")
+        tables.update({"Flips between outcomes": moves, "Flipped examples": result.flipped})
+    return {"figures": figures, "tables": tables, "findings": findings}
+
+
+def mask_table(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["layer", "neuron", "score"])
