@@ -157,6 +157,15 @@ def test_attribution_commands_bad_input(capsys, argv, message):
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
+def test_empty_mask_and_bad_layer_range(capsys, tiny_dirs, tmp_path):
+    empty = NeuronMask.from_pairs([]).save(tmp_path / "empty.json")
+    code, _, err = run(capsys, "prune-eval", "--mask", str(empty), "--tasks", "antonyms")
+    assert code == 2 and "holds no neurons: nothing to prune" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run(capsys, "copying-neurons", "--model", tiny_dirs["gpt2"], "--layers", "1-5", "--top-k", "2",
+                       "--out", str(tmp_path / "m.json"))
+    assert code == 2 and "layer range '1-5' is outside the model's layers 0-1" in err
+
+
 def test_k_larger_than_neurons_and_too_long_prompts(capsys, tiny_dirs, tmp_path):
     code, _, err = run(capsys, "copying-neurons", "--model", tiny_dirs["gpt2"], "--n", "1", "--steps", "1",
                        "--shots", "1", "--top-k", "1000", "--out", str(tmp_path / "m.json"))

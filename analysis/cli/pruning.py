@@ -182,6 +182,9 @@ def cmd_prune_eval(args: argparse.Namespace) -> int:
     names = icl_task_names() if args.tasks == "all" else [t.strip() for t in args.tasks.split(",") if t.strip()]
     tasks = [get_task(name, min_pairs=max(args.shots) + 1) for name in names]
     mask = NeuronMask.load(args.mask)
+    if not len(mask):
+        raise PrunescopeError(f"mask file {args.mask} holds no neurons: nothing to prune (the auto k-sweep writes "
+                              "an empty mask when no k beats the unpruned model)")
     loaded = load(args)
     progress = tqdm_progress("prune-eval", unit="eval")
     try:
