@@ -1,0 +1,148 @@
+"""Does pruning copying neurons help in-context learning, more than pruning random neurons? Measured per model.
+
+    python bench/copying_bench.py [--models default,gemma3-270m] [--score-n 64] [--sweep-n 80] [--n 80]
+                                  [--shots 1,2] [--controls 5] [--tasks country-capital,...] [--quick]
+
+For each built-in real model and each scoring option set (``default``: target copy, all prompts; ``copied``:
+target copy, only the prompts the model copies on; ``paper``: the probability of the copied answer on those
+prompts), the copying scores come from the copying task's fit split, k is chosen by the held-out auto sweep
+(analysis/pruning/autok.py), and the mask is evaluated on ICL tasks *not* used for choosing k, at each shot
+count, against the unpruned model and ``--controls`` random masks of the same size, paired by prompt with 95 %
+intervals. When the sweep selects nothing, the sweep's best point estimate is evaluated instead and marked
+"(not selected)", so the table still shows what pruning does. Everything is cached on disk; a rerun is fast.
+
+The table: one row per (model, options, shots) with the averages over the tasks; then one last line per
+model, for the default options with tasks and shot counts pooled:
+``model=<m> d_acc=<..> ci=[..] d_copy=<..> ci=[..] vs_random_d_acc=<..> ci=[..]`` (changes in points).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+
+from tqdm import tqdm
+
+from analysis.cache import ResultsCache
+from analysis.cli.common import quiet_libraries
+from analysis.errors import PrunescopeError
+from analysis.models import load_model
+from analysis.pruning.autok import DEV_TASKS, k_sweep
+from analysis.pruning.copying import copying_scores, select_top_k
+from analysis.pruning.evaluate import prune_eval
+from analysis.tasks import builtin_tasks, icl_task_names
+
+OPTIONS = {"default": {"target": "copy", "prompts": "all"},
+           "copied": {"target": "copy", "prompts": "copied"},
+           "paper": {"target": "copy-prob", "prompts": "copied"}}
+EVAL_TASKS = ("country-capital", "singular-plural", "english-french", "present-gerund", "to-upper", "list-first")
+
+
+def points(estimate) -> str:
+    return f"{100 * estimate.delta:+.1f} [{100 * estimate.ci95[0]:+.1f}, {100 * estimate.ci95[1]:+.1f}]"
+
+
+def pooled(result):
+    """The average over every (task, shots) stratum: shots folded into the task name."""
+    from analysis.evaluation.paired import compare
+
+    records = result.records.assign(task=result.records.task + "@" + result.records.shots.astype(str), shots=0)
+    return next(c for c in compare(records) if c.task == "average")
+
+
+def run_model(name: str, args, cache: ResultsCache) -> list[str]:
+    loaded = load_model(name)
+    tasks = [builtin_tasks()[t] for t in args.tasks]
+    rows, last = [], None
+    for label in args.options:
+        options = OPTIONS[label]
+        bar = tqdm(desc=f"{name} {label}: IG", unit="prompt", leave=False, file=sys.stderr)
+        try:
+            scored = copying_scores(loaded, n=args.score_n, shots=4, steps=args.steps, cache=cache,
+                                    progress=lambda d, t: bar.update(d - bar.n), **options)
+        except PrunescopeError as exc:  # e.g. 'copied' on a model that never copies on these prompts
+            print(f"\n[{name} / {label}] {exc}", flush=True)
+            rows.append(f"| {name} | {label} | — | | | {exc} | | | | | |")
+            continue
+        finally:
+            bar.close()
+        bar = tqdm(desc=f"{name} {label}: k-sweep", unit="eval", leave=False, file=sys.stderr)
+        sweep = k_sweep(loaded, scored.scores, n=args.sweep_n, cache=cache, progress=lambda d, t: bar.update(d - bar.n))
+        bar.close()
+        averages = sweep.averages()
+        k = sweep.chosen or int(averages[averages.k > 0].sort_values("d_accuracy").k.iloc[-1])
+        note = "" if sweep.chosen else " (not selected)"
+        print(f"\n[{name} / {label}] scores from {scored.n_used} of {args.score_n} prompts; {sweep.message}",
+              flush=True)
+        mask = select_top_k(scored.scores, k)
+        bar = tqdm(desc=f"{name} {label}: evaluation", unit="eval", leave=False, file=sys.stderr)
+        result = prune_eval(loaded, mask, tasks, args.shots, args.n, args.controls, cache=cache,
+                            progress=lambda d, t: bar.update(d - bar.n))
+        bar.close()
+        for cell in result.ordered_cells():
+            if cell.task != "average":
+                continue
+            rates = {g: cell.rates[g] for g in ("baseline", "pruned", "random")}
+            rows.append(f"| {name} | {label} | {k}{note} | {cell.shots} | {cell.n} | "
+                        + " / ".join(f"{rates[g]['accuracy'].value:.3f}" for g in rates) + " | "
+                        + " / ".join(f"{rates[g]['copy_error_rate'].value:.3f}" for g in rates) + " | "
+                        + " / ".join(f"{rates[g]['echo_rate'].value:.3f}" for g in rates) + " | "
+                        + f"{points(cell.vs_baseline['accuracy'])} p={cell.vs_baseline['accuracy'].p:.3f} | "
+                        + f"{points(cell.vs_baseline['copy_error_rate'])} | "
+                        + f"{points(cell.vs_random['accuracy'])} p={cell.vs_random['accuracy'].p:.3f} |")
+            for sentence in result.verdicts(shots=cell.shots).values():
+                print(f"  {cell.shots}-shot: {sentence}", flush=True)
+        if label == "default":
+            cell = pooled(result)
+            acc, copy, rand = cell.vs_baseline["accuracy"], cell.vs_baseline["copy_error_rate"], cell.vs_random["accuracy"]
+            last = (f"model={name} k={k}{note.replace(' ', '_')} d_acc={100 * acc.delta:+.1f} "
+                    f"ci=[{100 * acc.ci95[0]:+.1f},{100 * acc.ci95[1]:+.1f}] d_copy={100 * copy.delta:+.1f} "
+                    f"ci=[{100 * copy.ci95[0]:+.1f},{100 * copy.ci95[1]:+.1f}] vs_random_d_acc={100 * rand.delta:+.1f} "
+                    f"ci=[{100 * rand.ci95[0]:+.1f},{100 * rand.ci95[1]:+.1f}]")
+    del loaded
+    gc.collect()
+    return rows + ([f"LAST {last}"] if last else [])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="default,gemma3-270m")
+    parser.add_argument("--options", default="default,copied,paper")
+    parser.add_argument("--score-n", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--sweep-n", type=int, default=80)
+    parser.add_argument("--n", type=int, default=80)
+    parser.add_argument("--shots", default="1,2")
+    parser.add_argument("--controls", type=int, default=5)
+    parser.add_argument("--tasks", default=",".join(EVAL_TASKS), help="evaluation tasks, or 'all' (every ICL task "
+                                                                      "the sweep does not use)")
+    parser.add_argument("--quick", action="store_true", help="tiny settings, to check the script runs")
+    args = parser.parse_args()
+    quiet_libraries()
+    args.options = [o for o in args.options.split(",") if o]
+    args.shots = [int(s) for s in args.shots.split(",")]
+    names = [t for t in icl_task_names() if t not in DEV_TASKS] if args.tasks == "all" else args.tasks.split(",")
+    if overlap := set(names) & set(DEV_TASKS):
+        parser.error(f"{sorted(overlap)} choose k; evaluate on other tasks")
+    args.tasks = names
+    if args.quick:
+        args.score_n, args.steps, args.sweep_n, args.n, args.controls = 4, 4, 8, 8, 2
+    cache = ResultsCache()
+    print(f"copying bench: eval tasks {', '.join(args.tasks)}; {args.n} prompts each at {args.shots} shots; "
+          f"{args.controls} random controls; sweep on the held-out copying split + {', '.join(DEV_TASKS)} "
+          f"({args.sweep_n} prompts, 2-shot); scores from {args.score_n} prompts, {args.steps} IG steps")
+    header = ("| model | options | k | shots | n | accuracy (unpruned / pruned / random) | copy errors | echoes "
+              "| d_acc vs unpruned, points [95 % CI] | d_copy vs unpruned | d_acc vs random |")
+    rows, lasts = [], []
+    for name in args.models.split(","):
+        for line in run_model(name, args, cache):
+            (lasts if line.startswith("LAST ") else rows).append(line.removeprefix("LAST "))
+    print("\n" + header + "\n|" + "---|" * 10)
+    print("\n".join(rows))
+    for line in lasts:
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
