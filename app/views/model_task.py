@@ -3,13 +3,15 @@
 import streamlit as st
 
 from analysis.errors import PrunescopeError
+from analysis.models import model_choices
+from analysis.models.loader import describe_choice
 from components import present, state
 from components.widgets import one_line, require_model, task_picker, token_chips
 
 st.header("Model & task")
-st.caption("Pick the model in the sidebar (the default SmolLM2-135M-Instruct, a toy checkpoint, a Hugging Face id "
-           "or a local directory). The task and the settings below are shared by every page and saved in the "
-           "page's link.")
+st.caption("Pick the model in the sidebar (SmolLM2-135M-Instruct, the default; the Gemma 3 270M base model; a toy "
+           "checkpoint; a Hugging Face id or a local directory). The task and the settings below are shared by "
+           "every page and saved in the page's link.")
 
 loaded = require_model()
 counts = loaded.adapter.neuron_counts()
@@ -18,7 +20,8 @@ c1.metric("Family", loaded.family)
 c2.metric("Layers", loaded.n_layers)
 c3.metric("Neurons", f"{sum(counts):,}", help=f"{counts[0]} per layer at the adapter's neuron site")
 c4.metric("Parameters", f"{sum(p.numel() for p in loaded.model.parameters()) / 1e6:.1f} M")
-st.caption(f"{loaded.describe()} · source: {loaded.source}")
+about = describe_choice(loaded.name) if loaded.name in model_choices() else ""  # never the server's cache path
+st.caption(" · ".join(filter(None, [loaded.describe(), about])))
 
 with present.controls("Task settings"):
     col_task, col_shots, col_n, col_seed = st.columns([3, 1, 1, 1])
