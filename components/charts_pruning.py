@@ -123,20 +123,33 @@ def k_sweep_chart(sweep) -> go.Figure:
 
 
 def task_vector_chart(curves: Mapping[str, Sequence[float]], zero_shot: Mapping[str, float] | None = None,
-                      title: str = "") -> go.Figure:
-    """Accuracy of the patched zero-shot prompt per layer, one line per condition (e.g. unpruned / pruned),
-    with each condition's unpatched zero-shot accuracy as a dotted line."""
+                      title: str = "", beats: Mapping[str, Sequence[bool]] | None = None,
+                      icl: Mapping[str, float] | None = None) -> go.Figure:
+    """Accuracy of the patched zero-shot prompt per layer, one line per condition (e.g. unpruned / pruned), with
+    each condition's unpatched zero-shot accuracy dotted and its k-shot ICL accuracy dashed. Only the layers in
+    ``beats`` (significantly above zero-shot) get a star; a chart with no star has no best layer."""
     fig = go.Figure()
     colours = ["#6b7280", "#c2410c", "#2563eb", "#15803d"]
     for (name, values), colour in zip(curves.items(), colours):
-        fig.add_trace(go.Scatter(x=list(range(len(values))), y=list(values), mode="lines+markers", name=name,
-                                 line=dict(color=colour),
+        layers = list(range(len(values)))
+        fig.add_trace(go.Scatter(x=layers, y=list(values), mode="lines+markers", name=name,
+                                 line=dict(color=colour), marker=dict(size=5),
                                  hovertemplate=f"{name}<br>layer %{{x}}: %{{y:.1%}}<extra></extra>"))
+        winners = [i for i, b in enumerate((beats or {}).get(name, ())) if b]
+        if winners:
+            fig.add_trace(go.Scatter(x=winners, y=[values[i] for i in winners], mode="markers",
+                                     name=f"{name}: beats zero-shot", marker=dict(symbol="star", size=13, color=colour),
+                                     hovertemplate=f"{name}<br>layer %{{x}}: %{{y:.1%}}, beats zero-shot"
+                                                   "<extra></extra>"))
         if zero_shot and name in zero_shot:
             fig.add_hline(y=zero_shot[name], line_dash="dot", line_color=colour,
                           annotation_text=f"{name}, zero-shot without a vector")
-    fig.update_layout(title=title, xaxis_title="layer patched", yaxis=dict(title="accuracy", range=[0, 1],
-                      tickformat=".0%"), height=420, margin=dict(t=50, b=40, l=40, r=10))
+        if icl and name in icl:
+            fig.add_hline(y=icl[name], line_dash="dash", line_color=colour, annotation_text=f"{name}, k-shot ICL",
+                          annotation_position="bottom right")
+    fig.update_layout(title=title, xaxis_title="layer patched (input of block L)",
+                      yaxis=dict(title="accuracy", range=[0, 1.02], tickformat=".0%"), height=420,
+                      margin=dict(t=50, b=40, l=40, r=10))
     return fig
 
 

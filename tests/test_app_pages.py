@@ -160,11 +160,13 @@ def test_attention_page_beside_a_transformer_with_relevance_and_faithfulness(mon
 def test_task_vectors_and_compare_pages(monkeypatch):
     at = _start("toy-transformer", monkeypatch, "views/task_vectors.py", task="to-upper", shots=2, mask="0.1,1.5")
     at.number_input(key="tv_n").set_value(4)
-    at.number_input(key="tv_vec").set_value(2)
+    at.number_input(key="tv_dummies").set_value(1)
     at.button(key="tv_run").click()
     _ok(at.run())
     name, results = at.session_state["tv_results"]
     assert list(results) == ["unpruned", "pruned"] and len(results["pruned"].table) == 4
+    shown = [m.value for m in [*at.info, *at.success]]
+    assert all(f"{name}: {r.verdict()}" in shown for name, r in results.items())
     at.switch_page("views/compare.py").run()
     at.session_state["setting_n"] = 4
     at.selectbox(key="cmp_mask_B").set_value("active mask")

@@ -142,7 +142,17 @@ def test_task_vectors_json(capsys, tiny_dirs, tmp_path):
     assert code == 0, err
     data = json.loads(out)
     assert len(data["unpruned"]["accuracy_per_layer"]) == 2 and data["mask_size"] == 1
-    assert 0 <= data["pruned"]["best_layer"] < 2
+    for entry in data["unpruned"], data["pruned"]:
+        assert entry["best_layer"] is None or entry["verdict"].startswith(f"layer {entry['best_layer']} beats")
+        assert all(0 <= p <= 1 for p in entry["p_adjusted_per_layer"]) and 0 <= entry["top_layer"] < 2
+
+
+def test_task_vectors_text_says_when_no_layer_beats_zero_shot(capsys, tiny_dirs):
+    code, out, err = run(capsys, "task-vectors", "--model", tiny_dirs["llama"], "--task", "to-upper", "--shots",
+                         "1", "--n", "3", "--template", "{x} = {y}\\n")
+    assert code == 0, err
+    assert "template '{x} = {y}\\n'" in out  # the typed \\n became a newline (repr: one backslash)
+    assert "unpruned: ICL " in out and "no layer beats zero-shot (best: layer " in out  # 3 queries cannot
 
 
 @pytest.mark.parametrize("argv,message", [

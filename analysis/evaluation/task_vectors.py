@@ -1,13 +1,24 @@
 """Task vectors (Hendel et al. 2023): is the task compressed into one hidden state?
 
-The task vector at layer L is the residual stream entering block L at the last token of k-shot prompts,
-averaged over a few prompts. It is patched into the zero-shot prompt ``"{x} ->"`` at the same layer and
-position (prefill only), and the patched model answers greedily. Accuracy per layer, the best layer, and
-as references the zero-shot (unpatched) and the k-shot ICL accuracy, all optionally under a NeuronMask.
+Method (the paper's single-context variant, as in its code). Each query ``x`` gets ``shots`` demonstrations
+``S`` (the k-shot prompt ``S x ->`` is the ICL reference, on the same queries as every other condition). The
+task vector at layer L is the residual stream entering block L at the last token (``->``) of ``S x' ->``,
+where ``x'`` is a *dummy query* (an input that is neither ``x`` nor in ``S``), averaged over
+``dummy_queries`` dummies: it carries what the demonstrations taught, not ``x``'s answer. It replaces block
+L's input at the last token of the zero-shot prompt ``x ->``, the position the answer is generated from,
+during the prefill only (later tokens see it through the cache); the model then answers greedily. Layer L is
+the input of block L, i.e. the paper's output of layer L-1; layer 0 patches the token embedding.
+
+A layer *beats zero-shot* when its patched answers are right significantly more often than the unpatched
+zero-shot answers to the same queries: exact McNemar on the discordant queries, Bonferroni-corrected over the
+layers (every layer is tested on all queries, so no dev split is spent on choosing one). ``best_layer`` is
+the most accurate such layer, or None. ``copy_rate`` counts patched answers that are the answer of a query
+in the vector's own prompts (a demonstration or a dummy): the vector carried an answer, not the task.
 """
 
 from __future__ import annotations
 
+import random
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
@@ -16,10 +27,14 @@ import pandas as pd
 import torch
 
 from analysis.cache import ResultsCache, task_fingerprint
-from analysis.evaluation.icl import classify, evaluate_task, generate_answers
+from analysis.errors import PrunescopeError
+from analysis.evaluation.icl import classify, generate_answers, plan_batches
+from analysis.evaluation.paired import mcnemar_exact
 from analysis.models.loader import LoadedModel
 from analysis.pruning.mask import NeuronMask
-from analysis.tasks.task import Task
+from analysis.tasks.task import Prompt, Task
+
+ALPHA = 0.05  # family-wise level of "beats zero-shot"
 
 
 @dataclass
@@ -27,86 +42,197 @@ class TaskVectorResult:
     task: str
     shots: int
     n: int
-    table: pd.DataFrame  # layer, accuracy
+    dummy_queries: int
+    table: pd.DataFrame  # layer, accuracy, copy_rate, only_patched, only_zero_shot, p_value, p_adjusted, beats
     icl_accuracy: float
     zero_shot_accuracy: float
     masked: bool
+    records: pd.DataFrame  # prompt_index, query, gold, condition (zero-shot, icl, layer L), answer, outcome
 
     @property
-    def best_layer(self) -> int:
-        return int(self.table.loc[self.table.accuracy.idxmax(), "layer"])
+    def top_layer(self) -> int:
+        """The most accurate layer, significant or not (ties: the smaller p, then the lower layer)."""
+        ranked = self.table.sort_values(["accuracy", "p_value", "layer"], ascending=[False, True, True])
+        return int(ranked.layer.iloc[0])
 
     @property
-    def best_accuracy(self) -> float:
-        return float(self.table.accuracy.max())
+    def best_layer(self) -> int | None:
+        """The most accurate layer that beats zero-shot, or None when none does."""
+        winners = self.table[self.table.beats_zero_shot]
+        if winners.empty:
+            return None
+        return int(winners.sort_values(["accuracy", "p_value", "layer"], ascending=[False, True, True]).layer.iloc[0])
+
+    @property
+    def best_accuracy(self) -> float | None:
+        return None if self.best_layer is None else float(self._row(self.best_layer).accuracy)
+
+    def _row(self, layer: int):
+        return self.table.set_index("layer").loc[layer]
+
+    def verdict(self) -> str:
+        """One sentence: the best layer and its test, or that no layer beats zero-shot."""
+        layer = self.best_layer
+        head = f"layer {layer} beats zero-shot" if layer is not None else "no layer beats zero-shot"
+        row = self._row(self.top_layer if layer is None else layer)
+        detail = (f"layer {int(row.name)}, {row.accuracy:.1%} vs {self.zero_shot_accuracy:.1%} zero-shot, "
+                  f"p = {row.p_adjusted:.2g} Bonferroni over {len(self.table)} layers")
+        return f"{head} ({detail})" if layer is not None else f"{head} (best: {detail})"
 
 
-TASK_VECTOR_VERSION = "task-vectors/1"
+TASK_VECTOR_VERSION = "task-vectors/2"
 
 
-def task_vectors(loaded: LoadedModel, task: Task, shots: int = 4, n: int = 40, vector_prompts: int = 8,
+def task_vectors(loaded: LoadedModel, task: Task, shots: int = 4, n: int = 40, dummy_queries: int = 2,
                  seed: int = 0, mask: NeuronMask | None = None, batch_size: int = 16,
                  progress: Callable[[int, int], None] | None = None,
                  cache: ResultsCache | None = None) -> TaskVectorResult:
-    """Patched zero-shot accuracy at every layer (see the module docstring); read from ``cache`` when the same
-    weights, task, settings and mask were run before."""
+    """Patched zero-shot accuracy at every layer with its test against zero-shot (see the module docstring);
+    read from ``cache`` when the same weights, task, settings and mask were run before."""
+    if shots < 1 or dummy_queries < 1:
+        raise PrunescopeError(f"task vectors need shots >= 1 and dummy queries >= 1 (got {shots}, {dummy_queries})")
+    if len(task.pairs) < shots + 2:
+        raise PrunescopeError(f"task {task.name!r} has {len(task.pairs)} pairs; task vectors need shots + 2 "
+                              f"= {shots + 2} (a query, {shots} demonstrations and a dummy query)")
+
+    def run() -> TaskVectorResult:
+        return _task_vector_run(loaded, task, shots, n, dummy_queries, seed, mask, batch_size, progress)
+
     if cache is None:
-        return _task_vector_run(loaded, task, shots, n, vector_prompts, seed, mask, batch_size, progress)
+        return run()
     parts = {"model": loaded.fingerprint(), "task": task_fingerprint(task), "shots": shots, "n": n,
-             "vector_prompts": vector_prompts, "seed": seed, "mask": sorted(mask.neurons) if mask else []}
-    result, hit = cache.get_or_compute("task-vectors", TASK_VECTOR_VERSION, parts, lambda: _task_vector_run(
-        loaded, task, shots, n, vector_prompts, seed, mask, batch_size, progress))
+             "dummy_queries": dummy_queries, "seed": seed, "mask": sorted(mask.neurons) if mask else []}
+    result, hit = cache.get_or_compute("task-vectors", TASK_VECTOR_VERSION, parts, run)
     if hit and progress:
         progress(loaded.n_layers, loaded.n_layers)
     result.task = task.name
     return result
 
 
-def _task_vector_run(loaded, task, shots, n, vector_prompts, seed, mask, batch_size, progress) -> TaskVectorResult:
-    adapter = loaded.adapter
-    queries = task.sample_prompts(0, n, seed)
-    vectors = _task_vectors(loaded, task.sample_prompts(shots, vector_prompts, seed + 1), mask)
+def task_vector_prompts(task: Task, shots: int, n: int, dummy_queries: int, seed: int = 0):
+    """(k-shot prompts, their zero-shot prompts, each query's dummy-query prompts): the k-shot prompts are
+    ``task.sample_prompts(shots, n, seed)``; the dummies reuse each prompt's demonstrations."""
+    icl = task.sample_prompts(shots, n, seed)
+    zero_shot = [task.build_prompt((p.query, p.gold), []) for p in icl]
+    rng = random.Random(f"{task.name}|dummies|{seed}")
+    dummies = []
+    for p in icl:
+        taken = {p.query, *(x for x, _ in p.demos)}
+        pool = [pair for pair in task.pairs if pair[0] not in taken]
+        if not pool:
+            raise PrunescopeError(f"task {task.name!r}: no dummy query left for {p.query!r} besides its demonstrations")
+        dummies.append([task.build_prompt(pair, list(p.demos)) for pair in _draw(rng, pool, dummy_queries)])
+    return icl, zero_shot, dummies
+
+
+def _draw(rng: random.Random, pool: list, k: int) -> list:
+    """``k`` items of ``pool``, without repeats while the pool lasts."""
+    picks = []
+    while len(picks) < k:
+        picks += rng.sample(pool, min(len(pool), k - len(picks)))
+    return picks
+
+
+def _task_vector_run(loaded, task, shots, n, dummy_queries, seed, mask, batch_size, progress) -> TaskVectorResult:
+    icl, zero_shot, dummies = task_vector_prompts(task, shots, n, dummy_queries, seed)
+    flat = [d for ds in dummies for d in ds]
+    vectors = last_token_states(loaded, flat, mask).view(n, dummy_queries, loaded.n_layers, -1).mean(1)
+    vector_answers = [(*p.demo_outputs, *(d.gold for d in ds)) for p, ds in zip(icl, dummies)]
+    records = []
+
+    def record(condition: str, prompts, answers, seen=vector_answers) -> list[str]:
+        outcomes = [classify(a, p.gold, s, task.case_sensitive) for a, p, s in zip(answers, prompts, seen)]
+        records.extend({"prompt_index": i, "query": p.query, "gold": p.gold, "condition": condition,
+                        "answer": a, "outcome": o} for i, (p, a, o) in enumerate(zip(prompts, answers, outcomes)))
+        return outcomes
+
+    unpatched = record("zero-shot", zero_shot, generate_answers(loaded, zero_shot, task, mask=mask,
+                                                                batch_size=batch_size))
+    icl_outcomes = record("icl", icl, generate_answers(loaded, icl, task, mask=mask, batch_size=batch_size),
+                          [p.demo_outputs for p in icl])
     rows = []
-    for layer in range(adapter.n_layers):
-        answers = generate_answers(loaded, queries, task, mask=mask, batch_size=batch_size,
-                                   intervention=lambda layer=layer: _patched(loaded, layer, vectors[layer]))
-        rows.append({"layer": layer, "accuracy": _accuracy(task, queries, answers)})
+    for layer in range(loaded.n_layers):
+        answers = generate_patched(loaded, zero_shot, task, layer, vectors[:, layer], mask, batch_size)
+        outcomes = record(f"layer {layer}", zero_shot, answers)
+        rows.append({"layer": layer, **paired_row(outcomes, unpatched)})
         if progress:
-            progress(layer + 1, adapter.n_layers)
-    zero_shot = _accuracy(task, queries, generate_answers(loaded, queries, task, mask=mask, batch_size=batch_size))
-    icl = evaluate_task(loaded, task, shots, n, seed=seed, mask=mask, batch_size=batch_size).accuracy
-    return TaskVectorResult(task.name, shots, n, pd.DataFrame(rows), icl, zero_shot, bool(mask))
+            progress(layer + 1, loaded.n_layers)
+    return TaskVectorResult(task.name, shots, n, dummy_queries, layer_table(rows), icl_outcomes.count("correct") / n,
+                            unpatched.count("correct") / n, bool(mask), pd.DataFrame(records))
 
 
-def _task_vectors(loaded: LoadedModel, prompts, mask: NeuronMask | None) -> torch.Tensor:
-    """[layers, H]: mean last-token input of every block over ``prompts``."""
-    total = None
+def paired_row(patched: list[str], zero_shot: list[str]) -> dict:
+    """Accuracy, copy rate and exact McNemar p of one layer's outcomes against the zero-shot outcomes."""
+    hits = [o == "correct" for o in patched]
+    base = [o == "correct" for o in zero_shot]
+    only_patched = sum(a and not b for a, b in zip(hits, base))
+    only_zero_shot = sum(b and not a for a, b in zip(hits, base))
+    return {"accuracy": sum(hits) / len(hits), "copy_rate": patched.count("copy") / len(hits),
+            "only_patched": only_patched, "only_zero_shot": only_zero_shot,
+            "p_value": mcnemar_exact(only_patched, only_zero_shot)}
+
+
+def layer_table(rows: list[dict], alpha: float = ALPHA) -> pd.DataFrame:
+    """The per-layer rows with Bonferroni-adjusted p-values and whether each layer beats zero-shot."""
+    table = pd.DataFrame(rows)
+    table["p_adjusted"] = (table.p_value * len(table)).clip(upper=1.0)
+    table["beats_zero_shot"] = (table.p_adjusted < alpha) & (table.only_patched > table.only_zero_shot)
+    return table
+
+
+def last_token_states(loaded: LoadedModel, prompts: list[Prompt], mask: NeuronMask | None = None) -> torch.Tensor:
+    """[prompts, layers, H]: every block's input at each prompt's last token (fp32). Prompts run in batches of
+    equal token length, so no padding is involved."""
+    encoded = [loaded.tokenizer(p.text).input_ids for p in prompts]
+    states: list[torch.Tensor | None] = [None] * len(prompts)
     captured: dict[int, torch.Tensor] = {}
     with loaded.session(mask), torch.no_grad(), \
-            loaded.adapter.hook_block_inputs(lambda layer, h: captured.__setitem__(layer, h[0, -1].float())):
-        for prompt in prompts:
-            ids = torch.tensor([loaded.tokenizer(prompt.text).input_ids], device=loaded.device)
+            loaded.adapter.hook_block_inputs(lambda layer, h: captured.__setitem__(layer, h[:, -1].float())):
+        for group in plan_batches([len(ids) for ids in encoded], 16, allow_padding=False):
+            ids = torch.tensor([encoded[i] for i in group], device=loaded.device)
             loaded.adapter.base_model(input_ids=ids, use_cache=False)
-            stacked = torch.stack([captured[layer] for layer in range(loaded.n_layers)])
-            total = stacked if total is None else total + stacked
-    return total / len(prompts)
+            stacked = torch.stack([captured[layer] for layer in range(loaded.n_layers)], dim=1).cpu()
+            for row, i in enumerate(group):
+                states[i] = stacked[row]
+    return torch.stack(states)
+
+
+def generate_patched(loaded: LoadedModel, prompts: list[Prompt], task: Task, layer: int, vectors: torch.Tensor,
+                     mask: NeuronMask | None = None, batch_size: int = 16) -> list[str]:
+    """Greedy answers with block ``layer``'s input at each prompt's last token replaced by ``vectors[i]``
+    ([prompts, H]) during the prefill.
+
+    Each batch of :func:`plan_batches` is generated on its own; its prompts are already in length order, so
+    ``generate_answers`` keeps that order and row r of the batch is the batch's r-th prompt.
+    """
+    lengths = [len(loaded.tokenizer(p.text).input_ids) for p in prompts]
+    size = min(batch_size, loaded.adapter.max_decode_batch or batch_size)
+    answers = [""] * len(prompts)
+    for group in plan_batches(lengths, size, loaded.adapter.supports_left_padding):
+        batch = [prompts[i] for i in group]
+        texts = generate_answers(loaded, batch, task, mask=mask, batch_size=len(batch),
+                                 intervention=lambda group=group: patched_last_token(loaded, layer, vectors[group]))
+        for i, text in zip(group, texts):
+            answers[i] = text
+    return answers
 
 
 @contextmanager
-def _patched(loaded: LoadedModel, layer: int, vector: torch.Tensor):
-    """Replace block ``layer``'s input at the last position during prefill (not during decoding)."""
+def patched_last_token(loaded: LoadedModel, layer: int, vectors: torch.Tensor):
+    """Replace block ``layer``'s input at the last position by ``vectors`` ([batch, H] or [H]) in the first
+    forward inside the context, i.e. the prefill of the one batch generated in it; decoding steps are left
+    alone. With left padding the last position is every row's last real token."""
+    done = []
 
     def patch(_: int, hidden: torch.Tensor) -> torch.Tensor | None:
-        if hidden.shape[1] < 2:
+        if done:
             return None
+        done.append(True)
+        if vectors.dim() == 2 and vectors.shape[0] != hidden.shape[0]:
+            raise PrunescopeError(f"{vectors.shape[0]} task vectors for a batch of {hidden.shape[0]} prompts")
         hidden = hidden.clone()
-        hidden[:, -1] = vector.to(hidden.dtype)
+        hidden[:, -1] = vectors.to(device=hidden.device, dtype=hidden.dtype)
         return hidden
 
     with loaded.adapter.hook_block_inputs(patch, layers=[layer]):
         yield
-
-
-def _accuracy(task: Task, prompts, answers) -> float:
-    outcomes = [classify(a, p.gold, (), task.case_sensitive) for p, a in zip(prompts, answers)]
-    return sum(o == "correct" for o in outcomes) / len(outcomes)
