@@ -1,11 +1,13 @@
 """Does pruning copying neurons help in-context learning, more than pruning random neurons? Measured per model.
 
-    python bench/copying_bench.py [--models default,gemma3-270m] [--score-n 64] [--sweep-n 80] [--n 80]
-                                  [--shots 1,2] [--controls 5] [--tasks country-capital,...] [--quick]
+    python bench/copying_bench.py [--models default,gemma3-270m] [--options default,copied] [--score-n 64]
+                                  [--sweep-n 80] [--n 80] [--shots 1,2] [--controls 5] [--tasks ...] [--quick]
+
+On a shared CPU run it with OMP_NUM_THREADS=1: oversubscribed threads made it 5-7x slower here.
 
 For each built-in real model and each scoring option set (``default``: target copy, all prompts; ``copied``:
-target copy, only the prompts the model copies on; ``paper``: the probability of the copied answer on those
-prompts), the copying scores come from the copying task's fit split, k is chosen by the held-out auto sweep
+target copy, only the prompts the model copies on; with ``--options ...,paper`` also the probability of the
+copied answer on those prompts, the paper's target), the copying scores come from the copying task's fit split, k is chosen by the held-out auto sweep
 (analysis/pruning/autok.py), and the mask is evaluated on ICL tasks *not* used for choosing k, at each shot
 count, against the unpruned model and ``--controls`` random masks of the same size, paired by prompt with 95 %
 intervals. When the sweep selects nothing, the sweep's best point estimate is evaluated instead and marked
@@ -108,7 +110,7 @@ def run_model(name: str, args, cache: ResultsCache) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="default,gemma3-270m")
-    parser.add_argument("--options", default="default,copied,paper")
+    parser.add_argument("--options", default="default,copied", help="scoring option sets: default, copied, paper")
     parser.add_argument("--score-n", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--sweep-n", type=int, default=80)
