@@ -20,6 +20,7 @@ def register(commands) -> None:
     tv.add_argument("--template", help=r"prompt template instead of the task's, e.g. 'Input: {x}\nOutput: {y}\n\n'"
                                        r" (\n is a newline)")
     tv.add_argument("--seed", type=int, default=0)
+    tv.add_argument("--batch-size", type=positive_int, default=16)
     tv.add_argument("--mask", help="also evaluate with this mask applied")
     add_model_args(tv)
     tv.add_argument("--json", action="store_true")
@@ -41,7 +42,7 @@ def cmd_task_vectors(args: argparse.Namespace) -> int:
         progress = tqdm_progress(f"task vectors {label}", unit="layer")
         try:
             runs[label] = task_vectors(loaded, task, args.shots, args.n, args.dummy_queries, seed=args.seed, mask=m,
-                                       progress=progress, cache=results_cache(args))
+                                       batch_size=args.batch_size, progress=progress, cache=results_cache(args))
         finally:
             progress.close()
     out = {"model": loaded.name, "task": task.name, "template": task.template, "shots": args.shots, "n": args.n,
