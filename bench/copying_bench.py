@@ -10,8 +10,8 @@ target copy, only the prompts the model copies on; with ``--options ...,paper`` 
 copied answer on those prompts, the paper's target), the copying scores come from the copying task's fit split, k is chosen by the held-out auto sweep
 (analysis/pruning/autok.py), and the mask is evaluated on ICL tasks *not* used for choosing k, at each shot
 count, against the unpruned model and ``--controls`` random masks of the same size, paired by prompt with 95 %
-intervals. When the sweep selects nothing, the sweep's best point estimate is evaluated instead and marked
-"(not selected)", so the table still shows what pruning does. Everything is cached on disk; a rerun is fast.
+intervals. When the sweep selects nothing, the app's default k (20) is evaluated instead and marked so, and
+the table still shows what pruning does. Everything is cached on disk; a rerun is fast.
 
 The table: one row per (model, options, shots) with the averages over the tasks; then one last line per
 model, for the default options with tasks and shot counts pooled:
@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from analysis.cache import ResultsCache
 from analysis.cli.common import quiet_libraries
+from analysis.demo import SETTINGS
 from analysis.errors import PrunescopeError
 from analysis.models import load_model
 from analysis.pruning.autok import DEV_TASKS, k_sweep
@@ -72,9 +73,8 @@ def run_model(name: str, args, cache: ResultsCache) -> list[str]:
         bar = tqdm(desc=f"{name} {label}: k-sweep", unit="eval", leave=False, file=sys.stderr)
         sweep = k_sweep(loaded, scored.scores, n=args.sweep_n, cache=cache, progress=lambda d, t: bar.update(d - bar.n))
         bar.close()
-        averages = sweep.averages()
-        k = sweep.chosen or int(averages[averages.k > 0].sort_values("d_accuracy").k.iloc[-1])
-        note = "" if sweep.chosen else " (not selected)"
+        k = sweep.chosen or SETTINGS["k"]
+        note = "" if sweep.chosen else " (app default; auto-k selects none)"
         print(f"\n[{name} / {label}] scores from {scored.n_used} of {args.score_n} prompts; {sweep.message}",
               flush=True)
         mask = select_top_k(scored.scores, k)
@@ -98,7 +98,7 @@ def run_model(name: str, args, cache: ResultsCache) -> list[str]:
         if label == "default":
             cell = pooled(result)
             acc, copy, rand = cell.vs_baseline["accuracy"], cell.vs_baseline["copy_error_rate"], cell.vs_random["accuracy"]
-            last = (f"model={name} k={k}{note.replace(' ', '_')} d_acc={100 * acc.delta:+.1f} "
+            last = (f"model={name} k={k}{'' if sweep.chosen else '_fallback'} d_acc={100 * acc.delta:+.1f} "
                     f"ci=[{100 * acc.ci95[0]:+.1f},{100 * acc.ci95[1]:+.1f}] d_copy={100 * copy.delta:+.1f} "
                     f"ci=[{100 * copy.ci95[0]:+.1f},{100 * copy.ci95[1]:+.1f}] vs_random_d_acc={100 * rand.delta:+.1f} "
                     f"ci=[{100 * rand.ci95[0]:+.1f},{100 * rand.ci95[1]:+.1f}]")
