@@ -63,6 +63,7 @@ class ModelAdapter:
     max_decode_batch: int | None = None  # cap on sequences decoded together (None: no cap)
     continuation_tokens: int = 1  # tokens re-run after the prefix (the last one is the answer position)
     state_updated_in_place: bool = False  # does a cached step overwrite state tensors autograd still needs?
+    indexes_layer_types: bool = False  # does the forward read config.layer_types[i] for its i-th block?
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -193,22 +194,23 @@ class ModelAdapter:
 
     @contextmanager
     def _truncated(self, start_layer: int) -> Iterator[None]:
-        """Run only the blocks from ``start_layer`` on. Models that pick each block's attention mask by its
-        position in the loop (``config.layer_types[i]``: Gemma 2/3's sliding and full layers, Qwen, SmolLM3)
-        see the list sliced the same way, so every block keeps its own mask."""
+        """Run only the blocks from ``start_layer`` on. With ``indexes_layer_types`` (transformers that pick each
+        block's attention mask by its position in the loop, ``config.layer_types[i]``: Gemma 2/3's sliding and
+        full layers, Qwen, SmolLM3) the list is sliced the same way, so every block keeps its own mask."""
         if not start_layer:
             yield
             return
         config = self.base_model.config
         full, types = getattr(self._layers_parent, self._layers_attr), getattr(config, "layer_types", None)
+        sliced = self.indexes_layer_types and isinstance(types, list) and len(types) == len(self._blocks)
         setattr(self._layers_parent, self._layers_attr, nn.ModuleList(self._blocks[start_layer:]))
-        if isinstance(types, list) and len(types) == len(self._blocks):
+        if sliced:
             config.layer_types = types[start_layer:]
         try:
             yield
         finally:
             setattr(self._layers_parent, self._layers_attr, full)
-            if types is not None:
+            if sliced:
                 config.layer_types = types
 
     @contextmanager

@@ -20,6 +20,7 @@ class TransformerAdapter(ModelAdapter):
         "opt": Layout("model.decoder.layers", "activation_fn", "output", "fc2"),
         "bloom": Layout("transformer.h", "mlp.gelu_impl", "output", "mlp.dense_4h_to_h"),
     }
+    indexes_layer_types = True
 
     def _continue_kwargs(self, cache, prefix_len, c, rows, device):
         kwargs = {"past_key_values": cache,
