@@ -88,9 +88,10 @@ def cmd_attribute(args: argparse.Namespace) -> int:
                         prompts=np.array([item.text for item in result.inputs]), target_ids=target_ids,
                         f_clean=result.f_clean.numpy(), target=args.target, steps=args.steps,
                         quadrature=args.quadrature, model=loaded.name, task=task.name)
-    layer_totals = result.scores.sum(dim=1)
+    # |IG| summed per layer: Gemma 2/3 normalise each MLP's output, so a layer's signed IG sums to about 0
+    layer_mass = result.per_prompt.abs().mean(dim=0).sum(dim=1)
     print(f"wrote {args.out}: scores {tuple(result.scores.shape)}, {len(result.inputs)} prompts; "
-          f"layer with the largest total attribution: {int(layer_totals.abs().argmax())}")
+          f"layer with the most attribution (sum of |IG|): {int(layer_mass.argmax())}")
     return 0
 
 

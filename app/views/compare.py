@@ -6,7 +6,7 @@ import streamlit as st
 from analysis.cache import ResultsCache
 from analysis.evaluation import evaluate_task
 from analysis.evaluation.paired import compare, verdict
-from analysis.models import model_choices
+from analysis.models import model_choices, model_label
 from analysis.pruning import NeuronMask
 from analysis.pruning.copying import random_mask_like
 from components import present, state
@@ -31,8 +31,9 @@ with present.controls():
     n = state.bound(col_n.number_input, "Prompts (n)", "n", min_value=1, max_value=500, step=1)
     col_a, col_b = st.columns(2)
     if mode == "two models":
-        other = col_b.selectbox("Model B", [m for m in model_choices() if m != loaded.name], key="cmp_model")
-        col_a.caption(f"Model A: {loaded.name} (the sidebar's model)")
+        other = col_b.selectbox("Model B", [m for m in model_choices() if m != loaded.name], key="cmp_model",
+                                format_func=model_label)
+        col_a.caption(f"Model A: {model_label(loaded.name)} (the sidebar's model)")
         picks = {"A": ("model", loaded.name), "B": ("model", other)}
     else:
         picks = {}
