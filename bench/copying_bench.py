@@ -30,6 +30,7 @@ from analysis.cache import ResultsCache
 from analysis.cli.common import quiet_libraries
 from analysis.demo import SETTINGS
 from analysis.errors import PrunescopeError
+from analysis.evaluation.paired import compare, format_p
 from analysis.models import load_model
 from analysis.pruning.autok import DEV_TASKS, k_sweep
 from analysis.pruning.copying import copying_scores, select_top_k
@@ -48,8 +49,6 @@ def points(estimate) -> str:
 
 def pooled(result):
     """The average over every (task, shots) stratum: shots folded into the task name."""
-    from analysis.evaluation.paired import compare
-
     records = result.records.assign(task=result.records.task + "@" + result.records.shots.astype(str), shots=0)
     return next(c for c in compare(records) if c.task == "average")
 
@@ -90,9 +89,9 @@ def run_model(name: str, args, cache: ResultsCache) -> list[str]:
                         + " / ".join(f"{rates[g]['accuracy'].value:.3f}" for g in rates) + " | "
                         + " / ".join(f"{rates[g]['copy_error_rate'].value:.3f}" for g in rates) + " | "
                         + " / ".join(f"{rates[g]['echo_rate'].value:.3f}" for g in rates) + " | "
-                        + f"{points(cell.vs_baseline['accuracy'])} p={cell.vs_baseline['accuracy'].p:.3f} | "
+                        + f"{points(cell.vs_baseline['accuracy'])} {format_p(cell.vs_baseline['accuracy'].p)} | "
                         + f"{points(cell.vs_baseline['copy_error_rate'])} | "
-                        + f"{points(cell.vs_random['accuracy'])} p={cell.vs_random['accuracy'].p:.3f} |")
+                        + f"{points(cell.vs_random['accuracy'])} {format_p(cell.vs_random['accuracy'].p)} |")
             for sentence in result.verdicts(shots=cell.shots).values():
                 print(f"  {cell.shots}-shot: {sentence}", flush=True)
         if label == "default":

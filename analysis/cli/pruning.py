@@ -215,11 +215,13 @@ def change_table(summary) -> "pd.DataFrame":
     """The prune-eval text table: per task and shots, the rates and the paired changes with intervals."""
     import pandas as pd
 
+    from analysis.evaluation.paired import format_p
+
     def points(row, column: str) -> str:
         if column not in row or pd.isna(row[column]):
             return ""
         low, high = row[f"{column}_lo"], row[f"{column}_hi"]
-        return f"{100 * row[column]:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] p={row[f'{column}_p']:.3f}"
+        return f"{100 * row[column]:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] {format_p(row[f'{column}_p'])}"
 
     rows = []
     for _, row in summary.iterrows():

@@ -62,6 +62,13 @@ def bootstrap_p(replicates: np.ndarray) -> float:
     return float(min(1.0, 2 * min(below, above)))
 
 
+def format_p(p: float | None) -> str:
+    """'p < 0.001', 'p = 0.012' or '' (no test)."""
+    if p is None:
+        return ""
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
 def percentile_interval(replicates: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
     tail = (1 - level) / 2
     low, high = np.quantile(replicates, [tail, 1 - tail])
