@@ -8,7 +8,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from analysis.evaluation.paired import Cell
+from analysis.evaluation.paired import Cell, format_p
 from analysis.pruning.evaluate import PruneEvalResult, flip_counts
 from components.charts_pruning import change_forest, pruning_bars
 from components.export import chart, table
@@ -42,9 +42,13 @@ def show_metrics(cell: Cell, pruned: bool) -> None:
     for column, metric, label, colour in ((columns[2], "accuracy", "Accuracy, pruned", "normal"),
                                           (columns[3], "copy_error_rate", "Copy errors, pruned", "inverse")):
         change = cell.vs_baseline[metric]
+        low, high = change.ci95
+        beyond_noise = low > 0 or high < 0  # coloured only when the interval excludes zero
         column.metric(label, f"{cell.rates['pruned'][metric].value:.1%}", f"{100 * change.delta:+.1f} points",
-                      delta_color=colour, help=f"change vs unpruned: 95 % CI {100 * change.ci95[0]:+.1f} to "
-                                               f"{100 * change.ci95[1]:+.1f} points, McNemar p = {change.p:.3f}")
+                      delta_color=colour if beyond_noise else "off", delta_arrow="auto" if change.delta else "off",
+                      delta_description=f"CI {100 * low:+.1f} to {100 * high:+.1f}",
+                      help=f"change vs unpruned, paired by prompt: 95 % CI {100 * low:+.1f} to {100 * high:+.1f} "
+                           f"points, McNemar {format_p(change.p)}; grey when the interval includes zero")
 
 
 def show_result(result: PruneEvalResult, pruned: bool, shots: int, mask_size: int) -> dict:
