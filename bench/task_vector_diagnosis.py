@@ -1,6 +1,6 @@
 """Why do task vectors fail on a model? First-token accuracy per patched layer for several vector variants.
 
-    python bench/task_vector_diagnosis.py --model default --task to-upper [--template 'Input: {x}\\nOutput: {y}\\n\\n']
+    python bench/task_vector_diagnosis.py --model default --task to-upper [--template 'Input: {x}\\nOutput: {y}\\n']
         [--shots 4] [--n 40] [--layers 10-29]
 
 Variants, each patched into the zero-shot prompt's last token at the input of block L (``patched_last_token``):

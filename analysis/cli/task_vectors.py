@@ -17,7 +17,7 @@ def register(commands) -> None:
     tv.add_argument("--n", type=positive_int, default=40)
     tv.add_argument("--dummy-queries", type=positive_int, default=2,
                     help="dummy queries whose last-token states are averaged into each task vector")
-    tv.add_argument("--template", help=r"prompt template instead of the task's, e.g. 'Input: {x}\nOutput: {y}\n\n'"
+    tv.add_argument("--template", help=r"prompt template instead of the task's, e.g. 'Input: {x}\nOutput: {y}\n'"
                                        r" (\n is a newline)")
     tv.add_argument("--seed", type=int, default=0)
     tv.add_argument("--batch-size", type=positive_int, default=16)

@@ -15,7 +15,7 @@ from components.export import chart, report_button, table
 from components.masking import active_mask
 from components.widgets import guarded, require_model, run_progress, task_picker
 
-FORMATS = {"the task's own": None, "Input: / Output: lines": "Input: {x}\nOutput: {y}\n\n"}
+FORMATS = {"the task's own": None, "Input: / Output: lines": "Input: {x}\nOutput: {y}\n"}
 
 st.header("Task vectors")
 st.caption("Each query's k demonstrations are followed by a dummy query; the residual stream entering layer L at "
