@@ -93,10 +93,23 @@ def neuron_heatmap(scores, max_columns: int = 256, title: str = "") -> go.Figure
 
 
 def layer_totals_bar(scores) -> go.Figure:
-    """Total attribution per layer (sum over its neurons)."""
+    """Per layer: the signed sum of its neurons' attributions (bars) and the sum of their magnitudes (line).
+
+    Both are needed: where a normalisation follows the MLP (Gemma 3's post-feedforward RMSNorm) the output
+    does not change when all of a layer's activations scale together, so at every point of IG's straight path
+    ``sum_i a_i dF/da_i = dF(alpha a)/dalpha`` is about zero (Euler's theorem for a scale-invariant F) and the
+    signed sum vanishes even for a layer whose neurons matter a lot; the norm's epsilon moves that layer's
+    whole effect into a sliver next to alpha = 0 that no quadrature node reaches.
+    """
     totals = [float(sum(layer)) for layer in scores]
-    fig = go.Figure(go.Bar(x=list(range(len(totals))), y=totals, marker_color="#c2410c",
-                           hovertemplate="layer %{x}<br>total %{y:.3g}<extra></extra>"))
-    fig.update_layout(xaxis_title="layer", yaxis_title="total attribution", height=300,
-                      margin=dict(l=10, r=10, t=30, b=10))
+    magnitudes = [float(sum(abs(v) for v in layer)) for layer in scores]
+    layers = list(range(len(totals)))
+    fig = go.Figure([
+        go.Bar(x=layers, y=totals, name="signed sum", marker_color="#c2410c",
+               hovertemplate="layer %{x}<br>signed sum %{y:.3g}<extra></extra>"),
+        go.Scatter(x=layers, y=magnitudes, name="sum of |attribution|", mode="lines+markers",
+                   line=dict(color="#1d4ed8"), hovertemplate="layer %{x}<br>sum |IG| %{y:.3g}<extra></extra>"),
+    ])
+    fig.update_layout(xaxis_title="layer", yaxis_title="attribution", height=300,
+                      legend=dict(orientation="h", y=1.12), margin=dict(l=10, r=10, t=30, b=10))
     return fig

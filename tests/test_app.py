@@ -216,4 +216,6 @@ def test_neuron_heatmap_bins_keep_the_strongest_neuron():
     fig = neuron_heatmap(scores, max_columns=2)
     assert [list(r) for r in fig.data[0].z] == [[-0.9, 0.3], [0.1, 0.5]]
     assert [list(r) for r in fig.data[0].customdata] == [[1, 3], [1, 2]]
-    assert list(layer_totals_bar(scores).data[0].y) == pytest.approx([-0.3, 0.2])
+    totals = layer_totals_bar(scores)
+    assert list(totals.data[0].y) == pytest.approx([-0.3, 0.2])  # signed sums
+    assert list(totals.data[1].y) == pytest.approx([1.5, 1.0])  # sums of magnitudes

@@ -55,6 +55,8 @@ if shown and shown["model"] == loaded.name:
     totals = layer_totals_bar(result.scores.tolist())
     chart(heat, "ig_heat", "neuron-attribution")
     chart(totals, "ig_layers", "attribution-per-layer")
+    st.caption("Per layer: signed sum (bars) and sum of magnitudes (line). Where a normalisation follows the MLP "
+               "(Gemma 3) the signed sum is near zero by construction; read the line.")
     st.caption("Top neurons by mean |attribution|, with the prompt token where each fires most")
     table(shown["top"], "top-neurons")
     report_button("Neuron attribution", {"Mean attribution per neuron": heat, "Total per layer": totals},
