@@ -139,7 +139,7 @@ def main() -> None:
     for name in args.models.split(","):
         for line in run_model(name, args, cache):
             (lasts if line.startswith("LAST ") else rows).append(line.removeprefix("LAST "))
-    print("\n" + header + "\n|" + "---|" * 10)
+    print("\n" + header + "\n|" + "---|" * (header.count("|") - 1))
     print("\n".join(rows))
     for line in lasts:
         print(line)
