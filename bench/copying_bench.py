@@ -7,8 +7,8 @@ On a shared CPU run it with OMP_NUM_THREADS=1: oversubscribed threads made it 5-
 
 For each built-in real model and each scoring option set (``default``: target copy, all prompts; ``copied``:
 target copy, only the prompts the model copies on; with ``--options ...,paper`` also the probability of the
-copied answer on those prompts, the paper's target), the copying scores come from the copying task's fit split, k is chosen by the held-out auto sweep
-(analysis/pruning/autok.py), and the mask is evaluated on ICL tasks *not* used for choosing k, at each shot
+copied answer on those prompts, the paper's target), the copying scores come from the copying task's fit
+split, k is chosen by the held-out auto sweep (analysis/pruning/autok.py), and the mask is evaluated on ICL tasks *not* used for choosing k, at each shot
 count, against the unpruned model and ``--controls`` random masks of the same size, paired by prompt with 95 %
 intervals. When the sweep selects nothing, the app's default k (20) is evaluated instead and marked so, and
 the table still shows what pruning does. Everything is cached on disk; a rerun is fast.
@@ -96,7 +96,8 @@ def run_model(name: str, args, cache: ResultsCache) -> list[str]:
                 print(f"  {cell.shots}-shot: {sentence}", flush=True)
         if label == "default":
             cell = pooled(result)
-            acc, copy, rand = cell.vs_baseline["accuracy"], cell.vs_baseline["copy_error_rate"], cell.vs_random["accuracy"]
+            acc, copy = cell.vs_baseline["accuracy"], cell.vs_baseline["copy_error_rate"]
+            rand = cell.vs_random["accuracy"]
             last = (f"model={name} k={k}{'' if sweep.chosen else '_fallback'} d_acc={100 * acc.delta:+.1f} "
                     f"ci=[{100 * acc.ci95[0]:+.1f},{100 * acc.ci95[1]:+.1f}] d_copy={100 * copy.delta:+.1f} "
                     f"ci=[{100 * copy.ci95[0]:+.1f},{100 * copy.ci95[1]:+.1f}] vs_random_d_acc={100 * rand.delta:+.1f} "

@@ -15,8 +15,8 @@ on every read (:func:`classify_records`), so changing these rules never needs a 
 
 Batching: prompts are sorted by length and left-padded with an attention mask where the family handles
 padding exactly (transformers, Mamba, Mamba-2); RWKV and Griffin ignore padding, so their batches hold
-prompts of equal token length only (and RWKV decodes one sequence at a time, see its adapter). Either way a batched run gives the same predictions as one prompt
-at a time.
+prompts of equal token length only (and RWKV decodes one sequence at a time, see its adapter). Either way a
+batched run gives the same predictions as one prompt at a time.
 """
 
 from __future__ import annotations
