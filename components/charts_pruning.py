@@ -9,6 +9,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 
+# In the figure's top margin, right of the title, clear of the subplot titles and the rotated task names.
+TOP_RIGHT_LEGEND = dict(orientation="h", yref="container", y=0.99, yanchor="top", x=1, xanchor="right")
 # (summary column prefix, legend name, colour)
 CONDITIONS = (("baseline", "Unpruned", "#6b7280"), ("pruned", "Pruned", "#c2410c"),
               ("random", "Random masks (mean)", "#2563eb"))
@@ -48,8 +50,8 @@ def pruning_bars(summary: pd.DataFrame, title: str = "") -> go.Figure:
                 x=tasks, y=values.tolist(), name=name, legendgroup=name, showlegend=col == 1, marker_color=colour,
                 error_y=error, customdata=custom, hovertemplate=hover + "<extra></extra>"), row=1, col=col)
     fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
-    fig.update_layout(barmode="group", title=title, height=440, margin=dict(t=70, b=70, l=40, r=10),
-                      legend=dict(orientation="h", yanchor="top", y=-0.12, x=0))
+    fig.update_layout(barmode="group", title=title, height=440, margin=dict(t=80, b=70, l=40, r=10),
+                      legend=TOP_RIGHT_LEGEND)
     return fig
 
 
@@ -82,8 +84,8 @@ def change_forest(summary: pd.DataFrame, title: str = "") -> go.Figure:
         fig.add_vline(x=0, line_color="#18181b", line_width=1, row=1, col=col)
     fig.update_xaxes(title_text="points", zeroline=False)
     fig.update_yaxes(autorange="reversed")
-    fig.update_layout(title=title, height=120 + 34 * len(labels), margin=dict(t=70, b=40, l=10, r=10),
-                      legend=dict(orientation="h", yanchor="bottom", y=1.08, x=0), scattermode="group")
+    fig.update_layout(title=title, height=130 + 34 * len(labels), margin=dict(t=80, b=40, l=10, r=10),
+                      legend=TOP_RIGHT_LEGEND, scattermode="group")
     return fig
 
 
