@@ -143,12 +143,16 @@ def task_vector_chart(curves: Mapping[str, Sequence[float]], zero_shot: Mapping[
                                      name=f"{name}: beats zero-shot", marker=dict(symbol="star", size=13, color=colour),
                                      hovertemplate=f"{name}<br>layer %{{x}}: %{{y:.1%}}, beats zero-shot"
                                                    "<extra></extra>"))
-        if zero_shot and name in zero_shot:
-            fig.add_hline(y=zero_shot[name], line_dash="dot", line_color=colour,
-                          annotation_text=f"{name}, zero-shot without a vector")
-        if icl and name in icl:
-            fig.add_hline(y=icl[name], line_dash="dash", line_color=colour, annotation_text=f"{name}, k-shot ICL",
-                          annotation_position="bottom right")
+    # Reference lines; conditions with the same value share one line and one label (no overprinted labels).
+    for values, dash, label, position in ((zero_shot, "dot", "zero-shot without a vector", "top right"),
+                                          (icl, "dash", "k-shot ICL", "bottom right")):
+        shared: dict[float, list[str]] = {}
+        for name in curves:
+            if values and name in values:
+                shared.setdefault(round(float(values[name]), 9), []).append(name)
+        for value, names in shared.items():
+            fig.add_hline(y=value, line_dash=dash, line_color=colours[list(curves).index(names[0]) % len(colours)],
+                          annotation_text=f"{' and '.join(names)}, {label}", annotation_position=position)
     fig.update_layout(title=title, xaxis_title="layer patched (input of block L)",
                       yaxis=dict(title="accuracy", range=[0, 1.02], tickformat=".0%"), height=420,
                       margin=dict(t=50, b=40, l=40, r=10))
