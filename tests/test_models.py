@@ -103,3 +103,24 @@ def test_fingerprint_depends_on_weights(tiny_dirs, tmp_path):
     b = load_model(tiny_dirs["llama"], device="cpu")
     c = load_model(str(build_tiny_model("llama", tmp_path / "other", seed=1)), device="cpu")
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+
+
+def test_fingerprint_ignores_where_the_model_lives(tiny_dirs, tmp_path):
+    """The same weights copied elsewhere and loaded by another process under another cache and home keep their
+    fingerprint (so shipped and shared results are found); config provenance never reaches the hash."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from analysis.models.loader import architecture_json
+
+    copy = shutil.copytree(tiny_dirs["llama"], tmp_path / "elsewhere" / "model")
+    here = load_model(tiny_dirs["llama"], device="cpu")
+    code = "import sys; from analysis.models import load_model; print(load_model(sys.argv[1], device='cpu').fingerprint())"
+    env = dict(os.environ, HOME=str(tmp_path / "home"), PRUNESCOPE_CACHE=str(tmp_path / "cache"))
+    there = subprocess.run([sys.executable, "-c", code, str(copy)], env=env, capture_output=True, text=True, check=True)
+    assert there.stdout.strip().splitlines()[-1] == here.fingerprint()
+    assert str(tiny_dirs["llama"]) in here.model.config.to_json_string(use_diff=False)  # the path is in it...
+    assert str(tiny_dirs["llama"]) not in architecture_json(here.model.config)  # ...but not in what is hashed
+    assert '"hidden_size"' in architecture_json(here.model.config)

@@ -9,6 +9,7 @@ seconds). ``trust_remote_code`` is always off.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import socket
@@ -72,15 +73,34 @@ class LoadedModel:
             yield
 
     def fingerprint(self) -> str:
-        """Hash of the architecture config and every weight, for keying cached results."""
+        """Hash of the architecture config and every weight, for keying cached results. Where the model was
+        loaded from does not count: the same weights under another cache, home or host find the same results
+        (including those shipped in assets/precomputed)."""
         if self._fingerprint is None:
             digest = hashlib.blake2b(digest_size=16)
-            digest.update(self.model.config.to_json_string(use_diff=False).encode())
+            digest.update(architecture_json(self.model.config).encode())
             for key, tensor in sorted(self.model.state_dict().items()):
                 digest.update(key.encode())
                 digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
             self._fingerprint = digest.hexdigest()
         return self._fingerprint
+
+
+PROVENANCE_KEYS = frozenset({"name_or_path", "transformers_version"})
+
+
+def architecture_json(config) -> str:
+    """The config as sorted JSON without provenance: where it was loaded from (``_name_or_path``, a local path
+    for every built-in model), the transformers version, and the other private ``_``-keys (commit hash,
+    attention implementation), at every nesting level."""
+    def clean(value):
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items() if not str(k).startswith("_") and k not in PROVENANCE_KEYS}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    return json.dumps(clean(config.to_dict()), sort_keys=True, default=str)
 
 
 def model_choices() -> list[str]:
