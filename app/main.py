@@ -9,11 +9,14 @@ picker, presentation mode and the copy-link control; pages read the loaded model
 
 import streamlit as st
 
+from analysis.paths import ASSETS_DIR
 from components import present, state
 from components.widgets import SPEC_KEY, apply_model_spec, model_picker, show_cancelled
 
 presenting = present.requested()
-st.set_page_config(page_title="prunescope", layout="wide",
+# A local favicon: with a Material icon (or a page's), the browser fetches it from fonts.gstatic.com, which an
+# offline host cannot reach.
+st.set_page_config(page_title="prunescope", page_icon=str(ASSETS_DIR / "favicon.png"), layout="wide",
                    initial_sidebar_state="collapsed" if presenting else "auto")
 
 PAGES = {

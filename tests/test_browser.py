@@ -63,6 +63,9 @@ def page(server):
                                          args=["--headless", "--no-sandbox", "--disable-gpu"])
         tab = browser.new_page(viewport={"width": 1500, "height": 1100})
         tab.set_default_timeout(TIMEOUT_MS)
+        tab.outside = []  # requests to any other host: the app must look the same offline
+        tab.on("request", lambda r: tab.outside.append(r.url) if not r.url.startswith(("http://127.0.0.1", "data:",
+                                                                                           "blob:")) else None)
         try:
             yield tab
         finally:
@@ -147,3 +150,4 @@ def test_model_task_evaluate_and_pruning_toggle(server, page):
     assert pruned != unpruned
     assert (_metric(page, "Accuracy, unpruned"), _metric(page, "Copy errors, unpruned")) == unpruned
     page.screenshot(path=str(ARTIFACTS / "4-pruning-on.png"), full_page=True)
+    assert page.outside == []  # e.g. a Material-icon favicon fetched from fonts.gstatic.com
