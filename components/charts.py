@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import plotly.graph_objects as go
 
 # (summary key, legend name, colour): correct answers, copying errors, echoes of the query, other errors.
@@ -67,13 +68,25 @@ def attention_heatmap(attn, tokens: Sequence[str], title: str = "") -> go.Figure
     return fig
 
 
-def neuron_heatmap(scores, max_columns: int = 256, title: str = "") -> go.Figure:
+HEATMAP_SCALES = {"clip": "robust (clip at the 99.5th percentile of |score|)", "per-layer": "per layer (row max = 1)",
+                  "signed-log": "signed log", "max": "linear, full range"}
+
+
+def neuron_heatmap(scores, max_columns: int = 256, title: str = "", scale: str = "clip",
+                   percentile: float = 99.5) -> go.Figure:
     """Layers x neurons attribution heatmap. Wide layers are binned into at most ``max_columns`` columns, each
-    showing its strongest (largest |score|) neuron's score; hover names the layer and the neuron."""
+    showing its strongest (largest |score|) neuron; the x axis and the hover give real neuron indices.
+
+    ``scale`` (one outlier must not wash the map out): ``clip`` colours at +-the ``percentile`` of |score| over
+    all neurons and says so; ``per-layer`` divides each layer by its largest |score|; ``signed-log`` shows
+    sign(s) log10(1 + |s|/t) with t the median nonzero |score| (linear below t); ``max`` the full range. The hover
+    always shows the raw score."""
+    if scale not in HEATMAP_SCALES:
+        raise ValueError(f"unknown heatmap scale {scale!r}; choose one of {', '.join(HEATMAP_SCALES)}")
     rows = [[float(v) for v in layer] for layer in scores]
     width = len(rows[0]) if rows else 0
     size = max(1, -(-width // max_columns))
-    z, neuron_ids = [], []
+    raw, neuron_ids = [], []
     for row in rows:
         cells, ids = [], []
         for start in range(0, width, size):
@@ -81,14 +94,33 @@ def neuron_heatmap(scores, max_columns: int = 256, title: str = "") -> go.Figure
             offset = max(range(len(chunk)), key=lambda i: abs(chunk[i]))
             cells.append(chunk[offset])
             ids.append(start + offset)
-        z.append(cells)
+        raw.append(cells)
         neuron_ids.append(ids)
-    limit = max((abs(v) for r in z for v in r), default=1.0) or 1.0
+    magnitudes = np.abs(np.asarray(rows, dtype=float)).ravel()
+    z, limit, bar_title, note = raw, float(magnitudes.max(initial=0.0)) or 1.0, "IG score", ""
+    if scale == "clip":
+        limit = float(np.percentile(magnitudes, percentile)) if magnitudes.size else 1.0
+        limit = limit or float(magnitudes.max(initial=0.0)) or 1.0
+        clipped = int((magnitudes > limit).sum())
+        note = f"colours clipped at ±{limit:.3g} ({percentile:g}th percentile of |score|; {clipped} neurons beyond)"
+    elif scale == "per-layer":
+        z = [[v / (max(abs(x) for x in row) or 1.0) for v in row] for row in raw]
+        limit, bar_title, note = 1.0, "score / layer max", "each layer scaled by its largest |score|"
+    elif scale == "signed-log":
+        nonzero = magnitudes[magnitudes > 0]
+        knee = float(np.median(nonzero)) if nonzero.size else 1.0
+        z = [[float(np.sign(v) * np.log10(1 + abs(v) / knee)) for v in row] for row in raw]
+        limit = max((abs(v) for row in z for v in row), default=1.0) or 1.0
+        bar_title, note = "sign·log10(1+|s|/t)", f"signed log, linear below t = {knee:.3g}"
+    columns = list(range(0, width, size))  # each column's first neuron index
+    custom = [[[i, r] for i, r in zip(ids, row)] for ids, row in zip(neuron_ids, raw)]
     fig = go.Figure(go.Heatmap(
-        z=z, customdata=neuron_ids, colorscale="RdBu", reversescale=True, zmid=0, zmin=-limit, zmax=limit,
-        hovertemplate="layer %{y}<br>neuron %{customdata}<br>score %{z:.3g}<extra></extra>"))
-    fig.update_layout(title=title, xaxis_title=f"neurons (bins of {size})" if size > 1 else "neuron",
-                      yaxis_title="layer", height=520, margin=dict(l=10, r=10, t=50, b=10))
+        z=z, x=columns, customdata=custom, colorscale="RdBu", reversescale=True, zmid=0, zmin=-limit, zmax=limit,
+        colorbar=dict(title=dict(text=bar_title, side="right")),
+        hovertemplate="layer %{y}<br>neuron %{customdata[0]}<br>score %{customdata[1]:.3g}<extra></extra>"))
+    axis = "neuron" if size == 1 else f"neuron (bins of {size} from the index shown; each cell its strongest)"
+    fig.update_layout(title=title + (f"<br><sup>{note}</sup>" if note else ""), xaxis_title=axis,
+                      yaxis_title="layer", height=520, margin=dict(l=10, r=10, t=60, b=10))
     return fig
 
 

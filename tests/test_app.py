@@ -209,13 +209,40 @@ def test_attribution_page_runs_ig_and_shows_top_neurons(app):
     assert app.dataframe[0].value.shape[0] == 20
 
 
+def test_neuron_heatmap_scales_resist_one_outlier():
+    import numpy as np
+
+    from components.charts import neuron_heatmap
+
+    rng = np.random.default_rng(0)
+    scores = rng.normal(0, 0.01, size=(4, 1000))
+    scores[0, 68] = 3.3  # one outlier would wash a linear full-range map out
+    clip = neuron_heatmap(scores.tolist(), scale="clip")
+    expected = np.percentile(np.abs(scores), 99.5)
+    assert clip.data[0].zmax == pytest.approx(expected) and clip.data[0].zmax < 0.05
+    assert f"{expected:.3g}" in clip.layout.title.text and "20 neurons beyond" in clip.layout.title.text
+    assert clip.data[0].colorbar.title.text == "IG score"
+    per_layer = neuron_heatmap(scores.tolist(), scale="per-layer", max_columns=1000)
+    assert [max(abs(v) for v in row) for row in per_layer.data[0].z] == pytest.approx([1.0] * 4)
+    assert per_layer.data[0].customdata[0][68][1] == pytest.approx(3.3)  # the hover keeps the raw score
+    log = neuron_heatmap(scores.tolist(), scale="signed-log", max_columns=1000)
+    knee = np.median(np.abs(scores))
+    assert log.data[0].z[0][68] == pytest.approx(np.log10(1 + 3.3 / knee))
+    order = np.argsort(scores[1])
+    assert np.all(np.diff(np.asarray(log.data[0].z[1])[order]) >= 0)  # monotonic: signs and order kept
+    with pytest.raises(ValueError, match="unknown heatmap scale"):
+        neuron_heatmap(scores.tolist(), scale="loud")
+
+
 def test_neuron_heatmap_bins_keep_the_strongest_neuron():
     from components.charts import layer_totals_bar, neuron_heatmap
 
     scores = [[0.1, -0.9, 0.2, 0.3], [0.0, 0.1, 0.5, -0.4]]
-    fig = neuron_heatmap(scores, max_columns=2)
+    fig = neuron_heatmap(scores, max_columns=2, scale="max")
     assert [list(r) for r in fig.data[0].z] == [[-0.9, 0.3], [0.1, 0.5]]
-    assert [list(r) for r in fig.data[0].customdata] == [[1, 3], [1, 2]]
+    assert [[c[0] for c in r] for r in fig.data[0].customdata] == [[1, 3], [1, 2]]  # the strongest neuron's index
+    assert list(fig.data[0].x) == [0, 2]  # columns named by neuron index, not bin number
+    assert fig.data[0].zmax == pytest.approx(0.9)
     totals = layer_totals_bar(scores)
     assert list(totals.data[0].y) == pytest.approx([-0.3, 0.2])  # signed sums
     assert list(totals.data[1].y) == pytest.approx([1.5, 1.0])  # sums of magnitudes

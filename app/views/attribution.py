@@ -7,7 +7,7 @@ from analysis.attribution.summary import top_neurons
 from analysis.cache import ResultsCache, task_fingerprint
 from analysis.demo import ATTRIBUTION
 from components import present, state
-from components.charts import layer_totals_bar, neuron_heatmap
+from components.charts import HEATMAP_SCALES, layer_totals_bar, neuron_heatmap
 from components.export import chart, report_button, table
 from components.widgets import guarded, memo, require_model, run_progress, task_picker
 
@@ -51,7 +51,9 @@ shown = st.session_state.get("ig_result")
 if shown and shown["model"] == loaded.name:
     result = shown["result"]
     st.subheader(f"{result.target} target, {len(result.inputs)} prompts, {result.steps} {result.quadrature} steps")
-    heat = neuron_heatmap(result.scores.tolist(), title="mean attribution per neuron")
+    scale = st.radio("Colour scale", list(HEATMAP_SCALES), format_func=HEATMAP_SCALES.get, horizontal=True,
+                     key="ig_scale", help="one strong neuron can wash a linear map out; the hover shows raw scores")
+    heat = neuron_heatmap(result.scores.tolist(), title="mean attribution per neuron", scale=scale)
     totals = layer_totals_bar(result.scores.tolist())
     chart(heat, "ig_heat", "neuron-attribution")
     chart(totals, "ig_layers", "attribution-per-layer")
