@@ -59,13 +59,22 @@ def attention_heatmap(attn, tokens: Sequence[str], title: str = "") -> go.Figure
     """
     values = [[float(v) for v in row] for row in attn]
     limit = max((abs(v) for row in values for v in row), default=1.0) or 1.0
-    labels = [f"{i}:{t!r}"[: 24] for i, t in enumerate(tokens)]
+    labels = [f"{i}:{visible_token(t)}"[:24] for i, t in enumerate(tokens)]
     fig = go.Figure(go.Heatmap(
         z=values, x=labels, y=labels, colorscale="RdBu", reversescale=True, zmid=0, zmin=-limit, zmax=limit,
         hovertemplate="output %{y}<br>source %{x}<br>%{z:.4g}<extra></extra>"))
     fig.update_layout(title=title, yaxis_autorange="reversed", xaxis_tickangle=-60, height=620,
+                      xaxis_title="source token", yaxis_title="output position",
                       margin=dict(l=10, r=10, t=50, b=10))
     return fig
+
+
+VISIBLE_WHITESPACE = str.maketrans({" ": "␣", "\n": "⏎", "\t": "⇥", "\r": "␍"})
+
+
+def visible_token(token: str) -> str:
+    """A token with its whitespace drawn (" 2" -> "␣2", "\n" -> "⏎"): a blank cell or label says nothing."""
+    return str(token).translate(VISIBLE_WHITESPACE)
 
 
 HEATMAP_SCALES = {"clip": "robust (clip at the 99.5th percentile of |score|)", "per-layer": "per layer (row max = 1)",

@@ -8,6 +8,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from components.charts import visible_token
+
 
 # In the figure's top margin, right of the title, clear of the subplot titles and the rotated task names.
 TOP_RIGHT_LEGEND = dict(orientation="h", yref="container", y=0.99, yanchor="top", x=1, xanchor="right")
@@ -165,7 +167,7 @@ def relevance_chart(tokens: Sequence[str], scores: Mapping[str, Sequence[float]]
     names = list(scores)
     raw = [[float(v) for v in scores[m]] for m in names]
     scaled = [[v / (max(abs(x) for x in row) or 1.0) for v in row] for row in raw]
-    labels = [f"{i}:{t!r}"[:20] for i, t in enumerate(tokens)]
+    labels = [f"{i}:{visible_token(t)}"[:20] for i, t in enumerate(tokens)]
     fig = go.Figure(go.Heatmap(z=scaled, x=labels, y=names, customdata=raw, colorscale="RdBu", reversescale=True,
                                zmid=0, zmin=-1, zmax=1,
                                hovertemplate="%{y}<br>%{x}<br>%{customdata:.4g}<extra></extra>"))

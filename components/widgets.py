@@ -21,6 +21,7 @@ from analysis.errors import PrunescopeError
 from analysis.models import LoadedModel, load_model, model_choices, model_label
 from analysis.tasks import Task, builtin_tasks, parse_task_bytes
 from components import state
+from components.charts import visible_token
 
 MODEL_ENV = "PRUNESCOPE_MODEL"
 MODEL_KEY = "loaded_model"
@@ -243,7 +244,7 @@ def token_chips(tokens: list[str], ids: list[int]) -> str:
     """HTML of a token sequence as chips (visible spaces and newlines, the id on hover)."""
     chips = []
     for position, (token, token_id) in enumerate(zip(tokens, ids)):
-        shown = html.escape(token.replace(" ", "·").replace("\n", "⏎"))
+        shown = html.escape(visible_token(token))
         chips.append(f'<span title="position {position}, id {token_id}" style="display:inline-block;'
                      'margin:2px;padding:1px 5px;border:1px solid #d4d4d8;border-radius:4px;'
                      f'font-family:monospace;background:#fafafa">{shown}</span>')

@@ -190,7 +190,8 @@ def test_attention_heatmap_values_and_scale():
     heat = fig.data[0]
     assert [list(r) for r in heat.z] == [[0.5, 0.0], [-2.0, 1.0]]
     assert heat.zmin == -2.0 and heat.zmax == 2.0 and heat.zmid == 0
-    assert list(heat.x) == ["0:'a'", "1:'b'"]
+    assert list(heat.x) == ["0:a", "1:b"]
+    assert fig.layout.xaxis.title.text == "source token" and fig.layout.yaxis.title.text == "output position"
 
 
 def test_attribution_page_runs_ig_and_shows_top_neurons(app):
@@ -207,6 +208,18 @@ def test_attribution_page_runs_ig_and_shows_top_neurons(app):
     top = shown["top"]
     assert len(top) == 20 and (top.score.abs().diff().dropna() <= 1e-12).all()  # sorted by |score|
     assert app.dataframe[0].value.shape[0] == 20
+
+
+def test_whitespace_tokens_are_visible_in_labels_tables_and_chips():
+    from components.charts import attention_heatmap, visible_token
+    from components.charts_pruning import relevance_chart
+    from components.widgets import token_chips
+
+    assert visible_token(" 2") == "␣2" and visible_token("\n") == "⏎" and visible_token("a\tb") == "a⇥b"
+    tokens = ["Input", ":", " ", "\n"]
+    assert list(attention_heatmap([[1.0] * 4] * 4, tokens).data[0].x) == ["0:Input", "1::", "2:␣", "3:⏎"]
+    assert list(relevance_chart(tokens, {"raw": [1.0] * 4}).data[0].x)[2:] == ["2:␣", "3:⏎"]
+    assert ">␣</span>" in token_chips(tokens, [1, 2, 3, 4]) and ">⏎</span>" in token_chips(tokens, [1, 2, 3, 4])
 
 
 def test_neuron_heatmap_scales_resist_one_outlier():

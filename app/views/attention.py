@@ -10,7 +10,7 @@ from analysis.implicit_attention import FORMS, attention_maps
 from analysis.models import model_choices, model_label
 from analysis.tasks import builtin_tasks
 from components import present, state
-from components.charts import attention_heatmap
+from components.charts import attention_heatmap, visible_token
 from components.charts_pruning import relevance_chart
 from components.export import chart, report_button, table
 from components.widgets import cached_model, guarded, memo, require_model, run_progress
@@ -74,8 +74,9 @@ if chosen:
         chart(figures[rel_title], "rel_chart", "token-relevance")
         if "ig" in results and results["ig"].delta is not None:
             st.caption(f"ig completeness error (sum of scores − (F(x) − F(baseline))): {results['ig'].delta:.3g}")
-        tables["Token relevance"] = pd.DataFrame({"token": first.tokens, **{m: r.scores.tolist()
-                                                                            for m, r in results.items()}})
+        tables["Token relevance"] = pd.DataFrame({"token": [visible_token(t) for t in first.tokens],
+                                                  **{m: r.scores.tolist()
+                                                     for m, r in results.items()}})
 
 st.subheader("Faithfulness")
 st.caption("Tokens are replaced with padding most-relevant-first (lower area = more faithful) and least-relevant-"

@@ -7,7 +7,7 @@ from analysis.attribution.summary import top_neurons
 from analysis.cache import ResultsCache, task_fingerprint
 from analysis.demo import ATTRIBUTION
 from components import present, state
-from components.charts import HEATMAP_SCALES, layer_totals_bar, neuron_heatmap
+from components.charts import HEATMAP_SCALES, layer_totals_bar, neuron_heatmap, visible_token
 from components.export import chart, report_button, table
 from components.widgets import guarded, memo, require_model, run_progress, task_picker
 
@@ -36,7 +36,11 @@ if task is not None:
     key = ("neuron-ig", loaded.fingerprint(), task_fingerprint(task), *args[2:])
 
     def with_top(result):
-        return None if result is None else {"result": result, "top": top_neurons(loaded, result), "model": loaded.name}
+        if result is None:
+            return None
+        top = top_neurons(loaded, result)
+        return {"result": result, "top": top.assign(fires_most_on=top.fires_most_on.map(visible_token)),
+                "model": loaded.name}
 
     with guarded("attribution"):  # a cached result (on disk or shipped) is shown at once, read once per session
         shown = memo(key, lambda: with_top(attribute_task(*args, cache=ResultsCache(), compute_missing=False)))
