@@ -154,7 +154,7 @@ def test_attention_page_beside_a_transformer_with_relevance_and_faithfulness(mon
     assert set(table.method) == {"raw", "rollout", "gradattn", "gxi", "random"}
     at.text_area(key="attn_text").set_value("   ")
     _ok(at.run())
-    assert any("the text is empty" in e.value for e in at.error)
+    assert [e.value for e in at.error] == ["the text is empty: type or paste a text to look at"]  # one line
 
 
 def test_task_vectors_and_compare_pages(monkeypatch):

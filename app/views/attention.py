@@ -38,13 +38,23 @@ with present.controls():
                                      format_func=model_label,
                                      help="a second model's attention on the same text (its last layer by default)")
 
+if not text.strip():  # one line, instead of one per panel that needs the text
+    st.error("the text is empty: type or paste a text to look at")
+    st.stop()
+
+
+def describe(*parts: str) -> str:
+    """'softmax, mean' rather than 'softmax, softmax, mean': each part once, in order."""
+    return ", ".join(dict.fromkeys(p for p in parts if p))
+
+
 figures, tables = {}, {}
 left, right = st.columns(2) if other_spec != NO_COMPARISON else (st.container(), None)
 with left, guarded("attention map"):
     maps = memo(("attn", loaded.fingerprint(), text, form, reduce, int(layer)),
                 lambda: attention_maps(loaded, text, form=form, reduce=reduce, layers=[int(layer)]))
     kind = maps.kinds[0]
-    title = f"{loaded.name} layer {int(layer)} ({kind}, {maps.form}, {maps.reduce})"
+    title = f"{loaded.name} layer {int(layer)} ({describe(kind, maps.form, maps.reduce)})"
     figures[title] = attention_heatmap(maps.attn[0].tolist(), maps.tokens, title)
     chart(figures[title], "attn_chart", "attention")
     st.session_state["attn_last"] = {"layer": int(layer), "kind": kind, "tokens": maps.tokens}
@@ -54,9 +64,11 @@ if right is not None:
         other_layer = min(int(layer), other.n_layers - 1)
         other_maps = memo(("attn", other.fingerprint(), text, None, "mean", other_layer),
                           lambda: attention_maps(other, text, layers=[other_layer]))
-        other_title = f"{other.name} layer {other_layer} ({other_maps.kinds[0]}, {other_maps.form})"
+        other_title = f"{other.name} layer {other_layer} ({describe(other_maps.kinds[0], other_maps.form)})"
         figures[other_title] = attention_heatmap(other_maps.attn[0].tolist(), other_maps.tokens, other_title)
         chart(figures[other_title], "attn_other_chart", "attention-comparison")
+    st.caption("Each map has its own colour scale (± its largest |value|): compare where the weight goes, not "
+               "the colours' strength across the two.")
 
 st.subheader("Token relevance")
 methods = [m for m in METHODS if m != "lrp" or loaded.family in LRP_FAMILIES]
