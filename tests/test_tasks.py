@@ -99,3 +99,11 @@ def test_normalize_answer():
     assert normalize_answer("  Paris \n") == "paris"
     assert normalize_answer("New  York") == "new york"
     assert normalize_answer(" PARIS ", case_sensitive=True) == "PARIS"
+
+
+def test_repeats_note_names_the_distinct_queries():
+    task = Task("letters", [("a", "A"), ("b", "B"), ("a", "A"), ("c", "C")])  # 3 distinct inputs in 4 pairs
+    assert task.repeats_note(3) == ""
+    assert task.repeats_note(7) == ("letters has 3 distinct queries: 7 prompts ask each up to 3 times with other "
+                                    "demonstrations (intervals count repeats of a query as one cluster, not as new "
+                                    "evidence)")

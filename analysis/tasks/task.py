@@ -67,6 +67,15 @@ class Task:
         text = "".join(self.render_demo(x, y) for x, y in demos) + self.render_query(query[0])
         return Prompt(text=text, query=query[0], gold=query[1], demos=tuple(demos))
 
+    def repeats_note(self, n: int) -> str:
+        """'' when ``n`` prompts fit the task's distinct queries; else one sentence saying how many there are
+        (more prompts cycle through the queries again, with other demonstrations)."""
+        distinct = len({x for x, _ in self.pairs})
+        if n <= distinct:
+            return ""
+        return (f"{self.name} has {distinct} distinct queries: {n} prompts ask each up to {-(-n // distinct)} times "
+                "with other demonstrations (intervals count repeats of a query as one cluster, not as new evidence)")
+
     def sample_prompts(self, shots: int, n: int, seed: int = 0) -> list[Prompt]:
         """``n`` deterministic ``shots``-shot prompts from ``seed``.
 
