@@ -27,6 +27,9 @@ def run_label(summary: dict, index: int | None = None) -> str:
     return label
 
 
+MAX_LABELLED_RUNS = 3  # groups of 4 bars whose percentages still fit above them side by side
+
+
 def outcome_bar_chart(summaries: Sequence[dict], title: str | None = None) -> go.Figure:
     """Grouped bars of accuracy / copy-error / echo / other-error rates, one group per run summary.
 
@@ -35,18 +38,20 @@ def outcome_bar_chart(summaries: Sequence[dict], title: str | None = None) -> go
     """
     labels = [run_label(s, i) for i, s in enumerate(summaries)]
     hover = [f"model {s.get('model', '?')}, n={s.get('n', '?')}" for s in summaries]
+    labelled = len(summaries) <= MAX_LABELLED_RUNS  # beyond that the numbers would collide ("75%75%"): hover only
     fig = go.Figure()
     for key, name, colour in OUTCOME_SERIES:
         values = [float(s[key]) for s in summaries]
         fig.add_trace(go.Bar(
             name=name, x=labels, y=values, marker_color=colour, customdata=hover,
-            text=[f"{v:.0%}" for v in values], textposition="outside", cliponaxis=False,
+            text=[f"{v:.0%}" for v in values] if labelled else None, textposition="outside", textangle=0,
+            cliponaxis=False,
             hovertemplate=f"{name}: %{{y:.1%}}<br>%{{customdata}}<extra>%{{x}}</extra>",
         ))
     fig.update_layout(
         barmode="group", title=title, yaxis=dict(range=[0, 1], tickformat=".0%", title="share of prompts"),
         legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0), margin=dict(t=60, b=40, l=40, r=10),
-        uniformtext=dict(minsize=9, mode="show"),
+        uniformtext=dict(minsize=9, mode="hide"),
     )
     return fig
 

@@ -168,6 +168,8 @@ def test_outcome_bar_chart_values():
     assert list(bars["Accuracy"].text) == ["50%", "25%"]
     assert len(set(bars["Accuracy"].x)) == 2  # repeated settings stay separate groups
     assert fig.layout.barmode == "group" and tuple(fig.layout.yaxis.range) == (0, 1)
+    crowded = outcome_bar_chart(summaries * 3)  # six runs: 24 bars, no room for their numbers ("75%75%")
+    assert all(trace.text is None for trace in crowded.data) and crowded.layout.uniformtext.mode == "hide"
 
 
 def test_attention_page_for_a_mamba_model(tmp_path_factory, monkeypatch):
