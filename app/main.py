@@ -42,9 +42,21 @@ with st.sidebar:
     st.title("prunescope")
     model_picker()
     present.toggle()
-    state.share_link()
+    link_slot = st.empty()  # filled after the page ran: the link must include what the page just changed
 present.apply_style()
 show_cancelled()
 page_name = next(name for name, p in PAGES.items() if p.url_path == page.url_path)
-state.sync_query(page_name, st.session_state.get(SPEC_KEY), {present.PARAM: "1"} if present.requested() else {})
-page.run()
+
+
+def sync_link() -> None:
+    """The address bar and the Copy link box show the same, current view."""
+    state.sync_query(page_name, st.session_state.get(SPEC_KEY), {present.PARAM: "1"} if present.requested() else {})
+
+
+sync_link()
+try:
+    page.run()
+finally:  # also when the page stops early (st.stop) or a widget clamped a setting (e.g. k) during the run
+    sync_link()
+    with link_slot.container():
+        state.share_link()

@@ -236,3 +236,32 @@ def test_attention_page_on_every_family(monkeypatch, model):
     keys = {c.key for c in at.get("plotly_chart")}
     assert {"attn_chart", "rel_chart"} <= keys
     assert ("attn_other_chart" in keys) == (model != "toy-transformer")  # beside it: the toy transformer
+
+
+
+def test_copy_link_equals_the_address_bar_after_every_change(monkeypatch):
+    """The link box is drawn after the page ran: a change made in this run (a typed n, a clamped k) is in it,
+    and in the URL, at once; presentation mode stays in both."""
+    from urllib.parse import parse_qs
+
+    from components import present
+
+    def shown_link(at) -> dict:
+        box = at.sidebar.code[0]
+        return {k: v[0] for k, v in parse_qs(box.value.split("?", 1)[1]).items()}
+
+    def address(at) -> dict:
+        return {k: (v[0] if isinstance(v, list) else v) for k, v in dict(at.query_params).items()}
+
+    at = _start("toy-transformer", monkeypatch, "views/evaluate.py")
+    at.number_input(key="_w_n").set_value(7)
+    _ok(at.run())
+    assert shown_link(at)["n"] == "7" and shown_link(at) == address(at)
+    at.toggle(key=present.KEY).set_value(True)
+    _ok(at.run())
+    assert shown_link(at)[present.PARAM] == "1" and shown_link(at) == address(at)
+    at.session_state["setting_k"] = 10**9  # e.g. a link made for a bigger model: clamped on the pruning page
+    at.switch_page("views/pruning.py")
+    _ok(at.run())
+    clamped = next(e.value for e in at.error if "out of range" in e.value).rsplit("using k=", 1)[1]
+    assert address(at)["k"] == clamped and shown_link(at) == address(at)
