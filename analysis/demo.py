@@ -25,7 +25,9 @@ PRECOMPUTED_DIR = ASSETS_DIR / "precomputed"
 SCORING = {"n": 32, "shots": 4, "steps": 20, "target": "copy", "prompts": "all"}
 # every setting a link restores (the copying-score and selection settings too: with k they define the mask)
 SETTINGS = {"task": "antonyms", "shots": 4, "n": 40, "seed": 0, "layer": 0, "k": 20, "mask": "",
-            "per_layer": 0, "layers": "", **{f"score_{name}": value for name, value in SCORING.items()}}
+            "per_layer": 0, "layers": "", **{f"score_{name}": value for name, value in SCORING.items()},
+            # the pruning toggle, and the attention page's view ("" = the model family's default)
+            "prune": 0, "text": "a:3 b:5 c:1 d:7 | b:5 a:", "form": "", "reduce": "mean", "beside": ""}
 PRUNE_TASKS = (f"{COPYING_TASK}[heldout]", *DEV_TASKS)  # the pruning page's default tasks (held-out copying split)
 PRUNE_CONTROLS = 3  # random-mask seeds on the pruning page (its minimum too: one seed shows no spread)
 ATTRIBUTION = {"target": "copy", "n": 8, "steps": 20, "quadrature": "riemann"}  # the attribution page

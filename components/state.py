@@ -84,10 +84,10 @@ def share_link() -> None:
         st.code(link(), language=None)
 
 
-def bound(widget: Callable[..., Any], label: str, name: str, **kwargs) -> Any:
+def bound(widget: Callable[..., Any], label: str, name: str, widget_key: str | None = None, **kwargs) -> Any:
     """Draw ``widget(label, ...)`` bound to the shared setting ``name``: it starts from the setting and
     writes back to it, on any page."""
-    widget_key = f"_w_{name}"
+    widget_key = widget_key or f"_w_{name}"
     value = get(name)
     if isinstance(value, (int, float)):  # another page (or a link) may have set a value this widget cannot show
         low, high = kwargs.get("min_value"), kwargs.get("max_value")

@@ -180,7 +180,7 @@ def test_attention_page_for_a_mamba_model(tmp_path_factory, monkeypatch):
     assert not at.exception, [e.value for e in at.exception]
     last = at.session_state["attn_last"]
     assert last["kind"] == "implicit" and "".join(last["tokens"]) == "a:3 b:5 c:1 d:7 | b:5 a:"
-    at.selectbox(key="attn_form").set_value("unified")
+    next(box for box in at.selectbox if box.label == "Form").set_value("unified")
     at.text_input(key="attn_reduce").set_value("median").run()
     assert not at.exception and "unknown reduction 'median'" in at.error[0].value
 

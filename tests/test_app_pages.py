@@ -71,9 +71,11 @@ def test_pruning_toggle_changes_the_numbers(monkeypatch):
     assert {c.key for c in at.get("plotly_chart")} >= {"prune_bars", "prune_changes"}
     assert at.number_input(key="prune_controls").value == 3
     assert st_mask_size(at) == 150
+    assert at.query_params["prune"] in ("1", ["1"])  # the link opens the page pruned
     at.toggle(key="prune_on").set_value(False)
     _ok(at.run())
     assert _metrics(at) == before  # back to the cached unpruned numbers
+    assert "prune" not in at.query_params
 
 
 def test_pruning_page_bad_inputs_show_errors(monkeypatch):
@@ -237,6 +239,31 @@ def test_attention_page_on_every_family(monkeypatch, model):
     assert {"attn_chart", "rel_chart"} <= keys
     assert ("attn_other_chart" in keys) == (model != "toy-transformer")  # beside it: the toy transformer
 
+
+
+def test_attention_view_and_prune_toggle_travel_in_the_link(monkeypatch):
+    """Text, form, reduction and the model beside it are settings: a link restores them; a form that no
+    family offers gets one red line; each model starts from its own default form."""
+    at = _start("toy-mamba", monkeypatch, "views/attention.py")
+    assert next(b for b in at.selectbox if b.label == "Beside it").value == "toy-transformer"  # README's default
+    next(b for b in at.selectbox if b.label == "Form").set_value("unified")
+    at.text_area(key="attn_text").set_value("x:1 y:2 | x:")
+    _ok(at.run())
+    params = {k: (v[0] if isinstance(v, list) else v) for k, v in dict(at.query_params).items()}
+    assert params["form"] == "unified" and params["text"] == "x:1 y:2 | x:" and "beside" not in params
+
+    fresh = AppTest.from_file(str(MAIN), default_timeout=TIMEOUT)
+    fresh.query_params.update({**params, "beside": "none", "reduce": "absmean"})
+    _ok(fresh.run())
+    assert next(b for b in fresh.selectbox if b.label == "Form").value == "unified"
+    assert next(b for b in fresh.selectbox if b.label == "Beside it").value == "none"
+    assert fresh.text_area(key="attn_text").value == "x:1 y:2 | x:"
+    assert fresh.text_input(key="attn_reduce").value == "absmean"
+
+    hostile = AppTest.from_file(str(MAIN), default_timeout=TIMEOUT)
+    hostile.query_params.update({"page": "attention", "model": "toy-transformer", "form": "<script>"})
+    _ok(hostile.run())
+    assert [e.value for e in hostile.error] == ["form='<script>' is not a choice here; using softmax"]
 
 
 def test_copy_link_equals_the_address_bar_after_every_change(monkeypatch):

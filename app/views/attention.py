@@ -16,27 +16,53 @@ from components.export import chart, report_button, table
 from components.widgets import cached_model, guarded, memo, require_model, run_progress
 
 NO_COMPARISON = "none"
-DEFAULT_TEXT = "a:3 b:5 c:1 d:7 | b:5 a:"
+MAX_TEXT = 20_000  # characters a link may carry into the text box (the model's own length check comes later)
 
 st.header("Implicit attention")
 st.caption("Mamba, Mamba-2, RWKV and Griffin: the exact implicit attention computed from each layer's own "
            "parameters and activations (arXiv 2403.01590, 2405.16504); transformers: the real softmax attention.")
 
 loaded = require_model()
+others = [NO_COMPARISON, *[m for m in model_choices() if m != loaded.name]]
+default_other = "toy-transformer" if loaded.family != "transformer" and "toy-transformer" in others else NO_COMPARISON
+
+
+def choose(column, label: str, name: str, options: list[str], default: str, known: set[str], **kwargs) -> str:
+    """A selectbox bound to the setting ``name``, stored as '' while it shows this model's ``default`` (so a
+    link stays short and the next model starts from its own default). A value offered for another model is
+    quietly replaced by the default; one offered nowhere (a hostile or stale link) gets one red line."""
+    value = state.get(name)
+    if value and value not in options and value not in known:
+        st.error(f"{name}={str(value)[:40]!r} is not a choice here; using {default}")
+    current = value if value in options else default
+    widget_key = f"attn_{name}_{loaded.name}"  # per model: what another model showed never leaks in
+    if st.session_state.get(widget_key) != current:
+        st.session_state[widget_key] = current
+
+    def store(picked: str) -> None:
+        state.put(name, "" if picked == default else picked)
+
+    chosen = column.selectbox(label, options, key=widget_key,
+                              on_change=lambda: store(st.session_state[widget_key]), **kwargs)
+    store(chosen)
+    return chosen
+
+
+if len(state.get("text")) > MAX_TEXT:
+    st.error(f"the text has {len(state.get('text'))} characters; keeping the first {MAX_TEXT}")
+    state.put("text", state.get("text")[:MAX_TEXT])
 with present.controls():
-    text = st.text_area("Text", value=DEFAULT_TEXT, key="attn_text")
+    text = state.bound(st.text_area, "Text", "text", widget_key="attn_text")
     col_form, col_reduce, col_layer, col_other = st.columns(4)
-    form = col_form.selectbox("Form", FORMS[loaded.family], key="attn_form")
-    reduce = col_reduce.text_input("Reduction", value="mean", key="attn_reduce",
-                                   help="mean, absmean, or channels:IDX[,IDX...] (heads for transformers)")
+    form = choose(col_form, "Form", "form", FORMS[loaded.family], FORMS[loaded.family][0],
+                  {f for forms in FORMS.values() for f in forms})
+    reduce = state.bound(col_reduce.text_input, "Reduction", "reduce", widget_key="attn_reduce",
+                         help="mean, absmean, or channels:IDX[,IDX...] (heads for transformers)")
     layer = state.bound(col_layer.number_input, "Layer", "layer", min_value=0, max_value=loaded.n_layers - 1,
                         step=1)
-    others = [NO_COMPARISON, *[m for m in model_choices() if m != loaded.name]]
-    beside_transformer = loaded.family != "transformer" and "toy-transformer" in others
-    default_other = "toy-transformer" if beside_transformer else NO_COMPARISON
-    other_spec = col_other.selectbox("Beside it", others, index=others.index(default_other), key="attn_other",
-                                     format_func=model_label,
-                                     help="a second model's attention on the same text (its last layer by default)")
+    other_spec = choose(col_other, "Beside it", "beside", others, default_other, {loaded.name},
+                        format_func=model_label,
+                        help="a second model's attention on the same text (its last layer by default)")
 
 if not text.strip():  # one line, instead of one per panel that needs the text
     st.error("the text is empty: type or paste a text to look at")
