@@ -1,0 +1,55 @@
+"""The results shipped in assets/precomputed answer the app's default requests on the real default model in a
+fresh process with an empty cache and another HOME, as on a new host: nothing is computed (a write to the results
+cache, which every computation ends with, fails the run)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCRIPT = textwrap.dedent("""
+    from analysis.attribution import attribute_task
+    from analysis.cache import ResultsCache
+    from analysis.demo import ATTRIBUTION, PRUNE_CONTROLS, PRUNE_TASKS, SCORING, SETTINGS, pruning_tasks
+    from analysis.models import load_model
+    from analysis.pruning.autok import K_GRID, k_sweep
+    from analysis.pruning.copying import copying_scores, select_top_k
+    from analysis.pruning.evaluate import prune_eval
+    from analysis.tasks import builtin_tasks
+
+    def computed(*args, **kwargs):
+        raise SystemExit(f"computed a result the demo ships: {args[1]}")
+
+    ResultsCache.put = computed
+    loaded = load_model("default", device="cpu")
+    cache = ResultsCache()
+    scores = copying_scores(loaded, **SCORING, cache=cache, compute_missing=False)
+    assert scores is not None, "copying scores not shipped"
+    mask = select_top_k(scores.scores, SETTINGS["k"])
+    tasks = [pruning_tasks()[name] for name in PRUNE_TASKS]
+    result = prune_eval(loaded, mask, tasks, shots=[SETTINGS["shots"]], n=SETTINGS["n"],
+                        random_controls=PRUNE_CONTROLS, seed=SETTINGS["seed"], cache=cache)
+    assert attribute_task(loaded, builtin_tasks()[SETTINGS["task"]], ATTRIBUTION["target"], ATTRIBUTION["n"],
+                          SETTINGS["shots"], SETTINGS["seed"], ATTRIBUTION["steps"], ATTRIBUTION["quadrature"],
+                          cache=cache, compute_missing=False) is not None, "attribution not shipped"
+    sweep = k_sweep(loaded, scores.scores, K_GRID, cache=cache)
+    print("shipped", len(result.records), sweep.chosen)
+""")
+
+
+def test_a_new_host_finds_every_shipped_default_result(tmp_path):
+    env = dict(os.environ, HOME=str(tmp_path / "home"), PRUNESCOPE_CACHE=str(tmp_path / "cache"),
+               OMP_NUM_THREADS="2")
+    run = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=900)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().splitlines()[-1].startswith("shipped ")
