@@ -77,7 +77,7 @@ def run_model(name: str, args, cache: ResultsCache) -> list[str]:
         print(f"\n[{name} / {label}] scores from {scored.n_used} of {args.score_n} prompts; {sweep.message}",
               flush=True)
         mask = select_top_k(scored.scores, k)
-        bar = tqdm(desc=f"{name} {label}: evaluation", unit="eval", leave=False, file=sys.stderr)
+        bar = tqdm(desc=f"{name} {label}: evaluation", unit="prompt", leave=False, file=sys.stderr)
         result = prune_eval(loaded, mask, tasks, args.shots, args.n, args.controls, cache=cache,
                             progress=lambda d, t: bar.update(d - bar.n))
         bar.close()

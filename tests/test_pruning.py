@@ -180,3 +180,36 @@ def test_confidence_neurons(tiny_loaded):
         confidence_neurons(loaded, task, layer=1, percent=10, n=2, shots=2, steps=2, min_prob=1.1)
     with pytest.raises(PrunescopeError, match="layer 7 does not exist"):
         confidence_neurons(loaded, task, layer=7, percent=10)
+
+
+def test_prune_eval_progress_is_one_rising_bar_and_a_stop_ends_the_work_within_a_batch(tiny_loaded):
+    loaded = tiny_loaded("llama")
+    tasks = [builtin_tasks()["antonyms"], builtin_tasks()["to-upper"]]
+    mask = NeuronMask.from_pairs([(0, i) for i in range(8)])
+    reports = []
+    prune_eval(loaded, mask, tasks, shots=(1,), n=6, random_controls=2, resamples=200,
+               progress=lambda done, total: reports.append((done, total)))
+    totals = {total for _, total in reports}
+    assert totals == {2 * (1 + 1 + 2) * 6}  # known up front, in prompts
+    assert [d for d, _ in reports] == sorted(d for d, _ in reports) and reports[-1][0] == 48  # never back
+    assert len(reports) > 2 * (1 + 1 + 2)  # reported within evaluations (per batch), not only after each
+
+    class Stop(Exception):
+        pass
+
+    forwards = []
+    hook = loaded.model.register_forward_hook(lambda *_: forwards.append(1))
+
+    def stop_after_first_batch(done, total):
+        raise Stop  # what a Cancel does in the app: the first report after the click ends the run
+
+    try:
+        with pytest.raises(Stop):
+            prune_eval(loaded, mask, [builtin_tasks()["country-capital"]], shots=(1,), n=40, random_controls=2,
+                       progress=stop_after_first_batch)
+        until_stop = len(forwards)
+        forwards.clear()
+        evaluate_task(loaded, builtin_tasks()["country-capital"], 1, 40, seed=0)  # one whole evaluation
+    finally:
+        hook.remove()
+    assert 0 < until_stop < len(forwards) / 2  # stopped after its first batch (of 3), not after the evaluation

@@ -187,7 +187,7 @@ def cmd_prune_eval(args: argparse.Namespace) -> int:
         raise PrunescopeError(f"mask file {args.mask} holds no neurons: nothing to prune (the auto k-sweep writes "
                               "an empty mask when no k beats the unpruned model)")
     loaded = load(args)
-    progress = tqdm_progress("prune-eval", unit="eval")
+    progress = tqdm_progress("prune-eval", unit="prompt")
     try:
         result = prune_eval(loaded, mask, tasks, args.shots, args.n, args.random_controls, args.seed,
                             cache=results_cache(args), progress=progress)

@@ -127,13 +127,16 @@ def prune_eval(loaded: LoadedModel, mask: NeuronMask | None, tasks: Sequence[Tas
     controls = [] if mask is None else [random_mask_like(mask, loaded.adapter.neuron_counts(), s)
                                         for s in range(random_controls)]
     frames, flips = [], []
-    done, total = 0, len(tasks) * len(shots) * (1 + (mask is not None) + len(controls))
+    # progress in prompts, over the whole job (total known up front, never going back), reported after every
+    # batch: in the app each report is also where a Cancel stops the run, so it stops within one batch
+    done, total = 0, len(tasks) * len(shots) * (1 + (mask is not None) + len(controls)) * n
 
     def run(task: Task, k: int, condition: str, m: NeuronMask | None) -> EvalResult:
         nonlocal done
-        result = evaluate_task(loaded, task, k, n, seed=seed, mask=m, cache=cache)
+        step = None if progress is None else (lambda d, _t: progress(done + d, total))
+        result = evaluate_task(loaded, task, k, n, seed=seed, mask=m, cache=cache, progress=step)
         frames.append(_records(result, task.name, k, condition))
-        done += 1
+        done += n
         if progress:
             progress(done, total)
         return result

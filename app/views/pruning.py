@@ -144,11 +144,8 @@ def live_panel() -> None:
         st.info("Pick at least one task.")
         return
     result = None
-    with guarded("evaluation"), run_progress("Evaluating", "evaluations") as progress:
-        if pruned and mask is not None:
-            # the pruned numbers first (and cached), then the controls
-            prune_eval(loaded, mask, tasks, shots=[shots], n=n, random_controls=0, seed=seed, cache=cache,
-                       progress=progress)
+    with guarded("evaluation"), run_progress("Evaluating", "prompts") as progress:
+        if pruned and mask is not None:  # one job, one bar: unpruned, pruned, then the controls
             result = prune_eval(loaded, mask, tasks, shots=[shots], n=n, random_controls=int(controls), seed=seed,
                                 cache=cache, progress=progress)
         else:
