@@ -40,7 +40,7 @@ if task is not None:
             return None
         top = top_neurons(loaded, result)
         return {"result": result, "top": top.assign(fires_most_on=top.fires_most_on.map(visible_token)),
-                "model": loaded.name}
+                "model": loaded.name, "key": key, "label": f"{task.name}, {shots}-shot, {loaded.name}"}
 
     with guarded("attribution"):  # a cached result (on disk or shipped) is shown at once, read once per session
         shown = memo(key, lambda: with_top(attribute_task(*args, cache=ResultsCache(), compute_missing=False)))
@@ -52,9 +52,14 @@ if task is not None:
             st.session_state["ig_result"] = shown
 
 shown = st.session_state.get("ig_result")
-if shown and shown["model"] == loaded.name:
+if shown and (task is None or shown.get("key") != key):  # a result is shown only under its own settings
+    st.info(f"The last attribution was for other settings ({shown.get('label', shown['model'])}): click "
+            "Attribute for these.")
+    shown = None
+if shown:
     result = shown["result"]
-    st.subheader(f"{result.target} target, {len(result.inputs)} prompts, {result.steps} {result.quadrature} steps")
+    st.subheader(f"{shown['label']}: {result.target} target, {len(result.inputs)} prompts, {result.steps} "
+                 f"{result.quadrature} steps")
     scale = st.radio("Colour scale", list(HEATMAP_SCALES), format_func=HEATMAP_SCALES.get, horizontal=True,
                      key="ig_scale", help="one strong neuron can wash a linear map out; the hover shows raw scores")
     heat = neuron_heatmap(result.scores.tolist(), title="mean attribution per neuron", scale=scale)
