@@ -44,7 +44,8 @@ def show_metrics(cell: Cell, pruned: bool) -> None:
         change = cell.vs_baseline[metric]
         low, high = change.ci95
         column.metric(label, f"{cell.rates['pruned'][metric].value:.1%}", f"{100 * change.delta:+.1f} points",
-                      delta_color=colour if excludes_zero(change.ci95) else "off", delta_arrow="auto" if change.delta else "off",
+                      delta_color=colour if excludes_zero(change.ci95) else "off",
+                      delta_arrow="auto" if change.delta else "off",
                       delta_description=f"CI {100 * low:+.1f} to {100 * high:+.1f}",
                       help=f"change vs unpruned, paired by prompt: 95 % CI {100 * low:+.1f} to {100 * high:+.1f} "
                            f"points, McNemar {format_p(change.p)}; grey when the interval includes zero")

@@ -117,7 +117,8 @@ def test_fingerprint_ignores_where_the_model_lives(tiny_dirs, tmp_path):
 
     copy = shutil.copytree(tiny_dirs["llama"], tmp_path / "elsewhere" / "model")
     here = load_model(tiny_dirs["llama"], device="cpu")
-    code = "import sys; from analysis.models import load_model; print(load_model(sys.argv[1], device='cpu').fingerprint())"
+    code = ("import sys; from analysis.models import load_model; "
+            "print(load_model(sys.argv[1], device='cpu').fingerprint())")
     env = dict(os.environ, HOME=str(tmp_path / "home"), PRUNESCOPE_CACHE=str(tmp_path / "cache"))
     there = subprocess.run([sys.executable, "-c", code, str(copy)], env=env, capture_output=True, text=True, check=True)
     assert there.stdout.strip().splitlines()[-1] == here.fingerprint()
