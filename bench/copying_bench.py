@@ -11,7 +11,8 @@ copied answer on those prompts, the paper's target), the copying scores come fro
 split, k is chosen by the held-out auto sweep (analysis/pruning/autok.py), and the mask is evaluated on ICL
 tasks *not* used for choosing k, at each shot count, against the unpruned model and ``--controls`` random
 masks of the same size, paired by prompt with 95 % intervals. When the sweep selects nothing, the app's
-default k (20) is evaluated instead and marked so, and the table still shows what pruning does. Everything is cached on disk; a rerun is fast.
+default k (20) is evaluated instead and marked so, and the table still shows what pruning does. Everything
+is cached on disk; a rerun is fast.
 
 The table: one row per (model, options, shots) with the averages over the tasks; then one last line per
 model, for the default options with tasks and shot counts pooled:
