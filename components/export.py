@@ -34,10 +34,10 @@ def table(frame: pd.DataFrame, name: str, **dataframe_kwargs) -> None:
     frame.attrs = {}  # library tables keep curves in attrs; Arrow cannot serialise them
     st.dataframe(frame, hide_index=True, **dataframe_kwargs)
     slug = _slug(name)
-    left, right, _ = st.columns([1, 1, 6])
-    left.download_button("CSV", lambda: frame.to_csv(index=False), f"{slug}.csv", "text/csv", key=f"csv_{slug}",
+    row = st.container(horizontal=True, gap="small")  # buttons at their natural width ("C." in narrow columns)
+    row.download_button("CSV", lambda: frame.to_csv(index=False), f"{slug}.csv", "text/csv", key=f"csv_{slug}",
                          icon=":material/download:")
-    right.download_button("JSON", lambda: table_json(frame), f"{slug}.json", "application/json",
+    row.download_button("JSON", lambda: table_json(frame), f"{slug}.json", "application/json",
                           key=f"json_{slug}", icon=":material/download:")
 
 

@@ -125,20 +125,21 @@ def live_panel() -> None:
     """Re-runs alone when the toggle, tasks or controls change: the model is never reloaded, cached
     evaluations return at once."""
     offered = pruning_tasks()
-    c_tasks, c_ctrl, c_on = st.columns([4, 1, 1])
+    c_tasks, c_ctrl = st.columns([4, 1])  # the toggle gets its own row: in a narrow column it read "P..."
     chosen = c_tasks.multiselect("Tasks", list(offered), default=list(PRUNE_TASKS), key="prune_tasks")
     controls = c_ctrl.number_input("Random masks", PRUNE_CONTROLS, 10, PRUNE_CONTROLS, key="prune_controls",
                                    help="random masks of the same size and layer distribution (at least 3, so "
                                         "their spread shows)")
     if "prune_on" not in st.session_state:  # a link may open the page with pruning on
         st.session_state["prune_on"] = bool(state.get("prune"))
-    pruned = c_on.toggle("Prune", key="prune_on", disabled=mask is None or not len(mask),
-                         help="Zero the mask's neurons and re-evaluate the tasks")
+    shots, n, seed = int(state.get("shots")), int(state.get("n")), int(state.get("seed"))
+    with st.container(horizontal=True, vertical_alignment="center", gap="medium"):
+        pruned = st.toggle("Prune", key="prune_on", disabled=mask is None or not len(mask), width="content",
+                           help="Zero the mask's neurons and re-evaluate the tasks")
+        st.caption(f"{shots}-shot, {n} prompts per task, seed {seed} (change them on Model & task)")
     if int(pruned) != state.get("prune"):  # the whole app reruns, so the address bar and Copy link follow
         state.put("prune", int(pruned))
         st.rerun()
-    shots, n, seed = int(state.get("shots")), int(state.get("n")), int(state.get("seed"))
-    st.caption(f"{shots}-shot, {n} prompts per task, seed {seed} (change them on Model & task)")
     tasks = [offered[name] for name in chosen]
     if not tasks:
         st.info("Pick at least one task.")
