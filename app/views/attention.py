@@ -135,4 +135,5 @@ if shown and shown[0] == loaded.name:
     tables["Faithfulness"] = shown[1]
 if figures:
     report_button("Implicit attention", figures, tables, {"model": loaded.describe(), "text": text, "form": form,
-                                                         "reduction": reduce})
+                                                         "reduction": reduce, "beside": other_spec},
+                  settings=("layer",))

@@ -73,4 +73,4 @@ if shown:
     report_button("Neuron attribution", {"Mean attribution per neuron": heat, "Total per layer": totals},
                   {"Top neurons": shown["top"]},
                   {"model": loaded.describe(), "target": result.target, "prompts": len(result.inputs),
-                   "steps": result.steps, "quadrature": result.quadrature})
+                   "steps": result.steps, "quadrature": result.quadrature}, settings=("task", "shots", "seed"))

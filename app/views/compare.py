@@ -98,4 +98,4 @@ if runs:
     st.subheader(f"Answers that differ ({len(diff)} of {len(a.records)})")
     table(diff, "comparison-differences")
     report_button("Compare", {"Comparison": figure}, {"Summary": overview, "Differences": diff},
-                  {"A": label_a, "B": label_b}, findings=[sentence])
+                  {"A": label_a, "B": label_b}, findings=[sentence], settings=("task", "shots", "n", "seed"))

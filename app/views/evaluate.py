@@ -65,4 +65,4 @@ if runs:
         table(summaries, "evaluate-runs")
     report_button("Evaluate", figures={"Outcomes per run": figure},
                   tables={"Runs": summaries, f"Run #{shown + 1} prompts": records[TABLE_COLUMNS]},
-                  params={"model": loaded.describe()})
+                  params={"model": loaded.describe()}, settings=("task", "shots", "n", "seed"))

@@ -157,7 +157,9 @@ def live_panel() -> None:
     st.session_state["prune_summary"] = shown["tables"]["Summary"]
     report_button("Copying neurons and pruning", shown["figures"], shown["tables"],
                   {"model": loaded.describe(), "mask size": len(mask) if mask else 0,
-                   "mask": mask.to_text() if mask else "", "random masks": int(controls)}, shown["findings"])
+                   "mask": mask.to_text() if mask else "", "random masks": int(controls)}, shown["findings"],
+                  settings=("shots", "n", "seed", "k", "per_layer", "layers", "prune",
+                            *(name for name in state.DEFAULTS if name.startswith("score_"))))
 
 
 live_panel()

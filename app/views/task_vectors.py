@@ -80,4 +80,5 @@ if shown and shown[0] == loaded.name:
     with st.expander("Every answer"):
         table(records, "task-vectors-answers")
     report_button("Task vectors", {"Task-vector accuracy per layer": figure},
-                  {"Summary": summary, "Per layer": per_layer}, {"model": loaded.describe()}, findings=verdicts)
+                  {"Summary": summary, "Per layer": per_layer}, {"model": loaded.describe()}, findings=verdicts,
+                  settings=("task", "shots", "seed"))
