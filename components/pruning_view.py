@@ -25,6 +25,9 @@ def show_verdicts(sentences: dict[str, str]) -> None:
             st.info(sentence, icon=":material/balance:")
 
 
+METRIC_WIDTH = 210  # px: fits "Copy errors, unpruned" and "CI -17.5 to -8.8" beside the change; four in 1440 px
+
+
 def _interval(rate) -> str:
     return f"95 % CI {rate.ci95[0]:.1%}–{rate.ci95[1]:.1%}"
 
@@ -33,22 +36,25 @@ def show_metrics(cell: Cell, pruned: bool) -> None:
     """Accuracy and copy errors of the unpruned and (when on) the pruned model, averaged over the tasks; the
     delta is the paired change, its interval in the tooltip."""
     base = cell.rates["baseline"]
-    columns = st.columns(4)
-    columns[0].metric("Accuracy, unpruned", f"{base['accuracy'].value:.1%}", help=_interval(base["accuracy"]))
-    columns[1].metric("Copy errors, unpruned", f"{base['copy_error_rate'].value:.1%}",
-                      help=_interval(base["copy_error_rate"]))
+    # a wrapping row of fixed-width cards: four in a row on a wide screen, two and two at 1024 px, where four
+    # columns cut the labels ("Accuracy, unpru...")
+    row = st.container(horizontal=True, wrap=True, gap="medium")
+    row.metric("Accuracy, unpruned", f"{base['accuracy'].value:.1%}", help=_interval(base["accuracy"]),
+               width=METRIC_WIDTH)
+    row.metric("Copy errors, unpruned", f"{base['copy_error_rate'].value:.1%}",
+               help=_interval(base["copy_error_rate"]), width=METRIC_WIDTH)
     if not pruned or "pruned" not in cell.rates:
         return
-    for column, metric, label, colour in ((columns[2], "accuracy", "Accuracy, pruned", "normal"),
-                                          (columns[3], "copy_error_rate", "Copy errors, pruned", "inverse")):
+    for metric, label, colour in (("accuracy", "Accuracy, pruned", "normal"),
+                                  ("copy_error_rate", "Copy errors, pruned", "inverse")):
         change = cell.vs_baseline[metric]
         low, high = change.ci95
-        column.metric(label, f"{cell.rates['pruned'][metric].value:.1%}", f"{100 * change.delta:+.1f} points",
-                      delta_color=colour if excludes_zero(change.ci95) else "off",
-                      delta_arrow="auto" if change.delta else "off",
-                      delta_description=f"CI {100 * low:+.1f} to {100 * high:+.1f}",
-                      help=f"change vs unpruned, paired by prompt: 95 % CI {100 * low:+.1f} to {100 * high:+.1f} "
-                           f"points, McNemar {format_p(change.p)}; grey when the interval includes zero")
+        row.metric(label, f"{cell.rates['pruned'][metric].value:.1%}", f"{100 * change.delta:+.1f} points",
+                   delta_color=colour if excludes_zero(change.ci95) else "off",
+                   delta_arrow="auto" if change.delta else "off",
+                   delta_description=f"CI {100 * low:+.1f} to {100 * high:+.1f}", width=METRIC_WIDTH,
+                   help=f"change vs unpruned, paired by prompt: 95 % CI {100 * low:+.1f} to {100 * high:+.1f} "
+                        f"points, McNemar {format_p(change.p)}; grey when the interval includes zero")
 
 
 def show_result(result: PruneEvalResult, pruned: bool, shots: int, mask_size: int) -> dict:
