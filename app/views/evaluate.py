@@ -28,8 +28,8 @@ with present.controls():
     shots = state.bound(col_shots.number_input, "Shots", "shots", min_value=0, max_value=8, step=1)
     n = state.bound(col_n.number_input, "Prompts (n)", "n", min_value=1, max_value=500, step=1)
     seed = state.bound(col_seed.number_input, "Seed", "seed", min_value=0, max_value=2**31 - 1, step=1)
-    if task is not None and task.repeats_note(int(n)):
-        st.caption(task.repeats_note(int(n)))
+    if task is not None and (note := task.repeats_note(int(n))):
+        st.caption(note)
     col_run, col_clear, _ = st.columns([1, 1, 6])
     run_clicked = col_run.button("Evaluate", type="primary", disabled=task is None, key="eval_run")
     if col_clear.button("Clear results", disabled=not runs, key="eval_clear"):

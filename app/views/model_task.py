@@ -31,8 +31,8 @@ with present.controls("Task settings"):
     state.bound(col_n.number_input, "Prompts (n)", "n", min_value=1, max_value=500, step=1)
     seed = state.bound(col_seed.number_input, "Seed", "seed", min_value=0, max_value=2**31 - 1, step=1)
 
-if task is not None and task.repeats_note(int(state.get("n"))):
-    st.caption(task.repeats_note(int(state.get("n"))))
+if task is not None and (note := task.repeats_note(int(state.get("n")))):
+    st.caption(note)
 if task is not None:
     try:
         prompt = task.sample_prompts(int(shots), 1, seed=int(seed))[0]
