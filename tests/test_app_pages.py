@@ -50,8 +50,16 @@ def test_pruning_toggle_changes_the_numbers(monkeypatch):
     before = _metrics(at)
     assert set(before) == {"Accuracy, unpruned", "Copy errors, unpruned"}
     assert "Pruned" not in json.dumps([c.proto.spec for c in at.get("plotly_chart") if c.key == "prune_bars"])
+    job = at.session_state["speculative_job"]  # the pruned runs, speculated while Prune is off
+    assert job.wait(TIMEOUT) and job.state == "done", job.error
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("switching Prune on computed instead of reading the speculated runs")
+
+    monkeypatch.setattr("analysis.evaluation.icl.generate_answers", no_generation)
     at.toggle(key="prune_on").set_value(True)
     _ok(at.run())
+    assert not at.error, [e.value for e in at.error]
     after = _metrics(at)
     assert after["Accuracy, unpruned"] == before["Accuracy, unpruned"]
     assert (after["Accuracy, pruned"], after["Copy errors, pruned"]) != (before["Accuracy, unpruned"],

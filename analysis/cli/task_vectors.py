@@ -39,7 +39,7 @@ def cmd_task_vectors(args: argparse.Namespace) -> int:
     loaded = load(args)
     runs = {}
     for label, m in [("unpruned", None)] + ([("pruned", mask)] if mask else []):
-        progress = tqdm_progress(f"task vectors {label}", unit="layer")
+        progress = tqdm_progress(f"task vectors {label}", unit="prompt")
         try:
             runs[label] = task_vectors(loaded, task, args.shots, args.n, args.dummy_queries, seed=args.seed, mask=m,
                                        batch_size=args.batch_size, progress=progress, cache=results_cache(args))

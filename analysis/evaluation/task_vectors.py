@@ -86,9 +86,14 @@ TASK_VECTOR_VERSION = "task-vectors/2"
 def task_vectors(loaded: LoadedModel, task: Task, shots: int = 4, n: int = 40, dummy_queries: int = 2,
                  seed: int = 0, mask: NeuronMask | None = None, batch_size: int = 16,
                  progress: Callable[[int, int], None] | None = None,
-                 cache: ResultsCache | None = None) -> TaskVectorResult:
+                 cache: ResultsCache | None = None, compute_missing: bool = True) -> TaskVectorResult | None:
     """Patched zero-shot accuracy at every layer with its test against zero-shot (see the module docstring);
-    read from ``cache`` when the same weights, task, settings and mask were run before."""
+    read from ``cache`` when the same weights, task, settings and mask were run before (with
+    ``compute_missing=False`` only then: None otherwise, so a page can show a stored result without a job).
+
+    ``progress(done, total)`` counts prompts through the model (the dummy prompts, the zero-shot and k-shot
+    prompts, then the zero-shot prompts once per layer), reported after every batch; it may raise to stop
+    the run there (the app's Cancel does)."""
     if shots < 1 or dummy_queries < 1:
         raise PrunescopeError(f"task vectors need shots >= 1 and dummy queries >= 1 (got {shots}, {dummy_queries})")
     if len(task.pairs) < shots + 2:
@@ -102,9 +107,15 @@ def task_vectors(loaded: LoadedModel, task: Task, shots: int = 4, n: int = 40, d
         return run()
     parts = {"model": loaded.fingerprint(), "task": task_fingerprint(task), "shots": shots, "n": n,
              "dummy_queries": dummy_queries, "seed": seed, "mask": sorted(mask.neurons) if mask else []}
+    if not compute_missing:
+        result = cache.get("task-vectors", cache.key("task-vectors", TASK_VECTOR_VERSION, parts))
+        if result is not None:
+            result.task = task.name
+        return result
     result, hit = cache.get_or_compute("task-vectors", TASK_VECTOR_VERSION, parts, run)
     if hit and progress:
-        progress(loaded.n_layers, loaded.n_layers)
+        total = task_vector_work(loaded, n, dummy_queries)
+        progress(total, total)
     result.task = task.name
     return result
 
@@ -133,10 +144,25 @@ def _draw(rng: random.Random, pool: list, k: int) -> list:
     return picks
 
 
+def task_vector_work(loaded: LoadedModel, n: int, dummy_queries: int) -> int:
+    """Prompts a task-vector run puts through the model: the dummies, zero-shot and k-shot once, then the
+    zero-shot prompts at every layer (the unit of its progress)."""
+    return n * (dummy_queries + 2 + loaded.n_layers)
+
+
 def _task_vector_run(loaded, task, shots, n, dummy_queries, seed, mask, batch_size, progress) -> TaskVectorResult:
     icl, zero_shot, dummies = task_vector_prompts(task, shots, n, dummy_queries, seed)
     flat = [d for ds in dummies for d in ds]
-    vectors = last_token_states(loaded, flat, mask).view(n, dummy_queries, loaded.n_layers, -1).mean(1)
+    total, done = task_vector_work(loaded, n, dummy_queries), 0
+
+    def step(count: int) -> Callable[[int, int], None] | None:
+        """Progress of one stage of ``count`` prompts, as part of the whole run (monotone)."""
+        nonlocal done
+        start, done = done, done + count
+        return None if progress is None else (lambda d, _t: progress(start + d, total))
+
+    vectors = last_token_states(loaded, flat, mask, progress=step(len(flat)))
+    vectors = vectors.view(n, dummy_queries, loaded.n_layers, -1).mean(1)
     vector_answers = [(*p.demo_outputs, *(d.gold for d in ds)) for p, ds in zip(icl, dummies)]
     records = []
 
@@ -147,16 +173,14 @@ def _task_vector_run(loaded, task, shots, n, dummy_queries, seed, mask, batch_si
         return outcomes
 
     unpatched = record("zero-shot", zero_shot, generate_answers(loaded, zero_shot, task, mask=mask,
-                                                                batch_size=batch_size))
-    icl_outcomes = record("icl", icl, generate_answers(loaded, icl, task, mask=mask, batch_size=batch_size),
-                          [p.demo_outputs for p in icl])
+                                                                batch_size=batch_size, progress=step(n)))
+    icl_outcomes = record("icl", icl, generate_answers(loaded, icl, task, mask=mask, batch_size=batch_size,
+                                                       progress=step(n)), [p.demo_outputs for p in icl])
     rows = []
     for layer in range(loaded.n_layers):
-        answers = generate_patched(loaded, zero_shot, task, layer, vectors[:, layer], mask, batch_size)
+        answers = generate_patched(loaded, zero_shot, task, layer, vectors[:, layer], mask, batch_size, step(n))
         outcomes = record(f"layer {layer}", zero_shot, answers)
         rows.append({"layer": layer, **paired_row(outcomes, unpatched)})
-        if progress:
-            progress(layer + 1, loaded.n_layers)
     return TaskVectorResult(task.name, shots, n, dummy_queries, layer_table(rows), icl_outcomes.count("correct") / n,
                             unpatched.count("correct") / n, bool(mask), pd.DataFrame(records))
 
@@ -180,9 +204,10 @@ def layer_table(rows: list[dict], alpha: float = ALPHA) -> pd.DataFrame:
     return table
 
 
-def last_token_states(loaded: LoadedModel, prompts: list[Prompt], mask: NeuronMask | None = None) -> torch.Tensor:
+def last_token_states(loaded: LoadedModel, prompts: list[Prompt], mask: NeuronMask | None = None,
+                      progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """[prompts, layers, H]: every block's input at each prompt's last token (fp32). Prompts run in batches of
-    equal token length, so no padding is involved."""
+    equal token length, so no padding is involved; ``progress(done, total)`` after each batch."""
     encoded = [loaded.tokenizer(p.text).input_ids for p in prompts]
     states: list[torch.Tensor | None] = [None] * len(prompts)
     captured: dict[int, torch.Tensor] = {}
@@ -194,11 +219,14 @@ def last_token_states(loaded: LoadedModel, prompts: list[Prompt], mask: NeuronMa
             stacked = torch.stack([captured[layer] for layer in range(loaded.n_layers)], dim=1).cpu()
             for row, i in enumerate(group):
                 states[i] = stacked[row]
+            if progress:
+                progress(sum(s is not None for s in states), len(prompts))
     return torch.stack(states)
 
 
 def generate_patched(loaded: LoadedModel, prompts: list[Prompt], task: Task, layer: int, vectors: torch.Tensor,
-                     mask: NeuronMask | None = None, batch_size: int = 16) -> list[str]:
+                     mask: NeuronMask | None = None, batch_size: int = 16,
+                     progress: Callable[[int, int], None] | None = None) -> list[str]:
     """Greedy answers with block ``layer``'s input at each prompt's last token replaced by ``vectors[i]``
     ([prompts, H]) during the prefill.
 
@@ -208,12 +236,15 @@ def generate_patched(loaded: LoadedModel, prompts: list[Prompt], task: Task, lay
     lengths = [len(loaded.tokenizer(p.text).input_ids) for p in prompts]
     size = min(batch_size, loaded.adapter.max_decode_batch or batch_size)
     answers = [""] * len(prompts)
-    for group in plan_batches(lengths, size, loaded.adapter.supports_left_padding):
+    batches = plan_batches(lengths, size, loaded.adapter.supports_left_padding)
+    for number, group in enumerate(batches):
         batch = [prompts[i] for i in group]
         texts = generate_answers(loaded, batch, task, mask=mask, batch_size=len(batch),
                                  intervention=lambda group=group: patched_last_token(loaded, layer, vectors[group]))
         for i, text in zip(group, texts):
             answers[i] = text
+        if progress:
+            progress(sum(map(len, batches[:number + 1])), len(prompts))
     return answers
 
 

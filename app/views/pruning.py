@@ -13,7 +13,7 @@ from analysis.pruning import NeuronMask
 from analysis.pruning.autok import K_GRID, k_sweep
 from analysis.pruning.copying import SCORE_PROMPTS, copying_scores, mask_neurons_table, parse_layer_range
 from analysis.pruning.evaluate import prune_eval
-from components import present, state
+from components import present, speculation, state
 from components.charts import neuron_heatmap
 from components.charts_pruning import k_sweep_chart
 from components.export import chart, report_button, table
@@ -120,6 +120,12 @@ if mask is not None:
                        key="mask_save", icon=":material/download:")
 
 
+def prune_off() -> None:
+    """After a Cancel of the pruned runs: the toggle goes off, so the next run does not start them again."""
+    st.session_state["prune_on"] = False
+    state.put("prune", 0)
+
+
 @st.fragment
 def live_panel() -> None:
     """Re-runs alone when the toggle, tasks or controls change: the model is never reloaded, cached
@@ -140,19 +146,36 @@ def live_panel() -> None:
     if int(pruned) != state.get("prune"):  # the whole app reruns, so the address bar and Copy link follow
         state.put("prune", int(pruned))
         st.rerun()
+    speculation_line = st.empty()
     tasks = [offered[name] for name in chosen]
     if not tasks:
         st.info("Pick at least one task.")
         return
+    settings = {"shots": [shots], "n": n, "seed": seed, "cache": cache}
+    has_mask = mask is not None and len(mask) > 0
+    # the pruned runs (unpruned, pruned, then the controls: one job, one bar) go through a background job, the
+    # same one that speculates them while Prune is off (components/speculation.py)
+    key = ("prune-eval", loaded.fingerprint(), tuple(sorted(mask.neurons)) if has_mask else (), tuple(chosen),
+           shots, n, seed, int(controls))
+
+    def pruned_runs(restart: bool):
+        return speculation.ensure_job(key, lambda progress: prune_eval(
+            loaded, mask, tasks, random_controls=int(controls), progress=progress, **settings),
+            len(tasks) * (2 + int(controls)) * n, restart=restart)
+
     result = None
-    with guarded("evaluation"), run_progress("Evaluating", "prompts") as progress:
-        if pruned and mask is not None:  # one job, one bar: unpruned, pruned, then the controls
-            result = prune_eval(loaded, mask, tasks, shots=[shots], n=n, random_controls=int(controls), seed=seed,
-                                cache=cache, progress=progress)
+    with guarded("evaluation"):
+        if pruned and has_mask:
+            result = speculation.wait_for(pruned_runs(restart=True), "Evaluating", "prompts", on_cancel=prune_off)
         else:
-            result = prune_eval(loaded, None, tasks, shots=[shots], n=n, seed=seed, cache=cache, progress=progress)
+            with run_progress("Evaluating", "prompts") as progress:
+                result = prune_eval(loaded, None, tasks, progress=progress, **settings)
     if result is None:
         return
+    if not pruned and has_mask:  # the unpruned numbers are cached now: speculate the pruned ones
+        with speculation_line.container():
+            speculation.status_line(pruned_runs(restart=False), "Pruned runs ready: switching Prune on shows them "
+                                    "at once", "Pruned runs")
     shown = show_result(result, pruned, shots, len(mask) if mask is not None else 0)
     st.session_state["prune_summary"] = shown["tables"]["Summary"]
     report_button("Copying neurons and pruning", shown["figures"], shown["tables"],
