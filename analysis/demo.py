@@ -13,6 +13,7 @@ from typing import Callable
 
 from analysis.attribution.runs import attribute_task
 from analysis.cache import ResultsCache
+from analysis.evaluation.task_vectors import task_vectors
 from analysis.models.loader import LoadedModel
 from analysis.paths import ASSETS_DIR
 from analysis.pruning.autok import DEV_TASKS, K_GRID, k_sweep
@@ -23,14 +24,16 @@ from analysis.tasks import builtin_tasks
 PRECOMPUTED_DIR = ASSETS_DIR / "precomputed"
 # copying scores on the pruning page: IG run (n, shots, steps), target (copy | copy-prob), prompts (all | copied)
 SCORING = {"n": 32, "shots": 4, "steps": 20, "target": "copy", "prompts": "all"}
-# every setting a link restores (the copying-score and selection settings too: with k they define the mask)
-SETTINGS = {"task": "antonyms", "shots": 4, "n": 40, "seed": 0, "layer": 0, "k": 20, "mask": "",
+# every setting a link restores (the copying-score and selection settings too: with k they define the mask;
+# "upload" is the file name of an uploaded task, which a link can name but not carry)
+SETTINGS = {"task": "antonyms", "upload": "", "shots": 4, "n": 40, "seed": 0, "layer": 0, "k": 20, "mask": "",
             "per_layer": 0, "layers": "", **{f"score_{name}": value for name, value in SCORING.items()},
             # the pruning toggle, and the attention page's view ("" = the model family's default)
             "prune": 0, "text": "a:3 b:5 c:1 d:7 | b:5 a:", "form": "", "reduce": "mean", "beside": ""}
 PRUNE_TASKS = (f"{COPYING_TASK}[heldout]", *DEV_TASKS)  # the pruning page's default tasks (held-out copying split)
 PRUNE_CONTROLS = 3  # random-mask seeds on the pruning page (its minimum too: one seed shows no spread)
 ATTRIBUTION = {"target": "copy", "n": 8, "steps": 20, "quadrature": "riemann"}  # the attribution page
+TASK_VECTORS = {"n": 40, "dummies": 2}  # the task-vector page (unpruned, and pruned with the active mask)
 
 
 def mask_file_name(model_name: str) -> str:
@@ -63,6 +66,11 @@ def precompute_demo(loaded: LoadedModel, out: str | Path = PRECOMPUTED_DIR, swee
     say("attribution")
     attribute_task(loaded, builtin_tasks()[SETTINGS["task"]], ATTRIBUTION["target"], ATTRIBUTION["n"],
                    SETTINGS["shots"], SETTINGS["seed"], ATTRIBUTION["steps"], ATTRIBUTION["quadrature"], cache=cache)
+    say("task vectors")
+    for condition in (None, mask):  # the page's two curves; the Compare page's defaults (antonyms without and
+        # with the mask, 4-shot, 40 prompts) are cells of the pruning table above
+        task_vectors(loaded, builtin_tasks()[SETTINGS["task"]], SETTINGS["shots"], TASK_VECTORS["n"],
+                     TASK_VECTORS["dummies"], seed=SETTINGS["seed"], mask=condition, cache=cache)
     if sweep:
         say("k-sweep")
         k_sweep(loaded, scores, K_GRID, cache=cache)

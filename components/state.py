@@ -9,6 +9,7 @@ is always a link to what is on screen, and :func:`share_link` shows it with a co
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
@@ -23,6 +24,21 @@ PREFIX = "setting_"  # session-state key of a setting
 RESTORED = "_query_restored"
 PAGE_PARAM = "page"
 MODEL_PARAM = "model"
+
+
+UPLOAD_TASK = "Upload CSV/JSON…"  # the task picker's option for an uploaded task file
+
+
+def safe_file_name(name: str) -> str:
+    """A file name as a link may carry it, made harmless to show (letters, digits, '.', '-', '_', at most 60)."""
+    return re.sub(r"[^\w.\-]+", "_", name)[:60]
+
+
+def task_label() -> str:
+    """The task as people should read it: a built-in name, or an uploaded file's name."""
+    if get("task") == UPLOAD_TASK:
+        return f"{get('upload') or 'a file'} (uploaded)"
+    return str(get("task"))
 
 
 def key(name: str) -> str:

@@ -28,7 +28,7 @@ MODEL_KEY = "loaded_model"
 SPEC_KEY = "model_spec"  # the spec typed or picked (for deep links), even when loading failed
 HUB_OPTION = "Hugging Face id…"
 LOCAL_OPTION = "Local directory…"
-UPLOAD_OPTION = "Upload CSV/JSON…"
+UPLOAD_OPTION = state.UPLOAD_TASK
 DTYPE_OPTIONS = ["auto", *DTYPES]
 UPLOADED_KEY = "uploaded_task"
 MIN_UPLOAD_PAIRS = 2  # a 1-shot prompt needs two pairs
@@ -138,7 +138,8 @@ def require_model(purpose: str = "") -> LoadedModel:
 
 def parse_upload(data: bytes, filename: str) -> Task:
     """Turn uploaded task-file bytes into a Task (raises TaskError with a one-line reason)."""
-    return parse_task_bytes(data, filename, min_pairs=MIN_UPLOAD_PAIRS, source=f"upload {filename}")
+    return parse_task_bytes(data, filename, name=state.safe_file_name(filename), min_pairs=MIN_UPLOAD_PAIRS,
+                            source=f"upload {filename}")
 
 
 def task_picker() -> Task | None:
@@ -161,7 +162,12 @@ def task_picker() -> Task | None:
         if previous is not None:
             st.caption(f"{previous.name}: {len(previous.pairs)} pairs (uploaded earlier)")
             return previous
-        st.info("Upload a CSV with columns input,output or a JSON list of {input, output} objects.")
+        named = state.safe_file_name(str(state.get("upload")))
+        if named:  # a link made with an uploaded task: the file stayed with whoever uploaded it
+            st.warning(f"This link was made with an uploaded task file, {named}, which this session does not "
+                       "have: upload it again to see the same results.", icon=":material/upload_file:")
+        else:
+            st.info("Upload a CSV with columns input,output or a JSON list of {input, output} objects.")
         return None
     try:
         task = parse_upload(uploaded.getvalue(), uploaded.name)
@@ -169,6 +175,7 @@ def task_picker() -> Task | None:
         st.error(one_line(exc))
         return None
     st.session_state[UPLOADED_KEY] = task
+    state.put("upload", state.safe_file_name(uploaded.name))
     st.caption(f"{task.name}: {len(task.pairs)} pairs from {uploaded.name}")
     return task
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -101,6 +102,9 @@ def test_runs_accumulate_and_clear(app):
     _evaluate(app, shots=2, n=3)
     assert [r["summary"]["shots"] for r in app.session_state["eval_runs"]] == [1, 2]
     assert len(_chart_bars(app)["Accuracy"]) == 2
+    assert not any("settings above have changed" in i.value for i in app.info)
+    app.number_input(key="_w_n").set_value(4).run()  # the last run's numbers stay, marked as another setting's
+    assert any("settings above have changed" in i.value for i in app.info)
     app.button(key="eval_clear").click().run()
     assert not app.exception
     assert app.session_state["eval_runs"] == [] and not app.metric
@@ -117,7 +121,30 @@ def test_bad_upload_shows_error_and_keeps_results(app):
     app.file_uploader(key="task_upload").set_value(("good.csv", GOOD_CSV, "text/csv")).run()
     assert not app.error
     _evaluate(app, shots=1, n=4)
-    assert app.session_state["eval_runs"][-1]["summary"]["task"] == "good"
+    assert app.session_state["eval_runs"][-1]["summary"]["task"] == "good.csv"  # the file's name everywhere
+    assert app.subheader[0].value.startswith("good.csv, 1-shot, 4 prompts")
+    assert app.query_params["upload"] in ("good.csv", ["good.csv"])
+    assert app.session_state["setting_upload"] == "good.csv"  # what reports list (test below)
+
+
+def test_a_link_to_an_uploaded_task_says_the_file_is_missing(tiny_dir, monkeypatch):
+    monkeypatch.setenv("PRUNESCOPE_MODEL", tiny_dir)
+    at = AppTest.from_file(str(MAIN), default_timeout=TIMEOUT)
+    at.query_params.update({"page": "evaluate", "task": UPLOAD_OPTION, "upload": "my<b>tasks</b>.csv"})
+    at.run()
+    assert not at.exception
+    (warning,) = at.warning
+    assert "uploaded task file, my_b_tasks_b_.csv, which this session does not have" in warning.value
+    assert at.button(key="eval_run").disabled
+
+
+def test_the_task_label_of_reports_names_the_uploaded_file():
+    from components import state
+
+    with patch.object(state, "get", {"task": state.UPLOAD_TASK, "upload": "pairs.json"}.get):
+        assert state.task_label() == "pairs.json (uploaded)"
+    with patch.object(state, "get", {"task": "antonyms", "upload": ""}.get):
+        assert state.task_label() == "antonyms"
 
 
 def test_too_many_shots_error_keeps_results(app):

@@ -173,10 +173,22 @@ def test_task_vectors_and_compare_pages(monkeypatch):
     at.number_input(key="tv_dummies").set_value(1)
     at.button(key="tv_run").click()
     _ok(at.run())
-    name, results = at.session_state["tv_results"]
+    _, results, label = at.session_state["tv_results"]
     assert list(results) == ["unpruned", "pruned"] and len(results["pruned"].table) == 4
+    assert label.startswith("to-upper, 2-shot, 4 queries, 1 dummies") and at.subheader[0].value == label
     shown = [m.value for m in [*at.info, *at.success]]
     assert all(f"{name}: {r.verdict()}" in shown for name, r in results.items())
+    at.number_input(key="tv_n").set_value(5)  # other settings: the old curve is not shown under them
+    _ok(at.run())
+    assert any("for other settings (to-upper, 2-shot, 4 queries" in i.value for i in at.info)
+    assert "tv_chart" not in {c.key for c in at.get("plotly_chart")}
+    fresh = _start("toy-transformer", monkeypatch, "views/task_vectors.py", task="to-upper", shots=2,
+                   mask="0.1,1.5")  # a new session: the stored run shows without a click
+    fresh.number_input(key="tv_n").set_value(4)
+    fresh.number_input(key="tv_dummies").set_value(1)
+    _ok(fresh.run())
+    assert "tv_chart" in {c.key for c in fresh.get("plotly_chart")}
+    assert fresh.session_state["tv_results"][2] == label
     at.switch_page("views/compare.py").run()
     at.session_state["setting_n"] = 4
     at.selectbox(key="cmp_mask_B").set_value("active mask")
@@ -191,6 +203,18 @@ def test_task_vectors_and_compare_pages(monkeypatch):
     _ok(at.run())
     assert [label.split(":")[1].strip() for label in at.session_state["cmp_runs"]] == ["toy-transformer", "toy-mamba"]
     assert any(i.value.startswith("B (toy-mamba) against A (toy-transformer): ") for i in at.info)
+    trained = [w.value for w in at.warning]  # both toys learnt to-upper in training: said once per model
+    assert [w.split(" was trained on")[0] for w in trained] == ["toy-transformer", "toy-mamba"]
+    at.session_state["setting_n"] = 5  # other settings: the comparison is hidden, the old settings named
+    _ok(at.run())
+    assert any("last comparison was for other settings (to-upper, 2-shot, 4 prompts" in i.value for i in at.info)
+    assert "cmp_chart" not in {c.key for c in at.get("plotly_chart")}
+    at.radio(key="cmp_mode").set_value("two masks")
+    at.selectbox(key="_w_task").set_value("vowel-count")  # the copying task: the mask was scored on it
+    _ok(at.run())
+    at.button(key="cmp_run").click()
+    _ok(at.run())
+    assert any("scored on vowel-count prompts" in w.value for w in at.warning)
 
 
 def test_bad_model_inputs_keep_the_app_running(monkeypatch, tmp_path):

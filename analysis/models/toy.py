@@ -28,6 +28,7 @@ import torch
 
 from analysis.models.tiny import build_tokenizer, tiny_config
 from analysis.models.train_paths import parallel_training
+from analysis.paths import ASSETS_DIR
 
 ARCHS = {"transformer": "llama", "mamba": "mamba", "mamba2": "mamba2", "rwkv": "rwkv", "griffin": "recurrent_gemma"}
 WIDTH = 128
@@ -62,14 +63,26 @@ def recall_line(rng: random.Random) -> tuple[str, list[tuple[str, str]]]:
     return line + "\n", asked
 
 
+# built-in tasks whose few-shot lines are in every toy's training corpus: evaluating a toy on them measures
+# what it memorised, not in-context learning (the Compare page says so)
+TRAINING_TASKS = ("to-upper", "to-lower", "next-letter", "prev-letter", "list-first", "list-last", "antonyms",
+                  "vowel-count")
+
+
+def trained_on(model_name: str, task_name: str) -> bool:
+    """Whether ``model_name`` is a toy checkpoint whose training corpus holds prompts of the built-in task
+    ``task_name`` (a split such as ``vowel-count[heldout]`` counts as its task)."""
+    toy = ASSETS_DIR / "models" / model_name
+    return toy.parent.name == "models" and (toy / "training.json").is_file() \
+        and task_name.split("[")[0] in TRAINING_TASKS
+
+
 def corpus_lines(seed: int, n_lines: int) -> list[str]:
     """The training corpus: recall, copy and ICL-mapping lines in a seeded mix."""
     from analysis.tasks.builtin import builtin_tasks
 
     rng = random.Random(f"toy-corpus|{seed}")
-    tasks = [t for name, t in builtin_tasks().items()
-             if name in ("to-upper", "to-lower", "next-letter", "prev-letter", "list-first", "list-last",
-                         "antonyms", "vowel-count")]
+    tasks = [t for name, t in builtin_tasks().items() if name in TRAINING_TASKS]
     lines = []
     for _ in range(n_lines):
         kind = rng.random()

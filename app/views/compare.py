@@ -3,12 +3,14 @@
 import pandas as pd
 import streamlit as st
 
-from analysis.cache import ResultsCache
+from analysis.cache import ResultsCache, task_fingerprint
+from analysis.errors import PrunescopeError
 from analysis.evaluation import evaluate_task
 from analysis.evaluation.paired import compare, verdict
 from analysis.models import model_choices, model_label
+from analysis.models.toy import trained_on
 from analysis.pruning import NeuronMask
-from analysis.pruning.copying import random_mask_like
+from analysis.pruning.copying import COPYING_TASK, random_mask_like
 from components import present, state
 from components.charts import outcome_bar_chart
 from components.export import chart, report_button, table
@@ -66,8 +68,33 @@ def paired_sentence(a, b, label_a: str, label_b: str) -> str:
     return f"B ({label_b.removeprefix('B: ')}) against" + sentence.removeprefix("Against")
 
 
+def warnings(task, models: list[str], masked: bool) -> list[str]:
+    """What makes this comparison misleading: a toy evaluated on a task it was trained on, or the copying mask
+    evaluated on the task it was scored on."""
+    notes = [f"{name} was trained on {task.name} prompts (its training corpus, analysis/models/toy.py): its "
+             "accuracy here measures memorisation, not in-context learning." for name in dict.fromkeys(models)
+             if trained_on(name, task.name)]
+    if masked and task.name == COPYING_TASK:
+        notes.append(f"The copying mask was scored on {COPYING_TASK} prompts (its fit split), so these prompts "
+                     "overlap the ones that chose the neurons; judge the mask on the held-out split "
+                     f"({COPYING_TASK}[heldout], on the pruning page) or on another task.")
+    return notes
+
+
+key = None
+if task is not None:
+    active = None
+    try:
+        active = active_mask(loaded)[0]
+    except PrunescopeError:
+        pass  # a bad link mask: resolve_mask says so when Compare is clicked
+    key = ("compare", task_fingerprint(task), int(shots), int(n), int(state.get("seed")), loaded.fingerprint(),
+           *((pick[1], pick[2].file_id if len(pick) > 2 and pick[2] else None) for pick in picks.values()),
+           tuple(sorted(active.neurons)) if active else ())
+    label = f"{task.name}, {shots}-shot, {n} prompts, seed {state.get('seed')}"
+
 if clicked and task is not None:
-    runs = {}
+    runs, models = {}, {}
     with guarded("comparison"):
         for side, pick in picks.items():
             model, mask = loaded, None
@@ -75,14 +102,27 @@ if clicked and task is not None:
                 model = cached_model(pick[1], "auto", "auto")
             else:
                 mask = resolve_mask(pick[1], pick[2])
-            label = f"{side}: {model.name}" + (f" ({pick[1]}, {len(mask or ())} neurons)" if pick[0] == "mask" else "")
+            models[side] = model
+            run_label = f"{side}: {model.name}" + (f" ({pick[1]}, {len(mask or ())} neurons)"
+                                                   if pick[0] == "mask" else "")
             with run_progress(f"Evaluating {side}", "prompts") as progress:
-                runs[label] = evaluate_task(model, task, int(shots), int(n), seed=int(state.get("seed")), mask=mask,
+                runs[run_label] = evaluate_task(model, task, int(shots), int(n), seed=int(state.get("seed")), mask=mask,
                                             progress=progress, cache=ResultsCache())
+        masked = any(pick[0] == "mask" and pick[1] != "no mask" for pick in picks.values())
         st.session_state["cmp_runs"] = runs
+        st.session_state["cmp_shown"] = {"key": key, "label": label, "warnings": warnings(
+            task, [model.name for model in models.values()], masked)}
 
 runs = st.session_state.get("cmp_runs")
+shown = st.session_state.get("cmp_shown", {})
+if runs and shown.get("key") != key:  # a comparison is shown only under the settings it was made with
+    st.info(f"The last comparison was for other settings ({shown.get('label', 'another task')}): click Compare "
+            "for these.")
+    runs = None
 if runs:
+    st.subheader(shown["label"])
+    for note in shown["warnings"]:
+        st.warning(note, icon=":material/warning:")
     summaries = [{**r.summary(), "label": label} for label, r in runs.items()]
     (label_a, a), (label_b, b) = runs.items()
     sentence = paired_sentence(a, b, label_a, label_b)

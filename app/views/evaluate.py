@@ -45,7 +45,12 @@ if run_clicked and task is not None:
 
 if runs:
     latest = runs[-1]["summary"]
-    st.subheader(f"{latest['task']}, {latest['shots']}-shot on {latest['model']}")
+    st.subheader(f"{latest['task']}, {latest['shots']}-shot, {latest['n']} prompts, seed {latest['seed']} on "
+                 f"{latest['model']}")
+    current = (task.name if task else None, int(shots), int(n), int(seed), loaded.name)
+    if current != (latest["task"], latest["shots"], latest["n"], latest["seed"], latest["model"]):
+        st.info("These are the numbers of the last run; the settings above have changed since: click Evaluate "
+                "for them.", icon=":material/history:")
     m1, m2, m3, m4, m5 = st.columns(5)
     m1.metric("Accuracy", f"{latest['accuracy']:.1%}")
     m2.metric("Copy errors", f"{latest['copy_error_rate']:.1%}", help="a demonstration's answer repeated")

@@ -7,13 +7,14 @@ import dataclasses
 import pandas as pd
 import streamlit as st
 
-from analysis.cache import ResultsCache
+from analysis.cache import ResultsCache, task_fingerprint
+from analysis.demo import TASK_VECTORS
 from analysis.evaluation.task_vectors import task_vectors
 from components import present, state
 from components.charts_pruning import task_vector_chart
 from components.export import chart, report_button, table
 from components.masking import active_mask
-from components.widgets import guarded, require_model, run_progress, task_picker
+from components.widgets import guarded, memo, require_model, run_progress, task_picker
 
 FORMATS = {"the task's own": None, "Input: / Output: lines": "Input: {x}\nOutput: {y}\n"}
 
@@ -33,29 +34,50 @@ with present.controls():
     with col_task:
         task = task_picker()
     shots = state.bound(col_shots.number_input, "Shots", "shots", min_value=1, max_value=8, step=1)
-    n = col_n.number_input("Queries", 1, 200, 40, key="tv_n")
-    dummies = col_dummies.number_input("Dummy queries", 1, 8, 2, key="tv_dummies",
+    n = col_n.number_input("Queries", 1, 200, TASK_VECTORS["n"], key="tv_n")
+    dummies = col_dummies.number_input("Dummy queries", 1, 8, TASK_VECTORS["dummies"], key="tv_dummies",
                                        help="dummy queries whose states are averaged into each query's vector")
     prompt_format = st.radio("Prompt format", list(FORMATS), horizontal=True, key="tv_format")
     with_mask = st.checkbox(f"Also with the mask ({len(mask)} neurons, {source})" if mask is not None else source,
                             value=mask is not None, disabled=mask is None, key="tv_masked")
     clicked = st.button("Run task vectors", type="primary", disabled=task is None, key="tv_run")
 
-if clicked and task is not None:
+key = None
+if task is not None:
+    if FORMATS[prompt_format]:
+        task = dataclasses.replace(task, template=FORMATS[prompt_format])
     conditions = {"unpruned": None, **({"pruned": mask} if with_mask and mask is not None else {})}
-    results = {}
-    with guarded("task vectors"):
-        if FORMATS[prompt_format]:
-            task = dataclasses.replace(task, template=FORMATS[prompt_format])
-        for name, condition_mask in conditions.items():
-            with run_progress(f"Task vectors, {name}", "layers") as progress:
-                results[name] = task_vectors(loaded, task, int(shots), int(n), int(dummies),
-                                             seed=int(state.get("seed")), mask=condition_mask, progress=progress,
-                                             cache=ResultsCache())
-        st.session_state["tv_results"] = (loaded.name, results)
+    seed = int(state.get("seed"))
+    key = ("task-vectors", loaded.fingerprint(), task_fingerprint(task), int(shots), int(n), int(dummies), seed,
+           tuple(tuple(sorted(m.neurons)) if m else () for m in conditions.values()))
+    label = (f"{task.name}, {shots}-shot, {n} queries, {dummies} dummies, {prompt_format} format, "
+             f"{' and '.join(conditions)}, {loaded.name}")
+
+    def run(name: str, condition_mask, compute_missing: bool, progress=None):
+        return task_vectors(loaded, task, int(shots), int(n), int(dummies), seed=seed, mask=condition_mask,
+                            progress=progress, cache=ResultsCache(), compute_missing=compute_missing)
+
+    def stored_results() -> dict | None:
+        got = {name: run(name, condition_mask, False) for name, condition_mask in conditions.items()}
+        return None if None in got.values() else got
+
+    with guarded("task vectors"):  # stored results (on disk or shipped) show at once, read once per session
+        stored = memo(key, stored_results)
+        if stored is None and clicked:
+            results = {}
+            for name, condition_mask in conditions.items():  # clearly labelled stages, one bar each
+                with run_progress(f"Task vectors, {name}", "prompts") as progress:
+                    results[name] = run(name, condition_mask, True, progress)
+            stored = memo(key, lambda: results)
+        if stored is not None:
+            st.session_state["tv_results"] = (key, stored, label)
 
 shown = st.session_state.get("tv_results")
-if shown and shown[0] == loaded.name:
+if shown and shown[0] != key:  # a result is shown only under the settings it was computed with
+    st.info(f"The last task-vector run was for other settings ({shown[2]}): click Run task vectors for these.")
+    shown = None
+if shown:
+    st.subheader(shown[2])
     results = shown[1]
     first = next(iter(results.values()))
     verdicts = [f"{name}: {r.verdict()}" for name, r in results.items()]
