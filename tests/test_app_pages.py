@@ -162,6 +162,12 @@ def test_attention_page_beside_a_transformer_with_relevance_and_faithfulness(mon
     _ok(at.run())
     table = at.session_state["faith_table"][1]
     assert set(table.method) == {"raw", "rollout", "gradattn", "gxi", "random"}
+    tables_with_result = len(at.dataframe)
+    at.number_input(key="faith_n").set_value(3)  # another prompt count: the old table is not shown under it
+    _ok(at.run())
+    assert len(at.dataframe) == tables_with_result - 1
+    assert any("last faithfulness test was for other settings" in i.value and "2 prompts" in i.value
+               for i in at.info)
     at.text_area(key="attn_text").set_value("   ")
     _ok(at.run())
     assert [e.value for e in at.error] == ["the text is empty: type or paste a text to look at"]  # one line

@@ -13,6 +13,7 @@ from components import present, state
 from components.charts import attention_heatmap, visible_token
 from components.charts_pruning import relevance_chart
 from components.export import chart, report_button, table
+from components.layout import wrapping_columns
 from components.widgets import cached_model, guarded, memo, require_model, run_progress
 
 NO_COMPARISON = "none"
@@ -53,7 +54,7 @@ if len(state.get("text")) > MAX_TEXT:
     state.put("text", state.get("text")[:MAX_TEXT])
 with present.controls():
     text = state.bound(st.text_area, "Text", "text", widget_key="attn_text")
-    col_form, col_reduce, col_layer, col_other = st.columns(4)
+    col_form, col_reduce, col_layer, col_other = wrapping_columns(4, "attn_controls", 180)
     form = choose(col_form, "Form", "form", FORMS[loaded.family], FORMS[loaded.family][0],
                   {f for forms in FORMS.values() for f in forms})
     reduce = state.bound(col_reduce.text_input, "Reduction", "reduce", widget_key="attn_reduce",
@@ -75,7 +76,10 @@ def describe(*parts: str) -> str:
 
 
 figures, tables = {}, {}
-left, right = st.columns(2) if other_spec != NO_COMPARISON else (st.container(), None)
+MAP_MIN_WIDTH = 420  # px: below this an attention map's token labels crowd its cells
+# side by side on a wide screen, one above the other below about 1200 px (at 1024 px each map was 100 px wide)
+left, right = wrapping_columns(2, "attn_pair", MAP_MIN_WIDTH, gap="medium") if other_spec != NO_COMPARISON \
+    else (st.container(), None)
 with left, guarded("attention map"):
     maps = memo(("attn", loaded.fingerprint(), text, form, reduce, int(layer)),
                 lambda: attention_maps(loaded, text, form=form, reduce=reduce, layers=[int(layer)]))
@@ -121,16 +125,20 @@ st.caption("Tokens are replaced with padding most-relevant-first (lower area = m
            "first (higher = more faithful), tracking the probability of the model's prediction; random orders are "
            "the baseline.")
 with present.controls("Faithfulness settings"):
-    c_task, c_n, c_run = st.columns([2, 1, 1])
+    c_task, c_n, c_run = wrapping_columns([2, 1, 1], "faith_controls", [240, 140, 160])
     task_name = c_task.selectbox("Task", list(builtin_tasks()), key="faith_task")
     faith_n = c_n.number_input("Prompts", 1, 200, 10, key="faith_n")
     run = c_run.button("Run faithfulness", key="faith_run", disabled=not chosen)
+faith_key = (loaded.fingerprint(), task_name, int(faith_n), tuple(chosen))
 if run:
     with guarded("faithfulness test"), run_progress("Faithfulness", "prompts") as progress:
-        st.session_state["faith_table"] = (loaded.name, faithfulness(
+        st.session_state["faith_table"] = (faith_key, faithfulness(
             loaded, builtin_tasks()[task_name], chosen, int(faith_n), shots=2, progress=progress))
 shown = st.session_state.get("faith_table")
-if shown and shown[0] == loaded.name:
+if shown and shown[0] != faith_key:  # another model, task, prompt count or method list: not this table
+    st.info(f"The last faithfulness test was for other settings ({shown[0][1]}, {shown[0][2]} prompts, "
+            f"{', '.join(shown[0][3])}): run it again for these.")
+elif shown:
     table(shown[1], "faithfulness")
     tables["Faithfulness"] = shown[1]
 if figures:

@@ -9,6 +9,7 @@ from analysis.demo import ATTRIBUTION
 from components import present, state
 from components.charts import HEATMAP_SCALES, layer_totals_bar, neuron_heatmap, visible_token
 from components.export import chart, report_button, table
+from components.layout import wrapping_columns
 from components.widgets import guarded, memo, require_model, run_progress, task_picker
 
 st.header("Neuron attribution")
@@ -18,12 +19,12 @@ st.caption("Integrated Gradients of a target at the answer position with respect
 loaded = require_model()
 
 with present.controls():
-    col_task, col_target = st.columns([3, 1])
+    col_task, col_target = wrapping_columns([3, 1], "ig_task", [300, 160])
     with col_task:
         task = task_picker()
     target = col_target.selectbox("Target", TARGETS, index=TARGETS.index(ATTRIBUTION["target"]), key="ig_target",
                                   help="gold: log p(gold); copy: logit(copied) - logit(gold); confidence: top logit")
-    col_n, col_shots, col_steps, col_rule = st.columns(4)
+    col_n, col_shots, col_steps, col_rule = wrapping_columns(4, "ig_settings", 150)
     n = col_n.number_input("Prompts", min_value=1, max_value=256, value=ATTRIBUTION["n"], key="ig_n")
     shots = state.bound(col_shots.number_input, "Shots", "shots", min_value=1, max_value=8, step=1)
     steps = col_steps.number_input("Steps", min_value=1, max_value=256, value=ATTRIBUTION["steps"], key="ig_steps")

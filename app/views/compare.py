@@ -14,6 +14,7 @@ from analysis.pruning.copying import COPYING_TASK, random_mask_like
 from components import present, state
 from components.charts import outcome_bar_chart
 from components.export import chart, report_button, table
+from components.layout import wrapping_columns
 from components.masking import active_mask
 from components.widgets import cached_model, guarded, require_model, run_progress, task_picker
 
@@ -26,7 +27,7 @@ MASK_OPTIONS = ("no mask", "active mask", "random mask of the same size", "uploa
 
 with present.controls():
     mode = st.radio("Compare", ["two masks", "two models"], horizontal=True, key="cmp_mode")
-    col_task, col_shots, col_n = st.columns([3, 1, 1])
+    col_task, col_shots, col_n = wrapping_columns([3, 1, 1], "cmp_task", [300, 140, 140])
     with col_task:
         task = task_picker()
     shots = state.bound(col_shots.number_input, "Shots", "shots", min_value=0, max_value=8, step=1)

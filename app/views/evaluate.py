@@ -8,6 +8,7 @@ from analysis.evaluation import evaluate_task
 from components import present, state
 from components.charts import outcome_bar_chart
 from components.export import chart, report_button, table
+from components.layout import wrapping_columns
 from components.widgets import guarded, require_model, run_progress, task_picker
 
 RUNS_KEY = "eval_runs"  # list of {"summary": dict, "records": DataFrame}, oldest first
@@ -22,7 +23,7 @@ loaded = require_model(' to evaluate')
 
 runs = st.session_state.setdefault(RUNS_KEY, [])
 with present.controls():
-    col_task, col_shots, col_n, col_seed = st.columns([3, 1, 1, 1])
+    col_task, col_shots, col_n, col_seed = wrapping_columns([3, 1, 1, 1], "eval_task", [300, 140, 140, 140])
     with col_task:
         task = task_picker()
     shots = state.bound(col_shots.number_input, "Shots", "shots", min_value=0, max_value=8, step=1)

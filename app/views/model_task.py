@@ -6,6 +6,7 @@ from analysis.errors import PrunescopeError
 from analysis.models import model_choices
 from analysis.models.loader import describe_choice
 from components import present, state
+from components.layout import wrapping_columns
 from components.widgets import one_line, require_model, task_picker, token_chips
 
 st.header("Model & task")
@@ -24,7 +25,7 @@ about = describe_choice(loaded.name) if loaded.name in model_choices() else ""  
 st.caption(" · ".join(filter(None, [loaded.describe(), about])))
 
 with present.controls("Task settings"):
-    col_task, col_shots, col_n, col_seed = st.columns([3, 1, 1, 1])
+    col_task, col_shots, col_n, col_seed = wrapping_columns([3, 1, 1, 1], "mt_task", [300, 140, 140, 140])
     with col_task:
         task = task_picker()
     shots = state.bound(col_shots.number_input, "Shots", "shots", min_value=0, max_value=8, step=1)

@@ -17,6 +17,7 @@ from components import present, speculation, state
 from components.charts import neuron_heatmap
 from components.charts_pruning import k_sweep_chart
 from components.export import chart, report_button, table
+from components.layout import wrapping_columns
 from components.masking import remember, scoring_settings, stored_copying_scores, top_k_mask
 from components.pruning_view import mask_table, show_result
 from components.widgets import guarded, require_model, run_progress
@@ -52,7 +53,7 @@ valid_choice("score_target", COPY_TARGETS)
 valid_choice("score_prompts", SCORE_PROMPTS)
 
 with present.controls("Copying scores"):
-    c_n, c_shots, c_steps, c_target, c_prompts = st.columns([1, 1, 1, 2, 2])
+    c_n, c_shots, c_steps, c_target, c_prompts = wrapping_columns([1, 1, 1, 2, 2], "score_settings", [110, 110, 110, 190, 190])
     state.bound(c_n.number_input, "Scoring prompts", "score_n", min_value=1, max_value=256)
     state.bound(c_shots.number_input, "Scoring shots", "score_shots", min_value=1, max_value=8)
     state.bound(c_steps.number_input, "IG steps", "score_steps", min_value=1, max_value=128)
@@ -76,7 +77,7 @@ else:
 scores = None if scored is None else scored.scores
 
 with present.controls("Mask"):
-    c_k, c_layer, c_range, c_file = st.columns([2, 1, 1, 3])
+    c_k, c_layer, c_range, c_file = wrapping_columns([2, 1, 1, 3], "mask_settings", [190, 120, 100, 250])
     per_layer = c_layer.checkbox("top k per layer", value=bool(state.get("per_layer")), key="per_layer_box",
                                  disabled=scores is None)
     state.put("per_layer", int(per_layer))
@@ -131,7 +132,7 @@ def live_panel() -> None:
     """Re-runs alone when the toggle, tasks or controls change: the model is never reloaded, cached
     evaluations return at once."""
     offered = pruning_tasks()
-    c_tasks, c_ctrl = st.columns([4, 1])  # the toggle gets its own row: in a narrow column it read "P..."
+    c_tasks, c_ctrl = wrapping_columns([4, 1], "prune_task_row", [300, 150])  # the toggle gets its own row: in a narrow column it read "P..."
     chosen = c_tasks.multiselect("Tasks", list(offered), default=list(PRUNE_TASKS), key="prune_tasks")
     controls = c_ctrl.number_input("Random masks", PRUNE_CONTROLS, 10, PRUNE_CONTROLS, key="prune_controls",
                                    help="random masks of the same size and layer distribution (at least 3, so "
@@ -193,11 +194,17 @@ if scores is not None:
         st.caption("The k-sweep prunes the top k for each k and compares every k with the unpruned model on the "
                    "held-out copying split and three ICL dev tasks (2-shot, 80 prompts each, paired). A k is chosen "
                    "only when its accuracy gain is above zero beyond noise and copy errors do not rise.")
+        sweep_key = (loaded.fingerprint(), tuple(sorted(params.items())), per_layer, layers)
         if st.button("Run k-sweep", key="sweep_run"):
             with guarded("k-sweep"), run_progress("k-sweep", "evaluations") as progress:
-                st.session_state["sweep"] = k_sweep(loaded, scores, K_GRID, per_layer=per_layer, layers=layers,
-                                                    cache=cache, progress=progress)
-        sweep = st.session_state.get("sweep")
+                st.session_state["sweep"] = (sweep_key, k_sweep(loaded, scores, K_GRID, per_layer=per_layer,
+                                                                layers=layers, cache=cache, progress=progress))
+        sweep = None
+        if "sweep" in st.session_state:
+            shown_key, sweep = st.session_state["sweep"]
+            if shown_key != sweep_key:  # another model, scoring or selection: not this curve
+                st.info("The last k-sweep was for other scores or selection settings: run it again for these.")
+                sweep = None
         if sweep is not None:
             (st.success if sweep.chosen else st.warning)(sweep.message)
             chart(k_sweep_chart(sweep), "sweep_chart", "k-sweep")

@@ -13,6 +13,7 @@ from analysis.evaluation.task_vectors import task_vectors
 from components import present, state
 from components.charts_pruning import task_vector_chart
 from components.export import chart, report_button, table
+from components.layout import wrapping_columns
 from components.masking import active_mask
 from components.widgets import guarded, memo, require_model, run_progress, task_picker
 
@@ -30,7 +31,7 @@ mask, source = None, ""
 with guarded("mask"):
     mask, source = active_mask(loaded)
 with present.controls():
-    col_task, col_shots, col_n, col_dummies = st.columns([3, 1, 1, 1])
+    col_task, col_shots, col_n, col_dummies = wrapping_columns([3, 1, 1, 1], "tv_task", [300, 140, 140, 140])
     with col_task:
         task = task_picker()
     shots = state.bound(col_shots.number_input, "Shots", "shots", min_value=1, max_value=8, step=1)
