@@ -1,5 +1,7 @@
-"""Presentation mode for lab meetings: wide layout, larger fonts, controls collapsed, one large figure per
-screen. On with the sidebar toggle or ``?present=1`` in the URL (so a link opens straight into it)."""
+"""Presentation mode for lab meetings: each page is a slide. Larger fonts, the sidebar and the page's long
+description hidden, every block of controls behind a button in one toolbar row, so the main figure and the
+verdict sentence sit above the fold at 1440x900 and 1920x1080. On with the sidebar toggle or ``?present=1`` in
+the URL (so a link opens straight into it)."""
 
 from __future__ import annotations
 
@@ -10,15 +12,20 @@ import streamlit as st
 
 PARAM = "present"
 KEY = "presentation_mode"
-FIGURE_HEIGHT = 640  # px: one figure fills a projector screen
+TOOLBAR_KEY = "_present_toolbar"  # this run's toolbar container (reset before every page)
+FIGURE_HEIGHT = 440  # px: below a title, the toolbar and two verdict lines, above the fold at 900 px
 
 STYLE = """<style>
 html, body, [data-testid="stAppViewContainer"] { font-size: 20px; }
 [data-testid="stMarkdownContainer"] p, [data-testid="stCaptionContainer"] { font-size: 1.1rem; }
-h1, h2, h3 { font-size: 2.1rem !important; }
+h1, h2 { font-size: 2.1rem !important; }
+h3 { font-size: 1.5rem !important; }
 [data-testid="stMetricValue"], [data-testid="stMetricValue"] * { font-size: 3rem !important; line-height: 1.2; }
 [data-testid="stMetricLabel"] * { font-size: 1.2rem !important; }
-.block-container { padding-top: 3.5rem; max-width: 100%; }
+.block-container { padding-top: 4rem; max-width: 100%; }
+[data-testid="stAlertContentInfo"] p, [data-testid="stAlertContentSuccess"] p, [data-testid="stAlertContentError"] p
+  { font-size: 1rem; }
+h1, h2 { padding-top: 0 !important; padding-bottom: 0.25rem !important; }
 </style>"""
 
 
@@ -43,16 +50,42 @@ def toggle() -> bool:
 
 
 def apply_style() -> None:
+    """Every run, before the page: the slide style, and no toolbar until the page starts its own."""
+    st.session_state.pop(TOOLBAR_KEY, None)
     if requested():
         st.html(STYLE)
 
 
+
+
+def toolbar() -> None:
+    """Start the page's toolbar row: in presentation mode the following :func:`controls` blocks become buttons
+    in it (call right after the header)."""
+    if requested():
+        st.session_state[TOOLBAR_KEY] = st.container(horizontal=True, vertical_alignment="center", gap="small")
+
+
+def toolbar_row():
+    """The toolbar row of this run (for widgets beside the control buttons), or a new row."""
+    bar = st.session_state.get(TOOLBAR_KEY)
+    return bar if bar is not None else st.container(horizontal=True, vertical_alignment="center", gap="small")
+
+
+def caption(text: str) -> None:
+    """A page's description: shown normally, left out of the slide (the speaker says it)."""
+    if not requested():
+        st.caption(text)
+
+
 @contextmanager
 def controls(label: str = "Controls") -> Iterator[None]:
-    """A block of inputs: inline normally, a collapsed expander in presentation mode."""
+    """A block of inputs: inline normally; in presentation mode a button that opens them (in the toolbar row
+    when the page started one)."""
     if requested():
-        with st.expander(label, expanded=False):
-            yield
+        bar = st.session_state.get(TOOLBAR_KEY)
+        with (bar if bar is not None else st.container()):
+            with st.popover(label, icon=":material/tune:"):
+                yield
     else:
         yield
 

@@ -11,6 +11,7 @@ import streamlit as st
 from analysis.evaluation.paired import Cell, excludes_zero, format_p
 from analysis.pruning.evaluate import PruneEvalResult, flip_counts
 from components.charts_pruning import change_forest, pruning_bars
+from components import present
 from components.export import chart, table
 
 
@@ -39,10 +40,11 @@ def show_metrics(cell: Cell, pruned: bool) -> None:
     # a wrapping row of fixed-width cards: four in a row on a wide screen, two and two at 1024 px, where four
     # columns cut the labels ("Accuracy, unpru...")
     row = st.container(horizontal=True, wrap=True, gap="medium")
+    width = int(METRIC_WIDTH * (1.5 if present.requested() else 1))  # a slide's fonts are 1.5x
     row.metric("Accuracy, unpruned", f"{base['accuracy'].value:.1%}", help=_interval(base["accuracy"]),
-               width=METRIC_WIDTH)
+               width=width)
     row.metric("Copy errors, unpruned", f"{base['copy_error_rate'].value:.1%}",
-               help=_interval(base["copy_error_rate"]), width=METRIC_WIDTH)
+               help=_interval(base["copy_error_rate"]), width=width)
     if not pruned or "pruned" not in cell.rates:
         return
     for metric, label, colour in (("accuracy", "Accuracy, pruned", "normal"),
@@ -52,7 +54,7 @@ def show_metrics(cell: Cell, pruned: bool) -> None:
         row.metric(label, f"{cell.rates['pruned'][metric].value:.1%}", f"{100 * change.delta:+.1f} points",
                    delta_color=colour if excludes_zero(change.ci95) else "off",
                    delta_arrow="auto" if change.delta else "off",
-                   delta_description=f"CI {100 * low:+.1f} to {100 * high:+.1f}", width=METRIC_WIDTH,
+                   delta_description=f"CI {100 * low:+.1f} to {100 * high:+.1f}", width=width,
                    help=f"change vs unpruned, paired by prompt: 95 % CI {100 * low:+.1f} to {100 * high:+.1f} "
                         f"points, McNemar {format_p(change.p)}; grey when the interval includes zero")
 
@@ -64,10 +66,13 @@ def show_result(result: PruneEvalResult, pruned: bool, shots: int, mask_size: in
     average = result.cell(shots=shots)
     findings = list(result.verdicts(shots=shots).values()) if pruned else []
     show_verdicts(result.verdicts(shots=shots) if pruned else {})
-    show_metrics(average, pruned)
+    if not present.requested():  # on a slide the figure comes right below the verdicts, the numbers after it
+        show_metrics(average, pruned)
     figures = {"Rates with 95 % intervals": pruning_bars(
         summary, f"{shots}-shot, {mask_size if pruned else 0} neurons pruned, {len(result.controls)} random masks")}
     chart(figures["Rates with 95 % intervals"], "prune_bars", "pruning-comparison")
+    if present.requested():
+        show_metrics(average, pruned)
     if pruned:
         figures["Paired changes"] = change_forest(summary, "Pruned minus unpruned, and minus random masks")
         chart(figures["Paired changes"], "prune_changes", "pruning-changes")

@@ -20,8 +20,9 @@ NO_COMPARISON = "none"
 MAX_TEXT = 20_000  # characters a link may carry into the text box (the model's own length check comes later)
 
 st.header("Implicit attention")
-st.caption("Mamba, Mamba-2, RWKV and Griffin: the exact implicit attention computed from each layer's own "
-           "parameters and activations (arXiv 2403.01590, 2405.16504); transformers: the real softmax attention.")
+present.toolbar()
+present.caption("Mamba, Mamba-2, RWKV and Griffin: the exact implicit attention computed from each layer's own "
+                "parameters and activations (arXiv 2403.01590, 2405.16504); transformers: the real softmax attention.")
 
 loaded = require_model()
 others = [NO_COMPARISON, *[m for m in model_choices() if m != loaded.name]]

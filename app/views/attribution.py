@@ -13,8 +13,9 @@ from components.layout import wrapping_columns
 from components.widgets import guarded, memo, require_model, run_progress, task_picker
 
 st.header("Neuron attribution")
-st.caption("Integrated Gradients of a target at the answer position with respect to every layer's neurons "
-           "(baseline zero); results are cached on disk, so a revisit is instant.")
+present.toolbar()
+present.caption("Integrated Gradients of a target at the answer position with respect to every layer's neurons "
+                "(baseline zero); results are cached on disk, so a revisit is instant.")
 
 loaded = require_model()
 
@@ -61,8 +62,10 @@ if shown:
     result = shown["result"]
     st.subheader(f"{shown['label']}: {result.target} target, {len(result.inputs)} prompts, {result.steps} "
                  f"{result.quadrature} steps")
-    scale = st.radio("Colour scale", list(HEATMAP_SCALES), format_func=HEATMAP_SCALES.get, horizontal=True,
-                     key="ig_scale", help="one strong neuron can wash a linear map out; the hover shows raw scores")
+    with present.controls("Colour scale"):
+        scale = st.radio("Colour scale", list(HEATMAP_SCALES), format_func=HEATMAP_SCALES.get, horizontal=True,
+                         key="ig_scale", help="one strong neuron can wash a linear map out; the hover shows raw "
+                                              "scores")
     heat = neuron_heatmap(result.scores.tolist(), title="mean attribution per neuron", scale=scale)
     totals = layer_totals_bar(result.scores.tolist())
     chart(heat, "ig_heat", "neuron-attribution")

@@ -19,8 +19,9 @@ from components.masking import active_mask
 from components.widgets import cached_model, guarded, require_model, run_progress, task_picker
 
 st.header("Compare")
-st.caption("The same prompts (task, shots, n, seed) through two models, or through the picked model under two "
-           "neuron masks; the table lists the prompts whose answers differ.")
+present.toolbar()
+present.caption("The same prompts (task, shots, n, seed) through two models, or through the picked model under two "
+                "neuron masks; the table lists the prompts whose answers differ.")
 
 loaded = require_model()
 MASK_OPTIONS = ("no mask", "active mask", "random mask of the same size", "upload")

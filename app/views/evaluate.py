@@ -16,8 +16,9 @@ MAX_RUNS = 12
 TABLE_COLUMNS = ["query", "gold", "prediction", "outcome", "demo_outputs", "prompt"]
 
 st.header("Evaluate")
-st.caption("Greedy k-shot answers compared with the gold answer; a wrong answer equal to a demonstration's "
-           "output counts as a copy error.")
+present.toolbar()
+present.caption("Greedy k-shot answers compared with the gold answer; a wrong answer equal to a demonstration's "
+                "output counts as a copy error.")
 
 loaded = require_model(' to evaluate')
 

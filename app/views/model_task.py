@@ -10,9 +10,10 @@ from components.layout import wrapping_columns
 from components.widgets import one_line, require_model, task_picker, token_chips
 
 st.header("Model & task")
-st.caption("Pick the model in the sidebar (SmolLM2-135M-Instruct, the default; the Gemma 3 270M base model; a toy "
-           "checkpoint; a Hugging Face id or a local directory). The task and the settings below are shared by "
-           "every page and saved in the page's link.")
+present.toolbar()
+present.caption("Pick the model in the sidebar (SmolLM2-135M-Instruct, the default; the Gemma 3 270M base model; a toy "
+                "checkpoint; a Hugging Face id or a local directory). The task and the settings below are shared by "
+                "every page and saved in the page's link.")
 
 loaded = require_model()
 counts = loaded.adapter.neuron_counts()

@@ -26,10 +26,11 @@ TARGET_LABELS = {"copy": "logit(copied) − logit(gold)", "copy-prob": "P(copied
 PROMPT_LABELS = {"all": "all prompts", "copied": "only prompts the model copies on"}
 
 st.header("Copying neurons & pruning")
-st.caption("Copying score of a neuron: its Integrated-Gradients attribution on the copying task, to logit(copied "
-           "demo answer) − logit(gold) or to the paper's probability of the copied answer, normalised per prompt "
-           "and averaged (arXiv 2410.01288). Pruning zeroes the top-k neurons; each control zeroes as many random "
-           "neurons in the same layers. Every comparison is paired by prompt, with 95 % intervals.")
+present.toolbar()
+present.caption("Copying score of a neuron: its Integrated-Gradients attribution on the copying task, to logit("
+                "copied demo answer) − logit(gold) or to the paper's probability of the copied answer, normalised per "
+                "prompt and averaged (arXiv 2410.01288). Pruning zeroes the top-k neurons; each control zeroes as many "
+                "random neurons in the same layers. Every comparison is paired by prompt, with 95 % intervals.")
 
 
 def k_options(limit: int, current: int) -> list[int]:
@@ -53,7 +54,8 @@ valid_choice("score_target", COPY_TARGETS)
 valid_choice("score_prompts", SCORE_PROMPTS)
 
 with present.controls("Copying scores"):
-    c_n, c_shots, c_steps, c_target, c_prompts = wrapping_columns([1, 1, 1, 2, 2], "score_settings", [110, 110, 110, 190, 190])
+    c_n, c_shots, c_steps, c_target, c_prompts = wrapping_columns([1, 1, 1, 2, 2], "score_settings",
+                                                                  [110, 110, 110, 190, 190])
     state.bound(c_n.number_input, "Scoring prompts", "score_n", min_value=1, max_value=256)
     state.bound(c_shots.number_input, "Scoring shots", "score_shots", min_value=1, max_value=8)
     state.bound(c_steps.number_input, "IG steps", "score_steps", min_value=1, max_value=128)
@@ -72,7 +74,7 @@ with guarded("copying scores"):
 if scored is None:
     st.info("No copying scores for these settings yet: compute them (progress is shown; the result is cached on "
             "disk), or load a saved mask below.")
-else:
+elif not present.requested():
     st.caption(f"Scores from {scored.n_used} of {params['n']} prompts ({PROMPT_LABELS[params['prompts']]}).")
 scores = None if scored is None else scored.scores
 
@@ -108,8 +110,8 @@ with guarded("mask"):
     if mask is not None:
         mask.validate(counts)
 remember(loaded, mask)
-if mask is not None:
-    source = "uploaded" if upload is not None else "from the link" if state.get("mask") else "top-k copying"
+source = "uploaded" if upload is not None else "from the link" if state.get("mask") else "top-k copying"
+if mask is not None and not present.requested():  # on a slide the Prune row names the mask
     st.caption(f"Mask: {len(mask)} neurons ({source}) in layers {sorted(mask.by_layer()) or '—'}")
     with st.expander(f"The {len(mask)} neurons of the mask"):
         table(mask_table(mask_neurons_table(mask, scores)), "mask-neurons")
@@ -127,23 +129,31 @@ def prune_off() -> None:
     state.put("prune", 0)
 
 
-@st.fragment
 def live_panel() -> None:
-    """Re-runs alone when the toggle, tasks or controls change: the model is never reloaded, cached
-    evaluations return at once."""
+    """The tasks, the Prune toggle and the comparison. A fragment (re-runs alone when the tasks or controls
+    change: the model is never reloaded, cached evaluations return at once), except on a slide, where its
+    controls join the page's toolbar row, which a fragment may not write to."""
     offered = pruning_tasks()
-    c_tasks, c_ctrl = wrapping_columns([4, 1], "prune_task_row", [300, 150])  # the toggle gets its own row: in a narrow column it read "P..."
-    chosen = c_tasks.multiselect("Tasks", list(offered), default=list(PRUNE_TASKS), key="prune_tasks")
-    controls = c_ctrl.number_input("Random masks", PRUNE_CONTROLS, 10, PRUNE_CONTROLS, key="prune_controls",
-                                   help="random masks of the same size and layer distribution (at least 3, so "
-                                        "their spread shows)")
+    presenting = present.requested()
+    # the toggle gets its own row (in a narrow column it read "P..."); on a slide the tasks hide behind a button
+    # in that row
+    toggle_row = present.toolbar_row() if presenting else None
+    with toggle_row.popover("Tasks", icon=":material/tune:") if presenting else st.container():
+        c_tasks, c_ctrl = wrapping_columns([4, 1], "prune_task_row", [300, 150])
+        chosen = c_tasks.multiselect("Tasks", list(offered), default=list(PRUNE_TASKS), key="prune_tasks")
+        controls = c_ctrl.number_input("Random masks", PRUNE_CONTROLS, 10, PRUNE_CONTROLS, key="prune_controls",
+                                       help="random masks of the same size and layer distribution (at least 3, "
+                                            "so their spread shows)")
     if "prune_on" not in st.session_state:  # a link may open the page with pruning on
         st.session_state["prune_on"] = bool(state.get("prune"))
     shots, n, seed = int(state.get("shots")), int(state.get("n")), int(state.get("seed"))
-    with st.container(horizontal=True, vertical_alignment="center", gap="medium"):
+    with toggle_row if presenting else st.container(horizontal=True, vertical_alignment="center", gap="medium"):
         pruned = st.toggle("Prune", key="prune_on", disabled=mask is None or not len(mask), width="content",
                            help="Zero the mask's neurons and re-evaluate the tasks")
-        st.caption(f"{shots}-shot, {n} prompts per task, seed {seed} (change them on Model & task)")
+        if presenting and mask is not None:
+            st.caption(f"{len(mask)} neurons ({source}) · {shots}-shot · {n} prompts per task")
+        else:
+            st.caption(f"{shots}-shot, {n} prompts per task, seed {seed} (change them on Model & task)")
     if int(pruned) != state.get("prune"):  # the whole app reruns, so the address bar and Copy link follow
         state.put("prune", int(pruned))
         st.rerun()
@@ -186,7 +196,7 @@ def live_panel() -> None:
                             *(name for name in state.DEFAULTS if name.startswith("score_"))))
 
 
-live_panel()
+(live_panel if present.requested() else st.fragment(live_panel))()
 
 if scores is not None:
     with st.expander("Copying scores per neuron and the k-sweep", expanded=False):

@@ -20,11 +20,12 @@ from components.widgets import guarded, memo, require_model, run_progress, task_
 FORMATS = {"the task's own": None, "Input: / Output: lines": "Input: {x}\nOutput: {y}\n"}
 
 st.header("Task vectors")
-st.caption("Each query's k demonstrations are followed by a dummy query; the residual stream entering layer L at "
-           "its last token (averaged over the dummies) replaces the same position of the zero-shot prompt, which "
-           "then answers (Hendel et al. 2023). A layer beats zero-shot when an exact McNemar test on the same "
-           "queries, Bonferroni-corrected over layers, says so; on small models the prompt format decides whether "
-           "any layer does (see the README).")
+present.toolbar()
+present.caption("Each query's k demonstrations are followed by a dummy query; the residual stream entering layer L at "
+                "its last token (averaged over the dummies) replaces the same position of the zero-shot prompt, which "
+                "then answers (Hendel et al. 2023). A layer beats zero-shot when an exact McNemar test on the same "
+                "queries, Bonferroni-corrected over layers, says so; on small models the prompt format decides whether "
+                "any layer does (see the README).")
 
 loaded = require_model()
 mask, source = None, ""
