@@ -1,6 +1,6 @@
-"""The results shipped in assets/precomputed answer the app's default requests on the real default model in a
-fresh process with an empty cache and another HOME, as on a new host: nothing is computed (a write to the results
-cache, which every computation ends with, fails the run)."""
+"""The results shipped in assets/precomputed answer every page's default requests on both real built-in models
+in a fresh process with an empty cache and another HOME, as on a new host: nothing is computed (a write to the
+results cache, which every computation ends with, fails the run)."""
 
 from __future__ import annotations
 
@@ -19,10 +19,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = textwrap.dedent("""
     from analysis.attribution import attribute_task
     from analysis.cache import ResultsCache
-    from analysis.demo import ATTRIBUTION, PRUNE_CONTROLS, PRUNE_TASKS, SCORING, SETTINGS, pruning_tasks
+    import sys
+    from analysis.demo import ATTRIBUTION, PRUNE_CONTROLS, PRUNE_TASKS, SCORING, SETTINGS, TASK_VECTORS, pruning_tasks
+    from analysis.evaluation import evaluate_task
+    from analysis.evaluation.task_vectors import task_vectors
     from analysis.models import load_model
     from analysis.pruning.autok import K_GRID, k_sweep
-    from analysis.pruning.copying import copying_scores, select_top_k
+    from analysis.pruning.copying import copying_scores, random_mask_like, select_top_k
     from analysis.pruning.evaluate import prune_eval
     from analysis.tasks import builtin_tasks
 
@@ -30,7 +33,7 @@ SCRIPT = textwrap.dedent("""
         raise SystemExit(f"computed a result the demo ships: {args[1]}")
 
     ResultsCache.put = computed
-    loaded = load_model("default", device="cpu")
+    loaded = load_model(sys.argv[1], device="cpu")
     cache = ResultsCache()
     scores = copying_scores(loaded, **SCORING, cache=cache, compute_missing=False)
     assert scores is not None, "copying scores not shipped"
@@ -42,14 +45,23 @@ SCRIPT = textwrap.dedent("""
                           SETTINGS["shots"], SETTINGS["seed"], ATTRIBUTION["steps"], ATTRIBUTION["quadrature"],
                           cache=cache, compute_missing=False) is not None, "attribution not shipped"
     sweep = k_sweep(loaded, scores.scores, K_GRID, cache=cache)
+    task = builtin_tasks()[SETTINGS["task"]]
+    for condition in (None, mask):  # the task-vector page: unpruned and with the active mask
+        assert task_vectors(loaded, task, SETTINGS["shots"], TASK_VECTORS["n"], TASK_VECTORS["dummies"],
+                            seed=SETTINGS["seed"], mask=condition, cache=cache, compute_missing=False) is not None
+    random_mask = random_mask_like(mask, loaded.adapter.neuron_counts(), 0)
+    for condition in (None, mask, random_mask):  # the Compare page's mask options
+        evaluate_task(loaded, task, SETTINGS["shots"], SETTINGS["n"], seed=SETTINGS["seed"], mask=condition,
+                      cache=cache)
     print("shipped", len(result.records), sweep.chosen)
 """)
 
 
-def test_a_new_host_finds_every_shipped_default_result(tmp_path):
+@pytest.mark.parametrize("model", ["default", "gemma3-270m"])
+def test_a_new_host_finds_every_shipped_default_result(tmp_path, model):
     env = dict(os.environ, HOME=str(tmp_path / "home"), PRUNESCOPE_CACHE=str(tmp_path / "cache"),
                OMP_NUM_THREADS="2")
-    run = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
+    run = subprocess.run([sys.executable, "-c", SCRIPT, model], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=900)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip().splitlines()[-1].startswith("shipped ")
