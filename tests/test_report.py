@@ -58,3 +58,32 @@ def test_table_json_and_mask_text_round_trip():
         NeuronMask.from_text("3-17")
     with pytest.raises(PrunescopeError, match="not a prunescope mask"):
         NeuronMask.from_bytes(b'{"neurons": []}')
+
+
+def _figure_specs(text: str) -> list[dict]:
+    """The figure JSON of every ``Plotly.newPlot`` call in a report (data and layout)."""
+    decoder, specs = json.JSONDecoder(), []
+    for chunk in text.split("Plotly.newPlot(")[1:]:
+        rest = chunk.split(",", 1)[1].lstrip()  # after the element id
+        data, end = decoder.raw_decode(rest)
+        layout, _ = decoder.raw_decode(rest[end:].lstrip(", \n"))
+        specs.append({"data": data, "layout": layout})
+    return specs
+
+
+def test_report_figures_keep_visible_token_labels_and_method_names():
+    from components.charts import attention_heatmap
+    from components.charts_pruning import relevance_chart
+
+    tokens = ["a", " b", "\n", "c"]
+    attention = attention_heatmap([[1, 0, 0, 0], [.5, .5, 0, 0], [.3, .3, .4, 0], [.25] * 4], tokens,
+                                  "toy layer 0 (softmax)")
+    relevance = relevance_chart(tokens, {"rollout": [.1, .2, .3, .4], "gxi": [.4, .3, .2, .1]}, "relevance")
+    text = html_report("Implicit attention", {"attention": attention, "relevance": relevance},
+                       {"Token relevance": pd.DataFrame({"token": ["a", "␣b", "⏎", "c"], "gxi": [.4, .3, .2, .1]})})
+    heat, bars = _figure_specs(text)
+    labels = ["0:a", "1:␣b", "2:⏎", "3:c"]
+    assert heat["data"][0]["x"] == labels and heat["data"][0]["y"] == labels
+    assert heat["layout"]["xaxis"]["title"]["text"] == "source token"
+    assert bars["data"][0]["x"] == labels and bars["data"][0]["y"] == ["rollout", "gxi"]
+    assert "<td>␣b</td>" in text and "<td>⏎</td>" in text
