@@ -1,6 +1,8 @@
 """End to end in a real browser: `streamlit run app/main.py` on a free port, Debian's Chromium driven by
 playwright (no browser download): model -> task -> evaluate -> copying scores -> pruning toggle; the numbers
-appear and change. Screenshots go to tests/artifacts/ (ignored by git)."""
+appear and change. Then the default model on a new host (no results in the cache): the shipped numbers, an
+instant toggle, Copy link equal to the address bar, and a presentation slide with its figure above the fold.
+Screenshots go to tests/artifacts/ (ignored by git)."""
 
 from __future__ import annotations
 
@@ -32,9 +34,12 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    from analysis.paths import cache_dir
+
     port = _free_port()
-    env = {**os.environ, "PRUNESCOPE_MODEL": "toy-mamba",
-           "PRUNESCOPE_CACHE": str(tmp_path_factory.mktemp("browser-cache"))}
+    cache = tmp_path_factory.mktemp("browser-cache")  # no results: a new host's
+    (cache / "models").symlink_to(cache_dir() / "models", target_is_directory=True)  # dequantized once
+    env = {**os.environ, "PRUNESCOPE_MODEL": "toy-mamba", "PRUNESCOPE_CACHE": str(cache)}
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
@@ -151,3 +156,41 @@ def test_model_task_evaluate_and_pruning_toggle(server, page):
     assert (_metric(page, "Accuracy, unpruned"), _metric(page, "Copy errors, unpruned")) == unpruned
     page.screenshot(path=str(ARTIFACTS / "4-pruning-on.png"), full_page=True)
     assert page.outside == []  # e.g. a Material-icon favicon fetched from fonts.gstatic.com
+
+
+def _copy_link(page) -> str:
+    page.get_by_role("button", name="Copy link").click()
+    link = page.locator('[data-testid="stPopoverBody"] [data-testid="stCode"]').first.inner_text().strip()
+    page.keyboard.press("Escape")
+    return link
+
+
+@pytest.mark.slow
+def test_a_new_host_shows_shipped_numbers_an_instant_toggle_and_a_slide(server, page):
+    page.set_viewport_size({"width": 1440, "height": 900})
+    page.goto(f"{server}/?page=pruning&model=default")
+    page.locator('[data-testid="stMetric"]').filter(has_text="Accuracy, unpruned").first.wait_for()
+    assert page.get_by_text("No copying scores").count() == 0  # shipped scores, shipped mask
+    page.get_by_text("Pruned runs ready").wait_for(timeout=30_000)  # shipped: the speculation only reads them
+    _idle(page)
+    assert _copy_link(page) == page.url
+    start = time.monotonic()
+    page.get_by_text("Prune", exact=True).click()
+    page.locator('[data-testid="stMetric"]').filter(has_text="Accuracy, pruned").first.wait_for(timeout=30_000)
+    took = time.monotonic() - start
+    _idle(page)
+    assert took < 20, f"Prune on the shipped mask took {took:.0f} s: it computed"  # cold, it takes minutes
+    assert "prune=1" in page.url and _copy_link(page) == page.url
+    page.screenshot(path=str(ARTIFACTS / "5-default-pruned.png"), full_page=True)
+
+    page.goto(page.url + "&present=1")  # the same view as a slide
+    chart = page.locator('[data-testid="stPlotlyChart"]').first
+    chart.wait_for()
+    _idle(page)
+    page.screenshot(path=str(ARTIFACTS / "6-slide-1440x900.png"))
+    box = chart.bounding_box()
+    verdict = page.get_by_text("Against the unpruned model").first.bounding_box()
+    assert verdict["y"] + verdict["height"] <= 900 and box["y"] + box["height"] <= 900, (verdict, box)
+    page.locator('[data-testid="stExpandSidebarButton"]').click()  # a slide starts with the sidebar closed
+    assert "present=1" in page.url and _copy_link(page) == page.url
+    assert page.outside == []
