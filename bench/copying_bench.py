@@ -70,7 +70,7 @@ def run_model(name: str, args, cache: ResultsCache) -> list[str]:
             continue
         finally:
             bar.close()
-        bar = tqdm(desc=f"{name} {label}: k-sweep", unit="eval", leave=False, file=sys.stderr)
+        bar = tqdm(desc=f"{name} {label}: k-sweep", unit="prompt", leave=False, file=sys.stderr)
         sweep = k_sweep(loaded, scored.scores, n=args.sweep_n, cache=cache, progress=lambda d, t: bar.update(d - bar.n))
         bar.close()
         k = sweep.chosen or SETTINGS["k"]

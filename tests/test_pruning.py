@@ -140,7 +140,11 @@ def test_auto_k_selects_nothing_when_no_k_helps(tiny_loaded):
     chooses k = 0 and says so."""
     loaded = tiny_loaded("gpt2")
     scores = torch.randn(loaded.n_layers, 64, generator=torch.Generator().manual_seed(0))
-    sweep = k_sweep(loaded, scores, ks=(4, 16), dev_tasks=("antonyms",), n=6, resamples=300)
+    reports = []
+    sweep = k_sweep(loaded, scores, ks=(4, 16), dev_tasks=("antonyms",), n=6, resamples=300,
+                    progress=lambda done, total: reports.append((done, total)))
+    assert {t for _, t in reports} == {3 * 2 * 6} and reports[-1][0] == 36  # prompts, total known up front
+    assert [d for d, _ in reports] == sorted(d for d, _ in reports)  # never back
     assert sorted(sweep.table.k.unique()) == [0, 4, 16]
     assert set(sweep.table.task) == {"vowel-count[heldout]", "antonyms", "average"}
     assert sweep.chosen == 0 and sweep.message.startswith("No k beats the unpruned model beyond noise")

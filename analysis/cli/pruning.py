@@ -114,7 +114,7 @@ def cmd_copying_neurons(args: argparse.Namespace) -> int:
     print(f"copying scores from {scored.n_used} of {args.n} prompts ({args.prompts}), target {args.target}",
           file=sys.stderr)
     if auto:
-        progress = tqdm_progress("k-sweep", unit="eval")
+        progress = tqdm_progress("k-sweep", unit="prompt")
         try:
             sweep = k_sweep(loaded, scored.scores, per_layer=args.per_layer, layers=layers, n=args.sweep_n,
                             cache=cache, progress=progress)

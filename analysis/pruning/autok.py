@@ -66,18 +66,19 @@ def k_sweep(loaded: LoadedModel, scores: torch.Tensor, ks: Sequence[int] = K_GRI
     if len(ks) < 2:
         raise PrunescopeError("the k-sweep needs at least one k >= 1 within the model's neurons")
     tasks = [copying_splits()[1], *(builtin_tasks()[name] for name in dev_tasks)]
-    frames, done, total = [], 0, len(ks) * len(tasks)
+    # progress in prompts over the whole sweep, after every batch (where a Cancel stops it)
+    frames, done, total = [], 0, len(ks) * len(tasks) * n
     for k in ks:
         mask = select_top_k(scores, k, per_layer, layers)
         for task in tasks:
-            result = evaluate_task(loaded, task, shots, n, seed=DEV_SEED, mask=mask if k else None, cache=cache)
+            step = None if progress is None else (lambda d, _t, start=done: progress(start + d, total))
+            result = evaluate_task(loaded, task, shots, n, seed=DEV_SEED, mask=mask if k else None, cache=cache,
+                                   progress=step)
             rec = result.records
             frames.append(pd.DataFrame({"task": task.name, "shots": shots, "prompt_index": rec["prompt_index"],
                                         "query": rec["query"], "condition": f"k={k}", "outcome": rec["outcome"],
                                         "k": k, "mask_size": len(mask)}))
-            done += 1
-            if progress:
-                progress(done, total)
+            done += n
     records = pd.concat(frames, ignore_index=True)
     table = _sweep_table(records, ks, resamples)
     chosen, message = choose_k(table, n)

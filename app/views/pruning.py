@@ -206,7 +206,7 @@ if scores is not None:
                    "only when its accuracy gain is above zero beyond noise and copy errors do not rise.")
         sweep_key = (loaded.fingerprint(), tuple(sorted(params.items())), per_layer, layers)
         if st.button("Run k-sweep", key="sweep_run"):
-            with guarded("k-sweep"), run_progress("k-sweep", "evaluations") as progress:
+            with guarded("k-sweep"), run_progress("k-sweep", "prompts") as progress:
                 st.session_state["sweep"] = (sweep_key, k_sweep(loaded, scores, K_GRID, per_layer=per_layer,
                                                                 layers=layers, cache=cache, progress=progress))
         sweep = None
