@@ -7,6 +7,7 @@ import datetime as _dt
 import html
 import json
 from collections.abc import Mapping, Sequence
+from urllib.parse import urlsplit
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -26,7 +27,7 @@ def html_report(title: str, figures: Mapping[str, go.Figure] | None = None,
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)} — prunescope</title>",
              f"<style>{STYLE}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
              f"<p>prunescope report, {created}.</p>"]
-    if link:
+    if link and urlsplit(link).scheme in ("http", "https"):  # never a javascript: or data: link in a report
         parts.append(f"<p>Open in the app: <a href='{html.escape(link)}'>{html.escape(link)}</a></p>")
     if findings:
         parts.append("<h2>Findings</h2>")

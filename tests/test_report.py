@@ -87,3 +87,12 @@ def test_report_figures_keep_visible_token_labels_and_method_names():
     assert heat["layout"]["xaxis"]["title"]["text"] == "source token"
     assert bars["data"][0]["x"] == labels and bars["data"][0]["y"] == ["rollout", "gxi"]
     assert "<td>␣b</td>" in text and "<td>⏎</td>" in text
+
+
+@pytest.mark.parametrize("link", ["javascript:alert(document.domain)", " JavaScript:alert(1)",
+                                  "data:text/html,<script>alert(1)</script>", "file:///etc/passwd"])
+def test_report_links_only_to_http_urls(link):
+    text = html_report("Pruning", link=link)
+    assert "Open in the app" not in text and "alert" not in text and "passwd" not in text
+    assert "Open in the app: <a href='https://demo.example/?page=pruning&amp;k=3'>" in html_report(
+        "Pruning", link="https://demo.example/?page=pruning&k=3")
