@@ -98,6 +98,14 @@ def test_pruning_page_bad_inputs_show_errors(monkeypatch):
     _ok(at.run())
     assert not at.error and at.session_state["setting_mask"] == "0.1,1.2"
     assert any("2 neurons (uploaded)" in c.value for c in at.caption)
+    floats = b'{"format": "prunescope-mask/1", "neurons": [[1.7, 2.9]]}'  # once read as neuron (1, 2)
+    at.file_uploader(key="mask_upload").set_value(("floats.json", floats, "application/json"))
+    _ok(at.run())
+    assert [e.value for e in at.error] == ["mask file floats.json: neurons must be [layer, index] pairs of "
+                                           "non-negative integers (got [1.7, 2.9])"]
+    assert at.session_state["active_mask"]["mask"] is None and at.session_state["setting_mask"] == ""
+    assert any(c.value.startswith("No mask is active") for c in at.caption)  # the earlier upload is gone
+    assert not any("(uploaded)" in c.value for c in at.caption) and at.toggle(key="prune_on").disabled
 
 
 def test_scoring_options_layer_range_and_mask_table(monkeypatch):

@@ -80,10 +80,21 @@ def test_mask_outside_the_model_is_rejected(tiny_loaded):
 @pytest.mark.parametrize("content,message", [
     ("{", "not valid JSON"),
     ('{"neurons": [[0, 1]]}', "not a prunescope mask"),
-    ('{"format": "prunescope-mask/1", "neurons": [[0]]}', "integer pairs"),
+    ('{"format": "prunescope-mask/1", "neurons": [[0]]}', "pairs of non-negative integers"),
+    ('{"format": "prunescope-mask/1", "neurons": [[1.7, 2.9]]}', r"integers \(got \[1.7, 2.9\]\)"),  # not 1, 2
+    ('{"format": "prunescope-mask/1", "neurons": [[true, 3]]}', "non-negative integers"),
+    ('{"format": "prunescope-mask/1", "neurons": [[-1, 3]]}', "non-negative integers"),
+    ('{"format": "prunescope-mask/1", "neurons": [[0, 1]], "meta": [1, 2]}', "meta must be an object"),
+    ('{"format": "prunescope-mask/1", "neurons": [[0, 1]], "meta": {"pairs": 1}}', r"\(got \['pairs'\]\)"),
 ])
 def test_bad_mask_files(tmp_path, content, message):
     path = tmp_path / "m.json"
     path.write_text(content)
     with pytest.raises(PrunescopeError, match=message):
         NeuronMask.load(path)
+
+
+def test_a_mask_file_keeps_its_known_meta():
+    mask = NeuronMask.from_bytes(b'{"format": "prunescope-mask/1", "neurons": [[0, 1], [2, 3]], '
+                                 b'"meta": {"method": "copying-ig", "k": 2, "model": "default"}}')
+    assert mask.neurons == {(0, 1), (2, 3)} and mask.meta == {"method": "copying-ig", "k": 2, "model": "default"}

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from analysis.models.loader import LoadedModel
 
 MASK_FORMAT = "prunescope-mask/1"
+# what a mask's meta may record (how it was made); anything else in a mask file is refused
+META_KEYS = frozenset({"method", "k", "per_layer", "layers", "model", "scoring", "seed", "task", "layer", "percent",
+                       "n", "shots", "steps", "quadrature", "target", "prompts"})
 
 
 @dataclass(frozen=True)
@@ -76,11 +79,20 @@ class NeuronMask:
     def from_json(cls, data: dict, what: str = "mask") -> "NeuronMask":
         if not isinstance(data, dict) or data.get("format") != MASK_FORMAT or not isinstance(data.get("neurons"), list):
             raise PrunescopeError(f"{what}: not a prunescope mask (expected format {MASK_FORMAT!r} and a neurons list)")
-        try:
-            pairs = [(int(layer), int(index)) for layer, index in data["neurons"]]
-        except (TypeError, ValueError):
-            raise PrunescopeError(f"{what}: neurons must be [layer, index] integer pairs") from None
-        return cls.from_pairs(pairs, **(data.get("meta") or {}))
+        pairs = []
+        for item in data["neurons"]:
+            # integers only: 1.7 or true would silently become neuron 1
+            if not (isinstance(item, list) and len(item) == 2
+                    and all(type(v) is int and v >= 0 for v in item)):  # noqa: E721 - bool is an int subclass
+                raise PrunescopeError(f"{what}: neurons must be [layer, index] pairs of non-negative integers "
+                                      f"(got {json.dumps(item)[:40]})")
+            pairs.append((item[0], item[1]))
+        meta = data.get("meta") or {}
+        if not isinstance(meta, dict) or not set(meta) <= META_KEYS:
+            unknown = sorted(set(meta) - META_KEYS) if isinstance(meta, dict) else type(meta).__name__
+            raise PrunescopeError(f"{what}: meta must be an object with keys among {', '.join(sorted(META_KEYS))} "
+                                  f"(got {str(unknown)[:60]})")
+        return cls(frozenset(pairs), dict(meta))
 
     def to_text(self) -> str:
         """Compact ``layer.index`` list for links: ``3.17,5.200``."""

@@ -98,18 +98,23 @@ with present.controls("Mask"):
                     disabled=scores is None, help="the k highest copying scores; any k also works in the link")
     upload = c_file.file_uploader("…or load a mask (JSON)", type=["json"], key="mask_upload")
 
-mask = None
+mask, rejected = None, False
 with guarded("mask"):
+    rejected = True  # until the mask is read and fits the model: a rejected mask is never applied
     if upload is not None:
-        mask = NeuronMask.from_bytes(upload.getvalue(), f"mask file {upload.name}")
-        state.put("mask", mask.to_text())
+        state.put("mask", "")  # not the previous upload's mask either
+        candidate = NeuronMask.from_bytes(upload.getvalue(), f"mask file {upload.name}")
+        candidate.validate(counts, f"mask file {upload.name}")
+        state.put("mask", candidate.to_text())
     elif state.get("mask"):
-        mask = NeuronMask.from_text(state.get("mask"), "mask in the link")
-    elif scores is not None:
-        mask = top_k_mask(loaded, scores)
-    if mask is not None:
-        mask.validate(counts)
+        candidate = NeuronMask.from_text(state.get("mask"), "mask in the link")
+        candidate.validate(counts, "mask in the link")
+    else:
+        candidate = top_k_mask(loaded, scores) if scores is not None else None
+    mask, rejected = candidate, False
 remember(loaded, mask)
+if rejected:
+    st.caption("No mask is active: the one above was rejected, so nothing is pruned.")
 source = "uploaded" if upload is not None else "from the link" if state.get("mask") else "top-k copying"
 if mask is not None and not present.requested():  # on a slide the Prune row names the mask
     st.caption(f"Mask: {len(mask)} neurons ({source}) in layers {sorted(mask.by_layer()) or '—'}")
