@@ -7,6 +7,7 @@ between sessions, and the library runs hooked forwards under the model's lock.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import os
 from collections.abc import Callable, Iterator
@@ -169,8 +170,10 @@ def task_picker() -> Task | None:
         else:
             st.info("Upload a CSV with columns input,output or a JSON list of {input, output} objects.")
         return None
-    try:
-        task = parse_upload(uploaded.getvalue(), uploaded.name)
+    try:  # parsed once per file content and name, not on every rerun
+        data = uploaded.getvalue()
+        task = memo(("task-upload", hashlib.sha256(data).hexdigest(), uploaded.name),
+                    lambda: parse_upload(data, uploaded.name))
     except PrunescopeError as exc:
         st.error(one_line(exc))
         return None

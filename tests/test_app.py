@@ -292,3 +292,19 @@ def test_neuron_heatmap_bins_keep_the_strongest_neuron():
     totals = layer_totals_bar(scores)
     assert list(totals.data[0].y) == pytest.approx([-0.3, 0.2])  # signed sums
     assert list(totals.data[1].y) == pytest.approx([1.5, 1.0])  # sums of magnitudes
+
+
+def test_an_upload_is_parsed_once_per_file_content(app, monkeypatch):
+    import components.widgets as widgets
+
+    calls = []
+    real = widgets.parse_task_bytes
+    monkeypatch.setattr(widgets, "parse_task_bytes", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    app.switch_page("views/evaluate.py").run()
+    app.selectbox(key="_w_task").set_value(UPLOAD_OPTION).run()
+    app.file_uploader(key="task_upload").set_value(("good.csv", GOOD_CSV, "text/csv")).run()
+    app.number_input(key="_w_n").set_value(3).run()  # reruns with the same file
+    app.run()
+    assert calls == ["good.csv"]
+    app.file_uploader(key="task_upload").set_value(("good.csv", GOOD_CSV + b"w9,9\n", "text/csv")).run()
+    assert calls == ["good.csv", "good.csv"] and not app.exception

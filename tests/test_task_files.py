@@ -49,6 +49,12 @@ BAD_FILES = [
     ("null.json", '[{"input": "a", "output": null}]', r"null\.json: item 1 \(line 1\): 'output' must be a string"),
     ("nums.json", "[1, 2]", r"nums\.json: item 1 \(line 1\): expected an object"),
     ("task.txt", "input,output\na,b\n", r"task\.txt: unknown file type '\.txt'"),
+    ("deep.json", "[" * 100_000 + "]" * 100_000, r"deep\.json: nested too deeply"),  # was a RecursionError
+    ("deepitem.json", '[{"input": "a", "output": ' + "[" * 50 + "]" * 50 + "}]",
+     r"deepitem\.json: item 1 \(line 1\): 'output' must be a string"),
+    ("many.json", json.dumps([{"input": str(i), "output": "x"} for i in range(50_001)]),
+     r"many\.json: 50001 items; a task may hold at most 50000"),
+    ("huge.csv", "input,output\n" + "a,b\n" * 1_400_000, r"huge\.csv: 5\.3 MB; task files may hold at most 5 MB"),
 ]
 
 
@@ -72,3 +78,30 @@ def test_fewer_pairs_than_shots_plus_one(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(TaskError, match=r"nothere\.csv: no such file"):
         load_task_file(tmp_path / "nothere.csv")
+
+
+def _json_task(items: int) -> bytes:
+    return json.dumps([{"input": f"w{i}", "output": f"o{i}"} for i in range(items)], indent=1).encode()
+
+
+def test_json_line_numbers_take_linear_time():
+    """Parsing 4x the items takes about 4x the time (the old per-item line count from the file's start made it
+    16x: 40 000 items took 16 s); timed as a ratio, best of three, never as a wall time."""
+    from time import perf_counter
+
+    from analysis.tasks.files import parse_task_bytes
+
+    def seconds(data: bytes) -> float:
+        best = float("inf")
+        for _ in range(3):
+            start = perf_counter()
+            task = parse_task_bytes(data, "t.json")
+            best = min(best, perf_counter() - start)
+        assert task.pairs[-1][0].startswith("w")
+        return best
+
+    small, large = _json_task(4_000), _json_task(16_000)
+    ratio = seconds(large) / seconds(small)
+    assert ratio < 8, f"4x the items took {ratio:.1f}x the time"
+    with pytest.raises(TaskError, match=r"item 16000 \(line 63998\): blank 'input'"):
+        parse_task_bytes(large.replace(b'"w15999"', b'""'), "t.json")  # the line numbers stay right

@@ -15,6 +15,8 @@ from analysis.errors import TaskError
 from analysis.tasks.task import DEFAULT_TEMPLATE, Task
 
 REQUIRED_COLUMNS = ("input", "output")
+MAX_TASK_BYTES = 5 * 2**20  # a task file larger than this is refused before parsing (a hosted demo's bound)
+MAX_TASK_PAIRS = 50_000
 
 
 def load_task_file(path: str | Path, name: str | None = None, template: str = DEFAULT_TEMPLATE,
@@ -31,6 +33,9 @@ def parse_task_bytes(data: bytes, filename: str, name: str | None = None, templa
                      case_sensitive: bool = False, min_pairs: int = 1, source: str | None = None) -> Task:
     """Parse task file contents (also used for app uploads, which have bytes but no path)."""
     where = f"task file {filename}"
+    if len(data) > MAX_TASK_BYTES:
+        raise TaskError(f"{where}: {len(data) / 2**20:.1f} MB; task files may hold at most "
+                        f"{MAX_TASK_BYTES / 2**20:.0f} MB")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -45,6 +50,8 @@ def parse_task_bytes(data: bytes, filename: str, name: str | None = None, templa
         pairs = _parse_json(text, where)
     else:
         raise TaskError(f"{where}: unknown file type {suffix or '(none)'!r}; use .csv or .json")
+    if len(pairs) > MAX_TASK_PAIRS:
+        raise TaskError(f"{where}: {len(pairs)} pairs; a task may hold at most {MAX_TASK_PAIRS}")
     if len(pairs) < min_pairs:
         raise TaskError(f"{where}: {len(pairs)} pairs, but at least {min_pairs} are needed")
     return Task(name=name or Path(filename).stem, pairs=tuple(pairs), template=template,
@@ -99,10 +106,15 @@ def _parse_json(text: str, where: str) -> list[tuple[str, str]]:
         items = json.loads(text)
     except json.JSONDecodeError as exc:
         raise TaskError(f"{where}: line {exc.lineno}: invalid JSON ({exc.msg})") from None
+    except RecursionError:  # e.g. [[[[...]]]] thousands deep: a task is a list of flat objects
+        raise TaskError(f"{where}: nested too deeply; expected a list of {{\"input\": ..., \"output\": ...}} "
+                        "objects") from None
     if not isinstance(items, list):
         raise TaskError(f"{where}: expected a JSON list of {{\"input\": ..., \"output\": ...}} objects")
     if not items:
         raise TaskError(f"{where}: the list is empty")
+    if len(items) > MAX_TASK_PAIRS:
+        raise TaskError(f"{where}: {len(items)} items; a task may hold at most {MAX_TASK_PAIRS}")
     lines = _item_lines(text, len(items))
     pairs = []
     for i, item in enumerate(items):
@@ -117,16 +129,19 @@ def _parse_json(text: str, where: str) -> list[tuple[str, str]]:
 
 
 def _item_lines(text: str, count: int) -> list[int] | None:
-    """Line numbers of the top-level list's items, found by a raw_decode walk; None if it fails."""
+    """Line numbers of the top-level list's items, found by one raw_decode walk that counts newlines only
+    between consecutive items (linear in the text); None if it fails."""
     decoder = json.JSONDecoder()
     pos = text.index("[") + 1
-    lines = []
+    lines, line, counted = [], 1, 0
     try:
         for _ in range(count):
             while text[pos] in " \t\r\n,":
                 pos += 1
-            lines.append(text.count("\n", 0, pos) + 1)
+            line += text.count("\n", counted, pos)
+            counted = pos
+            lines.append(line)
             _, pos = decoder.raw_decode(text, pos)
-    except (ValueError, IndexError):
+    except (ValueError, IndexError, RecursionError):
         return None
     return lines
