@@ -2,26 +2,32 @@
 
 An entry's key is a hash of everything that determines the result: a ``kind`` with the method's code
 version (bump it when the method's numbers change), the model's weights fingerprint, the task data and
-the parameters. Files hold a magic header, a SHA-256 of the payload and the payload (``torch.save``);
-a file whose digest does not match is reported (a warning), removed and recomputed.
+the parameters. Files hold a magic header, a SHA-256 of the payload and the payload: a safetensors blob with
+the result's tensors and the rest as JSON (analysis/codec.py; nothing is unpickled, so a crafted entry cannot
+run code). A file whose digest does not match, or that does not decode, is reported (a warning), removed and
+recomputed. Temporary files that a killed write left behind are removed after an hour.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import tempfile
+import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
+from analysis import codec
+from analysis.paths import PRECOMPUTED_DIR, cache_dir
 
-from analysis.paths import cache_dir
-
-MAGIC = b"PRUNESCOPE-CACHE-1\n"
+MAGIC = b"PRUNESCOPE-CACHE-2\n"
+SUFFIX = ".safetensors"
+STALE_TMP_S = 3600  # a .tmp-* file this old belongs to a write that was killed
+_swept: set[Path] = set()  # roots whose stale temporary files this process has removed
+_sweep_lock = threading.Lock()
 
 
 class CorruptCacheEntry(UserWarning):
@@ -44,44 +50,57 @@ class ResultsCache:
     """A directory of cached results (default: ``<user cache>/results``), plus read-only ``fallbacks`` consulted
     on a miss (default: the results shipped in ``assets/precomputed/`` for the app's first clicks)."""
 
-    def __init__(self, root: str | Path | None = None, fallbacks: tuple[Path, ...] | None = None):
+    def __init__(self, root: str | Path | None = None, fallbacks: tuple[Path, ...] = (PRECOMPUTED_DIR,)):
         self.root = Path(root) if root is not None else cache_dir() / "results"
-        if fallbacks is None:
-            from analysis.demo import PRECOMPUTED_DIR
-            fallbacks = (PRECOMPUTED_DIR,)
         self.fallbacks = tuple(Path(f) for f in fallbacks if Path(f).resolve() != self.root.resolve())
+        self._sweep_stale_tmp()
+
+    def _sweep_stale_tmp(self) -> None:
+        """Once per process and root: remove ``.tmp-*`` files older than an hour (killed writes)."""
+        with _sweep_lock:
+            if self.root in _swept:
+                return
+            _swept.add(self.root)
+        cutoff = time.time() - STALE_TMP_S
+        for tmp in self.root.glob("*/.tmp-*"):
+            try:
+                if tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
+            except OSError:
+                pass  # another process got there first
 
     def key(self, kind: str, version: str, parts: dict) -> str:
         return stable_hash({"kind": kind, "version": version, "parts": parts})
 
     def path(self, kind: str, key: str) -> Path:
-        return self.root / kind / f"{key}.pt"
+        return self.root / kind / f"{key}{SUFFIX}"
 
     def get(self, kind: str, key: str) -> Any | None:
         """The cached value, or None when absent or corrupt (a corrupt file is reported and removed; a corrupt
         shipped file is reported and left alone)."""
         for root in (self.root, *self.fallbacks):
-            path = root / kind / f"{key}.pt"
+            path = root / kind / f"{key}{SUFFIX}"
             try:
                 data = path.read_bytes()
             except FileNotFoundError:
                 continue
             digest, payload = data[len(MAGIC): len(MAGIC) + 32], data[len(MAGIC) + 32:]
-            if not data.startswith(MAGIC) or hashlib.sha256(payload).digest() != digest:
-                warnings.warn(f"cache entry {path} is corrupt; recomputing it", CorruptCacheEntry, stacklevel=2)
-                if root == self.root:
-                    path.unlink(missing_ok=True)
-                continue
-            return torch.load(io.BytesIO(payload), weights_only=False)
+            problem = "is corrupt"
+            if data.startswith(MAGIC) and hashlib.sha256(payload).digest() == digest:
+                try:
+                    return codec.loads(payload)
+                except (codec.CodecError, ValueError, TypeError) as exc:
+                    problem = f"does not decode ({exc})"
+            warnings.warn(f"cache entry {path} {problem}; recomputing it", CorruptCacheEntry, stacklevel=2)
+            if root == self.root:
+                path.unlink(missing_ok=True)
         return None
 
     def put(self, kind: str, key: str, value: Any) -> Path:
         """Write atomically: a temporary file in the same directory, then a rename."""
         path = self.path(kind, key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        buffer = io.BytesIO()
-        torch.save(value, buffer)
-        payload = buffer.getvalue()
+        payload = codec.dumps(value)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as handle:

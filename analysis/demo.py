@@ -15,13 +15,12 @@ from analysis.attribution.runs import attribute_task
 from analysis.cache import ResultsCache
 from analysis.evaluation.task_vectors import task_vectors
 from analysis.models.loader import LoadedModel
-from analysis.paths import ASSETS_DIR
+from analysis.paths import PRECOMPUTED_DIR
 from analysis.pruning.autok import DEV_TASKS, K_GRID, k_sweep
 from analysis.pruning.copying import COPYING_TASK, copying_scores, copying_splits, select_top_k
 from analysis.pruning.evaluate import prune_eval
 from analysis.tasks import builtin_tasks
 
-PRECOMPUTED_DIR = ASSETS_DIR / "precomputed"
 # copying scores on the pruning page: IG run (n, shots, steps), target (copy | copy-prob), prompts (all | copied)
 SCORING = {"n": 32, "shots": 4, "steps": 20, "target": "copy", "prompts": "all"}
 # every setting a link restores (the copying-score and selection settings too: with k they define the mask;

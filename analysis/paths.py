@@ -8,6 +8,7 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ASSETS_DIR = PROJECT_ROOT / "assets"
 TASKS_DIR = ASSETS_DIR / "tasks"
+PRECOMPUTED_DIR = ASSETS_DIR / "precomputed"  # results shipped for the app's default settings (analysis/demo.py)
 
 
 def cache_dir() -> Path:

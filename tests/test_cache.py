@@ -98,9 +98,94 @@ def test_shipped_results_are_read_when_the_user_cache_misses(tmp_path):
     user = ResultsCache(tmp_path / "user", fallbacks=(tmp_path / "shipped",))
     assert user.get("eval", "k1") == {"value": 1}
     assert user.get_or_compute("eval", "v", {"a": 1}, lambda: 7) == (7, False)
-    assert not (tmp_path / "shipped" / "eval" / f"{user.key('eval', 'v', {'a': 1})}.pt").exists()
+    assert not (tmp_path / "shipped" / "eval" / f"{user.key('eval', 'v', {'a': 1})}.safetensors").exists()
     bad = shipped.path("eval", "k2")
     bad.write_bytes(b"garbage")
     with pytest.warns(CorruptCacheEntry):
         assert user.get("eval", "k2") is None
     assert bad.exists()
+
+
+def test_a_crafted_entry_never_runs_code(tmp_path):
+    """The old format unpickled entries: a file whose payload is a pickle calling os.system ran a shell
+    command. Now every payload is safetensors + JSON; a pickle (with a correct digest) is a corrupt entry."""
+    import hashlib
+    import pickle
+
+    from analysis.cache import MAGIC
+
+    marker = tmp_path / "ran"
+
+    class Exploit:
+        def __reduce__(self):
+            import os
+            return os.system, (f"touch {marker}",)
+
+    cache = ResultsCache(tmp_path / "cache", fallbacks=())
+    path = cache.path("eval", "k")
+    path.parent.mkdir(parents=True)
+    payload = pickle.dumps(Exploit())
+    path.write_bytes(MAGIC + hashlib.sha256(payload).digest() + payload)
+    with pytest.warns(CorruptCacheEntry, match="does not decode"):
+        assert cache.get("eval", "k") is None
+    assert not marker.exists() and not path.exists()
+
+
+def test_a_document_may_name_only_allow_listed_result_types(tmp_path):
+    import json
+
+    from safetensors.torch import save
+
+    from analysis import codec
+
+    for name in ("Popen", "subprocess:Popen", "os:system"):
+        blob = save({}, metadata={codec.META_KEY: json.dumps({"__dataclass__": name, "fields": {"args": "ls"}})})
+        with pytest.raises(codec.CodecError, match="unknown result type"):
+            codec.loads(blob)
+    with pytest.raises(codec.CodecError, match="cannot store a set"):
+        codec.dumps({"a": {1, 2}})
+
+
+def test_results_round_trip_exactly_through_safetensors_and_json(tiny_loaded, tmp_path):
+    import pandas as pd
+
+    from analysis import codec
+    from analysis.attribution.runs import attribute_task
+    from analysis.evaluation import evaluate_task
+    from analysis.evaluation.task_vectors import task_vectors
+
+    loaded = tiny_loaded("gpt2")
+    task = builtin_tasks()["to-upper"]
+    ig = attribute_task(loaded, task, "copy", n=2, shots=2, steps=3)
+    back = codec.loads(codec.dumps(ig))
+    assert torch.equal(back.per_prompt, ig.per_prompt) and back.per_prompt.dtype == ig.per_prompt.dtype
+    assert back.inputs == ig.inputs and back.inputs[0].target.token_ids == ig.inputs[0].target.token_ids
+    evaluation = evaluate_task(loaded, task, 2, 4)
+    again = codec.loads(codec.dumps(evaluation))
+    pd.testing.assert_frame_equal(again.records, evaluation.records)
+    assert again.records.demo_outputs[0] == evaluation.records.demo_outputs[0]  # lists in cells stay lists
+    vectors = task_vectors(loaded, task, shots=2, n=3, dummy_queries=1)
+    restored = codec.loads(codec.dumps(vectors))
+    pd.testing.assert_frame_equal(restored.table, vectors.table)
+    assert (restored.icl_accuracy, restored.masked) == (vectors.icl_accuracy, vectors.masked)
+    odd = {"nan": float("nan"), "pairs": {(0, 1): [1.5, None]}, "tuple": (1, "a"), "half": torch.ones(2).bfloat16()}
+    got = codec.loads(codec.dumps(odd))
+    assert got["nan"] != got["nan"] and got["pairs"] == {(0, 1): [1.5, None]} and got["tuple"] == (1, "a")
+    assert got["half"].dtype == torch.bfloat16
+
+
+def test_stale_temporary_files_are_removed_once_at_start(tmp_path):
+    import os
+    import time
+
+    from analysis import cache as cache_module
+
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    old, new = folder / ".tmp-old", folder / ".tmp-new"
+    old.write_bytes(b"x")
+    new.write_bytes(b"y")
+    hours_ago = time.time() - 2 * cache_module.STALE_TMP_S
+    os.utime(old, (hours_ago, hours_ago))
+    ResultsCache(tmp_path)
+    assert not old.exists() and new.exists()  # a write that may still be running is left alone

@@ -103,7 +103,7 @@ def test_outcomes_are_rederived_from_cached_predictions(tiny_loaded, tmp_path):
     loaded, cache = tiny_loaded("gpt2"), ResultsCache(tmp_path, fallbacks=())
     task = builtin_tasks()["to-upper"]
     first = evaluate_task(loaded, task, shots=1, n=6, cache=cache)
-    [path] = (tmp_path / "eval").glob("*.pt")
+    [path] = (tmp_path / "eval").glob("*.safetensors")
     stale = cache.get("eval", path.stem)
     stale.records["outcome"] = "other"
     cache.put("eval", path.stem, stale)

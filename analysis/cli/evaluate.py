@@ -76,10 +76,12 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_precompute_demo(args: argparse.Namespace) -> int:
-    from analysis.demo import PRECOMPUTED_DIR, precompute_demo
+    from analysis.cache import SUFFIX
+    from analysis.demo import precompute_demo
+    from analysis.paths import PRECOMPUTED_DIR
 
     out = args.out or PRECOMPUTED_DIR
     precompute_demo(load(args), out, sweep=not args.no_sweep, progress=lambda step: print(f"computing {step}…"))
-    files = list(Path(out).rglob("*.pt"))
+    files = list(Path(out).rglob(f"*{SUFFIX}"))
     print(f"wrote {len(files)} cache entries ({sum(f.stat().st_size for f in files) / 2**20:.1f} MiB) to {out}")
     return 0
