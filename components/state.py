@@ -16,6 +16,7 @@ from urllib.parse import urlencode
 
 import streamlit as st
 
+from analysis.bounds import BOUNDS, TEXT_LIMITS
 from analysis.demo import SETTINGS
 
 # query parameter -> default value (its type is the parameter's type); the demo's results are precomputed for these
@@ -55,13 +56,16 @@ def put(name: str, value: Any) -> None:
 
 
 def _parse(name: str, text: str) -> Any:
+    """A link's text as the setting's type, within its bounds (analysis/bounds.py): a number out of range is
+    clamped, a non-number is the default, a text is cut at its length limit."""
     default = DEFAULTS[name]
     if isinstance(default, int):
         try:
-            return int(text)
+            value = int(text.strip()[:24])
         except ValueError:
             return default
-    return text
+        return BOUNDS[name].clamp(value) if name in BOUNDS else value
+    return text[:TEXT_LIMITS.get(name, 200)]
 
 
 def restore_from_query() -> dict[str, str]:
@@ -105,6 +109,10 @@ def bound(widget: Callable[..., Any], label: str, name: str, widget_key: str | N
     writes back to it, on any page."""
     widget_key = widget_key or f"_w_{name}"
     value = get(name)
+    if name in BOUNDS and getattr(widget, "__name__", "") == "number_input":  # the one range (a page may narrow
+        # it: shots >= 1 where prompts need demonstrations, layer < the model's layer count)
+        kwargs["min_value"] = max(kwargs.get("min_value", BOUNDS[name].low), BOUNDS[name].low)
+        kwargs["max_value"] = min(kwargs.get("max_value", BOUNDS[name].high), BOUNDS[name].high)
     if isinstance(value, (int, float)):  # another page (or a link) may have set a value this widget cannot show
         low, high = kwargs.get("min_value"), kwargs.get("max_value")
         value = max(value, low) if low is not None else value

@@ -247,9 +247,9 @@ def test_bad_model_inputs_keep_the_app_running(monkeypatch, tmp_path):
 def test_overlong_text_and_out_of_memory_are_errors_not_crashes(monkeypatch):
     at = _start("toy-transformer", monkeypatch, "views/attention.py")
     at.multiselect(key="rel_methods").set_value([])
-    at.text_area(key="attn_text").set_value("a:1 " * 3000)
+    at.text_area(key="attn_text").set_value("a:1 " * 3000)  # 12 000 characters: cut at the text's limit
     _ok(at.run())
-    assert any("tokens needs about" in e.value or "4096" in e.value for e in at.error)
+    assert at.session_state["setting_text"] == ("a:1 " * 150) and not at.error
     import torch
 
     def boom(*args, **kwargs):
@@ -338,3 +338,30 @@ def test_copy_link_equals_the_address_bar_after_every_change(monkeypatch):
     _ok(at.run())
     clamped = next(e.value for e in at.error if "out of range" in e.value).rsplit("using k=", 1)[1]
     assert address(at)["k"] == clamped and shown_link(at) == address(at)
+
+
+def test_a_hostile_link_is_clamped_and_written_back_on_a_page_without_the_widget():
+    """?n=1000000000000 once grew the pruning page's memory without bound; every numeric link value now
+    meets its one range (analysis/bounds.py) on the first run, and the address bar says what was used."""
+    at = AppTest.from_file(str(MAIN), default_timeout=TIMEOUT)
+    at.query_params.update({"page": "attention", "model": "toy-mamba", "n": "1000000000000", "shots": "-5",
+                            "score_steps": "99999", "seed": "x" * 10_000, "k": "-1", "layers": "0-" + "9" * 5000})
+    _ok(at.run())
+    settings = {name: at.session_state[f"setting_{name}"] for name in ("n", "shots", "score_steps", "seed", "k")}
+    assert settings == {"n": 1000, "shots": 0, "score_steps": 256, "seed": 0, "k": 0}
+    assert len(at.session_state["setting_layers"]) == 16  # texts are cut at their limit
+    assert at.query_params["n"] in ("1000", ["1000"]) and "seed" not in at.query_params
+    assert not at.error
+
+
+def test_library_entry_points_refuse_out_of_range_settings(tiny_loaded):
+    from analysis.errors import PrunescopeError
+    from analysis.evaluation import evaluate_task
+    from analysis.tasks import builtin_tasks
+
+    loaded = tiny_loaded("llama")
+    for kwargs, message in (({"n": 10**12}, "n must be an integer from 1 to 1000"),
+                            ({"shots": 9}, "shots must be an integer from 0 to 8"),
+                            ({"n": 2.5}, "n must be an integer")):
+        with pytest.raises(PrunescopeError, match=message):
+            evaluate_task(loaded, builtin_tasks()["antonyms"], **{"shots": 1, "n": 4, **kwargs})

@@ -54,7 +54,8 @@ def test_tasks_and_models(capsys):
 
 @pytest.mark.parametrize("argv,message", [
     (["eval", "--task", "nope"], "unknown task 'nope'"),
-    (["eval", "--task", "to-upper", "--n", "0"], "argument --n: must be at least 1"),
+    (["eval", "--task", "to-upper", "--n", "0"], "argument --n: must be from 1 to 1000 (prompts per task), got 0"),
+    (["eval", "--task", "to-upper", "--n", "1000000000000"], "argument --n: must be from 1 to 1000"),
     (["eval", "--task", "to-upper", "--shots", "x"], "expected a whole number"),
     (["eval", "--task", "to-upper", "--mask", "/no/mask.json"], "mask file /no/mask.json: no such file"),
     (["eval", "--task", "to-upper", "--model", "/no/model"], "unknown model '/no/model'"),
@@ -157,7 +158,8 @@ def test_task_vectors_text_says_when_no_layer_beats_zero_shot(capsys, tiny_dirs)
 
 @pytest.mark.parametrize("argv,message", [
     (["attribute", "--task", "vowel-count", "--target", "nope", "--out", "x.npz"], "invalid choice: 'nope'"),
-    (["attribute", "--task", "vowel-count", "--n", "0", "--out", "x.npz"], "argument --n: must be at least 1"),
+    (["attribute", "--task", "vowel-count", "--n", "0", "--out", "x.npz"], "argument --n: must be from 1 to 256"),
+    (["attribute", "--task", "vowel-count", "--n", "1000000", "--out", "x.npz"], "argument --n: must be from 1 to 256"),
     (["copying-neurons", "--top-k", "many", "--out", "m.json"], "--top-k must be a whole number or 'auto'"),
     (["prune-eval", "--mask", "/no/mask.json", "--tasks", "antonyms"], "mask file /no/mask.json: no such file"),
     (["prune-eval", "--mask", "m.json", "--tasks", "bogus"], "unknown task 'bogus'"),

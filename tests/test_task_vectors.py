@@ -216,10 +216,15 @@ def test_task_vector_run(tiny_loaded):
 
 
 @pytest.mark.parametrize("kwargs,message", [({"shots": 0}, "shots >= 1"), ({"dummy_queries": 0}, "dummy queries"),
-                                            ({"shots": 25}, r"need shots \+ 2 = 27")])
+                                            ({"shots": 25}, "shots must be an integer from 0 to 8"),
+                                            ({"shots": 4, "task": "five"}, r"need shots \+ 2 = 6")])
 def test_bad_settings(tiny_loaded, kwargs, message):
+    from analysis.tasks import Task
+
+    task = Task("five", tuple((f"w{i}", f"o{i}") for i in range(5))) if kwargs.pop("task", None) \
+        else builtin_tasks()["to-upper"]
     with pytest.raises(PrunescopeError, match=message):
-        task_vectors(tiny_loaded("gpt2"), builtin_tasks()["to-upper"], **{"n": 2, **kwargs})
+        task_vectors(tiny_loaded("gpt2"), task, **{"n": 2, **kwargs})
 
 
 def test_chart_stars_only_the_layers_that_beat_zero_shot():

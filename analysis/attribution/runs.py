@@ -6,6 +6,7 @@ from typing import Callable
 
 from analysis.attribution.neuron_ig import NeuronIGResult, neuron_ig
 from analysis.attribution.targets import prepare_inputs
+from analysis.bounds import check
 from analysis.cache import ResultsCache, task_fingerprint
 from analysis.models.loader import LoadedModel
 from analysis.tasks.task import Task
@@ -20,6 +21,7 @@ def attribute_task(loaded: LoadedModel, task: Task, target: str, n: int, shots: 
     """All-layer neuron IG of ``target`` over ``n`` ``shots``-shot prompts of ``task`` (fast path). With
     ``compute_missing=False`` only a cached result is returned (None when there is none): a page can show
     earlier results without starting a long job."""
+    n, shots, steps, seed = check("ig_n", n), check("shots", shots), check("steps", steps), check("seed", seed)
 
     def compute() -> NeuronIGResult:
         items = prepare_inputs(loaded, task.sample_prompts(shots, n, seed), target)

@@ -6,7 +6,7 @@ import argparse
 
 import numpy as np
 
-from analysis.cli.common import add_model_args, non_negative_int, positive_int, tqdm_progress
+from analysis.cli.common import add_model_args, bounded, tqdm_progress
 from analysis.errors import PrunescopeError
 
 
@@ -33,16 +33,16 @@ def register(commands) -> None:
     fa = commands.add_parser("faithfulness", help="perturbation AUCs of relevance methods on a task")
     fa.add_argument("--task", required=True)
     fa.add_argument("--methods", default="raw,rollout,gradattn,ig,gxi", help="comma-separated methods")
-    fa.add_argument("--n", type=positive_int, default=20)
-    fa.add_argument("--shots", type=non_negative_int, default=2)
-    fa.add_argument("--seed", type=int, default=0)
+    fa.add_argument("--n", type=bounded("faith_n"), default=20)
+    fa.add_argument("--shots", type=bounded("shots"), default=2)
+    fa.add_argument("--seed", type=bounded("seed"), default=0)
     add_model_args(fa)
     fa.add_argument("--json", action="store_true")
     fa.set_defaults(run=cmd_faithfulness)
 
     tt = commands.add_parser("train-toy", help="train a small offline checkpoint (mamba, rwkv, ...)")
     tt.add_argument("--arch", required=True, choices=["transformer", "mamba", "mamba2", "rwkv", "griffin"])
-    tt.add_argument("--seed", type=int, default=0)
+    tt.add_argument("--seed", type=bounded("seed"), default=0)
     tt.add_argument("--minutes", type=float, help="wall-clock budget for the steps (default 18)")
     tt.add_argument("--max-steps", type=int, help="step budget (default 6000)")
     tt.add_argument("--out", help="output directory (default: assets/models/toy-<arch>)")

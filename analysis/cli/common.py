@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from analysis.bounds import BOUNDS
+
 EXIT_BAD_INPUT = 2
 
 
@@ -20,6 +22,20 @@ def _int(text: str) -> int:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def bounded(name: str):
+    """An argparse type for the numeric setting ``name``, in the range analysis/bounds.py gives it."""
+    bound = BOUNDS[name]
+
+    def parse(text: str) -> int:
+        value = _int(text)
+        if not bound.low <= value <= bound.high:
+            raise argparse.ArgumentTypeError(f"must be from {bound.low} to {bound.high} ({bound.what}), got {value}")
+        return value
+
+    parse.__name__ = name  # argparse names the type in its messages
+    return parse
 
 
 def positive_int(text: str) -> int:

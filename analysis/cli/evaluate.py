@@ -6,15 +6,15 @@ import argparse
 import json
 from pathlib import Path
 
-from analysis.cli.common import add_model_args, load, non_negative_int, positive_int, results_cache, tqdm_progress
+from analysis.cli.common import add_model_args, bounded, load, positive_int, results_cache, tqdm_progress
 
 
 def register(commands) -> None:
     ev = commands.add_parser("eval", help="k-shot ICL accuracy and copy-error rate of a model on a task")
     ev.add_argument("--task", required=True, help="a built-in task name (see `tasks`) or a .csv/.json file")
-    ev.add_argument("--shots", type=non_negative_int, default=4)
-    ev.add_argument("--n", type=positive_int, default=40, help="number of prompts")
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--shots", type=bounded("shots"), default=4)
+    ev.add_argument("--n", type=bounded("n"), default=40, help="number of prompts")
+    ev.add_argument("--seed", type=bounded("seed"), default=0)
     ev.add_argument("--mask", help="a NeuronMask JSON file to apply while evaluating")
     ev.add_argument("--batch-size", type=positive_int, default=16)
     add_model_args(ev)

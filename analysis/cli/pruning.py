@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from analysis.cli.common import (add_model_args, int_list, load, non_negative_int, positive_int, results_cache,
+from analysis.cli.common import (add_model_args, bounded, int_list, load, non_negative_int, results_cache,
                                  tqdm_progress)
 from analysis.errors import PrunescopeError
 
@@ -32,7 +32,7 @@ def register(commands) -> None:
     cn.add_argument("--top-k", default="auto", help="neurons to select, or 'auto' to choose k by a held-out sweep")
     cn.add_argument("--per-layer", action="store_true", help="take the top k of every layer")
     cn.add_argument("--layers", default="", help="select only in this layer range, e.g. 10-20 (default: all)")
-    cn.add_argument("--sweep-n", type=positive_int, default=80, help="prompts per task and k in the auto sweep")
+    cn.add_argument("--sweep-n", type=bounded("n"), default=80, help="prompts per task and k in the auto sweep")
     cn.add_argument("--out", required=True, help="output mask JSON file")
     cn.set_defaults(run=cmd_copying_neurons)
 
@@ -49,10 +49,10 @@ def register(commands) -> None:
     pe.add_argument("--mask", required=True)
     pe.add_argument("--tasks", default="all", help="comma-separated task names or .csv/.json paths, or 'all'")
     pe.add_argument("--shots", type=int_list, default=[1, 2, 4])
-    pe.add_argument("--n", type=positive_int, default=50)
+    pe.add_argument("--n", type=bounded("n"), default=50)
     pe.add_argument("--random-controls", type=non_negative_int, default=5,
                     help="random masks of the same size and layer distribution (seeds 0..R-1)")
-    pe.add_argument("--seed", type=int, default=0)
+    pe.add_argument("--seed", type=bounded("seed"), default=0)
     pe.add_argument("--flipped", help="also write the flipped examples to this CSV file")
     pe.add_argument("--records", help="also write one CSV row per prompt and condition to this file")
     add_model_args(pe)
@@ -61,11 +61,11 @@ def register(commands) -> None:
 
 
 def _ig_args(parser, quadratures, n: int) -> None:
-    parser.add_argument("--steps", type=positive_int, default=20)
+    parser.add_argument("--steps", type=bounded("steps"), default=20)
     parser.add_argument("--quadrature", choices=quadratures, default="riemann")
-    parser.add_argument("--n", type=positive_int, default=n, help="number of prompts")
-    parser.add_argument("--shots", type=non_negative_int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n", type=bounded("ig_n"), default=n, help="number of prompts")
+    parser.add_argument("--shots", type=bounded("shots"), default=4)
+    parser.add_argument("--seed", type=bounded("seed"), default=0)
     add_model_args(parser)
 
 

@@ -7,19 +7,19 @@ import argparse
 import dataclasses
 import json
 
-from analysis.cli.common import add_model_args, load, positive_int, results_cache, tqdm_progress
+from analysis.cli.common import add_model_args, bounded, load, positive_int, results_cache, tqdm_progress
 
 
 def register(commands) -> None:
     tv = commands.add_parser("task-vectors", help="task-vector patching accuracy per layer")
     tv.add_argument("--task", required=True)
-    tv.add_argument("--shots", type=positive_int, default=4)
-    tv.add_argument("--n", type=positive_int, default=40)
-    tv.add_argument("--dummy-queries", type=positive_int, default=2,
+    tv.add_argument("--shots", type=bounded("shots"), default=4)
+    tv.add_argument("--n", type=bounded("tv_n"), default=40)
+    tv.add_argument("--dummy-queries", type=bounded("dummies"), default=2,
                     help="dummy queries whose last-token states are averaged into each task vector")
     tv.add_argument("--template", help=r"prompt template instead of the task's, e.g. 'Input: {x}\nOutput: {y}\n'"
                                        r" (\n is a newline)")
-    tv.add_argument("--seed", type=int, default=0)
+    tv.add_argument("--seed", type=bounded("seed"), default=0)
     tv.add_argument("--batch-size", type=positive_int, default=16)
     tv.add_argument("--mask", help="also evaluate with this mask applied")
     add_model_args(tv)

@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from analysis.bounds import check
 from analysis.cache import ResultsCache, task_fingerprint
 from analysis.errors import PromptTooLongError, PrunescopeError
 from analysis.models.loader import LoadedModel
@@ -117,6 +118,7 @@ def evaluate_task(loaded: LoadedModel, task: Task, shots: int, n: int, seed: int
 
     With ``cache``, a repeated request (same weights, task data, shots, n, seed and mask) is read from disk.
     """
+    n, shots, seed = check("n", n), check("shots", shots), check("seed", seed)
     if cache is None:
         return _evaluate(loaded, task, shots, n, seed, mask, batch_size, progress)
     parts = {"model": loaded.fingerprint(), "task": task_fingerprint(task), "shots": shots, "n": n, "seed": seed,

@@ -26,6 +26,7 @@ from typing import Callable
 import pandas as pd
 import torch
 
+from analysis.bounds import check
 from analysis.cache import ResultsCache, task_fingerprint
 from analysis.errors import PrunescopeError
 from analysis.evaluation.icl import classify, generate_answers, plan_batches
@@ -96,6 +97,8 @@ def task_vectors(loaded: LoadedModel, task: Task, shots: int = 4, n: int = 40, d
     the run there (the app's Cancel does)."""
     if shots < 1 or dummy_queries < 1:
         raise PrunescopeError(f"task vectors need shots >= 1 and dummy queries >= 1 (got {shots}, {dummy_queries})")
+    n, seed, shots, dummy_queries = check("tv_n", n), check("seed", seed), check("shots", shots), \
+        check("dummies", dummy_queries)
     if len(task.pairs) < shots + 2:
         raise PrunescopeError(f"task {task.name!r} has {len(task.pairs)} pairs; task vectors need shots + 2 "
                               f"= {shots + 2} (a query, {shots} demonstrations and a dummy query)")

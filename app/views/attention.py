@@ -5,6 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from analysis.attribution.tokens import LRP_FAMILIES, METHODS, token_relevance
+from analysis.bounds import BOUNDS, TEXT_LIMITS
 from analysis.evaluation.faithfulness import faithfulness
 from analysis.implicit_attention import FORMS, attention_maps
 from analysis.models import model_choices, model_label
@@ -54,7 +55,7 @@ if len(state.get("text")) > MAX_TEXT:
     st.error(f"the text has {len(state.get('text'))} characters; keeping the first {MAX_TEXT}")
     state.put("text", state.get("text")[:MAX_TEXT])
 with present.controls():
-    text = state.bound(st.text_area, "Text", "text", widget_key="attn_text")
+    text = state.bound(st.text_area, "Text", "text", widget_key="attn_text", max_chars=TEXT_LIMITS["text"])
     col_form, col_reduce, col_layer, col_other = wrapping_columns(4, "attn_controls", 180)
     form = choose(col_form, "Form", "form", FORMS[loaded.family], FORMS[loaded.family][0],
                   {f for forms in FORMS.values() for f in forms})
@@ -128,7 +129,7 @@ st.caption("Tokens are replaced with padding most-relevant-first (lower area = m
 with present.controls("Faithfulness settings"):
     c_task, c_n, c_run = wrapping_columns([2, 1, 1], "faith_controls", [240, 140, 160])
     task_name = c_task.selectbox("Task", list(builtin_tasks()), key="faith_task")
-    faith_n = c_n.number_input("Prompts", 1, 200, 10, key="faith_n")
+    faith_n = c_n.number_input("Prompts", BOUNDS["faith_n"].low, BOUNDS["faith_n"].high, 10, key="faith_n")
     run = c_run.button("Run faithfulness", key="faith_run", disabled=not chosen)
 faith_key = (loaded.fingerprint(), task_name, int(faith_n), tuple(chosen))
 if run:

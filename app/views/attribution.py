@@ -4,6 +4,7 @@ import streamlit as st
 
 from analysis.attribution import QUADRATURES, TARGETS, attribute_task
 from analysis.attribution.summary import top_neurons
+from analysis.bounds import BOUNDS
 from analysis.cache import ResultsCache, task_fingerprint
 from analysis.demo import ATTRIBUTION
 from components import present, state
@@ -26,9 +27,10 @@ with present.controls():
     target = col_target.selectbox("Target", TARGETS, index=TARGETS.index(ATTRIBUTION["target"]), key="ig_target",
                                   help="gold: log p(gold); copy: logit(copied) - logit(gold); confidence: top logit")
     col_n, col_shots, col_steps, col_rule = wrapping_columns(4, "ig_settings", 150)
-    n = col_n.number_input("Prompts", min_value=1, max_value=256, value=ATTRIBUTION["n"], key="ig_n")
-    shots = state.bound(col_shots.number_input, "Shots", "shots", min_value=1, max_value=8, step=1)
-    steps = col_steps.number_input("Steps", min_value=1, max_value=256, value=ATTRIBUTION["steps"], key="ig_steps")
+    n = col_n.number_input("Prompts", BOUNDS["ig_n"].low, BOUNDS["ig_n"].high, ATTRIBUTION["n"], key="ig_n")
+    shots = state.bound(col_shots.number_input, "Shots", "shots", min_value=1, step=1)
+    steps = col_steps.number_input("Steps", BOUNDS["steps"].low, BOUNDS["steps"].high, ATTRIBUTION["steps"],
+                                   key="ig_steps")
     rule = col_rule.selectbox("Quadrature", QUADRATURES, index=QUADRATURES.index(ATTRIBUTION["quadrature"]),
                               key="ig_rule")
     clicked = st.button("Attribute", type="primary", disabled=task is None, key="ig_run")

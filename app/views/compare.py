@@ -31,8 +31,8 @@ with present.controls():
     col_task, col_shots, col_n = wrapping_columns([3, 1, 1], "cmp_task", [300, 140, 140])
     with col_task:
         task = task_picker()
-    shots = state.bound(col_shots.number_input, "Shots", "shots", min_value=0, max_value=8, step=1)
-    n = state.bound(col_n.number_input, "Prompts (n)", "n", min_value=1, max_value=500, step=1)
+    shots = state.bound(col_shots.number_input, "Shots", "shots", step=1)
+    n = state.bound(col_n.number_input, "Prompts (n)", "n", step=1)
     col_a, col_b = st.columns(2)
     if mode == "two models":
         other = col_b.selectbox("Model B", [m for m in model_choices() if m != loaded.name], key="cmp_model",

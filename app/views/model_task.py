@@ -29,9 +29,9 @@ with present.controls("Task settings"):
     col_task, col_shots, col_n, col_seed = wrapping_columns([3, 1, 1, 1], "mt_task", [300, 140, 140, 140])
     with col_task:
         task = task_picker()
-    shots = state.bound(col_shots.number_input, "Shots", "shots", min_value=0, max_value=8, step=1)
-    state.bound(col_n.number_input, "Prompts (n)", "n", min_value=1, max_value=500, step=1)
-    seed = state.bound(col_seed.number_input, "Seed", "seed", min_value=0, max_value=2**31 - 1, step=1)
+    shots = state.bound(col_shots.number_input, "Shots", "shots", step=1)
+    state.bound(col_n.number_input, "Prompts (n)", "n", step=1)
+    seed = state.bound(col_seed.number_input, "Seed", "seed", step=1)
 
 if task is not None and (note := task.repeats_note(int(state.get("n")))):
     st.caption(note)

@@ -27,10 +27,11 @@ PROMPT_LABELS = {"all": "all prompts", "copied": "only prompts the model copies 
 
 st.header("Copying neurons & pruning")
 present.toolbar()
-present.caption("Copying score of a neuron: its Integrated-Gradients attribution on the copying task, to logit("
-                "copied demo answer) − logit(gold) or to the paper's probability of the copied answer, normalised per "
-                "prompt and averaged (arXiv 2410.01288). Pruning zeroes the top-k neurons; each control zeroes as many "
-                "random neurons in the same layers. Every comparison is paired by prompt, with 95 % intervals.")
+present.caption("Copying score of a neuron: its Integrated-Gradients attribution on the copying task, to "
+                "logit(copied demo answer) − logit(gold) or to the paper's probability of the copied answer, "
+                "normalised per prompt and averaged (arXiv 2410.01288). Pruning zeroes the top-k neurons; each "
+                "control zeroes as many random neurons in the same layers. Every comparison is paired by prompt, "
+                "with 95 % intervals.")
 
 
 def k_options(limit: int, current: int) -> list[int]:
@@ -56,9 +57,9 @@ valid_choice("score_prompts", SCORE_PROMPTS)
 with present.controls("Copying scores"):
     c_n, c_shots, c_steps, c_target, c_prompts = wrapping_columns([1, 1, 1, 2, 2], "score_settings",
                                                                   [110, 110, 110, 190, 190])
-    state.bound(c_n.number_input, "Scoring prompts", "score_n", min_value=1, max_value=256)
-    state.bound(c_shots.number_input, "Scoring shots", "score_shots", min_value=1, max_value=8)
-    state.bound(c_steps.number_input, "IG steps", "score_steps", min_value=1, max_value=128)
+    state.bound(c_n.number_input, "Scoring prompts", "score_n")
+    state.bound(c_shots.number_input, "Scoring shots", "score_shots")
+    state.bound(c_steps.number_input, "IG steps", "score_steps")
     state.bound(c_target.selectbox, "Target", "score_target", options=COPY_TARGETS, format_func=TARGET_LABELS.get)
     state.bound(c_prompts.selectbox, "Prompts", "score_prompts", options=SCORE_PROMPTS,
                 format_func=PROMPT_LABELS.get)

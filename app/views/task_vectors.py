@@ -7,6 +7,7 @@ import dataclasses
 import pandas as pd
 import streamlit as st
 
+from analysis.bounds import BOUNDS
 from analysis.cache import ResultsCache, task_fingerprint
 from analysis.demo import TASK_VECTORS
 from analysis.evaluation.task_vectors import task_vectors
@@ -35,9 +36,10 @@ with present.controls():
     col_task, col_shots, col_n, col_dummies = wrapping_columns([3, 1, 1, 1], "tv_task", [300, 140, 140, 140])
     with col_task:
         task = task_picker()
-    shots = state.bound(col_shots.number_input, "Shots", "shots", min_value=1, max_value=8, step=1)
-    n = col_n.number_input("Queries", 1, 200, TASK_VECTORS["n"], key="tv_n")
-    dummies = col_dummies.number_input("Dummy queries", 1, 8, TASK_VECTORS["dummies"], key="tv_dummies",
+    shots = state.bound(col_shots.number_input, "Shots", "shots", min_value=1, step=1)
+    n = col_n.number_input("Queries", BOUNDS["tv_n"].low, BOUNDS["tv_n"].high, TASK_VECTORS["n"], key="tv_n")
+    dummies = col_dummies.number_input("Dummy queries", BOUNDS["dummies"].low, BOUNDS["dummies"].high,
+                                       TASK_VECTORS["dummies"], key="tv_dummies",
                                        help="dummy queries whose states are averaged into each query's vector")
     prompt_format = st.radio("Prompt format", list(FORMATS), horizontal=True, key="tv_format")
     with_mask = st.checkbox(f"Also with the mask ({len(mask)} neurons, {source})" if mask is not None else source,
