@@ -9,7 +9,9 @@ RUN useradd -m -u 1000 user
 USER user
 WORKDIR /home/user/app
 COPY --chown=user . .
+# public mode: visitors pick built-in models only and never see a server path (analysis/hosting.py)
 ENV PRUNESCOPE_CACHE=/home/user/app/.cache/prunescope \
+    PRUNESCOPE_PUBLIC=1 \
     STREAMLIT_SERVER_PORT=7860 \
     STREAMLIT_SERVER_ADDRESS=0.0.0.0
 ARG PREBUILT_MODELS="default gemma3-270m"

@@ -19,6 +19,7 @@ import torch
 
 from analysis.device import DTYPES, dtype_name, resolve_device, resolve_dtype
 from analysis.errors import PrunescopeError
+from analysis.hosting import check_offered, offered_models, public_mode, scrub
 from analysis.models import LoadedModel, load_model, model_choices, model_label
 from analysis.tasks import Task, builtin_tasks, parse_task_bytes
 from components import state
@@ -36,15 +37,31 @@ MIN_UPLOAD_PAIRS = 2  # a 1-shot prompt needs two pairs
 
 
 def one_line(exc: BaseException) -> str:
-    """The first line of an exception's message (its type name when the message is empty)."""
+    """The first line of an exception's message (its type name when the message is empty), without the
+    server's folders in public mode."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return scrub(text.splitlines()[0] if text else type(exc).__name__)
+
+
+@st.cache_resource(show_spinner="Loading model…", max_entries=None)
+def _resident_model(spec: str, device: str, dtype: str) -> LoadedModel:
+    """The built-in choices on the default device and dtype: loaded once per process and never evicted, so a
+    visitor who opens a toy or another model cannot unload the demo's models for everyone."""
+    return load_model(spec, device=device, dtype=dtype)
 
 
 @st.cache_resource(show_spinner="Loading model…", max_entries=2)
-def cached_model(spec: str, device: str, dtype: str) -> LoadedModel:
-    """Load once per (spec, device, dtype) per process; failures are not cached."""
+def _evictable_model(spec: str, device: str, dtype: str) -> LoadedModel:
+    """Any other model (a hub id, a directory, another device or dtype): at most two at a time."""
     return load_model(spec, device=device, dtype=dtype)
+
+
+def cached_model(spec: str, device: str, dtype: str) -> LoadedModel:
+    """Load once per (spec, device, dtype) per process; failures are not cached. In public mode only the
+    offered models load."""
+    check_offered(spec)
+    resident = spec in model_choices() and (device, dtype) == ("auto", "auto")
+    return (_resident_model if resident else _evictable_model)(spec, device, dtype)
 
 
 def device_options() -> list[str]:
@@ -60,9 +77,20 @@ def _initial_model(env_spec: str) -> tuple[str, str]:
     return HUB_OPTION, env_spec
 
 
+LINK_MODEL_ERROR = "_link_model_error"
+
+
 def apply_model_spec(spec: str) -> None:
-    """Preset the picker to ``spec`` (a deep link's model), before the picker is drawn."""
+    """Preset the picker to ``spec`` (a deep link's model), before the picker is drawn; in public mode a model
+    that is not offered is refused with one line (shown by the picker) and the picker keeps its default."""
+    try:
+        check_offered(spec.strip())
+    except PrunescopeError as exc:
+        st.session_state[LINK_MODEL_ERROR] = f"the link's model: {one_line(exc)}"
+        return
     option, text = _initial_model(spec.strip())
+    if public_mode():
+        option = spec.strip()  # an offered model: the picker lists it by name
     st.session_state["model_choice"] = option
     if option == HUB_OPTION:
         st.session_state["model_hub_id"] = text
@@ -73,9 +101,13 @@ def apply_model_spec(spec: str) -> None:
 def _pick_spec() -> str | None:
     """The model spec chosen in the picker, or None while a free-text field is empty."""
     initial, text_default = _initial_model(os.environ.get(MODEL_ENV, "").strip())
-    if st.session_state.get("model_choice") not in (None, *model_choices(), HUB_OPTION, LOCAL_OPTION):
+    # public mode: the offered models only (no free-text hub id or directory)
+    options = offered_models() if public_mode() else [*model_choices(), HUB_OPTION, LOCAL_OPTION]
+    if public_mode():
+        env_spec = os.environ.get(MODEL_ENV, "").strip()
+        initial = env_spec if env_spec in options else options[0]
+    if st.session_state.get("model_choice") not in (None, *options):
         st.session_state["model_choice"] = initial  # e.g. a deep link naming a toy this install lacks
-    options = [*model_choices(), HUB_OPTION, LOCAL_OPTION]
     if "model_choice" not in st.session_state:
         st.session_state["model_choice"] = initial
     choice = st.selectbox("Model", options, key="model_choice", format_func=model_label,
@@ -100,6 +132,8 @@ def model_picker() -> LoadedModel | None:
     Load errors are shown with ``st.error`` in one line; the result is also stored for :func:`current_model`.
     """
     st.session_state[MODEL_KEY] = None
+    if st.session_state.get(LINK_MODEL_ERROR):  # once, on the run that opened the link
+        st.error(st.session_state.pop(LINK_MODEL_ERROR))
     spec = _pick_spec()
     st.session_state[SPEC_KEY] = spec
     col_device, col_dtype = st.columns(2)
@@ -116,7 +150,7 @@ def model_picker() -> LoadedModel | None:
         st.error(one_line(exc))
         return None
     except Exception as exc:  # noqa: BLE001 - any load failure must leave the app usable
-        st.error(f"could not load model {spec!r}: {type(exc).__name__}: {one_line(exc)}")
+        st.error(scrub(f"could not load model {spec!r}: {type(exc).__name__}: {one_line(exc)}"))
         return None
     st.success(loaded.describe())
     st.session_state[MODEL_KEY] = loaded

@@ -365,3 +365,51 @@ def test_library_entry_points_refuse_out_of_range_settings(tiny_loaded):
                             ({"n": 2.5}, "n must be an integer")):
         with pytest.raises(PrunescopeError, match=message):
             evaluate_task(loaded, builtin_tasks()["antonyms"], **{"shots": 1, "n": 4, **kwargs})
+
+
+def test_public_mode_offers_built_in_models_only_and_shows_no_server_path(monkeypatch, tmp_path):
+    """PRUNESCOPE_PUBLIC=1: a link cannot make the server load a directory or a hub id, the picker has no
+    free-text options, and the host's allow-list adds ids."""
+    from analysis.models import model_choices, model_label
+    from analysis.paths import PROJECT_ROOT
+
+    directory = tmp_path / "evil-model"
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    monkeypatch.setenv("PRUNESCOPE_PUBLIC", "1")
+    for spec in (str(directory), "HuggingFaceTB/SmolLM2-135M", "../../etc"):
+        at = AppTest.from_file(str(MAIN), default_timeout=TIMEOUT)
+        monkeypatch.setenv("PRUNESCOPE_MODEL", "toy-mamba")
+        at.query_params.update({"page": "model", "model": spec})
+        _ok(at.run())
+        errors = [e.value for e in at.error]
+        assert len(errors) == 1 and "is not offered on this demo" in errors[0], errors
+        assert str(tmp_path) not in errors[0] and str(PROJECT_ROOT) not in errors[0]
+        assert at.session_state[MODEL_KEY].name == "toy-mamba"  # the host's model, not the link's
+        # no hub id, no directory: the built-in choices only
+        assert at.selectbox(key="model_choice").options == [model_label(m) for m in model_choices()]
+        assert str(PROJECT_ROOT) not in " ".join(c.value for c in at.caption)
+    allowed = tmp_path / "allowed.txt"
+    allowed.write_text("# a lab's demo\nsome-lab/tiny-model  # reviewed\n")
+    monkeypatch.setenv("PRUNESCOPE_ALLOWED_MODELS", str(allowed))
+    at = AppTest.from_file(str(MAIN), default_timeout=TIMEOUT)
+    _ok(at.run())
+    assert at.selectbox(key="model_choice").options[-1] == "some-lab/tiny-model"
+
+
+def test_without_public_mode_the_picker_keeps_hub_ids_and_directories(monkeypatch):
+    from components.widgets import HUB_OPTION, LOCAL_OPTION
+
+    monkeypatch.delenv("PRUNESCOPE_PUBLIC", raising=False)
+    at = _start("toy-mamba", monkeypatch)
+    assert at.selectbox(key="model_choice").options[-2:] == [HUB_OPTION, LOCAL_OPTION]
+
+
+def test_messages_lose_server_folders_in_public_mode(monkeypatch):
+    from analysis.hosting import scrub
+    from analysis.paths import PROJECT_ROOT, cache_dir
+
+    text = f"no such file {PROJECT_ROOT}/assets/x and {cache_dir()}/results/y"
+    assert scrub(text) == text  # on your own machine paths stay
+    monkeypatch.setenv("PRUNESCOPE_PUBLIC", "1")
+    assert scrub(text) == "no such file …/assets/x and …/results/y"

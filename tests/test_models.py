@@ -125,3 +125,28 @@ def test_fingerprint_ignores_where_the_model_lives(tiny_dirs, tmp_path):
     assert str(tiny_dirs["llama"]) in here.model.config.to_json_string(use_diff=False)  # the path is in it...
     assert str(tiny_dirs["llama"]) not in architecture_json(here.model.config)  # ...but not in what is hashed
     assert '"hidden_size"' in architecture_json(here.model.config)
+
+
+def test_pickled_weights_are_refused_unless_allowed(tiny_dirs, tmp_path, capsys):
+    """A directory whose weights are a pickle (pytorch_model.bin) once loaded (or died with an UnpicklingError
+    traceback); now it is refused with one line, and loads only with an explicit opt-in."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from analysis.cli import main
+
+    directory = tmp_path / "pickled"
+    shutil.copytree(tiny_dirs["llama"], directory)
+    weights = load_file(directory / "model.safetensors")
+    (directory / "model.safetensors").unlink()
+    torch.save(weights, directory / "pytorch_model.bin")
+    with pytest.raises(ModelLoadError, match=r"only pickled weights \(pytorch_model.bin\), which can run code"):
+        load_model(str(directory), device="cpu")
+    code = main(["eval", "--model", str(directory), "--task", "to-upper", "--n", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--allow-pickle-weights" in err and len(err.strip().splitlines()) == 1
+    allowed = load_model(str(directory), device="cpu", allow_pickle_weights=True)
+    reference = load_model(tiny_dirs["llama"], device="cpu")
+    assert allowed.fingerprint() == reference.fingerprint()

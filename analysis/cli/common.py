@@ -62,12 +62,15 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda, cuda:N")
     parser.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on CUDA), float32, ...")
     parser.add_argument("--no-cache", action="store_true", help="recompute instead of reading the results cache")
+    parser.add_argument("--allow-pickle-weights", action="store_true",
+                        help="also load pickled weights (pytorch_model.bin): only for a model you trust")
 
 
 def load(args: argparse.Namespace):
     from analysis.models import load_model
 
-    return load_model(args.model, device=args.device, dtype=args.dtype)
+    return load_model(args.model, device=args.device, dtype=args.dtype,
+                      allow_pickle_weights=getattr(args, "allow_pickle_weights", False))
 
 
 def results_cache(args: argparse.Namespace):

@@ -115,7 +115,7 @@ def describe_choice(name: str) -> str:
         return BUILTIN_MODELS[name].description
     card = TOY_DIR / name / "README.md"
     lines = [ln.strip("# ").strip() for ln in card.read_text().splitlines() if ln.strip()] if card.is_file() else []
-    return lines[0] if lines else f"toy checkpoint in {TOY_DIR / name}"
+    return lines[0] if lines else "toy checkpoint"  # never the server's folder
 
 
 def resolve_source(spec: str) -> str:
@@ -138,14 +138,26 @@ def resolve_source(spec: str) -> str:
     return spec
 
 
-def load_model(spec: "str | os.PathLike" = DEFAULT_MODEL, device: str | None = "auto", dtype: str | None = "auto") -> LoadedModel:
-    """Load ``spec`` onto ``device`` in ``dtype`` (see :mod:`analysis.device`) with its adapter."""
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def load_model(spec: "str | os.PathLike" = DEFAULT_MODEL, device: str | None = "auto", dtype: str | None = "auto",
+               allow_pickle_weights: bool = False) -> LoadedModel:
+    """Load ``spec`` onto ``device`` in ``dtype`` (see :mod:`analysis.device`) with its adapter. Weights load
+    from safetensors only: a pickled checkpoint can run code when it is read, so it is refused unless the
+    caller opts in (``--allow-pickle-weights`` on the CLI; never in the app)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     spec = str(spec)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     source = resolve_source(spec)
+    if not allow_pickle_weights and Path(source).is_dir() and not any(Path(source).glob("*.safetensors")):
+        pickled = sorted(p.name for pattern in PICKLE_WEIGHTS for p in Path(source).glob(pattern))
+        if pickled:
+            raise ModelLoadError(f"model {spec!r} has only pickled weights ({pickled[0]}), which can run code "
+                                 "when read: convert them to safetensors, or pass --allow-pickle-weights if you "
+                                 "trust the file")
     local_only = Path(source).is_dir() or _prepare_hub_load(source)
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=False, local_files_only=local_only)
@@ -154,7 +166,8 @@ def load_model(spec: "str | os.PathLike" = DEFAULT_MODEL, device: str | None = "
     adapter_class_for(config.model_type, what=f"model {spec!r}")
     try:
         model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=torch_dtype,
-                                                     trust_remote_code=False, local_files_only=local_only)
+                                                     trust_remote_code=False, local_files_only=local_only,
+                                                     use_safetensors=None if allow_pickle_weights else True)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, local_files_only=local_only)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(_hub_failure(spec, exc)) from None
