@@ -111,6 +111,12 @@ class ResultsCache:
             raise
         return path
 
+    def has(self, kind: str, version: str, parts: dict) -> bool:
+        """Whether an entry exists (here or in a fallback), without reading it: what a page asks before it
+        decides that a request is small enough to run without a click."""
+        key = self.key(kind, version, parts)
+        return any((root / kind / f"{key}{SUFFIX}").is_file() for root in (self.root, *self.fallbacks))
+
     def get_or_compute(self, kind: str, version: str, parts: dict, compute: Callable[[], Any]) -> tuple[Any, bool]:
         """(value, True) from the cache, or (compute(), False) after storing it."""
         key = self.key(kind, version, parts)

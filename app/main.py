@@ -11,7 +11,7 @@ import streamlit as st
 
 from analysis.paths import ASSETS_DIR
 from components import present, state
-from components.widgets import SPEC_KEY, apply_model_spec, model_picker, show_cancelled
+from components.widgets import SPEC_KEY, apply_model_spec, guarded, model_picker, show_cancelled
 
 presenting = present.requested()
 # A local favicon: with a Material icon (or a page's), the browser fetches it from fonts.gstatic.com, which an
@@ -55,7 +55,8 @@ def sync_link() -> None:
 
 sync_link()
 try:
-    page.run()
+    with guarded(f"the {page.title} page"):  # the one error boundary: one red line, the traceback in the log
+        page.run()
 finally:  # also when the page stops early (st.stop) or a widget clamped a setting (e.g. k) during the run
     sync_link()
     with link_slot.container():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from analysis.tasks import Task, builtin_tasks, parse_task_bytes
 from components import state
 from components.charts import visible_token
 
+LOG = logging.getLogger("prunescope")
 MODEL_ENV = "PRUNESCOPE_MODEL"
 MODEL_KEY = "loaded_model"
 SPEC_KEY = "model_spec"  # the spec typed or picked (for deep links), even when loading failed
@@ -281,6 +283,7 @@ def guarded(what: str) -> Iterator[None]:
         st.error(f"out of memory while computing the {what}: use fewer prompts, a shorter text or a smaller "
                  f"model ({type(exc).__name__})")
     except Exception as exc:  # noqa: BLE001 - a failed computation must not take the page down
+        LOG.exception("%s failed", what)  # the traceback stays in the server's log
         st.error(f"{what} failed: {type(exc).__name__}: {one_line(exc)}")
 
 
@@ -293,3 +296,21 @@ def token_chips(tokens: list[str], ids: list[int]) -> str:
                      'margin:2px;padding:1px 5px;border:1px solid #d4d4d8;border-radius:4px;'
                      f'font-family:monospace;background:#fafafa">{shown}</span>')
     return "<div>" + "".join(chips) + "</div>"
+
+
+_SECONDS_PER_PROMPT: dict[str, float] = {}  # model fingerprint -> measured seconds per evaluated prompt
+
+
+def measured_speed(loaded: LoadedModel, prompts: int, seconds: float) -> None:
+    """Remember how fast this model evaluated ``prompts`` prompts (process-wide), for :func:`cost`."""
+    if prompts > 0 and seconds > 0:
+        _SECONDS_PER_PROMPT[loaded.fingerprint()] = seconds / prompts
+
+
+def cost(loaded: LoadedModel, prompts: int) -> str:
+    """What ``prompts`` evaluations will take, from this model's measured speed on this machine."""
+    rate = _SECONDS_PER_PROMPT.get(loaded.fingerprint())
+    if rate is None:
+        return "its time on this machine is not measured yet"
+    seconds = rate * prompts
+    return f"about {seconds / 60:.0f} min" if seconds >= 90 else f"about {seconds:.0f} s"

@@ -413,3 +413,64 @@ def test_messages_lose_server_folders_in_public_mode(monkeypatch):
     assert scrub(text) == text  # on your own machine paths stay
     monkeypatch.setenv("PRUNESCOPE_PUBLIC", "1")
     assert scrub(text) == "no such file …/assets/x and …/results/y"
+
+
+def test_a_big_uncached_evaluation_says_its_cost_and_waits_for_a_click(monkeypatch):
+    at = _start("toy-transformer", monkeypatch, "views/pruning.py", n=300)
+    (gate,) = [i.value for i in at.info if i.value.startswith("This runs")]
+    assert gate.startswith("This runs 1,200 prompts that are not cached")  # 4 default tasks x 300
+    assert not at.metric and at.button(key="prune_approve").label == "Run 1,200 prompts"
+
+
+HOSTILE = ["", "-1", "0", "1e12", "99999999999999999999", "nan", "<script>alert(1)</script>", "javascript:alert(1)",
+           "../../../etc/passwd", "/tmp", "' OR 1=1 --", "\u202e\u0000", "𝕏" * 300, "9" * 5000, "a:1 b:2 | a:",
+           "0.1,1.2", "1.7,abc", "0-99999", "toy-mamba", "softmax", "channels:999999", "Upload CSV/JSON…"]
+PAGES = ["model", "evaluate", "attribution", "pruning", "attention", "task-vectors", "compare"]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_fuzzed_links_never_crash_a_page(page, monkeypatch):
+    """A random hostile value in a random query parameter of every page, in public mode: no exception box, at
+    most one error line (never a traceback), and the server's peak memory stays bounded."""
+    import random
+    import resource
+
+    from components.state import DEFAULTS
+
+    rng = random.Random(f"fuzz|{page}")
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    monkeypatch.setenv("PRUNESCOPE_PUBLIC", "1")
+    for trial in range(6):
+        name, value = rng.choice([*DEFAULTS, "model", "present", "page", "unknown"]), rng.choice(HOSTILE)
+        at = AppTest.from_file(str(MAIN), default_timeout=TIMEOUT)
+        monkeypatch.setenv("PRUNESCOPE_MODEL", rng.choice(["toy-mamba", "toy-transformer"]))
+        at.query_params.update({"page": page, name: value} if name != "page" else {"page": value})
+        at.run()
+        assert not at.exception, (name, value[:40], [e.value for e in at.exception])
+        errors = [e.value for e in at.error]
+        assert len(errors) <= 1 and all("\n" not in e and "Traceback" not in e for e in errors), (name, errors)
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before
+    assert grown < 1.5 * 2**20, f"peak memory grew {grown / 2**20:.1f} GiB"
+
+
+HOSTILE_FILES = [("deep.json", b"[" * 200_000 + b"]" * 200_000), ("garbage.csv", bytes(range(256)) * 40),
+                 ("empty.json", b""), ("big.csv", b"input,output\n" + b"a,b\n" * 1_500_000),
+                 ("script.json", b'[{"input": "<script>alert(1)</script>", "output": "x"}]')]
+
+
+@pytest.mark.parametrize("name,data", HOSTILE_FILES, ids=[f[0] for f in HOSTILE_FILES])
+def test_hostile_uploads_give_one_line(name, data, monkeypatch):
+    """Task and mask uploads: a deeply nested JSON once showed Streamlit's exception box with server paths."""
+    from components.widgets import UPLOAD_OPTION
+
+    at = _start("toy-transformer", monkeypatch, "views/evaluate.py")
+    at.selectbox(key="_w_task").set_value(UPLOAD_OPTION).run()
+    at.file_uploader(key="task_upload").set_value((name, data, "text/plain"))
+    _ok(at.run())
+    assert len(at.error) <= 1 and all(e.value.startswith(f"task file {name}: ") for e in at.error)
+    _ok(at.switch_page("views/pruning.py").run())
+    mask_name = name.rsplit(".", 1)[0] + ".json"  # the uploader (and the browser) take .json only
+    at.file_uploader(key="mask_upload").set_value((mask_name, data, "application/json"))
+    _ok(at.run())
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and errors[0].startswith(f"mask file {mask_name}: "), errors

@@ -14,6 +14,7 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> OneLineParser:
     parser = OneLineParser(prog="python -m analysis", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
     evaluate.register(commands)
     pruning.register(commands)
@@ -34,9 +35,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("prunescope: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:
-        if not isinstance(exc, MemoryError) and type(exc).__name__ != "OutOfMemoryError":  # torch's (CUDA) OOM
+    except Exception as exc:  # the CLI's one error boundary: one line, exit 2 (--debug: the traceback)
+        if args.debug:
             raise
-        print("prunescope: error: out of memory; use fewer prompts, a smaller batch size or a smaller model",
-              file=sys.stderr)
+        if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":  # torch's (CUDA) OOM
+            print("prunescope: error: out of memory; use fewer prompts, a smaller batch size or a smaller model",
+                  file=sys.stderr)
+        else:
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+            print(f"prunescope: error: unexpected {type(exc).__name__}{': ' + first if first else ''} (run with "
+                  "--debug for the traceback)", file=sys.stderr)
         return EXIT_BAD_INPUT

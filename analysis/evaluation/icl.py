@@ -121,8 +121,7 @@ def evaluate_task(loaded: LoadedModel, task: Task, shots: int, n: int, seed: int
     n, shots, seed = check("n", n), check("shots", shots), check("seed", seed)
     if cache is None:
         return _evaluate(loaded, task, shots, n, seed, mask, batch_size, progress)
-    parts = {"model": loaded.fingerprint(), "task": task_fingerprint(task), "shots": shots, "n": n, "seed": seed,
-             "mask": sorted(mask.neurons) if mask else []}
+    parts = _eval_parts(loaded, task, shots, n, seed, mask)
     result, hit = cache.get_or_compute("eval", EVAL_VERSION, parts, lambda: _evaluate(
         loaded, task, shots, n, seed, mask, batch_size, progress))
     if hit and progress:
@@ -130,6 +129,17 @@ def evaluate_task(loaded: LoadedModel, task: Task, shots: int, n: int, seed: int
     result.model, result.task = loaded.name, task.name
     result.records = classify_records(result.records, task.case_sensitive)
     return result
+
+
+def _eval_parts(loaded, task, shots, n, seed, mask) -> dict:
+    return {"model": loaded.fingerprint(), "task": task_fingerprint(task), "shots": shots, "n": n, "seed": seed,
+            "mask": sorted(mask.neurons) if mask else []}
+
+
+def is_evaluated(loaded: LoadedModel, task: Task, shots: int, n: int, seed: int, mask: NeuronMask | None,
+                 cache: ResultsCache) -> bool:
+    """Whether :func:`evaluate_task` would read this request from ``cache`` (nothing is run)."""
+    return cache.has("eval", EVAL_VERSION, _eval_parts(loaded, task, shots, n, seed, mask))
 
 
 def _evaluate(loaded, task, shots, n, seed, mask, batch_size, progress) -> EvalResult:

@@ -116,6 +116,8 @@ class NeuronMask:
             parsed = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise PrunescopeError(f"{what}: not valid JSON ({exc})") from None
+        except RecursionError:
+            raise PrunescopeError(f"{what}: nested too deeply to be a mask") from None
         return cls.from_json(parsed, what)
 
     @classmethod
@@ -128,4 +130,6 @@ class NeuronMask:
             raise PrunescopeError(f"{what}: no such file") from None
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise PrunescopeError(f"{what}: not valid JSON ({exc})") from None
+        except RecursionError:
+            raise PrunescopeError(f"{what}: nested too deeply to be a mask") from None
         return cls.from_json(data, what)

@@ -3,15 +3,18 @@ k (or load a mask), and compare the pruned model live against the unpruned model
 size, paired by prompt, with intervals and a verdict sentence."""
 
 import json
+import time
 
 import streamlit as st
 
 from analysis.attribution.targets import COPY_TARGETS
 from analysis.cache import ResultsCache
 from analysis.demo import PRUNE_CONTROLS, PRUNE_TASKS, SETTINGS, pruning_tasks
+from analysis.evaluation.icl import is_evaluated
 from analysis.pruning import NeuronMask
 from analysis.pruning.autok import K_GRID, k_sweep
-from analysis.pruning.copying import SCORE_PROMPTS, copying_scores, mask_neurons_table, parse_layer_range
+from analysis.pruning.copying import (SCORE_PROMPTS, copying_scores, mask_neurons_table, parse_layer_range,
+                                      random_mask_like)
 from analysis.pruning.evaluate import prune_eval
 from components import present, speculation, state
 from components.charts import neuron_heatmap
@@ -20,7 +23,7 @@ from components.export import chart, report_button, table
 from components.layout import wrapping_columns
 from components.masking import remember, scoring_settings, stored_copying_scores, top_k_mask
 from components.pruning_view import mask_table, show_result
-from components.widgets import guarded, require_model, run_progress
+from components.widgets import cost, guarded, measured_speed, require_model, run_progress
 
 TARGET_LABELS = {"copy": "logit(copied) − logit(gold)", "copy-prob": "P(copied) — the paper's"}
 PROMPT_LABELS = {"all": "all prompts", "copied": "only prompts the model copies on"}
@@ -129,6 +132,10 @@ if mask is not None and not present.requested():  # on a slide the Prune row nam
                        key="mask_save", icon=":material/download:")
 
 
+AUTO_RUN_PROMPTS = 400  # uncached prompts the page runs without a click (its defaults need 160 when not shipped)
+SPECULATE_PROMPTS = 1200  # uncached pruned-run prompts computed in the background unasked (defaults: 640)
+
+
 def prune_off() -> None:
     """After a Cancel of the pruned runs: the toggle goes off, so the next run does not start them again."""
     st.session_state["prune_on"] = False
@@ -180,16 +187,35 @@ def live_panel() -> None:
             loaded, mask, tasks, random_controls=int(controls), progress=progress, **settings),
             len(tasks) * (2 + int(controls)) * n, restart=restart)
 
+    conditions = [None, *([mask, *(random_mask_like(mask, counts, s) for s in range(int(controls)))]
+                          if has_mask else [])]
+    missing = {m is None: 0 for m in conditions}  # prompts to compute: unpruned (True), the rest (False)
+    for task in tasks:
+        for condition in conditions:
+            if not is_evaluated(loaded, task, shots, n, seed, condition, cache):
+                missing[condition is None] += n
+    needed = missing[True] + (missing.get(False, 0) if pruned else 0)
+    if needed > AUTO_RUN_PROMPTS and st.session_state.get("prune_approved") != key:  # say the cost first
+        st.info(f"This runs {needed:,} prompts that are not cached ({cost(loaded, needed)}) before showing numbers.",
+                icon=":material/hourglass_top:")
+        if st.button(f"Run {needed:,} prompts", key="prune_approve", type="primary"):
+            st.session_state["prune_approved"] = key
+            st.rerun()
+        return
     result = None
     with guarded("evaluation"):
+        started = time.monotonic()
         if pruned and has_mask:
             result = speculation.wait_for(pruned_runs(restart=True), "Evaluating", "prompts", on_cancel=prune_off)
         else:
             with run_progress("Evaluating", "prompts") as progress:
                 result = prune_eval(loaded, None, tasks, progress=progress, **settings)
+        if result is not None and needed:
+            measured_speed(loaded, needed, time.monotonic() - started)
     if result is None:
         return
-    if not pruned and has_mask:  # the unpruned numbers are cached now: speculate the pruned ones
+    # the unpruned numbers are cached now: speculate the pruned ones (unless that is a big job nobody asked for)
+    if not pruned and has_mask and missing.get(False, 0) <= SPECULATE_PROMPTS:
         with speculation_line.container():
             speculation.status_line(pruned_runs(restart=False), "Pruned runs ready: switching Prune on shows them "
                                     "at once", "Pruned runs")
@@ -202,7 +228,13 @@ def live_panel() -> None:
                             *(name for name in state.DEFAULTS if name.startswith("score_"))))
 
 
-(live_panel if present.requested() else st.fragment(live_panel))()
+def guarded_panel() -> None:
+    """A fragment's rerun bypasses the app's error boundary: it gets its own."""
+    with guarded("the pruning panel"):
+        live_panel()
+
+
+(live_panel if present.requested() else st.fragment(guarded_panel))()
 
 if scores is not None:
     with st.expander("Copying scores per neuron and the k-sweep", expanded=False):
