@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from analysis.attribution.tokens import (CONSERVATIVE, METHODS, PROBE, attention_mode, conservative_propagation,
-                                         gradient_weighted_maps, rollout, token_relevance, top_prediction)
+                                         gradient_weighted_maps, prompt_ids, rollout, token_relevance,
+                                         top_prediction)
 from analysis.errors import PrunescopeError
 from analysis.implicit_attention import softmax_attention
 
@@ -245,3 +246,11 @@ def test_lrp_detaches_layer_norm(tiny_loaded):
 def test_bad_input(tiny_loaded, kwargs, message):
     with pytest.raises(PrunescopeError, match=message):
         token_relevance(tiny_loaded("llama"), **kwargs)
+
+
+@pytest.mark.parametrize("model_type", ["mamba", "llama"])
+def test_gradattn_on_a_one_token_text_is_a_one_line_error(tiny_loaded, model_type):
+    loaded = tiny_loaded(model_type)
+    text = next(t for t in ("a", "x", "1", " ") if len(prompt_ids(loaded, t)) == 1)
+    with pytest.raises(PrunescopeError, match="gradattn needs a text of at least 2 tokens"):
+        token_relevance(loaded, text, "gradattn")

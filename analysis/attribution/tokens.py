@@ -70,6 +70,8 @@ def token_relevance(loaded: LoadedModel, text: str, method: str, target_id: int 
     if method == "ig" and int(steps) < 1:
         raise PrunescopeError(f"ig needs at least 1 step (got {steps})")
     ids = prompt_ids(loaded, text)
+    if method == "gradattn" and len(ids) < 2:  # one position: no attention to weigh (block_tree raised here)
+        raise PrunescopeError(f"gradattn needs a text of at least 2 tokens; {text[:40]!r} is {len(ids)}")
     delta = None
     with loaded.lock:
         input_ids = torch.tensor([ids], device=loaded.device)
