@@ -11,6 +11,7 @@ import hashlib
 import html
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -223,12 +224,14 @@ CANCELLED_KEY = "cancelled_job"
 
 
 @contextmanager
-def run_progress(label: str = "Evaluating", unit: str = "steps") -> Iterator[Callable[[int, int], None]]:
+def run_progress(label: str = "Evaluating", unit: str = "steps",
+                 speed: tuple[LoadedModel, str, int] | None = None) -> Iterator[Callable[[int, int], None]]:
     """A progress bar with a Cancel button for the block; yields a ``progress(done, total)`` callback.
 
     Cancel reruns the script, which stops the running job at its next progress update (Streamlit interrupts
     a run when a new one is requested); the next run says so once (:func:`show_cancelled`). Finished results
-    are in the on-disk cache; a cancelled job leaves nothing half-written."""
+    are in the on-disk cache; a cancelled job leaves nothing half-written. ``speed`` = (model, kind, units of
+    work): a job that computed records its speed for :func:`cost_note`."""
     box = st.empty()
     with box.container():
         col_bar, col_cancel = st.columns([6, 1])
@@ -236,11 +239,17 @@ def run_progress(label: str = "Evaluating", unit: str = "steps") -> Iterator[Cal
         col_cancel.button("Cancel", key=f"cancel_{label}", icon=":material/stop_circle:",
                           on_click=lambda: st.session_state.__setitem__(CANCELLED_KEY, label))
 
+    started = time.monotonic()
+
     def update(done: int, total: int) -> None:
         bar.progress(min(done / total, 1.0) if total else 1.0, text=f"{label}: {done}/{total} {unit}")
 
     try:
         yield update
+        elapsed = time.monotonic() - started
+        if speed is not None and elapsed > 1.0:  # a job that computed (a cache hit returns at once)
+            loaded, kind, units = speed
+            measured_speed(loaded, units, elapsed, kind)
     finally:
         box.empty()
 
@@ -298,19 +307,29 @@ def token_chips(tokens: list[str], ids: list[int]) -> str:
     return "<div>" + "".join(chips) + "</div>"
 
 
-_SECONDS_PER_PROMPT: dict[str, float] = {}  # model fingerprint -> measured seconds per evaluated prompt
+# (model fingerprint, kind) -> measured seconds per unit of work on this machine, process-wide; kinds: "eval"
+# (one generated answer), "ig" (one prompt-step of neuron IG)
+_SECONDS_PER_UNIT: dict[tuple[str, str], float] = {}
+COST_NOTE_S = 30  # a job expected to take longer says so before it runs
 
 
-def measured_speed(loaded: LoadedModel, prompts: int, seconds: float) -> None:
-    """Remember how fast this model evaluated ``prompts`` prompts (process-wide), for :func:`cost`."""
-    if prompts > 0 and seconds > 0:
-        _SECONDS_PER_PROMPT[loaded.fingerprint()] = seconds / prompts
+def measured_speed(loaded: LoadedModel, units: int, seconds: float, kind: str = "eval") -> None:
+    """Remember how fast this model did ``units`` of ``kind`` work, for :func:`cost`."""
+    if units > 0 and seconds > 0:
+        _SECONDS_PER_UNIT[(loaded.fingerprint(), kind)] = seconds / units
 
 
-def cost(loaded: LoadedModel, prompts: int) -> str:
-    """What ``prompts`` evaluations will take, from this model's measured speed on this machine."""
-    rate = _SECONDS_PER_PROMPT.get(loaded.fingerprint())
+def cost(loaded: LoadedModel, units: int, kind: str = "eval") -> str:
+    """What ``units`` of ``kind`` work will take, from this model's measured speed on this machine."""
+    rate = _SECONDS_PER_UNIT.get((loaded.fingerprint(), kind))
     if rate is None:
         return "its time on this machine is not measured yet"
-    seconds = rate * prompts
+    seconds = rate * units
     return f"about {seconds / 60:.0f} min" if seconds >= 90 else f"about {seconds:.0f} s"
+
+
+def cost_note(loaded: LoadedModel, units: int, kind: str, what: str) -> None:
+    """A caption before a job's button, when this model's measured speed says it takes over half a minute."""
+    rate = _SECONDS_PER_UNIT.get((loaded.fingerprint(), kind))
+    if rate is not None and rate * units >= COST_NOTE_S:
+        st.caption(f":material/hourglass_top: {what}: {cost(loaded, units, kind)} on this machine (unless cached)")

@@ -474,3 +474,20 @@ def test_hostile_uploads_give_one_line(name, data, monkeypatch):
     _ok(at.run())
     errors = [e.value for e in at.error]
     assert len(errors) == 1 and errors[0].startswith(f"mask file {mask_name}: "), errors
+
+
+def test_a_job_measured_slow_says_its_cost_before_it_runs(monkeypatch):
+    """Once this model's speed is known on this machine, a job expected to run over half a minute says how
+    long before its button; a finished job records its speed."""
+    from analysis.models import load_model
+    from components import widgets
+
+    fingerprint = load_model("toy-transformer", device="cpu").fingerprint()
+    monkeypatch.setattr(widgets, "_SECONDS_PER_UNIT", {(fingerprint, "eval"): 0.5})
+    at = _start("toy-transformer", monkeypatch, "views/evaluate.py", n=200)
+    assert any("200 prompts: about 2 min on this machine" in c.value for c in at.caption)
+    at.number_input(key="_w_n").set_value(20).run()
+    assert not any("on this machine" in c.value for c in at.caption)  # 10 s: not worth a line
+    monkeypatch.setattr(widgets, "_SECONDS_PER_UNIT", {})
+    widgets.measured_speed(load_model("toy-transformer", device="cpu"), 40, 20.0)
+    assert widgets.cost(load_model("toy-transformer", device="cpu"), 120) == "about 60 s"

@@ -11,7 +11,7 @@ from components import present, state
 from components.charts import HEATMAP_SCALES, layer_totals_bar, neuron_heatmap, visible_token
 from components.export import chart, report_button, table
 from components.layout import wrapping_columns
-from components.widgets import guarded, memo, require_model, run_progress, task_picker
+from components.widgets import cost_note, guarded, memo, require_model, run_progress, task_picker
 
 st.header("Neuron attribution")
 present.toolbar()
@@ -33,6 +33,7 @@ with present.controls():
                                    key="ig_steps")
     rule = col_rule.selectbox("Quadrature", QUADRATURES, index=QUADRATURES.index(ATTRIBUTION["quadrature"]),
                               key="ig_rule")
+    cost_note(loaded, int(n) * int(steps), "ig", f"{int(n)} prompts x {int(steps)} steps")
     clicked = st.button("Attribute", type="primary", disabled=task is None, key="ig_run")
 
 if task is not None:
@@ -49,7 +50,8 @@ if task is not None:
     with guarded("attribution"):  # a cached result (on disk or shipped) is shown at once, read once per session
         shown = memo(key, lambda: with_top(attribute_task(*args, cache=ResultsCache(), compute_missing=False)))
         if shown is None and clicked:
-            with run_progress(f"IG {target} on {task.name}", "prompts") as progress:
+            with run_progress(f"IG {target} on {task.name}", "prompts",
+                              speed=(loaded, "ig", int(n) * int(steps))) as progress:
                 result = attribute_task(*args, cache=ResultsCache(), progress=progress)
             shown = memo(key, lambda: with_top(result))
         if shown is not None:

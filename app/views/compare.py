@@ -16,7 +16,7 @@ from components.charts import outcome_bar_chart
 from components.export import chart, report_button, table
 from components.layout import wrapping_columns
 from components.masking import active_mask
-from components.widgets import cached_model, guarded, require_model, run_progress, task_picker
+from components.widgets import cached_model, cost_note, guarded, require_model, run_progress, task_picker
 
 st.header("Compare")
 present.toolbar()
@@ -46,6 +46,7 @@ with present.controls():
             upload = col.file_uploader(f"Mask {side} file", type=["json"], key=f"cmp_up_{side}") \
                 if choice == "upload" else None
             picks[side] = ("mask", choice, upload)
+    cost_note(loaded, 2 * int(n), "eval", f"2 x {int(n)} prompts")
     clicked = st.button("Compare", type="primary", disabled=task is None, key="cmp_run")
 
 

@@ -9,7 +9,7 @@ from components import present, state
 from components.charts import outcome_bar_chart
 from components.export import chart, report_button, table
 from components.layout import wrapping_columns
-from components.widgets import guarded, require_model, run_progress, task_picker
+from components.widgets import cost_note, guarded, require_model, run_progress, task_picker
 
 RUNS_KEY = "eval_runs"  # list of {"summary": dict, "records": DataFrame}, oldest first
 MAX_RUNS = 12
@@ -32,6 +32,7 @@ with present.controls():
     seed = state.bound(col_seed.number_input, "Seed", "seed", step=1)
     if task is not None and (note := task.repeats_note(int(n))):
         st.caption(note)
+    cost_note(loaded, int(n), "eval", f"{int(n)} prompts")
     col_run, col_clear, _ = st.columns([1, 1, 6])
     run_clicked = col_run.button("Evaluate", type="primary", disabled=task is None, key="eval_run")
     if col_clear.button("Clear results", disabled=not runs, key="eval_clear"):
@@ -39,7 +40,8 @@ with present.controls():
         st.rerun()
 
 if run_clicked and task is not None:
-    with guarded("evaluation"), run_progress(f"Evaluating {task.name}, {shots}-shot", "prompts") as progress:
+    with guarded("evaluation"), run_progress(f"Evaluating {task.name}, {shots}-shot", "prompts",
+                                                       speed=(loaded, "eval", int(n))) as progress:
         result = evaluate_task(loaded, task, int(shots), int(n), seed=int(seed), progress=progress,
                                cache=ResultsCache())
         runs.append({"summary": {**result.summary(), "seed": result.seed}, "records": result.records})

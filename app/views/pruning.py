@@ -23,7 +23,7 @@ from components.export import chart, report_button, table
 from components.layout import wrapping_columns
 from components.masking import remember, scoring_settings, stored_copying_scores, top_k_mask
 from components.pruning_view import mask_table, show_result
-from components.widgets import cost, guarded, measured_speed, require_model, run_progress
+from components.widgets import cost, cost_note, guarded, measured_speed, require_model, run_progress
 
 TARGET_LABELS = {"copy": "logit(copied) − logit(gold)", "copy-prob": "P(copied) — the paper's"}
 PROMPT_LABELS = {"all": "all prompts", "copied": "only prompts the model copies on"}
@@ -66,6 +66,8 @@ with present.controls("Copying scores"):
     state.bound(c_target.selectbox, "Target", "score_target", options=COPY_TARGETS, format_func=TARGET_LABELS.get)
     state.bound(c_prompts.selectbox, "Prompts", "score_prompts", options=SCORE_PROMPTS,
                 format_func=PROMPT_LABELS.get)
+    cost_note(loaded, int(state.get("score_n")) * int(state.get("score_steps")), "ig",
+              f"{state.get('score_n')} prompts x {state.get('score_steps')} IG steps")
     compute = st.button("Compute copying scores", type="primary", key="score_run")
 
 params = scoring_settings()
@@ -73,7 +75,8 @@ scored = None
 with guarded("copying scores"):
     scored = stored_copying_scores(loaded, **params)  # cached (or shipped) results show at once
     if scored is None and compute:
-        with run_progress("IG of the copy target", "prompts") as progress:
+        with run_progress("IG of the copy target", "prompts",
+                          speed=(loaded, "ig", params["n"] * params["steps"])) as progress:
             scored = copying_scores(loaded, **params, cache=cache, progress=progress)
 if scored is None:
     st.info("No copying scores for these settings yet: compute them (progress is shown; the result is cached on "

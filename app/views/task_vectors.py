@@ -10,13 +10,13 @@ import streamlit as st
 from analysis.bounds import BOUNDS
 from analysis.cache import ResultsCache, task_fingerprint
 from analysis.demo import TASK_VECTORS
-from analysis.evaluation.task_vectors import task_vectors
+from analysis.evaluation.task_vectors import task_vector_work, task_vectors
 from components import present, state
 from components.charts_pruning import task_vector_chart
 from components.export import chart, report_button, table
 from components.layout import wrapping_columns
 from components.masking import active_mask
-from components.widgets import guarded, memo, require_model, run_progress, task_picker
+from components.widgets import cost_note, guarded, memo, require_model, run_progress, task_picker
 
 FORMATS = {"the task's own": None, "Input: / Output: lines": "Input: {x}\nOutput: {y}\n"}
 
@@ -44,6 +44,9 @@ with present.controls():
     prompt_format = st.radio("Prompt format", list(FORMATS), horizontal=True, key="tv_format")
     with_mask = st.checkbox(f"Also with the mask ({len(mask)} neurons, {source})" if mask is not None else source,
                             value=mask is not None, disabled=mask is None, key="tv_masked")
+    runs = 1 + bool(with_mask and mask is not None)
+    cost_note(loaded, runs * task_vector_work(loaded, int(n), int(dummies)), "eval",
+              f"{runs} x {task_vector_work(loaded, int(n), int(dummies)):,} generations")
     clicked = st.button("Run task vectors", type="primary", disabled=task is None, key="tv_run")
 
 key = None
@@ -70,7 +73,8 @@ if task is not None:
         if stored is None and clicked:
             results = {}
             for name, condition_mask in conditions.items():  # clearly labelled stages, one bar each
-                with run_progress(f"Task vectors, {name}", "prompts") as progress:
+                work = task_vector_work(loaded, int(n), int(dummies))
+                with run_progress(f"Task vectors, {name}", "prompts", speed=(loaded, "eval", work)) as progress:
                     results[name] = run(name, condition_mask, True, progress)
             stored = memo(key, lambda: results)
         if stored is not None:
