@@ -44,7 +44,7 @@ BOUNDS: dict[str, Bound] = {
     "score_steps": Bound(1, 256, "IG steps"),
     "ig_n": Bound(1, 256, "attribution prompts"),
     "steps": Bound(1, 256, "IG steps"),
-    "controls": Bound(1, 50, "random-mask controls"),
+    "controls": Bound(0, 50, "random-mask controls"),
     "tv_n": Bound(1, 500, "task-vector queries"),
     "dummies": Bound(1, 8, "dummy queries per task vector"),
     "faith_n": Bound(1, 200, "faithfulness prompts"),

@@ -107,3 +107,14 @@ def test_repeats_note_names_the_distinct_queries():
     assert task.repeats_note(7) == ("letters has 3 distinct queries: 7 prompts ask each up to 3 times with other "
                                     "demonstrations (intervals count repeats of a query as one cluster, not as new "
                                     "evidence)")
+
+
+def test_prompts_stream_without_drawing_ahead():
+    """iter_prompts yields the same prompts as sample_prompts, one at a time: a consumer that needs few of a
+    huge n draws only those."""
+    import itertools
+
+    task = builtin_tasks()["antonyms"]
+    stream = task.iter_prompts(2, seed=5)
+    assert list(itertools.islice(stream, 300)) == task.sample_prompts(2, 300, seed=5)
+    assert next(stream) == task.sample_prompts(2, 301, seed=5)[-1]  # and it goes on past every pair

@@ -8,8 +8,7 @@ import sys
 
 import numpy as np
 
-from analysis.cli.common import (add_model_args, bounded, int_list, load, non_negative_int, results_cache,
-                                 tqdm_progress)
+from analysis.cli.common import add_model_args, bounded, int_list, load, results_cache, tqdm_progress
 from analysis.errors import PrunescopeError
 
 
@@ -38,7 +37,7 @@ def register(commands) -> None:
 
     cf = commands.add_parser("confidence-neurons", help="high-confidence neurons of one layer -> mask.json")
     cf.add_argument("--task", required=True)
-    cf.add_argument("--layer", type=non_negative_int, required=True)
+    cf.add_argument("--layer", type=bounded("layer"), required=True)
     cf.add_argument("--percent", type=float, default=1.0, help="share of the layer's neurons to select")
     cf.add_argument("--min-prob", type=float, default=0.5, help="confidence threshold on the top token")
     _ig_args(cf, QUADRATURES, n=64)
@@ -50,7 +49,7 @@ def register(commands) -> None:
     pe.add_argument("--tasks", default="all", help="comma-separated task names or .csv/.json paths, or 'all'")
     pe.add_argument("--shots", type=int_list, default=[1, 2, 4])
     pe.add_argument("--n", type=bounded("n"), default=50)
-    pe.add_argument("--random-controls", type=non_negative_int, default=5,
+    pe.add_argument("--random-controls", type=bounded("controls"), default=5,
                     help="random masks of the same size and layer distribution (seeds 0..R-1)")
     pe.add_argument("--seed", type=bounded("seed"), default=0)
     pe.add_argument("--flipped", help="also write the flipped examples to this CSV file")

@@ -8,6 +8,7 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
+from analysis.bounds import check
 from analysis.cache import ResultsCache
 from analysis.evaluation.icl import EvalResult, evaluate_task
 from analysis.evaluation.paired import (AVERAGE, BASELINE, COMPARED, PRUNED, RANDOM_PREFIX, RESAMPLES, Cell,
@@ -122,6 +123,7 @@ def prune_eval(loaded: LoadedModel, mask: NeuronMask | None, tasks: Sequence[Tas
     """Evaluate every task at every shot count without the mask, with it, and with ``random_controls``
     random masks (seeds 0..R-1) of the same size and layer distribution; the same prompts throughout.
     ``mask=None`` evaluates the unpruned model only (no comparisons)."""
+    check("controls", random_controls)
     if mask is not None:
         mask.validate(loaded.adapter.neuron_counts())
     controls = [] if mask is None else [random_mask_like(mask, loaded.adapter.neuron_counts(), s)

@@ -9,7 +9,9 @@ The model is expected to continue with ``" <answer><delimiter>"``; the delimiter
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 from analysis.errors import TaskError
@@ -77,14 +79,21 @@ class Task:
                 "with other demonstrations (intervals count repeats of a query as one cluster, not as new evidence)")
 
     def sample_prompts(self, shots: int, n: int, seed: int = 0) -> list[Prompt]:
-        """``n`` deterministic ``shots``-shot prompts from ``seed``.
+        """``n`` deterministic ``shots``-shot prompts from ``seed``: the first ``n`` of :meth:`iter_prompts`."""
+        if shots < 0 or n < 1:
+            raise TaskError(f"need shots >= 0 and n >= 1 (got shots={shots}, n={n})")
+        return list(itertools.islice(self.iter_prompts(shots, seed), n))
 
-        Queries are drawn without replacement (cycling through a fresh shuffle when n exceeds the pairs);
+    def iter_prompts(self, shots: int, seed: int = 0) -> Iterator[Prompt]:
+        """Deterministic ``shots``-shot prompts from ``seed``, one at a time and without end (a consumer that
+        streams takes what it needs; nothing is drawn ahead).
+
+        Queries are drawn without replacement (cycling through a fresh shuffle when the pairs run out);
         demonstrations are drawn from the other pairs, never with the query's input, and for the copying task
         never with the query's answer.
         """
-        if shots < 0 or n < 1:
-            raise TaskError(f"need shots >= 0 and n >= 1 (got shots={shots}, n={n})")
+        if shots < 0:
+            raise TaskError(f"need shots >= 0 (got shots={shots})")
         if len(self.pairs) < shots + 1:
             raise TaskError(
                 f"task {self.name!r} ({self.source}) has {len(self.pairs)} pairs; "
@@ -92,8 +101,7 @@ class Task:
             )
         rng = random.Random(f"{self.name}|{shots}|{seed}")
         order: list[int] = []
-        prompts = []
-        while len(prompts) < n:
+        while True:
             if not order:
                 order = list(range(len(self.pairs)))
                 rng.shuffle(order)
@@ -104,8 +112,7 @@ class Task:
                     f"task {self.name!r}: query {query[0]!r} leaves only {len(pool)} usable demonstrations "
                     f"for {shots} shots"
                 )
-            prompts.append(self.build_prompt(query, rng.sample(pool, shots)))
-        return prompts
+            yield self.build_prompt(query, rng.sample(pool, shots))
 
     def split(self, heldout_fraction: float = 0.3, seed: int = 0) -> tuple["Task", "Task"]:
         """(fit, held-out) tasks over disjoint pairs, chosen deterministically from ``seed``."""
