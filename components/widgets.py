@@ -114,8 +114,9 @@ def _pick_spec() -> str | None:
     if "model_choice" not in st.session_state:
         st.session_state["model_choice"] = initial
     choice = st.selectbox("Model", options, key="model_choice", format_func=model_label,
-                          help="Two real models (SmolLM2-135M-Instruct and the Gemma 3 270M base model), toy "
-                               "checkpoints (toy-*), a Hugging Face id or a local directory.")
+                          help="Two real models (SmolLM2-135M-Instruct and the Gemma 3 270M base model) and toy "
+                               "checkpoints (toy-*)" + (" offered by this demo." if public_mode() else
+                                                        ", a Hugging Face id or a local directory."))
     default = text_default if choice == initial else ""
     text_key = {HUB_OPTION: "model_hub_id", LOCAL_OPTION: "model_local_dir"}.get(choice)
     if text_key and text_key not in st.session_state:

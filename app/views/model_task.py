@@ -3,6 +3,7 @@
 import streamlit as st
 
 from analysis.errors import PrunescopeError
+from analysis.hosting import public_mode
 from analysis.models import model_choices
 from analysis.models.loader import describe_choice
 from components import present, state
@@ -12,8 +13,8 @@ from components.widgets import one_line, require_model, task_picker, token_chips
 st.header("Model & task")
 present.toolbar()
 present.caption("Pick the model in the sidebar (SmolLM2-135M-Instruct, the default; the Gemma 3 270M base model; a toy "
-                "checkpoint; a Hugging Face id or a local directory). The task and the settings below are shared by "
-                "every page and saved in the page's link.")
+                "checkpoint" + ("" if public_mode() else "; a Hugging Face id or a local directory") + "). The "
+                "task and the settings below are shared by every page and saved in the page's link.")
 
 loaded = require_model()
 counts = loaded.adapter.neuron_counts()
