@@ -52,9 +52,10 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def int_list(text: str) -> list[int]:
-    """'1,2,4' -> [1, 2, 4] (each at least 0)."""
-    return [non_negative_int(part) for part in text.split(",") if part.strip()]
+def shots_list(text: str) -> list[int]:
+    """'1,2,4' -> [1, 2, 4], each a shot count within its bounds."""
+    parse = bounded("shots")
+    return [parse(part) for part in text.split(",") if part.strip()]
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:

@@ -8,7 +8,8 @@ import sys
 
 import numpy as np
 
-from analysis.cli.common import add_model_args, bounded, int_list, load, results_cache, tqdm_progress
+from analysis.bounds import check
+from analysis.cli.common import add_model_args, bounded, load, results_cache, shots_list, tqdm_progress
 from analysis.errors import PrunescopeError
 
 
@@ -47,7 +48,7 @@ def register(commands) -> None:
     pe = commands.add_parser("prune-eval", help="unpruned vs pruned vs random masks on ICL tasks")
     pe.add_argument("--mask", required=True)
     pe.add_argument("--tasks", default="all", help="comma-separated task names or .csv/.json paths, or 'all'")
-    pe.add_argument("--shots", type=int_list, default=[1, 2, 4])
+    pe.add_argument("--shots", type=shots_list, default=[1, 2, 4])
     pe.add_argument("--n", type=bounded("n"), default=50)
     pe.add_argument("--random-controls", type=bounded("controls"), default=5,
                     help="random masks of the same size and layer distribution (seeds 0..R-1)")
@@ -148,7 +149,7 @@ def sweep_text(sweep) -> str:
 
 def _parse_k(text: str) -> int:
     try:
-        return int(text)
+        return check("k", int(text))
     except ValueError:
         raise PrunescopeError(f"--top-k must be a whole number or 'auto', got {text!r}") from None
 
