@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from analysis.bounds import BOUNDS
@@ -58,6 +59,32 @@ def shots_list(text: str) -> list[int]:
     return [parse(part) for part in text.split(",") if part.strip()]
 
 
+def device_map_arg(text: str) -> str | dict:
+    """--device-map: a strategy name, or a JSON object of module -> device."""
+    text = text.strip()
+    if not text.startswith("{"):
+        return text  # checked by load_model, with the list of names
+    try:
+        mapping = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not a JSON object ({exc.msg})") from None
+    if not isinstance(mapping, dict) or not all(isinstance(v, (str, int)) for v in mapping.values()):
+        raise argparse.ArgumentTypeError("expected a JSON object of module name -> device")
+    return mapping
+
+
+def max_memory_arg(text: str) -> dict:
+    """--max-memory: 'device=size,...' (a GPU by its index), e.g. 0=20GiB,cpu=64GiB."""
+    limits = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        device, sep, size = part.partition("=")
+        if not sep or not size.strip():
+            raise argparse.ArgumentTypeError(f"expected device=size pairs like 0=20GiB,cpu=64GiB, got {part!r}")
+        device = device.strip()
+        limits[int(device) if device.isdigit() else device] = size.strip()
+    return limits
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="default", help="default, a toy model name, a local directory or a hub id")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda, cuda:N")
@@ -65,13 +92,19 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-cache", action="store_true", help="recompute instead of reading the results cache")
     parser.add_argument("--allow-pickle-weights", action="store_true",
                         help="also load pickled weights (pytorch_model.bin): only for a model you trust")
+    parser.add_argument("--device-map", type=device_map_arg, default=None,
+                        help="place layers with accelerate: auto, balanced, sequential, or a JSON object "
+                             '{"module": "cuda:0" | "cpu" | "disk", ...} (a model larger than one device)')
+    parser.add_argument("--max-memory", type=max_memory_arg, default=None,
+                        help="with --device-map: memory per device, e.g. 0=20GiB,1=20GiB,cpu=64GiB")
 
 
 def load(args: argparse.Namespace):
     from analysis.models import load_model
 
     return load_model(args.model, device=args.device, dtype=args.dtype,
-                      allow_pickle_weights=getattr(args, "allow_pickle_weights", False))
+                      allow_pickle_weights=getattr(args, "allow_pickle_weights", False),
+                      device_map=getattr(args, "device_map", None), max_memory=getattr(args, "max_memory", None))
 
 
 def results_cache(args: argparse.Namespace):

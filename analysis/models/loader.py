@@ -26,7 +26,7 @@ from analysis.device import dtype_name, resolve_device, resolve_dtype
 from analysis.errors import ModelLoadError
 from analysis.models.adapters import ModelAdapter, adapter_class_for, make_adapter
 from analysis.models.builtin import BUILTIN_MODELS, DEFAULT_MODEL, builtin_model_dir
-from analysis.paths import ASSETS_DIR
+from analysis.paths import ASSETS_DIR, cache_dir
 
 if TYPE_CHECKING:
     from analysis.pruning.mask import NeuronMask
@@ -62,9 +62,15 @@ class LoadedModel:
     def n_layers(self) -> int:
         return self.adapter.n_layers
 
+    @property
+    def placement(self) -> str:
+        """Where the weights live: the device, or the devices of a device map (e.g. ``cpu+disk``)."""
+        spread = sorted({str(d) for d in (getattr(self.model, "hf_device_map", None) or {}).values()})
+        return "+".join(spread) if len(spread) > 1 else self.device.type
+
     def describe(self) -> str:
         return (f"{self.name} ({self.family}, {self.n_layers} layers, "
-                f"{sum(self.adapter.neuron_counts())} neurons, {self.device.type}, {dtype_name(self.dtype)})")
+                f"{sum(self.adapter.neuron_counts())} neurons, {self.placement}, {dtype_name(self.dtype)})")
 
     @contextmanager
     def session(self, mask: NeuronMask | None = None) -> Iterator[None]:
@@ -79,11 +85,21 @@ class LoadedModel:
         if self._fingerprint is None:
             digest = hashlib.blake2b(digest_size=16)
             digest.update(architecture_json(self.model.config).encode())
-            for key, tensor in sorted(self.model.state_dict().items()):
+            for key, tensor in sorted(_full_state_dict(self.model).items()):
                 digest.update(key.encode())
                 digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
             self._fingerprint = digest.hexdigest()
         return self._fingerprint
+
+
+def _full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every weight with its values, also where a device map offloaded some to disk (their parameters are then
+    on the meta device; accelerate loads each module's weights in turn)."""
+    if any(p.device.type == "meta" for p in model.parameters()):
+        from accelerate.utils.modeling import get_state_dict_offloaded_model
+
+        return get_state_dict_offloaded_model(model)
+    return model.state_dict()
 
 
 PROVENANCE_KEYS = frozenset({"name_or_path", "transformers_version"})
@@ -141,11 +157,22 @@ def resolve_source(spec: str) -> str:
 PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 
 
+DEVICE_MAP_NAMES = ("auto", "balanced", "balanced_low_0", "sequential")
+# families whose transformers code reads a weight outside its module's forward, where disk offload cannot serve it
+DISK_OFFLOAD_UNSUPPORTED = {"recurrent_gemma": "its decoding step reads conv_1d.weight directly"}
+
+
 def load_model(spec: "str | os.PathLike" = DEFAULT_MODEL, device: str | None = "auto", dtype: str | None = "auto",
-               allow_pickle_weights: bool = False) -> LoadedModel:
+               allow_pickle_weights: bool = False, device_map: str | dict | None = None,
+               max_memory: dict | None = None) -> LoadedModel:
     """Load ``spec`` onto ``device`` in ``dtype`` (see :mod:`analysis.device`) with its adapter. Weights load
     from safetensors only: a pickled checkpoint can run code when it is read, so it is refused unless the
-    caller opts in (``--allow-pickle-weights`` on the CLI; never in the app)."""
+    caller opts in (``--allow-pickle-weights`` on the CLI; never in the app).
+
+    ``device_map`` (``auto``, ``balanced``, ``sequential`` or a {module name: device} dict whose devices may
+    include ``cpu`` and ``disk``) and ``max_memory`` ({device: "10GiB"}) hand the placement to accelerate's
+    big-model loading, for a model larger than one device: layers on several GPUs, the CPU or disk (offloaded
+    to a folder in the cache). Inputs then go to the input embedding's device."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     spec = str(spec)
@@ -164,22 +191,48 @@ def load_model(spec: "str | os.PathLike" = DEFAULT_MODEL, device: str | None = "
     except (OSError, ValueError) as exc:
         raise ModelLoadError(_hub_failure(spec, exc)) from None
     adapter_class_for(config.model_type, what=f"model {spec!r}")
+    placement = _placement(spec, device_map, max_memory)
+    if config.model_type in DISK_OFFLOAD_UNSUPPORTED and isinstance(device_map, dict) \
+            and "disk" in map(str, device_map.values()):
+        raise ModelLoadError(f"model {spec!r} ({config.model_type}) cannot run with layers on disk: "
+                             f"{DISK_OFFLOAD_UNSUPPORTED[config.model_type]}; map its layers to GPUs or the CPU")
     try:
         model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=torch_dtype,
                                                      trust_remote_code=False, local_files_only=local_only,
-                                                     use_safetensors=None if allow_pickle_weights else True)
+                                                     use_safetensors=None if allow_pickle_weights else True,
+                                                     **placement)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, local_files_only=local_only)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(_hub_failure(spec, exc)) from None
     except torch.OutOfMemoryError:
         raise ModelLoadError(f"out of memory loading model {spec!r} on {torch_device}; "
                              "try --device cpu or a smaller dtype") from None
-    model.to(torch_device).eval().requires_grad_(False)
+    if placement:  # accelerate placed the layers; inputs start where the embedding lives
+        model.eval().requires_grad_(False)
+        torch_device = model.get_input_embeddings().weight.device
+        if torch_device.type == "meta":
+            torch_device = torch.device("cpu")
+    else:
+        model.to(torch_device).eval().requires_grad_(False)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(name=spec, source=source, model=model, tokenizer=tokenizer, adapter=make_adapter(model),
                        device=torch_device, dtype=torch_dtype)
+
+
+def _placement(spec: str, device_map: str | dict | None, max_memory: dict | None) -> dict:
+    """from_pretrained's placement arguments for a device map (none without one)."""
+    if device_map is None:
+        if max_memory:
+            raise ModelLoadError("max_memory needs a device_map (e.g. auto)")
+        return {}
+    if isinstance(device_map, str) and device_map not in DEVICE_MAP_NAMES:
+        raise ModelLoadError(f"unknown device map {device_map!r}: use {', '.join(DEVICE_MAP_NAMES)} or a "
+                             "{module: device} mapping")
+    folder = cache_dir() / "offload" / hashlib.sha256(spec.encode()).hexdigest()[:16]
+    return {"device_map": device_map, "max_memory": max_memory, "offload_folder": str(folder),
+            "offload_state_dict": True}
 
 
 def _prepare_hub_load(repo_id: str) -> bool:

@@ -1,0 +1,79 @@
+"""Models larger than one device: accelerate's device map, tested without a GPU by putting half the blocks of a
+tiny model of every family on the CPU and half on disk (offloaded; accelerate's device-alignment hooks load each
+block's weights when it runs). The same answers as the plain model, and the same fingerprint, so cached results
+are shared."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from analysis.errors import ModelLoadError
+from analysis.evaluation import evaluate_task
+from analysis.models import load_model
+from analysis.models.tiny import TINY_FAMILIES
+from analysis.tasks import builtin_tasks
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def half_on_disk(plain) -> dict[str, str]:
+    """{module: device}: the model's blocks from the middle on to "disk", everything else to "cpu"."""
+    names = {id(module): name for name, module in plain.model.named_modules()}
+    blocks = [names[id(plain.adapter.block(i))] for i in range(plain.n_layers)]
+    parents = {".".join(b.split(".")[:k]) for b in blocks for k in range(len(b.split(".")))}
+    placement = {b: ("cpu" if i < len(blocks) // 2 else "disk") for i, b in enumerate(blocks)}
+    for name, module in plain.model.named_modules():
+        inside = any(name == b or name.startswith(b + ".") for b in blocks)
+        if name and not inside and name not in parents and not any(name.startswith(p + ".") for p in placement):
+            if ".".join(name.split(".")[:-1]) in parents or "." not in name:
+                placement[name] = "cpu"
+    return placement
+
+
+@pytest.mark.parametrize("model_type", [t for t in TINY_FAMILIES if t != "recurrent_gemma"])
+def test_a_model_half_on_disk_answers_like_the_plain_model(tiny_dirs, tiny_loaded, model_type):
+    plain = tiny_loaded(model_type)
+    offloaded = load_model(tiny_dirs[model_type], device="cpu", device_map=half_on_disk(plain))
+    assert offloaded.placement == "cpu+disk" and "cpu+disk" in offloaded.describe()
+    assert any(p.device.type == "meta" for p in offloaded.model.parameters())  # really offloaded
+    assert offloaded.fingerprint() == plain.fingerprint()  # so the results cache is shared
+    task = builtin_tasks()["antonyms"]
+    ours = evaluate_task(offloaded, task, 2, 6, seed=1).records.prediction.tolist()
+    assert ours == evaluate_task(plain, task, 2, 6, seed=1).records.prediction.tolist()
+    ids = torch.tensor([plain.tokenizer("a:1 b:2 | a:").input_ids])
+    with torch.no_grad():
+        torch.testing.assert_close(offloaded.model(ids).logits, plain.model(ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_device_maps_are_one_line(tiny_dirs):
+    with pytest.raises(ModelLoadError, match="unknown device map 'everywhere'"):
+        load_model(tiny_dirs["llama"], device_map="everywhere")
+    with pytest.raises(ModelLoadError, match="max_memory needs a device_map"):
+        load_model(tiny_dirs["llama"], max_memory={"cpu": "1GiB"})
+
+
+def test_griffin_with_layers_on_disk_is_refused_in_one_line(tiny_dirs, tiny_loaded):
+    """transformers' Griffin decoding step reads conv_1d.weight outside the module (a meta tensor when the
+    layer is on disk): refused up front instead of a RuntimeError mid-generation."""
+    plain = tiny_loaded("recurrent_gemma")
+    with pytest.raises(ModelLoadError, match="cannot run with layers on disk: its decoding step reads"):
+        load_model(tiny_dirs["recurrent_gemma"], device="cpu", device_map=half_on_disk(plain))
+
+
+def test_the_cli_loads_with_a_device_map(tiny_dirs, tiny_loaded, capsys):
+    import json
+
+    from analysis.cli import main
+
+    plain = tiny_loaded("llama")
+    placement = json.dumps(half_on_disk(plain))
+    code = main(["eval", "--model", tiny_dirs["llama"], "--task", "antonyms", "--shots", "2", "--n", "4",
+                 "--device-map", placement, "--no-cache"])
+    out = capsys.readouterr().out
+    assert code == 0 and "cpu+disk" in out
+    for option, value, message in (("--device-map", "{broken", "argument --device-map: not a JSON object"),
+                                   ("--max-memory", "cpu:1GiB", "expected device=size pairs")):
+        with pytest.raises(SystemExit) as exited:  # argparse's one line, exit 2
+            main(["eval", "--model", tiny_dirs["llama"], "--task", "antonyms", option, value])
+        assert exited.value.code == 2 and message in capsys.readouterr().err
