@@ -1,16 +1,20 @@
 """Models larger than one device: accelerate's device map, tested without a GPU by putting half the blocks of a
 tiny model of every family on the CPU and half on disk (offloaded; accelerate's device-alignment hooks load each
-block's weights when it runs). The same answers as the plain model, and the same fingerprint, so cached results
-are shared."""
+block's weights when it runs). The same answers (also masked), IG maps, attention matrices and task vectors as
+the plain model, and the same fingerprint, so cached results are shared."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from analysis.attribution.runs import attribute_task
 from analysis.errors import ModelLoadError
 from analysis.evaluation import evaluate_task
+from analysis.evaluation.task_vectors import task_vectors
+from analysis.implicit_attention import attention_maps
 from analysis.models import load_model
+from analysis.pruning import NeuronMask
 from analysis.models.tiny import TINY_FAMILIES
 from analysis.tasks import builtin_tasks
 
@@ -44,6 +48,19 @@ def test_a_model_half_on_disk_answers_like_the_plain_model(tiny_dirs, tiny_loade
     ids = torch.tensor([plain.tokenizer("a:1 b:2 | a:").input_ids])
     with torch.no_grad():
         torch.testing.assert_close(offloaded.model(ids).logits, plain.model(ids).logits, rtol=1e-5, atol=1e-5)
+    mask = NeuronMask.from_pairs([(plain.n_layers - 1, i) for i in range(0, 40, 3)])  # hooks on a disk block
+    masked = evaluate_task(offloaded, task, 2, 6, seed=1, mask=mask).records.prediction.tolist()
+    assert masked == evaluate_task(plain, task, 2, 6, seed=1, mask=mask).records.prediction.tolist()
+
+    def relative_error(compute) -> float:
+        ours, reference = compute(offloaded), compute(plain)
+        return float((ours - reference).abs().max() / reference.abs().max().clamp_min(1e-12))
+
+    ig = relative_error(lambda m: attribute_task(m, task, "gold", n=2, shots=1, steps=3).per_prompt)
+    maps = relative_error(lambda m: attention_maps(m, "a:1 b:2 | a:").attn)  # implicit or softmax
+    vectors = relative_error(lambda m: torch.tensor(task_vectors(
+        m, builtin_tasks()["to-upper"], shots=1, n=3, dummy_queries=1).table.accuracy.values))
+    assert max(ig, maps, vectors) < 1e-5, (ig, maps, vectors)
 
 
 def test_bad_device_maps_are_one_line(tiny_dirs):

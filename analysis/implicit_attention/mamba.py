@@ -39,6 +39,7 @@ from analysis.implicit_attention.common import (DEFAULT_BUDGET_BYTES, Reduction,
 from analysis.implicit_attention.block_tree import (mamba_mean, mamba_s6_abs_sum, mamba_s6_matrices,
                                                     padded_length, per_channel_scratch_bytes)
 from analysis.models.hooks import hook_scope
+from analysis.models.loader import onloaded
 
 FORMS = {"s6": "s6", "ssm": "s6", "ssd": "s6", "unified": "unified"}
 
@@ -120,7 +121,11 @@ def capture_mamba(loaded, input_ids: torch.LongTensor, layers: list[int] | None 
         if missing:  # e.g. a fused kernel path that bypasses the submodules
             raise PrunescopeError(f"the forward pass never reached {missing[0]}: run the model in eval mode")
         build = _internals_mamba if model_type == "mamba" else _internals_mamba2
-        return {layer: build(loaded.adapter.block(layer).mixer, layer, raw[layer]) for layer in layers}
+        internals = {}
+        for layer in layers:  # reads the mixer's parameters: in memory even when a device map put them on disk
+            with onloaded(loaded.adapter.block(layer)):
+                internals[layer] = build(loaded.adapter.block(layer).mixer, layer, raw[layer])
+        return internals
 
 
 def _conv(mixer, xbc: torch.Tensor) -> torch.Tensor:

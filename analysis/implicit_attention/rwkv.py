@@ -27,6 +27,7 @@ from analysis.errors import PrunescopeError
 from analysis.implicit_attention.common import (DEFAULT_BUDGET_BYTES, Reduction, check_layers, prompt_ids,
                                                 reduce_in_chunks)
 from analysis.models.hooks import hook_scope
+from analysis.models.loader import onloaded
 
 FORMS = ("unified", "wkv")
 
@@ -84,8 +85,9 @@ def capture_rwkv(loaded, input_ids: torch.Tensor, layers=None) -> dict[int, Rwkv
     result = {}
     for i in chosen:
         att = loaded.adapter.block(i).attention
-        result[i] = RwkvInternals(layer=i, decay=torch.exp(att.time_decay.detach()).float(),
-                                  time_first=att.time_first.detach().float(), **store[i])
+        with onloaded(att):  # its parameters, also when a device map put the block on disk
+            result[i] = RwkvInternals(layer=i, decay=torch.exp(att.time_decay.detach()).float(),
+                                      time_first=att.time_first.detach().float().clone(), **store[i])
     return result
 
 

@@ -92,6 +92,21 @@ class LoadedModel:
         return self._fingerprint
 
 
+@contextmanager
+def onloaded(module: torch.nn.Module) -> Iterator[None]:
+    """The weights of ``module`` (and its submodules) in memory for the duration, also where a device map put
+    them on disk: code that reads parameters outside a forward pass (implicit-attention internals) needs them.
+    Without offloading this does nothing."""
+    hooked = [m for m in module.modules() if getattr(getattr(m, "_hf_hook", None), "offload", False)]
+    for m in hooked:
+        m._hf_hook.pre_forward(m)
+    try:
+        yield
+    finally:
+        for m in reversed(hooked):
+            m._hf_hook.post_forward(m, None)
+
+
 def _full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Every weight with its values, also where a device map offloaded some to disk (their parameters are then
     on the meta device; accelerate loads each module's weights in turn)."""
