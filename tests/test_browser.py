@@ -110,7 +110,8 @@ def test_model_task_evaluate_and_pruning_toggle(server, page):
     _select(page, "Model", "toy-transformer")
     page.get_by_text("toy-transformer (transformer,").first.wait_for()  # the sidebar's load message
     _select(page, "Task", "to-upper")
-    page.get_by_text("⟶ gold:").first.wait_for()  # the prompt preview of the new task
+    page.get_by_text("⟶ gold:").first.wait_for()  # the prompt preview (of the old task, until the rerun)
+    page.wait_for_url(re.compile(r"[?&]task=to-upper(&|$)"))  # the rerun with the new task has finished
     _idle(page)
     page.screenshot(path=str(ARTIFACTS / "1-model-task.png"))
     assert "to-upper" in page.url and "toy-transformer" in page.url  # the deep link follows the view

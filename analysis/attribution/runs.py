@@ -17,7 +17,7 @@ IG_VERSION = "neuron-ig/1"
 def attribute_task(loaded: LoadedModel, task: Task, target: str, n: int, shots: int, seed: int = 0,
                    steps: int = 20, quadrature: str = "riemann", cache: ResultsCache | None = None,
                    progress: Callable[[int, int], None] | None = None,
-                   compute_missing: bool = True) -> NeuronIGResult | None:
+                   compute_missing: bool = True, pool=None) -> NeuronIGResult | None:
     """All-layer neuron IG of ``target`` over ``n`` ``shots``-shot prompts of ``task`` (fast path). With
     ``compute_missing=False`` only a cached result is returned (None when there is none): a page can show
     earlier results without starting a long job."""
@@ -25,7 +25,20 @@ def attribute_task(loaded: LoadedModel, task: Task, target: str, n: int, shots: 
 
     def compute() -> NeuronIGResult:
         items = prepare_inputs(loaded, task.sample_prompts(shots, n, seed), target)
-        return neuron_ig(loaded, items, steps=steps, quadrature=quadrature, progress=progress)
+        if pool is None:
+            return neuron_ig(loaded, items, steps=steps, quadrature=quadrature, progress=progress)
+        from analysis.distributed import SHARD_PROMPTS, neuron_ig_sharded  # prompt shards on Ray actors
+
+        finished = [0]
+
+        def step(_index: int) -> None:
+            finished[0] += 1
+            if progress:
+                progress(min(finished[0] * SHARD_PROMPTS, len(items)), len(items))
+
+        per_prompt, clean = neuron_ig_sharded(pool, items, steps, quadrature, progress=step)
+        return NeuronIGResult(per_prompt, list(items), items[0].target.kind, steps, quadrature, clean,
+                              meta={"method": "fast"})
 
     if cache is None:
         return compute()

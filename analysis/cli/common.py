@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from analysis.bounds import BOUNDS
 
@@ -135,3 +137,27 @@ def tqdm_progress(desc: str, unit: str = "prompt"):
 
     update.close = bar.close
     return update
+
+
+def add_ray_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ray", metavar="local|ADDRESS", default=None,
+                        help="run the shards on Ray: a local instance, or an existing cluster (ray start --head)")
+
+
+@contextmanager
+def ray_pool(args: argparse.Namespace) -> Iterator[object | None]:
+    """With ``--ray``: connect, start one model replica per GPU or CPU slot, and stop them after the command;
+    without it, None (and Ray is never imported)."""
+    address = getattr(args, "ray", None)
+    if not address:
+        yield None
+        return
+    from analysis import distributed
+
+    distributed.connect(address)
+    pool = distributed.ModelPool(args.model, args.device, args.dtype)
+    try:
+        yield pool
+    finally:
+        pool.close()
+        distributed.shutdown()

@@ -9,7 +9,8 @@ import sys
 import numpy as np
 
 from analysis.bounds import check
-from analysis.cli.common import add_model_args, bounded, load, results_cache, shots_list, tqdm_progress
+from analysis.cli.common import (add_model_args, add_ray_arg, bounded, load, ray_pool, results_cache, shots_list,
+                                 tqdm_progress)
 from analysis.errors import PrunescopeError
 
 
@@ -21,6 +22,7 @@ def register(commands) -> None:
     at.add_argument("--target", choices=TARGETS, default="gold")
     _ig_args(at, QUADRATURES, n=16)
     at.add_argument("--out", required=True, help="output .npz file")
+    add_ray_arg(at)
     at.set_defaults(run=cmd_attribute)
 
     cn = commands.add_parser("copying-neurons", help="copying-bias neurons of a model -> mask.json")
@@ -34,6 +36,7 @@ def register(commands) -> None:
     cn.add_argument("--layers", default="", help="select only in this layer range, e.g. 10-20 (default: all)")
     cn.add_argument("--sweep-n", type=bounded("n"), default=80, help="prompts per task and k in the auto sweep")
     cn.add_argument("--out", required=True, help="output mask JSON file")
+    add_ray_arg(cn)
     cn.set_defaults(run=cmd_copying_neurons)
 
     cf = commands.add_parser("confidence-neurons", help="high-confidence neurons of one layer -> mask.json")
@@ -57,6 +60,7 @@ def register(commands) -> None:
     pe.add_argument("--records", help="also write one CSV row per prompt and condition to this file")
     add_model_args(pe)
     pe.add_argument("--json", action="store_true")
+    add_ray_arg(pe)
     pe.set_defaults(run=cmd_prune_eval)
 
 
@@ -76,12 +80,13 @@ def cmd_attribute(args: argparse.Namespace) -> int:
 
     task = get_task(args.task, min_pairs=args.shots + 1)
     loaded = load(args)
-    progress = tqdm_progress(f"IG {args.target} on {task.name}")
-    try:
-        result = attribute_task(loaded, task, args.target, args.n, args.shots, args.seed, args.steps,
-                                args.quadrature, cache=results_cache(args), progress=progress)
-    finally:
-        progress.close()
+    with ray_pool(args) as pool:
+        progress = tqdm_progress(f"IG {args.target} on {task.name}")
+        try:
+            result = attribute_task(loaded, task, args.target, args.n, args.shots, args.seed, args.steps,
+                                    args.quadrature, cache=results_cache(args), progress=progress, pool=pool)
+        finally:
+            progress.close()
     target_ids = np.array([item.target.token_ids if args.target in COPY_TARGETS else item.target.token_ids[0]
                            for item in result.inputs], dtype=np.int64)
     np.savez_compressed(args.out, scores=result.scores.numpy(), per_prompt=result.per_prompt.numpy(),
@@ -104,24 +109,25 @@ def cmd_copying_neurons(args: argparse.Namespace) -> int:
     loaded = load(args)
     layers = parse_layer_range(args.layers, loaded.n_layers)
     cache = results_cache(args)
-    progress = tqdm_progress(f"IG {args.target} on vowel-count")
-    try:
-        scored = copying_scores(loaded, n=args.n, shots=args.shots, seed=args.seed, steps=args.steps,
-                                quadrature=args.quadrature, target=args.target, prompts=args.prompts, cache=cache,
-                                progress=progress)
-    finally:
-        progress.close()
-    print(f"copying scores from {scored.n_used} of {args.n} prompts ({args.prompts}), target {args.target}",
-          file=sys.stderr)
-    if auto:
-        progress = tqdm_progress("k-sweep", unit="prompt")
+    with ray_pool(args) as pool:
+        progress = tqdm_progress(f"IG {args.target} on vowel-count")
         try:
-            sweep = k_sweep(loaded, scored.scores, per_layer=args.per_layer, layers=layers, n=args.sweep_n,
-                            cache=cache, progress=progress)
+            scored = copying_scores(loaded, n=args.n, shots=args.shots, seed=args.seed, steps=args.steps,
+                                    quadrature=args.quadrature, target=args.target, prompts=args.prompts,
+                                    cache=cache, progress=progress, pool=pool)
         finally:
             progress.close()
-        print(sweep_text(sweep), file=sys.stderr)
-        k = sweep.chosen
+        print(f"copying scores from {scored.n_used} of {args.n} prompts ({args.prompts}), target {args.target}",
+              file=sys.stderr)
+        if auto:
+            progress = tqdm_progress("k-sweep", unit="prompt")
+            try:
+                sweep = k_sweep(loaded, scored.scores, per_layer=args.per_layer, layers=layers, n=args.sweep_n,
+                                cache=cache, progress=progress, pool=pool)
+            finally:
+                progress.close()
+            print(sweep_text(sweep), file=sys.stderr)
+            k = sweep.chosen
     mask = select_top_k(scored.scores, k, args.per_layer, layers, model=loaded.name, **scored.options)
     mask.save(args.out)
     if auto and not k:
@@ -187,12 +193,13 @@ def cmd_prune_eval(args: argparse.Namespace) -> int:
         raise PrunescopeError(f"mask file {args.mask} holds no neurons: nothing to prune (the auto k-sweep writes "
                               "an empty mask when no k beats the unpruned model)")
     loaded = load(args)
-    progress = tqdm_progress("prune-eval", unit="prompt")
-    try:
-        result = prune_eval(loaded, mask, tasks, args.shots, args.n, args.random_controls, args.seed,
-                            cache=results_cache(args), progress=progress)
-    finally:
-        progress.close()
+    with ray_pool(args) as pool:  # connected before the bar starts: a bad address is one clean line
+        progress = tqdm_progress("prune-eval", unit="prompt")
+        try:
+            result = prune_eval(loaded, mask, tasks, args.shots, args.n, args.random_controls, args.seed,
+                                cache=results_cache(args), progress=progress, pool=pool)
+        finally:
+            progress.close()
     if args.flipped:
         result.flipped.to_csv(args.flipped, index=False)
     if args.records:

@@ -136,6 +136,12 @@ def _eval_parts(loaded, task, shots, n, seed, mask) -> dict:
             "mask": sorted(mask.neurons) if mask else []}
 
 
+def store_evaluation(loaded: LoadedModel, task: Task, shots: int, n: int, seed: int, mask: NeuronMask | None,
+                     result: EvalResult, cache: ResultsCache) -> None:
+    """Put a result computed elsewhere (a Ray actor) under the key :func:`evaluate_task` reads."""
+    cache.put("eval", cache.key("eval", EVAL_VERSION, _eval_parts(loaded, task, shots, n, seed, mask)), result)
+
+
 def is_evaluated(loaded: LoadedModel, task: Task, shots: int, n: int, seed: int, mask: NeuronMask | None,
                  cache: ResultsCache) -> bool:
     """Whether :func:`evaluate_task` would read this request from ``cache`` (nothing is run)."""

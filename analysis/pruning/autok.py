@@ -58,7 +58,7 @@ class KSweep:
 def k_sweep(loaded: LoadedModel, scores: torch.Tensor, ks: Sequence[int] = K_GRID,
             dev_tasks: Sequence[str] = DEV_TASKS, shots: int = 2, n: int = SWEEP_N, per_layer: bool = False,
             layers: tuple[int, int] | None = None, cache: ResultsCache | None = None,
-            progress: Callable[[int, int], None] | None = None, resamples: int = 4000) -> KSweep:
+            progress: Callable[[int, int], None] | None = None, resamples: int = 4000, pool=None) -> KSweep:
     """Evaluate each k and choose one (module docstring)."""
     width = scores.shape[1]
     span = scores.shape[0] if layers is None else layers[1] - layers[0] + 1
@@ -66,19 +66,27 @@ def k_sweep(loaded: LoadedModel, scores: torch.Tensor, ks: Sequence[int] = K_GRI
     if len(ks) < 2:
         raise PrunescopeError("the k-sweep needs at least one k >= 1 within the model's neurons")
     tasks = [copying_splits()[1], *(builtin_tasks()[name] for name in dev_tasks)]
-    # progress in prompts over the whole sweep, after every batch (where a Cancel stops it)
-    frames, done, total = [], 0, len(ks) * len(tasks) * n
-    for k in ks:
-        mask = select_top_k(scores, k, per_layer, layers)
-        for task in tasks:
+    masks = {k: select_top_k(scores, k, per_layer, layers) for k in ks}
+    requests = [(task, shots, n, DEV_SEED, masks[k] if k else None) for k in ks for task in tasks]
+    total = len(requests) * n
+    if pool is None:  # progress in prompts over the whole sweep, after every batch (where a Cancel stops it)
+        results, done = [], 0
+        for task, k_shots, k_n, seed, mask in requests:
             step = None if progress is None else (lambda d, _t, start=done: progress(start + d, total))
-            result = evaluate_task(loaded, task, shots, n, seed=DEV_SEED, mask=mask if k else None, cache=cache,
-                                   progress=step)
-            rec = result.records
-            frames.append(pd.DataFrame({"task": task.name, "shots": shots, "prompt_index": rec["prompt_index"],
-                                        "query": rec["query"], "condition": f"k={k}", "outcome": rec["outcome"],
-                                        "k": k, "mask_size": len(mask)}))
+            results.append(evaluate_task(loaded, task, k_shots, k_n, seed=seed, mask=mask, cache=cache,
+                                         progress=step))
             done += n
+    else:
+        from analysis.pruning.evaluate import evaluate_distributed
+
+        results = evaluate_distributed(loaded, pool, requests, cache,
+                                       None if progress is None else (lambda d: progress(d * n, total)))
+    frames = []
+    for (task, _, _, _, _), k, result in zip(requests, [k for k in ks for _ in tasks], results):
+        rec = result.records
+        frames.append(pd.DataFrame({"task": task.name, "shots": shots, "prompt_index": rec["prompt_index"],
+                                    "query": rec["query"], "condition": f"k={k}", "outcome": rec["outcome"],
+                                    "k": k, "mask_size": len(masks[k])}))
     records = pd.concat(frames, ignore_index=True)
     table = _sweep_table(records, ks, resamples)
     chosen, message = choose_k(table, n)

@@ -77,7 +77,7 @@ def normalized_copy_scores(result: NeuronIGResult, used: Sequence[bool] | None =
 def copying_scores(loaded: LoadedModel, n: int = 64, shots: int = 4, seed: int = 0, steps: int = 20,
                    quadrature: str = "riemann", target: str = "copy", prompts: str = "all",
                    cache: ResultsCache | None = None, progress: Callable[[int, int], None] | None = None,
-                   compute_missing: bool = True) -> CopyingScores | None:
+                   compute_missing: bool = True, pool=None) -> CopyingScores | None:
     """Copying scores from the copying task's fit split (module docstring); None when ``compute_missing`` is
     False and the IG run is not cached."""
     if n < 1:
@@ -88,7 +88,7 @@ def copying_scores(loaded: LoadedModel, n: int = 64, shots: int = 4, seed: int =
         raise PrunescopeError(f"unknown scoring prompts {prompts!r}: use {' or '.join(SCORE_PROMPTS)}")
     fit, _ = copying_splits()
     result = attribute_task(loaded, fit, target, n=n, shots=shots, seed=seed, steps=steps, quadrature=quadrature,
-                            cache=cache, progress=progress, compute_missing=compute_missing)
+                            cache=cache, progress=progress, compute_missing=compute_missing, pool=pool)
     if result is None:
         return None
     used = [True] * len(result.inputs)

@@ -10,7 +10,7 @@ import pandas as pd
 
 from analysis.bounds import check
 from analysis.cache import ResultsCache
-from analysis.evaluation.icl import EvalResult, evaluate_task
+from analysis.evaluation.icl import EvalResult, evaluate_task, is_evaluated, store_evaluation
 from analysis.evaluation.paired import (AVERAGE, BASELINE, COMPARED, PRUNED, RANDOM_PREFIX, RESAMPLES, Cell,
                                         compare, verdict)
 from analysis.models.loader import LoadedModel
@@ -119,42 +119,71 @@ class PruneEvalResult:
 
 def prune_eval(loaded: LoadedModel, mask: NeuronMask | None, tasks: Sequence[Task], shots: Sequence[int] = (1, 2, 4),
                n: int = 50, random_controls: int = 5, seed: int = 0, cache: ResultsCache | None = None,
-               progress: Callable[[int, int], None] | None = None, resamples: int = RESAMPLES) -> PruneEvalResult:
+               progress: Callable[[int, int], None] | None = None, resamples: int = RESAMPLES,
+               pool=None) -> PruneEvalResult:
     """Evaluate every task at every shot count without the mask, with it, and with ``random_controls``
     random masks (seeds 0..R-1) of the same size and layer distribution; the same prompts throughout.
-    ``mask=None`` evaluates the unpruned model only (no comparisons)."""
+    ``mask=None`` evaluates the unpruned model only (no comparisons). With ``pool`` (a Ray
+    :class:`analysis.distributed.ModelPool`) the evaluations not in ``cache`` run on its actors, one each."""
     check("controls", random_controls)
     if mask is not None:
         mask.validate(loaded.adapter.neuron_counts())
     controls = [] if mask is None else [random_mask_like(mask, loaded.adapter.neuron_counts(), s)
                                         for s in range(random_controls)]
-    frames, flips = [], []
+    conditions = [(BASELINE, None)] + ([] if mask is None else [(PRUNED, mask)] + [
+        (f"{RANDOM_PREFIX}{control_seed}", control) for control_seed, control in enumerate(controls)])
+    jobs = [(task, k, condition, m) for task in tasks for k in shots for condition, m in conditions]
     # progress in prompts, over the whole job (total known up front, never going back), reported after every
     # batch: in the app each report is also where a Cancel stops the run, so it stops within one batch
-    done, total = 0, len(tasks) * len(shots) * (1 + (mask is not None) + len(controls)) * n
-
-    def run(task: Task, k: int, condition: str, m: NeuronMask | None) -> EvalResult:
-        nonlocal done
-        step = None if progress is None else (lambda d, _t: progress(done + d, total))
-        result = evaluate_task(loaded, task, k, n, seed=seed, mask=m, cache=cache, progress=step)
-        frames.append(_records(result, task.name, k, condition))
-        done += n
-        if progress:
-            progress(done, total)
-        return result
-
-    for task in tasks:
-        for k in shots:
-            base = run(task, k, BASELINE, None)
-            if mask is None:
-                continue
-            pruned = run(task, k, PRUNED, mask)
-            for control_seed, control in enumerate(controls):
-                run(task, k, f"{RANDOM_PREFIX}{control_seed}", control)
-            flips.append(flipped_examples(task.name, k, base.records, pruned.records))
+    done, total = 0, len(jobs) * n
+    if pool is None:
+        results = []
+        for task, k, _, m in jobs:
+            step = None if progress is None else (lambda d, _t, start=done: progress(start + d, total))
+            results.append(evaluate_task(loaded, task, k, n, seed=seed, mask=m, cache=cache, progress=step))
+            done += n
+            if progress:
+                progress(done, total)
+    else:
+        results = evaluate_distributed(loaded, pool, [(task, k, n, seed, m) for task, k, _, m in jobs], cache,
+                                       None if progress is None else (lambda d: progress(d * n, total)))
+    frames = [_records(result, task.name, k, condition) for (task, k, condition, _), result in zip(jobs, results)]
+    by_job = {(task.name, k, condition): result for (task, k, condition, _), result in zip(jobs, results)}
+    flips = [flipped_examples(task.name, k, by_job[(task.name, k, BASELINE)].records,
+                              by_job[(task.name, k, PRUNED)].records)
+             for task in tasks for k in shots] if mask is not None else []
     flipped = pd.concat(flips, ignore_index=True) if flips else pd.DataFrame()
     return PruneEvalResult(loaded.name, len(mask or ()), pd.concat(frames, ignore_index=True), flipped,
                            resamples=resamples)
+
+
+def evaluate_distributed(loaded: LoadedModel, pool, requests: Sequence[tuple], cache: ResultsCache | None,
+                         progress: Callable[[int], None] | None = None) -> list[EvalResult]:
+    """EvalResults for (task, shots, n, seed, mask) requests: cached ones read here, the rest on the pool's
+    actors, then stored under the keys a serial run uses (so a later serial run, or the app, reads them)."""
+    from analysis.distributed import evaluate_many
+
+    results: list[EvalResult | None] = [None] * len(requests)
+    missing = []
+    for i, (task, k, n, seed, m) in enumerate(requests):
+        if cache is not None and is_evaluated(loaded, task, k, n, seed, m, cache):
+            results[i] = evaluate_task(loaded, task, k, n, seed=seed, mask=m, cache=cache)
+        else:
+            missing.append(i)
+    finished = [len(requests) - len(missing)]
+
+    def step(_index: int) -> None:
+        finished[0] += 1
+        if progress:
+            progress(finished[0])
+
+    for i, result in zip(missing, evaluate_many(pool, [requests[i] for i in missing], step)):
+        task, k, n, seed, m = requests[i]
+        if cache is not None:
+            store_evaluation(loaded, task, k, n, seed, m, result, cache)
+        result.model, result.task = loaded.name, task.name
+        results[i] = result
+    return results
 
 
 def _records(result: EvalResult, task: str, shots: int, condition: str) -> pd.DataFrame:

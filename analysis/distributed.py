@@ -1,0 +1,146 @@
+"""Sweeps on Ray: the embarrassingly parallel work (evaluations of a prune-eval grid, IG over prompt shards)
+spread over actors that each hold a replica of the model.
+
+``connect("local")`` starts a Ray instance on this machine; ``connect("ADDRESS")`` joins an existing cluster
+(``ray start --head`` on its head node). A :class:`ModelPool` starts one actor per GPU (``num_gpus=1``) or per
+CPU slot, each loading the model once; a shard is one evaluation or a few prompts of IG, so a failed actor costs
+little: Ray restarts it and retries its shard (``max_restarts``, ``max_task_retries``). Every shard runs the
+same library code as a serial run on the same prompts, and the driver merges the shards in order and stores
+the result under the serial run's cache key, so results are bit-identical to a serial run and the app finds
+them. Without ``--ray`` nothing here is imported.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from analysis.errors import PrunescopeError
+
+RESTARTS = 3  # an actor that dies is restarted this often, and its shard retried
+SHARD_PROMPTS = 2  # prompts per IG shard: small, so a lost actor costs little
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise PrunescopeError("ray is not installed: pip install -r requirements.txt") from None
+    return ray
+
+
+def connect(address: str, num_cpus: int | None = None) -> None:
+    """Start a local Ray instance (``local``) or join the cluster at ``address`` (``host:port`` or
+    ``ray://host:port``); one line when nothing answers there."""
+    ray = _ray()
+    if address != "local":  # checked first: a wrong address is one line, whatever else is running
+        parts = urlsplit(address if "://" in address else f"ray://{address}")
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if not parts.hostname or not port:
+            raise PrunescopeError(f"Ray address {address!r} is not host:port (e.g. 10.0.0.5:6379 or "
+                                  "ray://head:10001)")
+        try:
+            socket.create_connection((parts.hostname, port), timeout=5).close()
+        except OSError:
+            raise PrunescopeError(f"no Ray cluster answers at {address} (start one with `ray start --head`, or "
+                                  "use --ray local)") from None
+    if ray.is_initialized():
+        return
+    options = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+    if address == "local":
+        ray.init(num_cpus=num_cpus or os.cpu_count(), **options)
+    else:
+        ray.init(address=address, **options)
+
+
+def shutdown() -> None:
+    ray = _ray()
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+class _Worker:
+    """A model replica: what a shard runs, with the library's own functions."""
+
+    def __init__(self, spec: str, device: str, dtype: str):
+        from analysis.models import load_model
+
+        self.loaded = load_model(spec, device=device, dtype=dtype)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def evaluate(self, task, shots: int, n: int, seed: int, pairs: list | None):
+        from analysis.evaluation.icl import evaluate_task
+        from analysis.pruning import NeuronMask
+
+        mask = NeuronMask.from_pairs(pairs) if pairs is not None else None
+        return evaluate_task(self.loaded, task, shots, n, seed=seed, mask=mask)
+
+    def neuron_ig(self, inputs, steps: int, quadrature: str):
+        from analysis.attribution.neuron_ig import neuron_ig
+
+        result = neuron_ig(self.loaded, inputs, steps=steps, quadrature=quadrature)
+        return result.per_prompt, result.f_clean
+
+
+class ModelPool:
+    """``size`` actors holding ``spec`` (default: one per GPU of the cluster, else one per CPU slot)."""
+
+    def __init__(self, spec: str, device: str = "auto", dtype: str = "auto", size: int | None = None):
+        ray = _ray()
+        if not ray.is_initialized():
+            raise PrunescopeError("connect to Ray first (analysis.distributed.connect)")
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        size = size or gpus or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        remote = ray.remote(num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1, max_restarts=RESTARTS,
+                            max_task_retries=RESTARTS)(_Worker)
+        self.actors = [remote.remote(spec, device, dtype) for _ in range(size)]
+        self._ray = ray
+
+    def map(self, method: str, shards: Sequence[tuple], progress: Callable[[int], None] | None = None) -> list:
+        """``method(*shard)`` on the actors, results in the shards' order; ``progress(i)`` after each shard."""
+        ray, pending, results = self._ray, {}, [None] * len(shards)
+        queue = list(enumerate(shards))
+        idle = list(self.actors)
+        while queue or pending:
+            while queue and idle:
+                index, shard = queue.pop(0)
+                actor = idle.pop()
+                pending[getattr(actor, method).remote(*shard)] = (index, actor)
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            index, actor = pending.pop(ready[0])
+            results[index] = ray.get(ready[0])
+            idle.append(actor)
+            if progress:
+                progress(index)
+        return results
+
+    def close(self) -> None:
+        for actor in self.actors:
+            self._ray.kill(actor)
+
+
+def evaluate_many(pool: ModelPool, requests: Sequence[tuple], progress: Callable[[int], None] | None = None
+                  ) -> list[Any]:
+    """EvalResults for ``requests`` of (task, shots, n, seed, mask or None), one shard each."""
+    shards = [(task, shots, n, seed, None if mask is None else sorted(mask.neurons))
+              for task, shots, n, seed, mask in requests]
+    return pool.map("evaluate", shards, progress)
+
+
+def neuron_ig_sharded(pool: ModelPool, inputs: Sequence, steps: int, quadrature: str,
+                      shard_size: int = SHARD_PROMPTS,
+                      progress: Callable[[int], None] | None = None):
+    """(per_prompt, f_clean) of neuron IG over ``inputs``, ``shard_size`` prompts per shard, in order."""
+    import torch
+
+    shards = [(list(inputs[i:i + shard_size]), steps, quadrature) for i in range(0, len(inputs), shard_size)]
+    parts = pool.map("neuron_ig", shards, progress)
+    return torch.cat([p for p, _ in parts]), torch.cat([f for _, f in parts])
