@@ -44,6 +44,7 @@ bench: setup
 	$(PY) bench/attn_bench.py
 	$(PY) bench/toggle_bench.py
 	$(PY) bench/load_bench.py
+	$(PY) bench/ray_bench.py
 
 # The science benchmarks: hours on a CPU (cached afterwards); on a shared CPU one thread is faster.
 bench-science: setup
