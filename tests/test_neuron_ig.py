@@ -147,3 +147,26 @@ def test_top_neurons_and_where_they_fire(tiny_loaded):
         if float(column.max()) > best[0]:
             best = (float(column.max()), loaded.tokenizer.decode([item.input_ids[int(column.argmax())]]))
     assert row.max_activation == pytest.approx(best[0]) and row.fires_most_on == best[1]
+
+
+@pytest.mark.parametrize("model_type", [t for t in TINY_FAMILIES if t != "gemma3_text"])
+def test_bfloat16_models_accumulate_ig_and_attention_in_float32(tiny_dirs, tiny_loaded, model_type):
+    """A model run in bfloat16 (the CUDA default): IG rows and attention maps come back float32, the fast
+    path agrees with the reference loop, completeness holds within 10 % at 64 steps, and the maps are within
+    5 % of the float32 model's (bounds stated in bench/gpu_check.py too). The Mamba fast path once crashed here
+    (its norm returns float32 while the LM head is bfloat16)."""
+    from analysis.implicit_attention import attention_maps
+    from analysis.models import load_model
+
+    half = load_model(tiny_dirs[model_type], device="cpu", dtype="bfloat16")
+    item = prepare_inputs(half, copying_prompts(1), "gold")[0]
+    fast = neuron_ig(half, [item], steps=64, quadrature="gauss-legendre")
+    reference = neuron_ig(half, [item], steps=64, quadrature="gauss-legendre", method="reference")
+    assert fast.per_prompt.dtype == torch.float32
+    assert rel_err(fast.per_prompt, reference.per_prompt) < 5e-2
+    with torch.no_grad():
+        f_zero = float(site_scaled_target(half, item, half.n_layers - 1, torch.tensor(0.0)))
+    delta = float(fast.f_clean[0]) - f_zero
+    assert abs(float(fast.per_prompt[0, -1].sum()) - delta) <= 0.1 * abs(delta) + 1e-2
+    maps, full = attention_maps(half, "a:1 b:2 | a:").attn, attention_maps(tiny_loaded(model_type), "a:1 b:2 | a:").attn
+    assert maps.dtype == torch.float32 and rel_err(maps, full) < 5e-2

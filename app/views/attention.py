@@ -6,6 +6,7 @@ import streamlit as st
 
 from analysis.attribution.tokens import LRP_FAMILIES, METHODS, token_relevance
 from analysis.bounds import BOUNDS, TEXT_LIMITS
+from analysis.device import dtype_name
 from analysis.evaluation.faithfulness import faithfulness
 from analysis.implicit_attention import FORMS, attention_maps
 from analysis.models import model_choices, model_label
@@ -112,7 +113,7 @@ if chosen:
                            lambda m=m: token_relevance(loaded, text, m, form=form)) for m in chosen}
         first = next(iter(results.values()))
         target = loaded.tokenizer.decode([first.target_id])
-        rel_title = f"relevance for the predicted next token {target!r}"
+        rel_title = f"relevance for the predicted next token {target!r} ({dtype_name(loaded.dtype)} model)"
         figures[rel_title] = relevance_chart(first.tokens, {m: r.scores.tolist() for m, r in results.items()},
                                              rel_title)
         chart(figures[rel_title], "rel_chart", "token-relevance")

@@ -7,6 +7,7 @@ from analysis.attribution.summary import top_neurons
 from analysis.bounds import BOUNDS
 from analysis.cache import ResultsCache, task_fingerprint
 from analysis.demo import ATTRIBUTION
+from analysis.device import dtype_name
 from components import present, state
 from components.charts import HEATMAP_SCALES, layer_totals_bar, neuron_heatmap, visible_token
 from components.export import chart, report_button, table
@@ -66,6 +67,8 @@ if shown:
     result = shown["result"]
     st.subheader(f"{shown['label']}: {result.target} target, {len(result.inputs)} prompts, {result.steps} "
                  f"{result.quadrature} steps")
+    st.caption(f"Model run in {dtype_name(loaded.dtype)} on {loaded.placement}; attributions accumulated in "
+               f"{dtype_name(result.per_prompt.dtype)}.")
     with present.controls("Colour scale"):
         scale = st.radio("Colour scale", list(HEATMAP_SCALES), format_func=HEATMAP_SCALES.get, horizontal=True,
                          key="ig_scale", help="one strong neuron can wash a linear map out; the hover shows raw "

@@ -10,6 +10,7 @@ import streamlit as st
 from analysis.attribution.targets import COPY_TARGETS
 from analysis.cache import ResultsCache
 from analysis.demo import PRUNE_CONTROLS, PRUNE_TASKS, SETTINGS, pruning_tasks
+from analysis.device import dtype_name
 from analysis.evaluation.icl import is_evaluated
 from analysis.pruning import NeuronMask
 from analysis.pruning.autok import K_GRID, k_sweep
@@ -82,7 +83,8 @@ if scored is None:
     st.info("No copying scores for these settings yet: compute them (progress is shown; the result is cached on "
             "disk), or load a saved mask below.")
 elif not present.requested():
-    st.caption(f"Scores from {scored.n_used} of {params['n']} prompts ({PROMPT_LABELS[params['prompts']]}).")
+    st.caption(f"Scores from {scored.n_used} of {params['n']} prompts ({PROMPT_LABELS[params['prompts']]}); model "
+               f"in {dtype_name(loaded.dtype)}, IG accumulated in {dtype_name(scored.scores.dtype)}.")
 scores = None if scored is None else scored.scores
 
 with present.controls("Mask"):

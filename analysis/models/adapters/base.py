@@ -143,7 +143,7 @@ class ModelAdapter:
         bias = getattr(head, "bias", None)
         if bias is not None and token_ids is not None:
             bias = bias[token_ids]
-        out = nn.functional.linear(hidden, weight, bias)
+        out = nn.functional.linear(hidden.to(weight.dtype), weight, bias)  # Mamba's norm returns float32 in bf16
         cap = getattr(self.model.config, "final_logit_softcapping", None)
         return out if not cap else torch.tanh(out / cap) * cap
 

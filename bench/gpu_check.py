@@ -1,0 +1,151 @@
+"""The GPU path, checked against the CPU: one script to run when a GPU is lent (the CUDA path has no CI).
+
+    python bench/gpu_check.py [--device cuda] [--models default,gemma3-270m,toy-...] [--quick]
+
+For every model, in float32 and bfloat16 on ``--device``, against float32 on the CPU: evaluation answers
+(float32 identical, bfloat16 >= 95 % the same), answers under a neuron mask, the IG fast path against the
+reference loop on the device, implicit or softmax attention maps, and task vectors; then timings of the pruning
+toggle, IG per prompt and attention per layer. One line per check; the last line is
+``gpu_checks_passed=<p>/<t>``. Without a CUDA device it says so and checks nothing (``--device cpu`` runs the
+same checks CPU against CPU, to test the script itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import traceback
+
+import torch
+
+from analysis.attribution.neuron_ig import neuron_ig
+from analysis.attribution.targets import prepare_inputs
+from analysis.evaluation import evaluate_task
+from analysis.evaluation.task_vectors import task_vectors
+from analysis.implicit_attention import attention_maps
+from analysis.models import load_model, model_choices
+from analysis.pruning import NeuronMask
+from analysis.pruning.copying import random_mask_like
+from analysis.tasks import builtin_tasks
+
+TEXT = "a:3 b:5 c:1 d:7 | b:5 a:"
+RESULTS: list[bool] = []
+
+
+def check(name: str, passed: bool, detail: str) -> None:
+    RESULTS.append(bool(passed))
+    print(f"{'PASS' if passed else 'FAIL'} {name}: {detail}", flush=True)
+
+
+def guarded(name: str, run) -> None:
+    try:
+        run()
+    except Exception as exc:  # noqa: BLE001 - one failed check must not hide the others
+        check(name, False, f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}")
+        traceback.print_exc(limit=2)
+
+
+def agreement(a: list[str], b: list[str]) -> float:
+    return sum(x == y for x, y in zip(a, b)) / max(1, len(a))
+
+
+def model_checks(spec: str, device: str, n: int) -> None:
+    task = builtin_tasks()["antonyms"]
+    cpu = load_model(spec, device="cpu", dtype="float32")
+    reference = evaluate_task(cpu, task, 2, n, seed=0).records.prediction.tolist()
+    counts = cpu.adapter.neuron_counts()
+    mask = random_mask_like(NeuronMask.from_pairs((layer, 0) for layer in range(cpu.n_layers)), counts, 3)
+    masked_reference = evaluate_task(cpu, task, 2, n, seed=0, mask=mask).records.prediction.tolist()
+    maps_reference = attention_maps(cpu, TEXT, layers=[cpu.n_layers - 1]).attn
+    for dtype in ("float32", "bfloat16"):
+        label = f"{spec} {dtype}"
+        loaded = load_model(spec, device=device, dtype=dtype)
+        need = 1.0 if dtype == "float32" else 0.95
+
+        def answers():
+            ours = evaluate_task(loaded, task, 2, n, seed=0).records.prediction.tolist()
+            share = agreement(ours, reference)
+            check(f"{label} answers", share >= need, f"{share:.1%} equal to CPU float32 (need {need:.0%})")
+
+        def masked():
+            ours = evaluate_task(loaded, task, 2, n, seed=0, mask=mask).records.prediction.tolist()
+            share = agreement(ours, masked_reference)
+            check(f"{label} masked answers", share >= need, f"{share:.1%} equal ({len(mask)} neurons)")
+
+        def ig():
+            items = prepare_inputs(loaded, task.sample_prompts(2, 2, seed=0), "gold")
+            fast = neuron_ig(loaded, items, steps=8, method="fast").per_prompt
+            slow = neuron_ig(loaded, items, steps=8, method="reference").per_prompt
+            error = float((fast - slow).abs().max() / slow.abs().max().clamp_min(1e-12))
+            bound = 1e-4 if dtype == "float32" else 5e-2
+            check(f"{label} IG fast vs reference", error < bound, f"relative error {error:.1e} (bound {bound:.0e}), "
+                  f"accumulated in {fast.dtype}")
+
+        def maps():
+            ours = attention_maps(loaded, TEXT, layers=[loaded.n_layers - 1]).attn
+            error = float((ours - maps_reference).abs().max() / maps_reference.abs().max().clamp_min(1e-12))
+            bound = 1e-4 if dtype == "float32" else 5e-2
+            check(f"{label} attention maps", error < bound, f"relative error {error:.1e} vs CPU (bound {bound:.0e})")
+
+        for name, run in (("answers", answers), ("masked", masked), ("ig", ig), ("maps", maps)):
+            guarded(f"{label} {name}", run)
+        del loaded
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    def vectors():
+        ours = task_vectors(load_model(spec, device=device), builtin_tasks()["to-upper"], shots=2, n=8,
+                            dummy_queries=1).table.accuracy.tolist()
+        theirs = task_vectors(cpu, builtin_tasks()["to-upper"], shots=2, n=8, dummy_queries=1).table.accuracy.tolist()
+        worst = max(abs(a - b) for a, b in zip(ours, theirs))
+        check(f"{spec} task vectors", worst <= 0.125, f"largest per-layer accuracy difference {worst:.3f} (8 queries)")
+
+    guarded(f"{spec} task vectors", vectors)
+
+
+def timings(device: str) -> None:
+    from analysis.demo import PRUNE_CONTROLS, PRUNE_TASKS, pruning_tasks
+    from analysis.pruning.evaluate import prune_eval
+
+    loaded = load_model("default", device=device)
+    counts = loaded.adapter.neuron_counts()
+    mask = random_mask_like(NeuronMask.from_pairs((layer, 0) for layer in range(20)), counts, 0)
+    tasks = [pruning_tasks()[name] for name in PRUNE_TASKS]
+    start = time.perf_counter()
+    prune_eval(loaded, mask, tasks, shots=[4], n=40, random_controls=PRUNE_CONTROLS)
+    toggle = time.perf_counter() - start
+    items = prepare_inputs(loaded, builtin_tasks()["antonyms"].sample_prompts(4, 4, seed=0), "copy")
+    start = time.perf_counter()
+    neuron_ig(loaded, items, steps=20)
+    ig = (time.perf_counter() - start) / len(items)
+    toy = load_model("toy-mamba", device=device)
+    start = time.perf_counter()
+    attention_maps(toy, TEXT * 8)
+    attention = (time.perf_counter() - start) / toy.n_layers
+    print(f"TIME toggle (page default, cold) {toggle:.1f} s; IG {ig:.2f} s per prompt (20 steps, default model); "
+          f"implicit attention {attention:.3f} s per layer (toy-mamba, {len(toy.tokenizer(TEXT * 8).input_ids)} "
+          "tokens)", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--models", default=",".join(model_choices()))
+    parser.add_argument("--n", type=int, default=16, help="prompts per evaluation check")
+    parser.add_argument("--quick", action="store_true", help="toy models only, no timings")
+    args = parser.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("no CUDA device here: nothing to check (run this where a GPU is lent)")
+        print("gpu_checks_passed=0/0")
+        return
+    if args.device.startswith("cuda"):
+        print(f"device {torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}")
+    models = [m for m in args.models.split(",") if m and (not args.quick or m.startswith("toy-"))]
+    for spec in models:
+        guarded(f"{spec} load", lambda spec=spec: model_checks(spec, args.device, args.n))
+    if not args.quick:
+        guarded("timings", lambda: timings(args.device))
+    print(f"gpu_checks_passed={sum(RESULTS)}/{len(RESULTS)}")
+
+
+if __name__ == "__main__":
+    main()
