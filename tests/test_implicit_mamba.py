@@ -240,3 +240,35 @@ def test_scratch_is_kept_only_when_small(tiny_loaded, monkeypatch):
 
     assert kept_after_call(1 << 30) is not None
     assert kept_after_call(1000) is None
+
+
+def test_capture_forces_the_unfused_path_and_restores_the_mode(tiny_loaded, monkeypatch):
+    """On CUDA with mamba_ssm installed, a Mamba mixer in training mode runs the fused mamba_inner_fn, which
+    never calls the projections the capture reads. Simulated on the CPU with a fake fused kernel: the capture
+    still sees every submodule (it runs the mixers unfused) and gives the eval-mode internals, and the model is
+    left in training mode as it was."""
+    import transformers.models.mamba.modeling_mamba as modeling_mamba
+
+    from analysis.implicit_attention.mamba import capture_mamba
+
+    loaded = tiny_loaded("mamba")
+    ids = torch.tensor([loaded.tokenizer("a:1 b:2 | a:").input_ids])
+    expected = capture_mamba(loaded, ids)
+    calls = []
+
+    def fused_kernel(projected_states, *args, **kwargs):  # what mamba_ssm's kernel returns: the mixer output
+        calls.append(1)
+        return torch.zeros(projected_states.shape[0], projected_states.shape[2], loaded.model.config.hidden_size)
+
+    monkeypatch.setattr(modeling_mamba, "mamba_inner_fn", fused_kernel)
+    loaded.model.train()
+    try:
+        with torch.no_grad():
+            loaded.model(input_ids=ids, use_cache=False)
+        assert calls  # in training mode the fake fused path really is taken
+        got = capture_mamba(loaded, ids)
+        assert loaded.model.training and all(m.training for m in loaded.model.modules())
+    finally:
+        loaded.model.eval()
+    for layer, internals in expected.items():
+        assert torch.equal(got[layer].delta, internals.delta) and torch.equal(got[layer].B, internals.B)

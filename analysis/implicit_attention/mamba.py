@@ -28,6 +28,8 @@ produced (:func:`mamba_reconstruct`). Forms (per channel d / head h, j <= i, 0 a
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -87,6 +89,20 @@ def n_channels(internals: MambaInternals, form: str) -> int:
 
 # -- capture -------------------------------------------------------------------------------------------------
 @torch.no_grad()
+@contextmanager
+def unfused(model: torch.nn.Module) -> Iterator[None]:
+    """The mixers' unfused path for the capture, then the model's own mode back: in training mode (or any
+    fused kernel path, e.g. mamba_ssm's mamba_inner_fn on CUDA) the forward never calls the projections whose
+    inputs the capture reads, so it runs in eval mode, where transformers calls them as modules."""
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes.items():
+            module.training = training
+
+
 def capture_mamba(loaded, input_ids: torch.LongTensor, layers: list[int] | None = None
                   ) -> dict[int, MambaInternals]:
     """Run ``input_ids`` ([T] or [1, T]) once through the model with hooks on each requested layer's mixer
@@ -107,7 +123,7 @@ def capture_mamba(loaded, input_ids: torch.LongTensor, layers: list[int] | None 
 
     names = {"mamba": [("in_proj", "out"), ("x_proj", "in"), ("x_proj", "out"), ("out_proj", "in")],
              "mamba2": [("in_proj", "out"), ("norm", "norm"), ("out_proj", "in")]}[model_type]
-    with loaded.session():
+    with loaded.session(), unfused(loaded.model):
         with hook_scope() as add:
             for layer in layers:
                 mixer = loaded.adapter.block(layer).mixer
