@@ -19,6 +19,8 @@ Last line: ``ratio_T256=<paths ratio> peak_mem_T512_gb=<y>``.
 from __future__ import annotations
 
 import argparse
+import platform
+import os
 import multiprocessing
 import queue as queues
 import resource
@@ -102,6 +104,17 @@ def _run_long(layers: int, length: int) -> tuple[float, float]:
     return result
 
 
+def cpu_model() -> str:
+    """The CPU's model name (its cache sizes and memory behaviour decide the vectorised path's speed)."""
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", default="64,128,256")
@@ -110,7 +123,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per path and length (best is kept)")
     args = parser.parse_args()
     loaded = build(args.layers)
-    print(f"model: {args.layers} layers, hidden 768, d_inner 1536, state 16; torch threads {torch.get_num_threads()}")
+    print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs; torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"model: {args.layers} layers, hidden 768, d_inner 1536, state 16")
     warm = capture_mamba(loaded, torch.arange(8))  # first calls pay one-off costs (thread pools, BLAS setup)
     vectorised(warm), loop(warm)
     ratios = {}
