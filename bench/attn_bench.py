@@ -19,9 +19,9 @@ Last line: ``ratio_T256=<paths ratio> peak_mem_T512_gb=<y>``.
 from __future__ import annotations
 
 import argparse
-import platform
-import os
 import multiprocessing
+import os
+import platform
 import queue as queues
 import resource
 import time
