@@ -1,7 +1,7 @@
 """Models larger than one device: accelerate's device map, tested without a GPU by putting half the blocks of a
 tiny model of every family on the CPU and half on disk (offloaded; accelerate's device-alignment hooks load each
-block's weights when it runs). The same answers (also masked), IG maps, attention matrices and task vectors as
-the plain model, and the same fingerprint, so cached results are shared."""
+block's weights when it runs). The same answers (also masked), IG maps, attention matrices, token relevance
+(every method) and task vectors as the plain model, and the same fingerprint, so cached results are shared."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from analysis.attribution.runs import attribute_task
+from analysis.attribution.tokens import LRP_FAMILIES, METHODS, token_relevance
 from analysis.errors import ModelLoadError
 from analysis.evaluation import evaluate_task
 from analysis.evaluation.task_vectors import task_vectors
@@ -61,6 +62,10 @@ def test_a_model_half_on_disk_answers_like_the_plain_model(tiny_dirs, tiny_loade
     vectors = relative_error(lambda m: torch.tensor(task_vectors(
         m, builtin_tasks()["to-upper"], shots=1, n=3, dummy_queries=1).table.accuracy.values))
     assert max(ig, maps, vectors) < 1e-5, (ig, maps, vectors)
+    methods = [m for m in METHODS if m != "lrp" or plain.family in LRP_FAMILIES]  # lrp swaps norm forwards
+    relevance = {m: relative_error(lambda model, m=m: token_relevance(model, "a:1 b:2 | a:", m).scores)
+                 for m in methods}
+    assert max(relevance.values()) < 1e-5, relevance
 
 
 def test_bad_device_maps_are_one_line(tiny_dirs):

@@ -39,7 +39,7 @@ from analysis.errors import PromptTooLongError, PrunescopeError
 from analysis.implicit_attention import FORMS, attention_maps, default_form
 from analysis.implicit_attention.common import Reduction, reduce_in_chunks
 from analysis.models.hooks import hook_scope
-from analysis.models.loader import LoadedModel
+from analysis.models.loader import LoadedModel, onloaded
 
 METHODS = ("raw", "rollout", "gradattn", "ig", "gxi", "lrp")
 LRP_FAMILIES = ("transformer",)
@@ -212,9 +212,10 @@ def attention_mode(loaded: LoadedModel, name: str) -> Iterator[list]:
 def _rms_forward(module):
     """Llama's ``weight * x / rms`` or Gemma's ``(1 + weight) * x / rms`` (norms with ``eps``), rms detached."""
     gemma = not hasattr(module, "variance_epsilon")
-    weight, eps = module.weight, module.eps if gemma else module.variance_epsilon
+    eps = module.eps if gemma else module.variance_epsilon
 
     def forward(hidden_states):
+        weight = module.weight  # read at call time: an offloaded norm's weight is in memory only then
         h = hidden_states.to(torch.float32)
         normed = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True).detach() + eps)
         if gemma:
@@ -254,16 +255,21 @@ def conservative_propagation(loaded: LoadedModel) -> Iterator[None]:
                     raise PrunescopeError(f"lrp does not know how to detach the normalisation {name}")
                 else:
                     continue
-                _check_same(module, forward, name)
-                patched.append((module, module.__dict__.get("forward")))
-                module.forward = forward
+                with onloaded(module):  # a norm a device map put on disk: its weight in memory for the check
+                    _check_same(module, forward, name)
+                # under a device map, accelerate's hook owns ``forward`` and calls ``_old_forward`` after loading
+                # the weights: replace that one, so the hook keeps working
+                attribute = "_old_forward" if hasattr(module, "_hf_hook") and hasattr(module, "_old_forward") \
+                    else "forward"
+                patched.append((module, attribute, module.__dict__.get(attribute)))
+                setattr(module, attribute, forward)
             with attention_mode(loaded, CONSERVATIVE):
                 yield
         finally:
-            for module, previous in reversed(patched):
-                del module.forward
+            for module, attribute, previous in reversed(patched):
+                delattr(module, attribute)
                 if previous is not None:
-                    module.forward = previous
+                    setattr(module, attribute, previous)
 
 
 def _require_lrp(loaded: LoadedModel) -> None:
