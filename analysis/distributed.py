@@ -68,9 +68,12 @@ def shutdown() -> None:
 class _Worker:
     """A model replica: what a shard runs, with the library's own functions."""
 
-    def __init__(self, spec: str, device: str, dtype: str):
+    def __init__(self, spec: str, device: str, dtype: str, threads: int):
+        import torch
+
         from analysis.models import load_model
 
+        torch.set_num_threads(threads)  # the driver's count: float reductions then add up in the same order
         self.loaded = load_model(spec, device=device, dtype=dtype)
 
     def pid(self) -> int:
@@ -91,9 +94,14 @@ class _Worker:
 
 
 class ModelPool:
-    """``size`` actors holding ``spec`` (default: one per GPU of the cluster, else one per CPU slot)."""
+    """``size`` actors holding ``spec`` (default: one per GPU of the cluster, else one per CPU slot). Each
+    actor uses ``threads`` intra-op threads (default: the driver's), since IG sums are bit-identical to a
+    serial run only with the same thread count (Ray itself would give each actor one)."""
 
-    def __init__(self, spec: str, device: str = "auto", dtype: str = "auto", size: int | None = None):
+    def __init__(self, spec: str, device: str = "auto", dtype: str = "auto", size: int | None = None,
+                 threads: int | None = None):
+        import torch
+
         ray = _ray()
         if not ray.is_initialized():
             raise PrunescopeError("connect to Ray first (analysis.distributed.connect)")
@@ -101,7 +109,8 @@ class ModelPool:
         size = size or gpus or max(1, int(ray.cluster_resources().get("CPU", 1)))
         remote = ray.remote(num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1, max_restarts=RESTARTS,
                             max_task_retries=RESTARTS)(_Worker)
-        self.actors = [remote.remote(spec, device, dtype) for _ in range(size)]
+        threads = threads or torch.get_num_threads()
+        self.actors = [remote.remote(spec, device, dtype, threads) for _ in range(size)]
         self._ray = ray
 
     def map(self, method: str, shards: Sequence[tuple], progress: Callable[[int], None] | None = None) -> list:
