@@ -54,17 +54,33 @@ def _resident_model(spec: str, device: str, dtype: str) -> LoadedModel:
 
 
 @st.cache_resource(show_spinner="Loading model…", max_entries=2)
-def _evictable_model(spec: str, device: str, dtype: str) -> LoadedModel:
-    """Any other model (a hub id, a directory, another device or dtype): at most two at a time."""
-    return load_model(spec, device=device, dtype=dtype)
+def _evictable_model(spec: str, device: str, dtype: str, device_map: str | None = None) -> LoadedModel:
+    """Any other model (a hub id, a directory, another device, dtype or placement): at most two at a time."""
+    return load_model(spec, device=device, dtype=dtype, device_map=device_map)
 
 
-def cached_model(spec: str, device: str, dtype: str) -> LoadedModel:
-    """Load once per (spec, device, dtype) per process; failures are not cached. In public mode only the
-    offered models load."""
+def cached_model(spec: str, device: str, dtype: str, device_map: str | None = None) -> LoadedModel:
+    """Load once per (spec, device, dtype, placement) per process; failures are not cached. In public mode
+    only the offered models load."""
     check_offered(spec)
+    if device_map is not None:
+        return _evictable_model(spec, device, dtype, device_map)
     resident = spec in model_choices() and (device, dtype) == ("auto", "auto")
     return (_resident_model if resident else _evictable_model)(spec, device, dtype)
+
+
+PLACEMENTS = ("one device", "auto", "balanced", "sequential")
+
+
+def placement_picker() -> str | None:
+    """With several GPUs (and not in public mode): spread the model's layers over them with accelerate's
+    device map (a model larger than one GPU); None keeps the model on one device."""
+    if public_mode() or torch.cuda.device_count() < 2:
+        return None
+    choice = st.selectbox("Layers across GPUs", PLACEMENTS, key="model_placement",
+                          help=f"{torch.cuda.device_count()} GPUs: 'auto' and 'balanced' spread the layers over "
+                               "them (and the CPU if they are full), 'sequential' fills them in order")
+    return None if choice == PLACEMENTS[0] else choice
 
 
 def device_options() -> list[str]:
@@ -143,13 +159,14 @@ def model_picker() -> LoadedModel | None:
     col_device, col_dtype = st.columns(2)
     device = col_device.selectbox("Device", device_options(), key="model_device")
     dtype = col_dtype.selectbox("Dtype", DTYPE_OPTIONS, key="model_dtype")
+    placement = placement_picker()
     try:
         resolved = resolve_device(device)
         st.caption(f"Resolved: {resolved.type} · {dtype_name(resolve_dtype(dtype, resolved))}")
         if spec is None:
             st.info("Enter a model to load.")
             return None
-        loaded = cached_model(spec, device, dtype)
+        loaded = cached_model(spec, device, dtype, placement)
     except PrunescopeError as exc:
         st.error(one_line(exc))
         return None

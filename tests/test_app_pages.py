@@ -491,3 +491,26 @@ def test_a_job_measured_slow_says_its_cost_before_it_runs(monkeypatch):
     monkeypatch.setattr(widgets, "_SECONDS_PER_UNIT", {})
     widgets.measured_speed(load_model("toy-transformer", device="cpu"), 40, 20.0)
     assert widgets.cost(load_model("toy-transformer", device="cpu"), 120) == "about 60 s"
+
+
+def test_with_several_gpus_the_sidebar_spreads_layers_with_a_device_map(monkeypatch):
+    """The placement picker shows only with two GPUs or more (simulated: on this CPU, accelerate's 'auto' map
+    puts everything on the CPU) and never in public mode; the model then loads through accelerate."""
+    import torch
+
+    from components import widgets
+
+    at = _start("toy-mamba", monkeypatch)
+    assert not [s for s in at.selectbox if s.key == "model_placement"]  # one device (or none): no picker
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    _ok(at.run())
+    calls = []
+    real = widgets.load_model
+    monkeypatch.setattr(widgets, "load_model", lambda *a, **k: calls.append(k) or real(*a, **k))
+    at.selectbox(key="model_placement").set_value("balanced")
+    _ok(at.run())
+    assert calls and calls[-1]["device_map"] == "balanced"  # through accelerate's big-model loading
+    assert at.session_state[MODEL_KEY].name == "toy-mamba"
+    monkeypatch.setenv("PRUNESCOPE_PUBLIC", "1")
+    _ok(at.run())
+    assert not [s for s in at.selectbox if s.key == "model_placement"]
