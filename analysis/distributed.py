@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 from analysis.errors import PrunescopeError
 
+RAY_ENV = "PRUNESCOPE_RAY"  # the app's long jobs run on this cluster (or "local") when it is set
 RESTARTS = 3  # an actor that dies is restarted this often, and its shard retried
 SHARD_PROMPTS = 2  # prompts per IG shard: small, so a lost actor costs little
 
@@ -153,3 +155,30 @@ def neuron_ig_sharded(pool: ModelPool, inputs: Sequence, steps: int, quadrature:
     shards = [(list(inputs[i:i + shard_size]), steps, quadrature) for i in range(0, len(inputs), shard_size)]
     parts = pool.map("neuron_ig", shards, progress)
     return torch.cat([p for p, _ in parts]), torch.cat([f for _, f in parts])
+
+
+_pools: dict[tuple, ModelPool] = {}
+_pools_lock = threading.Lock()
+
+
+def env_pool(spec: str, device: str = "auto", dtype: str = "auto") -> ModelPool | None:
+    """The process-wide pool for ``spec`` on the cluster named by ``$PRUNESCOPE_RAY`` (None when unset): the
+    app's background jobs run their shards there, so a browser session does not hold a long computation. The
+    actors load ``spec`` themselves, so on a remote cluster it must be a built-in model or a hub id."""
+    address = os.environ.get(RAY_ENV, "").strip()
+    if not address:
+        return None
+    with _pools_lock:
+        key = (address, spec, device, dtype)
+        if key not in _pools:
+            connect(address)
+            _pools[key] = ModelPool(spec, device, dtype)
+        return _pools[key]
+
+
+def close_env_pools() -> None:
+    """Stop the pools :func:`env_pool` started (tests; a server's shutdown ends them anyway)."""
+    with _pools_lock:
+        for pool in _pools.values():
+            pool.close()
+        _pools.clear()

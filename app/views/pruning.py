@@ -11,6 +11,7 @@ from analysis.attribution.targets import COPY_TARGETS
 from analysis.cache import ResultsCache
 from analysis.demo import PRUNE_CONTROLS, PRUNE_TASKS, SETTINGS, pruning_tasks
 from analysis.device import dtype_name
+from analysis.distributed import env_pool
 from analysis.evaluation.icl import is_evaluated
 from analysis.pruning import NeuronMask
 from analysis.pruning.autok import K_GRID, k_sweep
@@ -188,9 +189,11 @@ def live_panel() -> None:
            shots, n, seed, int(controls))
 
     def pruned_runs(restart: bool):
+        # with $PRUNESCOPE_RAY set, the job's evaluations run on that cluster (the pool starts in the job's
+        # thread, so the page never waits for it); the page only polls the job
         return speculation.ensure_job(key, lambda progress: prune_eval(
-            loaded, mask, tasks, random_controls=int(controls), progress=progress, **settings),
-            len(tasks) * (2 + int(controls)) * n, restart=restart)
+            loaded, mask, tasks, random_controls=int(controls), progress=progress, pool=env_pool(loaded.name),
+            **settings), len(tasks) * (2 + int(controls)) * n, restart=restart)
 
     conditions = [None, *([mask, *(random_mask_like(mask, counts, s) for s in range(int(controls)))]
                           if has_mask else [])]

@@ -1,0 +1,44 @@
+"""The app with $PRUNESCOPE_RAY set: the pruning page's background job runs its evaluations on the Ray
+cluster (here a local instance), the browser session only polls it, and the numbers equal a serial run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+pytest.importorskip("ray", reason="ray is in requirements.txt")
+
+from analysis import distributed  # noqa: E402 - after the skip
+from analysis.demo import PRUNE_TASKS, pruning_tasks  # noqa: E402
+from analysis.models import load_model  # noqa: E402
+from analysis.pruning import NeuronMask  # noqa: E402
+from analysis.pruning.evaluate import prune_eval  # noqa: E402
+
+MAIN = Path(__file__).resolve().parents[1] / "app" / "main.py"
+
+
+@pytest.fixture
+def cluster(monkeypatch):
+    monkeypatch.setenv(distributed.RAY_ENV, "local")
+    yield
+    distributed.close_env_pools()
+    distributed.shutdown()
+
+
+def test_the_pruning_job_runs_on_the_cluster_named_in_the_environment(cluster, monkeypatch):
+    monkeypatch.setenv("PRUNESCOPE_MODEL", "toy-transformer")
+    mask = NeuronMask.from_pairs([(layer, i) for layer in range(4) for i in range(0, 300, 7)])
+    at = AppTest.from_file(str(MAIN), default_timeout=180)
+    at.query_params.update({"page": "pruning", "mask": mask.to_text(), "n": "6", "shots": "2"})
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    job = at.session_state["speculative_job"]
+    assert job.wait(240) and job.state == "done", job.error
+    assert distributed._pools, "the job did not use the cluster"
+    loaded = load_model("toy-transformer", device="cpu")
+    tasks = [pruning_tasks()[name] for name in PRUNE_TASKS]
+    serial = prune_eval(loaded, mask, tasks, shots=[2], n=6, random_controls=3)
+    pd.testing.assert_frame_equal(job.result.records, serial.records)
