@@ -38,6 +38,7 @@ from torch import nn
 from analysis.errors import PromptTooLongError, PrunescopeError
 from analysis.implicit_attention import FORMS, attention_maps, default_form
 from analysis.implicit_attention.common import Reduction, reduce_in_chunks
+from analysis.attribution.norms import check_same, layer_norm_forward, rms_forward
 from analysis.models.hooks import hook_scope
 from analysis.models.loader import LoadedModel, onloaded
 
@@ -209,32 +210,6 @@ def attention_mode(loaded: LoadedModel, name: str) -> Iterator[list]:
             _STATE.records = saved
 
 
-def _rms_forward(module):
-    """Llama's ``weight * x / rms`` or Gemma's ``(1 + weight) * x / rms`` (norms with ``eps``), rms detached."""
-    gemma = not hasattr(module, "variance_epsilon")
-    eps = module.eps if gemma else module.variance_epsilon
-
-    def forward(hidden_states):
-        weight = module.weight  # read at call time: an offloaded norm's weight is in memory only then
-        h = hidden_states.to(torch.float32)
-        normed = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True).detach() + eps)
-        if gemma:
-            return (normed * (1.0 + weight.float())).to(hidden_states.dtype)
-        return weight * normed.to(hidden_states.dtype)
-    return forward
-
-
-def _layer_norm_forward(module: nn.LayerNorm):
-    dims = tuple(range(-len(module.normalized_shape), 0))
-
-    def forward(x):
-        centred = x - x.mean(dims, keepdim=True)
-        out = centred * torch.rsqrt(x.var(dims, unbiased=False, keepdim=True).detach() + module.eps)
-        out = out * module.weight if module.weight is not None else out
-        return out + module.bias if module.bias is not None else out
-    return forward
-
-
 @contextmanager
 def conservative_propagation(loaded: LoadedModel) -> Iterator[None]:
     """Inside: softmax probabilities and each norm's 1/sigma are constants for autograd (same forward values,
@@ -248,15 +223,15 @@ def conservative_propagation(loaded: LoadedModel) -> Iterator[None]:
             for module in loaded.model.modules():
                 name = type(module).__name__
                 if isinstance(module, nn.LayerNorm):
-                    forward = _layer_norm_forward(module)
+                    forward = layer_norm_forward(module)
                 elif "rmsnorm" in name.lower() and (hasattr(module, "variance_epsilon") or hasattr(module, "eps")):
-                    forward = _rms_forward(module)
+                    forward = rms_forward(module)
                 elif "norm" in name.lower() and any(True for _ in module.parameters(recurse=False)):
                     raise PrunescopeError(f"lrp does not know how to detach the normalisation {name}")
                 else:
                     continue
                 with onloaded(module):  # a norm a device map put on disk: its weight in memory for the check
-                    _check_same(module, forward, name)
+                    check_same(module, forward, name)
                 # under a device map, accelerate's hook owns ``forward`` and calls ``_old_forward`` after loading
                 # the weights: replace that one, so the hook keeps working
                 attribute = "_old_forward" if hasattr(module, "_hf_hook") and hasattr(module, "_old_forward") \
@@ -276,15 +251,6 @@ def _require_lrp(loaded: LoadedModel) -> None:
     if loaded.family not in LRP_FAMILIES:
         raise PrunescopeError(f"lrp (conservative propagation) supports {', '.join(LRP_FAMILIES)} models, "
                               f"not {loaded.family}")
-
-
-@torch.no_grad()
-def _check_same(module, forward, name: str) -> None:
-    weight = next(module.parameters())
-    shape = getattr(module, "normalized_shape", None) or tuple(weight.shape)
-    probe = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0)).to(weight.device, weight.dtype)
-    if not torch.allclose(forward(probe).float(), module(probe).float(), rtol=1e-3, atol=1e-3):
-        raise PrunescopeError(f"lrp does not know how to detach the normalisation {name}")
 
 
 # -- gradient-weighted attention -------------------------------------------------------------------------------

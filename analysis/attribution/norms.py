@@ -1,0 +1,46 @@
+"""Normalisations with their scale detached, for conservative propagation (LRP, arXiv 2202.07304): the same
+forward values, but autograd treats each norm's 1/sigma as a constant. Used by
+:func:`analysis.attribution.tokens.conservative_propagation`, which swaps them in and checks each one."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from analysis.errors import PrunescopeError
+
+
+def rms_forward(module):
+    """Llama's ``weight * x / rms`` or Gemma's ``(1 + weight) * x / rms`` (norms with ``eps``), rms detached."""
+    gemma = not hasattr(module, "variance_epsilon")
+    eps = module.eps if gemma else module.variance_epsilon
+
+    def forward(hidden_states):
+        weight = module.weight  # read at call time: an offloaded norm's weight is in memory only then
+        h = hidden_states.to(torch.float32)
+        normed = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True).detach() + eps)
+        if gemma:
+            return (normed * (1.0 + weight.float())).to(hidden_states.dtype)
+        return weight * normed.to(hidden_states.dtype)
+    return forward
+
+
+def layer_norm_forward(module: nn.LayerNorm):
+    dims = tuple(range(-len(module.normalized_shape), 0))
+
+    def forward(x):
+        centred = x - x.mean(dims, keepdim=True)
+        out = centred * torch.rsqrt(x.var(dims, unbiased=False, keepdim=True).detach() + module.eps)
+        out = out * module.weight if module.weight is not None else out
+        return out + module.bias if module.bias is not None else out
+    return forward
+
+
+@torch.no_grad()
+def check_same(module, forward, name: str) -> None:
+    """Refuse a replacement whose output differs from the module's on a probe input (an unknown norm)."""
+    weight = next(module.parameters())
+    shape = getattr(module, "normalized_shape", None) or tuple(weight.shape)
+    probe = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0)).to(weight.device, weight.dtype)
+    if not torch.allclose(forward(probe).float(), module(probe).float(), rtol=1e-3, atol=1e-3):
+        raise PrunescopeError(f"lrp does not know how to detach the normalisation {name}")
