@@ -36,7 +36,6 @@ class Job:
         self.state: JobState = "queued"
         self.result: Any = None
         self.error: BaseException | None = None
-        self.started = self.finished = None
         self._work, self._slots = work, slots
         self._stop = threading.Event()
         self._end = threading.Event()
@@ -73,7 +72,7 @@ class Job:
                     break
             if self._stop.is_set():
                 raise Cancelled("job cancelled before it started")
-            self.state, self.started = "running", time.monotonic()
+            self.state = "running"
             self.result = self._work(self.progress)
             self.state = "done"
         except Cancelled:
@@ -81,7 +80,6 @@ class Job:
         except BaseException as exc:  # noqa: BLE001 - a worker thread has no caller to raise to; kept for the page
             self.error, self.state = exc, "failed"
         finally:
-            self.finished = time.monotonic()
             if acquired:
                 self._slots.release()
             self._end.set()
