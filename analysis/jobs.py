@@ -11,7 +11,6 @@ so a job and a page's foreground work interleave batch by batch instead of runni
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Hashable
 from typing import Any, Literal
 
