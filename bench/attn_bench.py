@@ -13,6 +13,8 @@ noisy estimate of each path's cost). Printed per length: capture
 seconds, both paths' seconds, the ratio of the two paths and the end-to-end ratio with the shared capture
 added to both. The long length runs capture + vectorised path alone in a child
 process whose peak resident memory (model included) is reported.
+The first line describes the machine: CPU model, torch threads, cache size and what subnormal floats cost
+there (the vectorised path avoids them; on Intel cores they cost a microcode assist each).
 Last line: ``ratio_T256=<paths ratio> peak_mem_T512_gb=<y>``.
 """
 
@@ -28,6 +30,7 @@ import time
 
 import torch
 
+from analysis.implicit_attention.block_tree import CACHE_BYTES, last_level_cache_bytes
 from analysis.implicit_attention.common import Reduction
 from analysis.implicit_attention.mamba import capture_mamba, mamba_loop_matrices, mamba_reduced
 
@@ -115,6 +118,25 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def subnormal_penalty(numel: int = 1 << 22, repeats: int = 10) -> float:
+    """How much slower a float32 multiplication runs when 10 % of its results are subnormal (Intel cores:
+    many times, through microcode assists; AMD's: ~1). The vectorised path keeps its factors out of that range
+    (block_tree's FLUSH_BELOW), so its speed should not depend on this; the figure says what it would cost."""
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.rand(numel, generator=generator) + 0.5, torch.rand(numel, generator=generator) + 0.5
+    tiny_a, tiny_b = a.clone(), b.clone()
+    hit = torch.rand(numel, generator=generator) < 0.1
+    tiny_a[hit], tiny_b[hit] = 1e-20, 1e-20  # products ~1e-40: subnormal
+    out = torch.empty(numel)
+    times = [float("inf")] * 2
+    for _ in range(repeats):
+        for k, (x, y) in enumerate(((a, b), (tiny_a, tiny_b))):
+            start = time.perf_counter()
+            torch.mul(x, y, out=out)
+            times[k] = min(times[k], time.perf_counter() - start)
+    return times[1] / times[0]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", default="64,128,256")
@@ -123,7 +145,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per path and length (best is kept)")
     args = parser.parse_args()
     loaded = build(args.layers)
-    print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs; torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs; torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"last-level cache {last_level_cache_bytes() >> 20} MiB (chunks of {CACHE_BYTES >> 20} MiB), "
+          f"subnormal results {subnormal_penalty():.1f}x slower")
     print(f"model: {args.layers} layers, hidden 768, d_inner 1536, state 16")
     warm = capture_mamba(loaded, torch.arange(8))  # first calls pay one-off costs (thread pools, BLAS setup)
     vectorised(warm), loop(warm)

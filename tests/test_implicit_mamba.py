@@ -212,6 +212,41 @@ def test_channel_means_stay_exact_when_decays_underflow(tiny_loaded, model_type)
     assert float((fast - reference).abs().max() / reference.abs().max()) < 1e-6
 
 
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_the_block_tree_never_computes_with_subnormal_floats(tiny_loaded, monkeypatch, model_type):
+    """Running products that fall through fp32's subnormal range cost Intel cores a microcode assist per value
+    (a 5x slower attention map on one VM): every matrix product of the tree, over every level, form and the
+    per-channel path, sees no subnormal operand or result, and the maps still equal the fp64 loop. Without
+    the flushing the same prompt does put subnormals there (so this test can fail)."""
+    loaded = tiny_loaded(model_type)
+    internals = dataclasses.replace(capture_mamba(loaded, _long_ids(loaded), [0])[0])
+    internals.delta = internals.delta * 30  # per-step decays down to ~exp(-30): products reach 2^-126 quickly
+    tiny, real_bmm, seen = torch.finfo(torch.float32).tiny, torch.bmm, []
+
+    def counting_bmm(a, b, out=None):
+        result = real_bmm(a, b, out=out)
+        seen.extend(int(((t != 0) & (t.abs() < tiny)).sum()) for t in (a, b, result))
+        return result
+
+    monkeypatch.setattr(block_tree.torch, "bmm", counting_bmm)
+
+    def subnormals() -> int:
+        seen.clear()
+        for form in FORMS:
+            mamba_reduced(internals, form, Reduction("mean"))
+        if model_type == "mamba":
+            mamba_reduced(internals, "s6", Reduction("absmean"))
+        return sum(seen)
+
+    assert subnormals() == 0 and len(seen) > 0
+    for form in FORMS:
+        reference = mamba_loop_matrices(internals, form, torch.arange(n_channels(internals, form))).mean(0)
+        fast = mamba_reduced(internals, form, Reduction("mean"))
+        assert float((fast - reference).abs().max() / reference.abs().max()) < 1e-6
+    monkeypatch.setattr(block_tree, "FLUSH_BELOW", 0.0)
+    assert subnormals() > 0
+
+
 def test_concurrent_channel_means_use_separate_buffers(tiny_loaded):
     """Two threads at once (the app serves several sessions) get exactly what each gets alone: the reused
     scratch buffers are per thread."""

@@ -14,11 +14,21 @@ s that is a multiple of 2h (the length padded to a power of two with zero-weight
 (exp(0) = 1) is direct. All blocks of a level are one batched matmul.
 
 The factors are never exponentiated per level: with the per-step decays ``exp(Delta_t A)`` (one exponential
-per position, floored at exp(-60) so fp32 stays out of its slow denormal range), the row factors are running
+per position), the row factors are running
 products from the pivot and the column factors running products up to it. Going from level h to 2h multiplies
 a block's rows by the product over the block before it and its columns by the product over the block after it
 (each block's product is the elementwise product of its two halves'). L_i C_i and R_j Delta_j B_j are folded
 into the running products once, at the start, since every update is a multiplication.
+
+No arithmetic here ever sees a subnormal float32 (magnitudes below 2^-126). Running products of decays fall
+through that range, and Intel cores take a microcode assist of ~100+ cycles for every subnormal result or operand
+unless FTZ/DAZ is set (AMD's do not: that made this path 5x slower on one 2-core VM than on another while the fp64
+loop was 1.3x slower). FTZ cannot be relied on (torch.set_flush_denormal sets only the calling thread, not the
+intra-op threads), so every stored factor is kept either 0 or at least 2^-51 in magnitude (:func:`_flush` after
+each multiplication; per-step decays floored at 2^-51): a product of two is then at least 2^-102, and sums and
+differences of such products (the matrix products' accumulation) are 0 or at least their unit in the last place,
+2^-125, normal numbers. What is dropped or floored moves an entry by ~4e-16 times the largest factors, below
+fp32's rounding.
 
 Cost: about T^2 / 2 * d * n multiply-adds in BLAS, T * d * n exponentials and 2 log2(T) elementwise products
 over half the [T, d * n] factors, instead of T^2 * d * n exponentials and a [d, T, T] tensor. Channels go in
@@ -35,20 +45,37 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from analysis.implicit_attention.common import DEFAULT_BUDGET_BYTES
 
-# exp(-60) = 8.7e-27: smaller per-step decays are kept at that value instead of becoming fp32 denormals, which
-# exp2 computes ~2.5x slower; a product containing one is below it either way, so no entry moves by more than
-# 1e-25 (the matrices' entries are O(1e-3..1)).
-MIN_EXPONENT = -60.0
+# Every stored factor is 0 or at least 2^-51 in magnitude, so products of two (>= 2^-102) and their sums stay
+# normal float32 (>= 2^-126); per-step decays below it are floored at it (exp2 also computes subnormal results
+# ~2.5x slower).
+FLOOR_LOG2 = -51
+FLUSH_BELOW = 2.0 ** FLOOR_LOG2
 LOG2E = 1.0 / math.log(2.0)  # exp(x) = exp2(x log2 e); torch's exp2 runs ~4x faster than its exp on CPU
-# Channels per chunk: the chunk's factors should stay in a CPU's last-level cache (Mamba-130m shape, T = 256,
-# 32 MiB L3: 12-16 MiB chunks were fastest, 8 MiB 1.1x, 64 MiB 1.2x and one 75 MB chunk 1.4x slower).
-CACHE_BYTES = 16 << 20
+
+
+def last_level_cache_bytes(default: int = 32 << 20) -> int:
+    """The size of CPU 0's largest cache as Linux reports it (``default`` elsewhere)."""
+    sizes = []
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            text = (index / "size").read_text().strip().upper()
+            sizes.append(int(text[:-1]) << {"K": 10, "M": 20}[text[-1]] if text[-1] in "KM" else int(text))
+        except (OSError, ValueError):
+            continue
+    return max(sizes, default=default)
+
+
+# Channels per chunk: the chunk's factors should stay in the CPU's last-level cache (Mamba-130m shape, T = 256,
+# 32 MiB L3: 12-16 MiB chunks were fastest, 8 MiB 1.1x, 64 MiB 1.2x and one 75 MB chunk 1.4x slower): half of
+# it, between 4 and 32 MiB.
+CACHE_BYTES = min(max(last_level_cache_bytes() // 2, 4 << 20), 32 << 20)
 
 
 @dataclass
@@ -92,6 +119,16 @@ def _pick(t: torch.Tensor, dim: int, idx: torch.Tensor) -> torch.Tensor:
     if len(idx) == t.shape[dim] and bool((idx == torch.arange(len(idx), device=idx.device)).all()):
         return t
     return t.index_select(dim, idx)
+
+
+def _flush(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in place with entries smaller than FLUSH_BELOW in magnitude set to 0 (one pass, views too)."""
+    return torch.hardshrink(t, FLUSH_BELOW, out=t) if FLUSH_BELOW > 0 else t
+
+
+def _flushed(t: torch.Tensor | None) -> torch.Tensor | None:
+    """A flushed copy of a small input factor (the internals themselves are left as they are)."""
+    return None if t is None else _flush(t.float().clone())
 
 
 def _mamba_terms(inn, idx: torch.Tensor, form: str) -> Terms:
@@ -211,15 +248,15 @@ class _Tree:
             tiles += product_tiles.abs_().sum(0, keepdim=True) if self.absolute else product_tiles
             if extend:
                 later_rest, before, earlier_rest, after, first, second, totals = extend
-                later_rest.mul_(before)
-                earlier_rest.mul_(after)
-                torch.mul(first, second, out=totals)
+                _flush(later_rest.mul_(before))
+                _flush(earlier_rest.mul_(after))
+                _flush(torch.mul(first, second, out=totals))
 
 
 def _decays(rate: torch.Tensor, a: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """exp(rate * a) (broadcast) into ``out``, floored at exp(MIN_EXPONENT), through exp2."""
+    """exp(rate * a) (broadcast) into ``out``, floored at FLUSH_BELOW, through exp2."""
     torch.mul(rate, a * LOG2E, out=out)
-    return out.clamp_(min=MIN_EXPONENT * LOG2E).exp2_()
+    return out.clamp_(min=FLOOR_LOG2 if FLUSH_BELOW > 0 else -126).exp2_()
 
 
 def _accumulate_mean(tree: _Tree, terms: Terms) -> None:
@@ -232,11 +269,11 @@ def _accumulate_mean(tree: _Tree, terms: Terms) -> None:
     cols = tree.cols.view(size, -1, channels, states)
     totals[length:], rows[length:], cols[length:] = 1.0, 0.0, 0.0  # zero-weight padding
     _decays(terms.rate[..., None], a, totals[:length])
-    torch.mul(totals[:length], c, out=rows[:length])
+    _flush(torch.mul(totals[:length], _flushed(c), out=rows[:length]))
     if left is not None:
-        rows[:length].mul_(left[..., None])
-    weight_right = weight[:, None] if rights is None else (rights * weight).transpose(0, 1)  # [T, K, c]
-    torch.mul(weight_right[..., None], b[:, None], out=cols[:length])
+        _flush(rows[:length].mul_(_flushed(left)[..., None]))
+    weight_right = _flushed(weight[:, None] if rights is None else (rights * weight).transpose(0, 1))  # [T, K, c]
+    _flush(torch.mul(weight_right[..., None], _flushed(b)[:, None], out=cols[:length]))
     tree.run()
 
 
@@ -254,8 +291,8 @@ def _fill_per_channel(tree: _Tree, inn, heads: torch.Tensor) -> None:
     b, c = inn.B.float(), inn.C.float()  # [T, n]
     tree.totals[:, length:], tree.rows[:, length:], tree.cols[:, length:] = 1.0, 0.0, 0.0
     _decays(delta[..., None], a[:, None, :], tree.totals[:, :length])
-    torch.mul(tree.totals[:, :length], c, out=tree.rows[:, :length])
-    torch.mul(delta[..., None], b, out=tree.cols[:, :length, 0])
+    _flush(torch.mul(tree.totals[:, :length], _flushed(c), out=tree.rows[:, :length]))
+    _flush(torch.mul(_flushed(delta)[..., None], _flushed(b), out=tree.cols[:, :length, 0]))
 
 
 @torch.no_grad()
