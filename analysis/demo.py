@@ -49,22 +49,24 @@ def pruning_tasks() -> dict:
 
 
 def precompute_demo(loaded: LoadedModel, out: str | Path = PRECOMPUTED_DIR, sweep: bool = True,
-                    progress: Callable[[str], None] | None = None) -> ResultsCache:
+                    progress: Callable[[str], None] | None = None, pool=None) -> ResultsCache:
     """Compute what the app's pages request on their defaults and store it in a cache rooted at ``out``, plus
-    the default copying mask as a JSON file there."""
+    the default copying mask as a JSON file there. ``pool`` (analysis.distributed.ModelPool): the IG, the
+    evaluations and the k-sweep run as shards on Ray's actors (task vectors stay here)."""
     cache = ResultsCache(out, fallbacks=())
     say = progress or (lambda _: None)
     say("copying scores")
-    scores = copying_scores(loaded, **SCORING, cache=cache).scores
+    scores = copying_scores(loaded, **SCORING, cache=cache, pool=pool).scores
     mask = select_top_k(scores, SETTINGS["k"], model=loaded.name, scoring=SCORING)
     mask.save(Path(out) / mask_file_name(loaded.name))  # also loadable as a file on the pruning page
     tasks = [pruning_tasks()[name] for name in PRUNE_TASKS]
     say("pruning table")
     prune_eval(loaded, mask, tasks, shots=[SETTINGS["shots"]], n=SETTINGS["n"], random_controls=PRUNE_CONTROLS,
-               seed=SETTINGS["seed"], cache=cache)
+               seed=SETTINGS["seed"], cache=cache, pool=pool)
     say("attribution")
     attribute_task(loaded, builtin_tasks()[SETTINGS["task"]], ATTRIBUTION["target"], ATTRIBUTION["n"],
-                   SETTINGS["shots"], SETTINGS["seed"], ATTRIBUTION["steps"], ATTRIBUTION["quadrature"], cache=cache)
+                   SETTINGS["shots"], SETTINGS["seed"], ATTRIBUTION["steps"], ATTRIBUTION["quadrature"], cache=cache,
+                   pool=pool)
     say("task vectors")
     for condition in (None, mask):  # the page's two curves; the Compare page's defaults (antonyms without and
         # with the mask, 4-shot, 40 prompts) are cells of the pruning table above
@@ -72,5 +74,5 @@ def precompute_demo(loaded: LoadedModel, out: str | Path = PRECOMPUTED_DIR, swee
                      TASK_VECTORS["dummies"], seed=SETTINGS["seed"], mask=condition, cache=cache)
     if sweep:
         say("k-sweep")
-        k_sweep(loaded, scores, K_GRID, cache=cache)
+        k_sweep(loaded, scores, K_GRID, cache=cache, pool=pool)
     return cache

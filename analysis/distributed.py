@@ -88,6 +88,11 @@ class _Worker:
         mask = NeuronMask.from_pairs(pairs) if pairs is not None else None
         return evaluate_task(self.loaded, task, shots, n, seed=seed, mask=mask)
 
+    def faithfulness(self, task, methods, n: int, shots: int, seed: int, indices, options: dict):
+        from analysis.evaluation.faithfulness import prompt_curves
+
+        return prompt_curves(self.loaded, task, methods, n, shots, seed, indices, **options)
+
     def neuron_ig(self, inputs, steps: int, quadrature: str):
         from analysis.attribution.neuron_ig import neuron_ig
 
@@ -155,6 +160,21 @@ def neuron_ig_sharded(pool: ModelPool, inputs: Sequence, steps: int, quadrature:
     shards = [(list(inputs[i:i + shard_size]), steps, quadrature) for i in range(0, len(inputs), shard_size)]
     parts = pool.map("neuron_ig", shards, progress)
     return torch.cat([p for p, _ in parts]), torch.cat([f for _, f in parts])
+
+
+def faithfulness_sharded(pool: ModelPool, task, methods: Sequence[str], n: int, shots: int, seed: int, count: int,
+                         options: dict, progress: Callable[[int, int], None] | None = None) -> list:
+    """Per-prompt (target, curves) of the faithfulness test for its ``count`` prompts, one prompt per shard."""
+    done = [0]
+
+    def each(_: int) -> None:
+        done[0] += 1
+        if progress:
+            progress(done[0], count)
+
+    parts = pool.map("faithfulness", [(task, list(methods), n, shots, seed, [k], options) for k in range(count)],
+                     each)
+    return [prompt for part in parts for prompt in part]
 
 
 _pools: dict[tuple, ModelPool] = {}

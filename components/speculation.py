@@ -1,22 +1,31 @@
-"""The speculative Prune toggle: as soon as a mask is chosen, its pruned run and random controls are computed on
-a worker thread (analysis/jobs.py), so switching Prune on shows numbers read from the cache.
+"""Long jobs off the script run (analysis/jobs.py): the speculative Prune toggle, and every page's job button.
+
+The speculative Prune toggle: as soon as a mask is chosen, its pruned run and random controls are computed on
+a worker thread, so switching Prune on shows numbers read from the cache.
 
 One job per session (a new mask or new settings cancel the old job) and one running job per process (the rest
 queue), so the visitors of a hosted demo do not split its CPU between many speculative runs. The job goes
 through the same ``prune_eval`` and ResultsCache as the page, so what it finishes is kept even if the visitor
 has left. Switching Prune on while the job runs shows the job's own progress instead of starting the work again.
+
+A job button (copying scores, attribution, k-sweep, task vectors: :func:`follow`) starts the same kind of job,
+one per page and session: the script run only polls it, so leaving the page or closing the tab does not stop or
+lose it (its result lands in the on-disk cache), coming back shows its progress, and with $PRUNESCOPE_RAY set
+its shards run on that cluster.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
 import streamlit as st
 
 from analysis.jobs import Job, Progress
-from components.widgets import CANCELLED_KEY
+from analysis.models import LoadedModel
+from components.widgets import CANCELLED_KEY, measured_speed
 
 JOB_KEY = "speculative_job"
 SLOTS = threading.BoundedSemaphore(1)  # process-wide: one speculative run at a time
@@ -107,3 +116,30 @@ def status_line(job: Job | None, ready_text: str, label: str) -> None:
         draw()
 
     poll()
+
+
+def follow(slot: str, key: Hashable, label: str, work: Callable[[Progress], Any], start: bool, unit: str = "prompts",
+           speed: tuple[LoadedModel, str, int] | None = None) -> Any:
+    """A job the user asked for: started on a worker thread when ``start`` (a click) and none runs for ``key``
+    in this ``slot`` (one per page and session; a job for other settings there is cancelled), then followed
+    with its progress bar and Cancel on every script run while it lasts, including runs after the visitor left
+    the page and came back. Returns its result once done, None while nothing for ``key`` ran or after a Cancel;
+    a failure is raised (for ``guarded``). ``speed`` = (model, kind, units): a run that computed records its
+    speed for the cost notes."""
+    job: Job | None = st.session_state.get(slot)
+    if start and not (job is not None and job.key == key and job.running):
+        if job is not None:
+            job.cancel()
+
+        def timed(progress: Progress) -> Any:
+            started = time.monotonic()
+            result = work(progress)
+            if speed is not None and time.monotonic() - started > 1.0:  # computed, not read from the cache
+                measured_speed(speed[0], speed[2], time.monotonic() - started, speed[1])
+            return result
+
+        job = Job(key, timed, name=f"prunescope-{slot}").start()
+        st.session_state[slot] = job
+    if job is None or job.key != key:
+        return None
+    return wait_for(job, label, unit)

@@ -67,6 +67,44 @@ def test_distributed_ig_and_k_sweep_equal_the_serial_run(pool, tiny_loaded):
                                   k_sweep(loaded, scores, **kwargs).table)
 
 
+def test_distributed_faithfulness_equals_the_serial_run(pool, tiny_loaded):
+    """One prompt per shard; the table, the mean curves and the targets equal the serial run's."""
+    from analysis.evaluation.faithfulness import faithfulness
+
+    loaded = tiny_loaded("llama")
+    task = builtin_tasks()["antonyms"]
+    reports = []
+    serial = faithfulness(loaded, task, ["raw", "gxi"], 4, steps=4)
+    spread = faithfulness(loaded, task, ["raw", "gxi"], 4, steps=4, pool=pool,
+                          progress=lambda done, total: reports.append((done, total)))
+    pd.testing.assert_frame_equal(spread, serial)
+    assert spread.attrs["targets"] == serial.attrs["targets"] and reports[-1] == (4, 4)
+    for key, curve in serial.attrs["curves"].items():
+        assert (spread.attrs["curves"][key] == curve).all()
+
+
+def test_precompute_demo_on_ray_fills_the_cache_a_serial_run_reads(pool, tiny_loaded, tiny_dirs, tmp_path,
+                                                                   monkeypatch):
+    """The hosted demo's results computed on the actors are the entries the app reads: a serial run afterwards
+    finds every one of them (nothing is computed again)."""
+    from analysis import demo
+
+    loaded = tiny_loaded("llama")
+    small = {"n": 4, "shots": 2, "steps": 2, "target": "copy", "prompts": "all"}
+    monkeypatch.setattr(demo, "SCORING", small)
+    monkeypatch.setattr(demo, "SETTINGS", {**demo.SETTINGS, "n": 4, "k": 6})
+    monkeypatch.setattr(demo, "ATTRIBUTION", {**demo.ATTRIBUTION, "n": 3, "steps": 2})
+    monkeypatch.setattr(demo, "TASK_VECTORS", {**demo.TASK_VECTORS, "n": 4})
+    demo.precompute_demo(loaded, tmp_path, sweep=False, pool=pool)
+    entries = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
+    monkeypatch.setattr("analysis.evaluation.icl.generate_answers",
+                        lambda *a, **k: pytest.fail("the serial run recomputed an evaluation"))
+    monkeypatch.setattr("analysis.attribution.runs.neuron_ig",
+                        lambda *a, **k: pytest.fail("the serial run recomputed IG"))
+    demo.precompute_demo(loaded, tmp_path, sweep=False)
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == entries
+
+
 def test_an_actor_killed_mid_sweep_is_replaced_and_the_result_is_unchanged(pool, tiny_loaded):
     import ray
 

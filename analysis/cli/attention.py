@@ -6,7 +6,7 @@ import argparse
 
 import numpy as np
 
-from analysis.cli.common import add_model_args, bounded, tqdm_progress
+from analysis.cli.common import add_model_args, add_ray_arg, bounded, ray_pool, tqdm_progress
 from analysis.errors import PrunescopeError
 
 
@@ -38,6 +38,7 @@ def register(commands) -> None:
     fa.add_argument("--seed", type=bounded("seed"), default=0)
     add_model_args(fa)
     fa.add_argument("--json", action="store_true")
+    add_ray_arg(fa)
     fa.set_defaults(run=cmd_faithfulness)
 
     tt = commands.add_parser("train-toy", help="train a small offline checkpoint (mamba, rwkv, ...)")
@@ -136,11 +137,13 @@ def cmd_faithfulness(args: argparse.Namespace) -> int:
     task = get_task(args.task, min_pairs=args.shots + 1)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     loaded = load(args)
-    bar = tqdm_progress(f"faithfulness on {task.name}")
-    try:
-        table = faithfulness(loaded, task, methods, args.n, shots=args.shots, seed=args.seed, progress=bar)
-    finally:
-        bar.close()
+    with ray_pool(args) as pool:  # connected before the bar starts: a bad address is one clean line
+        bar = tqdm_progress(f"faithfulness on {task.name}")
+        try:
+            table = faithfulness(loaded, task, methods, args.n, shots=args.shots, seed=args.seed, progress=bar,
+                                 pool=pool)
+        finally:
+            bar.close()
     if args.json:
         rows = table.drop(columns=[c for c in table.columns if c == "note"]).to_dict("records")
         print(json.dumps({"model": loaded.name, "task": task.name, "n": args.n, "rows": rows}))

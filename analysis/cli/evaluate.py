@@ -6,7 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from analysis.cli.common import add_model_args, bounded, load, positive_int, results_cache, tqdm_progress
+from analysis.cli.common import (add_model_args, add_ray_arg, bounded, load, positive_int, ray_pool, results_cache,
+                                 tqdm_progress)
 
 
 def register(commands) -> None:
@@ -26,6 +27,7 @@ def register(commands) -> None:
     pd_.add_argument("--out", default=None, help="cache folder to fill (default: assets/precomputed)")
     pd_.add_argument("--no-sweep", action="store_true", help="skip the k-sweep (the slowest part)")
     add_model_args(pd_)
+    add_ray_arg(pd_)
     pd_.set_defaults(run=cmd_precompute_demo)
 
 
@@ -81,7 +83,10 @@ def cmd_precompute_demo(args: argparse.Namespace) -> int:
     from analysis.paths import PRECOMPUTED_DIR
 
     out = args.out or PRECOMPUTED_DIR
-    precompute_demo(load(args), out, sweep=not args.no_sweep, progress=lambda step: print(f"computing {step}…"))
+    loaded = load(args)
+    with ray_pool(args) as pool:
+        precompute_demo(loaded, out, sweep=not args.no_sweep, progress=lambda step: print(f"computing {step}…"),
+                        pool=pool)
     files = list(Path(out).rglob(f"*{SUFFIX}"))
     print(f"wrote {len(files)} cache entries ({sum(f.stat().st_size for f in files) / 2**20:.1f} MiB) to {out}")
     return 0

@@ -107,16 +107,8 @@ def relevance_order(scores: torch.Tensor) -> list[int]:
     return [int(i) for i in torch.sort(-values, stable=True).indices]
 
 
-def faithfulness(loaded: LoadedModel, task, methods: Sequence[str], n: int, shots: int = 2, seed: int = 0,
-                 progress: Progress | None = None, *, fractions: Sequence[float] = DEFAULT_FRACTIONS,
-                 replacement: "str | int" = "pad", steps: int = 32) -> pd.DataFrame:
-    """Perturbation AUCs of ``methods`` (+ ``random``) over ``n`` prompts of ``task``.
-
-    One row per (method, order) with columns ``COLUMNS``; ``method`` order as given, ``random`` last.
-    A method the model's family does not support (``lrp`` outside transformers) is not run: its rows have NaN
-    AUCs, n = 0 and a ``note``; unknown method names raise. ``df.attrs`` holds ``fractions``, the mean curves
-    (``curves[(method, order)]``) and the per-prompt ``targets``.
-    """
+def _plan(loaded: LoadedModel, methods: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """The methods to run (each once, ``random`` last) and a note for each the model's family cannot run."""
     methods = list(dict.fromkeys(methods))
     unknown = [m for m in methods if m not in METHODS and m != "random"]
     if unknown:
@@ -124,34 +116,70 @@ def faithfulness(loaded: LoadedModel, task, methods: Sequence[str], n: int, shot
     methods = [m for m in methods if m != "random"] + ["random"]
     notes = {m: f"{m} needs a {' or '.join(LRP_FAMILIES)} model, not {loaded.family}"
              for m in methods if m == "lrp" and loaded.family not in LRP_FAMILIES}
-    fractions = _check_fractions(fractions)
-    token = replacement_id(loaded, replacement)
+    return methods, notes
+
+
+def prompt_curves(loaded: LoadedModel, task, methods: Sequence[str], n: int, shots: int, seed: int,
+                  indices: Sequence[int], fractions: Sequence[float] = DEFAULT_FRACTIONS,
+                  replacement: "str | int" = "pad", steps: int = 32) -> list[tuple[int, dict]]:
+    """For prompts ``indices`` of the ``n`` that :func:`faithfulness` samples: (target id, curve per (method,
+    order)). A shard of the work: each prompt's curves depend on nothing but the prompt and its index."""
+    methods, notes = _plan(loaded, methods)
+    fractions, token = _check_fractions(fractions), replacement_id(loaded, replacement)
     prompts = task.sample_prompts(shots, n, seed)
-    aucs: dict[tuple[str, str], list[float]] = {(m, o): [] for m in methods for o in ORDERS}
-    curves: dict[tuple[str, str], list[np.ndarray]] = {key: [] for key in aucs}
-    targets = []
-    for k, prompt in enumerate(prompts):
-        ids = prompt_ids(loaded, prompt.text)
+    out = []
+    for k in indices:
+        ids = prompt_ids(loaded, prompts[k].text)
+        curves = {}
         with loaded.lock:
             target = top_prediction(loaded, torch.tensor([ids], device=loaded.device))
-            targets.append(target)
             for method in methods:
                 if method in notes:
                     continue
                 if method == "random":
                     first = [int(i) for i in np.random.default_rng([seed, k]).permutation(len(ids) - 1)]
                 else:
-                    relevance = token_relevance(loaded, prompt.text, method, target_id=target, steps=steps)
+                    relevance = token_relevance(loaded, prompts[k].text, method, target_id=target, steps=steps)
                     first = relevance_order(relevance.scores)
                 for order, positions in zip(ORDERS, (first, first[::-1])):
-                    curve = _curve(loaded, ids, positions, target, fractions, token)
-                    curves[(method, order)].append(curve)
-                    aucs[(method, order)].append(auc(curve, fractions))
-        if progress:
-            progress(k + 1, len(prompts))
+                    curves[(method, order)] = _curve(loaded, ids, positions, target, fractions, token)
+        out.append((target, curves))
+    return out
+
+
+def faithfulness(loaded: LoadedModel, task, methods: Sequence[str], n: int, shots: int = 2, seed: int = 0,
+                 progress: Progress | None = None, *, fractions: Sequence[float] = DEFAULT_FRACTIONS,
+                 replacement: "str | int" = "pad", steps: int = 32, pool=None) -> pd.DataFrame:
+    """Perturbation AUCs of ``methods`` (+ ``random``) over ``n`` prompts of ``task``.
+
+    One row per (method, order) with columns ``COLUMNS``; ``method`` order as given, ``random`` last.
+    A method the model's family does not support (``lrp`` outside transformers) is not run: its rows have NaN
+    AUCs, n = 0 and a ``note``; unknown method names raise. ``df.attrs`` holds ``fractions``, the mean curves
+    (``curves[(method, order)]``) and the per-prompt ``targets``. ``pool`` (analysis.distributed.ModelPool):
+    prompts run as shards on Ray's actors, with the same result.
+    """
+    methods, notes = _plan(loaded, methods)
+    fractions = _check_fractions(fractions)
+    count = len(task.sample_prompts(shots, n, seed))
+    options = {"fractions": tuple(fractions.tolist()), "replacement": replacement, "steps": steps}
+    if pool is not None:
+        from analysis.distributed import faithfulness_sharded
+
+        per_prompt = faithfulness_sharded(pool, task, methods, n, shots, seed, count, options, progress)
+    else:
+        per_prompt = []
+        for k in range(count):
+            per_prompt += prompt_curves(loaded, task, methods, n, shots, seed, [k], **options)
+            if progress:
+                progress(k + 1, count)
+    targets = [target for target, _ in per_prompt]
+    curves: dict[tuple[str, str], list[np.ndarray]] = {(m, o): [] for m in methods for o in ORDERS}
+    for _, prompt in per_prompt:
+        for key, curve in prompt.items():
+            curves[key].append(curve)
     rows = []
-    for method, order in aucs:
-        values = np.asarray(aucs[(method, order)])
+    for (method, order), kept in curves.items():
+        values = np.asarray([auc(curve, fractions) for curve in kept])
         rows.append({"method": method, "order": order,
                      "auc_mean": float(values.mean()) if len(values) else float("nan"),
                      "auc_std": float(values.std()) if len(values) else float("nan"),

@@ -7,16 +7,17 @@ import streamlit as st
 from analysis.attribution.tokens import LRP_FAMILIES, METHODS, token_relevance
 from analysis.bounds import BOUNDS, TEXT_LIMITS
 from analysis.device import dtype_name
+from analysis.distributed import env_pool
 from analysis.evaluation.faithfulness import faithfulness
 from analysis.implicit_attention import FORMS, attention_maps
 from analysis.models import model_choices, model_label
 from analysis.tasks import builtin_tasks
-from components import present, state
+from components import present, speculation, state
 from components.charts import attention_heatmap, visible_token
 from components.charts_pruning import relevance_chart
 from components.export import chart, report_button, table
 from components.layout import wrapping_columns
-from components.widgets import cached_model, guarded, memo, require_model, run_progress
+from components.widgets import cached_model, guarded, memo, require_model
 
 NO_COMPARISON = "none"
 MAX_TEXT = 20_000  # characters a link may carry into the text box (the model's own length check comes later)
@@ -133,10 +134,12 @@ with present.controls("Faithfulness settings"):
     faith_n = c_n.number_input("Prompts", BOUNDS["faith_n"].low, BOUNDS["faith_n"].high, 10, key="faith_n")
     run = c_run.button("Run faithfulness", key="faith_run", disabled=not chosen)
 faith_key = (loaded.fingerprint(), task_name, int(faith_n), tuple(chosen))
-if run:
-    with guarded("faithfulness test"), run_progress("Faithfulness", "prompts") as progress:
-        st.session_state["faith_table"] = (faith_key, faithfulness(
-            loaded, builtin_tasks()[task_name], chosen, int(faith_n), shots=2, progress=progress))
+with guarded("faithfulness test"):  # a click starts a job; while it runs every rerun follows it
+    faith = speculation.follow("job_faithfulness", faith_key, "Faithfulness", lambda progress: faithfulness(
+        loaded, builtin_tasks()[task_name], chosen, int(faith_n), shots=2, progress=progress,
+        pool=env_pool(loaded.name)), start=run)
+    if faith is not None:
+        st.session_state["faith_table"] = (faith_key, faith)
 shown = st.session_state.get("faith_table")
 if shown and shown[0] != faith_key:  # another model, task, prompt count or method list: not this table
     st.info(f"The last faithfulness test was for other settings ({shown[0][1]}, {shown[0][2]} prompts, "

@@ -7,12 +7,13 @@ from analysis.attribution.summary import top_neurons
 from analysis.bounds import BOUNDS
 from analysis.cache import ResultsCache, task_fingerprint
 from analysis.demo import ATTRIBUTION
+from analysis.distributed import env_pool
 from analysis.device import dtype_name
-from components import present, state
+from components import present, speculation, state
 from components.charts import HEATMAP_SCALES, layer_totals_bar, neuron_heatmap, visible_token
 from components.export import chart, report_button, table
 from components.layout import wrapping_columns
-from components.widgets import cost_note, guarded, memo, require_model, run_progress, task_picker
+from components.widgets import cost_note, guarded, memo, require_model, task_picker
 
 st.header("Neuron attribution")
 present.toolbar()
@@ -50,11 +51,13 @@ if task is not None:
 
     with guarded("attribution"):  # a cached result (on disk or shipped) is shown at once, read once per session
         shown = memo(key, lambda: with_top(attribute_task(*args, cache=ResultsCache(), compute_missing=False)))
-        if shown is None and clicked:
-            with run_progress(f"IG {target} on {task.name}", "prompts",
-                              speed=(loaded, "ig", int(n) * int(steps))) as progress:
-                result = attribute_task(*args, cache=ResultsCache(), progress=progress)
-            shown = memo(key, lambda: with_top(result))
+        if shown is None:  # a click starts a job; while it runs every rerun follows it
+            result = speculation.follow("job_attribution", key, f"IG {target} on {task.name}", lambda progress:
+                                        attribute_task(*args, cache=ResultsCache(), progress=progress,
+                                                       pool=env_pool(loaded.name)),
+                                        start=clicked, speed=(loaded, "ig", int(n) * int(steps)))
+            if result is not None:
+                shown = memo(key, lambda: with_top(result))
         if shown is not None:
             st.session_state["ig_result"] = shown
 

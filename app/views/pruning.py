@@ -76,10 +76,12 @@ params = scoring_settings()
 scored = None
 with guarded("copying scores"):
     scored = stored_copying_scores(loaded, **params)  # cached (or shipped) results show at once
-    if scored is None and compute:
-        with run_progress("IG of the copy target", "prompts",
-                          speed=(loaded, "ig", params["n"] * params["steps"])) as progress:
-            scored = copying_scores(loaded, **params, cache=cache, progress=progress)
+    if scored is None:  # a click starts a job; while it runs every rerun follows it (components/speculation.py)
+        scored = speculation.follow(
+            "job_copying_scores", ("copying-scores", loaded.fingerprint(), *sorted(params.items())),
+            "IG of the copy target", lambda progress: copying_scores(
+                loaded, **params, cache=cache, progress=progress, pool=env_pool(loaded.name)),
+            start=compute, speed=(loaded, "ig", params["n"] * params["steps"]))
 if scored is None:
     st.info("No copying scores for these settings yet: compute them (progress is shown; the result is cached on "
             "disk), or load a saved mask below.")
@@ -251,10 +253,13 @@ if scores is not None:
                    "held-out copying split and three ICL dev tasks (2-shot, 80 prompts each, paired). A k is chosen "
                    "only when its accuracy gain is above zero beyond noise and copy errors do not rise.")
         sweep_key = (loaded.fingerprint(), tuple(sorted(params.items())), per_layer, layers)
-        if st.button("Run k-sweep", key="sweep_run"):
-            with guarded("k-sweep"), run_progress("k-sweep", "prompts") as progress:
-                st.session_state["sweep"] = (sweep_key, k_sweep(loaded, scores, K_GRID, per_layer=per_layer,
-                                                                layers=layers, cache=cache, progress=progress))
+        sweep_clicked = st.button("Run k-sweep", key="sweep_run")
+        with guarded("k-sweep"):
+            swept = speculation.follow("job_k_sweep", sweep_key, "k-sweep", lambda progress: k_sweep(
+                loaded, scores, K_GRID, per_layer=per_layer, layers=layers, cache=cache, progress=progress,
+                pool=env_pool(loaded.name)), start=sweep_clicked)
+            if swept is not None:
+                st.session_state["sweep"] = (sweep_key, swept)
         sweep = None
         if "sweep" in st.session_state:
             shown_key, sweep = st.session_state["sweep"]

@@ -11,12 +11,12 @@ from analysis.bounds import BOUNDS
 from analysis.cache import ResultsCache, task_fingerprint
 from analysis.demo import TASK_VECTORS
 from analysis.evaluation.task_vectors import task_vector_work, task_vectors
-from components import present, state
+from components import present, speculation, state
 from components.charts_pruning import task_vector_chart
 from components.export import chart, report_button, table
 from components.layout import wrapping_columns
 from components.masking import active_mask
-from components.widgets import cost_note, guarded, memo, require_model, run_progress, task_picker
+from components.widgets import cost_note, guarded, memo, require_model, task_picker
 
 FORMATS = {"the task's own": None, "Input: / Output: lines": "Input: {x}\nOutput: {y}\n"}
 
@@ -70,13 +70,19 @@ if task is not None:
 
     with guarded("task vectors"):  # stored results (on disk or shipped) show at once, read once per session
         stored = memo(key, stored_results)
-        if stored is None and clicked:
-            results = {}
-            for name, condition_mask in conditions.items():  # clearly labelled stages, one bar each
-                work = task_vector_work(loaded, int(n), int(dummies))
-                with run_progress(f"Task vectors, {name}", "prompts", speed=(loaded, "eval", work)) as progress:
-                    results[name] = run(name, condition_mask, True, progress)
-            stored = memo(key, lambda: results)
+        if stored is None:  # a click starts a job (the conditions one after the other, one bar); reruns follow it
+
+            def run_all(progress) -> dict:
+                stages = len(conditions)
+                return {name: run(name, condition_mask, True,
+                                  lambda done, total, i=i: progress(i * total + done, stages * total))
+                        for i, (name, condition_mask) in enumerate(conditions.items())}
+
+            work = len(conditions) * task_vector_work(loaded, int(n), int(dummies))
+            results = speculation.follow("job_task_vectors", key, f"Task vectors, {' and '.join(conditions)}",
+                                         run_all, start=clicked, speed=(loaded, "eval", work))
+            if results is not None:
+                stored = memo(key, lambda: results)
         if stored is not None:
             st.session_state["tv_results"] = (key, stored, label)
 
