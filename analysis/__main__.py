@@ -1,4 +1,4 @@
-"""``python -m analysis``: the prunescope command line (see analysis/cli.py)."""
+"""``python -m analysis``: the prunescope command line (see analysis/cli/)."""
 
 import sys
 

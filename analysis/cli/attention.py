@@ -6,7 +6,7 @@ import argparse
 
 import numpy as np
 
-from analysis.cli.common import add_model_args, add_ray_arg, bounded, ray_pool, tqdm_progress
+from analysis.cli.common import add_model_args, add_ray_arg, bounded, ray_pool, progress_bar
 from analysis.errors import PrunescopeError
 
 
@@ -138,12 +138,9 @@ def cmd_faithfulness(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     loaded = load(args)
     with ray_pool(args) as pool:  # connected before the bar starts: a bad address is one clean line
-        bar = tqdm_progress(f"faithfulness on {task.name}")
-        try:
+        with progress_bar(f"faithfulness on {task.name}") as bar:
             table = faithfulness(loaded, task, methods, args.n, shots=args.shots, seed=args.seed, progress=bar,
                                  pool=pool)
-        finally:
-            bar.close()
     if args.json:
         rows = table.drop(columns=[c for c in table.columns if c == "note"]).to_dict("records")
         print(json.dumps({"model": loaded.name, "task": task.name, "n": args.n, "rows": rows}))
@@ -159,13 +156,10 @@ def cmd_train_toy(args: argparse.Namespace) -> int:
     from analysis.models.toy import DEFAULT_MAX_STEPS, train_toy
 
     out = args.out or str(TOY_DIR / f"toy-{args.arch}")
-    bar = tqdm_progress(f"train toy-{args.arch}", unit="step")
-    try:
+    with progress_bar(f"train toy-{args.arch}", unit="step") as bar:
         budgets = {k: v for k, v in (("minutes", args.minutes), ("max_steps", args.max_steps)) if v is not None}
         total = args.max_steps or DEFAULT_MAX_STEPS
         report = train_toy(args.arch, out, seed=args.seed, progress=lambda step, loss: bar(step, total), **budgets)
-    finally:
-        bar.close()
     print(f"wrote {out}: {report.parameters / 1e6:.2f} M parameters, {report.steps} steps in "
           f"{report.seconds / 60:.1f} min, loss {report.final_loss:.3f}, held-out recall {report.recall_accuracy:.3f}")
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from analysis.bounds import BOUNDS
@@ -125,8 +125,10 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def tqdm_progress(desc: str, unit: str = "prompt"):
-    """A progress callback ``(done, total)`` drawing a tqdm bar on stderr; call ``.close()`` when done."""
+@contextmanager
+def progress_bar(desc: str, unit: str = "prompt") -> Iterator[Callable[[int, int], None]]:
+    """A progress callback ``(done, total)`` drawing a tqdm bar on stderr, closed when the block exits (also
+    when the work fails, so the error line is not glued to a half-drawn bar)."""
     from tqdm import tqdm
 
     bar = tqdm(desc=desc, unit=unit, file=sys.stderr, leave=False)
@@ -135,8 +137,10 @@ def tqdm_progress(desc: str, unit: str = "prompt"):
         bar.total = total
         bar.update(done - bar.n)
 
-    update.close = bar.close
-    return update
+    try:
+        yield update
+    finally:
+        bar.close()
 
 
 def add_ray_arg(parser: argparse.ArgumentParser) -> None:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from analysis.cli.common import (add_model_args, add_ray_arg, bounded, load, positive_int, ray_pool, results_cache,
-                                 tqdm_progress)
+                                 progress_bar)
 
 
 def register(commands) -> None:
@@ -40,12 +40,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     task = get_task(args.task, min_pairs=args.shots + 1)
     mask = NeuronMask.load(args.mask) if args.mask else None
     loaded = load(args)
-    progress = tqdm_progress(f"{task.name} {args.shots}-shot")
-    try:
+    with progress_bar(f"{task.name} {args.shots}-shot") as progress:
         result = evaluate_task(loaded, task, args.shots, args.n, seed=args.seed, mask=mask,
                                batch_size=args.batch_size, progress=progress, cache=results_cache(args))
-    finally:
-        progress.close()
     summary = result.summary()
     if args.json:
         print(json.dumps(summary))

@@ -10,7 +10,7 @@ import numpy as np
 
 from analysis.bounds import check
 from analysis.cli.common import (add_model_args, add_ray_arg, bounded, load, ray_pool, results_cache, shots_list,
-                                 tqdm_progress)
+                                 progress_bar)
 from analysis.errors import PrunescopeError
 
 
@@ -81,12 +81,9 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     task = get_task(args.task, min_pairs=args.shots + 1)
     loaded = load(args)
     with ray_pool(args) as pool:
-        progress = tqdm_progress(f"IG {args.target} on {task.name}")
-        try:
+        with progress_bar(f"IG {args.target} on {task.name}") as progress:
             result = attribute_task(loaded, task, args.target, args.n, args.shots, args.seed, args.steps,
                                     args.quadrature, cache=results_cache(args), progress=progress, pool=pool)
-        finally:
-            progress.close()
     target_ids = np.array([item.target.token_ids if args.target in COPY_TARGETS else item.target.token_ids[0]
                            for item in result.inputs], dtype=np.int64)
     np.savez_compressed(args.out, scores=result.scores.numpy(), per_prompt=result.per_prompt.numpy(),
@@ -110,22 +107,16 @@ def cmd_copying_neurons(args: argparse.Namespace) -> int:
     layers = parse_layer_range(args.layers, loaded.n_layers)
     cache = results_cache(args)
     with ray_pool(args) as pool:
-        progress = tqdm_progress(f"IG {args.target} on vowel-count")
-        try:
+        with progress_bar(f"IG {args.target} on vowel-count") as progress:
             scored = copying_scores(loaded, n=args.n, shots=args.shots, seed=args.seed, steps=args.steps,
                                     quadrature=args.quadrature, target=args.target, prompts=args.prompts,
                                     cache=cache, progress=progress, pool=pool)
-        finally:
-            progress.close()
         print(f"copying scores from {scored.n_used} of {args.n} prompts ({args.prompts}), target {args.target}",
               file=sys.stderr)
         if auto:
-            progress = tqdm_progress("k-sweep", unit="prompt")
-            try:
+            with progress_bar("k-sweep", unit="prompt") as progress:
                 sweep = k_sweep(loaded, scored.scores, per_layer=args.per_layer, layers=layers, n=args.sweep_n,
                                 cache=cache, progress=progress, pool=pool)
-            finally:
-                progress.close()
             print(sweep_text(sweep), file=sys.stderr)
             k = sweep.chosen
     mask = select_top_k(scored.scores, k, args.per_layer, layers, model=loaded.name, **scored.options)
@@ -166,13 +157,10 @@ def cmd_confidence_neurons(args: argparse.Namespace) -> int:
 
     task = get_task(args.task, min_pairs=args.shots + 1)
     loaded = load(args)
-    progress = tqdm_progress(f"IG confidence on {task.name}")
-    try:
+    with progress_bar(f"IG confidence on {task.name}") as progress:
         found = confidence_neurons(loaded, task, args.layer, args.percent, n=args.n, shots=args.shots,
                                    seed=args.seed, steps=args.steps, quadrature=args.quadrature,
                                    min_prob=args.min_prob, cache=results_cache(args), progress=progress)
-    finally:
-        progress.close()
     found.mask.save(args.out)
     print(f"wrote {args.out}: {len(found.mask)} neurons of layer {args.layer} "
           f"({found.n_confident} of {args.n} prompts answered with p >= {args.min_prob})")
@@ -194,12 +182,9 @@ def cmd_prune_eval(args: argparse.Namespace) -> int:
                               "an empty mask when no k beats the unpruned model)")
     loaded = load(args)
     with ray_pool(args) as pool:  # connected before the bar starts: a bad address is one clean line
-        progress = tqdm_progress("prune-eval", unit="prompt")
-        try:
+        with progress_bar("prune-eval", unit="prompt") as progress:
             result = prune_eval(loaded, mask, tasks, args.shots, args.n, args.random_controls, args.seed,
                                 cache=results_cache(args), progress=progress, pool=pool)
-        finally:
-            progress.close()
     if args.flipped:
         result.flipped.to_csv(args.flipped, index=False)
     if args.records:

@@ -7,7 +7,7 @@ import argparse
 import dataclasses
 import json
 
-from analysis.cli.common import add_model_args, bounded, load, positive_int, results_cache, tqdm_progress
+from analysis.cli.common import add_model_args, bounded, load, positive_int, results_cache, progress_bar
 
 
 def register(commands) -> None:
@@ -39,12 +39,9 @@ def cmd_task_vectors(args: argparse.Namespace) -> int:
     loaded = load(args)
     runs = {}
     for label, m in [("unpruned", None)] + ([("pruned", mask)] if mask else []):
-        progress = tqdm_progress(f"task vectors {label}", unit="prompt")
-        try:
+        with progress_bar(f"task vectors {label}", unit="prompt") as progress:
             runs[label] = task_vectors(loaded, task, args.shots, args.n, args.dummy_queries, seed=args.seed, mask=m,
                                        batch_size=args.batch_size, progress=progress, cache=results_cache(args))
-        finally:
-            progress.close()
     out = {"model": loaded.name, "task": task.name, "template": task.template, "shots": args.shots, "n": args.n,
            "dummy_queries": args.dummy_queries, "mask_size": len(mask) if mask else 0}
     for label, r in runs.items():

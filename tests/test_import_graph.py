@@ -1,0 +1,110 @@
+"""The import graph of analysis/ has no circles: a module-level import (what runs when the module is imported;
+imports inside functions are deferred on purpose, and ``if TYPE_CHECKING`` blocks never run) never leads back
+to the importing module. Read from the source, so a new circle fails here before it fails at import time in
+some order nobody tried."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = "analysis"
+
+
+def module_names() -> dict[str, Path]:
+    """Dotted name -> file, for every module of the package (``pkg/__init__.py`` is ``pkg``)."""
+    names = {}
+    for path in sorted((ROOT / PACKAGE).rglob("*.py")):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        names[".".join(parts)] = path
+    return names
+
+
+def _top_level(body: list[ast.stmt]):
+    """The import statements that run at import time (into try/if/with blocks, not functions or classes'
+    methods, not ``if TYPE_CHECKING``)."""
+    for node in body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+        elif isinstance(node, ast.If):
+            test = node.test
+            if not (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING"
+                    or isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"):
+                yield from _top_level(node.body)
+            yield from _top_level(node.orelse)
+        elif isinstance(node, ast.Try):
+            for block in (node.body, node.orelse, node.finalbody, *(h.body for h in node.handlers)):
+                yield from _top_level(block)
+        elif isinstance(node, (ast.With, ast.ClassDef)):
+            yield from _top_level(node.body)
+
+
+def imports_of(name: str, path: Path, known: dict[str, Path]) -> set[str]:
+    """The package's modules that importing ``name`` imports directly (a submodule import also runs its
+    parent packages' __init__)."""
+    is_package = path.name == "__init__.py"
+    targets: set[str] = set()
+    for node in _top_level(ast.parse(path.read_text(encoding="utf-8")).body):
+        if isinstance(node, ast.Import):
+            candidates = [alias.name for alias in node.names]
+        else:
+            base = node.module or ""
+            if node.level:
+                anchor = name.split(".") if is_package else name.split(".")[:-1]
+                anchor = anchor[:len(anchor) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            candidates = [base] + [f"{base}.{alias.name}" for alias in node.names]
+        for candidate in candidates:
+            parts = candidate.split(".")
+            for end in range(1, len(parts) + 1):  # the module and every parent package it runs
+                prefix = ".".join(parts[:end])
+                if prefix in known and prefix != name and not name.startswith(prefix + "."):
+                    targets.add(prefix)
+    return targets
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on_stack, found, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_analysis_package_has_no_import_cycles():
+    known = module_names()
+    graph = {name: imports_of(name, path, known) for name, path in known.items()}
+    assert sum(map(len, graph.values())) > 50  # the graph was read (analysis/ has many internal imports)
+    assert cycles(graph) == []
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
