@@ -113,6 +113,12 @@ def bound(widget: Callable[..., Any], label: str, name: str, widget_key: str | N
         # it: shots >= 1 where prompts need demonstrations, layer < the model's layer count)
         kwargs["min_value"] = max(kwargs.get("min_value", BOUNDS[name].low), BOUNDS[name].low)
         kwargs["max_value"] = min(kwargs.get("max_value", BOUNDS[name].high), BOUNDS[name].high)
+    if getattr(widget, "__name__", "") in ("checkbox", "toggle"):  # kept as 0/1 (links, defaults), shown as bool
+        st.session_state[widget_key] = bool(value)
+        value = widget(label, key=widget_key, on_change=lambda: put(name, int(st.session_state[widget_key])),
+                       **kwargs)
+        put(name, int(value))
+        return int(value)
     if isinstance(value, (int, float)):  # another page (or a link) may have set a value this widget cannot show
         low, high = kwargs.get("min_value"), kwargs.get("max_value")
         value = max(value, low) if low is not None else value

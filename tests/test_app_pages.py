@@ -127,6 +127,25 @@ def test_scoring_options_layer_range_and_mask_table(monkeypatch):
     assert at.query_params["score_prompts"] in ("copied", ["copied"])
 
 
+def test_a_link_reproduces_a_per_layer_mask(monkeypatch):
+    """per_layer is a linked setting like k: a link with per_layer=1 opens the page with the box ticked and
+    the top k of every layer selected, and unticking it is written back to the link."""
+    monkeypatch.setenv("PRUNESCOPE_MODEL", "toy-transformer")
+    at = AppTest.from_file(str(MAIN), default_timeout=TIMEOUT)
+    at.query_params.update({"page": "pruning", "per_layer": "1", "k": "2", "score_n": "4", "score_steps": "2",
+                            "score_shots": "2"})
+    _ok(at.run())
+    at.button(key="score_run").click()
+    _ok(at.run())
+    assert at.checkbox(key="_w_per_layer").value is True
+    layers = at.session_state["active_mask"]["mask"].by_layer()
+    assert len(layers) == 4 and all(len(neurons) == 2 for neurons in layers.values())  # 2 in each of 4 layers
+    assert at.query_params["per_layer"] in ("1", ["1"])
+    at.checkbox(key="_w_per_layer").uncheck()
+    _ok(at.run())
+    assert st_mask_size(at) == 2 and "per_layer" not in at.query_params
+
+
 def test_hostile_scoring_options_in_a_link_are_reset(monkeypatch):
     at = _start("toy-transformer", monkeypatch, "views/pruning.py", score_target="<script>", layers="0-99")
     assert any("target='<script>' is not one of copy, copy-prob; using copy" in e.value for e in at.error)
@@ -168,7 +187,7 @@ def test_attention_page_beside_a_transformer_with_relevance_and_faithfulness(mon
     at.number_input(key="faith_n").set_value(2)
     at.button(key="faith_run").click()
     _ok(at.run())
-    table = at.session_state["faith_table"][1]
+    table = at.session_state["faith_table"]["value"]
     assert set(table.method) == {"raw", "rollout", "gradattn", "gxi", "random"}
     tables_with_result = len(at.dataframe)
     at.number_input(key="faith_n").set_value(3)  # another prompt count: the old table is not shown under it
@@ -187,7 +206,7 @@ def test_task_vectors_and_compare_pages(monkeypatch):
     at.number_input(key="tv_dummies").set_value(1)
     at.button(key="tv_run").click()
     _ok(at.run())
-    _, results, label = at.session_state["tv_results"]
+    results, label = at.session_state["tv_results"]["value"], at.session_state["tv_results"]["label"]
     assert list(results) == ["unpruned", "pruned"] and len(results["pruned"].table) == 4
     assert label.startswith("to-upper, 2-shot, 4 queries, 1 dummies") and at.subheader[0].value == label
     shown = [m.value for m in [*at.info, *at.success]]
@@ -202,20 +221,20 @@ def test_task_vectors_and_compare_pages(monkeypatch):
     fresh.number_input(key="tv_dummies").set_value(1)
     _ok(fresh.run())
     assert "tv_chart" in {c.key for c in fresh.get("plotly_chart")}
-    assert fresh.session_state["tv_results"][2] == label
+    assert fresh.session_state["tv_results"]["label"] == label
     at.switch_page("views/compare.py").run()
     at.session_state["setting_n"] = 4
     at.selectbox(key="cmp_mask_B").set_value("active mask")
     at.button(key="cmp_run").click()
     _ok(at.run())
-    runs = at.session_state["cmp_runs"]
+    runs = at.session_state["cmp_runs"]["value"]["runs"]
     assert [r.n for r in runs.values()] == [4, 4] and any("2 neurons" in label for label in runs)
     at.radio(key="cmp_mode").set_value("two models")
     _ok(at.run())
     at.selectbox(key="cmp_model").set_value("toy-mamba")
     at.button(key="cmp_run").click()
     _ok(at.run())
-    assert [label.split(":")[1].strip() for label in at.session_state["cmp_runs"]] == ["toy-transformer", "toy-mamba"]
+    assert [label.split(":")[1].strip() for label in at.session_state["cmp_runs"]["value"]["runs"]] == ["toy-transformer", "toy-mamba"]
     assert any(i.value.startswith("B (toy-mamba) against A (toy-transformer): ") for i in at.info)
     trained = [w.value for w in at.warning]  # both toys learnt to-upper in training: said once per model
     assert [w.split(" was trained on")[0] for w in trained] == ["toy-transformer", "toy-mamba"]

@@ -76,7 +76,7 @@ def test_attribution_and_faithfulness_jobs_run_on_the_cluster(cluster, monkeypat
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.session_state["job_faithfulness"].state == "done"
-    table = at.session_state["faith_table"][1]
+    table = at.session_state["faith_table"]["value"]
     methods = at.multiselect(key="rel_methods").value
     expected = faithfulness(loaded, builtin_tasks()[at.selectbox(key="faith_task").value], methods, 2, shots=2)
     pd.testing.assert_frame_equal(table, expected)

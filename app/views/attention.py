@@ -17,6 +17,7 @@ from components.charts import attention_heatmap, visible_token
 from components.charts_pruning import relevance_chart
 from components.export import chart, report_button, table
 from components.layout import wrapping_columns
+from components.results import keep, result_key, shown
 from components.widgets import cached_model, guarded, memo, require_model
 
 NO_COMPARISON = "none"
@@ -133,20 +134,18 @@ with present.controls("Faithfulness settings"):
     task_name = c_task.selectbox("Task", list(builtin_tasks()), key="faith_task")
     faith_n = c_n.number_input("Prompts", BOUNDS["faith_n"].low, BOUNDS["faith_n"].high, 10, key="faith_n")
     run = c_run.button("Run faithfulness", key="faith_run", disabled=not chosen)
-faith_key = (loaded.fingerprint(), task_name, int(faith_n), tuple(chosen))
+faith_key = result_key(loaded, "faithfulness", task_name, int(faith_n), tuple(chosen))
 with guarded("faithfulness test"):  # a click starts a job; while it runs every rerun follows it
     faith = speculation.follow("job_faithfulness", faith_key, "Faithfulness", lambda progress: faithfulness(
         loaded, builtin_tasks()[task_name], chosen, int(faith_n), shots=2, progress=progress,
         pool=env_pool(loaded.name)), start=run)
     if faith is not None:
-        st.session_state["faith_table"] = (faith_key, faith)
-shown = st.session_state.get("faith_table")
-if shown and shown[0] != faith_key:  # another model, task, prompt count or method list: not this table
-    st.info(f"The last faithfulness test was for other settings ({shown[0][1]}, {shown[0][2]} prompts, "
-            f"{', '.join(shown[0][3])}): run it again for these.")
-elif shown:
-    table(shown[1], "faithfulness")
-    tables["Faithfulness"] = shown[1]
+        keep("faith_table", faith_key, faith, f"{task_name}, {int(faith_n)} prompts, {', '.join(chosen)}, "
+                                              f"{loaded.name}")
+faith_table = shown("faith_table", faith_key, "faithfulness test", "run it again")
+if faith_table is not None:
+    table(faith_table, "faithfulness")
+    tables["Faithfulness"] = faith_table
 if figures:
     report_button("Implicit attention", figures, tables, {"model": loaded.describe(), "text": text, "form": form,
                                                          "reduction": reduce, "beside": other_spec},

@@ -16,6 +16,7 @@ from components.charts import outcome_bar_chart
 from components.export import chart, report_button, table
 from components.layout import wrapping_columns
 from components.masking import active_mask
+from components.results import keep, result_key, shown
 from components.widgets import cached_model, cost_note, guarded, require_model, run_progress, task_picker
 
 st.header("Compare")
@@ -91,9 +92,9 @@ if task is not None:
         active = active_mask(loaded)[0]
     except PrunescopeError:
         pass  # a bad link mask: resolve_mask says so when Compare is clicked
-    key = ("compare", task_fingerprint(task), int(shots), int(n), int(state.get("seed")), loaded.fingerprint(),
-           *((pick[1], pick[2].file_id if len(pick) > 2 and pick[2] else None) for pick in picks.values()),
-           tuple(sorted(active.neurons)) if active else ())
+    key = result_key(loaded, "compare", task_fingerprint(task), int(shots), int(n), int(state.get("seed")),
+                     *((pick[1], pick[2].file_id if len(pick) > 2 and pick[2] else None) for pick in picks.values()),
+                     tuple(sorted(active.neurons)) if active else ())
     label = (f"{task.name}, {shots}-shot, {n} prompts, seed {state.get('seed')}: "
              + (f"{loaded.name} vs {picks['B'][1]}" if mode == "two models" else f"two masks on {loaded.name}"))
 
@@ -113,19 +114,14 @@ if clicked and task is not None:
                 runs[run_label] = evaluate_task(model, task, int(shots), int(n), seed=int(state.get("seed")), mask=mask,
                                             progress=progress, cache=ResultsCache())
         masked = any(pick[0] == "mask" and pick[1] != "no mask" for pick in picks.values())
-        st.session_state["cmp_runs"] = runs
-        st.session_state["cmp_shown"] = {"key": key, "label": label, "warnings": warnings(
-            task, [model.name for model in models.values()], masked)}
+        keep("cmp_runs", key, {"runs": runs, "warnings": warnings(task, [m.name for m in models.values()], masked)},
+             label)
 
-runs = st.session_state.get("cmp_runs")
-shown = st.session_state.get("cmp_shown", {})
-if runs and shown.get("key") != key:  # a comparison is shown only under the settings it was made with
-    st.info(f"The last comparison was for other settings ({shown.get('label', 'another task')}): click Compare "
-            "for these.")
-    runs = None
-if runs:
-    st.subheader(shown["label"])
-    for note in shown["warnings"]:
+kept = shown("cmp_runs", key, "comparison", "click Compare")
+if kept:
+    runs = kept["runs"]
+    st.subheader(st.session_state["cmp_runs"]["label"])
+    for note in kept["warnings"]:
         st.warning(note, icon=":material/warning:")
     summaries = [{**r.summary(), "label": label} for label, r in runs.items()]
     (label_a, a), (label_b, b) = runs.items()

@@ -25,6 +25,7 @@ from components.export import chart, report_button, table
 from components.layout import wrapping_columns
 from components.masking import remember, scoring_settings, stored_copying_scores, top_k_mask
 from components.pruning_view import mask_table, show_result
+from components.results import keep, result_key, shown
 from components.widgets import cost, cost_note, guarded, measured_speed, require_model, run_progress
 
 TARGET_LABELS = {"copy": "logit(copied) − logit(gold)", "copy-prob": "P(copied) — the paper's"}
@@ -92,9 +93,7 @@ scores = None if scored is None else scored.scores
 
 with present.controls("Mask"):
     c_k, c_layer, c_range, c_file = wrapping_columns([2, 1, 1, 3], "mask_settings", [190, 120, 100, 250])
-    per_layer = c_layer.checkbox("top k per layer", value=bool(state.get("per_layer")), key="per_layer_box",
-                                 disabled=scores is None)
-    state.put("per_layer", int(per_layer))
+    per_layer = bool(state.bound(c_layer.checkbox, "top k per layer", "per_layer", disabled=scores is None))
     layer_text = state.bound(c_range.text_input, "Layers", "layers", placeholder=f"0-{loaded.n_layers - 1}",
                              disabled=scores is None, help="select only in this range, e.g. 10-20; empty: all")
     layers = None
@@ -229,11 +228,11 @@ def live_panel() -> None:
         with speculation_line.container():
             speculation.status_line(pruned_runs(restart=False), "Pruned runs ready: switching Prune on shows them "
                                     "at once", "Pruned runs")
-    shown = show_result(result, pruned, shots, len(mask) if mask is not None else 0)
-    st.session_state["prune_summary"] = shown["tables"]["Summary"]
-    report_button("Copying neurons and pruning", shown["figures"], shown["tables"],
+    view = show_result(result, pruned, shots, len(mask) if mask is not None else 0)
+    st.session_state["prune_summary"] = view["tables"]["Summary"]
+    report_button("Copying neurons and pruning", view["figures"], view["tables"],
                   {"model": loaded.describe(), "mask size": len(mask) if mask else 0,
-                   "mask": mask.to_text() if mask else "", "random masks": int(controls)}, shown["findings"],
+                   "mask": mask.to_text() if mask else "", "random masks": int(controls)}, view["findings"],
                   settings=("shots", "n", "seed", "k", "per_layer", "layers", "prune",
                             *(name for name in state.DEFAULTS if name.startswith("score_"))))
 
@@ -252,21 +251,17 @@ if scores is not None:
         st.caption("The k-sweep prunes the top k for each k and compares every k with the unpruned model on the "
                    "held-out copying split and three ICL dev tasks (2-shot, 80 prompts each, paired). A k is chosen "
                    "only when its accuracy gain is above zero beyond noise and copy errors do not rise.")
-        sweep_key = (loaded.fingerprint(), tuple(sorted(params.items())), per_layer, layers)
+        sweep_key = result_key(loaded, "k-sweep", tuple(sorted(params.items())), per_layer, layers)
         sweep_clicked = st.button("Run k-sweep", key="sweep_run")
         with guarded("k-sweep"):
             swept = speculation.follow("job_k_sweep", sweep_key, "k-sweep", lambda progress: k_sweep(
                 loaded, scores, K_GRID, per_layer=per_layer, layers=layers, cache=cache, progress=progress,
                 pool=env_pool(loaded.name)), start=sweep_clicked)
             if swept is not None:
-                st.session_state["sweep"] = (sweep_key, swept)
-        sweep = None
-        if "sweep" in st.session_state:
-            shown_key, sweep = st.session_state["sweep"]
-            if shown_key != sweep_key:  # another model, scoring or selection: not this curve
-                st.info("The last k-sweep was for other scores or selection settings: run it again for these.")
-                sweep = None
-        if sweep is not None:
+                keep("sweep", sweep_key, swept, f"{'top k per layer' if per_layer else 'top k overall'}, layers "
+                                                f"{layer_text or 'all'}, {loaded.name}")
+        sweep = shown("sweep", sweep_key, "k-sweep", "run it again")  # another model, scoring or selection: not
+        if sweep is not None:  # this curve
             (st.success if sweep.chosen else st.warning)(sweep.message)
             chart(k_sweep_chart(sweep), "sweep_chart", "k-sweep")
             table(sweep.table, "k-sweep")

@@ -16,6 +16,7 @@ from components.charts_pruning import task_vector_chart
 from components.export import chart, report_button, table
 from components.layout import wrapping_columns
 from components.masking import active_mask
+from components.results import keep, result_key, shown
 from components.widgets import cost_note, guarded, memo, require_model, task_picker
 
 FORMATS = {"the task's own": None, "Input: / Output: lines": "Input: {x}\nOutput: {y}\n"}
@@ -55,8 +56,8 @@ if task is not None:
         task = dataclasses.replace(task, template=FORMATS[prompt_format])
     conditions = {"unpruned": None, **({"pruned": mask} if with_mask and mask is not None else {})}
     seed = int(state.get("seed"))
-    key = ("task-vectors", loaded.fingerprint(), task_fingerprint(task), int(shots), int(n), int(dummies), seed,
-           tuple(tuple(sorted(m.neurons)) if m else () for m in conditions.values()))
+    key = result_key(loaded, "task-vectors", task_fingerprint(task), int(shots), int(n), int(dummies), seed,
+                     tuple(tuple(sorted(m.neurons)) if m else () for m in conditions.values()))
     label = (f"{task.name}, {shots}-shot, {n} queries, {dummies} dummies, {prompt_format} format, "
              f"{' and '.join(conditions)}, {loaded.name}")
 
@@ -84,15 +85,11 @@ if task is not None:
             if results is not None:
                 stored = memo(key, lambda: results)
         if stored is not None:
-            st.session_state["tv_results"] = (key, stored, label)
+            keep("tv_results", key, stored, label)
 
-shown = st.session_state.get("tv_results")
-if shown and shown[0] != key:  # a result is shown only under the settings it was computed with
-    st.info(f"The last task-vector run was for other settings ({shown[2]}): click Run task vectors for these.")
-    shown = None
-if shown:
-    st.subheader(shown[2])
-    results = shown[1]
+results = shown("tv_results", key, "task-vector run", "click Run task vectors")
+if results:
+    st.subheader(st.session_state["tv_results"]["label"])
     first = next(iter(results.values()))
     verdicts = [f"{name}: {r.verdict()}" for name, r in results.items()]
     for name, r in results.items():
