@@ -5,7 +5,7 @@
 24 layers, hidden 768, d_inner 1536, state 16 (random weights: the cost does not depend on them); all
 layers, s6 form, mean over channels. For each length the layers' internals are captured once (one forward
 pass with hooks, timed and shared), then the same internals go through the vectorised path
-(:func:`mamba_reduced`: the block tree of ``block_tree.mamba_mean``) and through the loop reference (the fp64
+(:func:`mamba_reduced`: the block tree of ``mamba_tree.mamba_mean``) and through the loop reference (the fp64
 recurrence of the tests, one position at a time, vectorised over channels), and the two maps are compared.
 Both paths are warmed up once on a short prompt and timed as the best of ``--repeats`` runs each, the runs
 of the two paths alternating so that a slow spell of a shared machine falls on both (the minimum is the least

@@ -11,7 +11,7 @@ import torch
 
 from analysis.errors import PrunescopeError
 from analysis.implicit_attention import mamba as mamba_mod
-from analysis.implicit_attention import block_tree
+from analysis.implicit_attention import block_tree, mamba_tree
 from analysis.implicit_attention.common import Reduction
 from analysis.implicit_attention.mamba import (capture_mamba, mamba_loop_matrices, mamba_matrices, mamba_reconstruct,
                                                mamba_reduced, n_channels)
@@ -183,7 +183,7 @@ def test_channel_means_without_matrices_equal_the_mean_of_the_matrices(tiny_load
                                    rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(mamba_reduced(internals, form, chosen, budget_bytes=1), full[[0, 2, 3]].mean(0),
                                    rtol=1e-5, atol=1e-6)
-        pairs = next(b for b in range(1000, 10**7, 1000) if block_tree.channel_chunk(internals, form, 3, b) == 2)
+        pairs = next(b for b in range(1000, 10**7, 1000) if mamba_tree.channel_chunk(internals, form, 3, b) == 2)
         torch.testing.assert_close(mamba_reduced(internals, form, chosen, budget_bytes=pairs),  # chunks of 2 and 1
                                    full[[0, 2, 3]].mean(0), rtol=1e-5, atol=1e-6)
         monkeypatch.undo()
@@ -193,6 +193,35 @@ def test_channel_means_without_matrices_equal_the_mean_of_the_matrices(tiny_load
         short = capture_mamba(loaded, _long_ids(loaded)[:length], [0])[0]
         torch.testing.assert_close(mamba_reduced(short, "unified", Reduction("mean")),
                                    mamba_matrices(short, "unified").mean(0), rtol=1e-5, atol=1e-6)
+
+
+def _scratch_bytes_of(compute) -> int:
+    """Bytes of the scratch buffer ``compute()`` leaves in a fresh thread (none kept before it)."""
+    with ThreadPoolExecutor(1) as pool:
+        buf = pool.submit(lambda: (compute(), block_tree._Scratch._local.buf)).result()[1]
+    return buf.numel() * buf.element_size()
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_chunk_scratch_stays_within_the_budget(tiny_loaded, model_type):
+    """The scratch buffer a channel mean (and Mamba's s6 absmean) really allocates stays within the budget and
+    CACHE_BYTES whenever one channel fits, from one channel's worth to many, and the maps are unchanged."""
+    loaded = tiny_loaded(model_type)
+    internals = capture_mamba(loaded, _long_ids(loaded), [1])[1]
+    for form in FORMS:
+        full = mamba_matrices(internals, form)
+        size, states, taps = mamba_tree._sizes(internals, form)
+        one = block_tree.mean_chunk_bytes(size, states, taps, 1)
+        assert mamba_tree.channel_chunk(internals, form, len(full), one) == 1
+        reductions = {"mean": full.mean(0)}
+        if model_type == "mamba" and form == "s6":
+            reductions["absmean"] = full.abs().mean(0)
+        for budget in (one, one + one // 3, 2 * one + 1, 5 * one + 7, 17 * one):
+            for kind, want in reductions.items():
+                got = []
+                used = _scratch_bytes_of(lambda: got.append(mamba_reduced(internals, form, Reduction(kind), budget)))
+                assert used <= min(budget, block_tree.CACHE_BYTES), (form, kind, budget, used)
+                torch.testing.assert_close(got[0], want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)

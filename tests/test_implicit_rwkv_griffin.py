@@ -149,3 +149,25 @@ def test_single_token_and_bad_inputs(tiny_loaded):
         capture_rwkv(loaded, torch.tensor([1, 2]), layers=[7])
     with pytest.raises(PrunescopeError):
         rwkv_matrices(it, "bogus")
+
+
+def test_shared_internals_shape_and_form_errors(captured, tiny_loaded):
+    """The shared Internals base reads the prompt length and channel count from each family's [T, C] tensor,
+    and the shared form check keeps each family's one-line message (Mamba's names its alias)."""
+    from analysis.errors import PrunescopeError
+    from analysis.implicit_attention.mamba import capture_mamba, mamba_matrices
+
+    mamba = tiny_loaded("mamba")
+    cases = [("rwkv", captured("rwkv")[0], "key", "attention_hidden_size", rwkv_matrices, "RWKV ",
+              "one of unified, wkv"),
+             ("recurrent_gemma", next(iter(captured("recurrent_gemma").values())), "x", "lru_width",
+              griffin_matrices, "Griffin ", "one of unified, rglru"),
+             ("mamba", capture_mamba(mamba, _ids(mamba), [0])[0], "x", "intermediate_size", mamba_matrices, "",
+              "s6 (ssm), or unified")]
+    for model_type, it, field, width, matrices, family, choices in cases:
+        loaded = tiny_loaded(model_type)
+        shape = (_ids(loaded).shape[1], getattr(loaded.model.config, width))
+        assert (it.length, it.n_channels) == shape == getattr(it, field).shape
+        with pytest.raises(PrunescopeError) as err:
+            matrices(it, "softmax")
+        assert str(err.value) == f"unknown {family}implicit-attention form 'softmax': use {choices}"

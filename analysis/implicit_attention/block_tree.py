@@ -36,8 +36,8 @@ chunks whose factors fit a CPU's last-level cache. The unified form's causal con
 the same product with the tap's weight in R, shifted by k columns.
 
 The same tree with one output per channel, contracting only that channel's n states, gives Mamba's
-per-channel s6 matrices (:func:`mamba_s6_matrices`) or, taking each block's absolute values before summing
-over channels, the ``absmean`` reduction without the matrices (:func:`mamba_s6_abs_sum`).
+per-channel s6 matrices or, taking each block's absolute values before summing over channels, the
+``absmean`` reduction without the matrices (:mod:`analysis.implicit_attention.mamba_tree`).
 """
 
 from __future__ import annotations
@@ -48,7 +48,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from analysis.implicit_attention.common import DEFAULT_BUDGET_BYTES
 
@@ -111,16 +110,6 @@ class Terms:
         return weighted.sum(-1)[None] if self.rights is None else torch.einsum("tc,ktc->kt", weighted, self.rights)
 
 
-def _pick(t: torch.Tensor, dim: int, idx: torch.Tensor) -> torch.Tensor:
-    """``t.index_select(dim, idx)`` (~10x faster than [:, idx] on CPU), or ``t`` itself when ``idx`` is every
-    index in order (the mean over all channels: no copy). ``idx`` may live on another device (the reductions'
-    channel lists are CPU tensors, the internals stay on the model's device)."""
-    idx = idx.to(t.device)
-    if len(idx) == t.shape[dim] and bool((idx == torch.arange(len(idx), device=idx.device)).all()):
-        return t
-    return t.index_select(dim, idx)
-
-
 def _flush(t: torch.Tensor) -> torch.Tensor:
     """``t`` in place with entries smaller than FLUSH_BELOW in magnitude set to 0 (one pass, views too)."""
     return torch.hardshrink(t, FLUSH_BELOW, out=t) if FLUSH_BELOW > 0 else t
@@ -131,42 +120,9 @@ def _flushed(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else _flush(t.float().clone())
 
 
-def _mamba_terms(inn, idx: torch.Tensor, form: str) -> Terms:
-    """Mamba / Mamba-2 as :class:`Terms`: the ``form`` matrices of channels ``idx``."""
-    heads = idx if form == "s6" else idx // inn.head_dim
-    count = len(idx)
-    if inn.model_type == "mamba":
-        a = _pick(inn.A, 0, heads)
-        b, c = inn.B[:, None, :], inn.C[:, None, :]
-    else:
-        groups = heads // (inn.n_heads // inn.B.shape[1])
-        b, c = _pick(inn.B, 1, groups), _pick(inn.C, 1, groups)
-        a = _pick(inn.A, 0, heads)[:, None].expand(-1, b.shape[-1])
-    delta = _pick(inn.delta, 1, heads).float()
-    if form == "s6":
-        left, c = None, c / count
-        rights = None
-        extra = delta.new_zeros(1).expand(count)
-    else:
-        left = F.silu(_pick(inn.z, 1, idx)) / count
-        taps = inn.conv_weight.shape[1]
-        sig = torch.sigmoid(_pick(inn.c, 1, idx))
-        weight = _pick(inn.conv_weight, 0, idx)
-        rights = torch.stack([sig * weight[:, taps - 1 - k] for k in range(taps)])
-        extra = _pick(inn.D, 0, heads).float()
-    return Terms(delta, a.float(), b.float(), c.float(), delta, left, rights, extra)
-
-
 def padded_length(length: int) -> int:
     """The tree's length: ``length`` rounded up to a power of two (the extra positions weigh zero)."""
     return 1 << max(0, (length - 1).bit_length())
-
-
-def _sizes(inn, form: str) -> tuple[int, int, int]:
-    """The padded length (a power of two), the state size and the number of right diagonals (conv taps)."""
-    size = padded_length(inn.length)
-    states = inn.A.shape[-1] if inn.model_type == "mamba" else inn.B.shape[-1]
-    return size, states, 1 if form == "s6" else inn.conv_weight.shape[1]
 
 
 class _Scratch:
@@ -277,68 +233,26 @@ def _accumulate_mean(tree: _Tree, terms: Terms) -> None:
     tree.run()
 
 
-def per_channel_scratch_bytes(size: int, states: int) -> int:
-    """Scratch bytes per channel of the per-channel s6 tree at padded length ``size``."""
-    return 4 * _Scratch.numel(1, size, states, 1)
+def scratch_bytes(groups: int, size: int, width: int, taps: int) -> int:
+    """Bytes of the float32 scratch a :class:`_Tree` takes (:meth:`_Scratch.numel`), which chunk sizes budget."""
+    return 4 * _Scratch.numel(groups, size, width, taps)
 
 
-def _fill_per_channel(tree: _Tree, inn, heads: torch.Tensor) -> None:
-    """Level 1 of Mamba's per-channel s6 tree (G = channels, width = states): the decays, C_i times them and
-    Delta_j B_j."""
-    length = inn.length
-    a = _pick(inn.A, 0, heads).float()
-    delta = _pick(inn.delta, 1, heads).float().T  # [c, T]
-    b, c = inn.B.float(), inn.C.float()  # [T, n]
-    tree.totals[:, length:], tree.rows[:, length:], tree.cols[:, length:] = 1.0, 0.0, 0.0
-    _decays(delta[..., None], a[:, None, :], tree.totals[:, :length])
-    _flush(torch.mul(tree.totals[:, :length], _flushed(c), out=tree.rows[:, :length]))
-    _flush(torch.mul(_flushed(delta)[..., None], _flushed(b), out=tree.cols[:, :length, 0]))
-
-
-@torch.no_grad()
-def mamba_s6_matrices(inn, heads: torch.Tensor) -> torch.Tensor:
-    """Mamba's per-channel s6 matrices [c, T, T] (no D) by the same tree, one output per channel contracting
-    its n states: no [c, T, T, n] tensor and one exponential per (position, channel, state)."""
-    length, (size, states, _) = inn.length, _sizes(inn, "s6")
-    out = torch.zeros(len(heads), 1, size, size, device=inn.x.device)
-    out.diagonal(dim1=2, dim2=3)[:, 0, :length] = (inn.C * inn.B).sum(-1) * _pick(inn.delta, 1, heads).T
-    tree = _Tree(out, _Scratch(_Scratch.numel(len(heads), size, states, 1), out), states)
-    _fill_per_channel(tree, inn, heads)
-    tree.run()
-    return out[:, 0, :length, :length]
-
-
-@torch.no_grad()
-def mamba_s6_abs_sum(inn, heads: torch.Tensor, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> torch.Tensor:
-    """[T, T] sum over Mamba channels ``heads`` of the s6 matrices' absolute values, block by block: only one
-    level's blocks of one channel chunk exist at a time, never the [c, T, T] matrices."""
-    length, (size, states, _) = inn.length, _sizes(inn, "s6")
-    per_channel = per_channel_scratch_bytes(size, states)
-    chunk = max(1, min(budget_bytes, CACHE_BYTES) // per_channel)
-    out = torch.zeros(1, 1, size, size, device=inn.x.device)
-    out.diagonal(dim1=2, dim2=3)[0, 0, :length] = (inn.C * inn.B).sum(-1).abs() * _pick(inn.delta, 1, heads).sum(1)
-    tree = None
-    for start in range(0, len(heads), chunk):
-        part = heads[start:start + chunk]
-        if tree is None or tree.rows.shape[0] != len(part):
-            scratch = _Scratch(_Scratch.numel(len(part), size, states, 1), out)
-            tree = _Tree(out, scratch, states, abs_groups=len(part))
-        _fill_per_channel(tree, inn, part)
-        tree.run()
-    return out[0, 0, :length, :length]
+def mean_chunk_bytes(size: int, states: int, taps: int, channels: int) -> int:
+    """Scratch bytes of a channel mean's chunk of ``channels`` channels (one output over width channels *
+    states): the running products grow with the channels, the block products' buffer does not."""
+    return scratch_bytes(1, size, channels * states, taps)
 
 
 def _chunk(size: int, states: int, taps: int, count: int, budget_bytes: int) -> int:
-    """Channels per chunk: as many as keep one chunk's running products within the budget and CACHE_BYTES,
-    spread evenly (ceil(count / chunks)), so only the last chunk can be narrower."""
-    per_channel = 4 * size * states * (taps + 2)  # bytes
-    chunks = -(-count // max(1, min(budget_bytes, CACHE_BYTES) // per_channel))
+    """Channels per chunk: as many as keep one chunk's scratch (:func:`mean_chunk_bytes`, linear in the
+    channels) within the budget and CACHE_BYTES (at least one), spread evenly (ceil(count / chunks)), so only
+    the last chunk can be narrower."""
+    fixed = mean_chunk_bytes(size, states, taps, 0)
+    per_channel = mean_chunk_bytes(size, states, taps, 1) - fixed
+    fits = max(1, (min(budget_bytes, CACHE_BYTES) - fixed) // per_channel)
+    chunks = -(-count // fits)
     return -(-count // chunks)
-
-
-def channel_chunk(inn, form: str, count: int, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> int:
-    """Channels per chunk of :func:`mamba_mean` for ``count`` channels of a Mamba layer."""
-    return _chunk(*_sizes(inn, form), count, budget_bytes)
 
 
 @torch.no_grad()
@@ -366,8 +280,3 @@ def mean_over_channels(terms: Terms, budget_bytes: int = DEFAULT_BUDGET_BYTES) -
         folded[:, :length - k] += out[k][:, k:]
     return folded
 
-
-def mamba_mean(inn, form: str, idx: torch.Tensor, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> torch.Tensor:
-    """[T, T] mean over channels ``idx`` of the ``s6`` (per head) or ``unified`` (per d_inner channel)
-    matrices, equal to averaging :func:`analysis.implicit_attention.mamba.mamba_matrices`."""
-    return mean_over_channels(_mamba_terms(inn, idx, form), budget_bytes)

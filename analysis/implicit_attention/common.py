@@ -3,9 +3,10 @@ memory budget (only the requested reduction of the [channels, T, T] tensor is ev
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 
@@ -15,6 +16,31 @@ DEFAULT_BUDGET_BYTES = 1 << 30  # working memory for one chunk of per-channel ma
 # ...but no chunk above this: larger CPU tensors are mmap'd fresh on every allocation and pay a page fault per
 # 4 KiB on first touch (Mamba-130m unified absmean, T = 256: 0.24 s per layer in 64 MiB chunks, 0.54 s in 1 GiB)
 CHUNK_BYTES = 64 << 20
+
+
+class Internals:
+    """Base of one layer's captured intermediates (the families' dataclasses): the prompt length and the
+    channel count, read from the [T, C] tensor field named by ``tc_field``."""
+
+    tc_field: ClassVar[str] = "x"
+
+    @property
+    def length(self) -> int:
+        return getattr(self, self.tc_field).shape[0]
+
+    @property
+    def n_channels(self) -> int:
+        return getattr(self, self.tc_field).shape[1]
+
+
+def check_form(form: str, forms: Mapping[str, str] | Sequence[str], family: str = "", use: str = "") -> str:
+    """``form``'s own name among a family's ``forms`` (a tuple, or aliases mapped to names), else a one-line
+    error naming the ``family`` and the forms to ``use`` (default: all of them)."""
+    if form not in forms:
+        family = f"{family} " if family else ""
+        raise PrunescopeError(f"unknown {family}implicit-attention form {form!r}: "
+                              f"use {use or 'one of ' + ', '.join(forms)}")
+    return forms[form] if isinstance(forms, Mapping) else form
 
 
 @dataclass(frozen=True)

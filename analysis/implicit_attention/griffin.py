@@ -29,17 +29,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from analysis.errors import PrunescopeError
 from analysis.implicit_attention.block_tree import Terms, mean_over_channels
-from analysis.implicit_attention.common import (DEFAULT_BUDGET_BYTES, Reduction, check_layers, eager_attention,
-                                                prompt_ids, reduce_in_chunks)
+from analysis.implicit_attention.common import (DEFAULT_BUDGET_BYTES, Internals, Reduction, check_form, check_layers,
+                                                eager_attention, prompt_ids, reduce_in_chunks)
 from analysis.models.hooks import hook_scope
 
 FORMS = ("unified", "rglru")
 
 
 @dataclass
-class GriffinInternals:
+class GriffinInternals(Internals):
     """One recurrent layer's intermediates (batch 1, float32, shapes [T, C] unless noted)."""
 
     layer: int
@@ -54,23 +53,10 @@ class GriffinInternals:
     conv_weight: torch.Tensor  # [C, K]
     conv_bias: torch.Tensor  # [C]
 
-    @property
-    def length(self) -> int:
-        return self.x.shape[0]
-
-    @property
-    def n_channels(self) -> int:
-        return self.x.shape[1]
-
-
-def _check_form(form: str) -> None:
-    if form not in FORMS:
-        raise PrunescopeError(f"unknown Griffin implicit-attention form {form!r}: use one of {', '.join(FORMS)}")
-
 
 def griffin_recurrent_layers(loaded) -> list[int]:
-    """Indices of the layers whose temporal block is recurrent (has an RG-LRU)."""
-    return [i for i in range(loaded.n_layers) if hasattr(loaded.adapter.block(i).temporal_block, "rg_lru")]
+    """Indices of the layers whose temporal block is recurrent (has an RG-LRU): the adapter's own test."""
+    return loaded.adapter.recurrent_layers()
 
 
 def _gates(lru: nn.Module, act: torch.Tensor):
@@ -108,7 +94,7 @@ def capture_griffin(loaded, input_ids: torch.Tensor, layers=None) -> dict[int, G
         return hook
 
     with loaded.lock:
-        with hook_scope() as add:
+        with hook_scope(loaded.model) as add:
             for i in chosen:
                 blk = loaded.adapter.block(i).temporal_block
                 add(blk.linear_x, out_hook(i, "x_pre"))
@@ -169,7 +155,7 @@ def griffin_matrices(internals: GriffinInternals, form: str = "unified",
                      channels: torch.Tensor | None = None) -> torch.Tensor:
     """[len(channels), T, T] matrices (row = output position, column = source; zero above the diagonal),
     vectorised with differences of cumulative log-decays."""
-    _check_form(form)
+    check_form(form, FORMS, "Griffin")
     idx = _channels(internals, channels)
     alpha = _rglru_matrices(internals, idx)
     if form == "unified":
@@ -206,7 +192,7 @@ def griffin_reduced(internals: GriffinInternals, form: str, reduction: Reduction
                     budget_bytes: int = DEFAULT_BUDGET_BYTES) -> torch.Tensor:
     """[T, T] reduction over channels: means through the block tree (no per-channel matrix, one matrix
     product over the channels per block), absmean from per-channel matrices in chunks within ``budget_bytes``."""
-    _check_form(form)
+    check_form(form, FORMS, "Griffin")
     if reduction.kind != "absmean":
         return mean_over_channels(_mean_terms(internals, form, reduction.selected(internals.n_channels)),
                                   budget_bytes)
@@ -218,7 +204,7 @@ def griffin_loop_matrices(internals: GriffinInternals, form: str = "unified",
                           channels: torch.Tensor | None = None) -> torch.Tensor:
     """Reference: the conv (tap by tap, for "unified") and HF's RG-LRU recurrence run position by position
     on a one-hot input per source position (all sources and channels at once), in float64."""
-    _check_form(form)
+    check_form(form, FORMS, "Griffin")
     idx = _channels(internals, channels).cpu()
     T, n = internals.length, len(idx)
     a = torch.exp(internals.log_a.cpu().double()[:, idx])  # [T, n]
@@ -248,7 +234,7 @@ def griffin_loop_matrices(internals: GriffinInternals, form: str = "unified",
 def griffin_reconstruct(internals: GriffinInternals, form: str = "unified") -> tuple[torch.Tensor, torch.Tensor]:
     """(matrices applied to their input, the captured tensor), both [T, C]: RG-LRU input -> RG-LRU output for
     "rglru"; linear_x output -> linear_out input (plus :func:`griffin_conv_bias_term`) for "unified"."""
-    _check_form(form)
+    check_form(form, FORMS, "Griffin")
     alpha = griffin_matrices(internals, form)
     if form == "rglru":
         return torch.einsum("ctj,jc->tc", alpha, internals.x), internals.rglru_output
@@ -269,7 +255,7 @@ def griffin_attention_maps(loaded, input_ids: torch.Tensor, layers=None) -> dict
             maps[layer] = output[1][0].detach().float().mean(dim=0)
         return fn
 
-    with eager_attention(loaded), hook_scope() as add:
+    with eager_attention(loaded), hook_scope(loaded.model) as add:
         for i in chosen:
             add(loaded.adapter.block(i).temporal_block, hook(i))
         with torch.no_grad():

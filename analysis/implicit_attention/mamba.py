@@ -36,10 +36,11 @@ import torch
 import torch.nn.functional as F
 
 from analysis.errors import PrunescopeError
-from analysis.implicit_attention.common import (DEFAULT_BUDGET_BYTES, Reduction, check_layers, prompt_ids,
-                                                reduce_in_chunks)
-from analysis.implicit_attention.block_tree import (mamba_mean, mamba_s6_abs_sum, mamba_s6_matrices,
-                                                    padded_length, per_channel_scratch_bytes)
+from analysis.implicit_attention.block_tree import padded_length
+from analysis.implicit_attention.common import (DEFAULT_BUDGET_BYTES, Internals, Reduction, check_form, check_layers,
+                                                prompt_ids, reduce_in_chunks)
+from analysis.implicit_attention.mamba_tree import (MambaForm, mamba_mean, mamba_s6_abs_sum, mamba_s6_matrices,
+                                                    per_channel_scratch_bytes)
 from analysis.models.hooks import hook_scope
 from analysis.models.loader import onloaded
 
@@ -47,7 +48,7 @@ FORMS = {"s6": "s6", "ssm": "s6", "ssd": "s6", "unified": "unified"}
 
 
 @dataclass
-class MambaInternals:
+class MambaInternals(Internals):
     """One layer's tensors from one forward pass (fp32 copies, batch dimension dropped; T positions,
     d = d_inner channels, H heads (Mamba: H = d), G groups, n states, K conv taps)."""
 
@@ -68,23 +69,17 @@ class MambaInternals:
     observed: dict[str, torch.Tensor] = field(default_factory=dict)  # real-forward tensors, [T, .]
 
     @property
-    def length(self) -> int:
-        return self.x.shape[0]
-
-    @property
     def n_heads(self) -> int:
         return self.delta.shape[1]
 
 
-def _form(form: str) -> str:
-    if form not in FORMS:
-        raise PrunescopeError(f"unknown implicit-attention form {form!r}: use s6 (ssm), or unified")
-    return FORMS[form]
+def _form(form: str) -> MambaForm:
+    return check_form(form, FORMS, use="s6 (ssm), or unified")
 
 
 def n_channels(internals: MambaInternals, form: str) -> int:
     """How many matrices a form has: s6 -> heads (Mamba: d_inner channels), unified -> d_inner channels."""
-    return internals.n_heads if _form(form) == "s6" else internals.x.shape[1]
+    return internals.n_heads if _form(form) == "s6" else internals.n_channels
 
 
 # -- capture -------------------------------------------------------------------------------------------------
@@ -124,7 +119,7 @@ def capture_mamba(loaded, input_ids: torch.LongTensor, layers: list[int] | None 
     names = {"mamba": [("in_proj", "out"), ("x_proj", "in"), ("x_proj", "out"), ("out_proj", "in")],
              "mamba2": [("in_proj", "out"), ("norm", "norm"), ("out_proj", "in")]}[model_type]
     with loaded.session(), unfused(loaded.model):
-        with hook_scope() as add:
+        with hook_scope(loaded.model) as add:
             for layer in layers:
                 mixer = loaded.adapter.block(layer).mixer
                 add(mixer, save(raw[layer], "mixer_out", "out"), with_kwargs=True)
@@ -322,6 +317,6 @@ def mamba_reconstruct(internals: MambaInternals, form: str) -> tuple[torch.Tenso
         if inn.model_type == "mamba":
             return y * F.silu(inn.z), inn.observed["out_proj_in"]
         return y, inn.observed["ssm_out"]
-    folded, bias = _unified(inn, torch.arange(inn.x.shape[1]))
+    folded, bias = _unified(inn, torch.arange(inn.n_channels))
     rebuilt = torch.einsum("dim,md->id", folded, inn.x) + (0 if bias is None else bias)
     return rebuilt, inn.observed["out_proj_in" if inn.model_type == "mamba" else "gated"]

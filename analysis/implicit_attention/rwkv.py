@@ -23,9 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
-from analysis.errors import PrunescopeError
-from analysis.implicit_attention.common import (DEFAULT_BUDGET_BYTES, Reduction, check_layers, prompt_ids,
-                                                reduce_in_chunks)
+from analysis.implicit_attention.common import (DEFAULT_BUDGET_BYTES, Internals, Reduction, check_form, check_layers,
+                                                prompt_ids, reduce_in_chunks)
 from analysis.models.hooks import hook_scope
 from analysis.models.loader import onloaded
 
@@ -33,8 +32,10 @@ FORMS = ("unified", "wkv")
 
 
 @dataclass
-class RwkvInternals:
+class RwkvInternals(Internals):
     """One layer's time-mixing intermediates (batch 1, float32, shapes [T, C] unless noted)."""
+
+    tc_field = "key"
 
     layer: int
     key: torch.Tensor  # output of attention.key
@@ -43,19 +44,6 @@ class RwkvInternals:
     output_input: torch.Tensor  # input of attention.output: sigmoid(receptance) * wkv
     decay: torch.Tensor  # [C], w = exp(time_decay), computed in the parameter's dtype as HF does
     time_first: torch.Tensor  # [C]
-
-    @property
-    def length(self) -> int:
-        return self.key.shape[0]
-
-    @property
-    def n_channels(self) -> int:
-        return self.key.shape[1]
-
-
-def _check_form(form: str) -> None:
-    if form not in FORMS:
-        raise PrunescopeError(f"unknown RWKV implicit-attention form {form!r}: use one of {', '.join(FORMS)}")
 
 
 def capture_rwkv(loaded, input_ids: torch.Tensor, layers=None) -> dict[int, RwkvInternals]:
@@ -74,7 +62,7 @@ def capture_rwkv(loaded, input_ids: torch.Tensor, layers=None) -> dict[int, Rwkv
             store[layer]["output_input"] = args[0][0].detach().float()
         return hook
 
-    with loaded.lock, hook_scope() as add:
+    with loaded.lock, hook_scope(loaded.model) as add:
         for i in chosen:
             att = loaded.adapter.block(i).attention
             for name in ("key", "value", "receptance"):
@@ -101,7 +89,7 @@ def rwkv_matrices(internals: RwkvInternals, form: str = "unified",
                   channels: torch.Tensor | None = None) -> torch.Tensor:
     """[len(channels), T, T] matrices (row = output position t, column = source i; zero above the diagonal),
     vectorised over positions: log-weights for all (t, i) at once, masked, then a softmax over i."""
-    _check_form(form)
+    check_form(form, FORMS, "RWKV")
     idx = _channels(internals, channels)
     T = internals.length
     k = internals.key[:, idx].T  # [n, T]
@@ -122,7 +110,7 @@ def rwkv_matrices(internals: RwkvInternals, form: str = "unified",
 def rwkv_reduced(internals: RwkvInternals, form: str, reduction: Reduction,
                  budget_bytes: int = DEFAULT_BUDGET_BYTES) -> torch.Tensor:
     """[T, T] reduction over channels, computing per-channel matrices in chunks within ``budget_bytes``."""
-    _check_form(form)
+    check_form(form, FORMS, "RWKV")
     return reduce_in_chunks(lambda idx: rwkv_matrices(internals, form, idx), internals.n_channels,
                             internals.length, reduction, budget_bytes)
 
@@ -131,7 +119,7 @@ def rwkv_loop_matrices(internals: RwkvInternals, form: str = "unified",
                        channels: torch.Tensor | None = None) -> torch.Tensor:
     """Reference: HF's stabilised WKV recurrence run position by position on a one-hot value sequence per
     source position (all sources and channels at once), in float64."""
-    _check_form(form)
+    check_form(form, FORMS, "RWKV")
     idx = _channels(internals, channels).cpu()
     T = internals.length
     k = internals.key.cpu().double()[:, idx]  # [T, n]
@@ -159,7 +147,7 @@ def rwkv_loop_matrices(internals: RwkvInternals, form: str = "unified",
 def rwkv_reconstruct(internals: RwkvInternals, form: str = "unified") -> tuple[torch.Tensor, torch.Tensor]:
     """(matrices applied to v, the captured tensor), both [T, C]. Observed is the ``output`` Linear's input
     for "unified", and that divided by sigmoid(r) (the WKV output) for "wkv"."""
-    _check_form(form)
+    check_form(form, FORMS, "RWKV")
     alpha = rwkv_matrices(internals, form)
     rebuilt = torch.einsum("cti,ic->tc", alpha, internals.value)
     observed = internals.output_input
