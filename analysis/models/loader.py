@@ -26,6 +26,7 @@ from analysis.device import dtype_name, resolve_device, resolve_dtype
 from analysis.errors import ModelLoadError
 from analysis.models.adapters import ModelAdapter, adapter_class_for, make_adapter
 from analysis.models.builtin import BUILTIN_MODELS, DEFAULT_MODEL, builtin_model_dir
+from analysis.models.hooks import model_lock
 from analysis.paths import ASSETS_DIR, cache_dir
 
 if TYPE_CHECKING:
@@ -39,8 +40,8 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 class LoadedModel:
     """A model ready for analysis: weights in eval mode, its tokenizer, and its family adapter.
 
-    The model may be shared between app sessions: run anything that applies hooks inside
-    :meth:`session`, which holds the model's lock for the duration.
+    The model may be shared between app sessions: :meth:`session` holds the model's lock for the duration,
+    and every hook goes through :func:`analysis.models.hooks.hook_scope`, which holds the same lock.
     """
 
     name: str
@@ -50,9 +51,13 @@ class LoadedModel:
     adapter: ModelAdapter
     device: torch.device
     dtype: torch.dtype
-    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    lock: threading.RLock | None = field(default=None, repr=False)  # always the model's hook lock (model_lock)
     _fingerprint: str | None = field(default=None, repr=False)
     memo: dict = field(default_factory=dict, repr=False)  # small per-model lookups (e.g. delimiter tokens)
+
+    def __post_init__(self):
+        # one lock per nn.Module, shared with hook_scope and the adapter, so every hook on the model waits for it
+        self.lock = model_lock(self.model, self.lock)
 
     @property
     def family(self) -> str:

@@ -55,7 +55,8 @@ class NeuronMask:
 
     @contextmanager
     def applied(self, loaded: LoadedModel) -> Iterator[None]:
-        """Zero this mask's neurons in ``loaded``'s forward passes while the context is open."""
+        """Zero this mask's neurons in ``loaded``'s forward passes while the context is open, holding the model's
+        lock (through :meth:`ModelAdapter.hook_sites`), so no other thread runs or hooks it meanwhile."""
         adapter = loaded.adapter
         self.validate(adapter.neuron_counts())
         index = {layer: torch.tensor(ids, device=loaded.device) for layer, ids in self.by_layer().items()}

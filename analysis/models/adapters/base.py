@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from torch import nn
 
-from analysis.models.hooks import hook_scope
+from analysis.models.hooks import hook_scope, model_lock
 
 SiteFn = Callable[[int, torch.Tensor], "torch.Tensor | None"]
 
@@ -89,6 +89,11 @@ class ModelAdapter:
         """The model without its LM head (returns the final, normalised hidden states)."""
         return self.model.base_model
 
+    @property
+    def lock(self):
+        """The model's re-entrant hook lock (the same object as its ``LoadedModel.lock``)."""
+        return model_lock(self.model)
+
     def block(self, layer: int) -> nn.Module:
         return self._blocks[layer]
 
@@ -117,9 +122,10 @@ class ModelAdapter:
     def hook_sites(self, fn: SiteFn, layers: Iterable[int] | None = None) -> Iterator[None]:
         """Call ``fn(layer, activation)`` at each site during forward passes; a returned tensor replaces it.
 
-        Hooks are removed on exit, so the model afterwards computes exactly what it did before.
+        Holds the model's lock while open; hooks are removed on exit, so the model afterwards computes exactly
+        what it did before.
         """
-        with hook_scope() as add:
+        with hook_scope(self.model) as add:
             for layer in range(self.n_layers) if layers is None else layers:
                 if self._sites[layer].io == "input":
                     add(self.site_module(layer), _pre_hook(fn, layer), pre=True)
@@ -130,7 +136,7 @@ class ModelAdapter:
     @contextmanager
     def hook_block_inputs(self, fn: SiteFn, layers: Iterable[int] | None = None) -> Iterator[None]:
         """Like :meth:`hook_sites`, for the residual-stream input of each block."""
-        with hook_scope() as add:
+        with hook_scope(self.model) as add:
             for layer in range(self.n_layers) if layers is None else layers:
                 add(self._blocks[layer], _block_hook(fn, layer), pre=True, with_kwargs=True)
             yield
