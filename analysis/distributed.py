@@ -97,7 +97,7 @@ class _Worker:
         from analysis.attribution.neuron_ig import neuron_ig
 
         result = neuron_ig(self.loaded, inputs, steps=steps, quadrature=quadrature)
-        return result.per_prompt, result.f_clean
+        return result.per_prompt, result.f_clean, result.delta
 
 
 class ModelPool:
@@ -154,12 +154,13 @@ def evaluate_many(pool: ModelPool, requests: Sequence[tuple], progress: Callable
 def neuron_ig_sharded(pool: ModelPool, inputs: Sequence, steps: int, quadrature: str,
                       shard_size: int = SHARD_PROMPTS,
                       progress: Callable[[int], None] | None = None):
-    """(per_prompt, f_clean) of neuron IG over ``inputs``, ``shard_size`` prompts per shard, in order."""
+    """(per_prompt, f_clean, delta) of neuron IG over ``inputs``, ``shard_size`` prompts per shard, merged in
+    order."""
     import torch
 
     shards = [(list(inputs[i:i + shard_size]), steps, quadrature) for i in range(0, len(inputs), shard_size)]
     parts = pool.map("neuron_ig", shards, progress)
-    return torch.cat([p for p, _ in parts]), torch.cat([f for _, f in parts])
+    return tuple(torch.cat([part[i] for part in parts]) for i in range(3))
 
 
 def faithfulness_sharded(pool: ModelPool, task, methods: Sequence[str], n: int, shots: int, seed: int, count: int,

@@ -60,6 +60,7 @@ def test_distributed_ig_and_k_sweep_equal_the_serial_run(pool, tiny_loaded):
     serial = attribute_task(loaded, task, "copy", n=5, shots=2, steps=4)
     spread = attribute_task(loaded, task, "copy", n=5, shots=2, steps=4, pool=pool)
     assert torch.equal(spread.per_prompt, serial.per_prompt) and torch.equal(spread.f_clean, serial.f_clean)
+    assert spread.delta.shape == (5, loaded.n_layers) and torch.equal(spread.delta, serial.delta)
     assert spread.inputs == serial.inputs
     scores = torch.randn(loaded.n_layers, loaded.adapter.neuron_counts()[0], generator=torch.Generator().manual_seed(1))
     kwargs = {"ks": (4, 16), "dev_tasks": ("antonyms",), "n": 6, "resamples": 300}

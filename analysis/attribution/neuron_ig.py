@@ -6,6 +6,10 @@ the last position changes nothing at earlier positions and nothing below layer l
 prefix once, keeps each block's clean input at the last position, and evaluates all (layer, step) rows in a
 few batched passes that start at their own layer (:meth:`ModelAdapter.continue_from`). The reference runs a
 full forward and backward per (layer, step); tests check both agree and that attributions are complete.
+
+Completeness says ``sum_i IG_i = F(a) - F(0)``; every result carries its error per prompt and layer
+(:attr:`NeuronIGResult.delta`), so a page can warn when the quadrature is too coarse. The fast path gets
+``F(0)`` from one extra alpha = 0 row per layer in the batched passes (weight 0: it adds no gradient).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from analysis.errors import PrunescopeError
 from analysis.models.loader import LoadedModel
 
 METHODS = ("fast", "reference")
+COMPLETENESS_WARN = 0.10  # a completeness error above this fraction of |F(a) - F(0)| is worth a warning
 
 
 @dataclass
@@ -34,6 +39,9 @@ class NeuronIGResult:
     quadrature: str
     f_clean: torch.Tensor  # F(a) per prompt
     meta: dict = field(default_factory=dict)
+    # completeness error [N, layers]: sum_i IG[p, l, i] - (F(a) - F(layer l's site zeroed)); None in cache
+    # entries written before it existed
+    delta: torch.Tensor | None = None
 
     @property
     def scores(self) -> torch.Tensor:
@@ -54,16 +62,40 @@ def neuron_ig(loaded: LoadedModel, inputs: Sequence[AttributionInput], steps: in
         raise PrunescopeError("neuron IG needs the same neuron count in every layer")
     alphas, weights = quadrature_rule(quadrature, steps)
     run_one = _fast_one if method == "fast" else _reference_one
-    rows, clean = [], []
+    rows, clean, zeros = [], [], []
     with loaded.session():
         for i, item in enumerate(inputs):
-            ig, f = run_one(loaded, item, alphas, weights, max_rows)
+            ig, f, f_zero = run_one(loaded, item, alphas, weights, max_rows)
             rows.append(ig)
             clean.append(f)
+            zeros.append(f_zero)
             if progress:
                 progress(i + 1, len(inputs))
-    return NeuronIGResult(torch.stack(rows).float().cpu(), list(inputs), inputs[0].target.kind, steps, quadrature,
-                          torch.tensor(clean), meta={"method": method})
+    per_prompt = torch.stack(rows).float().cpu()
+    f_clean = torch.tensor(clean)
+    return NeuronIGResult(per_prompt, list(inputs), inputs[0].target.kind, steps, quadrature, f_clean,
+                          meta={"method": method}, delta=completeness_delta(per_prompt, f_clean, torch.stack(zeros)))
+
+
+def completeness_delta(per_prompt: torch.Tensor, f_clean: torch.Tensor, f_zero: torch.Tensor) -> torch.Tensor:
+    """``sum_i IG[p, l, i] - (F_clean[p] - F_zero[p, l])`` as float32 [N, layers] (summed in float64)."""
+    gap = f_clean.double()[:, None] - f_zero.double()
+    return (per_prompt.double().sum(dim=-1) - gap).float()
+
+
+def completeness_summary(result: NeuronIGResult) -> dict | None:
+    """The completeness error relative to ``|F(a) - F(0)|``: ``median`` over prompts and layers of
+    ``|delta| / |F(a) - F(0)|``, and the ``worst_layer`` by ``sum_p |delta| / sum_p |F(a) - F(0)|`` (a ratio
+    of sums, so a prompt where zeroing the layer hardly moves F cannot blow it up) with that ratio as
+    ``worst``. None for a result without ``delta`` (a cache entry written before it existed)."""
+    if result.delta is None:
+        return None
+    delta = result.delta.double().abs()
+    gap = (result.per_prompt.double().sum(dim=-1) - result.delta.double()).abs()  # |F(a) - F(0)|, [N, layers]
+    per_layer = delta.sum(dim=0) / gap.sum(dim=0).clamp_min(1e-12)
+    worst = int(per_layer.argmax())
+    return {"median": float((delta / gap.clamp_min(1e-12)).median()), "worst_layer": worst,
+            "worst": float(per_layer[worst])}
 
 
 def _last_row(activation: torch.Tensor) -> torch.Tensor:
@@ -72,7 +104,8 @@ def _last_row(activation: torch.Tensor) -> torch.Tensor:
 
 
 def _fast_one(loaded: LoadedModel, item: AttributionInput, alphas: torch.Tensor, weights: torch.Tensor,
-              max_rows: int) -> tuple[torch.Tensor, float]:
+              max_rows: int) -> tuple[torch.Tensor, float, torch.Tensor]:
+    """(IG [layers, neurons], F(a), F(0) per layer); each layer's rows are its m steps then alpha = 0."""
     adapter, device = loaded.adapter, loaded.device
     ids = torch.tensor([item.input_ids], device=device)
     c = adapter.continuation_tokens
@@ -86,10 +119,11 @@ def _fast_one(loaded: LoadedModel, item: AttributionInput, alphas: torch.Tensor,
                 adapter.hook_sites(lambda layer, a: acts.__setitem__(layer, _last_row(a).detach())):
             hidden = adapter.continue_from(prefix, ids[:, -c:], rows=1)
         f_clean = float(item.target.value(loaded, hidden[:, -1])[0])
-    m = len(alphas)
-    alphas = alphas.to(device=device, dtype=loaded.dtype)
-    weights = weights.to(device=device, dtype=torch.float32)
+    m = len(alphas) + 1  # the quadrature's steps and one alpha = 0 row, weight 0, for F(0)
+    alphas = torch.cat([alphas, alphas.new_zeros(1)]).to(device=device, dtype=loaded.dtype)
+    weights = torch.cat([weights, weights.new_zeros(1)]).to(device=device, dtype=torch.float32)
     ig = torch.zeros(adapter.n_layers, adapter.neuron_counts()[0], device=device)
+    f_zero = torch.zeros(adapter.n_layers, dtype=torch.float64)
     for chunk in plan_chunks(adapter.n_layers, m, max_rows, adapter.layer_chunk_multiple()):
         rows = len(chunk) * m
         scaled = {layer: (alphas[:, None] * acts[layer][None]).requires_grad_(True) for layer in chunk}
@@ -105,9 +139,11 @@ def _fast_one(loaded: LoadedModel, item: AttributionInput, alphas: torch.Tensor,
                                            block_input=block_in[chunk[0]].expand(rows, -1, -1))
             f = item.target.value(loaded, hidden[:, -1])
             grads = torch.autograd.grad(f.sum(), [scaled[layer] for layer in chunk])
-        for layer, grad in zip(chunk, grads):
+        zero_rows = f.detach()[m - 1::m].double().cpu()
+        for index, (layer, grad) in enumerate(zip(chunk, grads)):
             ig[layer] = acts[layer].float() * (weights[:, None] * grad.float()).sum(dim=0)
-    return ig.cpu(), f_clean
+            f_zero[layer] = zero_rows[index]
+    return ig.cpu(), f_clean, f_zero
 
 
 def plan_chunks(n_layers: int, steps: int, max_rows: int, multiple: int = 1) -> list[list[int]]:
@@ -147,11 +183,14 @@ def clean_site_activations(loaded: LoadedModel, item: AttributionInput) -> list[
 
 
 def _reference_one(loaded: LoadedModel, item: AttributionInput, alphas: torch.Tensor, weights: torch.Tensor,
-                   max_rows: int) -> tuple[torch.Tensor, float]:
-    """One layer at a time, one full forward and backward per quadrature step."""
+                   max_rows: int) -> tuple[torch.Tensor, float, torch.Tensor]:
+    """One layer at a time, one full forward and backward per quadrature step (and one at alpha = 0)."""
     acts = clean_site_activations(loaded, item)
     with torch.no_grad():
         f_clean = float(site_scaled_target(loaded, item, 0, torch.tensor(1.0, dtype=loaded.dtype), acts[0]))
+        zero = torch.tensor(0.0, dtype=loaded.dtype)
+        f_zero = torch.tensor([float(site_scaled_target(loaded, item, layer, zero, activation))
+                               for layer, activation in enumerate(acts)], dtype=torch.float64)
     ig = torch.zeros(len(acts), acts[0].shape[-1])
     for layer, activation in enumerate(acts):
         total = torch.zeros_like(activation, dtype=torch.float32)
@@ -162,4 +201,4 @@ def _reference_one(loaded: LoadedModel, item: AttributionInput, alphas: torch.Te
                 (grad,) = torch.autograd.grad(f, point)
             total += weight * grad.float()
         ig[layer] = (activation.float() * total).cpu()
-    return ig, f_clean
+    return ig, f_clean, f_zero

@@ -36,9 +36,9 @@ def attribute_task(loaded: LoadedModel, task: Task, target: str, n: int, shots: 
             if progress:
                 progress(min(finished[0] * SHARD_PROMPTS, len(items)), len(items))
 
-        per_prompt, clean = neuron_ig_sharded(pool, items, steps, quadrature, progress=step)
+        per_prompt, clean, delta = neuron_ig_sharded(pool, items, steps, quadrature, progress=step)
         return NeuronIGResult(per_prompt, list(items), items[0].target.kind, steps, quadrature, clean,
-                              meta={"method": "fast"})
+                              meta={"method": "fast"}, delta=delta)
 
     if cache is None:
         return compute()

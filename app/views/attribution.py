@@ -3,6 +3,7 @@
 import streamlit as st
 
 from analysis.attribution import QUADRATURES, TARGETS, attribute_task
+from analysis.attribution.neuron_ig import COMPLETENESS_WARN, completeness_summary
 from analysis.attribution.summary import top_neurons
 from analysis.bounds import BOUNDS
 from analysis.cache import ResultsCache, task_fingerprint
@@ -82,6 +83,15 @@ if shown:
     chart(totals, "ig_layers", "attribution-per-layer")
     st.caption("Per layer: signed sum (bars) and sum of magnitudes (line). Where a normalisation follows the MLP "
                "(Gemma 3) the signed sum is near zero by construction; read the line.")
+    error = completeness_summary(result)  # None for a result cached before the error was stored
+    if error is not None:
+        note = (f"Completeness error (sum of a layer's attributions minus F(a) - F(0)): median "
+                f"{error['median']:.1%} of |F(a) - F(0)|; worst layer {error['worst_layer']} at {error['worst']:.1%}.")
+        if error["median"] > COMPLETENESS_WARN:
+            st.warning(f"{note} Above {COMPLETENESS_WARN:.0%}: try more steps or the gauss-legendre quadrature (no "
+                       "rule helps where F jumps at alpha ~ 0, e.g. a norm after the MLP as in Gemma 3).")
+        else:
+            st.caption(note)
     st.caption("Top neurons by mean |attribution|, with the prompt token where each fires most")
     table(shown["top"], "top-neurons")
     report_button("Neuron attribution", {"Mean attribution per neuron": heat, "Total per layer": totals},
