@@ -9,9 +9,10 @@ Methods (``METHODS``), all batch 1, ``use_cache=False``, under ``loaded.lock``:
   layers (default all), later layers on the left (Abnar & Zuidema 2020).
 * ``gradattn``: per layer ``(mean_c dF/dA[c] * A[c])^+`` over channels/heads, then rollout. Since a layer's
   output is ``y[i,c] = sum_j A[c,i,j] u[j,c]``, ``dF/dA[c,i,j] = g[i,c] u[j,c]`` with ``g = dF/dy``: one
-  forward+backward captures ``g`` at the tensor each form maps to (table in :func:`_implicit_targets`), ``u``
-  and the matrices come from the family's capture. Transformers (and Griffin's local-attention layers) run a
-  registered eager attention function whose softmax probabilities sit in the graph, so dF/dA is read directly.
+  forward+backward captures ``g`` at the tensor each form maps to (each family's relevance target in the
+  registry, :mod:`analysis.families`), ``u`` and the matrices come from the family's capture. Transformers
+  (and Griffin's local-attention layers) run a registered eager attention function whose softmax
+  probabilities sit in the graph, so dF/dA is read directly.
 * ``ig``: captum Integrated Gradients on the input embeddings, zero baseline, ``steps`` Gauss-Legendre
   nodes, summed over the hidden dimension. Completeness (scores sum to F(x) - F(0)) holds only as well as
   the quadrature resolves the path, and ``delta`` reports the error: with pre-norm models F(alpha x) jumps
@@ -27,23 +28,24 @@ Methods (``METHODS``), all batch 1, ``use_cache=False``, under ``loaded.lock``:
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from analysis.errors import PromptTooLongError, PrunescopeError
-from analysis.implicit_attention import FORMS, attention_maps, default_form
-from analysis.implicit_attention.common import Reduction, reduce_in_chunks
 from analysis.attribution.norms import check_same, layer_norm_forward, rms_forward
+from analysis.errors import PromptTooLongError, PrunescopeError
+from analysis.families import FAMILIES, Family, family_of
+from analysis.implicit_attention import attention_maps
+from analysis.implicit_attention.common import Reduction, reduce_in_chunks
 from analysis.models.hooks import hook_scope
 from analysis.models.loader import LoadedModel, onloaded
 
 METHODS = ("raw", "rollout", "gradattn", "ig", "gxi", "lrp")
-LRP_FAMILIES = ("transformer",)
+LRP_FAMILIES = tuple(name for name, entry in FAMILIES.items() if entry.supports_lrp)
 PROBE, CONSERVATIVE = "prunescope_probe", "prunescope_conservative"  # registered attention implementations
 _STATE = threading.local()  # per-thread recorder of (module, probs) while PROBE runs
 
@@ -257,19 +259,20 @@ def _require_lrp(loaded: LoadedModel) -> None:
 def gradient_weighted_maps(loaded: LoadedModel, input_ids: torch.Tensor, target: int,
                            layers: list[int] | None = None, form: str | None = None) -> torch.Tensor:
     """[len(layers), T, T]: per layer ``(mean_c dF/dA[c] * A[c])^+`` (channels, or heads for softmax layers)."""
-    family = loaded.family
-    form = form or default_form(family)
-    if form not in FORMS[family]:
-        raise PrunescopeError(f"{family} models have no {form!r} attention form; use {' or '.join(FORMS[family])}")
+    entry = family_of(loaded)
+    form = entry.check_form(form)
     layers = list(range(loaded.n_layers)) if layers is None else sorted({int(i) for i in layers})
     bad = [i for i in layers if not 0 <= i < loaded.n_layers]
     if bad:
         raise PrunescopeError(f"layer {bad[0]} does not exist (the model has {loaded.n_layers})")
     with loaded.lock:
-        maps = _softmax_weighted(loaded, input_ids, target, layers) if family in ("transformer", "griffin") else {}
+        maps = _softmax_weighted(loaded, input_ids, target, layers) if entry.has_softmax_layers else {}
         implicit = [i for i in layers if i not in maps]
         if implicit:
-            maps.update(_implicit_weighted(loaded, input_ids, target, implicit, form))
+            maps.update(_implicit_weighted(loaded, entry, input_ids, target, implicit, form))
+        missing = [i for i in layers if i not in maps]
+        if missing:
+            raise PrunescopeError(f"{entry.name} layer {missing[0]} has no attention map to weigh")
     return torch.stack([maps[i].clamp(min=0).float().cpu() for i in layers])
 
 
@@ -286,52 +289,16 @@ def _softmax_weighted(loaded, input_ids, target, layers) -> dict[int, torch.Tens
     return {i: (g[0].float() * p[0].detach().float()).mean(0) for (i, p), g in zip(chosen, grads)}
 
 
-def _implicit_targets(loaded, form: str, layers: list[int]):
-    """Per layer, (module, how, fix): the hook that exposes y, and how g = dF/dy follows from its gradient.
-
-    mamba s6: u = SSM input, y = alpha u (+ D u) = out_proj input / SiLU(z); mamba unified: u = x branch,
-    y = out_proj input. mamba2 s6: y = the SSD output entering the gated norm; mamba2 unified: y = its
-    y * SiLU(gate), made a graph tensor by computing it in a pre-hook and calling the norm with gate=None.
-    rwkv unified: u = value, y = output's input; wkv: y = that / sigmoid(r). griffin rglru: u = RG-LRU input,
-    y = its output; unified: u = linear_x output, y = linear_out input."""
-    model_type, out = loaded.model.config.model_type, {}
-    for i in layers:
-        block = loaded.adapter.block(i)
-        if model_type == "mamba":
-            out[i] = (block.mixer.out_proj, "input", "silu_z" if form == "s6" else None)
-        elif model_type == "mamba2":
-            out[i] = (block.mixer.norm, "gated" if form == "unified" else "input", None)
-        elif model_type == "rwkv":
-            out[i] = (block.attention.output, "input", "sigmoid_r" if form == "wkv" else None)
-        else:
-            temporal = block.temporal_block
-            out[i] = (temporal.rg_lru, "output", None) if form == "rglru" else (temporal.linear_out, "input", None)
-    return out
-
-
-def _capture(loaded, input_ids, layers):
-    from analysis.implicit_attention import griffin, mamba, rwkv
-
-    capture, matrices = {"mamba": (mamba.capture_mamba, mamba.mamba_matrices),
-                         "mamba2": (mamba.capture_mamba, mamba.mamba_matrices),
-                         "rwkv": (rwkv.capture_rwkv, rwkv.rwkv_matrices)}.get(
-        loaded.family, (griffin.capture_griffin, griffin.griffin_matrices))
-    return capture(loaded, input_ids, layers), matrices
-
-
-def _source(inn, form: str) -> torch.Tensor:
-    """The per-channel input u [T, C] that the ``form`` matrices multiply."""
-    if hasattr(inn, "model_type"):  # Mamba / Mamba-2
-        return inn.u if form == "s6" else inn.x
-    if hasattr(inn, "value"):  # RWKV
-        return inn.value
-    return inn.x if form == "rglru" else inn.x_pre
-
-
-def _implicit_weighted(loaded, input_ids, target, layers, form) -> dict[int, torch.Tensor]:
-    internals, matrices = _capture(loaded, input_ids, layers)
-    layers = [i for i in layers if i in internals]  # Griffin: recurrent layers only
-    targets = _implicit_targets(loaded, form, layers)
+def _implicit_weighted(loaded, entry: Family, input_ids, target, layers, form) -> dict[int, torch.Tensor]:
+    """mean_c dF/dA[c] * A[c] of the family's implicit layers among ``layers``, with g = dF/dy read where the
+    registry's relevance target says (:class:`analysis.families.RelevanceTarget`)."""
+    implicit = set(entry.implicit_layers(loaded.adapter))
+    layers = [i for i in layers if i in implicit]  # Griffin: recurrent layers only
+    if not layers:
+        return {}
+    internals, target_of = entry.require("capture")(loaded, input_ids, layers), entry.require("relevance_target")
+    targets = {i: target_of(loaded.adapter.block(i), internals[i], form) for i in layers}
+    matrices = entry.require("matrices").resolve()
     seen: dict[int, torch.Tensor] = {}
 
     def pre(layer, how):
@@ -344,8 +311,9 @@ def _implicit_weighted(loaded, input_ids, target, layers, form) -> dict[int, tor
         return hook
 
     with loaded.lock, torch.enable_grad():
-        with hook_scope() as add:
-            for i, (module, how, _) in targets.items():
+        with hook_scope(loaded.model) as add:
+            for i, spot in targets.items():
+                module, how = spot.module, spot.how
                 if how == "output":
                     add(module, lambda m, a, out, i=i: seen.__setitem__(i, out[0] if isinstance(out, tuple) else out))
                 else:
@@ -357,14 +325,9 @@ def _implicit_weighted(loaded, input_ids, target, layers, form) -> dict[int, tor
         grads = torch.autograd.grad(value, [seen[i] for i in layers])
     result = {}
     for i, grad in zip(layers, grads):
-        inn, fix = internals[i], targets[i][2]
-        g = grad[0].float()
-        if fix == "silu_z":
-            g = g * F.silu(inn.z)
-        elif fix == "sigmoid_r":
-            g = g * torch.sigmoid(inn.receptance)
-        u = _source(inn, form)
-        per = getattr(inn, "head_dim", 1) if form == "s6" else 1  # Mamba-2 s6: one matrix per head
+        inn, spot = internals[i], targets[i]
+        g = grad[0].float() if spot.gate is None else grad[0].float() * spot.gate
+        u, per = spot.source, spot.group  # per: channels sharing one matrix (Mamba-2 s6: a head's)
         g3, u3 = g.reshape(len(g), -1, per), u.reshape(len(u), -1, per)
 
         def weighted(idx, inn=inn, g3=g3, u3=u3):

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 import torch
 
 from analysis.errors import PrunescopeError
+from analysis.families import Family, family, family_of, forms
 from analysis.implicit_attention.common import DEFAULT_BUDGET_BYTES, Reduction, check_layers, eager_attention
 from analysis.models.loader import LoadedModel
 
-FORMS = {"transformer": ("softmax",), "mamba": ("s6", "unified"), "mamba2": ("s6", "unified"),
-         "rwkv": ("unified", "wkv"), "griffin": ("unified", "rglru")}
+FORMS = forms()  # family -> its forms, the default first (from the registry, analysis/families.py)
 MAX_TOKENS = 4096
 
 
@@ -35,17 +35,15 @@ class AttentionMaps:
     kinds: list[str]  # per layer: "implicit" or "softmax"
 
 
-def default_form(family: str) -> str:
-    return FORMS[family][0]
+def default_form(name: str) -> str:
+    return family(name).default_form
 
 
 def attention_maps(loaded: LoadedModel, text: str, form: str | None = None, reduce: str = "mean",
                    layers: list[int] | None = None, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> AttentionMaps:
     """Attention maps of ``text`` for the chosen layers (all by default), reduced over channels or heads."""
-    family = loaded.family
-    form = form or default_form(family)
-    if form not in FORMS[family]:
-        raise PrunescopeError(f"{family} models have no {form!r} attention form; use {' or '.join(FORMS[family])}")
+    entry = family_of(loaded)
+    form = entry.check_form(form)
     reduction = Reduction.parse(reduce)
     if not text.strip():
         raise PrunescopeError("the text is empty")
@@ -53,7 +51,7 @@ def attention_maps(loaded: LoadedModel, text: str, form: str | None = None, redu
     layers = sorted(set(check_layers(loaded, layers)))
     _check_budget(len(ids), len(layers), budget_bytes)
     input_ids = torch.tensor([ids], device=loaded.device)
-    maps, kinds = _compute(loaded, family, input_ids, form, reduction, layers, budget_bytes)
+    maps, kinds = _compute(loaded, entry, input_ids, form, reduction, layers, budget_bytes)
     tokens = [loaded.tokenizer.decode([i]) for i in ids]
     return AttentionMaps(torch.stack([maps[i].float().cpu() for i in layers]), layers, ids, tokens, form, reduce,
                          [kinds[i] for i in layers])
@@ -67,29 +65,29 @@ def _check_budget(length: int, n_layers: int, budget_bytes: int) -> None:
                               f"the memory budget is {budget_bytes / 2**30:.1f} GiB (shorten the text or pick layers)")
 
 
-def _compute(loaded, family, input_ids, form, reduction, layers, budget):
-    if family in ("mamba", "mamba2"):
-        from analysis.implicit_attention.mamba import capture_mamba, mamba_reduced
-
-        internals = capture_mamba(loaded, input_ids, layers)
-        maps = {i: mamba_reduced(internals[i], form, reduction, budget) for i in layers}
-        return maps, dict.fromkeys(layers, "implicit")
-    if family == "rwkv":
-        from analysis.implicit_attention.rwkv import capture_rwkv, rwkv_reduced
-
-        internals = capture_rwkv(loaded, input_ids, layers)
-        maps = {i: rwkv_reduced(internals[i], form, reduction, budget) for i in layers}
-        return maps, dict.fromkeys(layers, "implicit")
-    if family == "griffin":
-        from analysis.implicit_attention.griffin import capture_griffin, griffin_attention_maps, griffin_reduced
-
-        internals = capture_griffin(loaded, input_ids, layers)
-        maps = {i: griffin_reduced(inner, form, reduction, budget) for i, inner in internals.items()}
+def _compute(loaded, entry: Family, input_ids, form, reduction, layers, budget):
+    """Maps and kinds of ``layers``: the family's implicit layers from its capture and reduced maps, the rest
+    from its softmax attention."""
+    implicit = set(entry.implicit_layers(loaded.adapter))
+    chosen = [i for i in layers if i in implicit]
+    maps, kinds = {}, {}
+    if chosen:
+        internals, reduced = entry.require("capture")(loaded, input_ids, chosen), entry.require("reduced")
+        maps = {i: reduced(internals[i], form, reduction, budget) for i in chosen}
         kinds = dict.fromkeys(maps, "implicit")
-        softmax = griffin_attention_maps(loaded, input_ids, [i for i in layers if i not in maps])
-        return {**maps, **softmax}, {**kinds, **dict.fromkeys(softmax, "softmax")}
+    rest = [i for i in layers if i not in maps]
+    if rest:
+        softmax = entry.require("softmax_maps")(loaded, input_ids, rest, reduction)
+        maps.update(softmax)
+        kinds.update(dict.fromkeys(softmax, "softmax"))
+    return maps, kinds
+
+
+def softmax_maps(loaded: LoadedModel, input_ids: torch.Tensor, layers: list[int], reduction: Reduction
+                 ) -> dict[int, torch.Tensor]:
+    """A transformer's [T, T] softmax maps of ``layers``, reduced over heads."""
     probs = softmax_attention(loaded, input_ids)
-    return {i: _reduce_heads(probs[i], reduction) for i in layers}, dict.fromkeys(layers, "softmax")
+    return {i: _reduce_heads(probs[i], reduction) for i in layers}
 
 
 def softmax_attention(loaded: LoadedModel, input_ids: torch.Tensor) -> list[torch.Tensor]:

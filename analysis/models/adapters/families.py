@@ -87,8 +87,13 @@ class GriffinAdapter(ModelAdapter):
     def max_context(self) -> int | None:
         return None
 
+    def recurrent_layers(self) -> list[int]:
+        """Layers whose temporal block is recurrent (has an RG-LRU); the others are local attention. The one
+        test of it: the family registry's implicit layers and ``griffin_recurrent_layers`` use this too."""
+        return [i for i, b in enumerate(self._blocks) if hasattr(b.temporal_block, "rg_lru")]
+
     def _recurrent_blocks(self):
-        return [b.temporal_block for b in self._blocks if hasattr(b.temporal_block, "rg_lru")]
+        return [self._blocks[i].temporal_block for i in self.recurrent_layers()]
 
     def run_prefix(self, prefix_ids):
         from transformers import DynamicCache
