@@ -36,6 +36,7 @@ browser:
 	     --no-install-recommends chromium; then :; else echo "note: chromium not installed; the browser test will skip"; fi; }
 
 test: setup browser
+	$(PY) -m ruff check analysis components
 	$(PY) -m pytest
 
 bench: setup

@@ -17,8 +17,9 @@ import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from analysis import codec
 from analysis.paths import PRECOMPUTED_DIR, cache_dir

@@ -8,8 +8,8 @@ a fresh CPU host answers the first clicks at once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from analysis.attribution.runs import attribute_task
 from analysis.cache import ResultsCache

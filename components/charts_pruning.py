@@ -10,7 +10,6 @@ from plotly.subplots import make_subplots
 
 from components.charts import visible_token
 
-
 # In the figure's top margin, right of the title, clear of the subplot titles and the rotated task names.
 TOP_RIGHT_LEGEND = dict(orientation="h", yref="container", y=0.99, yanchor="top", x=1, xanchor="right")
 # (summary column prefix, legend name, colour)

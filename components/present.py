@@ -5,8 +5,8 @@ the URL (so a link opens straight into it)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import streamlit as st
 

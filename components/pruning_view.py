@@ -10,8 +10,8 @@ import streamlit as st
 
 from analysis.evaluation.paired import Cell, excludes_zero, format_p
 from analysis.pruning.evaluate import PruneEvalResult, flip_counts
-from components.charts_pruning import change_forest, pruning_bars
 from components import present
+from components.charts_pruning import change_forest, pruning_bars
 from components.export import chart, table
 
 

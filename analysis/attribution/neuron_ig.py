@@ -14,8 +14,8 @@ Completeness says ``sum_i IG_i = F(a) - F(0)``; every result carries its error p
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 
@@ -128,7 +128,8 @@ def _fast_one(loaded: LoadedModel, item: AttributionInput, alphas: torch.Tensor,
         rows = len(chunk) * m
         scaled = {layer: (alphas[:, None] * acts[layer][None]).requires_grad_(True) for layer in chunk}
 
-        def replace(layer: int, activation: torch.Tensor) -> torch.Tensor:
+        def replace(layer: int, activation: torch.Tensor, rows: int = rows, chunk: list[int] = chunk,
+                    scaled: dict[int, torch.Tensor] = scaled) -> torch.Tensor:  # this chunk's, bound now
             out = activation.reshape(rows, c, activation.shape[-1]).clone()
             first = chunk.index(layer) * m
             out[first:first + m, -1] = scaled[layer]

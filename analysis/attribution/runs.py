@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from analysis.attribution.neuron_ig import NeuronIGResult, neuron_ig
 from analysis.attribution.targets import prepare_inputs

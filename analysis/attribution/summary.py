@@ -23,8 +23,10 @@ def top_neurons(loaded: LoadedModel, result: NeuronIGResult, k: int = 20) -> pd.
         for item in result.inputs:
             ids = list(item.input_ids)
             seen: dict[int, torch.Tensor] = {}
-            with loaded.adapter.hook_sites(lambda layer, a: seen.__setitem__(layer, a.reshape(len(ids), -1)),
-                                           layers=sorted(wanted)):
+            def keep(layer: int, a: torch.Tensor, seen: dict = seen, length: int = len(ids)) -> None:
+                seen[layer] = a.reshape(length, -1)
+
+            with loaded.adapter.hook_sites(keep, layers=sorted(wanted)):
                 loaded.adapter.base_model(input_ids=torch.tensor([ids], device=loaded.device), use_cache=False)
             for layer, neurons in wanted.items():
                 values, positions = seen[layer][:, neurons].max(dim=0)

@@ -16,8 +16,8 @@ last token of that extended prompt; :attr:`AttributionInput.text` is the exact s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 

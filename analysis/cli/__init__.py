@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from analysis.cli import attention, evaluate, pruning, task_vectors
 from analysis.cli.common import EXIT_BAD_INPUT, OneLineParser, quiet_libraries

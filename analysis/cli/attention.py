@@ -6,7 +6,7 @@ import argparse
 
 import numpy as np
 
-from analysis.cli.common import add_model_args, add_ray_arg, bounded, ray_pool, progress_bar
+from analysis.cli.common import add_model_args, add_ray_arg, bounded, progress_bar, ray_pool
 from analysis.errors import PrunescopeError
 
 

@@ -6,8 +6,16 @@ import argparse
 import json
 from pathlib import Path
 
-from analysis.cli.common import (add_model_args, add_ray_arg, bounded, load, positive_int, ray_pool, results_cache,
-                                 progress_bar)
+from analysis.cli.common import (
+    add_model_args,
+    add_ray_arg,
+    bounded,
+    load,
+    positive_int,
+    progress_bar,
+    ray_pool,
+    results_cache,
+)
 
 
 def register(commands) -> None:

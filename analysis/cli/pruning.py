@@ -5,13 +5,25 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from analysis.bounds import check
-from analysis.cli.common import (add_model_args, add_ray_arg, bounded, load, ray_pool, results_cache, shots_list,
-                                 progress_bar)
+from analysis.cli.common import (
+    add_model_args,
+    add_ray_arg,
+    bounded,
+    load,
+    progress_bar,
+    ray_pool,
+    results_cache,
+    shots_list,
+)
 from analysis.errors import PrunescopeError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def register(commands) -> None:
@@ -203,7 +215,7 @@ def cmd_prune_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def change_table(summary) -> "pd.DataFrame":
+def change_table(summary) -> pd.DataFrame:
     """The prune-eval text table: per task and shots, the rates and the paired changes with intervals."""
     import pandas as pd
 

@@ -7,7 +7,7 @@ import argparse
 import dataclasses
 import json
 
-from analysis.cli.common import add_model_args, bounded, load, positive_int, results_cache, progress_bar
+from analysis.cli.common import add_model_args, bounded, load, positive_int, progress_bar, results_cache
 
 
 def register(commands) -> None:

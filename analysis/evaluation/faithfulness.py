@@ -16,7 +16,7 @@ give AUCs in [0, 1]), averaged over prompts; auc_std is the population std over 
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -34,7 +34,7 @@ ROW_TOKENS = 16384  # tokens per batched forward of perturbed copies
 Progress = Callable[[int, int], None]
 
 
-def replacement_id(loaded: LoadedModel, replacement: "str | int" = "pad") -> int:
+def replacement_id(loaded: LoadedModel, replacement: str | int = "pad") -> int:
     """The token that stands in for removed tokens: ``pad`` (pad, else EOS), ``eos``, or an id."""
     tok = loaded.tokenizer
     if isinstance(replacement, (int, np.integer)) and not isinstance(replacement, bool):
@@ -69,7 +69,7 @@ def _check_fractions(fractions: Sequence[float]) -> np.ndarray:
 
 
 def perturbation_curve(loaded: LoadedModel, text: str, order: Sequence[int], target_id: int,
-                       fractions: Sequence[float] = DEFAULT_FRACTIONS, replacement: "str | int" = "pad"
+                       fractions: Sequence[float] = DEFAULT_FRACTIONS, replacement: str | int = "pad"
                        ) -> np.ndarray:
     """Probability of ``target_id`` at the last position after replacing the first ``round(f * (T - 1))``
     positions of ``order`` (never the last one), for each f in ``fractions``."""
@@ -121,7 +121,7 @@ def _plan(loaded: LoadedModel, methods: Sequence[str]) -> tuple[list[str], dict[
 
 def prompt_curves(loaded: LoadedModel, task, methods: Sequence[str], n: int, shots: int, seed: int,
                   indices: Sequence[int], fractions: Sequence[float] = DEFAULT_FRACTIONS,
-                  replacement: "str | int" = "pad", steps: int = 32) -> list[tuple[int, dict]]:
+                  replacement: str | int = "pad", steps: int = 32) -> list[tuple[int, dict]]:
     """For prompts ``indices`` of the ``n`` that :func:`faithfulness` samples: (target id, curve per (method,
     order)). A shard of the work: each prompt's curves depend on nothing but the prompt and its index."""
     methods, notes = _plan(loaded, methods)
@@ -149,7 +149,7 @@ def prompt_curves(loaded: LoadedModel, task, methods: Sequence[str], n: int, sho
 
 def faithfulness(loaded: LoadedModel, task, methods: Sequence[str], n: int, shots: int = 2, seed: int = 0,
                  progress: Progress | None = None, *, fractions: Sequence[float] = DEFAULT_FRACTIONS,
-                 replacement: "str | int" = "pad", steps: int = 32, pool=None) -> pd.DataFrame:
+                 replacement: str | int = "pad", steps: int = 32, pool=None) -> pd.DataFrame:
     """Perturbation AUCs of ``methods`` (+ ``random``) over ``n`` prompts of ``task``.
 
     One row per (method, order) with columns ``COLUMNS``; ``method`` order as given, ``random`` last.

@@ -21,9 +21,9 @@ batched run gives the same predictions as one prompt at a time.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Callable, ContextManager, Sequence
 
 import pandas as pd
 import torch
@@ -168,7 +168,7 @@ def answer_token_budget(loaded: LoadedModel, task: Task, slack: int = 2) -> int:
 
 def generate_answers(loaded: LoadedModel, prompts: Sequence[Prompt], task: Task, mask: NeuronMask | None = None,
                      batch_size: int = 16, progress: Progress | None = None,
-                     intervention: Callable[[], ContextManager] | None = None) -> list[str]:
+                     intervention: Callable[[], AbstractContextManager] | None = None) -> list[str]:
     """Greedy answers (text before the delimiter, trimmed) for ``prompts``, in their order.
 
     ``intervention`` returns a context manager (e.g. hooks) entered around generation, under the model lock.

@@ -19,9 +19,9 @@ in the vector's own prompts (a demonstration or a dummy): the vector carried an 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
 
 import pandas as pd
 import torch

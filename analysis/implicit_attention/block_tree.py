@@ -96,7 +96,7 @@ class Terms:
     rights: torch.Tensor | None
     extra: torch.Tensor
 
-    def channels(self, start: int, stop: int) -> "Terms":
+    def channels(self, start: int, stop: int) -> Terms:
         """Views of channels [start, stop) (broadcast dimensions stay as they are)."""
         def cut(t, dim):
             return t if t is None or t.shape[dim] == 1 else t.narrow(dim, start, stop - start)

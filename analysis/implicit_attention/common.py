@@ -3,10 +3,10 @@ memory budget (only the requested reduction of the [channels, T, T] tensor is ev
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 
@@ -52,7 +52,7 @@ class Reduction:
     channels: tuple[int, ...] = ()
 
     @classmethod
-    def parse(cls, text: str) -> "Reduction":
+    def parse(cls, text: str) -> Reduction:
         """'mean' | 'absmean' | 'channels:3,17,40'."""
         if text in ("mean", "absmean"):
             return cls(text)

@@ -30,8 +30,16 @@ import torch
 from torch import nn
 
 from analysis.implicit_attention.block_tree import Terms, mean_over_channels
-from analysis.implicit_attention.common import (DEFAULT_BUDGET_BYTES, Internals, Reduction, check_form, check_layers,
-                                                eager_attention, prompt_ids, reduce_in_chunks)
+from analysis.implicit_attention.common import (
+    DEFAULT_BUDGET_BYTES,
+    Internals,
+    Reduction,
+    check_form,
+    check_layers,
+    eager_attention,
+    prompt_ids,
+    reduce_in_chunks,
+)
 from analysis.models.hooks import hook_scope
 
 FORMS = ("unified", "rglru")

@@ -37,10 +37,22 @@ import torch.nn.functional as F
 
 from analysis.errors import PrunescopeError
 from analysis.implicit_attention.block_tree import padded_length
-from analysis.implicit_attention.common import (DEFAULT_BUDGET_BYTES, Internals, Reduction, check_form, check_layers,
-                                                prompt_ids, reduce_in_chunks)
-from analysis.implicit_attention.mamba_tree import (MambaForm, mamba_mean, mamba_s6_abs_sum, mamba_s6_matrices,
-                                                    per_channel_scratch_bytes)
+from analysis.implicit_attention.common import (
+    DEFAULT_BUDGET_BYTES,
+    Internals,
+    Reduction,
+    check_form,
+    check_layers,
+    prompt_ids,
+    reduce_in_chunks,
+)
+from analysis.implicit_attention.mamba_tree import (
+    MambaForm,
+    mamba_mean,
+    mamba_s6_abs_sum,
+    mamba_s6_matrices,
+    per_channel_scratch_bytes,
+)
 from analysis.models.hooks import hook_scope
 from analysis.models.loader import onloaded
 

@@ -10,8 +10,19 @@ from typing import TYPE_CHECKING, Literal
 import torch
 import torch.nn.functional as F
 
-from analysis.implicit_attention.block_tree import (CACHE_BYTES, Terms, _chunk, _decays, _flush, _flushed, _Scratch,
-                                                    _Tree, mean_over_channels, padded_length, scratch_bytes)
+from analysis.implicit_attention.block_tree import (
+    CACHE_BYTES,
+    Terms,
+    _chunk,
+    _decays,
+    _flush,
+    _flushed,
+    _Scratch,
+    _Tree,
+    mean_over_channels,
+    padded_length,
+    scratch_bytes,
+)
 from analysis.implicit_attention.common import DEFAULT_BUDGET_BYTES
 
 if TYPE_CHECKING:  # mamba.py imports this module

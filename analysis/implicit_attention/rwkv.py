@@ -23,8 +23,15 @@ from dataclasses import dataclass
 
 import torch
 
-from analysis.implicit_attention.common import (DEFAULT_BUDGET_BYTES, Internals, Reduction, check_form, check_layers,
-                                                prompt_ids, reduce_in_chunks)
+from analysis.implicit_attention.common import (
+    DEFAULT_BUDGET_BYTES,
+    Internals,
+    Reduction,
+    check_form,
+    check_layers,
+    prompt_ids,
+    reduce_in_chunks,
+)
 from analysis.models.hooks import hook_scope
 from analysis.models.loader import onloaded
 

@@ -14,10 +14,11 @@ import os
 import re
 import socket
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import torch
@@ -182,7 +183,7 @@ DEVICE_MAP_NAMES = ("auto", "balanced", "balanced_low_0", "sequential")
 DISK_OFFLOAD_UNSUPPORTED = {"recurrent_gemma": "its decoding step reads conv_1d.weight directly"}
 
 
-def load_model(spec: "str | os.PathLike" = DEFAULT_MODEL, device: str | None = "auto", dtype: str | None = "auto",
+def load_model(spec: str | os.PathLike = DEFAULT_MODEL, device: str | None = "auto", dtype: str | None = "auto",
                allow_pickle_weights: bool = False, device_map: str | dict | None = None,
                max_memory: dict | None = None) -> LoadedModel:
     """Load ``spec`` onto ``device`` in ``dtype`` (see :mod:`analysis.device`) with its adapter. Weights load

@@ -20,9 +20,9 @@ import math
 import random
 import string
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -192,10 +192,11 @@ def _train_loop(model, stream, optimizer, rng, start, minutes, max_steps, batch,
 
 
 def model_card(report: ToyReport) -> str:
-    return f"""# toy-{report.arch}: a {report.parameters / 1e6:.2f} M-parameter {report.model_type} trained by prunescope
+    size = f"{report.parameters / 1e6:.2f}"
+    return f"""# toy-{report.arch}: a {size} M-parameter {report.model_type} trained by prunescope
 
 Trained from scratch with `python -m analysis train-toy --arch {report.arch} --seed {report.seed} --minutes
-{report.minutes:g} --max-steps {report.max_steps}` on CPU ({report.threads} thread{"s" if report.threads > 1 else ""}).
+{report.minutes:g} --max-steps {report.max_steps}` on CPU ({report.threads} thread{"s" * (report.threads > 1)}).
 
 - **Data**: a synthetic corpus generated from seed {report.seed} (analysis/models/toy.py): 60 % in-context
   key->value recall lines (`q:7 b:2 m:5 | b:2 m:5 q:7`, every key queried once), 10 % copying

@@ -10,8 +10,8 @@ transformers models; tests check the chunked paths give the same outputs and gra
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 

@@ -18,8 +18,8 @@ apart from the runner-up; when they cannot, more prompts (``n``) are needed to s
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import pandas as pd
 import torch

@@ -9,8 +9,8 @@ evaluated on other tasks (:func:`analysis.pruning.evaluate.prune_eval`).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

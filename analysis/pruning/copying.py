@@ -25,8 +25,8 @@ the selection are cheap and run after it. k is chosen in :mod:`analysis.pruning.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 

@@ -3,16 +3,25 @@ prompts, with paired intervals and tests (analysis/evaluation/paired.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import pandas as pd
 
 from analysis.bounds import check
 from analysis.cache import ResultsCache
 from analysis.evaluation.icl import EvalResult, evaluate_task, is_evaluated, store_evaluation
-from analysis.evaluation.paired import (AVERAGE, BASELINE, COMPARED, PRUNED, RANDOM_PREFIX, RESAMPLES, Cell,
-                                        compare, verdict)
+from analysis.evaluation.paired import (
+    AVERAGE,
+    BASELINE,
+    COMPARED,
+    PRUNED,
+    RANDOM_PREFIX,
+    RESAMPLES,
+    Cell,
+    compare,
+    verdict,
+)
 from analysis.models.loader import LoadedModel
 from analysis.pruning.copying import random_mask_like
 from analysis.pruning.mask import NeuronMask

@@ -7,10 +7,11 @@ Zero-ablation at every position, as in the copying-bias pruning of arXiv 2410.01
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -31,7 +32,7 @@ class NeuronMask:
     meta: dict = field(default_factory=dict, compare=False, hash=False)
 
     @classmethod
-    def from_pairs(cls, pairs: Iterable[tuple[int, int]], **meta) -> "NeuronMask":
+    def from_pairs(cls, pairs: Iterable[tuple[int, int]], **meta) -> NeuronMask:
         return cls(frozenset((int(layer), int(index)) for layer, index in pairs), meta)
 
     def __len__(self) -> int:
@@ -77,7 +78,7 @@ class NeuronMask:
         return path
 
     @classmethod
-    def from_json(cls, data: dict, what: str = "mask") -> "NeuronMask":
+    def from_json(cls, data: dict, what: str = "mask") -> NeuronMask:
         if not isinstance(data, dict) or data.get("format") != MASK_FORMAT or not isinstance(data.get("neurons"), list):
             raise PrunescopeError(f"{what}: not a prunescope mask (expected format {MASK_FORMAT!r} and a neurons list)")
         pairs = []
@@ -100,7 +101,7 @@ class NeuronMask:
         return ",".join(f"{layer}.{index}" for layer, index in sorted(self.neurons))
 
     @classmethod
-    def from_text(cls, text: str, what: str = "mask") -> "NeuronMask":
+    def from_text(cls, text: str, what: str = "mask") -> NeuronMask:
         """Parse :meth:`to_text` output (an empty string is the empty mask)."""
         pairs = []
         for item in filter(None, (part.strip() for part in text.split(","))):
@@ -111,7 +112,7 @@ class NeuronMask:
         return cls.from_pairs(pairs, method="link")
 
     @classmethod
-    def from_bytes(cls, data: bytes, what: str = "mask") -> "NeuronMask":
+    def from_bytes(cls, data: bytes, what: str = "mask") -> NeuronMask:
         """A mask from uploaded JSON bytes, with a one-line error for anything else."""
         try:
             parsed = json.loads(data.decode("utf-8"))
@@ -122,7 +123,7 @@ class NeuronMask:
         return cls.from_json(parsed, what)
 
     @classmethod
-    def load(cls, path: str | Path) -> "NeuronMask":
+    def load(cls, path: str | Path) -> NeuronMask:
         path = Path(path)
         what = f"mask file {path}"
         try:

@@ -123,7 +123,8 @@ def _parse_json(text: str, where: str) -> list[tuple[str, str]]:
             raise TaskError(f"{where}: {at}: expected an object with keys input and output")
         keys = set(item)
         if keys != set(REQUIRED_COLUMNS):
-            raise TaskError(f"{where}: {at}: expected the keys input,output; got {','.join(map(str, item)) or '(none)'}")
+            got = ",".join(map(str, item)) or "(none)"
+            raise TaskError(f"{where}: {at}: expected the keys input,output; got {got}")
         pairs.append(tuple(_check_field(item[c], c, where, at) for c in REQUIRED_COLUMNS))
     return pairs
 

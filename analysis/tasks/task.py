@@ -114,7 +114,7 @@ class Task:
                 )
             yield self.build_prompt(query, rng.sample(pool, shots))
 
-    def split(self, heldout_fraction: float = 0.3, seed: int = 0) -> tuple["Task", "Task"]:
+    def split(self, heldout_fraction: float = 0.3, seed: int = 0) -> tuple[Task, Task]:
         """(fit, held-out) tasks over disjoint pairs, chosen deterministically from ``seed``."""
         order = sorted(self.pairs, key=lambda p: hashlib.sha256(f"{seed}|{p[0]}".encode()).hexdigest())
         cut = max(1, round(len(order) * heldout_fraction))
