@@ -128,7 +128,7 @@ def test_bad_upload_shows_error_and_keeps_results(app):
 
 
 def test_a_link_to_an_uploaded_task_says_the_file_is_missing(tiny_dir, monkeypatch):
-    monkeypatch.setenv("PRUNESCOPE_MODEL", tiny_dir)
+    monkeypatch.setenv("PRUNESCOPE_MODEL", str(tiny_dir))
     at = AppTest.from_file(str(MAIN), default_timeout=TIMEOUT)
     at.query_params.update({"page": "evaluate", "task": UPLOAD_OPTION, "upload": "my<b>tasks</b>.csv"})
     at.run()
@@ -232,7 +232,7 @@ def test_attribution_page_runs_ig_and_shows_top_neurons(app):
     app.number_input(key="ig_steps").set_value(3)
     app.button(key="ig_run").click().run()
     assert not app.exception, [e.value for e in app.exception]
-    shown = app.session_state["ig_result"]
+    shown = app.session_state["ig_result"]["value"]
     assert tuple(shown["result"].scores.shape) == (2, 64)
     top = shown["top"]
     assert len(top) == 20 and (top.score.abs().diff().dropna() <= 1e-12).all()  # sorted by |score|

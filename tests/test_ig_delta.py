@@ -141,7 +141,7 @@ def test_attribution_page_summarises_the_error(tmp_path_factory, monkeypatch):
     app.number_input(key="ig_steps").set_value(1)
     app.button(key="ig_run").click().run()
     assert not app.exception, [e.value for e in app.exception]
-    summary = completeness_summary(app.session_state["ig_result"]["result"])
+    summary = completeness_summary(app.session_state["ig_result"]["value"]["result"])
     assert summary["median"] > COMPLETENESS_WARN
     (warning,) = [w.value for w in app.warning if "Completeness error" in w.value]
     assert f"median {summary['median']:.1%}" in warning and f"worst layer {summary['worst_layer']} " in warning

@@ -8,9 +8,9 @@ from analysis.attribution.summary import top_neurons
 from analysis.bounds import BOUNDS
 from analysis.cache import ResultsCache, task_fingerprint
 from analysis.demo import ATTRIBUTION
-from analysis.distributed import env_pool
 from analysis.device import dtype_name
-from components import present, speculation, state
+from analysis.distributed import env_pool
+from components import present, results, speculation, state
 from components.charts import HEATMAP_SCALES, layer_totals_bar, neuron_heatmap, visible_token
 from components.export import chart, report_button, table
 from components.layout import wrapping_columns
@@ -39,34 +39,32 @@ with present.controls():
     cost_note(loaded, int(n) * int(steps), "ig", f"{int(n)} prompts x {int(steps)} steps")
     clicked = st.button("Attribute", type="primary", disabled=task is None, key="ig_run")
 
+key = None
 if task is not None:
     args = (loaded, task, target, int(n), int(shots), int(state.get("seed")), int(steps), rule)
-    key = ("neuron-ig", loaded.fingerprint(), task_fingerprint(task), *args[2:])
+    key = results.result_key(loaded, "neuron-ig", task_fingerprint(task), *args[2:])
+    label = f"{task.name}, {shots}-shot, {loaded.name}"
 
     def with_top(result):
         if result is None:
             return None
         top = top_neurons(loaded, result)
         return {"result": result, "top": top.assign(fires_most_on=top.fires_most_on.map(visible_token)),
-                "model": loaded.name, "key": key, "label": f"{task.name}, {shots}-shot, {loaded.name}"}
+                "label": label}
 
     with guarded("attribution"):  # a cached result (on disk or shipped) is shown at once, read once per session
-        shown = memo(key, lambda: with_top(attribute_task(*args, cache=ResultsCache(), compute_missing=False)))
-        if shown is None:  # a click starts a job; while it runs every rerun follows it
+        found = memo(key, lambda: with_top(attribute_task(*args, cache=ResultsCache(), compute_missing=False)))
+        if found is None:  # a click starts a job; while it runs every rerun follows it
             result = speculation.follow("job_attribution", key, f"IG {target} on {task.name}", lambda progress:
                                         attribute_task(*args, cache=ResultsCache(), progress=progress,
                                                        pool=env_pool(loaded.name)),
                                         start=clicked, speed=(loaded, "ig", int(n) * int(steps)))
             if result is not None:
-                shown = memo(key, lambda: with_top(result))
-        if shown is not None:
-            st.session_state["ig_result"] = shown
+                found = memo(key, lambda: with_top(result))
+        if found is not None:
+            results.keep("ig_result", key, found, label)
 
-shown = st.session_state.get("ig_result")
-if shown and (task is None or shown.get("key") != key):  # a result is shown only under its own settings
-    st.info(f"The last attribution was for other settings ({shown.get('label', shown['model'])}): click "
-            "Attribute for these.")
-    shown = None
+shown = results.shown("ig_result", key, "attribution", "click Attribute")  # only under its own settings
 if shown:
     result = shown["result"]
     st.subheader(f"{shown['label']}: {result.target} target, {len(result.inputs)} prompts, {result.steps} "
@@ -85,8 +83,9 @@ if shown:
                "(Gemma 3) the signed sum is near zero by construction; read the line.")
     error = completeness_summary(result)  # None for a result cached before the error was stored
     if error is not None:
-        note = (f"Completeness error (sum of a layer's attributions minus F(a) - F(0)): median "
-                f"{error['median']:.1%} of |F(a) - F(0)|; worst layer {error['worst_layer']} at {error['worst']:.1%}.")
+        note = (f"Completeness error (a layer's attributions summed, minus F(a) − F(layer zeroed)): median "
+                f"{error['median']:.1%} of |F(a) − F(layer zeroed)|; worst layer {error['worst_layer']} at "
+                f"{error['worst']:.1%}.")
         if error["median"] > COMPLETENESS_WARN:
             st.warning(f"{note} Above {COMPLETENESS_WARN:.0%}: try more steps or the gauss-legendre quadrature (no "
                        "rule helps where F jumps at alpha ~ 0, e.g. a norm after the MLP as in Gemma 3).")
