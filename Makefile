@@ -37,6 +37,7 @@ browser:
 
 test: setup browser
 	$(PY) -m ruff check analysis components
+	$(PY) -m mypy analysis components
 	$(PY) -m pytest
 
 bench: setup

@@ -48,6 +48,7 @@ BOUNDS: dict[str, Bound] = {
     "tv_n": Bound(1, 500, "task-vector queries"),
     "dummies": Bound(1, 8, "dummy queries per task vector"),
     "faith_n": Bound(1, 200, "faithfulness prompts"),
+    "tv_masked": Bound(0, 1, "task vectors also with the mask: 0 or 1"),
 }
 # text settings a link may carry: at most this many characters (the rest is cut off)
 TEXT_LIMITS: dict[str, int] = {"text": 600, "mask": 60_000, "layers": 16, "task": 120, "upload": 60, "form": 40,

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypedDict
 
+from analysis.attribution.quadrature import Quadrature
 from analysis.attribution.runs import attribute_task
+from analysis.attribution.targets import CopyTarget, TargetKind
 from analysis.cache import ResultsCache
 from analysis.evaluation.task_vectors import task_vectors
 from analysis.models.loader import LoadedModel
@@ -21,18 +24,68 @@ from analysis.pruning.copying import COPYING_TASK, copying_scores, copying_split
 from analysis.pruning.evaluate import prune_eval
 from analysis.tasks import builtin_tasks
 
+
+class Scoring(TypedDict):
+    """copying_scores' settings on the pruning page."""
+
+    n: int
+    shots: int
+    steps: int
+    target: CopyTarget
+    prompts: str  # all | copied
+
+
+class Settings(TypedDict):
+    """Every setting a link restores (components/state.py)."""
+
+    task: str
+    upload: str
+    shots: int
+    n: int
+    seed: int
+    layer: int
+    k: int
+    mask: str
+    per_layer: int
+    layers: str
+    score_n: int
+    score_shots: int
+    score_steps: int
+    score_target: str
+    score_prompts: str
+    prune: int
+    text: str
+    form: str
+    reduce: str
+    beside: str
+
+
+class AttributionDefaults(TypedDict):
+    target: TargetKind
+    n: int
+    steps: int
+    quadrature: Quadrature
+
+
+class TaskVectorDefaults(TypedDict):
+    n: int
+    dummies: int
+
+
 # copying scores on the pruning page: IG run (n, shots, steps), target (copy | copy-prob), prompts (all | copied)
-SCORING = {"n": 32, "shots": 4, "steps": 20, "target": "copy", "prompts": "all"}
+SCORING: Scoring = {"n": 32, "shots": 4, "steps": 20, "target": "copy", "prompts": "all"}
 # every setting a link restores (the copying-score and selection settings too: with k they define the mask;
 # "upload" is the file name of an uploaded task, which a link can name but not carry)
-SETTINGS = {"task": "antonyms", "upload": "", "shots": 4, "n": 40, "seed": 0, "layer": 0, "k": 20, "mask": "",
-            "per_layer": 0, "layers": "", **{f"score_{name}": value for name, value in SCORING.items()},
-            # the pruning toggle, and the attention page's view ("" = the model family's default)
-            "prune": 0, "text": "a:3 b:5 c:1 d:7 | b:5 a:", "form": "", "reduce": "mean", "beside": ""}
+SETTINGS: Settings = {
+    "task": "antonyms", "upload": "", "shots": 4, "n": 40, "seed": 0, "layer": 0, "k": 20, "mask": "",
+    "per_layer": 0, "layers": "", "score_n": SCORING["n"], "score_shots": SCORING["shots"],
+    "score_steps": SCORING["steps"], "score_target": SCORING["target"], "score_prompts": SCORING["prompts"],
+    # the pruning toggle, and the attention page's view ("" = the model family's default)
+    "prune": 0, "text": "a:3 b:5 c:1 d:7 | b:5 a:", "form": "", "reduce": "mean", "beside": ""}
 PRUNE_TASKS = (f"{COPYING_TASK}[heldout]", *DEV_TASKS)  # the pruning page's default tasks (held-out copying split)
 PRUNE_CONTROLS = 3  # random-mask seeds on the pruning page (its minimum too: one seed shows no spread)
-ATTRIBUTION = {"target": "copy", "n": 8, "steps": 20, "quadrature": "riemann"}  # the attribution page
-TASK_VECTORS = {"n": 40, "dummies": 2}  # the task-vector page (unpruned, and pruned with the active mask)
+ATTRIBUTION: AttributionDefaults = {"target": "copy", "n": 8, "steps": 20, "quadrature": "riemann"}  # its page
+TASK_VECTORS: TaskVectorDefaults = {"n": 40, "dummies": 2}  # the task-vector page (unpruned, and pruned with the mask)
 
 
 def mask_file_name(model_name: str) -> str:
@@ -56,7 +109,9 @@ def precompute_demo(loaded: LoadedModel, out: str | Path = PRECOMPUTED_DIR, swee
     cache = ResultsCache(out, fallbacks=())
     say = progress or (lambda _: None)
     say("copying scores")
-    scores = copying_scores(loaded, **SCORING, cache=cache, pool=pool).scores
+    scored = copying_scores(loaded, **SCORING, cache=cache, pool=pool)
+    assert scored is not None  # compute_missing: computed when not cached
+    scores = scored.scores
     mask = select_top_k(scores, SETTINGS["k"], model=loaded.name, scoring=SCORING)
     mask.save(Path(out) / mask_file_name(loaded.name))  # also loadable as a file on the pruning page
     tasks = [pruning_tasks()[name] for name in PRUNE_TASKS]

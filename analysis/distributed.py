@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -122,7 +122,9 @@ class ModelPool:
 
     def map(self, method: str, shards: Sequence[tuple], progress: Callable[[int], None] | None = None) -> list:
         """``method(*shard)`` on the actors, results in the shards' order; ``progress(i)`` after each shard."""
-        ray, pending, results = self._ray, {}, [None] * len(shards)
+        # Ray object refs and actor handles are untyped (Any)
+        ray, results = self._ray, [None] * len(shards)
+        pending: dict[Any, tuple[int, Any]] = {}
         queue = list(enumerate(shards))
         idle = list(self.actors)
         while queue or pending:
@@ -164,7 +166,7 @@ def neuron_ig_sharded(pool: ModelPool, inputs: Sequence, steps: int, quadrature:
 
 
 def faithfulness_sharded(pool: ModelPool, task, methods: Sequence[str], n: int, shots: int, seed: int, count: int,
-                         options: dict, progress: Callable[[int, int], None] | None = None) -> list:
+                         options: Mapping[str, object], progress: Callable[[int, int], None] | None = None) -> list:
     """Per-prompt (target, curves) of the faithfulness test for its ``count`` prompts, one prompt per shard."""
     done = [0]
 

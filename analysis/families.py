@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,16 @@ from analysis.models.adapters import (
     adapter_class_for,
     supported_architectures,
 )
+
+if TYPE_CHECKING:
+    from analysis.implicit_attention.common import Reduction
+    from analysis.models.protocols import Loaded
+
+# every attention-map form of every family (each family's own are its ``forms``)
+Form = Literal["softmax", "s6", "unified", "wkv", "rglru"]
+FORM_NAMES: tuple[Form, ...] = get_args(Form)
+# where gradattn reads dF/dy: the input or output of a module, or y = norm input * SiLU(gate) in a pre-hook
+RelevanceHow = Literal["input", "output", "gated"]
 
 
 @dataclass(frozen=True)
@@ -57,7 +67,7 @@ class RelevanceTarget:
     (None: none). ``group``: channels sharing one matrix (Mamba-2 s6: a head's channels)."""
 
     module: nn.Module
-    how: str
+    how: RelevanceHow
     source: torch.Tensor  # u [T, C], what the form's matrices multiply
     gate: torch.Tensor | None = None
     group: int = 1
@@ -77,7 +87,7 @@ class Family:
 
     name: str
     adapter: type[ModelAdapter]
-    forms: tuple[str, ...]  # attention-map forms, the default first
+    forms: tuple[Form, ...]  # attention-map forms, the default first
     implicit_layers: Callable[[Any], list[int]]  # called with the family's adapter
     capture: Ref | None = None
     reduced: Ref | None = None
@@ -99,7 +109,7 @@ class Family:
         return self.capture is not None
 
     @property
-    def default_form(self) -> str:
+    def default_form(self) -> Form:
         return self.forms[0]
 
     def require(self, function: str) -> Ref:
@@ -109,12 +119,13 @@ class Family:
             raise PrunescopeError(f"{self.name} models have no {function.replace('_', ' ')}")
         return ref
 
-    def check_form(self, form: str | None) -> str:
+    def check_form(self, form: str | None) -> Form:
         """``form`` (default: the family's first) if this family has it, else a one-line error."""
         form = form or self.default_form
-        if form not in self.forms:
-            raise PrunescopeError(f"{self.name} models have no {form!r} attention form; use {' or '.join(self.forms)}")
-        return form
+        for known in self.forms:
+            if known == form:
+                return known
+        raise PrunescopeError(f"{self.name} models have no {form!r} attention form; use {' or '.join(self.forms)}")
 
 
 def _all_layers(adapter: ModelAdapter) -> list[int]:
@@ -156,7 +167,8 @@ def griffin_relevance_target(block, inn, form: str) -> RelevanceTarget:
     return RelevanceTarget(temporal.linear_out, "input", inn.x_pre)
 
 
-def griffin_softmax_maps(loaded, input_ids, layers, reduction) -> dict[int, torch.Tensor]:
+def griffin_softmax_maps(loaded: Loaded, input_ids: torch.Tensor, layers: list[int], reduction: Reduction
+                         ) -> dict[int, torch.Tensor]:
     """Griffin's local-attention layers: softmax probabilities averaged over all heads (``reduction`` is not
     applied to them, as before the registry)."""
     from analysis.implicit_attention.griffin import griffin_attention_maps
@@ -194,7 +206,7 @@ def family(name: str) -> Family:
     return FAMILIES[name]
 
 
-def family_of(loaded) -> Family:
+def family_of(loaded: Loaded) -> Family:
     """The entry of a loaded model's family."""
     return family(loaded.family)
 
@@ -204,6 +216,6 @@ def family_for(model_type: str, what: str = "model") -> Family:
     return family(adapter_class_for(model_type, what).family)
 
 
-def forms() -> dict[str, tuple[str, ...]]:
+def forms() -> dict[str, tuple[Form, ...]]:
     """family -> its attention-map forms, the default first."""
     return {name: f.forms for name, f in FAMILIES.items()}

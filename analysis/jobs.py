@@ -79,6 +79,6 @@ class Job:
         except BaseException as exc:  # noqa: BLE001 - a worker thread has no caller to raise to; kept for the page
             self.error, self.state = exc, "failed"
         finally:
-            if acquired:
+            if acquired and self._slots is not None:  # acquired implies slots
                 self._slots.release()
             self._end.set()

@@ -14,8 +14,6 @@ PRECOMPUTED_DIR = ASSETS_DIR / "precomputed"  # results shipped for the app's de
 def cache_dir() -> Path:
     """User cache root: $PRUNESCOPE_CACHE, else $XDG_CACHE_HOME/prunescope, else ~/.cache/prunescope."""
     root = os.environ.get("PRUNESCOPE_CACHE")
-    if not root:
-        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "prunescope"
-    path = Path(root)
+    path = Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "prunescope"
     path.mkdir(parents=True, exist_ok=True)
     return path

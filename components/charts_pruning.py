@@ -145,12 +145,12 @@ def task_vector_chart(curves: Mapping[str, Sequence[float]], zero_shot: Mapping[
                                      hovertemplate=f"{name}<br>layer %{{x}}: %{{y:.1%}}, beats zero-shot"
                                                    "<extra></extra>"))
     # Reference lines; conditions with the same value share one line and one label (no overprinted labels).
-    for values, dash, label, position in ((zero_shot, "dot", "zero-shot without a vector", "top right"),
-                                          (icl, "dash", "k-shot ICL", "bottom right")):
+    for reference, dash, label, position in ((zero_shot, "dot", "zero-shot without a vector", "top right"),
+                                             (icl, "dash", "k-shot ICL", "bottom right")):
         shared: dict[float, list[str]] = {}
         for name in curves:
-            if values and name in values:
-                shared.setdefault(round(float(values[name]), 9), []).append(name)
+            if reference and name in reference:
+                shared.setdefault(round(float(reference[name]), 9), []).append(name)
         for value, names in shared.items():
             fig.add_hline(y=value, line_dash=dash, line_color=colours[list(curves).index(names[0]) % len(colours)],
                           annotation_text=f"{' and '.join(names)}, {label}", annotation_position=position)

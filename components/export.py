@@ -47,8 +47,8 @@ def report_button(title: str, figures: Mapping[str, go.Figure] | None = None,
                   findings: Sequence[str] = (), settings: Sequence[str] = ()) -> None:
     """Download a self-contained HTML report of what the page shows (findings, figures, tables, parameters,
     link). ``settings``: the shared settings this page uses, the only ones the report lists."""
-    settings = {name: state.task_label() if name == "task" else state.get(name) for name in settings}
-    parts = (title, dict(figures or {}), dict(tables or {}), {**settings, **(params or {})}, state.link())
+    shown = {name: state.task_label() if name == "task" else state.get(name) for name in settings}
+    parts = (title, dict(figures or {}), dict(tables or {}), {**shown, **(params or {})}, state.link())
     build = lambda: html_report(*parts[:4], link=parts[4], findings=list(findings))  # noqa: E731 - on click only
     st.download_button("HTML report", build,
                        f"prunescope-{_slug(title)}.html", "text/html",

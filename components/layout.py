@@ -9,12 +9,15 @@ scopes the rule to one row of columns).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import streamlit as st
 
+Gap = Literal["xxsmall", "xsmall", "small", "medium", "large", "xlarge", "xxlarge"]  # st.columns gaps
+
 
 def wrapping_columns(spec: int | Sequence[float], key: str, min_width: int | Sequence[int],
-                     gap: str = "small") -> list:
+                     gap: Gap = "small") -> list:
     """``st.columns(spec)`` whose columns are at least ``min_width`` px wide (one value, or one per column),
     wrapping onto more rows, which they then fill, when the page is narrower."""
     count = spec if isinstance(spec, int) else len(spec)

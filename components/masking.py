@@ -3,6 +3,9 @@ neurons from cached copying scores (default scoring settings). Shared by the tas
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, cast
+
 import streamlit as st
 
 from analysis.cache import ResultsCache
@@ -16,9 +19,14 @@ from components.widgets import memo
 ACTIVE_KEY = "active_mask"  # {"model": name, "mask": NeuronMask}
 
 
-def scoring_settings() -> dict:
+def scoring_settings() -> dict[str, Any]:
     """The copying-score settings of the current session (their link parameters are ``score_<name>``)."""
-    return {name: type(default)(state.get(f"score_{name}")) for name, default in SCORING.items()}
+    return {name: _like(default, state.get(f"score_{name}")) for name, default in SCORING.items()}
+
+
+def _like(default: object, value: object) -> object:
+    """``value`` converted to the type of ``default`` (an int or a str: each converts from a link's text)."""
+    return cast("Callable[[object], object]", type(default))(value)
 
 
 def stored_copying_scores(loaded: LoadedModel, n: int, shots: int, steps: int, target: str = "copy",

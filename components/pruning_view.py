@@ -5,6 +5,8 @@ the bars and the paired changes, the flips between outcome classes. The numbers 
 
 from __future__ import annotations
 
+from typing import Literal
+
 import pandas as pd
 import streamlit as st
 
@@ -47,8 +49,9 @@ def show_metrics(cell: Cell, pruned: bool) -> None:
                help=_interval(base["copy_error_rate"]), width=width)
     if not pruned or "pruned" not in cell.rates:
         return
-    for metric, label, colour in (("accuracy", "Accuracy, pruned", "normal"),
-                                  ("copy_error_rate", "Copy errors, pruned", "inverse")):
+    shown: tuple[tuple[str, str, Literal["normal", "inverse"]], ...] = (
+        ("accuracy", "Accuracy, pruned", "normal"), ("copy_error_rate", "Copy errors, pruned", "inverse"))
+    for metric, label, colour in shown:
         change = cell.vs_baseline[metric]
         low, high = change.ci95
         row.metric(label, f"{cell.rates['pruned'][metric].value:.1%}", f"{100 * change.delta:+.1f} points",

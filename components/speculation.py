@@ -119,13 +119,13 @@ def status_line(job: Job | None, ready_text: str, label: str) -> None:
 
 
 def follow(slot: str, key: Hashable, label: str, work: Callable[[Progress], Any], start: bool, unit: str = "prompts",
-           speed: tuple[LoadedModel, str, int] | None = None) -> Any:
+           speed: tuple[LoadedModel, str, int] | None = None, total: int = 0) -> Any:
     """A job the user asked for: started on a worker thread when ``start`` (a click) and none runs for ``key``
     in this ``slot`` (one per page and session; a job for other settings there is cancelled), then followed
     with its progress bar and Cancel on every script run while it lasts, including runs after the visitor left
     the page and came back. Returns its result once done, None while nothing for ``key`` ran or after a Cancel;
     a failure is raised (for ``guarded``). ``speed`` = (model, kind, units): a run that computed records its
-    speed for the cost notes."""
+    speed for the cost notes; ``total``: the units of work, when known before the first progress report."""
     job: Job | None = st.session_state.get(slot)
     if start and not (job is not None and job.key == key and job.running):
         if job is not None:
@@ -138,7 +138,7 @@ def follow(slot: str, key: Hashable, label: str, work: Callable[[Progress], Any]
                 measured_speed(speed[0], speed[2], time.monotonic() - started, speed[1])
             return result
 
-        job = Job(key, timed, name=f"prunescope-{slot}").start()
+        job = Job(key, timed, total, name=f"prunescope-{slot}").start()
         st.session_state[slot] = job
     if job is None or job.key != key:
         return None

@@ -17,10 +17,22 @@ from urllib.parse import urlencode
 import streamlit as st
 
 from analysis.bounds import BOUNDS, TEXT_LIMITS
-from analysis.demo import SETTINGS
+from analysis.demo import ATTRIBUTION, PRUNE_CONTROLS, PRUNE_TASKS, SETTINGS, TASK_VECTORS
+
+# Each page's own settings, linked like the shared ones, so a link reproduces what a page showed and a page keeps
+# its settings while the visitor is on another one (a running job is found again under them); name -> default.
+# Lists (multiselects) are comma-joined text.
+PAGE_DEFAULTS: dict[str, Any] = {
+    "ig_target": ATTRIBUTION["target"], "ig_n": ATTRIBUTION["n"], "ig_steps": ATTRIBUTION["steps"],
+    "ig_rule": ATTRIBUTION["quadrature"], "ig_scale": "robust",
+    "tv_n": TASK_VECTORS["n"], "tv_dummies": TASK_VECTORS["dummies"], "tv_format": "the task's own", "tv_masked": 1,
+    "faith_task": "antonyms", "faith_n": 10, "rel_methods": "raw,rollout,gradattn,gxi",
+    "prune_tasks": ",".join(PRUNE_TASKS), "prune_controls": PRUNE_CONTROLS,
+    "cmp_mode": "two masks", "cmp_model": "", "cmp_mask_A": "no mask", "cmp_mask_B": "active mask"}
+BOUND_OF = {"ig_steps": "steps", "tv_dummies": "dummies", "prune_controls": "controls"}  # else its own name
 
 # query parameter -> default value (its type is the parameter's type); the demo's results are precomputed for these
-DEFAULTS: dict[str, Any] = dict(SETTINGS)
+DEFAULTS: dict[str, Any] = {**SETTINGS, **PAGE_DEFAULTS}
 PREFIX = "setting_"  # session-state key of a setting
 RESTORED = "_query_restored"
 PAGE_PARAM = "page"
@@ -64,7 +76,8 @@ def _parse(name: str, text: str) -> Any:
             value = int(text.strip()[:24])
         except ValueError:
             return default
-        return BOUNDS[name].clamp(value) if name in BOUNDS else value
+        bound_name = BOUND_OF.get(name, name)
+        return BOUNDS[bound_name].clamp(value) if bound_name in BOUNDS else value
     return text[:TEXT_LIMITS.get(name, 200)]
 
 
@@ -104,15 +117,49 @@ def share_link() -> None:
         st.code(link(), language=None)
 
 
+def _valid_choice(name: str, value: Any, options: list, default: Any) -> Any:
+    """``value`` when it is one of ``options``; else one red line naming the setting, and the default (or the
+    first option)."""
+    if value in options:
+        return value
+    fallback = default if default in options else options[0]
+    if value not in ("", None):  # '' = "this model's default" (e.g. another model's list of choices)
+        st.error(f"{name}={str(value)[:40]!r} is not one of the choices here; using {fallback}")
+    put(name, fallback)
+    return fallback
+
+
 def bound(widget: Callable[..., Any], label: str, name: str, widget_key: str | None = None, **kwargs) -> Any:
-    """Draw ``widget(label, ...)`` bound to the shared setting ``name``: it starts from the setting and
-    writes back to it, on any page."""
+    """Draw ``widget(label, ...)`` bound to the setting ``name``: it starts from the setting and writes back to
+    it, on any page. Numbers keep to the setting's range, choices (selectbox, radio) to their options, a
+    multiselect's picks (kept as comma-joined text) to its options; a link's value outside them is replaced,
+    with one red line."""
     widget_key = widget_key or f"_w_{name}"
     value = get(name)
-    if name in BOUNDS and getattr(widget, "__name__", "") == "number_input":  # the one range (a page may narrow
-        # it: shots >= 1 where prompts need demonstrations, layer < the model's layer count)
-        kwargs["min_value"] = max(kwargs.get("min_value", BOUNDS[name].low), BOUNDS[name].low)
-        kwargs["max_value"] = min(kwargs.get("max_value", BOUNDS[name].high), BOUNDS[name].high)
+    kind = getattr(widget, "__name__", "")
+    if kind in ("selectbox", "radio"):
+        options = list(kwargs.pop("options"))
+        st.session_state[widget_key] = _valid_choice(name, value, options, DEFAULTS.get(name))
+        value = widget(label, options, key=widget_key, on_change=lambda: put(name, st.session_state[widget_key]),
+                       **kwargs)
+        put(name, value)
+        return value
+    if kind == "multiselect":
+        options = list(kwargs.pop("options"))
+        picked = [item for item in str(value).split(",") if item]
+        unknown = [item for item in picked if item not in options]
+        if unknown:
+            st.error(f"{name}: {', '.join(repr(u[:40]) for u in unknown[:3])} not among the choices here; left out")
+        st.session_state[widget_key] = [item for item in picked if item in options]
+        value = widget(label, options, key=widget_key,
+                       on_change=lambda: put(name, ",".join(st.session_state[widget_key])), **kwargs)
+        put(name, ",".join(value))
+        return value
+    bound_name = BOUND_OF.get(name, name)
+    if bound_name in BOUNDS and kind == "number_input":  # the one range (a page may narrow it: shots >= 1 where
+        # prompts need demonstrations, layer < the model's layer count)
+        kwargs["min_value"] = max(kwargs.get("min_value", BOUNDS[bound_name].low), BOUNDS[bound_name].low)
+        kwargs["max_value"] = min(kwargs.get("max_value", BOUNDS[bound_name].high), BOUNDS[bound_name].high)
     if getattr(widget, "__name__", "") in ("checkbox", "toggle"):  # kept as 0/1 (links, defaults), shown as bool
         st.session_state[widget_key] = bool(value)
         value = widget(label, key=widget_key, on_change=lambda: put(name, int(st.session_state[widget_key])),

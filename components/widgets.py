@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import streamlit as st
 import torch
@@ -28,6 +29,7 @@ from components import state
 from components.charts import visible_token
 
 LOG = logging.getLogger("prunescope")
+T = TypeVar("T")
 MODEL_ENV = "PRUNESCOPE_MODEL"
 MODEL_KEY = "loaded_model"
 SPEC_KEY = "model_spec"  # the spec typed or picked (for deep links), even when loading failed
@@ -276,7 +278,7 @@ MEMO_KEY = "_memo"
 MEMO_SIZE = 32
 
 
-def memo(key: tuple, compute: Callable[[], object]) -> object:
+def memo(key: tuple, compute: Callable[[], T]) -> T:
     """A per-session memo of results that reruns caused by other widgets should not recompute or re-read from
     disk (attention maps, token relevance, cached scores); ``key`` must name everything the result depends on.
     ``None`` ("nothing yet") is not kept, so a later call looks again."""
@@ -284,7 +286,7 @@ def memo(key: tuple, compute: Callable[[], object]) -> object:
     if key not in store:
         value = compute()
         if value is None:
-            return None
+            return value
         store[key] = value
         while len(store) > MEMO_SIZE:
             store.pop(next(iter(store)))

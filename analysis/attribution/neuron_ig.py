@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from analysis.attribution.quadrature import Quadrature, check_quadrature
 from analysis.attribution.quadrature import quadrature as quadrature_rule
-from analysis.attribution.targets import AttributionInput
+from analysis.attribution.targets import AttributionInput, TargetKind
 from analysis.errors import PrunescopeError
 from analysis.models.loader import LoadedModel
 
@@ -34,9 +35,9 @@ class NeuronIGResult:
 
     per_prompt: torch.Tensor
     inputs: list[AttributionInput]
-    target: str
+    target: TargetKind
     steps: int
-    quadrature: str
+    quadrature: Quadrature
     f_clean: torch.Tensor  # F(a) per prompt
     meta: dict = field(default_factory=dict)
     # completeness error [N, layers]: sum_i IG[p, l, i] - (F(a) - F(layer l's site zeroed)); None in cache
@@ -61,6 +62,7 @@ def neuron_ig(loaded: LoadedModel, inputs: Sequence[AttributionInput], steps: in
     if len(set(widths)) != 1:
         raise PrunescopeError("neuron IG needs the same neuron count in every layer")
     alphas, weights = quadrature_rule(quadrature, steps)
+    rule = check_quadrature(quadrature)  # valid: quadrature_rule accepted it
     run_one = _fast_one if method == "fast" else _reference_one
     rows, clean, zeros = [], [], []
     with loaded.session():
@@ -73,7 +75,7 @@ def neuron_ig(loaded: LoadedModel, inputs: Sequence[AttributionInput], steps: in
                 progress(i + 1, len(inputs))
     per_prompt = torch.stack(rows).float().cpu()
     f_clean = torch.tensor(clean)
-    return NeuronIGResult(per_prompt, list(inputs), inputs[0].target.kind, steps, quadrature, f_clean,
+    return NeuronIGResult(per_prompt, list(inputs), inputs[0].target.kind, steps, rule, f_clean,
                           meta={"method": method}, delta=completeness_delta(per_prompt, f_clean, torch.stack(zeros)))
 
 

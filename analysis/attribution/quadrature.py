@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import numpy as np
 import torch
 
 from analysis.errors import PrunescopeError
 
-QUADRATURES = ("riemann", "gauss-legendre")
+Quadrature = Literal["riemann", "gauss-legendre"]
+QUADRATURES: tuple[Quadrature, ...] = get_args(Quadrature)
+
+
+def check_quadrature(name: str) -> Quadrature:
+    """``name`` as a quadrature rule's name, else a one-line error."""
+    for rule in QUADRATURES:
+        if rule == name:
+            return rule
+    raise PrunescopeError(f"unknown quadrature {name!r}: use {' or '.join(QUADRATURES)}")
 
 
 def quadrature(method: str, steps: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from analysis.attribution.neuron_ig import NeuronIGResult, neuron_ig
+from analysis.attribution.quadrature import check_quadrature
 from analysis.attribution.targets import prepare_inputs
 from analysis.bounds import check
 from analysis.cache import ResultsCache, task_fingerprint
@@ -37,7 +38,7 @@ def attribute_task(loaded: LoadedModel, task: Task, target: str, n: int, shots: 
                 progress(min(finished[0] * SHARD_PROMPTS, len(items)), len(items))
 
         per_prompt, clean, delta = neuron_ig_sharded(pool, items, steps, quadrature, progress=step)
-        return NeuronIGResult(per_prompt, list(items), items[0].target.kind, steps, quadrature, clean,
+        return NeuronIGResult(per_prompt, list(items), items[0].target.kind, steps, check_quadrature(quadrature), clean,
                               meta={"method": "fast"}, delta=delta)
 
     if cache is None:

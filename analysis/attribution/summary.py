@@ -6,7 +6,7 @@ import pandas as pd
 import torch
 
 from analysis.attribution.neuron_ig import NeuronIGResult
-from analysis.models.loader import LoadedModel
+from analysis.models.loader import LoadedModel, decode_text
 
 
 def top_neurons(loaded: LoadedModel, result: NeuronIGResult, k: int = 20) -> pd.DataFrame:
@@ -32,7 +32,7 @@ def top_neurons(loaded: LoadedModel, result: NeuronIGResult, k: int = 20) -> pd.
                 values, positions = seen[layer][:, neurons].max(dim=0)
                 for neuron, value, position in zip(neurons, values.tolist(), positions.tolist()):
                     if (layer, neuron) not in best or value > best[(layer, neuron)][0]:
-                        token = loaded.tokenizer.decode([ids[position]])
+                        token = decode_text(loaded.tokenizer, [ids[position]])
                         best[(layer, neuron)] = (value, token)
     return pd.DataFrame([{"layer": layer, "neuron": neuron, "score": float(scores[layer, neuron]),
                           "max_activation": best[(layer, neuron)][0], "fires_most_on": best[(layer, neuron)][1]}

@@ -18,20 +18,31 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 
 from analysis.errors import PromptTooLongError, PrunescopeError
-from analysis.models.loader import LoadedModel
+from analysis.models.loader import LoadedModel, decode_text
 from analysis.tasks.task import Prompt, normalize_answer
 
-TARGETS = ("gold", "copy", "copy-prob", "confidence")
-COPY_TARGETS = ("copy", "copy-prob")
+TargetKind = Literal["gold", "copy", "copy-prob", "confidence"]
+CopyTarget = Literal["copy", "copy-prob"]  # the targets that name a copied answer
+TARGETS: tuple[TargetKind, ...] = get_args(TargetKind)
+COPY_TARGETS: tuple[CopyTarget, ...] = get_args(CopyTarget)
+
+
+def check_target(name: str) -> TargetKind:
+    """``name`` as a target kind, else a one-line error."""
+    for kind in TARGETS:
+        if kind == name:
+            return kind
+    raise PrunescopeError(f"unknown target {name!r}: use {', '.join(TARGETS)}")
 
 
 @dataclass(frozen=True)
 class TargetSpec:
-    kind: str
+    kind: TargetKind
     token_ids: tuple[int, ...]  # gold: (gold,); copy, copy-prob: (copied, gold); confidence: (top prediction,)
 
     def value(self, loaded: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
@@ -65,7 +76,7 @@ def answer_tokens(loaded: LoadedModel, prompt_text: str, answer: str) -> tuple[l
     full = tok(prompt_text + " " + answer).input_ids
     cont = full[len(base):] if full[: len(base)] == base else tok(" " + answer, add_special_tokens=False).input_ids
     for j, token in enumerate(cont):
-        if tok.decode([token]).strip():
+        if decode_text(tok, [token]).strip():
             return base, cont, j
     raise PrunescopeError(f"answer {answer!r} has no non-whitespace token")
 
@@ -73,8 +84,7 @@ def answer_tokens(loaded: LoadedModel, prompt_text: str, answer: str) -> tuple[l
 def prepare_inputs(loaded: LoadedModel, prompts: Sequence[Prompt], target: str) -> list[AttributionInput]:
     """Attribution inputs for ``prompts``; ``copy``, ``copy-prob`` and ``confidence`` run the model once per
     prompt."""
-    if target not in TARGETS:
-        raise PrunescopeError(f"unknown target {target!r}: use {', '.join(TARGETS)}")
+    kind = check_target(target)
     items = []
     limit = loaded.adapter.max_context()
     for prompt in prompts:
@@ -83,16 +93,16 @@ def prepare_inputs(loaded: LoadedModel, prompts: Sequence[Prompt], target: str) 
         if limit is not None and len(ids) > limit:
             raise PromptTooLongError(f"prompt of {len(ids)} tokens exceeds the model's context of {limit}; "
                                      "use fewer shots")
-        text = prompt.text + loaded.tokenizer.decode(cont[:j])
+        text = prompt.text + decode_text(loaded.tokenizer, cont[:j])
         gold = cont[j]
-        if target == "gold":
+        if kind == "gold":
             spec = TargetSpec("gold", (gold,))
         else:
             logits = clean_logits(loaded, ids)
-            if target == "confidence":
+            if kind == "confidence":
                 spec = TargetSpec("confidence", (int(logits.argmax()),))
             else:
-                spec = TargetSpec(target, (_copied_token(loaded, prompt, ids, j, gold, logits), gold))
+                spec = TargetSpec(kind, (_copied_token(loaded, prompt, ids, j, gold, logits), gold))
         items.append(AttributionInput(text, tuple(ids), spec, prompt))
     return items
 

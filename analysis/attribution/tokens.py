@@ -42,7 +42,7 @@ from analysis.families import FAMILIES, Family, family_of
 from analysis.implicit_attention import attention_maps
 from analysis.implicit_attention.common import Reduction, reduce_in_chunks
 from analysis.models.hooks import hook_scope
-from analysis.models.loader import LoadedModel, onloaded
+from analysis.models.loader import LoadedModel, decode_text, onloaded
 
 METHODS = ("raw", "rollout", "gradattn", "ig", "gxi", "lrp")
 LRP_FAMILIES = tuple(name for name, entry in FAMILIES.items() if entry.supports_lrp)
@@ -90,7 +90,7 @@ def token_relevance(loaded: LoadedModel, text: str, method: str, target_id: int 
         else:
             with conservative_propagation(loaded) if method == "lrp" else nullcontext():
                 scores = gradient_x_input(loaded, input_ids, target)
-    tokens = [loaded.tokenizer.decode([i]) for i in ids]
+    tokens = [decode_text(loaded.tokenizer, [i]) for i in ids]
     return TokenRelevance(scores.detach().float().cpu(), tokens, ids, method, target, delta)
 
 
@@ -201,7 +201,8 @@ def attention_mode(loaded: LoadedModel, name: str) -> Iterator[list]:
     with loaded.lock:
         previous = loaded.model.config._attn_implementation
         saved = getattr(_STATE, "records", None)
-        _STATE.records = records = []
+        records: list[tuple[nn.Module, torch.Tensor]] = []
+        _STATE.records = records
         try:
             loaded.model.set_attn_implementation(name)
             if loaded.model.config._attn_implementation != name:

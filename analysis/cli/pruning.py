@@ -96,6 +96,7 @@ def cmd_attribute(args: argparse.Namespace) -> int:
         with progress_bar(f"IG {args.target} on {task.name}") as progress:
             result = attribute_task(loaded, task, args.target, args.n, args.shots, args.seed, args.steps,
                                     args.quadrature, cache=results_cache(args), progress=progress, pool=pool)
+    assert result is not None  # compute_missing: computed when not cached
     target_ids = np.array([item.target.token_ids if args.target in COPY_TARGETS else item.target.token_ids[0]
                            for item in result.inputs], dtype=np.int64)
     np.savez_compressed(args.out, scores=result.scores.numpy(), per_prompt=result.per_prompt.numpy(),
@@ -123,6 +124,7 @@ def cmd_copying_neurons(args: argparse.Namespace) -> int:
             scored = copying_scores(loaded, n=args.n, shots=args.shots, seed=args.seed, steps=args.steps,
                                     quadrature=args.quadrature, target=args.target, prompts=args.prompts,
                                     cache=cache, progress=progress, pool=pool)
+        assert scored is not None  # compute_missing: computed when not cached
         print(f"copying scores from {scored.n_used} of {args.n} prompts ({args.prompts}), target {args.target}",
               file=sys.stderr)
         if auto:
@@ -131,6 +133,7 @@ def cmd_copying_neurons(args: argparse.Namespace) -> int:
                                 cache=cache, progress=progress, pool=pool)
             print(sweep_text(sweep), file=sys.stderr)
             k = sweep.chosen
+    assert k is not None  # parsed from --top-k, or chosen by the sweep
     mask = select_top_k(scored.scores, k, args.per_layer, layers, model=loaded.name, **scored.options)
     mask.save(args.out)
     if auto and not k:

@@ -40,8 +40,10 @@ def cmd_task_vectors(args: argparse.Namespace) -> int:
     runs = {}
     for label, m in [("unpruned", None)] + ([("pruned", mask)] if mask else []):
         with progress_bar(f"task vectors {label}", unit="prompt") as progress:
-            runs[label] = task_vectors(loaded, task, args.shots, args.n, args.dummy_queries, seed=args.seed, mask=m,
-                                       batch_size=args.batch_size, progress=progress, cache=results_cache(args))
+            run = task_vectors(loaded, task, args.shots, args.n, args.dummy_queries, seed=args.seed, mask=m,
+                               batch_size=args.batch_size, progress=progress, cache=results_cache(args))
+        assert run is not None  # compute_missing: computed when not cached
+        runs[label] = run
     out = {"model": loaded.name, "task": task.name, "template": task.template, "shots": args.shots, "n": args.n,
            "dummy_queries": args.dummy_queries, "mask_size": len(mask) if mask else 0}
     for label, r in runs.items():

@@ -17,6 +17,7 @@ give AUCs in [0, 1]), averaged over prompts; auc_std is the population std over 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TypedDict
 
 import numpy as np
 import pandas as pd
@@ -24,7 +25,7 @@ import torch
 
 from analysis.attribution.tokens import LRP_FAMILIES, METHODS, prompt_ids, token_relevance, top_prediction
 from analysis.errors import PrunescopeError
-from analysis.models.loader import LoadedModel
+from analysis.models.loader import LoadedModel, input_embedding_weight
 
 DEFAULT_FRACTIONS = tuple(round(0.1 * k, 1) for k in range(11))
 ORDERS = ("most_first", "least_first")
@@ -32,6 +33,14 @@ COLUMNS = ["method", "order", "auc_mean", "auc_std", "n", "note"]
 ROW_TOKENS = 16384  # tokens per batched forward of perturbed copies
 
 Progress = Callable[[int, int], None]
+
+
+class CurveOptions(TypedDict):
+    """:func:`prompt_curves`' settings, the same for every shard."""
+
+    fractions: tuple[float, ...]
+    replacement: str | int
+    steps: int
 
 
 def replacement_id(loaded: LoadedModel, replacement: str | int = "pad") -> int:
@@ -43,7 +52,7 @@ def replacement_id(loaded: LoadedModel, replacement: str | int = "pad") -> int:
         token = tok.pad_token_id if replacement == "pad" and tok.pad_token_id is not None else tok.eos_token_id
     else:
         raise PrunescopeError(f"unknown replacement {replacement!r}: use 'pad', 'eos' or a token id")
-    vocab = loaded.model.get_input_embeddings().weight.shape[0]
+    vocab = input_embedding_weight(loaded.model).shape[0]
     if token is None or not 0 <= token < vocab:
         raise PrunescopeError(f"replacement token {token} is not in the vocabulary (the tokenizer has no "
                               "pad/eos token?); pass a token id")
@@ -79,7 +88,8 @@ def perturbation_curve(loaded: LoadedModel, text: str, order: Sequence[int], tar
 
 
 @torch.no_grad()
-def _curve(loaded, ids, order, target, fractions, token) -> np.ndarray:
+def _curve(loaded: LoadedModel, ids: list[int], order: Sequence[int], target: int, fractions: np.ndarray,
+           token: int) -> np.ndarray:
     candidates = len(ids) - 1
     rows = torch.tensor([ids] * len(fractions))
     for row, fraction in enumerate(fractions):
@@ -95,7 +105,7 @@ def _curve(loaded, ids, order, target, fractions, token) -> np.ndarray:
     return torch.cat(probs).double().numpy()
 
 
-def auc(curve: np.ndarray, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> float:
+def auc(curve: np.ndarray, fractions: Sequence[float] | np.ndarray = DEFAULT_FRACTIONS) -> float:
     """Trapezoid area under ``curve`` over ``fractions``."""
     y, x = np.asarray(curve, dtype=float), np.asarray(list(fractions), dtype=float)
     return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2))
@@ -125,7 +135,7 @@ def prompt_curves(loaded: LoadedModel, task, methods: Sequence[str], n: int, sho
     """For prompts ``indices`` of the ``n`` that :func:`faithfulness` samples: (target id, curve per (method,
     order)). A shard of the work: each prompt's curves depend on nothing but the prompt and its index."""
     methods, notes = _plan(loaded, methods)
-    fractions, token = _check_fractions(fractions), replacement_id(loaded, replacement)
+    grid, token = _check_fractions(fractions), replacement_id(loaded, replacement)
     prompts = task.sample_prompts(shots, n, seed)
     out = []
     for k in indices:
@@ -142,7 +152,7 @@ def prompt_curves(loaded: LoadedModel, task, methods: Sequence[str], n: int, sho
                     relevance = token_relevance(loaded, prompts[k].text, method, target_id=target, steps=steps)
                     first = relevance_order(relevance.scores)
                 for order, positions in zip(ORDERS, (first, first[::-1])):
-                    curves[(method, order)] = _curve(loaded, ids, positions, target, fractions, token)
+                    curves[(method, order)] = _curve(loaded, ids, positions, target, grid, token)
         out.append((target, curves))
     return out
 
@@ -159,9 +169,9 @@ def faithfulness(loaded: LoadedModel, task, methods: Sequence[str], n: int, shot
     prompts run as shards on Ray's actors, with the same result.
     """
     methods, notes = _plan(loaded, methods)
-    fractions = _check_fractions(fractions)
+    grid = _check_fractions(fractions)
     count = len(task.sample_prompts(shots, n, seed))
-    options = {"fractions": tuple(fractions.tolist()), "replacement": replacement, "steps": steps}
+    options = CurveOptions(fractions=tuple(grid.tolist()), replacement=replacement, steps=steps)
     if pool is not None:
         from analysis.distributed import faithfulness_sharded
 
@@ -179,12 +189,12 @@ def faithfulness(loaded: LoadedModel, task, methods: Sequence[str], n: int, shot
             curves[key].append(curve)
     rows = []
     for (method, order), kept in curves.items():
-        values = np.asarray([auc(curve, fractions) for curve in kept])
+        values = np.asarray([auc(curve, grid) for curve in kept])
         rows.append({"method": method, "order": order,
                      "auc_mean": float(values.mean()) if len(values) else float("nan"),
                      "auc_std": float(values.std()) if len(values) else float("nan"),
                      "n": len(values), "note": notes.get(method, "")})
     frame = pd.DataFrame(rows, columns=COLUMNS)
-    frame.attrs.update(fractions=fractions.tolist(), targets=targets,
+    frame.attrs.update(fractions=grid.tolist(), targets=targets,
                        curves={key: np.mean(c, axis=0) for key, c in curves.items() if c})
     return frame

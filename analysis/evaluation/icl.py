@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
 
 import pandas as pd
 import torch
@@ -35,6 +36,9 @@ from analysis.errors import PromptTooLongError, PrunescopeError
 from analysis.models.loader import LoadedModel
 from analysis.pruning.mask import NeuronMask
 from analysis.tasks.task import Prompt, Task, normalize_answer
+
+if TYPE_CHECKING:
+    from analysis.models.protocols import CausalLM
 
 Progress = Callable[[int, int], None]
 # rate name -> outcome it counts (the order every table and chart uses)
@@ -252,9 +256,11 @@ def _generate_batch(loaded: LoadedModel, batch: list[list[int]], budget: int, de
     stop = _DelimiterStop(delimiter_tokens(loaded, delimiter))
     try:
         with torch.inference_mode():
-            out = loaded.model.generate(input_ids=input_ids.to(loaded.device),
-                                        attention_mask=attention_mask.to(loaded.device),
-                                        generation_config=config, stopping_criteria=StoppingCriteriaList([stop]))
+            model = cast("CausalLM", loaded.model)  # loaded by AutoModelForCausalLM: its classes mix in generate
+            # transformers' generate, wrapped by torch.no_grad(), is typed with a second ``self`` parameter
+            out = model.generate(  # type: ignore[misc]
+                input_ids=input_ids.to(loaded.device), attention_mask=attention_mask.to(loaded.device),
+                generation_config=config, stopping_criteria=StoppingCriteriaList([stop]))
     except torch.OutOfMemoryError:
         raise PrunescopeError(f"out of memory generating a batch of {len(batch)} prompts of up to {width} tokens "
                               f"on {loaded.device}; use a smaller batch size") from None

@@ -19,9 +19,10 @@ in the vector's own prompts (a demonstration or a dummy): the vector carried an 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import pandas as pd
 import torch
@@ -141,7 +142,7 @@ def task_vector_prompts(task: Task, shots: int, n: int, dummy_queries: int, seed
 
 def _draw(rng: random.Random, pool: list, k: int) -> list:
     """``k`` items of ``pool``, without repeats while the pool lasts."""
-    picks = []
+    picks: list = []
     while len(picks) < k:
         picks += rng.sample(pool, min(len(pool), k - len(picks)))
     return picks
@@ -167,7 +168,7 @@ def _task_vector_run(loaded, task, shots, n, dummy_queries, seed, mask, batch_si
     vectors = last_token_states(loaded, flat, mask, progress=step(len(flat)))
     vectors = vectors.view(n, dummy_queries, loaded.n_layers, -1).mean(1)
     vector_answers = [(*p.demo_outputs, *(d.gold for d in ds)) for p, ds in zip(icl, dummies)]
-    records = []
+    records: list[dict[str, object]] = []
 
     def record(condition: str, prompts, answers, seen=vector_answers) -> list[str]:
         outcomes = [classify(a, p.gold, s, task.case_sensitive) for a, p, s in zip(answers, prompts, seen)]
@@ -224,7 +225,9 @@ def last_token_states(loaded: LoadedModel, prompts: list[Prompt], mask: NeuronMa
                 states[i] = stacked[row]
             if progress:
                 progress(sum(s is not None for s in states), len(prompts))
-    return torch.stack(states)
+    filled = [s for s in states if s is not None]
+    assert len(filled) == len(states), "every prompt is in one batch"
+    return torch.stack(filled)
 
 
 def generate_patched(loaded: LoadedModel, prompts: list[Prompt], task: Task, layer: int, vectors: torch.Tensor,
@@ -243,7 +246,7 @@ def generate_patched(loaded: LoadedModel, prompts: list[Prompt], task: Task, lay
     for number, group in enumerate(batches):
         batch = [prompts[i] for i in group]
         texts = generate_answers(loaded, batch, task, mask=mask, batch_size=len(batch),
-                                 intervention=lambda group=group: patched_last_token(loaded, layer, vectors[group]))
+                                 intervention=partial(patched_last_token, loaded, layer, vectors[group]))
         for i, text in zip(group, texts):
             answers[i] = text
         if progress:
@@ -252,11 +255,11 @@ def generate_patched(loaded: LoadedModel, prompts: list[Prompt], task: Task, lay
 
 
 @contextmanager
-def patched_last_token(loaded: LoadedModel, layer: int, vectors: torch.Tensor):
+def patched_last_token(loaded: LoadedModel, layer: int, vectors: torch.Tensor) -> Iterator[None]:
     """Replace block ``layer``'s input at the last position by ``vectors`` ([batch, H] or [H]) in the first
     forward inside the context, i.e. the prefill of the one batch generated in it; decoding steps are left
     alone. With left padding the last position is every row's last real token."""
-    done = []
+    done: list[bool] = []
 
     def patch(_: int, hidden: torch.Tensor) -> torch.Tensor | None:
         if done:

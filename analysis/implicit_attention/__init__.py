@@ -10,14 +10,19 @@ y-branch gate folded in) or ``rglru``; transformers ``softmax``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from analysis.errors import PrunescopeError
-from analysis.families import Family, family, family_of, forms
+from analysis.families import Family, Form, family, family_of, forms
 from analysis.implicit_attention.common import DEFAULT_BUDGET_BYTES, Reduction, check_layers, eager_attention
-from analysis.models.loader import LoadedModel
+from analysis.models.loader import LoadedModel, decode_text
+from analysis.models.protocols import Loaded
 
+LayerKind = Literal["implicit", "softmax"]  # where a layer's map comes from
+IMPLICIT: LayerKind = "implicit"
+SOFTMAX: LayerKind = "softmax"
 FORMS = forms()  # family -> its forms, the default first (from the registry, analysis/families.py)
 MAX_TOKENS = 4096
 
@@ -30,12 +35,12 @@ class AttentionMaps:
     layers: list[int]
     input_ids: list[int]
     tokens: list[str]
-    form: str
+    form: Form
     reduce: str
-    kinds: list[str]  # per layer: "implicit" or "softmax"
+    kinds: list[LayerKind]  # per layer
 
 
-def default_form(name: str) -> str:
+def default_form(name: str) -> Form:
     return family(name).default_form
 
 
@@ -52,7 +57,7 @@ def attention_maps(loaded: LoadedModel, text: str, form: str | None = None, redu
     _check_budget(len(ids), len(layers), budget_bytes)
     input_ids = torch.tensor([ids], device=loaded.device)
     maps, kinds = _compute(loaded, entry, input_ids, form, reduction, layers, budget_bytes)
-    tokens = [loaded.tokenizer.decode([i]) for i in ids]
+    tokens = [decode_text(loaded.tokenizer, [i]) for i in ids]
     return AttentionMaps(torch.stack([maps[i].float().cpu() for i in layers]), layers, ids, tokens, form, reduce,
                          [kinds[i] for i in layers])
 
@@ -65,21 +70,23 @@ def _check_budget(length: int, n_layers: int, budget_bytes: int) -> None:
                               f"the memory budget is {budget_bytes / 2**30:.1f} GiB (shorten the text or pick layers)")
 
 
-def _compute(loaded, entry: Family, input_ids, form, reduction, layers, budget):
+def _compute(loaded: Loaded, entry: Family, input_ids: torch.Tensor, form: Form, reduction: Reduction,
+             layers: list[int], budget: int) -> tuple[dict[int, torch.Tensor], dict[int, LayerKind]]:
     """Maps and kinds of ``layers``: the family's implicit layers from its capture and reduced maps, the rest
     from its softmax attention."""
     implicit = set(entry.implicit_layers(loaded.adapter))
     chosen = [i for i in layers if i in implicit]
-    maps, kinds = {}, {}
+    maps: dict[int, torch.Tensor] = {}
+    kinds: dict[int, LayerKind] = {}
     if chosen:
         internals, reduced = entry.require("capture")(loaded, input_ids, chosen), entry.require("reduced")
         maps = {i: reduced(internals[i], form, reduction, budget) for i in chosen}
-        kinds = dict.fromkeys(maps, "implicit")
+        kinds = dict.fromkeys(maps, IMPLICIT)
     rest = [i for i in layers if i not in maps]
     if rest:
         softmax = entry.require("softmax_maps")(loaded, input_ids, rest, reduction)
         maps.update(softmax)
-        kinds.update(dict.fromkeys(softmax, "softmax"))
+        kinds.update(dict.fromkeys(softmax, SOFTMAX))
     return maps, kinds
 
 

@@ -46,6 +46,7 @@ import math
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 
 import torch
 
@@ -115,6 +116,10 @@ def _flush(t: torch.Tensor) -> torch.Tensor:
     return torch.hardshrink(t, FLUSH_BELOW, out=t) if FLUSH_BELOW > 0 else t
 
 
+@overload
+def _flushed(t: torch.Tensor) -> torch.Tensor: ...
+@overload
+def _flushed(t: None) -> None: ...
 def _flushed(t: torch.Tensor | None) -> torch.Tensor | None:
     """A flushed copy of a small input factor (the internals themselves are left as they are)."""
     return None if t is None else _flush(t.float().clone())

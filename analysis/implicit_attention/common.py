@@ -3,14 +3,21 @@ memory budget (only the requested reduction of the [channels, T, T] tensor is ev
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar, Literal, TypeVar, get_args
 
 import torch
 
 from analysis.errors import PrunescopeError
+
+if TYPE_CHECKING:
+    from analysis.models.protocols import Loaded
+
+F = TypeVar("F", bound=str)  # a family's form names (a Literal)
+ReductionKind = Literal["mean", "absmean", "channels"]  # how a [channels, T, T] stack becomes one map
+REDUCTION_KINDS: tuple[ReductionKind, ...] = get_args(ReductionKind)
 
 DEFAULT_BUDGET_BYTES = 1 << 30  # working memory for one chunk of per-channel matrices
 # ...but no chunk above this: larger CPU tensors are mmap'd fresh on every allocation and pay a page fault per
@@ -33,14 +40,16 @@ class Internals:
         return getattr(self, self.tc_field).shape[1]
 
 
-def check_form(form: str, forms: Mapping[str, str] | Sequence[str], family: str = "", use: str = "") -> str:
+def check_form(form: str, forms: Mapping[str, F] | Sequence[F], family: str = "", use: str = "") -> F:
     """``form``'s own name among a family's ``forms`` (a tuple, or aliases mapped to names), else a one-line
     error naming the ``family`` and the forms to ``use`` (default: all of them)."""
     if form not in forms:
         family = f"{family} " if family else ""
         raise PrunescopeError(f"unknown {family}implicit-attention form {form!r}: "
                               f"use {use or 'one of ' + ', '.join(forms)}")
-    return forms[form] if isinstance(forms, Mapping) else form
+    if isinstance(forms, Mapping):
+        return forms[form]
+    return next(name for name in forms if name == form)  # ``form`` itself, typed as one of the family's
 
 
 @dataclass(frozen=True)
@@ -48,14 +57,16 @@ class Reduction:
     """How per-channel (or per-head) matrices become one [T, T] map: ``mean``, ``absmean``, or the mean over
     selected ``channels``."""
 
-    kind: str = "mean"
+    kind: ReductionKind = "mean"
     channels: tuple[int, ...] = ()
 
     @classmethod
     def parse(cls, text: str) -> Reduction:
         """'mean' | 'absmean' | 'channels:3,17,40'."""
-        if text in ("mean", "absmean"):
-            return cls(text)
+        if text == "mean":
+            return cls("mean")
+        if text == "absmean":
+            return cls("absmean")
         if text.startswith("channels:"):
             try:
                 channels = tuple(int(c) for c in text.split(":", 1)[1].split(",") if c.strip())
@@ -91,11 +102,12 @@ def reduce_in_chunks(matrices: Callable[[torch.Tensor], torch.Tensor], n_channel
         part = part.abs_() if reduction.kind == "absmean" else part
         summed = part.sum(dim=0)
         total = summed if total is None else total + summed
+    assert total is not None, "a reduction selects at least one channel"  # selected() checks the channels
     return total / len(selected)
 
 
 @contextmanager
-def eager_attention(loaded):
+def eager_attention(loaded: Loaded) -> Iterator[None]:
     """Run the model with the eager attention implementation (the only one returning probabilities), under
     the model's lock, and switch back afterwards."""
     with loaded.lock:
@@ -118,7 +130,7 @@ def prompt_ids(input_ids, device: torch.device) -> torch.Tensor:
     return ids.to(device)
 
 
-def check_layers(loaded, layers) -> list[int]:
+def check_layers(loaded: Loaded, layers: Iterable[int] | None) -> list[int]:
     """The requested layer indices (all when None), each checked to exist."""
     chosen = list(range(loaded.n_layers)) if layers is None else [int(i) for i in layers]
     bad = [i for i in chosen if not 0 <= i < loaded.n_layers]

@@ -25,6 +25,7 @@ forward with the eager attention implementation, restored afterwards).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, cast, get_args
 
 import torch
 from torch import nn
@@ -42,7 +43,19 @@ from analysis.implicit_attention.common import (
 )
 from analysis.models.hooks import hook_scope
 
-FORMS = ("unified", "rglru")
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from transformers.models.recurrent_gemma.modeling_recurrent_gemma import (
+        RecurrentGemmaRecurrentBlock,
+        RecurrentGemmaRglru,
+    )
+
+    from analysis.models.adapters import GriffinAdapter
+    from analysis.models.protocols import Loaded
+
+GriffinForm = Literal["unified", "rglru"]
+FORMS: tuple[GriffinForm, ...] = get_args(GriffinForm)
 
 
 @dataclass
@@ -62,12 +75,17 @@ class GriffinInternals(Internals):
     conv_bias: torch.Tensor  # [C]
 
 
-def griffin_recurrent_layers(loaded) -> list[int]:
+def griffin_recurrent_layers(loaded: Loaded) -> list[int]:
     """Indices of the layers whose temporal block is recurrent (has an RG-LRU): the adapter's own test."""
-    return loaded.adapter.recurrent_layers()
+    return cast("GriffinAdapter", loaded.adapter).recurrent_layers()  # called for Griffin models only
 
 
-def _gates(lru: nn.Module, act: torch.Tensor):
+def _recurrent_block(loaded: Loaded, layer: int) -> RecurrentGemmaRecurrentBlock:
+    """The temporal block of recurrent layer ``layer`` (transformers types submodules as bare modules)."""
+    return cast("RecurrentGemmaRecurrentBlock", loaded.adapter.block(layer).temporal_block)
+
+
+def _gates(lru: RecurrentGemmaRglru, act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """log a and the input gate exactly as ``RecurrentGemmaRglru.forward`` computes them."""
     T, width = act.shape
     heads, block = lru.num_attention_heads, lru.block_width
@@ -80,7 +98,8 @@ def _gates(lru: nn.Module, act: torch.Tensor):
     return log_a, input_gate
 
 
-def capture_griffin(loaded, input_ids: torch.Tensor, layers=None) -> dict[int, GriffinInternals]:
+def capture_griffin(loaded: Loaded, input_ids: torch.Tensor, layers: Iterable[int] | None = None
+                    ) -> dict[int, GriffinInternals]:
     """Run the model once (batch 1, empty state) and keep the internals of each requested *recurrent* layer;
     attention layers among ``layers`` (or all layers when None) are skipped."""
     recurrent = set(griffin_recurrent_layers(loaded))
@@ -104,7 +123,7 @@ def capture_griffin(loaded, input_ids: torch.Tensor, layers=None) -> dict[int, G
     with loaded.lock:
         with hook_scope(loaded.model) as add:
             for i in chosen:
-                blk = loaded.adapter.block(i).temporal_block
+                blk = _recurrent_block(loaded, i)
                 add(blk.linear_x, out_hook(i, "x_pre"))
                 add(blk.rg_lru, in_hook(i, "x"), pre=True)
                 add(blk.rg_lru, out_hook(i, "rglru_output"))
@@ -114,10 +133,11 @@ def capture_griffin(loaded, input_ids: torch.Tensor, layers=None) -> dict[int, G
                 loaded.model(input_ids=ids, use_cache=False)
         result = {}
         for i in chosen:
-            blk, s = loaded.adapter.block(i).temporal_block, store[i]
+            blk, s = _recurrent_block(loaded, i), store[i]
             reset = s.pop("position_ids") == 0
             with torch.no_grad():
                 log_a, input_gate = _gates(blk.rg_lru, s["x"])
+            assert blk.conv_1d.bias is not None, "RecurrentGemma builds its conv1d with a bias"
             result[i] = GriffinInternals(
                 layer=i, **{k: v.float() for k, v in s.items()}, log_a=log_a.float(), input_gate=input_gate.float(),
                 reset=reset, conv_weight=blk.conv_1d.weight.detach()[:, 0, :].float(),
@@ -250,7 +270,8 @@ def griffin_reconstruct(internals: GriffinInternals, form: str = "unified") -> t
     return rebuilt, internals.out_input
 
 
-def griffin_attention_maps(loaded, input_ids: torch.Tensor, layers=None) -> dict[int, torch.Tensor]:
+def griffin_attention_maps(loaded: Loaded, input_ids: torch.Tensor, layers: Iterable[int] | None = None
+                           ) -> dict[int, torch.Tensor]:
     """[T, T] softmax probabilities averaged over heads for each requested *attention* layer (recurrent ones
     are skipped), from one forward with the eager attention implementation (switched back afterwards)."""
     recurrent = set(griffin_recurrent_layers(loaded))

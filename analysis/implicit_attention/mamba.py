@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, overload
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +57,10 @@ from analysis.implicit_attention.mamba_tree import (
 from analysis.models.hooks import hook_scope
 from analysis.models.loader import onloaded
 
-FORMS = {"s6": "s6", "ssm": "s6", "ssd": "s6", "unified": "unified"}
+if TYPE_CHECKING:
+    from analysis.models.protocols import Loaded
+
+FORMS: dict[str, MambaForm] = {"s6": "s6", "ssm": "s6", "ssd": "s6", "unified": "unified"}
 
 
 @dataclass
@@ -110,7 +114,7 @@ def unfused(model: torch.nn.Module) -> Iterator[None]:
             module.training = training
 
 
-def capture_mamba(loaded, input_ids: torch.LongTensor, layers: list[int] | None = None
+def capture_mamba(loaded: Loaded, input_ids: torch.LongTensor, layers: list[int] | None = None
                   ) -> dict[int, MambaInternals]:
     """Run ``input_ids`` ([T] or [1, T]) once through the model with hooks on each requested layer's mixer
     and return its internals (model types ``mamba`` and ``mamba2``)."""
@@ -159,6 +163,12 @@ def _conv(mixer, xbc: torch.Tensor) -> torch.Tensor:
     return out[0, :, :length].T
 
 
+@overload
+def _f32(t: torch.Tensor) -> torch.Tensor: ...
+@overload
+def _f32(t: None) -> None: ...
+@overload
+def _f32(t: torch.Tensor | None) -> torch.Tensor | None: ...
 def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.detach().float().clone()  # stays on the model's device
 

@@ -20,6 +20,7 @@ Matrices are computed in float32 whatever the model's dtype (HF's WKV also accum
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, cast, get_args
 
 import torch
 
@@ -35,7 +36,15 @@ from analysis.implicit_attention.common import (
 from analysis.models.hooks import hook_scope
 from analysis.models.loader import onloaded
 
-FORMS = ("unified", "wkv")
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from transformers.models.rwkv.modeling_rwkv import RwkvSelfAttention
+
+    from analysis.models.protocols import Loaded
+
+RwkvForm = Literal["unified", "wkv"]
+FORMS: tuple[RwkvForm, ...] = get_args(RwkvForm)
 
 
 @dataclass
@@ -53,7 +62,8 @@ class RwkvInternals(Internals):
     time_first: torch.Tensor  # [C]
 
 
-def capture_rwkv(loaded, input_ids: torch.Tensor, layers=None) -> dict[int, RwkvInternals]:
+def capture_rwkv(loaded: Loaded, input_ids: torch.Tensor, layers: Iterable[int] | None = None
+                 ) -> dict[int, RwkvInternals]:
     """Run the model once on ``input_ids`` (batch 1, from the empty state) and keep each layer's internals."""
     chosen = check_layers(loaded, layers)
     ids = prompt_ids(input_ids, loaded.device)
@@ -71,7 +81,7 @@ def capture_rwkv(loaded, input_ids: torch.Tensor, layers=None) -> dict[int, Rwkv
 
     with loaded.lock, hook_scope(loaded.model) as add:
         for i in chosen:
-            att = loaded.adapter.block(i).attention
+            att = _time_mixing(loaded, i)
             for name in ("key", "value", "receptance"):
                 add(getattr(att, name), out_hook(i, name))
             add(att.output, in_hook(i), pre=True)
@@ -79,11 +89,16 @@ def capture_rwkv(loaded, input_ids: torch.Tensor, layers=None) -> dict[int, Rwkv
             loaded.model(input_ids=ids, use_cache=False)
     result = {}
     for i in chosen:
-        att = loaded.adapter.block(i).attention
+        att = _time_mixing(loaded, i)
         with onloaded(att):  # its parameters, also when a device map put the block on disk
             result[i] = RwkvInternals(layer=i, decay=torch.exp(att.time_decay.detach()).float(),
                                       time_first=att.time_first.detach().float().clone(), **store[i])
     return result
+
+
+def _time_mixing(loaded: Loaded, layer: int) -> RwkvSelfAttention:
+    """Block ``layer``'s time-mixing module (transformers types submodules as bare modules)."""
+    return cast("RwkvSelfAttention", loaded.adapter.block(layer).attention)
 
 
 def _channels(internals: RwkvInternals, channels: torch.Tensor | None) -> torch.Tensor:

@@ -56,6 +56,7 @@ def _file_in_package(module: str, filename: str) -> Callable[[Path], Path]:
     """The GGUF file beside a package's ``__init__``, found without importing it (its deps are absent)."""
     def locate(_: Path) -> Path:
         spec = importlib.util.find_spec(module)
+        assert spec is not None and spec.origin is not None, f"package {module} is not installed"
         return Path(spec.origin).parent / filename
     return locate
 

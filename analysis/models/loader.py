@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlparse
 
 import torch
@@ -31,6 +31,8 @@ from analysis.models.hooks import model_lock
 from analysis.paths import ASSETS_DIR, cache_dir
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
     from analysis.pruning.mask import NeuronMask
 
 TOY_DIR = ASSETS_DIR / "models"
@@ -47,14 +49,17 @@ class LoadedModel:
 
     name: str
     source: str
-    model: torch.nn.Module
-    tokenizer: object
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
     adapter: ModelAdapter
     device: torch.device
     dtype: torch.dtype
-    lock: threading.RLock | None = field(default=None, repr=False)  # always the model's hook lock (model_lock)
+    # always the model's hook lock (model_lock): the default None is replaced by it in __post_init__, so every
+    # reader sees an RLock (hence the cast of the default)
+    lock: threading.RLock = field(default=cast("threading.RLock", None), repr=False)
     _fingerprint: str | None = field(default=None, repr=False)
-    memo: dict = field(default_factory=dict, repr=False)  # small per-model lookups (e.g. delimiter tokens)
+    # small per-model lookups: (kind, ...) -> tensor (e.g. the delimiter-token table of analysis.evaluation.icl)
+    memo: dict[tuple[str, ...], torch.Tensor] = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         # one lock per nn.Module, shared with hook_scope and the adapter, so every hook on the model waits for it
@@ -103,14 +108,33 @@ def onloaded(module: torch.nn.Module) -> Iterator[None]:
     """The weights of ``module`` (and its submodules) in memory for the duration, also where a device map put
     them on disk: code that reads parameters outside a forward pass (implicit-attention internals) needs them.
     Without offloading this does nothing."""
-    hooked = [m for m in module.modules() if getattr(getattr(m, "_hf_hook", None), "offload", False)]
-    for m in hooked:
-        m._hf_hook.pre_forward(m)
+    hooked = [(m, hook) for m in module.modules() if (hook := _offload_hook(m)) is not None]
+    for m, hook in hooked:
+        hook.pre_forward(m)
     try:
         yield
     finally:
-        for m in reversed(hooked):
-            m._hf_hook.post_forward(m, None)
+        for m, hook in reversed(hooked):
+            hook.post_forward(m, None)
+
+
+def _offload_hook(module: torch.nn.Module) -> Any:
+    """accelerate's hook on ``module`` when it offloads the module's weights (an untyped accelerate object),
+    else None."""
+    hook = getattr(module, "_hf_hook", None)
+    return hook if getattr(hook, "offload", False) else None
+
+
+def input_embedding_weight(model: PreTrainedModel) -> torch.Tensor:
+    """The input embedding matrix [vocab, H] (every supported model's input embedding has a ``weight``)."""
+    weight = model.get_input_embeddings().weight
+    assert isinstance(weight, torch.Tensor), f"{type(model).__name__}'s input embedding has no weight tensor"
+    return weight
+
+
+def decode_text(tokenizer: PreTrainedTokenizerBase, ids: list[int] | torch.Tensor) -> str:
+    """The text of one flat id sequence (``decode`` returns a list only for a batch of sequences)."""
+    return cast(str, tokenizer.decode(ids))
 
 
 def _full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -230,11 +254,12 @@ def load_model(spec: str | os.PathLike = DEFAULT_MODEL, device: str | None = "au
                              "try --device cpu or a smaller dtype") from None
     if placement:  # accelerate placed the layers; inputs start where the embedding lives
         model.eval().requires_grad_(False)
-        torch_device = model.get_input_embeddings().weight.device
+        torch_device = input_embedding_weight(model).device
         if torch_device.type == "meta":
             torch_device = torch.device("cpu")
     else:
-        model.to(torch_device).eval().requires_grad_(False)
+        # through nn.Module's type: transformers wraps ``to`` with functools.wraps, whose stub loses the binding
+        cast(torch.nn.Module, model).to(torch_device).eval().requires_grad_(False)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -32,7 +33,7 @@ from analysis.paths import ASSETS_DIR
 
 ARCHS = {"transformer": "llama", "mamba": "mamba", "mamba2": "mamba2", "rwkv": "rwkv", "griffin": "recurrent_gemma"}
 WIDTH = 128
-TOY_CONFIGS = {  # about 0.5-1.5 M parameters each
+TOY_CONFIGS: dict[str, dict[str, Any]] = {  # about 0.5-1.5 M parameters each
     "llama": dict(hidden_size=WIDTH, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
                   num_key_value_heads=4),
     "mamba": dict(hidden_size=WIDTH, num_hidden_layers=4, state_size=16, expand=2, conv_kernel=4),

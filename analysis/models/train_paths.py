@@ -10,8 +10,10 @@ transformers models; tests check the chunked paths give the same outputs and gra
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
+from typing import Any, cast
 
 import torch
 
@@ -89,7 +91,7 @@ def rglru_scan_parallel(module, hidden_states, recurrent_gate, reset, recurrent_
 def parallel_training(model) -> Iterator[None]:
     """Within the context, the model's recurrent layers run their parallel training paths."""
     model_type = model.config.model_type
-    undo = []
+    undo: list[Callable[[], object]] = []
     if model_type == "rwkv":
         from transformers.models.rwkv import modeling_rwkv
 
@@ -99,13 +101,15 @@ def parallel_training(model) -> Iterator[None]:
     elif model_type == "recurrent_gemma":
         for module in model.modules():
             if hasattr(module, "_rnn_scan"):
-                module._rnn_scan = lambda *args, _m=module, **kwargs: rglru_scan_parallel(_m, *args, **kwargs)
-                undo.append(lambda _m=module: delattr(_m, "_rnn_scan"))
+                # an instance attribute shadowing the method: torch's stubs allow only tensors and modules there
+                cast(Any, module)._rnn_scan = lambda *args, _m=module, **kwargs: rglru_scan_parallel(_m, *args,
+                                                                                                     **kwargs)
+                undo.append(partial(delattr, module, "_rnn_scan"))
     elif model_type == "mamba":
         for module in model.modules():
             if hasattr(module, "use_mambapy"):
                 module.use_mambapy, previous = True, module.use_mambapy
-                undo.append(lambda _m=module, _p=previous: setattr(_m, "use_mambapy", _p))
+                undo.append(partial(setattr, module, "use_mambapy", previous))
     try:
         yield
     finally:

@@ -192,7 +192,9 @@ def evaluate_distributed(loaded: LoadedModel, pool, requests: Sequence[tuple], c
             store_evaluation(loaded, task, k, n, seed, m, result, cache)
         result.model, result.task = loaded.name, task.name
         results[i] = result
-    return results
+    done = [result for result in results if result is not None]
+    assert len(done) == len(results), "every request was read from the cache or evaluated on the pool"
+    return done
 
 
 def _records(result: EvalResult, task: str, shots: int, condition: str) -> pd.DataFrame:

@@ -85,7 +85,7 @@ def _parse_csv(text: str, where: str) -> list[tuple[str, str]]:
     if missing or extra or len(header) != len(set(header)):
         raise TaskError(f"{where}: line 1: expected the columns input,output; got {','.join(header) or '(none)'}")
     col = {c: header.index(c) for c in REQUIRED_COLUMNS}
-    pairs = []
+    pairs: list[tuple[str, str]] = []
     try:
         for row in reader:
             line = reader.line_num
@@ -93,7 +93,8 @@ def _parse_csv(text: str, where: str) -> list[tuple[str, str]]:
                 continue  # skip blank lines
             if len(row) != len(header):
                 raise TaskError(f"{where}: line {line}: expected {len(header)} fields, got {len(row)}")
-            pairs.append(tuple(_check_field(row[col[c]], c, where, f"line {line}") for c in REQUIRED_COLUMNS))
+            pairs.append((_check_field(row[col["input"]], "input", where, f"line {line}"),
+                          _check_field(row[col["output"]], "output", where, f"line {line}")))
     except csv.Error as exc:
         raise TaskError(f"{where}: line {reader.line_num}: malformed CSV ({exc})") from None
     if not pairs:
@@ -116,7 +117,7 @@ def _parse_json(text: str, where: str) -> list[tuple[str, str]]:
     if len(items) > MAX_TASK_PAIRS:
         raise TaskError(f"{where}: {len(items)} items; a task may hold at most {MAX_TASK_PAIRS}")
     lines = _item_lines(text, len(items))
-    pairs = []
+    pairs: list[tuple[str, str]] = []
     for i, item in enumerate(items):
         at = f"item {i + 1}" + (f" (line {lines[i]})" if lines else "")
         if not isinstance(item, dict):
@@ -125,7 +126,8 @@ def _parse_json(text: str, where: str) -> list[tuple[str, str]]:
         if keys != set(REQUIRED_COLUMNS):
             got = ",".join(map(str, item)) or "(none)"
             raise TaskError(f"{where}: {at}: expected the keys input,output; got {got}")
-        pairs.append(tuple(_check_field(item[c], c, where, at) for c in REQUIRED_COLUMNS))
+        pairs.append((_check_field(item["input"], "input", where, at),
+                      _check_field(item["output"], "output", where, at)))
     return pairs
 
 

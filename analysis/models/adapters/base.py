@@ -19,14 +19,21 @@ import inspect
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
 import torch
 from torch import nn
 
 from analysis.models.hooks import hook_scope, model_lock
 
+if TYPE_CHECKING:
+    import threading
+
+    from transformers import PreTrainedModel
+
 SiteFn = Callable[[int, torch.Tensor], "torch.Tensor | None"]
+SiteIO = Literal["input", "output"]  # which tensor of the site module is the neuron activation
+SITE_IOS: tuple[SiteIO, ...] = get_args(SiteIO)
 
 
 @dataclass(frozen=True)
@@ -35,7 +42,7 @@ class Layout:
 
     layers: str
     site: str
-    io: str  # "input" or "output" of the site module
+    io: SiteIO  # the site module's input or output
     width_from: str  # a module whose input width is the neuron count
 
 
@@ -43,7 +50,7 @@ class Layout:
 class NeuronSite:
     layer: int
     path: str
-    io: str
+    io: SiteIO
     width: int
 
 
@@ -66,7 +73,7 @@ class ModelAdapter:
     state_updated_in_place: bool = False  # does a cached step overwrite state tensors autograd still needs?
     indexes_layer_types: bool = False  # does the forward read config.layer_types[i] for its i-th block?
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: PreTrainedModel):
         self.model = model
         self.model_type = model.config.model_type
         self.layout = self.layouts[self.model_type]
@@ -86,12 +93,13 @@ class ModelAdapter:
         return len(self._sites)
 
     @property
-    def base_model(self) -> nn.Module:
-        """The model without its LM head (returns the final, normalised hidden states)."""
-        return self.model.base_model
+    def base_model(self) -> PreTrainedModel:
+        """The model without its LM head (returns the final, normalised hidden states): a transformers model
+        itself (``LlamaModel``, ``MambaModel``, ...), typed by transformers as a bare module."""
+        return cast("PreTrainedModel", self.model.base_model)
 
     @property
-    def lock(self):
+    def lock(self) -> threading.RLock:
         """The model's re-entrant hook lock (the same object as its ``LoadedModel.lock``)."""
         return model_lock(self.model)
 
@@ -209,16 +217,17 @@ class ModelAdapter:
             return
         config = self.base_model.config
         full, types = getattr(self._layers_parent, self._layers_attr), getattr(config, "layer_types", None)
-        sliced = self.indexes_layer_types and isinstance(types, list) and len(types) == len(self._blocks)
+        sliced = types if self.indexes_layer_types and isinstance(types, list) and len(types) == len(self._blocks) \
+            else None  # the full list when it is sliced
         setattr(self._layers_parent, self._layers_attr, nn.ModuleList(self._blocks[start_layer:]))
-        if sliced:
-            config.layer_types = types[start_layer:]
+        if sliced is not None:
+            config.layer_types = sliced[start_layer:]
         try:
             yield
         finally:
             setattr(self._layers_parent, self._layers_attr, full)
-            if sliced:
-                config.layer_types = types
+            if sliced is not None:
+                config.layer_types = sliced
 
     @contextmanager
     def _fed(self, layer: int, block_input: torch.Tensor | None) -> Iterator[None]:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import torch
 
 from analysis.errors import UnsupportedArchitectureError
 from analysis.models.adapters.base import Layout, ModelAdapter, PrefixState, repeat_cache
+
+if TYPE_CHECKING:
+    from transformers.models.recurrent_gemma.modeling_recurrent_gemma import RecurrentGemmaModel
 
 _GATED_MLP = Layout("model.layers", "mlp.down_proj", "input", "mlp.down_proj")
 
@@ -98,7 +103,8 @@ class GriffinAdapter(ModelAdapter):
     def run_prefix(self, prefix_ids):
         from transformers import DynamicCache
 
-        self.base_model._setup_cache(self.model.config, 1, prefix_ids.device, self.model.dtype)
+        base = cast("RecurrentGemmaModel", self.base_model)
+        base._setup_cache(self.model.config, 1, prefix_ids.device, self.model.dtype)
         cache = DynamicCache(config=self.model.config)
         positions = torch.arange(prefix_ids.shape[1], device=prefix_ids.device)[None]
         self.base_model(input_ids=prefix_ids, use_cache=True, past_key_values=cache, position_ids=positions)
