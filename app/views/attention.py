@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from analysis.attribution.tokens import LRP_FAMILIES, METHODS, token_relevance
-from analysis.bounds import BOUNDS, TEXT_LIMITS
+from analysis.bounds import TEXT_LIMITS
 from analysis.device import dtype_name
 from analysis.distributed import env_pool
 from analysis.evaluation.faithfulness import faithfulness
@@ -107,8 +107,10 @@ if right is not None:
 
 st.subheader("Token relevance")
 methods = [m for m in METHODS if m != "lrp" or loaded.family in LRP_FAMILIES]
-chosen = st.multiselect("Methods", methods, default=[m for m in ("raw", "rollout", "gradattn", "gxi") if m in methods],
-                        key="rel_methods", help="relevance of each token for the model's top next-token prediction")
+state.put("rel_methods", ",".join(m for m in str(state.get("rel_methods")).split(",")  # another family's
+                                  if m in methods or m not in METHODS))  # methods leave quietly, unknown ones say so
+chosen = state.bound(st.multiselect, "Methods", "rel_methods", widget_key="rel_methods", options=methods,
+                     help="relevance of each token for the model's top next-token prediction")
 if chosen:
     with guarded("token relevance"):
         results = {m: memo(("relevance", loaded.fingerprint(), text, m, form),
@@ -131,14 +133,15 @@ st.caption("Tokens are replaced with padding most-relevant-first (lower area = m
            "the baseline.")
 with present.controls("Faithfulness settings"):
     c_task, c_n, c_run = wrapping_columns([2, 1, 1], "faith_controls", [240, 140, 160])
-    task_name = c_task.selectbox("Task", list(builtin_tasks()), key="faith_task")
-    faith_n = c_n.number_input("Prompts", BOUNDS["faith_n"].low, BOUNDS["faith_n"].high, 10, key="faith_n")
+    task_name = state.bound(c_task.selectbox, "Task", "faith_task", widget_key="faith_task",
+                            options=list(builtin_tasks()))
+    faith_n = state.bound(c_n.number_input, "Prompts", "faith_n", widget_key="faith_n")
     run = c_run.button("Run faithfulness", key="faith_run", disabled=not chosen)
 faith_key = result_key(loaded, "faithfulness", task_name, int(faith_n), tuple(chosen))
 with guarded("faithfulness test"):  # a click starts a job; while it runs every rerun follows it
     faith = speculation.follow("job_faithfulness", faith_key, "Faithfulness", lambda progress: faithfulness(
         loaded, builtin_tasks()[task_name], chosen, int(faith_n), shots=2, progress=progress,
-        pool=env_pool(loaded.name)), start=run)
+        pool=env_pool(loaded.name)), start=run, total=int(faith_n))
     if faith is not None:
         keep("faith_table", faith_key, faith, f"{task_name}, {int(faith_n)} prompts, {', '.join(chosen)}, "
                                               f"{loaded.name}")

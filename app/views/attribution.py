@@ -5,9 +5,7 @@ import streamlit as st
 from analysis.attribution import QUADRATURES, TARGETS, attribute_task
 from analysis.attribution.neuron_ig import COMPLETENESS_WARN, completeness_summary
 from analysis.attribution.summary import top_neurons
-from analysis.bounds import BOUNDS
 from analysis.cache import ResultsCache, task_fingerprint
-from analysis.demo import ATTRIBUTION
 from analysis.device import dtype_name
 from analysis.distributed import env_pool
 from components import present, results, speculation, state
@@ -27,15 +25,13 @@ with present.controls():
     col_task, col_target = wrapping_columns([3, 1], "ig_task", [300, 160])
     with col_task:
         task = task_picker()
-    target = col_target.selectbox("Target", TARGETS, index=TARGETS.index(ATTRIBUTION["target"]), key="ig_target",
-                                  help="gold: log p(gold); copy: logit(copied) - logit(gold); confidence: top logit")
+    target = state.bound(col_target.selectbox, "Target", "ig_target", widget_key="ig_target", options=TARGETS,
+                         help="gold: log p(gold); copy: logit(copied) - logit(gold); confidence: top logit")
     col_n, col_shots, col_steps, col_rule = wrapping_columns(4, "ig_settings", 150)
-    n = col_n.number_input("Prompts", BOUNDS["ig_n"].low, BOUNDS["ig_n"].high, ATTRIBUTION["n"], key="ig_n")
+    n = state.bound(col_n.number_input, "Prompts", "ig_n", widget_key="ig_n")
     shots = state.bound(col_shots.number_input, "Shots", "shots", min_value=1, step=1)
-    steps = col_steps.number_input("Steps", BOUNDS["steps"].low, BOUNDS["steps"].high, ATTRIBUTION["steps"],
-                                   key="ig_steps")
-    rule = col_rule.selectbox("Quadrature", QUADRATURES, index=QUADRATURES.index(ATTRIBUTION["quadrature"]),
-                              key="ig_rule")
+    steps = state.bound(col_steps.number_input, "Steps", "ig_steps", widget_key="ig_steps")
+    rule = state.bound(col_rule.selectbox, "Quadrature", "ig_rule", widget_key="ig_rule", options=QUADRATURES)
     cost_note(loaded, int(n) * int(steps), "ig", f"{int(n)} prompts x {int(steps)} steps")
     clicked = st.button("Attribute", type="primary", disabled=task is None, key="ig_run")
 
@@ -58,7 +54,7 @@ if task is not None:
             result = speculation.follow("job_attribution", key, f"IG {target} on {task.name}", lambda progress:
                                         attribute_task(*args, cache=ResultsCache(), progress=progress,
                                                        pool=env_pool(loaded.name)),
-                                        start=clicked, speed=(loaded, "ig", int(n) * int(steps)))
+                                        start=clicked, speed=(loaded, "ig", int(n) * int(steps)), total=int(n))
             if result is not None:
                 found = memo(key, lambda: with_top(result))
         if found is not None:
@@ -72,9 +68,9 @@ if shown:
     st.caption(f"Model run in {dtype_name(loaded.dtype)} on {loaded.placement}; attributions accumulated in "
                f"{dtype_name(result.per_prompt.dtype)}.")
     with present.controls("Colour scale"):
-        scale = st.radio("Colour scale", list(HEATMAP_SCALES), format_func=HEATMAP_SCALES.get, horizontal=True,
-                         key="ig_scale", help="one strong neuron can wash a linear map out; the hover shows raw "
-                                              "scores")
+        scale = state.bound(st.radio, "Colour scale", "ig_scale", widget_key="ig_scale", options=list(HEATMAP_SCALES),
+                            format_func=HEATMAP_SCALES.get, horizontal=True,
+                            help="one strong neuron can wash a linear map out; the hover shows raw scores")
     heat = neuron_heatmap(result.scores.tolist(), title="mean attribution per neuron", scale=scale)
     totals = layer_totals_bar(result.scores.tolist())
     chart(heat, "ig_heat", "neuron-attribution")

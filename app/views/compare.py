@@ -28,7 +28,8 @@ loaded = require_model()
 MASK_OPTIONS = ("no mask", "active mask", "random mask of the same size", "upload")
 
 with present.controls():
-    mode = st.radio("Compare", ["two masks", "two models"], horizontal=True, key="cmp_mode")
+    mode = state.bound(st.radio, "Compare", "cmp_mode", widget_key="cmp_mode", options=["two masks", "two models"],
+                       horizontal=True)
     col_task, col_shots, col_n = wrapping_columns([3, 1, 1], "cmp_task", [300, 140, 140])
     with col_task:
         task = task_picker()
@@ -36,14 +37,15 @@ with present.controls():
     n = state.bound(col_n.number_input, "Prompts (n)", "n", step=1)
     col_a, col_b = st.columns(2)
     if mode == "two models":
-        other = col_b.selectbox("Model B", [m for m in model_choices() if m != loaded.name], key="cmp_model",
-                                format_func=model_label)
+        other = state.bound(col_b.selectbox, "Model B", "cmp_model", widget_key="cmp_model",
+                            options=[m for m in model_choices() if m != loaded.name], format_func=model_label)
         col_a.caption(f"Model A: {model_label(loaded.name)} (the sidebar's model)")
         picks = {"A": ("model", loaded.name), "B": ("model", other)}
     else:
         picks = {}
-        for side, col, default in (("A", col_a, 0), ("B", col_b, 1)):
-            choice = col.selectbox(f"Mask {side}", MASK_OPTIONS, index=default, key=f"cmp_mask_{side}")
+        for side, col in (("A", col_a), ("B", col_b)):
+            choice = state.bound(col.selectbox, f"Mask {side}", f"cmp_mask_{side}", widget_key=f"cmp_mask_{side}",
+                                 options=MASK_OPTIONS)
             upload = col.file_uploader(f"Mask {side} file", type=["json"], key=f"cmp_up_{side}") \
                 if choice == "upload" else None
             picks[side] = ("mask", choice, upload)

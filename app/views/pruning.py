@@ -9,14 +9,19 @@ import streamlit as st
 
 from analysis.attribution.targets import COPY_TARGETS
 from analysis.cache import ResultsCache
-from analysis.demo import PRUNE_CONTROLS, PRUNE_TASKS, SETTINGS, pruning_tasks
+from analysis.demo import PRUNE_CONTROLS, SETTINGS, pruning_tasks
 from analysis.device import dtype_name
 from analysis.distributed import env_pool
 from analysis.evaluation.icl import is_evaluated
 from analysis.pruning import NeuronMask
 from analysis.pruning.autok import K_GRID, k_sweep
-from analysis.pruning.copying import (SCORE_PROMPTS, copying_scores, mask_neurons_table, parse_layer_range,
-                                      random_mask_like)
+from analysis.pruning.copying import (
+    SCORE_PROMPTS,
+    copying_scores,
+    mask_neurons_table,
+    parse_layer_range,
+    random_mask_like,
+)
 from analysis.pruning.evaluate import prune_eval
 from components import present, speculation, state
 from components.charts import neuron_heatmap
@@ -82,7 +87,7 @@ with guarded("copying scores"):
             "job_copying_scores", ("copying-scores", loaded.fingerprint(), *sorted(params.items())),
             "IG of the copy target", lambda progress: copying_scores(
                 loaded, **params, cache=cache, progress=progress, pool=env_pool(loaded.name)),
-            start=compute, speed=(loaded, "ig", params["n"] * params["steps"]))
+            start=compute, speed=(loaded, "ig", params["n"] * params["steps"]), total=params["n"])
 if scored is None:
     st.info("No copying scores for these settings yet: compute them (progress is shown; the result is cached on "
             "disk), or load a saved mask below.")
@@ -160,10 +165,12 @@ def live_panel() -> None:
     toggle_row = present.toolbar_row() if presenting else None
     with toggle_row.popover("Tasks", icon=":material/tune:") if presenting else st.container():
         c_tasks, c_ctrl = wrapping_columns([4, 1], "prune_task_row", [300, 150])
-        chosen = c_tasks.multiselect("Tasks", list(offered), default=list(PRUNE_TASKS), key="prune_tasks")
-        controls = c_ctrl.number_input("Random masks", PRUNE_CONTROLS, 10, PRUNE_CONTROLS, key="prune_controls",
-                                       help="random masks of the same size and layer distribution (at least 3, "
-                                            "so their spread shows)")
+        chosen = state.bound(c_tasks.multiselect, "Tasks", "prune_tasks", widget_key="prune_tasks",
+                             options=list(offered))
+        controls = state.bound(c_ctrl.number_input, "Random masks", "prune_controls", widget_key="prune_controls",
+                               min_value=PRUNE_CONTROLS, max_value=10,
+                               help="random masks of the same size and layer distribution (at least 3, so their "
+                                    "spread shows)")
     if "prune_on" not in st.session_state:  # a link may open the page with pruning on
         st.session_state["prune_on"] = bool(state.get("prune"))
     shots, n, seed = int(state.get("shots")), int(state.get("n")), int(state.get("seed"))

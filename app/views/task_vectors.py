@@ -7,9 +7,7 @@ import dataclasses
 import pandas as pd
 import streamlit as st
 
-from analysis.bounds import BOUNDS
 from analysis.cache import ResultsCache, task_fingerprint
-from analysis.demo import TASK_VECTORS
 from analysis.evaluation.task_vectors import task_vector_work, task_vectors
 from components import present, speculation, state
 from components.charts_pruning import task_vector_chart
@@ -38,13 +36,13 @@ with present.controls():
     with col_task:
         task = task_picker()
     shots = state.bound(col_shots.number_input, "Shots", "shots", min_value=1, step=1)
-    n = col_n.number_input("Queries", BOUNDS["tv_n"].low, BOUNDS["tv_n"].high, TASK_VECTORS["n"], key="tv_n")
-    dummies = col_dummies.number_input("Dummy queries", BOUNDS["dummies"].low, BOUNDS["dummies"].high,
-                                       TASK_VECTORS["dummies"], key="tv_dummies",
-                                       help="dummy queries whose states are averaged into each query's vector")
-    prompt_format = st.radio("Prompt format", list(FORMATS), horizontal=True, key="tv_format")
-    with_mask = st.checkbox(f"Also with the mask ({len(mask)} neurons, {source})" if mask is not None else source,
-                            value=mask is not None, disabled=mask is None, key="tv_masked")
+    n = state.bound(col_n.number_input, "Queries", "tv_n", widget_key="tv_n")
+    dummies = state.bound(col_dummies.number_input, "Dummy queries", "tv_dummies", widget_key="tv_dummies",
+                          help="dummy queries whose states are averaged into each query's vector")
+    prompt_format = state.bound(st.radio, "Prompt format", "tv_format", widget_key="tv_format", options=list(FORMATS),
+                                horizontal=True)
+    with_mask = state.bound(st.checkbox, f"Also with the mask ({len(mask)} neurons, {source})" if mask is not None
+                            else source, "tv_masked", widget_key="tv_masked", disabled=mask is None)
     runs = 1 + bool(with_mask and mask is not None)
     cost_note(loaded, runs * task_vector_work(loaded, int(n), int(dummies)), "eval",
               f"{runs} x {task_vector_work(loaded, int(n), int(dummies)):,} generations")

@@ -1,0 +1,60 @@
+"""Every page setting is a bound, linked setting: a link sets it (clamped or refused in one line when hostile),
+it survives a visit to another page (so a running job is found again under it), and it is written back to the
+address bar."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+from components.state import DEFAULTS, PAGE_DEFAULTS
+
+MAIN = Path(__file__).resolve().parents[1] / "app" / "main.py"
+
+
+def _app(monkeypatch, **query) -> AppTest:
+    monkeypatch.setenv("PRUNESCOPE_MODEL", "toy-transformer")
+    at = AppTest.from_file(str(MAIN), default_timeout=120)
+    at.query_params.update(query)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_a_link_sets_the_attribution_pages_own_settings(monkeypatch):
+    at = _app(monkeypatch, page="attribution", ig_steps="7", ig_rule="gauss-legendre", ig_target="gold", ig_n="3")
+    assert at.number_input(key="ig_steps").value == 7 and at.number_input(key="ig_n").value == 3
+    assert at.selectbox(key="ig_rule").value == "gauss-legendre" and at.selectbox(key="ig_target").value == "gold"
+    assert not at.error
+
+
+def test_hostile_page_settings_are_clamped_or_refused_in_one_line(monkeypatch):
+    at = _app(monkeypatch, page="attribution", ig_steps="100000", ig_rule="<script>", ig_n="-4")
+    assert at.number_input(key="ig_steps").value == 256 and at.number_input(key="ig_n").value == 1
+    assert at.selectbox(key="ig_rule").value == PAGE_DEFAULTS["ig_rule"]
+    assert [e.value for e in at.error] == ["ig_rule='<script>' is not one of the choices here; using riemann"]
+    tasks = _app(monkeypatch, page="pruning", prune_tasks="antonyms,nope,next-letter")
+    assert tasks.multiselect(key="prune_tasks").value == ["antonyms", "next-letter"]
+    assert any("prune_tasks: 'nope' not among the choices here" in e.value for e in tasks.error)
+
+
+def test_page_settings_survive_another_page_and_reach_the_link(monkeypatch):
+    at = _app(monkeypatch, page="attribution")
+    at.number_input(key="ig_steps").set_value(9)
+    at.run()
+    at.switch_page("views/evaluate.py").run()
+    assert "ig_steps" not in [n.key for n in at.number_input]  # the widget is gone on this page
+    assert at.query_params["ig_steps"] in ("9", ["9"])  # ...its setting stays in the link
+    at.switch_page("views/attribution.py").run()
+    assert at.number_input(key="ig_steps").value == 9  # and back on its page
+
+
+def test_every_page_setting_has_a_default_and_a_range_or_choices():
+    from analysis.bounds import BOUNDS
+    from components.state import BOUND_OF
+
+    for name, default in PAGE_DEFAULTS.items():
+        assert DEFAULTS[name] == default
+        if isinstance(default, int):
+            assert BOUND_OF.get(name, name) in BOUNDS, f"{name} has no range in analysis/bounds.py"
