@@ -13,7 +13,7 @@ from analysis.errors import PrunescopeError, UnsupportedArchitectureError
 from analysis.families import FAMILIES, Family, Ref, RelevanceTarget, family, family_for, family_of, forms
 from analysis.implicit_attention import FORMS, attention_maps, default_form
 from analysis.implicit_attention.griffin import griffin_recurrent_layers
-from analysis.models.adapters import ADAPTERS, adapter_class_for
+from analysis.models.adapters import adapter_class_for, registered_adapters
 from analysis.models.tiny import TINY_FAMILIES
 
 FAMILY_OF = {"llama": "transformer", "gpt2": "transformer", "gpt_neox": "transformer", "opt": "transformer",
@@ -25,7 +25,7 @@ TEXT = "a:3 b:5 c:1 d:7 | b:5 a:"
 
 def test_registry_names_every_adapter_once():
     assert list(FAMILIES) == ["transformer", "mamba", "mamba2", "rwkv", "griffin"]
-    assert tuple(f.adapter for f in FAMILIES.values()) == ADAPTERS
+    assert tuple(f.adapter for f in FAMILIES.values()) == registered_adapters()
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))

@@ -129,17 +129,21 @@ class GriffinAdapter(ModelAdapter):
         return torch.tanh(out / cap) * cap if cap else out
 
 
-ADAPTERS: tuple[type[ModelAdapter], ...] = (TransformerAdapter, MambaAdapter, Mamba2Adapter, RwkvAdapter,
-                                            GriffinAdapter)
+def registered_adapters() -> tuple[type[ModelAdapter], ...]:
+    """Every family's adapter, in the family registry's order (analysis/families.py): a family is added there,
+    once, and nothing here lists families again."""
+    from analysis.families import FAMILIES  # deferred: the registry imports this module
+
+    return tuple(entry.adapter for entry in FAMILIES.values())
 
 
 def supported_architectures() -> str:
     """'family (model types), ...' for error messages and the CLI."""
-    return "; ".join(f"{a.family} ({', '.join(a.layouts)})" for a in ADAPTERS)
+    return "; ".join(f"{a.family} ({', '.join(a.layouts)})" for a in registered_adapters())
 
 
 def adapter_class_for(model_type: str, what: str = "model") -> type[ModelAdapter]:
-    for adapter in ADAPTERS:
+    for adapter in registered_adapters():
         if model_type in adapter.layouts:
             return adapter
     raise UnsupportedArchitectureError(
