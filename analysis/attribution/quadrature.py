@@ -7,7 +7,7 @@ from typing import Literal, get_args
 import numpy as np
 import torch
 
-from analysis.errors import PrunescopeError
+from analysis.errors import PrunescopeError, check_choice
 
 Quadrature = Literal["riemann", "gauss-legendre"]
 QUADRATURES: tuple[Quadrature, ...] = get_args(Quadrature)
@@ -15,10 +15,7 @@ QUADRATURES: tuple[Quadrature, ...] = get_args(Quadrature)
 
 def check_quadrature(name: str) -> Quadrature:
     """``name`` as a quadrature rule's name, else a one-line error."""
-    for rule in QUADRATURES:
-        if rule == name:
-            return rule
-    raise PrunescopeError(f"unknown quadrature {name!r}: use {' or '.join(QUADRATURES)}")
+    return check_choice(name, QUADRATURES, "quadrature", " or ")
 
 
 def quadrature(method: str, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,10 +26,8 @@ def quadrature(method: str, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """
     if steps < 1:
         raise PrunescopeError(f"IG needs at least 1 step (got {steps})")
-    if method == "riemann":
+    if check_quadrature(method) == "riemann":
         alphas = torch.arange(1, steps + 1, dtype=torch.float64) / steps
         return alphas, torch.full((steps,), 1.0 / steps, dtype=torch.float64)
-    if method == "gauss-legendre":
-        nodes, weights = np.polynomial.legendre.leggauss(steps)
-        return torch.from_numpy((nodes + 1) / 2), torch.from_numpy(weights / 2)
-    raise PrunescopeError(f"unknown quadrature {method!r}: use {' or '.join(QUADRATURES)}")
+    nodes, weights = np.polynomial.legendre.leggauss(steps)  # gauss-legendre
+    return torch.from_numpy((nodes + 1) / 2), torch.from_numpy(weights / 2)

@@ -22,7 +22,7 @@ from typing import Literal, get_args
 
 import torch
 
-from analysis.errors import PromptTooLongError, PrunescopeError
+from analysis.errors import PromptTooLongError, PrunescopeError, check_choice
 from analysis.models.loader import LoadedModel, decode_text
 from analysis.tasks.task import Prompt, normalize_answer
 
@@ -34,10 +34,7 @@ COPY_TARGETS: tuple[CopyTarget, ...] = get_args(CopyTarget)
 
 def check_target(name: str) -> TargetKind:
     """``name`` as a target kind, else a one-line error."""
-    for kind in TARGETS:
-        if kind == name:
-            return kind
-    raise PrunescopeError(f"unknown target {name!r}: use {', '.join(TARGETS)}")
+    return check_choice(name, TARGETS, "target")
 
 
 @dataclass(frozen=True)
