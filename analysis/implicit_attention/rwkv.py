@@ -24,15 +24,7 @@ from typing import TYPE_CHECKING, Literal, cast, get_args
 
 import torch
 
-from analysis.implicit_attention.common import (
-    DEFAULT_BUDGET_BYTES,
-    Internals,
-    Reduction,
-    check_form,
-    check_layers,
-    prompt_ids,
-    reduce_in_chunks,
-)
+from analysis.implicit_attention import common
 from analysis.models.hooks import hook_scope
 from analysis.models.loader import onloaded
 
@@ -48,7 +40,7 @@ FORMS: tuple[RwkvForm, ...] = get_args(RwkvForm)
 
 
 @dataclass
-class RwkvInternals(Internals):
+class RwkvInternals(common.Internals):
     """One layer's time-mixing intermediates (batch 1, float32, shapes [T, C] unless noted)."""
 
     tc_field = "key"
@@ -65,8 +57,8 @@ class RwkvInternals(Internals):
 def capture_rwkv(loaded: Loaded, input_ids: torch.Tensor, layers: Iterable[int] | None = None
                  ) -> dict[int, RwkvInternals]:
     """Run the model once on ``input_ids`` (batch 1, from the empty state) and keep each layer's internals."""
-    chosen = check_layers(loaded, layers)
-    ids = prompt_ids(input_ids, loaded.device)
+    chosen = common.check_layers(loaded, layers)
+    ids = common.prompt_ids(input_ids, loaded.device)
     store: dict[int, dict[str, torch.Tensor]] = {i: {} for i in chosen}
 
     def out_hook(layer, name):
@@ -111,7 +103,7 @@ def rwkv_matrices(internals: RwkvInternals, form: str = "unified",
                   channels: torch.Tensor | None = None) -> torch.Tensor:
     """[len(channels), T, T] matrices (row = output position t, column = source i; zero above the diagonal),
     vectorised over positions: log-weights for all (t, i) at once, masked, then a softmax over i."""
-    check_form(form, FORMS, "RWKV")
+    common.check_form(form, FORMS, "RWKV")
     idx = _channels(internals, channels)
     T = internals.length
     k = internals.key[:, idx].T  # [n, T]
@@ -129,11 +121,11 @@ def rwkv_matrices(internals: RwkvInternals, form: str = "unified",
     return alpha
 
 
-def rwkv_reduced(internals: RwkvInternals, form: str, reduction: Reduction,
-                 budget_bytes: int = DEFAULT_BUDGET_BYTES) -> torch.Tensor:
+def rwkv_reduced(internals: RwkvInternals, form: str, reduction: common.Reduction,
+                 budget_bytes: int = common.DEFAULT_BUDGET_BYTES) -> torch.Tensor:
     """[T, T] reduction over channels, computing per-channel matrices in chunks within ``budget_bytes``."""
-    check_form(form, FORMS, "RWKV")
-    return reduce_in_chunks(lambda idx: rwkv_matrices(internals, form, idx), internals.n_channels,
+    common.check_form(form, FORMS, "RWKV")
+    return common.reduce_in_chunks(lambda idx: rwkv_matrices(internals, form, idx), internals.n_channels,
                             internals.length, reduction, budget_bytes)
 
 
@@ -141,7 +133,7 @@ def rwkv_loop_matrices(internals: RwkvInternals, form: str = "unified",
                        channels: torch.Tensor | None = None) -> torch.Tensor:
     """Reference: HF's stabilised WKV recurrence run position by position on a one-hot value sequence per
     source position (all sources and channels at once), in float64."""
-    check_form(form, FORMS, "RWKV")
+    common.check_form(form, FORMS, "RWKV")
     idx = _channels(internals, channels).cpu()
     T = internals.length
     k = internals.key.cpu().double()[:, idx]  # [T, n]
@@ -169,7 +161,7 @@ def rwkv_loop_matrices(internals: RwkvInternals, form: str = "unified",
 def rwkv_reconstruct(internals: RwkvInternals, form: str = "unified") -> tuple[torch.Tensor, torch.Tensor]:
     """(matrices applied to v, the captured tensor), both [T, C]. Observed is the ``output`` Linear's input
     for "unified", and that divided by sigmoid(r) (the WKV output) for "wkv"."""
-    check_form(form, FORMS, "RWKV")
+    common.check_form(form, FORMS, "RWKV")
     alpha = rwkv_matrices(internals, form)
     rebuilt = torch.einsum("cti,ic->tc", alpha, internals.value)
     observed = internals.output_input

@@ -3,12 +3,13 @@
 import pandas as pd
 import streamlit as st
 
-from analysis.cache import ResultsCache
+from analysis.cache import ResultsCache, task_fingerprint
 from analysis.evaluation import evaluate_task
 from components import present, state
 from components.charts import outcome_bar_chart
 from components.export import chart, report_button, table
 from components.layout import wrapping_columns
+from components.results import result_key
 from components.widgets import cost_note, guarded, require_model, run_progress, task_picker
 
 RUNS_KEY = "eval_runs"  # list of {"summary": dict, "records": DataFrame}, oldest first
@@ -44,15 +45,16 @@ if run_clicked and task is not None:
                                                        speed=(loaded, "eval", int(n))) as progress:
         result = evaluate_task(loaded, task, int(shots), int(n), seed=int(seed), progress=progress,
                                cache=ResultsCache())
-        runs.append({"summary": {**result.summary(), "seed": result.seed}, "records": result.records})
+        runs.append({"summary": {**result.summary(), "seed": result.seed}, "records": result.records,
+                     "key": result_key(loaded, "evaluate", task_fingerprint(task), int(shots), int(n), int(seed))})
         del runs[:-MAX_RUNS]
 
 if runs:
     latest = runs[-1]["summary"]
     st.subheader(f"{latest['task']}, {latest['shots']}-shot, {latest['n']} prompts, seed {latest['seed']} on "
                  f"{latest['model']}")
-    current = (task.name if task else None, int(shots), int(n), int(seed), loaded.name)
-    if current != (latest["task"], latest["shots"], latest["n"], latest["seed"], latest["model"]):
+    current = result_key(loaded, "evaluate", task_fingerprint(task), int(shots), int(n), int(seed)) if task else None
+    if current != runs[-1].get("key"):  # another model (weights or dtype), task or setting
         st.info("These are the numbers of the last run; the settings above have changed since: click Evaluate "
                 "for them.", icon=":material/history:")
     m1, m2, m3, m4, m5 = st.columns(5)
