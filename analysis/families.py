@@ -35,6 +35,9 @@ from analysis.models.adapters import (
 
 if TYPE_CHECKING:
     from analysis.implicit_attention.common import Reduction
+    from analysis.implicit_attention.griffin import GriffinInternals
+    from analysis.implicit_attention.mamba import MambaInternals
+    from analysis.implicit_attention.rwkv import RwkvInternals
     from analysis.models.protocols import Loaded
 
 # every attention-map form of every family (each family's own are its ``forms``)
@@ -137,34 +140,34 @@ def _no_layers(adapter: ModelAdapter) -> list[int]:
 
 
 # -- relevance targets (which tensor dF/dA is read at, per form) -------------------------------------------------
-def mamba_relevance_target(block, inn, form: str) -> RelevanceTarget:
+def mamba_relevance_target(block: nn.Module, inn: MambaInternals, form: str) -> RelevanceTarget:
     """s6: u = SSM input, y = alpha u (+ D u) = out_proj input / SiLU(z); unified: u = x branch, y = out_proj
     input."""
+    out_proj = block.get_submodule("mixer.out_proj")
     if form == "s6":
-        return RelevanceTarget(block.mixer.out_proj, "input", inn.u, gate=F.silu(inn.z), group=inn.head_dim)
-    return RelevanceTarget(block.mixer.out_proj, "input", inn.x)
+        return RelevanceTarget(out_proj, "input", inn.u, gate=F.silu(inn.z), group=inn.head_dim)
+    return RelevanceTarget(out_proj, "input", inn.x)
 
 
-def mamba2_relevance_target(block, inn, form: str) -> RelevanceTarget:
+def mamba2_relevance_target(block: nn.Module, inn: MambaInternals, form: str) -> RelevanceTarget:
     """s6: y = the SSD output entering the gated norm (one matrix per head); unified: y = its y * SiLU(gate),
     made a graph tensor by computing it in a pre-hook and calling the norm with gate=None."""
     if form == "s6":
-        return RelevanceTarget(block.mixer.norm, "input", inn.u, group=inn.head_dim)
-    return RelevanceTarget(block.mixer.norm, "gated", inn.x)
+        return RelevanceTarget(block.get_submodule("mixer.norm"), "input", inn.u, group=inn.head_dim)
+    return RelevanceTarget(block.get_submodule("mixer.norm"), "gated", inn.x)
 
 
-def rwkv_relevance_target(block, inn, form: str) -> RelevanceTarget:
+def rwkv_relevance_target(block: nn.Module, inn: RwkvInternals, form: str) -> RelevanceTarget:
     """u = value; unified: y = the output projection's input; wkv: y = that / sigmoid(r)."""
     gate = torch.sigmoid(inn.receptance) if form == "wkv" else None
-    return RelevanceTarget(block.attention.output, "input", inn.value, gate=gate)
+    return RelevanceTarget(block.get_submodule("attention.output"), "input", inn.value, gate=gate)
 
 
-def griffin_relevance_target(block, inn, form: str) -> RelevanceTarget:
+def griffin_relevance_target(block: nn.Module, inn: GriffinInternals, form: str) -> RelevanceTarget:
     """rglru: u = RG-LRU input, y = its output; unified: u = linear_x output, y = linear_out input."""
-    temporal = block.temporal_block
     if form == "rglru":
-        return RelevanceTarget(temporal.rg_lru, "output", inn.x)
-    return RelevanceTarget(temporal.linear_out, "input", inn.x_pre)
+        return RelevanceTarget(block.get_submodule("temporal_block.rg_lru"), "output", inn.x)
+    return RelevanceTarget(block.get_submodule("temporal_block.linear_out"), "input", inn.x_pre)
 
 
 def griffin_softmax_maps(loaded: Loaded, input_ids: torch.Tensor, layers: list[int], reduction: Reduction

@@ -277,7 +277,8 @@ def gradient_weighted_maps(loaded: LoadedModel, input_ids: torch.Tensor, target:
     return torch.stack([maps[i].clamp(min=0).float().cpu() for i in layers])
 
 
-def _softmax_weighted(loaded, input_ids, target, layers) -> dict[int, torch.Tensor]:
+def _softmax_weighted(loaded: LoadedModel, input_ids: torch.Tensor, target: int, layers: list[int]
+                      ) -> dict[int, torch.Tensor]:
     """mean_h dF/dA_h * A_h of every softmax-attention layer among ``layers`` (one forward + backward)."""
     with attention_mode(loaded, PROBE) as records, torch.enable_grad():
         embeds = _embeds(loaded, input_ids).requires_grad_(True)
@@ -290,7 +291,8 @@ def _softmax_weighted(loaded, input_ids, target, layers) -> dict[int, torch.Tens
     return {i: (g[0].float() * p[0].detach().float()).mean(0) for (i, p), g in zip(chosen, grads)}
 
 
-def _implicit_weighted(loaded, entry: Family, input_ids, target, layers, form) -> dict[int, torch.Tensor]:
+def _implicit_weighted(loaded: LoadedModel, entry: Family, input_ids: torch.Tensor, target: int, layers: list[int],
+                       form: str) -> dict[int, torch.Tensor]:
     """mean_c dF/dA[c] * A[c] of the family's implicit layers among ``layers``, with g = dF/dy read where the
     registry's relevance target says (:class:`analysis.families.RelevanceTarget`)."""
     implicit = set(entry.implicit_layers(loaded.adapter))
