@@ -8,10 +8,10 @@ queue), so the visitors of a hosted demo do not split its CPU between many specu
 through the same ``prune_eval`` and ResultsCache as the page, so what it finishes is kept even if the visitor
 has left. Switching Prune on while the job runs shows the job's own progress instead of starting the work again.
 
-A job button (copying scores, attribution, k-sweep, task vectors: :func:`follow`) starts the same kind of job,
-one per page and session: the script run only polls it, so leaving the page or closing the tab does not stop or
-lose it (its result lands in the on-disk cache), coming back shows its progress, and with $PRUNESCOPE_RAY set
-its shards run on that cluster.
+A job button (copying scores, attribution, k-sweep, task vectors, faithfulness: :func:`follow`) starts the same
+kind of job, one per page and session: the script run only polls it, so leaving the page or closing the tab does
+not stop or lose it (its result lands in the on-disk cache), coming back shows its progress, and with
+$PRUNESCOPE_RAY set its shards run on that cluster.
 """
 
 from __future__ import annotations
@@ -134,8 +134,9 @@ def follow(slot: str, key: Hashable, label: str, work: Callable[[Progress], Any]
         def timed(progress: Progress) -> Any:
             started = time.monotonic()
             result = work(progress)
-            if speed is not None and time.monotonic() - started > 1.0:  # computed, not read from the cache
-                measured_speed(speed[0], speed[2], time.monotonic() - started, speed[1])
+            elapsed = time.monotonic() - started
+            if speed is not None and elapsed > 1.0:  # computed, not read from the cache
+                measured_speed(speed[0], speed[2], elapsed, speed[1])
             return result
 
         job = Job(key, timed, total, name=f"prunescope-{slot}").start()

@@ -160,7 +160,7 @@ def bound(widget: Callable[..., Any], label: str, name: str, widget_key: str | N
         # prompts need demonstrations, layer < the model's layer count)
         kwargs["min_value"] = max(kwargs.get("min_value", BOUNDS[bound_name].low), BOUNDS[bound_name].low)
         kwargs["max_value"] = min(kwargs.get("max_value", BOUNDS[bound_name].high), BOUNDS[bound_name].high)
-    if getattr(widget, "__name__", "") in ("checkbox", "toggle"):  # kept as 0/1 (links, defaults), shown as bool
+    if kind in ("checkbox", "toggle"):  # kept as 0/1 (links, defaults), shown as bool
         st.session_state[widget_key] = bool(value)
         value = widget(label, key=widget_key, on_change=lambda: put(name, int(st.session_state[widget_key])),
                        **kwargs)

@@ -86,11 +86,12 @@ def _raiser(restored: Restored, layer: int):
     return fn
 
 
+@pytest.mark.parametrize("site", ["hook_sites", "hook_block_inputs"])
 @pytest.mark.parametrize("model_type", TINY_FAMILIES)
-def test_hook_sites_raising_in_a_hook_leaves_no_trace(tiny_loaded, model_type):
+def test_a_hook_raising_leaves_no_trace(tiny_loaded, model_type, site):
     loaded = tiny_loaded(model_type)
     with Restored(loaded) as restored:
-        with loaded.adapter.hook_sites(_raiser(restored, loaded.n_layers - 1)):
+        with getattr(loaded.adapter, site)(_raiser(restored, loaded.n_layers - 1)):
             loaded.model(input_ids=_ids(loaded), use_cache=False)
 
 
@@ -102,14 +103,6 @@ def test_hook_sites_raising_in_the_scope_leaves_no_trace(tiny_loaded, model_type
             changed = _logits(loaded)
             assert restored.hooked() and not torch.equal(changed, restored.logits)
             raise Boom
-
-
-@pytest.mark.parametrize("model_type", TINY_FAMILIES)
-def test_hook_block_inputs_raising_leaves_no_trace(tiny_loaded, model_type):
-    loaded = tiny_loaded(model_type)
-    with Restored(loaded) as restored:
-        with loaded.adapter.hook_block_inputs(_raiser(restored, loaded.n_layers - 1)):
-            loaded.model(input_ids=_ids(loaded), use_cache=False)
 
 
 @pytest.mark.parametrize("model_type", TINY_FAMILIES)

@@ -131,9 +131,11 @@ def _plan(loaded: LoadedModel, methods: Sequence[str]) -> tuple[list[str], dict[
 
 def prompt_curves(loaded: LoadedModel, task, methods: Sequence[str], n: int, shots: int, seed: int,
                   indices: Sequence[int], fractions: Sequence[float] = DEFAULT_FRACTIONS,
-                  replacement: str | int = "pad", steps: int = 32) -> list[tuple[int, dict]]:
+                  replacement: str | int = "pad", steps: int = 32, progress: Progress | None = None
+                  ) -> list[tuple[int, dict]]:
     """For prompts ``indices`` of the ``n`` that :func:`faithfulness` samples: (target id, curve per (method,
-    order)). A shard of the work: each prompt's curves depend on nothing but the prompt and its index."""
+    order)), ``progress(done, len(indices))`` after each. A shard of the work: each prompt's curves depend on
+    nothing but the prompt and its index."""
     methods, notes = _plan(loaded, methods)
     grid, token = _check_fractions(fractions), replacement_id(loaded, replacement)
     prompts = task.sample_prompts(shots, n, seed)
@@ -154,6 +156,8 @@ def prompt_curves(loaded: LoadedModel, task, methods: Sequence[str], n: int, sho
                 for order, positions in zip(ORDERS, (first, first[::-1])):
                     curves[(method, order)] = _curve(loaded, ids, positions, target, grid, token)
         out.append((target, curves))
+        if progress:
+            progress(len(out), len(indices))
     return out
 
 
@@ -177,11 +181,7 @@ def faithfulness(loaded: LoadedModel, task, methods: Sequence[str], n: int, shot
 
         per_prompt = faithfulness_sharded(pool, task, methods, n, shots, seed, count, options, progress)
     else:
-        per_prompt = []
-        for k in range(count):
-            per_prompt += prompt_curves(loaded, task, methods, n, shots, seed, [k], **options)
-            if progress:
-                progress(k + 1, count)
+        per_prompt = prompt_curves(loaded, task, methods, n, shots, seed, range(count), progress=progress, **options)
     targets = [target for target, _ in per_prompt]
     curves: dict[tuple[str, str], list[np.ndarray]] = {(m, o): [] for m in methods for o in ORDERS}
     for _, prompt in per_prompt:
