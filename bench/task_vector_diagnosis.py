@@ -39,7 +39,7 @@ def first_token_hits(loaded, prompts, layer=None, vectors=None) -> list[bool]:
     for i, ids in enumerate(encoded):
         groups[len(ids)].append(i)
     hits = [False] * len(prompts)
-    with torch.no_grad():
+    with loaded.lock, torch.no_grad():
         for group in groups.values():
             ids = torch.tensor([encoded[i] for i in group], device=loaded.device)
             if layer is None:

@@ -45,7 +45,7 @@ def test_transformer_attention_reproduces_the_attention_output(tiny_loaded):
     attn = loaded.model.model.layers[1].self_attn
     handles = [attn.v_proj.register_forward_hook(lambda m, a, out: seen.__setitem__("v", out[0])),
                attn.o_proj.register_forward_pre_hook(lambda m, a: seen.__setitem__("o", a[0][0]))]
-    with torch.no_grad():
+    with loaded.lock, torch.no_grad():
         loaded.model(ids)
     for h in handles:
         h.remove()

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _prob(loaded, ids, target):
-    with torch.no_grad():
+    with loaded.lock, torch.no_grad():
         logits = loaded.model(torch.tensor([ids]), use_cache=False).logits[0, -1].float()
     return float(torch.softmax(logits, -1)[target])
 

@@ -16,6 +16,13 @@ TEXTS = ["apple -> APPLE\nFrance -> Paris\ncat ->", "hot -> cold\nbig -> small\n
          "red ->"]
 
 
+@pytest.fixture(autouse=True)
+def _holding_the_lock(gemma):
+    """These tests drive the model directly, as its only user: they hold its lock, as every forward must."""
+    with gemma.lock:
+        yield
+
+
 @pytest.fixture(scope="module")
 def gemma(tiny_loaded):
     return tiny_loaded("gemma3_text")

@@ -44,7 +44,7 @@ def _ids(loaded) -> torch.Tensor:
 
 
 def _logits(loaded) -> torch.Tensor:
-    with torch.no_grad():
+    with loaded.lock, torch.no_grad():
         return loaded.model(input_ids=_ids(loaded), use_cache=False).logits
 
 

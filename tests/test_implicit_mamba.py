@@ -327,7 +327,7 @@ def test_capture_forces_the_unfused_path_and_restores_the_mode(tiny_loaded, monk
     monkeypatch.setattr(modeling_mamba, "mamba_inner_fn", fused_kernel)
     loaded.model.train()
     try:
-        with torch.no_grad():
+        with loaded.lock, torch.no_grad():
             loaded.model(input_ids=ids, use_cache=False)
         assert calls  # in training mode the fake fused path really is taken
         got = capture_mamba(loaded, ids)

@@ -16,7 +16,7 @@ MASK = NeuronMask.from_pairs([(0, 3), (0, 17), (1, 5), (1, 40), (1, 63)])
 
 
 def logits(loaded, ids):
-    with torch.no_grad():
+    with loaded.lock, torch.no_grad():
         return loaded.model(ids).logits
 
 

@@ -47,11 +47,13 @@ def test_hooks_see_every_site_with_its_width(tiny_loaded, model_type):
 def test_hooks_can_replace_the_activation_and_are_removed(tiny_loaded):
     loaded = tiny_loaded("gpt2")
     ids = loaded.tokenizer("cat -> dog\n", return_tensors="pt").input_ids
-    before = loaded.model(ids).logits
-    with loaded.adapter.hook_sites(lambda layer, a: a * 0.5, layers=[1]):
-        halved = loaded.model(ids).logits
+    with loaded.lock:
+        before = loaded.model(ids).logits
+        with loaded.adapter.hook_sites(lambda layer, a: a * 0.5, layers=[1]):
+            halved = loaded.model(ids).logits
+        after = loaded.model(ids).logits
     assert not torch.allclose(before, halved)
-    assert torch.equal(loaded.model(ids).logits, before)
+    assert torch.equal(after, before)
 
 
 def test_unsupported_architecture_lists_the_supported_ones(tmp_path):

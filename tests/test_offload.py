@@ -47,7 +47,7 @@ def test_a_model_half_on_disk_answers_like_the_plain_model(tiny_dirs, tiny_loade
     ours = evaluate_task(offloaded, task, 2, 6, seed=1).records.prediction.tolist()
     assert ours == evaluate_task(plain, task, 2, 6, seed=1).records.prediction.tolist()
     ids = torch.tensor([plain.tokenizer("a:1 b:2 | a:").input_ids])
-    with torch.no_grad():
+    with plain.lock, offloaded.lock, torch.no_grad():
         torch.testing.assert_close(offloaded.model(ids).logits, plain.model(ids).logits, rtol=1e-5, atol=1e-5)
     mask = NeuronMask.from_pairs([(plain.n_layers - 1, i) for i in range(0, 40, 3)])  # hooks on a disk block
     masked = evaluate_task(offloaded, task, 2, 6, seed=1, mask=mask).records.prediction.tolist()

@@ -49,7 +49,7 @@ def reference_states(loaded, text: str) -> torch.Tensor:
     handles += [b.register_forward_hook(lambda m, a, out, i=i: seen.__setitem__(i + 1, _output(out)[0, -1].clone()))
                 for i, b in enumerate(blocks[:-1])]
     try:
-        with torch.no_grad():
+        with loaded.lock, torch.no_grad():
             loaded.model(torch.tensor([loaded.tokenizer(text).input_ids]), use_cache=False)
     finally:
         for h in handles:
@@ -77,7 +77,7 @@ def reference_answer(loaded, task, text: str, layer: int, vector: torch.Tensor) 
                 **kwargs, "hidden_states": set_last(kwargs["hidden_states"])}), with_kwargs=True)
     new: list[int] = []
     try:
-        with torch.no_grad():
+        with loaded.lock, torch.no_grad():
             for _ in range(answer_token_budget(loaded, task)):
                 next_id = int(loaded.model(torch.tensor([ids + new]), use_cache=False).logits[0, -1].argmax())
                 if next_id == tok.eos_token_id:
@@ -146,7 +146,8 @@ def test_patching_at_a_layer_changes_nothing_below_it(tiny_loaded, family):
     def block_inputs(layer=None):
         """Every block's input, captured by hooks registered after the patch's (so they see its result)."""
         seen = {}
-        with torch.no_grad(), (patched_last_token(loaded, layer, vectors) if layer is not None else torch.no_grad()):
+        with loaded.lock, torch.no_grad(), \
+                (patched_last_token(loaded, layer, vectors) if layer is not None else torch.no_grad()):
             handles = [b.register_forward_pre_hook(_keep_input(seen, i), with_kwargs=True)
                        for i, b in enumerate(_blocks(loaded))]
             try:

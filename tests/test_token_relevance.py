@@ -24,7 +24,13 @@ def _ids(loaded, text=TEXT):
 
 
 def _logit(loaded, target, **inputs):
-    return loaded.model(**inputs, use_cache=False).logits[0, -1, target]
+    with loaded.lock:
+        return loaded.model(**inputs, use_cache=False).logits[0, -1, target]
+
+
+def _embeds(loaded, ids):
+    with loaded.lock:
+        return loaded.model.get_input_embeddings()(ids).detach()
 
 
 @pytest.mark.parametrize("model_type", ["llama", "mamba", "gemma3_text"])
@@ -47,7 +53,7 @@ def test_every_method_gives_finite_scores(tiny_loaded, model_type, method):
 def test_gxi_matches_plain_autograd(tiny_loaded, model_type):
     loaded = tiny_loaded(model_type)
     target = 7
-    embeds = loaded.model.get_input_embeddings()(_ids(loaded)).detach().requires_grad_(True)
+    embeds = _embeds(loaded, _ids(loaded)).requires_grad_(True)
     _logit(loaded, target, inputs_embeds=embeds).backward()
     expected = (embeds.grad * embeds).sum(-1)[0].detach()
     got = token_relevance(loaded, TEXT, "gxi", target_id=target).scores
@@ -60,7 +66,7 @@ def test_ig_completeness(tiny_loaded):
     rwkv) F(alpha x) jumps near alpha = 0 and the error is 10-100 % even at 256 steps: see the module notes."""
     loaded = tiny_loaded("gpt2")
     result = token_relevance(loaded, TEXT, "ig", steps=64)
-    embeds = loaded.model.get_input_embeddings()(_ids(loaded))
+    embeds = _embeds(loaded, _ids(loaded))
     with torch.no_grad():
         gap = float(_logit(loaded, result.target_id, inputs_embeds=embeds)
                      - _logit(loaded, result.target_id, inputs_embeds=torch.zeros_like(embeds)))
@@ -77,10 +83,11 @@ def test_ig_matches_a_plain_gauss_legendre_sum(tiny_loaded, model_type):
     target, steps = 9, 16
     nodes, weights = np.polynomial.legendre.leggauss(steps)
     alphas, weights = torch.tensor((nodes + 1) / 2).float(), torch.tensor(weights / 2).float()
-    embeds = loaded.model.get_input_embeddings()(_ids(loaded)).detach()
+    embeds = _embeds(loaded, _ids(loaded))
     path = (alphas[:, None, None] * embeds).requires_grad_(True)
-    (grad,) = torch.autograd.grad(loaded.model(inputs_embeds=path, use_cache=False).logits[:, -1, target].sum(),
-                                  path)
+    with loaded.lock:
+        (grad,) = torch.autograd.grad(loaded.model(inputs_embeds=path, use_cache=False).logits[:, -1, target].sum(),
+                                      path)
     expected = (embeds[0] * (grad * weights[:, None, None]).sum(0)).sum(-1)
     got = token_relevance(loaded, TEXT, "ig", target_id=target, steps=steps).scores
     torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-4 * float(expected.abs().max()))
@@ -107,7 +114,7 @@ def test_gradattn_transformer_equals_value_gradients(tiny_loaded):
         attn = layer.self_attn
         handles += [attn.v_proj.register_forward_hook(lambda m, a, out, i=i: seen.__setitem__(("v", i), out[0])),
                     attn.o_proj.register_forward_pre_hook(lambda m, a, i=i: seen.__setitem__(("o", i), a[0]))]
-    embeds = loaded.model.get_input_embeddings()(ids).detach().requires_grad_(True)
+    embeds = _embeds(loaded, ids).requires_grad_(True)
     try:
         value = _logit(loaded, target, inputs_embeds=embeds)
     finally:
@@ -196,28 +203,29 @@ def test_lrp_mechanism_and_restoration(tiny_loaded):
     loaded = tiny_loaded("llama")
     ids = _ids(loaded)
     model = loaded.model
-    before_impl = model.config._attn_implementation
-    with torch.no_grad():
-        before = model(ids, use_cache=False).logits
-    embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
-    with attention_mode(loaded, PROBE):  # the probe keeps the probabilities in the graph
-        probed = model(inputs_embeds=embeds, output_attentions=True, use_cache=False)
-    assert all(a.grad_fn is not None for a in probed.attentions)
-    norm = model.model.norm
-    x = torch.randn(3, norm.weight.shape[0], generator=torch.Generator().manual_seed(1), requires_grad=True)
-    v = torch.randn(3, norm.weight.shape[0], generator=torch.Generator().manual_seed(2))
-    with conservative_propagation(loaded):
-        assert model.config._attn_implementation == CONSERVATIVE
-        out = model(inputs_embeds=embeds, output_attentions=True, use_cache=False)
-        assert all(not a.requires_grad for a in out.attentions)  # no path through the probabilities
-        torch.testing.assert_close(out.logits, before, rtol=1e-5, atol=1e-5)  # same forward values
-        (jvp,) = torch.autograd.grad((norm(x) * v).sum(), x)  # 1/sigma is a constant: diagonal Jacobian
-        torch.testing.assert_close(jvp, norm.weight * v * torch.rsqrt(x.pow(2).mean(-1, keepdim=True)
-                                                                      + norm.variance_epsilon))
-    assert model.config._attn_implementation == before_impl
-    assert not any("forward" in m.__dict__ for m in model.modules())
-    with torch.no_grad():
-        assert torch.equal(model(ids, use_cache=False).logits, before)  # bit-identical afterwards
+    with loaded.lock:
+        before_impl = model.config._attn_implementation
+        with torch.no_grad():
+            before = model(ids, use_cache=False).logits
+        embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+        with attention_mode(loaded, PROBE):  # the probe keeps the probabilities in the graph
+            probed = model(inputs_embeds=embeds, output_attentions=True, use_cache=False)
+        assert all(a.grad_fn is not None for a in probed.attentions)
+        norm = model.model.norm
+        x = torch.randn(3, norm.weight.shape[0], generator=torch.Generator().manual_seed(1), requires_grad=True)
+        v = torch.randn(3, norm.weight.shape[0], generator=torch.Generator().manual_seed(2))
+        with conservative_propagation(loaded):
+            assert model.config._attn_implementation == CONSERVATIVE
+            out = model(inputs_embeds=embeds, output_attentions=True, use_cache=False)
+            assert all(not a.requires_grad for a in out.attentions)  # no path through the probabilities
+            torch.testing.assert_close(out.logits, before, rtol=1e-5, atol=1e-5)  # same forward values
+            (jvp,) = torch.autograd.grad((norm(x) * v).sum(), x)  # 1/sigma is a constant: diagonal Jacobian
+            torch.testing.assert_close(jvp, norm.weight * v * torch.rsqrt(x.pow(2).mean(-1, keepdim=True)
+                                                                          + norm.variance_epsilon))
+        assert model.config._attn_implementation == before_impl
+        assert not any("forward" in m.__dict__ for m in model.modules())
+        with torch.no_grad():
+            assert torch.equal(model(ids, use_cache=False).logits, before)  # bit-identical afterwards
     lrp = token_relevance(loaded, TEXT, "lrp", target_id=3).scores
     gxi = token_relevance(loaded, TEXT, "gxi", target_id=3).scores
     assert not torch.allclose(lrp, gxi, atol=1e-4)

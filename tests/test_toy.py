@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from analysis.models.hooks import model_lock
 from analysis.models.toy import corpus_lines, recall_examples, recall_line
 from analysis.models.train_paths import parallel_training
 
@@ -18,7 +19,8 @@ def test_parallel_training_paths_match_the_loops(tiny_loaded, model_type):
         results = []
         for parallel in (False, True):
             model.zero_grad()
-            with torch.enable_grad(), (parallel_training(model) if parallel else torch.enable_grad()):
+            with model_lock(model), torch.enable_grad(), \
+                    (parallel_training(model) if parallel else torch.enable_grad()):  # a shared model: locked
                 for p in model.parameters():
                     p.requires_grad_(True)
                 loss = model(input_ids=ids, labels=ids, use_cache=False).loss

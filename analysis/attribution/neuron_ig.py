@@ -65,14 +65,14 @@ def neuron_ig(loaded: LoadedModel, inputs: Sequence[AttributionInput], steps: in
     rule = check_quadrature(quadrature)  # valid: quadrature_rule accepted it
     run_one = _fast_one if method == "fast" else _reference_one
     rows, clean, zeros = [], [], []
-    with loaded.session():
-        for i, item in enumerate(inputs):
+    for i, item in enumerate(inputs):
+        with loaded.lock:  # per prompt: other sessions' work interleaves with a long job
             ig, f, f_zero = run_one(loaded, item, alphas, weights, max_rows)
-            rows.append(ig)
-            clean.append(f)
-            zeros.append(f_zero)
-            if progress:
-                progress(i + 1, len(inputs))
+        rows.append(ig)
+        clean.append(f)
+        zeros.append(f_zero)
+        if progress:
+            progress(i + 1, len(inputs))
     per_prompt = torch.stack(rows).float().cpu()
     f_clean = torch.tensor(clean)
     return NeuronIGResult(per_prompt, list(inputs), inputs[0].target.kind, steps, rule, f_clean,

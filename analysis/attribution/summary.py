@@ -19,14 +19,14 @@ def top_neurons(loaded: LoadedModel, result: NeuronIGResult, k: int = 20) -> pd.
     wanted: dict[int, list[int]] = {}
     for layer, neuron in picks:
         wanted.setdefault(layer, []).append(neuron)
-    with loaded.session(), torch.no_grad():
+    with torch.no_grad():
         for item in result.inputs:
             ids = list(item.input_ids)
             seen: dict[int, torch.Tensor] = {}
             def keep(layer: int, a: torch.Tensor, seen: dict = seen, length: int = len(ids)) -> None:
                 seen[layer] = a.reshape(length, -1)
 
-            with loaded.adapter.hook_sites(keep, layers=sorted(wanted)):
+            with loaded.adapter.hook_sites(keep, layers=sorted(wanted)):  # holds the lock, one prompt at a time
                 loaded.adapter.base_model(input_ids=torch.tensor([ids], device=loaded.device), use_cache=False)
             for layer, neurons in wanted.items():
                 values, positions = seen[layer][:, neurons].max(dim=0)

@@ -105,8 +105,8 @@ def prepare_inputs(loaded: LoadedModel, prompts: Sequence[Prompt], target: str) 
 
 
 def clean_logits(loaded: LoadedModel, ids: list[int]) -> torch.Tensor:
-    """Next-token logits at the last position of ``ids`` (one full forward, no cache)."""
-    with torch.no_grad():
+    """Next-token logits at the last position of ``ids`` (one full forward, no cache, under the model's lock)."""
+    with loaded.lock, torch.no_grad():
         hidden = loaded.adapter.base_model(input_ids=torch.tensor([ids], device=loaded.device),
                                            use_cache=False).last_hidden_state
         return loaded.adapter.logits(hidden[0, -1])

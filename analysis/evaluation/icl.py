@@ -175,7 +175,8 @@ def generate_answers(loaded: LoadedModel, prompts: Sequence[Prompt], task: Task,
                      intervention: Callable[[], AbstractContextManager] | None = None) -> list[str]:
     """Greedy answers (text before the delimiter, trimmed) for ``prompts``, in their order.
 
-    ``intervention`` returns a context manager (e.g. hooks) entered around generation, under the model lock.
+    ``intervention`` returns a context manager (e.g. hooks) entered around each batch's generation, under the
+    model lock. The lock, the mask and the intervention are taken per batch, so other sessions interleave.
     """
     if batch_size < 1:
         raise PrunescopeError(f"batch size must be at least 1 (got {batch_size})")
@@ -189,16 +190,16 @@ def generate_answers(loaded: LoadedModel, prompts: Sequence[Prompt], task: Task,
                                  f"context of {limit}; use fewer shots")
     answers: list[str] = [""] * len(prompts)
     done = 0
-    with loaded.session(mask), (intervention() if intervention else nullcontext()):
-        adapter = loaded.adapter
-        size = min(batch_size, adapter.max_decode_batch or batch_size)
-        for batch in plan_batches([len(ids) for ids in encoded], size, adapter.supports_left_padding):
+    adapter = loaded.adapter
+    size = min(batch_size, adapter.max_decode_batch or batch_size)
+    for batch in plan_batches([len(ids) for ids in encoded], size, adapter.supports_left_padding):
+        with loaded.session(mask), (intervention() if intervention else nullcontext()):
             texts = _generate_batch(loaded, [encoded[i] for i in batch], budget, task.delimiter)
-            for i, text in zip(batch, texts):
-                answers[i] = text.split(task.delimiter)[0].strip()
-            done += len(batch)
-            if progress:
-                progress(done, len(prompts))
+        for i, text in zip(batch, texts):
+            answers[i] = text.split(task.delimiter)[0].strip()
+        done += len(batch)
+        if progress:
+            progress(done, len(prompts))
     return answers
 
 

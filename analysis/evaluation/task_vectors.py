@@ -215,16 +215,16 @@ def last_token_states(loaded: LoadedModel, prompts: list[Prompt], mask: NeuronMa
     encoded = [loaded.tokenizer(p.text).input_ids for p in prompts]
     states: list[torch.Tensor | None] = [None] * len(prompts)
     captured: dict[int, torch.Tensor] = {}
-    with loaded.session(mask), torch.no_grad(), \
-            loaded.adapter.hook_block_inputs(lambda layer, h: captured.__setitem__(layer, h[:, -1].float())):
-        for group in plan_batches([len(ids) for ids in encoded], 16, allow_padding=False):
-            ids = torch.tensor([encoded[i] for i in group], device=loaded.device)
-            loaded.adapter.base_model(input_ids=ids, use_cache=False)
-            stacked = torch.stack([captured[layer] for layer in range(loaded.n_layers)], dim=1).cpu()
-            for row, i in enumerate(group):
-                states[i] = stacked[row]
-            if progress:
-                progress(sum(s is not None for s in states), len(prompts))
+    for group in plan_batches([len(ids) for ids in encoded], 16, allow_padding=False):
+        ids = torch.tensor([encoded[i] for i in group], device=loaded.device)
+        with loaded.session(mask), torch.no_grad(), \
+                loaded.adapter.hook_block_inputs(lambda layer, h: captured.__setitem__(layer, h[:, -1].float())):
+            loaded.adapter.base_model(input_ids=ids, use_cache=False)  # the lock per batch
+        stacked = torch.stack([captured[layer] for layer in range(loaded.n_layers)], dim=1).cpu()
+        for row, i in enumerate(group):
+            states[i] = stacked[row]
+        if progress:
+            progress(sum(s is not None for s in states), len(prompts))
     filled = [s for s in states if s is not None]
     assert len(filled) == len(states), "every prompt is in one batch"
     return torch.stack(filled)

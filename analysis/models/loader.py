@@ -27,7 +27,7 @@ from analysis.device import dtype_name, resolve_device, resolve_dtype
 from analysis.errors import ModelLoadError
 from analysis.models.adapters import ModelAdapter, adapter_class_for, make_adapter
 from analysis.models.builtin import BUILTIN_MODELS, DEFAULT_MODEL, builtin_model_dir
-from analysis.models.hooks import model_lock
+from analysis.models.hooks import guard, model_lock
 from analysis.paths import ASSETS_DIR, cache_dir
 
 if TYPE_CHECKING:
@@ -44,7 +44,8 @@ class LoadedModel:
     """A model ready for analysis: weights in eval mode, its tokenizer, and its family adapter.
 
     The model may be shared between app sessions: :meth:`session` holds the model's lock for the duration,
-    and every hook goes through :func:`analysis.models.hooks.hook_scope`, which holds the same lock.
+    and every hook goes through :func:`analysis.models.hooks.hook_scope`, which holds the same lock. A forward
+    pass without the lock raises (:func:`analysis.models.hooks.guard`).
     """
 
     name: str
@@ -62,8 +63,10 @@ class LoadedModel:
     memo: dict[tuple[str, ...], torch.Tensor] = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
-        # one lock per nn.Module, shared with hook_scope and the adapter, so every hook on the model waits for it
+        # one lock per nn.Module, shared with hook_scope and the adapter, so every hook on the model waits for it;
+        # and every forward must hold it (guard), so no forward runs through another thread's hooks
         self.lock = model_lock(self.model, self.lock)
+        guard(self.model)
 
     @property
     def family(self) -> str:

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from analysis.models.hooks import model_lock
 from analysis.models.tiny import build_tokenizer, tiny_config
 from analysis.models.train_paths import parallel_training
 from analysis.paths import ASSETS_DIR
@@ -115,7 +116,8 @@ def recall_accuracy(model, tokenizer, examples: list[tuple[str, str]]) -> float:
     correct = 0
     for prompt, answer in examples:
         ids = torch.tensor([tokenizer(prompt).input_ids])
-        predicted = tokenizer.decode([int(model(ids, use_cache=False).logits[0, -1].argmax())])
+        with model_lock(model):  # the model may be a shared, guarded one
+            predicted = tokenizer.decode([int(model(ids, use_cache=False).logits[0, -1].argmax())])
         correct += predicted.strip() == answer
     return correct / len(examples)
 

@@ -109,11 +109,10 @@ def copied_prompts(loaded: LoadedModel, fit: Task, result: NeuronIGResult, shots
     answers = evaluate_task(loaded, fit, shots, n, seed=seed, cache=cache).records
     copies = (answers["outcome"] == "copy").tolist()
     margins = []
-    with loaded.session():
-        for item in result.inputs:
-            copied, gold = item.target.token_ids
-            logits = clean_logits(loaded, list(item.input_ids))
-            margins.append(float(logits[copied] - logits[gold]))
+    for item in result.inputs:
+        copied, gold = item.target.token_ids
+        logits = clean_logits(loaded, list(item.input_ids))  # under the lock, one prompt at a time
+        margins.append(float(logits[copied] - logits[gold]))
     return [bool(c or m > 0) for c, m in zip(copies, margins)]
 
 

@@ -164,7 +164,8 @@ class ModelAdapter:
 
     def run_prefix(self, prefix_ids: torch.Tensor) -> PrefixState:
         """Run ``prefix_ids`` [1, P] once and keep what continuing after it needs."""
-        out = self.base_model(input_ids=prefix_ids, use_cache=True, **self._prefix_kwargs(prefix_ids))
+        with self.lock:
+            out = self.base_model(input_ids=prefix_ids, use_cache=True, **self._prefix_kwargs(prefix_ids))
         return PrefixState(prefix_ids.shape[1], self._cache_from(out))
 
     def continue_from(self, prefix: PrefixState, ids: torch.Tensor, rows: int, start_layer: int = 0,
@@ -179,10 +180,11 @@ class ModelAdapter:
                              f"{self.layer_chunk_multiple()} layers")
         if start_layer and block_input is None:
             raise ValueError("block_input is needed when start_layer > 0")
-        cache = self._repeat_cache(prefix.cache, rows)
-        kwargs = self._continue_kwargs(cache, prefix.length, ids.shape[1], rows, ids.device)
-        with self._truncated(start_layer), self._fed(start_layer, block_input), self._saved_tensors_copied():
-            out = self.base_model(input_ids=ids.expand(rows, -1), use_cache=True, **kwargs)
+        with self.lock:  # the block list is cut and (Griffin) block states set: no other thread may run meanwhile
+            cache = self._repeat_cache(prefix.cache, rows)
+            kwargs = self._continue_kwargs(cache, prefix.length, ids.shape[1], rows, ids.device)
+            with self._truncated(start_layer), self._fed(start_layer, block_input), self._saved_tensors_copied():
+                out = self.base_model(input_ids=ids.expand(rows, -1), use_cache=True, **kwargs)
         return out.last_hidden_state
 
     def _saved_tensors_copied(self):

@@ -104,11 +104,12 @@ class GriffinAdapter(ModelAdapter):
         from transformers import DynamicCache
 
         base = cast("RecurrentGemmaModel", self.base_model)
-        base._setup_cache(self.model.config, 1, prefix_ids.device, self.model.dtype)
-        cache = DynamicCache(config=self.model.config)
-        positions = torch.arange(prefix_ids.shape[1], device=prefix_ids.device)[None]
-        self.base_model(input_ids=prefix_ids, use_cache=True, past_key_values=cache, position_ids=positions)
-        states = [(b.conv1d_state.clone(), b.rg_lru.recurrent_states.clone()) for b in self._recurrent_blocks()]
+        with self.lock:  # the blocks' recurrent states are the model's own: set and read them under its lock
+            base._setup_cache(self.model.config, 1, prefix_ids.device, self.model.dtype)
+            cache = DynamicCache(config=self.model.config)
+            positions = torch.arange(prefix_ids.shape[1], device=prefix_ids.device)[None]
+            self.base_model(input_ids=prefix_ids, use_cache=True, past_key_values=cache, position_ids=positions)
+            states = [(b.conv1d_state.clone(), b.rg_lru.recurrent_states.clone()) for b in self._recurrent_blocks()]
         return PrefixState(prefix_ids.shape[1], (cache, states))
 
     def _repeat_cache(self, cache, rows):
