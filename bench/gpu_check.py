@@ -2,10 +2,12 @@
 
     python bench/gpu_check.py [--device cuda] [--models default,gemma3-270m,toy-...] [--quick]
 
-For every model, in float32 and bfloat16 on ``--device``, against float32 on the CPU: evaluation answers
-(float32 identical, bfloat16 >= 95 % the same), answers under a neuron mask, the IG fast path against the
-reference loop on the device, implicit or softmax attention maps, and task vectors; then timings of the pruning
-toggle, IG per prompt and attention per layer. One line per check; the last line is
+For every model, in float32 and bfloat16 on ``--device``, against the CPU: evaluation answers and answers
+under a neuron mask (identical to the CPU in float32; in bfloat16 >= 90 % the same as the CPU in bfloat16, the
+device's own difference, and the share equal to float32 printed beside it: bfloat16 itself flips close calls,
+on the CPU as much as on a GPU, e.g. 14/16 on SmolLM2), the IG fast path against the reference loop on the
+device, implicit or softmax attention maps, and task vectors; then timings of the pruning toggle, IG per prompt
+and attention per layer. One line per check; the last line is
 ``gpu_checks_passed=<p>/<t>``. Without a CUDA device it says so and checks nothing (``--device cpu`` runs the
 same checks CPU against CPU, to test the script itself).
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import time
 import traceback
+import weakref
 
 import torch
 
@@ -23,6 +26,7 @@ from analysis.attribution.targets import prepare_inputs
 from analysis.evaluation import evaluate_task
 from analysis.evaluation.task_vectors import task_vectors
 from analysis.implicit_attention import attention_maps
+from analysis.models import hooks as model_hooks
 from analysis.models import load_model, model_choices
 from analysis.pruning import NeuronMask
 from analysis.pruning.copying import random_mask_like
@@ -52,25 +56,35 @@ def agreement(a: list[str], b: list[str]) -> float:
 def model_checks(spec: str, device: str, n: int) -> None:
     task = builtin_tasks()["antonyms"]
     cpu = load_model(spec, device="cpu", dtype="float32")
-    reference = evaluate_task(cpu, task, 2, n, seed=0).records.prediction.tolist()
     counts = cpu.adapter.neuron_counts()
     mask = random_mask_like(NeuronMask.from_pairs((layer, 0) for layer in range(cpu.n_layers)), counts, 3)
-    masked_reference = evaluate_task(cpu, task, 2, n, seed=0, mask=mask).records.prediction.tolist()
+
+    def cpu_answers(dtype: str) -> dict[str, list[str]]:
+        model = cpu if dtype == "float32" else load_model(spec, device="cpu", dtype=dtype)
+        return {kind: evaluate_task(model, task, 2, n, seed=0, mask=m).records.prediction.tolist()
+                for kind, m in (("answers", None), ("masked answers", mask))}
+
+    float32 = cpu_answers("float32")
     maps_reference = attention_maps(cpu, TEXT, layers=[cpu.n_layers - 1]).attn
     for dtype in ("float32", "bfloat16"):
         label = f"{spec} {dtype}"
         loaded = load_model(spec, device=device, dtype=dtype)
-        need = 1.0 if dtype == "float32" else 0.95
+        need = 1.0 if dtype == "float32" else 0.9
+        reference = float32 if dtype == "float32" else cpu_answers(dtype)
+
+        def compare(kind: str, m: NeuronMask | None) -> None:
+            ours = evaluate_task(loaded, task, 2, n, seed=0, mask=m).records.prediction.tolist()
+            share = agreement(ours, reference[kind])
+            extra = "" if dtype == "float32" else f"; {agreement(ours, float32[kind]):.1%} equal to CPU float32 " \
+                f"(CPU {dtype}: {agreement(reference[kind], float32[kind]):.1%})"
+            check(f"{label} {kind}", share >= need, f"{share:.1%} equal to CPU {dtype} (need {need:.0%})"
+                  + (f", {len(m)} neurons masked" if m is not None else "") + extra)
 
         def answers():
-            ours = evaluate_task(loaded, task, 2, n, seed=0).records.prediction.tolist()
-            share = agreement(ours, reference)
-            check(f"{label} answers", share >= need, f"{share:.1%} equal to CPU float32 (need {need:.0%})")
+            compare("answers", None)
 
         def masked():
-            ours = evaluate_task(loaded, task, 2, n, seed=0, mask=mask).records.prediction.tolist()
-            share = agreement(ours, masked_reference)
-            check(f"{label} masked answers", share >= need, f"{share:.1%} equal ({len(mask)} neurons)")
+            compare("masked answers", mask)
 
         def ig():
             items = prepare_inputs(loaded, task.sample_prompts(2, 2, seed=0), "gold")
@@ -100,6 +114,41 @@ def model_checks(spec: str, device: str, n: int) -> None:
         check(f"{spec} task vectors", worst <= 0.125, f"largest per-layer accuracy difference {worst:.3f} (8 queries)")
 
     guarded(f"{spec} task vectors", vectors)
+    guarded(f"{spec} threads", lambda: threads_check(spec, device, n))
+
+
+def threads_check(spec: str, device: str, n: int) -> None:
+    """Sessions sharing the model on the device: a masked evaluation, an unmasked one and IG in three threads at
+    once each give exactly what they give alone (every forward holds the model's lock; CUDA's asynchronous
+    kernels must not let one thread's mask or capture reach another's forward)."""
+    import threading
+
+    loaded = load_model(spec, device=device)
+    task = builtin_tasks()["antonyms"]
+    mask = random_mask_like(NeuronMask.from_pairs((layer, 0) for layer in range(loaded.n_layers)),
+                            loaded.adapter.neuron_counts(), 5)
+    items = prepare_inputs(loaded, task.sample_prompts(2, 2, seed=1), "confidence")
+    jobs = {"masked": lambda: evaluate_task(loaded, task, 2, n, seed=0, mask=mask).records.prediction.tolist(),
+            "unmasked": lambda: evaluate_task(loaded, task, 2, n, seed=0).records.prediction.tolist(),
+            "ig": lambda: neuron_ig(loaded, items, steps=8).per_prompt}
+    alone = {name: job() for name, job in jobs.items()}
+    together: dict[str, list] = {name: [] for name in jobs}
+    barrier = threading.Barrier(len(jobs))
+
+    def run(name: str) -> None:
+        barrier.wait()
+        for _ in range(2):
+            together[name].append(jobs[name]())
+
+    workers = [threading.Thread(target=run, args=(name,)) for name in jobs]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    same = [all(torch.equal(r, alone[name]) if isinstance(r, torch.Tensor) else r == alone[name]
+                for r in runs) and len(runs) == 2 for name, runs in together.items()]
+    check(f"{spec} threads", all(same), f"{sum(same)}/{len(same)} job kinds equal alone while run together "
+          "(masked and unmasked evaluation, IG), twice each")
 
 
 def timings(device: str) -> None:
@@ -117,6 +166,25 @@ def timings(device: str) -> None:
     start = time.perf_counter()
     neuron_ig(loaded, items, steps=20)
     ig = (time.perf_counter() - start) / len(items)
+    ids = torch.tensor([loaded.tokenizer(TEXT * 4).input_ids], device=loaded.device)
+    forward = {}
+    for label, guard in (("guarded", True), ("unguarded", False)):
+        saved = model_hooks._GUARDED
+        if not guard:
+            model_hooks._GUARDED = weakref.WeakKeyDictionary()
+        try:
+            with loaded.lock, torch.no_grad():
+                loaded.model(input_ids=ids)
+                sync(device)
+                start = time.perf_counter()
+                for _ in range(20):
+                    loaded.model(input_ids=ids)
+                sync(device)
+                forward[label] = (time.perf_counter() - start) / 20
+        finally:
+            model_hooks._GUARDED = saved
+    print(f"TIME one forward ({ids.shape[1]} tokens, default model): {forward['guarded'] * 1e3:.2f} ms with the "
+          f"lock guard, {forward['unguarded'] * 1e3:.2f} ms without", flush=True)
     toy = load_model("toy-mamba", device=device)
     start = time.perf_counter()
     attention_maps(toy, TEXT * 8)
@@ -124,6 +192,11 @@ def timings(device: str) -> None:
     print(f"TIME toggle (page default, cold) {toggle:.1f} s; IG {ig:.2f} s per prompt (20 steps, default model); "
           f"implicit attention {attention:.3f} s per layer (toy-mamba, {len(toy.tokenizer(TEXT * 8).input_ids)} "
           "tokens)", flush=True)
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def main() -> None:
