@@ -21,6 +21,7 @@ from analysis.cli.common import (
     shots_list,
 )
 from analysis.errors import PrunescopeError
+from analysis.export import safe_csv
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -201,9 +202,10 @@ def cmd_prune_eval(args: argparse.Namespace) -> int:
             result = prune_eval(loaded, mask, tasks, args.shots, args.n, args.random_controls, args.seed,
                                 cache=results_cache(args), progress=progress, pool=pool)
     if args.flipped:
-        result.flipped.to_csv(args.flipped, index=False)
+        with open(args.flipped, "w", newline="", encoding="utf-8") as handle:
+            handle.write(safe_csv(result.flipped))
     if args.records:
-        with open(args.records, "w", newline="") as handle:
+        with open(args.records, "w", newline="", encoding="utf-8") as handle:
             handle.write(result.records_csv())
     if args.json:
         print(json.dumps(result.to_json()))
