@@ -95,6 +95,14 @@ def restore_from_query() -> dict[str, str]:
     return params
 
 
+def fit_to_model(n_layers: int) -> None:
+    """Keep the layer setting within the loaded model's layers on every page, not only where a widget shows
+    it, so the address bar and Copy link never hold a layer the pages do not use (``layer=1023`` on a 4-layer
+    model becomes 3)."""
+    if get("layer") > n_layers - 1:
+        put("layer", max(n_layers - 1, 0))
+
+
 def sync_query(page: str, model_spec: str | None, extra: dict[str, str] | None = None) -> None:
     """Write the page, the model, the settings that differ from their defaults and ``extra`` into the URL."""
     wanted = {PAGE_PARAM: page, **(extra or {})}

@@ -58,3 +58,14 @@ def test_every_page_setting_has_a_default_and_a_range_or_choices():
         assert DEFAULTS[name] == default
         if isinstance(default, int):
             assert BOUND_OF.get(name, name) in BOUNDS, f"{name} has no range in analysis/bounds.py"
+
+
+def test_a_layer_beyond_the_model_is_clamped_in_the_link_on_every_page(monkeypatch):
+    """layer=1023 on a 4-layer model: the address bar held 1023 on every page but the attention page, whose
+    widget clamped it; now the link holds the layer the pages use, without a red line."""
+    for page in ("model", "evaluate", "attention"):
+        at = _app(monkeypatch, page=page, layer="1023")
+        assert at.session_state["setting_layer"] == 3, page
+        assert at.query_params["layer"] in ("3", ["3"]) and not at.error, page
+    kept = _app(monkeypatch, page="model", layer="2")
+    assert kept.session_state["setting_layer"] == 2 and kept.query_params["layer"] in ("2", ["2"])
