@@ -7,6 +7,7 @@ with one line. A hosted demo relies on this: ``?n=1000000000000`` in a link must
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 
@@ -15,19 +16,31 @@ from analysis.errors import PrunescopeError
 
 @dataclass(frozen=True)
 class Bound:
-    low: int
-    high: int
+    """An inclusive range; ``integer=False`` admits any finite number in it (a time budget)."""
+
+    low: float
+    high: float
     what: str
+    integer: bool = True
 
     def clamp(self, value: int) -> int:
-        return min(max(int(value), self.low), self.high)
+        return int(min(max(int(value), self.low), self.high))
 
-    def check(self, value: int, name: str) -> int:
+    def check(self, value: object, name: str) -> int:
         """``value`` when it is an integer within the range, else a one-line error naming ``name``."""
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not self.low <= value <= self.high:
+        if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+                or not self.low <= int(value) <= self.high):
             raise PrunescopeError(f"{name} must be an integer from {self.low} to {self.high} ({self.what}); "
                                   f"got {str(value)[:20]}")
         return int(value)
+
+    def check_number(self, value: object, name: str) -> float:
+        """``value`` when it is a finite number within the range (a bound with ``integer=False``)."""
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                or not self.low <= value <= self.high):
+            raise PrunescopeError(f"{name} must be a number from {self.low} to {self.high} ({self.what}); "
+                                  f"got {str(value)[:20]}")
+        return float(value)
 
 
 MAX_SEED = 2**31 - 1
@@ -49,6 +62,8 @@ BOUNDS: dict[str, Bound] = {
     "dummies": Bound(1, 8, "dummy queries per task vector"),
     "faith_n": Bound(1, 200, "faithfulness prompts"),
     "tv_masked": Bound(0, 1, "task vectors also with the mask: 0 or 1"),
+    "minutes": Bound(0.1, 24 * 60, "minutes of toy training", integer=False),
+    "max_steps": Bound(1, 1_000_000, "toy training steps"),
 }
 # text settings a link may carry: at most this many characters (the rest is cut off)
 TEXT_LIMITS: dict[str, int] = {"text": 600, "mask": 60_000, "layers": 16, "task": 120, "upload": 60, "form": 40,
@@ -59,5 +74,9 @@ def clamp(name: str, value: int) -> int:
     return BOUNDS[name].clamp(value)
 
 
-def check(name: str, value: int) -> int:
+def check(name: str, value: object) -> int:
     return BOUNDS[name].check(value, name)
+
+
+def check_number(name: str, value: object) -> float:
+    return BOUNDS[name].check_number(value, name)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+import json
+import sys
+from typing import Any, TypeVar
 
 Choice = TypeVar("Choice", bound=str)
 
@@ -34,3 +36,16 @@ def check_choice(value: str, choices: tuple[Choice, ...], what: str, joiner: str
         if choice == value:
             return choice
     raise PrunescopeError(f"unknown {what} {value!r}: use {joiner.join(choices)}")
+
+
+def parse_json(text: str, what: str, error: type[PrunescopeError] = PrunescopeError) -> Any:
+    """``json.loads(text)``, every way it fails as one ``error`` line naming ``what``: bad syntax (with its line),
+    nesting thousands deep (a RecursionError) and an integer longer than Python converts (a ValueError)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{what}: line {exc.lineno}: invalid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise error(f"{what}: nested too deeply") from None
+    except ValueError:  # int() of a number with more than sys.get_int_max_str_digits() digits
+        raise error(f"{what}: a number longer than {sys.get_int_max_str_digits()} digits") from None

@@ -40,7 +40,9 @@ if wanted is not None and wanted.url_path != page.url_path:
 
 with st.sidebar:
     st.title("prunescope")
-    model_picker()
+    loaded = model_picker()
+    if loaded is not None:
+        state.fit_to_model(loaded.n_layers)  # before the address bar is written
     present.toggle()
     link_slot = st.empty()  # filled after the page ran: the link must include what the page just changed
 present.apply_style()

@@ -10,6 +10,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from analysis.export import safe_csv
 from components import present, state
 from components.report import html_report, table_json
 
@@ -30,13 +31,13 @@ def chart(figure: go.Figure, key: str, name: str | None = None) -> None:
 
 
 def table(frame: pd.DataFrame, name: str, **dataframe_kwargs) -> None:
-    """A dataframe with CSV and JSON download buttons."""
+    """A dataframe with CSV and JSON download buttons (the CSV with formula-like text cells defused)."""
     frame = frame.copy()
     frame.attrs = {}  # library tables keep curves in attrs; Arrow cannot serialise them
     st.dataframe(frame, hide_index=True, **dataframe_kwargs)
     slug = _slug(name)
     row = st.container(horizontal=True, gap="small")  # buttons at their natural width ("C." in narrow columns)
-    row.download_button("CSV", lambda: frame.to_csv(index=False), f"{slug}.csv", "text/csv", key=f"csv_{slug}",
+    row.download_button("CSV", lambda: safe_csv(frame), f"{slug}.csv", "text/csv", key=f"csv_{slug}",
                          icon=":material/download:")
     row.download_button("JSON", lambda: table_json(frame), f"{slug}.json", "application/json",
                           key=f"json_{slug}", icon=":material/download:")

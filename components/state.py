@@ -18,6 +18,7 @@ import streamlit as st
 
 from analysis.bounds import BOUNDS, TEXT_LIMITS
 from analysis.demo import ATTRIBUTION, PRUNE_CONTROLS, PRUNE_TASKS, SETTINGS, TASK_VECTORS
+from components.markup import echo
 
 # Each page's own settings, linked like the shared ones, so a link reproduces what a page showed and a page keeps
 # its settings while the visitor is on another one (a running job is found again under them); name -> default.
@@ -94,6 +95,14 @@ def restore_from_query() -> dict[str, str]:
     return params
 
 
+def fit_to_model(n_layers: int) -> None:
+    """Keep the layer setting within the loaded model's layers on every page, not only where a widget shows
+    it, so the address bar and Copy link never hold a layer the pages do not use (``layer=1023`` on a 4-layer
+    model becomes 3)."""
+    if get("layer") > n_layers - 1:
+        put("layer", max(n_layers - 1, 0))
+
+
 def sync_query(page: str, model_spec: str | None, extra: dict[str, str] | None = None) -> None:
     """Write the page, the model, the settings that differ from their defaults and ``extra`` into the URL."""
     wanted = {PAGE_PARAM: page, **(extra or {})}
@@ -118,13 +127,13 @@ def share_link() -> None:
 
 
 def _valid_choice(name: str, value: Any, options: list, default: Any) -> Any:
-    """``value`` when it is one of ``options``; else one red line naming the setting, and the default (or the
-    first option)."""
+    """``value`` when it is one of ``options``; else one red line naming the setting (the value as code, cut
+    short), and the default (or the first option)."""
     if value in options:
         return value
     fallback = default if default in options else options[0]
     if value not in ("", None):  # '' = "this model's default" (e.g. another model's list of choices)
-        st.error(f"{name}={str(value)[:40]!r} is not one of the choices here; using {fallback}")
+        st.error(f"{name}={echo(value)} is not one of the choices here; using {fallback}")
     put(name, fallback)
     return fallback
 
@@ -149,7 +158,7 @@ def bound(widget: Callable[..., Any], label: str, name: str, widget_key: str | N
         picked = [item for item in str(value).split(",") if item]
         unknown = [item for item in picked if item not in options]
         if unknown:
-            st.error(f"{name}: {', '.join(repr(u[:40]) for u in unknown[:3])} not among the choices here; left out")
+            st.error(f"{name}: {', '.join(echo(u) for u in unknown[:3])} not among the choices here; left out")
         st.session_state[widget_key] = [item for item in picked if item in options]
         value = widget(label, options, key=widget_key,
                        on_change=lambda: put(name, ",".join(st.session_state[widget_key])), **kwargs)

@@ -27,6 +27,7 @@ from analysis.models import LoadedModel, load_model, model_choices, model_label
 from analysis.tasks import Task, builtin_tasks, parse_task_bytes
 from components import state
 from components.charts import visible_token
+from components.markup import echo, plain
 
 LOG = logging.getLogger("prunescope")
 T = TypeVar("T")
@@ -43,9 +44,10 @@ MIN_UPLOAD_PAIRS = 2  # a 1-shot prompt needs two pairs
 
 def one_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type name when the message is empty), without the
-    server's folders in public mode."""
+    server's folders in public mode, as plain text for ``st.error``: at most 300 characters, and a visitor's
+    Markdown or HTML in it (a file name, a CSV header, a link's value) shows as typed (components/markup.py)."""
     text = str(exc).strip()
-    return scrub(text.splitlines()[0] if text else type(exc).__name__)
+    return plain(scrub(text.splitlines()[0] if text else type(exc).__name__))
 
 
 @st.cache_resource(show_spinner="Loading model…", max_entries=None)
@@ -173,7 +175,7 @@ def model_picker() -> LoadedModel | None:
         st.error(one_line(exc))
         return None
     except Exception as exc:  # noqa: BLE001 - any load failure must leave the app usable
-        st.error(scrub(f"could not load model {spec!r}: {type(exc).__name__}: {one_line(exc)}"))
+        st.error(f"could not load model {echo(scrub(spec or ''), 80)}: {type(exc).__name__}: {one_line(exc)}")
         return None
     st.success(loaded.describe())
     st.session_state[MODEL_KEY] = loaded
@@ -218,11 +220,11 @@ def task_picker() -> Task | None:
     if uploaded is None:
         previous = st.session_state.get(UPLOADED_KEY)
         if previous is not None:
-            st.caption(f"{previous.name}: {len(previous.pairs)} pairs (uploaded earlier)")
+            st.caption(f"{echo(previous.name)}: {len(previous.pairs)} pairs (uploaded earlier)")
             return previous
         named = state.safe_file_name(str(state.get("upload")))
         if named:  # a link made with an uploaded task: the file stayed with whoever uploaded it
-            st.warning(f"This link was made with an uploaded task file, {named}, which this session does not "
+            st.warning(f"This link was made with an uploaded task file, {echo(named, 60)}, which this session does not "
                        "have: upload it again to see the same results.", icon=":material/upload_file:")
         else:
             st.info("Upload a CSV with columns input,output or a JSON list of {input, output} objects.")
@@ -236,7 +238,7 @@ def task_picker() -> Task | None:
         return None
     st.session_state[UPLOADED_KEY] = task
     state.put("upload", state.safe_file_name(uploaded.name))
-    st.caption(f"{task.name}: {len(task.pairs)} pairs from {uploaded.name}")
+    st.caption(f"{echo(task.name)}: {len(task.pairs)} pairs from {echo(uploaded.name, 60)}")
     return task
 
 

@@ -134,7 +134,7 @@ def test_a_link_to_an_uploaded_task_says_the_file_is_missing(tiny_dir, monkeypat
     at.run()
     assert not at.exception
     (warning,) = at.warning
-    assert "uploaded task file, my_b_tasks_b_.csv, which this session does not have" in warning.value
+    assert "uploaded task file, `my_b_tasks_b_.csv`, which this session does not have" in warning.value
     assert at.button(key="eval_run").disabled
 
 

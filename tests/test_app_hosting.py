@@ -127,7 +127,8 @@ def test_fuzzed_links_never_crash_a_page(page, monkeypatch):
 
 HOSTILE_FILES = [("deep.json", b"[" * 200_000 + b"]" * 200_000), ("garbage.csv", bytes(range(256)) * 40),
                  ("empty.json", b""), ("big.csv", b"input,output\n" + b"a,b\n" * 1_500_000),
-                 ("script.json", b'[{"input": "<script>alert(1)</script>", "output": "x"}]')]
+                 ("script.json", b'[{"input": "<script>alert(1)</script>", "output": "x"}]'),
+                 ("bignum.json", b'[{"input": 1' + b"0" * 100_000 + b', "output": "x"}]')]  # int() refuses it
 
 
 @pytest.mark.parametrize("name,data", HOSTILE_FILES, ids=[f[0] for f in HOSTILE_FILES])
@@ -186,3 +187,28 @@ def test_with_several_gpus_the_sidebar_spreads_layers_with_a_device_map(monkeypa
     monkeypatch.setenv("PRUNESCOPE_PUBLIC", "1")
     _ok(at.run())
     assert not [s for s in at.selectbox if s.key == "model_placement"]
+
+
+LINK_MASK_ERROR = "mask in the link: {} is not a layer.index pair (two whole numbers of at most 9 digits, e.g. 3.17)"
+
+
+@pytest.mark.parametrize("mask,shown", [("1.\u00b2", "'1.\u00b2'"), ("1." + "9" * 5000, "'1." + "9" * 38 + "…'")],
+                         ids=["superscript", "5000-digits"])
+def test_a_bad_link_mask_is_one_line_and_the_page_stays(mask, shown, monkeypatch):
+    """mask=1.² once raised a ValueError past the Compare page's guard ("the Compare page failed"), losing the
+    page; now one line where a mask choice needs it, the controls drawn and Compare disabled."""
+    monkeypatch.setenv("PRUNESCOPE_MODEL", "toy-transformer")
+    at = AppTest.from_file(str(MAIN), default_timeout=TIMEOUT)
+    at.query_params.update({"page": "compare", "mask": mask})
+    _ok(at.run())
+    assert [e.value for e in at.error] == [LINK_MASK_ERROR.format(shown)]
+    assert at.radio(key="cmp_mode").value == "two masks" and at.selectbox(key="cmp_mask_B").value == "active mask"
+    assert at.button(key="cmp_run").disabled
+    at.radio(key="cmp_mode").set_value("two models")
+    _ok(at.run())  # the link's mask plays no part in comparing two models
+    assert not at.error and not at.button(key="cmp_run").disabled
+    pruning = AppTest.from_file(str(MAIN), default_timeout=TIMEOUT)
+    pruning.query_params.update({"page": "pruning", "mask": mask})
+    _ok(pruning.run())
+    assert [e.value for e in pruning.error] == [LINK_MASK_ERROR.format(shown)]
+    assert any("No mask is active" in c.value for c in pruning.caption)

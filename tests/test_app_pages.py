@@ -92,7 +92,7 @@ def test_pruning_page_bad_inputs_show_errors(monkeypatch):
     at.session_state["setting_mask"] = ""
     at.file_uploader(key="mask_upload").set_value(("m.json", b"{not json", "application/json"))
     _ok(at.run())
-    assert any("not valid JSON" in e.value for e in at.error)
+    assert any("m.json: line 1: invalid JSON" in e.value for e in at.error)
     good = json.dumps(NeuronMask.from_pairs([(0, 1), (1, 2)]).to_json()).encode()
     at.file_uploader(key="mask_upload").set_value(("m.json", good, "application/json"))
     _ok(at.run())
@@ -101,8 +101,8 @@ def test_pruning_page_bad_inputs_show_errors(monkeypatch):
     floats = b'{"format": "prunescope-mask/1", "neurons": [[1.7, 2.9]]}'  # once read as neuron (1, 2)
     at.file_uploader(key="mask_upload").set_value(("floats.json", floats, "application/json"))
     _ok(at.run())
-    assert [e.value for e in at.error] == ["mask file floats.json: neurons must be [layer, index] pairs of "
-                                           "non-negative integers (got [1.7, 2.9])"]
+    assert [e.value for e in at.error] == ["mask file floats.json: neurons must be \\[layer, index\\] pairs of "
+                                           "non-negative integers (got \\[1.7, 2.9\\])"]  # Markdown-escaped
     assert at.session_state["active_mask"]["mask"] is None and at.session_state["setting_mask"] == ""
     assert any(c.value.startswith("No mask is active") for c in at.caption)  # the earlier upload is gone
     assert not any("(uploaded)" in c.value for c in at.caption) and at.toggle(key="prune_on").disabled
@@ -148,7 +148,7 @@ def test_a_link_reproduces_a_per_layer_mask(monkeypatch):
 
 def test_hostile_scoring_options_in_a_link_are_reset(monkeypatch):
     at = _start("toy-transformer", monkeypatch, "views/pruning.py", score_target="<script>", layers="0-99")
-    assert any("target='<script>' is not one of copy, copy-prob; using copy" in e.value for e in at.error)
+    assert any("target=`<script>` is not one of copy, copy-prob; using copy" in e.value for e in at.error)
     assert any("layer range '0-99' is outside the model's layers 0-3" in e.value for e in at.error)
 
 
@@ -328,7 +328,7 @@ def test_attention_view_and_prune_toggle_travel_in_the_link(monkeypatch):
     hostile = AppTest.from_file(str(MAIN), default_timeout=TIMEOUT)
     hostile.query_params.update({"page": "attention", "model": "toy-transformer", "form": "<script>"})
     _ok(hostile.run())
-    assert [e.value for e in hostile.error] == ["form='<script>' is not a choice here; using softmax"]
+    assert [e.value for e in hostile.error] == ["form=`<script>` is not a choice here; using softmax"]
 
 
 def test_copy_link_equals_the_address_bar_after_every_change(monkeypatch):

@@ -226,3 +226,53 @@ def test_relevance_and_faithfulness(capsys, tiny_dirs, tmp_path):
     assert code == 0, err
     rows = json.loads(stdout)["rows"]
     assert {(r["method"], r["order"]) for r in rows} >= {("gxi", "most_first"), ("random", "least_first")}
+
+
+def test_bad_paths_and_budgets_exit_2_with_one_line(capsys, tmp_path):
+    """A directory where a file belongs, a missing folder, a mask with a 5001-digit number, a negative training
+    budget: one line and exit 2 before any work (these once printed 'unexpected IsADirectoryError', wrote
+    <dir>.npz, or trained nothing and exited 0)."""
+    folder = tmp_path / "maps"
+    folder.mkdir()
+    huge = tmp_path / "huge.json"
+    huge.write_text('{"format": "prunescope-mask/1", "neurons": [[0, 1' + "0" * 5000 + "]]}")
+    cases = [
+        (["eval", "--task", "antonyms", "--mask", str(folder)], f"mask file {folder}: a directory, not a mask file"),
+        (["eval", "--task", "antonyms", "--mask", str(huge)], f"mask file {huge}: a number longer than 4300 digits"),
+        (["eval", "--task", str(folder)], f"task file {folder}: a directory, not a .csv or .json file"),
+        (["attention", "--text", "abc", "--out", str(folder)],
+         f"argument --out: {folder} is a directory; give a file name ending in .npz"),
+        (["attention", "--text", "abc", "--out", str(tmp_path / "no" / "a.npz")], "does not exist"),
+        (["prune-eval", "--mask", "m.json", "--records", str(folder)], f"argument --records: {folder} is a directory"),
+        (["copying-neurons", "--out", str(folder)], f"argument --out: {folder} is a directory"),
+        (["train-toy", "--arch", "mamba", "--minutes", "-1"],
+         "argument --minutes: must be from 0.1 to 1440 (minutes of toy training), got -1.0"),
+        (["train-toy", "--arch", "mamba", "--minutes", "inf"], "argument --minutes: expected a finite number"),
+        (["train-toy", "--arch", "mamba", "--max-steps", "0"], "argument --max-steps: must be from 1 to 1000000"),
+    ]
+    for argv, message in cases:
+        code, out, err = run(capsys, *argv)
+        assert code == 2 and out == "" and message in err, (argv, err)
+        assert len(err.strip().splitlines()) == 1 and "unexpected" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["huge.json", "maps"]  # nothing written, no maps.npz
+
+
+def test_train_toy_refuses_a_budget_out_of_range(tmp_path):
+    from analysis.errors import PrunescopeError
+    from analysis.models.toy import train_toy
+
+    with pytest.raises(PrunescopeError, match=r"minutes must be a number from 0\.1 to 1440"):
+        train_toy("mamba", tmp_path / "toy", minutes=-1)
+    with pytest.raises(PrunescopeError, match="max_steps must be an integer from 1 to 1000000"):
+        train_toy("mamba", tmp_path / "toy", max_steps=0)
+    assert not (tmp_path / "toy").exists()
+
+
+def test_an_npz_out_without_its_suffix_names_the_file_written(capsys, tiny_dirs, tmp_path):
+    import numpy as np
+
+    code, stdout, err = run(capsys, "attention", "--model", tiny_dirs["mamba"], "--text", "a:3 b:5 | a:",
+                            "--layers", "0", "--out", str(tmp_path / "maps"))
+    assert code == 0, err
+    assert stdout.startswith(f"wrote {tmp_path / 'maps.npz'}: 1 layers")
+    assert np.load(tmp_path / "maps.npz")["attn"].shape[0] == 1

@@ -78,7 +78,7 @@ def test_mask_outside_the_model_is_rejected(tiny_loaded):
 
 
 @pytest.mark.parametrize("content,message", [
-    ("{", "not valid JSON"),
+    ("{", "line 1: invalid JSON"),
     ('{"neurons": [[0, 1]]}', "not a prunescope mask"),
     ('{"format": "prunescope-mask/1", "neurons": [[0]]}', "pairs of non-negative integers"),
     ('{"format": "prunescope-mask/1", "neurons": [[1.7, 2.9]]}', r"integers \(got \[1.7, 2.9\]\)"),  # not 1, 2
@@ -86,12 +86,36 @@ def test_mask_outside_the_model_is_rejected(tiny_loaded):
     ('{"format": "prunescope-mask/1", "neurons": [[-1, 3]]}', "non-negative integers"),
     ('{"format": "prunescope-mask/1", "neurons": [[0, 1]], "meta": [1, 2]}', "meta must be an object"),
     ('{"format": "prunescope-mask/1", "neurons": [[0, 1]], "meta": {"pairs": 1}}', r"\(got \['pairs'\]\)"),
+    ('{"format": "prunescope-mask/1", "neurons": [[0, 1' + "0" * 5000 + ']]}', "a number longer than 4300 digits"),
+    ('{"format": "prunescope-mask/1", "neurons": [[0, 1' + "0" * 4000 + ']]}', "must be at most 2147483647"),
 ])
 def test_bad_mask_files(tmp_path, content, message):
     path = tmp_path / "m.json"
     path.write_text(content)
-    with pytest.raises(PrunescopeError, match=message):
+    with pytest.raises(PrunescopeError, match=message) as info:
         NeuronMask.load(path)
+    assert str(info.value).startswith(f"mask file {path}: ") and len(str(info.value)) < 300
+
+
+def test_a_directory_or_unreadable_mask_file_is_one_line(tmp_path):
+    with pytest.raises(PrunescopeError, match=f"mask file {tmp_path}: a directory, not a mask file"):
+        NeuronMask.load(tmp_path)
+    with pytest.raises(PrunescopeError, match=r"m\.json: not UTF-8 text \(byte 0xff\)"):
+        NeuronMask.from_bytes(b"\xff{}", "m.json")
+
+
+@pytest.mark.parametrize("text,shown", [
+    ("1.²", "'1.²'"),  # '²'.isdigit() is True, but int('²') is a ValueError
+    ("3.٣", "'3.٣'"),  # an Arabic-Indic digit: int() would quietly read it as 3
+    ("1." + "9" * 5000, "'1." + "9" * 38 + "…'"),  # int() refuses more than 4300 digits
+    ("0.1,1.2x", "'1.2x'"),
+])
+def test_a_links_mask_is_ascii_layer_dot_index_pairs(text, shown):
+    with pytest.raises(PrunescopeError) as info:
+        NeuronMask.from_text(text, "mask in the link")
+    assert str(info.value) == (f"mask in the link: {shown} is not a layer.index pair (two whole numbers of at "
+                               "most 9 digits, e.g. 3.17)")
+    assert NeuronMask.from_text(" 3.17, 0.999999999 ").neurons == {(3, 17), (0, 999_999_999)}
 
 
 def test_a_mask_file_keeps_its_known_meta():

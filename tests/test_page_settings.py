@@ -33,10 +33,10 @@ def test_hostile_page_settings_are_clamped_or_refused_in_one_line(monkeypatch):
     at = _app(monkeypatch, page="attribution", ig_steps="100000", ig_rule="<script>", ig_n="-4")
     assert at.number_input(key="ig_steps").value == 256 and at.number_input(key="ig_n").value == 1
     assert at.selectbox(key="ig_rule").value == PAGE_DEFAULTS["ig_rule"]
-    assert [e.value for e in at.error] == ["ig_rule='<script>' is not one of the choices here; using riemann"]
+    assert [e.value for e in at.error] == ["ig_rule=`<script>` is not one of the choices here; using riemann"]
     tasks = _app(monkeypatch, page="pruning", prune_tasks="antonyms,nope,next-letter")
     assert tasks.multiselect(key="prune_tasks").value == ["antonyms", "next-letter"]
-    assert any("prune_tasks: 'nope' not among the choices here" in e.value for e in tasks.error)
+    assert any("prune_tasks: `nope` not among the choices here" in e.value for e in tasks.error)
 
 
 def test_page_settings_survive_another_page_and_reach_the_link(monkeypatch):
@@ -58,3 +58,14 @@ def test_every_page_setting_has_a_default_and_a_range_or_choices():
         assert DEFAULTS[name] == default
         if isinstance(default, int):
             assert BOUND_OF.get(name, name) in BOUNDS, f"{name} has no range in analysis/bounds.py"
+
+
+def test_a_layer_beyond_the_model_is_clamped_in_the_link_on_every_page(monkeypatch):
+    """layer=1023 on a 4-layer model: the address bar held 1023 on every page but the attention page, whose
+    widget clamped it; now the link holds the layer the pages use, without a red line."""
+    for page in ("model", "evaluate", "attention"):
+        at = _app(monkeypatch, page=page, layer="1023")
+        assert at.session_state["setting_layer"] == 3, page
+        assert at.query_params["layer"] in ("3", ["3"]) and not at.error, page
+    kept = _app(monkeypatch, page="model", layer="2")
+    assert kept.session_state["setting_layer"] == 2 and kept.query_params["layer"] in ("2", ["2"])

@@ -14,6 +14,7 @@ import torch
 from analysis.attribution.neuron_ig import NeuronIGResult
 from analysis.errors import PrunescopeError
 from analysis.evaluation import evaluate_task
+from analysis.export import defuse
 from analysis.pruning import NeuronMask
 from analysis.pruning.confidence import confidence_neurons
 from analysis.pruning.autok import choose_k, k_sweep
@@ -127,7 +128,7 @@ def test_prune_eval_records_summary_and_json(tiny_loaded):
     assert first["verdict"]["random"].startswith("Against random masks of the same size: ")
     csv_rows = list(csv.reader(io.StringIO(result.records_csv())))  # random-model answers hold odd characters
     assert csv_rows[0] == RECORD_COLUMNS and len(csv_rows) == len(records) + 1
-    assert csv_rows[1][4] == "baseline" and csv_rows[1][5] == records.answer[0]
+    assert csv_rows[1][4] == "baseline" and csv_rows[1][5] == defuse(records.answer[0])  # as a spreadsheet sees it
     flipped = result.flipped
     assert (flipped.baseline != flipped.pruned).all()
     assert all(change == f"{b} -> {p}" for change, b, p in

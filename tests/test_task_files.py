@@ -55,6 +55,8 @@ BAD_FILES = [
     ("many.json", json.dumps([{"input": str(i), "output": "x"} for i in range(50_001)]),
      r"many\.json: 50001 items; a task may hold at most 50000"),
     ("huge.csv", "input,output\n" + "a,b\n" * 1_400_000, r"huge\.csv: 5\.3 MB; task files may hold at most 5 MB"),
+    ("bignum.json", '[{"input": 1' + "0" * 100_000 + ', "output": "x"}]',  # was a ValueError from int()
+     r"bignum\.json: a number longer than 4300 digits"),
 ]
 
 
@@ -78,6 +80,8 @@ def test_fewer_pairs_than_shots_plus_one(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(TaskError, match=r"nothere\.csv: no such file"):
         load_task_file(tmp_path / "nothere.csv")
+    with pytest.raises(TaskError, match=f"task file {tmp_path}: a directory, not a .csv or .json file"):
+        load_task_file(tmp_path)
 
 
 def _json_task(items: int) -> bytes:

@@ -6,7 +6,7 @@ import argparse
 
 import numpy as np
 
-from analysis.cli.common import add_model_args, add_ray_arg, bounded, progress_bar, ray_pool
+from analysis.cli.common import add_model_args, add_ray_arg, bounded, output_file, progress_bar, ray_pool
 from analysis.errors import PrunescopeError
 
 
@@ -16,8 +16,9 @@ def register(commands) -> None:
     at.add_argument("--form", help="s6|unified (Mamba), unified|wkv (RWKV), unified|rglru (Griffin), softmax")
     at.add_argument("--reduce", default="mean", help="mean, absmean or channels:IDX[,IDX...]")
     at.add_argument("--layers", default="all", help="all, or comma-separated layer indices")
-    at.add_argument("--out", required=True, help="output .npz with attn [layers, T, T], input_ids [T], tokens [T]")
-    at.add_argument("--png", help="also draw the maps into this PNG file")
+    at.add_argument("--out", required=True, type=output_file(".npz"),
+                    help="output .npz with attn [layers, T, T], input_ids [T], tokens [T]")
+    at.add_argument("--png", type=output_file(".png"), help="also draw the maps into this PNG file")
     add_model_args(at)
     at.set_defaults(run=cmd_attention)
 
@@ -26,7 +27,7 @@ def register(commands) -> None:
     rel.add_argument("--method", required=True, choices=["raw", "rollout", "gradattn", "ig", "gxi", "lrp"])
     rel.add_argument("--target", help="target token text (default: the model's top prediction)")
     rel.add_argument("--form", help="attention form for raw/rollout/gradattn (see `attention`)")
-    rel.add_argument("--out", required=True, help="output JSON file")
+    rel.add_argument("--out", required=True, type=output_file(), help="output JSON file")
     add_model_args(rel)
     rel.set_defaults(run=cmd_relevance)
 
@@ -44,8 +45,8 @@ def register(commands) -> None:
     tt = commands.add_parser("train-toy", help="train a small offline checkpoint (mamba, rwkv, ...)")
     tt.add_argument("--arch", required=True, choices=["transformer", "mamba", "mamba2", "rwkv", "griffin"])
     tt.add_argument("--seed", type=bounded("seed"), default=0)
-    tt.add_argument("--minutes", type=float, help="wall-clock budget for the steps (default 18)")
-    tt.add_argument("--max-steps", type=int, help="step budget (default 6000)")
+    tt.add_argument("--minutes", type=bounded("minutes"), help="wall-clock budget for the steps (default 18)")
+    tt.add_argument("--max-steps", type=bounded("max_steps"), help="step budget (default 6000)")
     tt.add_argument("--out", help="output directory (default: assets/models/toy-<arch>)")
     tt.set_defaults(run=cmd_train_toy)
 

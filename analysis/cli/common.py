@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from analysis.bounds import BOUNDS
 
@@ -23,21 +25,52 @@ class OneLineParser(argparse.ArgumentParser):
 def _int(text: str) -> int:
     try:
         return int(text)
+    except ValueError:  # also a number of more than 4300 digits
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text[:40]!r}") from None
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a number, got {text[:40]!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text[:40]!r}")
+    return value
 
 
 def bounded(name: str):
-    """An argparse type for the numeric setting ``name``, in the range analysis/bounds.py gives it."""
+    """An argparse type for the numeric setting ``name``, in the range analysis/bounds.py gives it (a whole
+    number unless the bound admits any number)."""
     bound = BOUNDS[name]
 
-    def parse(text: str) -> int:
-        value = _int(text)
+    def parse(text: str) -> float:
+        value = _int(text) if bound.integer else _number(text)
         if not bound.low <= value <= bound.high:
             raise argparse.ArgumentTypeError(f"must be from {bound.low} to {bound.high} ({bound.what}), got {value}")
         return value
 
     parse.__name__ = name  # argparse names the type in its messages
+    return parse
+
+
+def output_file(suffix: str = ""):
+    """An argparse type for a file a command writes: refused (one line, exit 2, before any work) when it is a
+    directory or its folder does not exist. With ``suffix``, a name without it gets it, as numpy's savez and
+    matplotlib's savefig do on their own, so the command names the file it really wrote."""
+
+    def parse(text: str) -> str:
+        path = Path(text).expanduser()
+        if path.is_dir():
+            raise argparse.ArgumentTypeError(f"{text[:200]} is a directory; give a file name"
+                                             + (f" ending in {suffix}" if suffix else ""))
+        if suffix and path.suffix != suffix:
+            path = path.with_name(path.name + suffix)
+        if not path.parent.is_dir():
+            raise argparse.ArgumentTypeError(f"the folder of {text[:200]} does not exist")
+        return str(path)
+
+    parse.__name__ = "output file"
     return parse
 
 

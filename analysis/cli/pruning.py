@@ -15,12 +15,14 @@ from analysis.cli.common import (
     add_ray_arg,
     bounded,
     load,
+    output_file,
     progress_bar,
     ray_pool,
     results_cache,
     shots_list,
 )
 from analysis.errors import PrunescopeError
+from analysis.export import safe_csv
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -33,7 +35,7 @@ def register(commands) -> None:
     at.add_argument("--task", required=True)
     at.add_argument("--target", choices=TARGETS, default="gold")
     _ig_args(at, QUADRATURES, n=16)
-    at.add_argument("--out", required=True, help="output .npz file")
+    at.add_argument("--out", required=True, type=output_file(".npz"), help="output .npz file")
     add_ray_arg(at)
     at.set_defaults(run=cmd_attribute)
 
@@ -47,7 +49,7 @@ def register(commands) -> None:
     cn.add_argument("--per-layer", action="store_true", help="take the top k of every layer")
     cn.add_argument("--layers", default="", help="select only in this layer range, e.g. 10-20 (default: all)")
     cn.add_argument("--sweep-n", type=bounded("n"), default=80, help="prompts per task and k in the auto sweep")
-    cn.add_argument("--out", required=True, help="output mask JSON file")
+    cn.add_argument("--out", required=True, type=output_file(), help="output mask JSON file")
     add_ray_arg(cn)
     cn.set_defaults(run=cmd_copying_neurons)
 
@@ -57,7 +59,7 @@ def register(commands) -> None:
     cf.add_argument("--percent", type=float, default=1.0, help="share of the layer's neurons to select")
     cf.add_argument("--min-prob", type=float, default=0.5, help="confidence threshold on the top token")
     _ig_args(cf, QUADRATURES, n=64)
-    cf.add_argument("--out", required=True)
+    cf.add_argument("--out", required=True, type=output_file(), help="output mask JSON file")
     cf.set_defaults(run=cmd_confidence_neurons)
 
     pe = commands.add_parser("prune-eval", help="unpruned vs pruned vs random masks on ICL tasks")
@@ -68,8 +70,9 @@ def register(commands) -> None:
     pe.add_argument("--random-controls", type=bounded("controls"), default=5,
                     help="random masks of the same size and layer distribution (seeds 0..R-1)")
     pe.add_argument("--seed", type=bounded("seed"), default=0)
-    pe.add_argument("--flipped", help="also write the flipped examples to this CSV file")
-    pe.add_argument("--records", help="also write one CSV row per prompt and condition to this file")
+    pe.add_argument("--flipped", type=output_file(), help="also write the flipped examples to this CSV file")
+    pe.add_argument("--records", type=output_file(),
+                    help="also write one CSV row per prompt and condition to this file")
     add_model_args(pe)
     pe.add_argument("--json", action="store_true")
     add_ray_arg(pe)
@@ -201,9 +204,10 @@ def cmd_prune_eval(args: argparse.Namespace) -> int:
             result = prune_eval(loaded, mask, tasks, args.shots, args.n, args.random_controls, args.seed,
                                 cache=results_cache(args), progress=progress, pool=pool)
     if args.flipped:
-        result.flipped.to_csv(args.flipped, index=False)
+        with open(args.flipped, "w", newline="", encoding="utf-8") as handle:
+            handle.write(safe_csv(result.flipped))
     if args.records:
-        with open(args.records, "w", newline="") as handle:
+        with open(args.records, "w", newline="", encoding="utf-8") as handle:
             handle.write(result.records_csv())
     if args.json:
         print(json.dumps(result.to_json()))

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from analysis.bounds import check, check_number
 from analysis.models.hooks import model_lock
 from analysis.models.tiny import build_tokenizer, tiny_config
 from analysis.models.train_paths import parallel_training
@@ -144,6 +145,7 @@ def train_toy(arch: str, out_dir: str | Path, seed: int = 0, minutes: float = DE
     """Train a toy ``arch`` model for at most ``minutes`` or ``max_steps`` and save it with its card."""
     from transformers import AutoModelForCausalLM
 
+    minutes, max_steps = check_number("minutes", minutes), check("max_steps", max_steps)  # -1 trained nothing
     model_type = ARCHS[arch]
     torch.manual_seed(seed)
     corpus = corpus_lines(seed, 60000)

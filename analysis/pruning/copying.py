@@ -121,13 +121,14 @@ def parse_layer_range(text: str, n_layers: int) -> tuple[int, int] | None:
     text = (text or "").strip()
     if not text:
         return None
+    shown = text if len(text) <= 20 else text[:20] + "…"
     low, _, high = text.partition("-")
     try:
         bounds = (int(low), int(high or low))
-    except ValueError:
-        raise PrunescopeError(f"layer range {text!r} is not 'first-last' (e.g. 10-20)") from None
+    except ValueError:  # also a number of more than 4300 digits
+        raise PrunescopeError(f"layer range {shown!r} is not 'first-last' (e.g. 10-20)") from None
     if not 0 <= bounds[0] <= bounds[1] < n_layers:
-        raise PrunescopeError(f"layer range {text!r} is outside the model's layers 0-{n_layers - 1}")
+        raise PrunescopeError(f"layer range {shown!r} is outside the model's layers 0-{n_layers - 1}")
     return bounds
 
 

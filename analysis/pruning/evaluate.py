@@ -22,6 +22,7 @@ from analysis.evaluation.paired import (
     compare,
     verdict,
 )
+from analysis.export import safe_csv
 from analysis.models.loader import LoadedModel
 from analysis.pruning.copying import random_mask_like
 from analysis.pruning.mask import NeuronMask
@@ -122,8 +123,8 @@ class PruneEvalResult:
                 "results": results}
 
     def records_csv(self) -> str:
-        """The ``--records`` CSV: one row per prompt and condition."""
-        return self.records[RECORD_COLUMNS].to_csv(index=False)
+        """The ``--records`` CSV: one row per prompt and condition (formula-like text cells defused)."""
+        return safe_csv(self.records[RECORD_COLUMNS])
 
 
 def prune_eval(loaded: LoadedModel, mask: NeuronMask | None, tasks: Sequence[Task], shots: Sequence[int] = (1, 2, 4),

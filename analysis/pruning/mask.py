@@ -7,6 +7,7 @@ Zero-ablation at every position, as in the copying-bias pruning of arXiv 2410.01
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -15,13 +16,15 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from analysis.errors import PrunescopeError
+from analysis.errors import PrunescopeError, parse_json
 
 if TYPE_CHECKING:
     from analysis.models.loader import LoadedModel
 
 MASK_FORMAT = "prunescope-mask/1"
 # what a mask's meta may record (how it was made); anything else in a mask file is refused
+MAX_INDEX = 2**31 - 1  # a layer or neuron index beyond any model; bigger numbers are refused before use
+LINK_PAIR = re.compile(r"([0-9]{1,9})\.([0-9]{1,9})")  # ASCII digits only: int() also reads '²' and '٣'
 META_KEYS = frozenset({"method", "k", "per_layer", "layers", "model", "scoring", "seed", "task", "layer", "percent",
                        "n", "shots", "steps", "quadrature", "target", "prompts"})
 
@@ -88,6 +91,9 @@ class NeuronMask:
                     and all(type(v) is int and v >= 0 for v in item)):  # noqa: E721 - bool is an int subclass
                 raise PrunescopeError(f"{what}: neurons must be [layer, index] pairs of non-negative integers "
                                       f"(got {json.dumps(item)[:40]})")
+            if max(item) > MAX_INDEX:  # e.g. a 4000-digit index: no model has it, and no message should show it
+                raise PrunescopeError(f"{what}: [layer, index] pairs must be at most {MAX_INDEX} "
+                                      f"(got {json.dumps(item)[:40]}…)")
             pairs.append((item[0], item[1]))
         meta = data.get("meta") or {}
         if not isinstance(meta, dict) or not set(meta) <= META_KEYS:
@@ -105,33 +111,34 @@ class NeuronMask:
         """Parse :meth:`to_text` output (an empty string is the empty mask)."""
         pairs = []
         for item in filter(None, (part.strip() for part in text.split(","))):
-            layer, dot, index = item.partition(".")
-            if not (dot and layer.isdigit() and index.isdigit()):
-                raise PrunescopeError(f"{what}: {item!r} is not a layer.index pair (e.g. 3.17)")
-            pairs.append((int(layer), int(index)))
+            match = LINK_PAIR.fullmatch(item)
+            if match is None:
+                shown = item if len(item) <= 40 else item[:40] + "…"
+                raise PrunescopeError(f"{what}: {shown!r} is not a layer.index pair (two whole numbers of at most 9 "
+                                      "digits, e.g. 3.17)")
+            pairs.append((int(match[1]), int(match[2])))
         return cls.from_pairs(pairs, method="link")
 
     @classmethod
     def from_bytes(cls, data: bytes, what: str = "mask") -> NeuronMask:
         """A mask from uploaded JSON bytes, with a one-line error for anything else."""
         try:
-            parsed = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise PrunescopeError(f"{what}: not valid JSON ({exc})") from None
-        except RecursionError:
-            raise PrunescopeError(f"{what}: nested too deeply to be a mask") from None
-        return cls.from_json(parsed, what)
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise PrunescopeError(f"{what}: not UTF-8 text (byte 0x{data[exc.start]:02x})") from None
+        return cls.from_json(parse_json(text, what), what)
 
     @classmethod
     def load(cls, path: str | Path) -> NeuronMask:
+        """A mask from a JSON file; a missing file, a directory or an unreadable one is a one-line error too."""
         path = Path(path)
         what = f"mask file {path}"
+        if path.is_dir():
+            raise PrunescopeError(f"{what}: a directory, not a mask file (a .json written by copying-neurons)")
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = path.read_bytes()
         except FileNotFoundError:
             raise PrunescopeError(f"{what}: no such file") from None
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise PrunescopeError(f"{what}: not valid JSON ({exc})") from None
-        except RecursionError:
-            raise PrunescopeError(f"{what}: nested too deeply to be a mask") from None
-        return cls.from_json(data, what)
+        except OSError as exc:
+            raise PrunescopeError(f"{what}: cannot be read ({exc.strerror or type(exc).__name__})") from None
+        return cls.from_bytes(data, what)

@@ -11,7 +11,7 @@ import io
 import json
 from pathlib import Path
 
-from analysis.errors import TaskError
+from analysis.errors import TaskError, parse_json
 from analysis.tasks.task import DEFAULT_TEMPLATE, Task
 
 REQUIRED_COLUMNS = ("input", "output")
@@ -23,9 +23,15 @@ def load_task_file(path: str | Path, name: str | None = None, template: str = DE
                    case_sensitive: bool = False, min_pairs: int = 1) -> Task:
     """Read a user task from ``path`` (``.csv`` or ``.json``); reject it with a clear one-line reason."""
     path = Path(path)
+    if path.is_dir():
+        raise TaskError(f"task file {path}: a directory, not a .csv or .json file")
     if not path.is_file():
         raise TaskError(f"task file {path}: no such file")
-    return parse_task_bytes(path.read_bytes(), path.name, name=name or path.stem, template=template,
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise TaskError(f"task file {path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
+    return parse_task_bytes(data, path.name, name=name or path.stem, template=template,
                             case_sensitive=case_sensitive, min_pairs=min_pairs, source=str(path))
 
 
@@ -103,13 +109,7 @@ def _parse_csv(text: str, where: str) -> list[tuple[str, str]]:
 
 
 def _parse_json(text: str, where: str) -> list[tuple[str, str]]:
-    try:
-        items = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise TaskError(f"{where}: line {exc.lineno}: invalid JSON ({exc.msg})") from None
-    except RecursionError:  # e.g. [[[[...]]]] thousands deep: a task is a list of flat objects
-        raise TaskError(f"{where}: nested too deeply; expected a list of {{\"input\": ..., \"output\": ...}} "
-                        "objects") from None
+    items = parse_json(text, where, TaskError)  # also [[[...]]] thousands deep, or a 100 000-digit number
     if not isinstance(items, list):
         raise TaskError(f"{where}: expected a JSON list of {{\"input\": ..., \"output\": ...}} objects")
     if not items:

@@ -17,6 +17,7 @@ from components.charts import attention_heatmap, visible_token
 from components.charts_pruning import relevance_chart
 from components.export import chart, report_button, table
 from components.layout import wrapping_columns
+from components.markup import echo
 from components.results import keep, result_key, shown
 from components.widgets import cached_model, guarded, memo, require_model
 
@@ -39,7 +40,7 @@ def choose(column, label: str, name: str, options: list[str], default: str, know
     quietly replaced by the default; one offered nowhere (a hostile or stale link) gets one red line."""
     value = state.get(name)
     if value and value not in options and value not in known:
-        st.error(f"{name}={str(value)[:40]!r} is not a choice here; using {default}")
+        st.error(f"{name}={echo(value)} is not a choice here; using {default}")
     current = value if value in options else default
     widget_key = f"attn_{name}_{loaded.name}"  # per model: what another model showed never leaks in
     if st.session_state.get(widget_key) != current:

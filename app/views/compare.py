@@ -17,7 +17,15 @@ from components.export import chart, report_button, table
 from components.layout import wrapping_columns
 from components.masking import active_mask
 from components.results import keep, result_key, shown
-from components.widgets import cached_model, cost_note, guarded, require_model, run_progress, task_picker
+from components.widgets import (
+    cached_model,
+    cost_note,
+    guarded,
+    one_line,
+    require_model,
+    run_progress,
+    task_picker,
+)
 
 st.header("Compare")
 present.toolbar()
@@ -26,6 +34,12 @@ present.caption("The same prompts (task, shots, n, seed) through two models, or 
 
 loaded = require_model()
 MASK_OPTIONS = ("no mask", "active mask", "random mask of the same size", "upload")
+FROM_ACTIVE = MASK_OPTIONS[1:3]  # the options built from the active mask (the link's, the pruning page's, top k)
+active, mask_problem = None, ""
+try:
+    active = active_mask(loaded)[0]
+except PrunescopeError as exc:  # e.g. a link's mask=1.2x: said once below, where a mask choice needs it
+    mask_problem = one_line(exc)
 
 with present.controls():
     mode = state.bound(st.radio, "Compare", "cmp_mode", widget_key="cmp_mode", options=["two masks", "two models"],
@@ -49,8 +63,11 @@ with present.controls():
             upload = col.file_uploader(f"Mask {side} file", type=["json"], key=f"cmp_up_{side}") \
                 if choice == "upload" else None
             picks[side] = ("mask", choice, upload)
+    blocked = bool(mask_problem) and any(pick[0] == "mask" and pick[1] in FROM_ACTIVE for pick in picks.values())
+    if blocked:
+        st.error(mask_problem)
     cost_note(loaded, 2 * int(n), "eval", f"2 x {int(n)} prompts")
-    clicked = st.button("Compare", type="primary", disabled=task is None, key="cmp_run")
+    clicked = st.button("Compare", type="primary", disabled=task is None or blocked, key="cmp_run")
 
 
 def resolve_mask(choice: str, upload) -> NeuronMask | None:
@@ -58,11 +75,11 @@ def resolve_mask(choice: str, upload) -> NeuronMask | None:
         return None
     if choice == "upload":
         if upload is None:
-            raise ValueError("upload a mask file (JSON) first")
+            raise PrunescopeError("upload a mask file (JSON) first")
         return NeuronMask.from_bytes(upload.getvalue(), f"mask file {upload.name}")
     mask, source = active_mask(loaded)
     if mask is None:
-        raise ValueError(source)
+        raise PrunescopeError(source)
     return mask if choice == "active mask" else random_mask_like(mask, loaded.adapter.neuron_counts(), 0)
 
 
@@ -89,11 +106,6 @@ def warnings(task, models: list[str], masked: bool) -> list[str]:
 
 key = None
 if task is not None:
-    active = None
-    try:
-        active = active_mask(loaded)[0]
-    except PrunescopeError:
-        pass  # a bad link mask: resolve_mask says so when Compare is clicked
     key = result_key(loaded, "compare", task_fingerprint(task), int(shots), int(n), int(state.get("seed")),
                      *((pick[1], pick[2].file_id if len(pick) > 2 and pick[2] else None) for pick in picks.values()),
                      tuple(sorted(active.neurons)) if active else ())

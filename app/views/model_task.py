@@ -8,6 +8,7 @@ from analysis.models import model_choices
 from analysis.models.loader import describe_choice
 from components import present, state
 from components.layout import wrapping_columns
+from components.markup import echo
 from components.widgets import one_line, require_model, task_picker, token_chips
 
 st.header("Model & task")
@@ -46,5 +47,5 @@ if task is not None:
         st.subheader("Preview: one prompt")
         st.code(prompt.text + f"  ⟶ gold: {prompt.gold}", language=None)
         st.caption(f"{len(ids)} tokens; demonstration answers (a wrong answer equal to one of them is a copy "
-                   f"error): {', '.join(prompt.demo_outputs) or 'none'}")
+                   f"error): {', '.join(echo(o) for o in prompt.demo_outputs) or 'none'}")
         st.html(token_chips([loaded.tokenizer.decode([i]) for i in ids], ids))

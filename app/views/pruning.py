@@ -28,6 +28,7 @@ from components.charts import neuron_heatmap
 from components.charts_pruning import k_sweep_chart
 from components.export import chart, report_button, table
 from components.layout import wrapping_columns
+from components.markup import echo
 from components.masking import remember, scoring_settings, stored_copying_scores, top_k_mask
 from components.pruning_view import mask_table, show_result
 from components.results import keep, result_key, shown
@@ -54,7 +55,7 @@ def k_options(limit: int, current: int) -> list[int]:
 def valid_choice(name: str, options) -> None:
     """A link may carry any text: reset a choice setting that is not one of ``options``, saying so."""
     if state.get(name) not in options:
-        st.error(f"{name.replace('score_', '')}={str(state.get(name))[:40]!r} is not one of "
+        st.error(f"{name.replace('score_', '')}={echo(state.get(name))} is not one of "
                  f"{', '.join(options)}; using {SETTINGS[name]}")
         state.put(name, SETTINGS[name])
 
@@ -266,7 +267,7 @@ if scores is not None:
                 pool=env_pool(loaded.name)), start=sweep_clicked)
             if swept is not None:
                 keep("sweep", sweep_key, swept, f"{'top k per layer' if per_layer else 'top k overall'}, layers "
-                                                f"{layer_text or 'all'}, {loaded.name}")
+                                                f"{'{}-{}'.format(*layers) if layers else 'all'}, {loaded.name}")
         sweep = shown("sweep", sweep_key, "k-sweep", "run it again")  # another model, scoring or selection: not
         if sweep is not None:  # this curve
             (st.success if sweep.chosen else st.warning)(sweep.message)

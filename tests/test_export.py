@@ -1,0 +1,123 @@
+"""Every CSV the app or the CLI writes defuses formula cells (OWASP CSV injection): a text cell starting with
+= + - @, a tab or a carriage return gets a leading apostrophe; numbers stay numbers."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from analysis.export import neutralize, safe_csv
+from analysis.tasks.task import Task
+from tests.test_app_pages import MAIN, TIMEOUT, _ok
+from tests.test_cli import run
+
+ROOT = Path(__file__).resolve().parents[1]
+FORMULAS = ["=cmd|' /C calc'!A0", "@SUM(1+1)", "-2+3", "+1"]
+HOSTILE = [*FORMULAS, "\t=1+1", "\r=1+1"]  # a built task keeps the tab and carriage return an upload strips
+
+
+def rows(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text, newline="")))
+
+
+def test_safe_csv_defuses_text_cells_and_keeps_numbers():
+    frame = pd.DataFrame({"query": HOSTILE, "delta": [-0.5, -2.0, 1.0, 0.0, 3.0, -1.0],
+                          "index": [-3, 1, 2, 3, 4, 5], "note": ["ok", "a=b", "", "x-1", "@", "-"],
+                          "mixed": [-2, "-x", None, 3.5, "=y", "plain"]})
+    parsed = rows(safe_csv(frame))
+    assert [r["query"] for r in parsed] == ["'" + h for h in HOSTILE]
+    assert [r["note"] for r in parsed] == ["ok", "a=b", "", "x-1", "'@", "'-"]  # only a leading character counts
+    assert [r["mixed"] for r in parsed] == ["-2", "'-x", "", "3.5", "'=y", "plain"]  # a number in a text column
+    back = pd.read_csv(io.StringIO(safe_csv(frame)))
+    assert back["delta"].tolist() == [-0.5, -2.0, 1.0, 0.0, 3.0, -1.0]  # negative numbers stay numbers
+    assert back["index"].dtype.kind == "i" and back["index"].tolist() == [-3, 1, 2, 3, 4, 5]
+    assert list(neutralize(pd.DataFrame({"-x": [1], "ok": [2]})).columns) == ["'-x", "ok"]  # headers too
+    assert frame["query"].tolist() == HOSTILE  # the caller's frame is not changed
+
+
+def test_library_records_csv_defuses_task_items(tiny_loaded):
+    """The prune-eval records (the CLI's --records, and the Evaluate page's records through ``safe_csv``)."""
+    from analysis.evaluation import evaluate_task
+    from analysis.pruning import NeuronMask
+    from analysis.pruning.evaluate import prune_eval
+
+    loaded = tiny_loaded("gpt2")
+    task = Task("formulas", tuple((item, f"a{i}") for i, item in enumerate(HOSTILE)))
+    result = prune_eval(loaded, NeuronMask.from_pairs([(0, 1)]), [task], shots=[1], n=len(HOSTILE),
+                        random_controls=1)
+    records = rows(result.records_csv())
+    assert len(records) == 3 * len(HOSTILE)  # unpruned, pruned, one control
+    assert {r["query"] for r in records} == {"'" + h for h in HOSTILE}
+    assert {r["shots"] for r in records} == {"1"}
+    evaluated = evaluate_task(loaded, task, 1, len(HOSTILE))
+    page_rows = rows(safe_csv(evaluated.records[["query", "gold", "prediction", "prompt"]]))
+    assert sorted(r["query"] for r in page_rows) == sorted("'" + h for h in HOSTILE)
+    # a prompt starts with its first demonstration's input: every one here is a formula
+    assert all(r["prompt"].startswith("'") for r in page_rows)
+
+
+def test_a_table_download_defuses_an_uploaded_tasks_formulas(monkeypatch):
+    """What a visitor downloads from the Evaluate page's table (the deferred CSV of ``components.export.table``)."""
+    from streamlit.runtime.media_file_manager import MediaFileManager
+
+    from components.widgets import UPLOAD_OPTION
+
+    downloads = {}
+    real = MediaFileManager.add_deferred
+
+    def spy(self, data, mimetype, coordinates, file_name=None, **kwargs):
+        downloads[file_name] = data
+        return real(self, data, mimetype, coordinates, file_name=file_name, **kwargs)
+
+    monkeypatch.setattr(MediaFileManager, "add_deferred", spy)
+    monkeypatch.setenv("PRUNESCOPE_MODEL", "toy-transformer")
+    at = AppTest.from_file(str(MAIN), default_timeout=TIMEOUT)
+    at.session_state["setting_shots"], at.session_state["setting_n"] = 1, len(FORMULAS)
+    at.switch_page("views/evaluate.py")
+    _ok(at.run())
+    at.selectbox(key="_w_task").set_value(UPLOAD_OPTION).run()
+    body = "input,output\n" + "".join(f'"{item}",{item}\n' for item in FORMULAS)
+    at.file_uploader(key="task_upload").set_value(("formulas.csv", body.encode(), "text/csv"))
+    _ok(at.run())
+    at.button(key="eval_run").click()
+    _ok(at.run())
+    assert not at.error, [e.value for e in at.error]
+    table = rows(downloads["evaluate-run1.csv"]())
+    assert sorted(r["query"] for r in table) == sorted("'" + f for f in FORMULAS)
+    assert all(r["gold"] == r["query"] for r in table)  # the outputs are the same formulas
+    runs = pd.read_csv(io.StringIO(downloads["evaluate-runs.csv"]()))
+    assert runs["n"].tolist() == [len(FORMULAS)] and runs["accuracy"].dtype.kind == "f"
+
+
+def test_cli_csv_outputs_defuse_formulas(capsys, tiny_dirs, tmp_path):
+    from analysis.pruning import NeuronMask
+
+    task = tmp_path / "formulas.csv"
+    task.write_text("input,output\n" + "".join(f'"{item}",x{i}\n' for i, item in enumerate(FORMULAS)))
+    mask = NeuronMask.from_pairs([(layer, i) for layer in range(2) for i in range(64)]).save(tmp_path / "m.json")
+    records, flipped = tmp_path / "records.csv", tmp_path / "flipped.csv"
+    code, _, err = run(capsys, "prune-eval", "--model", tiny_dirs["gpt2"], "--mask", str(mask), "--tasks",
+                       str(task), "--shots", "1", "--n", str(len(FORMULAS)), "--random-controls", "1",
+                       "--records", str(records), "--flipped", str(flipped))
+    assert code == 0, err
+    written = rows(records.read_text())
+    assert {r["query"] for r in written} == {"'" + f for f in FORMULAS}
+    assert pd.read_csv(records)["prompt_index"].dtype.kind == "i"
+    changed = rows(flipped.read_text())
+    assert changed, "pruning every neuron of the tiny model changes some answer"
+    assert {r["query"] for r in changed} <= {"'" + f for f in FORMULAS}
+    assert all(not re.match(r"[=+\-@\t\r]", cell) for r in changed + written for cell in r.values())
+
+
+@pytest.mark.parametrize("folder", ["analysis", "components", "app"])
+def test_no_csv_is_written_around_the_helper(folder):
+    """One way to write CSV: every ``to_csv`` call lives in analysis/export.py."""
+    for path in (ROOT / folder).rglob("*.py"):
+        if path != ROOT / "analysis" / "export.py":
+            assert ".to_csv(" not in path.read_text(encoding="utf-8"), path
