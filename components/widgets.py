@@ -23,6 +23,7 @@ import torch
 from analysis.device import DTYPES, dtype_name, resolve_device, resolve_dtype
 from analysis.errors import PrunescopeError
 from analysis.hosting import check_offered, offered_models, public_mode, scrub
+from analysis.jobs import duration
 from analysis.models import LoadedModel, load_model, model_choices, model_label
 from analysis.tasks import Task, builtin_tasks, parse_task_bytes
 from components import state
@@ -330,7 +331,7 @@ def token_chips(tokens: list[str], ids: list[int]) -> str:
 
 
 # (model fingerprint, kind) -> measured seconds per unit of work on this machine, process-wide; kinds: "eval"
-# (one generated answer), "ig" (one prompt-step of neuron IG)
+# (one generated answer), "ig" (one prompt-step of neuron IG), "faith" (one prompt and method of the faithfulness test)
 _SECONDS_PER_UNIT: dict[tuple[str, str], float] = {}
 COST_NOTE_S = 30  # a job expected to take longer says so before it runs
 
@@ -341,13 +342,15 @@ def measured_speed(loaded: LoadedModel, units: int, seconds: float, kind: str = 
         _SECONDS_PER_UNIT[(loaded.fingerprint(), kind)] = seconds / units
 
 
+def seconds_per_unit(loaded: LoadedModel, kind: str = "eval") -> float | None:
+    """This model's measured seconds per unit of ``kind`` work on this machine (None until measured)."""
+    return _SECONDS_PER_UNIT.get((loaded.fingerprint(), kind))
+
+
 def cost(loaded: LoadedModel, units: int, kind: str = "eval") -> str:
     """What ``units`` of ``kind`` work will take, from this model's measured speed on this machine."""
-    rate = _SECONDS_PER_UNIT.get((loaded.fingerprint(), kind))
-    if rate is None:
-        return "its time on this machine is not measured yet"
-    seconds = rate * units
-    return f"about {seconds / 60:.0f} min" if seconds >= 90 else f"about {seconds:.0f} s"
+    rate = seconds_per_unit(loaded, kind)
+    return "its time on this machine is not measured yet" if rate is None else duration(rate * units)
 
 
 def cost_note(loaded: LoadedModel, units: int, kind: str, what: str) -> None:

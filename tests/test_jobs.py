@@ -11,7 +11,7 @@ from analysis.attribution.runs import attribute_task
 from analysis.cache import ResultsCache
 from analysis.evaluation import evaluate_task
 from analysis.evaluation.task_vectors import task_vector_work, task_vectors
-from analysis.jobs import Cancelled, Job
+from analysis.jobs import Cancelled, Job, Scheduler
 from analysis.pruning import NeuronMask
 from analysis.pruning.evaluate import prune_eval
 from analysis.tasks import builtin_tasks
@@ -104,15 +104,15 @@ def test_neuron_ig_stops_after_one_prompt(tiny_loaded):
 
 
 def test_a_queued_job_waits_for_the_slot_and_a_cancelled_queued_job_never_runs():
-    slots = threading.BoundedSemaphore(1)
+    scheduler = Scheduler(slots=1, public=False, janitor_s=None)
     release = threading.Event()
-    first = Job("a", lambda progress: release.wait(10) and "first", slots=slots).start()
+    first = scheduler.submit("a", "x", 1, lambda progress: release.wait(10) and "first", cost_s=1)
     ran = []
-    second = Job("b", lambda progress: ran.append(1) or "second", slots=slots).start()
-    third = Job("c", lambda progress: ran.append(3), slots=slots).start()
-    assert not second.wait(0.5) and second.state == "queued"
+    second = scheduler.submit("b", "x", 2, lambda progress: ran.append(1) or "second", cost_s=1)
+    third = scheduler.submit("c", "x", 3, lambda progress: ran.append(3), cost_s=1)
+    assert (first.state, second.state, third.state) == ("running", "queued", "queued")
     third.cancel()
-    assert third.wait(5) and third.state == "cancelled"
+    assert third.wait(5) and third.state == "cancelled"  # at once: it never started
     release.set()
     assert first.wait(5) and second.wait(5)
     assert (first.result, second.result, ran) == ("first", "second", [1])

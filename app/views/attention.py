@@ -137,12 +137,14 @@ with present.controls("Faithfulness settings"):
     task_name = state.bound(c_task.selectbox, "Task", "faith_task", widget_key="faith_task",
                             options=list(builtin_tasks()))
     faith_n = state.bound(c_n.number_input, "Prompts", "faith_n", widget_key="faith_n")
+    faith_work = int(faith_n) * (len(chosen) + 1)  # per prompt: each method, and the random orders
+    speculation.cost_note(loaded, faith_work, "faith", f"{int(faith_n)} prompts x {len(chosen)} methods and random")
     run = c_run.button("Run faithfulness", key="faith_run", disabled=not chosen)
 faith_key = result_key(loaded, "faithfulness", task_name, int(faith_n), tuple(chosen))
 with guarded("faithfulness test"):  # a click starts a job; while it runs every rerun follows it
     faith = speculation.follow("job_faithfulness", faith_key, "Faithfulness", lambda progress: faithfulness(
         loaded, builtin_tasks()[task_name], chosen, int(faith_n), shots=2, progress=progress,
-        pool=env_pool(loaded.name)), start=run, total=int(faith_n))
+        pool=env_pool(loaded.name)), start=run, total=int(faith_n), speed=(loaded, "faith", faith_work))
     if faith is not None:
         keep("faith_table", faith_key, faith, f"{task_name}, {int(faith_n)} prompts, {', '.join(chosen)}, "
                                               f"{loaded.name}")

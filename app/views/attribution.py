@@ -12,7 +12,7 @@ from components import present, results, speculation, state
 from components.charts import HEATMAP_SCALES, layer_totals_bar, neuron_heatmap, visible_token
 from components.export import chart, report_button, table
 from components.layout import wrapping_columns
-from components.widgets import cost_note, guarded, memo, require_model, task_picker
+from components.widgets import guarded, memo, require_model, task_picker
 
 st.header("Neuron attribution")
 present.toolbar()
@@ -32,7 +32,7 @@ with present.controls():
     shots = state.bound(col_shots.number_input, "Shots", "shots", min_value=1, step=1)
     steps = state.bound(col_steps.number_input, "Steps", "ig_steps", widget_key="ig_steps")
     rule = state.bound(col_rule.selectbox, "Quadrature", "ig_rule", widget_key="ig_rule", options=QUADRATURES)
-    cost_note(loaded, int(n) * int(steps), "ig", f"{int(n)} prompts x {int(steps)} steps")
+    speculation.cost_note(loaded, int(n) * int(steps), "ig", f"{int(n)} prompts x {int(steps)} steps")
     clicked = st.button("Attribute", type="primary", disabled=task is None, key="ig_run")
 
 key = None

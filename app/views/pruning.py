@@ -14,7 +14,7 @@ from analysis.device import dtype_name
 from analysis.distributed import env_pool
 from analysis.evaluation.icl import is_evaluated
 from analysis.pruning import NeuronMask
-from analysis.pruning.autok import K_GRID, k_sweep
+from analysis.pruning.autok import DEV_TASKS, K_GRID, SWEEP_N, k_sweep
 from analysis.pruning.copying import (
     SCORE_PROMPTS,
     copying_scores,
@@ -32,7 +32,7 @@ from components.markup import echo
 from components.masking import remember, scoring_settings, stored_copying_scores, top_k_mask
 from components.pruning_view import mask_table, show_result
 from components.results import keep, result_key, shown
-from components.widgets import cost, cost_note, guarded, measured_speed, require_model, run_progress
+from components.widgets import cost, guarded, measured_speed, require_model, run_progress
 
 TARGET_LABELS = {"copy": "logit(copied) − logit(gold)", "copy-prob": "P(copied) — the paper's"}
 PROMPT_LABELS = {"all": "all prompts", "copied": "only prompts the model copies on"}
@@ -75,7 +75,7 @@ with present.controls("Copying scores"):
     state.bound(c_target.selectbox, "Target", "score_target", options=COPY_TARGETS, format_func=TARGET_LABELS.get)
     state.bound(c_prompts.selectbox, "Prompts", "score_prompts", options=SCORE_PROMPTS,
                 format_func=PROMPT_LABELS.get)
-    cost_note(loaded, int(state.get("score_n")) * int(state.get("score_steps")), "ig",
+    speculation.cost_note(loaded, int(state.get("score_n")) * int(state.get("score_steps")), "ig",
               f"{state.get('score_n')} prompts x {state.get('score_steps')} IG steps")
     compute = st.button("Compute copying scores", type="primary", key="score_run")
 
@@ -202,7 +202,8 @@ def live_panel() -> None:
         # thread, so the page never waits for it); the page only polls the job
         return speculation.ensure_job(key, lambda progress: prune_eval(
             loaded, mask, tasks, random_controls=int(controls), progress=progress, pool=env_pool(loaded.name),
-            **settings), len(tasks) * (2 + int(controls)) * n, restart=restart)
+            **settings), len(tasks) * (2 + int(controls)) * n, restart=restart,
+            cost_s=speculation.estimate_s(loaded, missing[True] + missing.get(False, 0), "eval"))
 
     conditions = [None, *([mask, *(random_mask_like(mask, counts, s) for s in range(int(controls)))]
                           if has_mask else [])]
@@ -260,11 +261,13 @@ if scores is not None:
                    "held-out copying split and three ICL dev tasks (2-shot, 80 prompts each, paired). A k is chosen "
                    "only when its accuracy gain is above zero beyond noise and copy errors do not rise.")
         sweep_key = result_key(loaded, "k-sweep", tuple(sorted(params.items())), per_layer, layers)
+        sweep_work = len({0, *K_GRID}) * (1 + len(DEV_TASKS)) * SWEEP_N  # evaluated prompts, at most
+        speculation.cost_note(loaded, sweep_work, "eval", f"{sweep_work:,} prompts")
         sweep_clicked = st.button("Run k-sweep", key="sweep_run")
         with guarded("k-sweep"):
             swept = speculation.follow("job_k_sweep", sweep_key, "k-sweep", lambda progress: k_sweep(
                 loaded, scores, K_GRID, per_layer=per_layer, layers=layers, cache=cache, progress=progress,
-                pool=env_pool(loaded.name)), start=sweep_clicked)
+                pool=env_pool(loaded.name)), start=sweep_clicked, speed=(loaded, "eval", sweep_work))
             if swept is not None:
                 keep("sweep", sweep_key, swept, f"{'top k per layer' if per_layer else 'top k overall'}, layers "
                                                 f"{'{}-{}'.format(*layers) if layers else 'all'}, {loaded.name}")

@@ -15,7 +15,7 @@ from components.export import chart, report_button, table
 from components.layout import wrapping_columns
 from components.masking import active_mask
 from components.results import keep, result_key, shown
-from components.widgets import cost_note, guarded, memo, require_model, task_picker
+from components.widgets import guarded, memo, require_model, task_picker
 
 FORMATS = {"the task's own": None, "Input: / Output: lines": "Input: {x}\nOutput: {y}\n"}
 
@@ -44,7 +44,7 @@ with present.controls():
     with_mask = state.bound(st.checkbox, f"Also with the mask ({len(mask)} neurons, {source})" if mask is not None
                             else source, "tv_masked", widget_key="tv_masked", disabled=mask is None)
     runs = 1 + bool(with_mask and mask is not None)
-    cost_note(loaded, runs * task_vector_work(loaded, int(n), int(dummies)), "eval",
+    speculation.cost_note(loaded, runs * task_vector_work(loaded, int(n), int(dummies)), "eval",
               f"{runs} x {task_vector_work(loaded, int(n), int(dummies)):,} generations")
     clicked = st.button("Run task vectors", type="primary", disabled=task is None, key="tv_run")
 
