@@ -25,7 +25,7 @@ from components.markup import echo
 # Lists (multiselects) are comma-joined text.
 PAGE_DEFAULTS: dict[str, Any] = {
     "ig_target": ATTRIBUTION["target"], "ig_n": ATTRIBUTION["n"], "ig_steps": ATTRIBUTION["steps"],
-    "ig_rule": ATTRIBUTION["quadrature"], "ig_scale": "robust",
+    "ig_rule": ATTRIBUTION["quadrature"], "ig_scale": "clip",
     "tv_n": TASK_VECTORS["n"], "tv_dummies": TASK_VECTORS["dummies"], "tv_format": "the task's own", "tv_masked": 1,
     "faith_task": "antonyms", "faith_n": 10, "rel_methods": "raw,rollout,gradattn,gxi",
     "prune_tasks": ",".join(PRUNE_TASKS), "prune_controls": PRUNE_CONTROLS,

@@ -24,8 +24,7 @@ def scheduler(monkeypatch):
 
 
 def attribution_page(monkeypatch):
-    # ig_scale: the settings' default ("robust") is not among the page's scales, which says so in a red line
-    return _start("toy-transformer", monkeypatch, "views/attribution.py", ig_scale="clip")
+    return _start("toy-transformer", monkeypatch, "views/attribution.py")
 
 
 def captions(at) -> list[str]:
