@@ -106,6 +106,11 @@ TABLE_JS = """frame => {
                                   Array.from(tr.querySelectorAll('td'), td => td.textContent)])};
 }"""
 
+class NotDrawn(RuntimeError):
+    """A chart or table the result comes with is not drawn yet (Plotly and the data grid draw after the script's
+    run, later under load): read again."""
+
+
 Values = dict[str, str]  # what one session shows (or should show): label -> value as the page writes it
 TABLE = "table: "  # a label from a data grid, which draws only the rows in view: one it did not draw is not compared
 
@@ -135,6 +140,7 @@ class Session:
     shown: Values | None = None
     errors: list[str] = field(default_factory=list)
     seconds: float | None = None
+    redraws: int = 0  # reads that found a chart or table not drawn yet
 
     def link(self, url: str) -> str:
         return f"{url}/?" + urlencode({"page": PAGES[self.kind], **self.params})
@@ -248,14 +254,23 @@ async def table_rows(frame) -> list[dict[str, str]]:
     """The rows a data grid has drawn (its first ten or so, in order), as column -> cell text."""
     got = await frame.evaluate(TABLE_JS)
     if not got or not got["rows"]:
-        raise RuntimeError("the table has no rows drawn")
+        raise NotDrawn("the table has no rows drawn")
     return [dict(zip(got["columns"], cells)) for _, cells in sorted(got["rows"])]
 
 
 def plot_titled(figures: list[dict], prefix: str) -> dict:
     found = [f for f in figures if re.sub(r"<[^>]+>", "", f["title"]).startswith(prefix)]
     if not found:
-        raise RuntimeError(f"no chart titled {prefix!r}")
+        titles = [re.sub(r"<[^>]+>", "", f["title"])[:40] for f in figures]
+        raise NotDrawn(f"no chart titled {prefix!r} (charts: {titles})")
+    return found[0]
+
+
+def trace_named(figures: list[dict], name: str) -> dict:
+    """The chart with a trace called ``name``."""
+    found = [f for f in figures if any(t["name"] == name for t in f["traces"])]
+    if not found:
+        raise NotDrawn(f"no chart with a trace {name!r}")
     return found[0]
 
 
@@ -274,7 +289,7 @@ async def read_evaluate(page, session: Session) -> Values:
 
 
 async def read_compare(page, session: Session) -> Values:
-    figure = next(f for f in await plots(page) if any(t["name"] == "Accuracy" for t in f["traces"]))
+    figure = trace_named(await plots(page), "Accuracy")
     return {f"{x} {trace['name']}": pct(y) for trace in figure["traces"] for x, y in zip(trace["x"], trace["y"])}
 
 
@@ -284,7 +299,7 @@ async def read_attribution(page, session: Session) -> Values:
     [trace] = heat["traces"]
     values = {f"L{layer}.{neuron}": f"{score:.3g}" for layer, row in enumerate(trace["customdata"])
               for neuron, score in row}
-    totals = next(f for f in figures if any(t["name"] == "signed sum" for t in f["traces"]))
+    totals = trace_named(figures, "signed sum")
     for trace in totals["traces"]:
         values.update({f"L{x} {trace['name']}": f"{y:.3g}" for x, y in zip(trace["x"], trace["y"])})
     rows = await table_rows(page.locator('[data-testid="stDataFrame"]').first)
@@ -297,16 +312,15 @@ async def read_attribution(page, session: Session) -> Values:
 async def read_task_vectors(page, session: Session) -> Values:
     values: Values = {}
     expander = page.locator('[data-testid="stExpander"]').filter(has_text="Per layer:").first
-    await expander.locator("summary").click()
-    grid = expander.locator('[data-testid="stDataFrame"]').first
-    await grid.locator("table tbody tr").first.wait_for(state="attached")  # drawn off-screen: never "visible"
-    for row in await table_rows(grid):
+    if await expander.locator("details").get_attribute("open") is None:  # its grid draws once it is open
+        await expander.locator("summary").click()
+    for row in await table_rows(expander.locator('[data-testid="stDataFrame"]').first):
         for column in ("accuracy", "copy_rate", "p_adjusted"):
             values[f"{TABLE}{row['condition']} L{row['layer']} {column}"] = cell(row[column])
     for row in await table_rows(page.locator('[data-testid="stDataFrame"]').first):  # the summary
         for column in ("zero_shot_accuracy", "icl_accuracy"):
             values[f"{TABLE}{row['condition']} {column}"] = cell(row[column])
-    figure = next(f for f in await plots(page) if f["traces"] and f["traces"][0]["mode"] == "lines+markers")
+    figure = trace_named(await plots(page), "unpruned")
     for trace in figure["traces"]:
         if trace["mode"] == "lines+markers":  # a condition's curve (not its stars)
             values.update({f"{trace['name']} L{x} chart": pct(y) for x, y in zip(trace["x"], trace["y"])})
@@ -370,7 +384,14 @@ async def one_session(browser, url: str, session: Session, timeout_s: float) -> 
             await target.click()
         await wait_ready(page, ready_locator(page, session), session, deadline)
         await idle(page, max(deadline - time.monotonic(), 1))
-        session.shown = await READERS[session.kind](page, session)
+        while session.shown is None:
+            try:
+                session.shown = await READERS[session.kind](page, session)
+            except NotDrawn:
+                if time.monotonic() > deadline:
+                    raise
+                session.redraws += 1
+                await page.wait_for_timeout(500)
         session.seconds = time.perf_counter() - start
     except Exception as exc:  # noqa: BLE001 - a session that fails is counted, not fatal
         session.errors.append(f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:160]}")
@@ -574,6 +595,7 @@ def main() -> None:
         errors += len(s.errors) + (s.shown is None and not s.errors)
         size = f"mask {len(s.mask):4d}" if s.mask is not None else "no mask  "
         print(f"session {s.index:2d} {s.kind:<12} {size}: {text}; in {s.seconds or float('nan'):.1f} s"
+              + (f" (read after {s.redraws} x 0.5 s: not drawn yet)" if s.redraws else "")
               + (f"; errors: {s.errors}" if s.errors else ""))
     for s in sessions:  # a mix-up between sessions expecting the same numbers would not show
         twins = [t.index for t in sessions
