@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast, get_args
@@ -72,6 +72,7 @@ class ModelAdapter:
     continuation_tokens: int = 1  # tokens re-run after the prefix (the last one is the answer position)
     state_updated_in_place: bool = False  # does a cached step overwrite state tensors autograd still needs?
     indexes_layer_types: bool = False  # does the forward read config.layer_types[i] for its i-th block?
+    supports_joins: bool = True  # can each layer's cache hold its own batch (rows joining at their own layer)?
 
     def __init__(self, model: PreTrainedModel):
         self.model = model
@@ -187,6 +188,67 @@ class ModelAdapter:
                 out = self.base_model(input_ids=ids.expand(rows, -1), use_cache=True, **kwargs)
         return out.last_hidden_state
 
+    def continue_joined(self, prefix: PrefixState, ids: torch.Tensor, joins: Mapping[int, int], start_layer: int = 0,
+                        block_input: torch.Tensor | None = None) -> torch.Tensor:
+        """Final hidden states [1 + sum(joins), c, H]: one clean row of ``ids`` [1, c] run after ``prefix`` from
+        block ``start_layer`` (fed ``block_input`` [1, c, H] there when > 0), and for each ``layer: r`` of
+        ``joins`` r rows that join the batch at block ``layer`` as copies of the clean row's input there. A
+        row skips every block below its own layer, where it would only repeat the clean row; a site hook at
+        layer l sees the rows joining at l last in its batch. Rows come out clean first, then by layer.
+
+        Families whose state cannot hold a different batch per layer (``supports_joins = False``: RWKV keeps
+        one stacked state) run every row from ``start_layer``, with the same result."""
+        if not joins or min(joins) < start_layer or any(r < 0 for r in joins.values()):
+            raise ValueError(f"rows must join at or above the start layer {start_layer}: {dict(joins)}")
+        if start_layer and block_input is None:
+            raise ValueError("block_input is needed when start_layer > 0")
+        if not self.supports_joins:
+            return self._joined_from_start(prefix, ids, joins, start_layer, block_input)
+        rows_at, total = [], 1  # rows through each block: the clean row and every row joined at or below it
+        for layer in range(self.n_layers):
+            total += joins.get(layer, 0)
+            rows_at.append(total)
+
+        def join(layer: int, hidden: torch.Tensor) -> torch.Tensor | None:
+            count = joins.get(layer, 0)
+            return torch.cat([hidden, hidden[:1].expand(count, *hidden.shape[1:])]) if count else None
+
+        with self.lock:  # block list cut, cache and (Griffin) block states per layer: no other thread meanwhile
+            kwargs = self._continue_kwargs(self._repeat_cache(prefix.cache, rows_at), prefix.length, ids.shape[1],
+                                           1, ids.device)
+            with self._truncated(start_layer), self._fed(start_layer, block_input), self._saved_tensors_copied(), \
+                    self.hook_block_inputs(join, layers=sorted(joins)):
+                out = self.base_model(input_ids=ids, use_cache=True, **kwargs)
+        return out.last_hidden_state
+
+    def _joined_from_start(self, prefix: PrefixState, ids: torch.Tensor, joins: Mapping[int, int],
+                           start_layer: int, block_input: torch.Tensor | None) -> torch.Tensor:
+        """:meth:`continue_joined` for a family without per-layer batches: every row runs from ``start_layer``
+        (rounded down to a start the family allows, where the clean block input is not known, from layer 0)
+        and the rows of a layer are moved to the end of the batch when its block is reached, so site hooks see
+        the same layout."""
+        start = start_layer - start_layer % self.layer_chunk_multiple()
+        feed = block_input if start == start_layer else None
+        start = start if feed is not None else 0
+        total = 1 + sum(joins.values())
+        order = torch.arange(total, device=ids.device)  # batch position -> output row (clean first, then by layer)
+        offsets, first = {}, 1
+        for layer in sorted(joins):
+            offsets[layer], first = first, first + joins[layer]
+
+        def regroup(layer: int, hidden: torch.Tensor) -> torch.Tensor | None:
+            count = joins.get(layer, 0)
+            if not count:
+                return None
+            rows = [i for i in range(total) if not offsets[layer] <= int(order[i]) < offsets[layer] + count]
+            rows += [i for i in range(total) if offsets[layer] <= int(order[i]) < offsets[layer] + count]
+            order.copy_(order[rows])
+            return hidden[rows]
+
+        with self.lock, self.hook_block_inputs(regroup, layers=sorted(joins)):
+            out = self.continue_from(prefix, ids, total, start, None if feed is None else feed.expand(total, -1, -1))
+        return out[torch.argsort(order)]
+
     def _saved_tensors_copied(self):
         """Under autograd, let backward see state tensors as they were when used, though a cached step then
         overwrites them in place (Mamba's conv/SSM states, RWKV's state): copy what autograd saves."""
@@ -203,7 +265,7 @@ class ModelAdapter:
     def _continue_kwargs(self, cache, prefix_len: int, c: int, rows: int, device) -> dict:
         return {"past_key_values": cache}
 
-    def _repeat_cache(self, cache, rows: int):
+    def _repeat_cache(self, cache, rows: int | Sequence[int]):
         return repeat_cache(cache, rows)
 
     def _accepts(self, name: str) -> bool:
@@ -240,24 +302,26 @@ class ModelAdapter:
             yield
 
 
-def repeat_cache(cache, rows: int):
-    """A deep copy of a transformers cache with every cached tensor repeated ``rows`` times on the batch axis
-    (key/value layers and linear-attention conv/recurrent states alike)."""
-    cache = copy.deepcopy(cache)
-    if rows == 1:
-        return cache
-    for layer in cache.layers:
-        for name in ("keys", "values"):
-            tensor = getattr(layer, name, None)
-            if isinstance(tensor, torch.Tensor):
-                setattr(layer, name, tensor.repeat_interleave(rows, dim=0))
-        for name in ("conv_states", "recurrent_states"):
-            states = getattr(layer, name, None)
-            if isinstance(states, dict):
-                for key, tensor in states.items():
-                    if isinstance(tensor, torch.Tensor):
-                        states[key] = tensor.repeat_interleave(rows, dim=0)
-    return cache
+def repeat_cache(cache, rows: int | Sequence[int]):
+    """A transformers cache for a continuation of ``rows`` rows (per layer, when a sequence) that leaves
+    ``cache`` as it was. The prefix's keys and values are shared, not copied: each layer gets a view expanded
+    to its rows (an attention step concatenates them with the new tokens' into a new tensor). Conv and
+    recurrent states, which a step overwrites in place, are repeated copies; every layer object and its dicts
+    are shallow copies, so the counters a step updates are the copy's."""
+    forked = copy.copy(cache)
+    forked.layers = []
+    for index, layer in enumerate(cache.layers):
+        count = rows if isinstance(rows, int) else rows[index]
+        twin = copy.copy(layer)
+        for name, value in vars(layer).items():
+            if name in ("keys", "values") and isinstance(value, torch.Tensor):
+                setattr(twin, name, value.expand(count, *value.shape[1:]))
+            elif isinstance(value, dict):
+                setattr(twin, name, {key: tensor.repeat_interleave(count, dim=0)
+                                     if name in ("conv_states", "recurrent_states") and isinstance(tensor, torch.Tensor)
+                                     else tensor for key, tensor in value.items()})
+        forked.layers.append(twin)
+    return forked
 
 
 def _pre_hook(fn: SiteFn, layer: int):

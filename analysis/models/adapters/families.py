@@ -56,6 +56,7 @@ class RwkvAdapter(ModelAdapter):
     family = "rwkv"
     layouts = {"rwkv": Layout("rwkv.blocks", "feed_forward.value", "input", "feed_forward.value")}
     supports_left_padding = False  # transformers' RWKV ignores attention_mask
+    supports_joins = False  # one state tensor stacks every layer's: one batch size for all
     # transformers 5.23's one-token RWKV step broadcasts the [B, H] shift state against [B, 1, H], which is
     # only right for B = 1: decoding runs one sequence at a time, and continuations re-run two tokens
     # (the multi-token path handles the shift state correctly).
@@ -114,8 +115,9 @@ class GriffinAdapter(ModelAdapter):
 
     def _repeat_cache(self, cache, rows):
         kv, states = cache
-        return repeat_cache(kv, rows), [(conv.repeat_interleave(rows, 0), rec.repeat_interleave(rows, 0))
-                                        for conv, rec in states]
+        per_block = [rows if isinstance(rows, int) else rows[layer] for layer in self.recurrent_layers()]
+        return repeat_cache(kv, rows), [(conv.repeat_interleave(count, 0), rec.repeat_interleave(count, 0))
+                                        for (conv, rec), count in zip(states, per_block)]
 
     def _continue_kwargs(self, cache, prefix_len, c, rows, device):
         kv, states = cache
