@@ -39,12 +39,11 @@ def independent_delta(loaded, items, per_prompt):
 
 @pytest.mark.parametrize("model_type", ["llama", "gpt2", "opt", "mamba", "rwkv", "recurrent_gemma"])
 def test_fast_delta_equals_an_independent_computation_and_the_reference(tiny_loaded, model_type):
-    """max_rows=12 with 5 steps (6 rows per layer with the alpha = 0 row): one layer or a few per pass, so the
-    alpha = 0 row is read from several chunks (RWKV: chunks at multiples of rescale_every)."""
+    """5 Riemann steps with max_rows=5: one layer per gradient pass (RWKV: every row from layer 0)."""
     loaded = tiny_loaded(model_type)
     items = prepare_inputs(loaded, prompts(), "gold")
-    fast = neuron_ig(loaded, items, steps=5, max_rows=12)
-    ref = neuron_ig(loaded, items, steps=5, method="reference")
+    fast = neuron_ig(loaded, items, steps=5, quadrature="riemann", max_rows=5)
+    ref = neuron_ig(loaded, items, steps=5, quadrature="riemann", method="reference")
     expected = independent_delta(loaded, items, fast.per_prompt)
     assert fast.delta.dtype == torch.float32 and fast.delta.shape == (2, loaded.n_layers)
     assert expected.abs().max() > 1e-3  # 5 Riemann steps leave a real error to match
@@ -54,20 +53,25 @@ def test_fast_delta_equals_an_independent_computation_and_the_reference(tiny_loa
                                atol=1e-5)
 
 
-def test_the_alpha_zero_row_counts_against_max_rows(tiny_loaded, monkeypatch):
-    """4 steps with max_rows=8: 5 rows per layer, so one layer per pass (without the extra row it would be two
-    layers, 10 rows)."""
+def test_alpha_zero_rows_skip_the_backward_and_rows_join_at_their_own_layer(tiny_loaded, monkeypatch):
+    """4 Riemann steps: the clean pass runs the clean row and one alpha = 0 row per layer without gradients;
+    the gradient pass carries exactly 4 rows per layer, each joining at its own layer; with max_rows=8, two
+    layers per gradient pass."""
     loaded = tiny_loaded("llama")
     adapter = loaded.adapter
-    seen, original = [], type(adapter).continue_from
+    seen, original = [], type(adapter).continue_joined
 
-    def spy(self, prefix, ids, rows, *args, **kwargs):
-        seen.append(rows)
-        return original(self, prefix, ids, rows, *args, **kwargs)
+    def spy(self, prefix, ids, joins, *args, **kwargs):
+        seen.append((dict(joins), torch.is_grad_enabled()))
+        return original(self, prefix, ids, joins, *args, **kwargs)
 
-    monkeypatch.setattr(type(adapter), "continue_from", spy)
-    neuron_ig(loaded, prepare_inputs(loaded, prompts(1), "gold"), steps=4, max_rows=8)
-    assert seen == [1] + [5] * loaded.n_layers  # the clean pass, then one pass per layer
+    monkeypatch.setattr(type(adapter), "continue_joined", spy)
+    items = prepare_inputs(loaded, prompts(1), "gold")
+    neuron_ig(loaded, items, steps=4, quadrature="riemann")
+    assert seen == [({0: 1, 1: 1}, False), ({0: 4, 1: 4}, True)]
+    seen.clear()
+    neuron_ig(loaded, items, steps=4, quadrature="riemann", max_rows=4)
+    assert seen == [({0: 1, 1: 1}, False), ({0: 4}, True), ({1: 4}, True)]
 
 
 def test_riemann_delta_shrinks_as_one_over_steps(tiny_loaded):
@@ -75,7 +79,7 @@ def test_riemann_delta_shrinks_as_one_over_steps(tiny_loaded):
     0.0057 at 4, 16, 64 steps (x4 steps, /4 error); Gauss-Legendre at 16 steps is far below Riemann at 64."""
     loaded = tiny_loaded("llama")
     items = prepare_inputs(loaded, prompts(), "gold")
-    errors = [float(neuron_ig(loaded, items, steps=s).delta.abs().median()) for s in (4, 16, 64)]
+    errors = [float(neuron_ig(loaded, items, steps=s, quadrature="riemann").delta.abs().median()) for s in (4, 16, 64)]
     assert errors[0] == pytest.approx(0.088, rel=0.05)
     assert 3.5 < errors[0] / errors[1] < 4.5 and 3.5 < errors[1] / errors[2] < 4.5
     gauss = float(neuron_ig(loaded, items, steps=16, quadrature="gauss-legendre").delta.abs().median())
@@ -139,6 +143,7 @@ def test_attribution_page_summarises_the_error(tmp_path_factory, monkeypatch):
     app.selectbox(key="_w_task").set_value("vowel-count")
     app.number_input(key="ig_n").set_value(2)
     app.number_input(key="ig_steps").set_value(1)
+    app.selectbox(key="ig_rule").set_value("riemann")  # the default (adaptive) is complete at any steps
     app.button(key="ig_run").click().run()
     assert not app.exception, [e.value for e in app.exception]
     summary = completeness_summary(app.session_state["ig_result"]["value"]["result"])

@@ -6,7 +6,7 @@ import pytest
 import torch
 from captum.attr import IntegratedGradients
 
-from analysis.attribution import neuron_ig, plan_chunks, prepare_inputs, quadrature, site_scaled_target
+from analysis.attribution import neuron_ig, plan_passes, prepare_inputs, quadrature, site_scaled_target
 from analysis.attribution.neuron_ig import clean_site_activations
 from analysis.errors import PrunescopeError
 from analysis.models.tiny import TINY_FAMILIES
@@ -108,11 +108,11 @@ def test_quadrature_rules():
         quadrature("riemann", 0)
 
 
-def test_plan_chunks():
-    assert plan_chunks(5, 4, 8) == [[0, 1], [2, 3], [4]]
-    assert plan_chunks(5, 20, 8) == [[0], [1], [2], [3], [4]]  # at least one layer per pass
-    assert plan_chunks(13, 2, 20, multiple=6) == [[0, 1, 2, 3, 4, 5], [6, 7, 8, 9, 10, 11], [12]]
-    assert plan_chunks(13, 2, 30, multiple=6) == [list(range(12)), [12]]
+def test_plan_passes():
+    assert plan_passes({0: 4, 1: 4, 2: 4, 3: 4, 4: 4}, 8) == [{0: 4, 1: 4}, {2: 4, 3: 4}, {4: 4}]
+    assert plan_passes({0: 20, 1: 20, 2: 3}, 8) == [{0: 20}, {1: 20}, {2: 3}]  # a layer's rows stay together
+    assert plan_passes({3: 2, 1: 2}, 100) == [{1: 2, 3: 2}]  # layers in order, one pass when they fit
+    assert plan_passes({}, 8) == []
 
 
 def test_bad_requests(tiny_loaded):

@@ -3,13 +3,17 @@
 ``IG_i = a_i * sum_k w_k dF(alpha_k a)/da_i`` where ``a`` is one layer's neuron-site activation at the answer
 position (the last token) and F a target (analysis/attribution/targets.py). Scaling layer l's neurons at
 the last position changes nothing at earlier positions and nothing below layer l, so the fast path runs the
-prefix once, keeps each block's clean input at the last position, and evaluates all (layer, step) rows in a
-few batched passes that start at their own layer (:meth:`ModelAdapter.continue_from`). The reference runs a
-full forward and backward per (layer, step); tests check both agree and that attributions are complete.
+prefix once and then passes in which every (layer, node) row joins the batch at its own layer
+(analysis/attribution/passes.py): a clean pass without gradients (each layer's activation, F(0)) and one
+gradient pass for all nodes. The reference runs a full forward and backward per (layer, node); tests check both
+agree, that the reference agrees with captum, and that attributions are complete.
+
+The default rule is ``adaptive`` (analysis/attribution/adaptive.py): Gauss-Legendre where F is smooth, a
+composite rule checked interval by interval where it is not (SmolLM2's layer 0, every layer of Gemma 3).
+``riemann`` (the paper's choice, 2410.01288) and ``gauss-legendre`` stay as options.
 
 Completeness says ``sum_i IG_i = F(a) - F(0)``; every result carries its error per prompt and layer
-(:attr:`NeuronIGResult.delta`), so a page can warn when the quadrature is too coarse. The fast path gets
-``F(0)`` from one extra alpha = 0 row per layer in the batched passes (weight 0: it adds no gradient).
+(:attr:`NeuronIGResult.delta`), so a page can warn when the quadrature is too coarse.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from analysis.attribution.adaptive import adaptive_ig
+from analysis.attribution.passes import clean_pass, gradient_pass
 from analysis.attribution.quadrature import Quadrature, check_quadrature
 from analysis.attribution.quadrature import quadrature as quadrature_rule
 from analysis.attribution.targets import AttributionInput, TargetKind
@@ -50,10 +56,12 @@ class NeuronIGResult:
         return self.per_prompt.mean(dim=0)
 
 
-def neuron_ig(loaded: LoadedModel, inputs: Sequence[AttributionInput], steps: int = 20,
-              quadrature: str = "riemann", method: str = "fast", max_rows: int = 160,
+def neuron_ig(loaded: LoadedModel, inputs: Sequence[AttributionInput], steps: int = 4,
+              quadrature: str = "adaptive", method: str = "fast", max_rows: int = 320,
               progress: Callable[[int, int], None] | None = None) -> NeuronIGResult:
-    """All-layer neuron IG for each prepared input (see the module docstring)."""
+    """All-layer neuron IG for each prepared input (see the module docstring). ``steps``: the fixed rules'
+    nodes; with ``adaptive``, the Gauss-Legendre nodes of its smooth layers. ``max_rows``: the most gradient
+    rows one pass carries (memory); more make several passes, with the same result."""
     if method not in METHODS:
         raise PrunescopeError(f"unknown IG method {method!r}: use {' or '.join(METHODS)}")
     if not inputs:
@@ -61,22 +69,34 @@ def neuron_ig(loaded: LoadedModel, inputs: Sequence[AttributionInput], steps: in
     widths = loaded.adapter.neuron_counts()
     if len(set(widths)) != 1:
         raise PrunescopeError("neuron IG needs the same neuron count in every layer")
-    alphas, weights = quadrature_rule(quadrature, steps)
-    rule = check_quadrature(quadrature)  # valid: quadrature_rule accepted it
-    run_one = _fast_one if method == "fast" else _reference_one
-    rows, clean, zeros = [], [], []
+    rule = check_quadrature(quadrature)
+    fixed = None if rule == "adaptive" else quadrature_rule(rule, steps)
+    if steps < 1:
+        raise PrunescopeError(f"IG needs at least 1 step (got {steps})")
+    rows, clean, zeros, evaluations = [], [], [], []
     for i, item in enumerate(inputs):
         with loaded.lock:  # per prompt: other sessions' work interleaves with a long job
-            ig, f, f_zero = run_one(loaded, item, alphas, weights, max_rows)
+            if fixed is None:
+                run = adaptive_ig(loaded, item, steps, max_rows)
+                ig, f, f_zero, layer_rules, counts = run.ig, run.f_clean, run.f_zero, run.rules, run.evaluations
+            else:
+                layer_rules = [fixed] * loaded.n_layers
+                counts = [len(fixed[0])] * loaded.n_layers
+                if method == "fast":
+                    ig, f, f_zero = _fast_fixed(loaded, item, *fixed, max_rows)
+            if method == "reference":
+                ig, f, f_zero = _reference_one(loaded, item, layer_rules)
         rows.append(ig)
         clean.append(f)
         zeros.append(f_zero)
+        evaluations.append(sum(counts) / len(counts))
         if progress:
             progress(i + 1, len(inputs))
     per_prompt = torch.stack(rows).float().cpu()
     f_clean = torch.tensor(clean)
-    return NeuronIGResult(per_prompt, list(inputs), inputs[0].target.kind, steps, rule, f_clean,
-                          meta={"method": method}, delta=completeness_delta(per_prompt, f_clean, torch.stack(zeros)))
+    meta = {"method": method, "evaluations_per_layer": sum(evaluations) / len(evaluations)}
+    return NeuronIGResult(per_prompt, list(inputs), inputs[0].target.kind, steps, rule, f_clean, meta=meta,
+                          delta=completeness_delta(per_prompt, f_clean, torch.stack(zeros)))
 
 
 def completeness_delta(per_prompt: torch.Tensor, f_clean: torch.Tensor, f_zero: torch.Tensor) -> torch.Tensor:
@@ -105,56 +125,18 @@ def _last_row(activation: torch.Tensor) -> torch.Tensor:
     return activation.reshape(-1, activation.shape[-1])[-1]
 
 
-def _fast_one(loaded: LoadedModel, item: AttributionInput, alphas: torch.Tensor, weights: torch.Tensor,
-              max_rows: int) -> tuple[torch.Tensor, float, torch.Tensor]:
-    """(IG [layers, neurons], F(a), F(0) per layer); each layer's rows are its m steps then alpha = 0."""
-    adapter, device = loaded.adapter, loaded.device
-    ids = torch.tensor([item.input_ids], device=device)
-    c = adapter.continuation_tokens
-    if ids.shape[1] <= c:
-        raise PrunescopeError(f"prompt {item.text!r} is too short to attribute (needs more than {c} tokens)")
-    block_in: dict[int, torch.Tensor] = {}
-    acts: dict[int, torch.Tensor] = {}
-    with torch.no_grad():
-        prefix = adapter.run_prefix(ids[:, :-c])
-        with adapter.hook_block_inputs(lambda layer, h: block_in.__setitem__(layer, h.detach())), \
-                adapter.hook_sites(lambda layer, a: acts.__setitem__(layer, _last_row(a).detach())):
-            hidden = adapter.continue_from(prefix, ids[:, -c:], rows=1)
-        f_clean = float(item.target.value(loaded, hidden[:, -1])[0])
-    m = len(alphas) + 1  # the quadrature's steps and one alpha = 0 row, weight 0, for F(0)
-    alphas = torch.cat([alphas, alphas.new_zeros(1)]).to(device=device, dtype=loaded.dtype)
-    weights = torch.cat([weights, weights.new_zeros(1)]).to(device=device, dtype=torch.float32)
-    ig = torch.zeros(adapter.n_layers, adapter.neuron_counts()[0], device=device)
-    f_zero = torch.zeros(adapter.n_layers, dtype=torch.float64)
-    for chunk in plan_chunks(adapter.n_layers, m, max_rows, adapter.layer_chunk_multiple()):
-        rows = len(chunk) * m
-        scaled = {layer: (alphas[:, None] * acts[layer][None]).requires_grad_(True) for layer in chunk}
-
-        def replace(layer: int, activation: torch.Tensor, rows: int = rows, chunk: list[int] = chunk,
-                    scaled: dict[int, torch.Tensor] = scaled) -> torch.Tensor:  # this chunk's, bound now
-            out = activation.reshape(rows, c, activation.shape[-1]).clone()
-            first = chunk.index(layer) * m
-            out[first:first + m, -1] = scaled[layer]
-            return out.reshape(activation.shape)
-
-        with torch.enable_grad(), adapter.hook_sites(replace, layers=chunk):
-            hidden = adapter.continue_from(prefix, ids[:, -c:], rows, start_layer=chunk[0],
-                                           block_input=block_in[chunk[0]].expand(rows, -1, -1))
-            f = item.target.value(loaded, hidden[:, -1])
-            grads = torch.autograd.grad(f.sum(), [scaled[layer] for layer in chunk])
-        zero_rows = f.detach()[m - 1::m].double().cpu()
-        for index, (layer, grad) in enumerate(zip(chunk, grads)):
-            ig[layer] = acts[layer].float() * (weights[:, None] * grad.float()).sum(dim=0)
-            f_zero[layer] = zero_rows[index]
-    return ig.cpu(), f_clean, f_zero
-
-
-def plan_chunks(n_layers: int, steps: int, max_rows: int, multiple: int = 1) -> list[list[int]]:
-    """Consecutive layer groups of at most ``max_rows`` (layer, step) rows (at least one layer each); every
-    group starts at a multiple of ``multiple`` (RWKV's rescaling points)."""
-    per_chunk = max(1, max_rows // steps)
-    per_chunk = max(multiple, per_chunk - per_chunk % multiple)
-    return [list(range(start, min(start + per_chunk, n_layers))) for start in range(0, n_layers, per_chunk)]
+def _fast_fixed(loaded: LoadedModel, item: AttributionInput, alphas: torch.Tensor, weights: torch.Tensor,
+                max_rows: int) -> tuple[torch.Tensor, float, torch.Tensor]:
+    """(IG [layers, neurons], F(a), F(0) per layer) with one rule at every layer: F(0) from the clean pass
+    (no backward), the nodes' gradients from one gradient pass (or a few, within ``max_rows``)."""
+    n_layers = loaded.adapter.n_layers
+    zero = torch.zeros(1, dtype=torch.float64)
+    prompt, values = clean_pass(loaded, item, {layer: zero for layer in range(n_layers)}, max_rows)
+    grads = gradient_pass(loaded, prompt, {layer: alphas for layer in range(n_layers)}, max_rows)
+    weights = weights.to(device=loaded.device, dtype=torch.float32)
+    ig = torch.stack([prompt.acts[layer].float() * (weights[:, None] * grads[layer][0]).sum(dim=0)
+                      for layer in range(n_layers)])
+    return ig.cpu(), prompt.f_clean, torch.cat([values[layer] for layer in range(n_layers)])
 
 
 def site_scaled_target(loaded: LoadedModel, item: AttributionInput, layer: int, alpha: torch.Tensor,
@@ -185,9 +167,10 @@ def clean_site_activations(loaded: LoadedModel, item: AttributionInput) -> list[
     return [acts[layer] for layer in range(loaded.adapter.n_layers)]
 
 
-def _reference_one(loaded: LoadedModel, item: AttributionInput, alphas: torch.Tensor, weights: torch.Tensor,
-                   max_rows: int) -> tuple[torch.Tensor, float, torch.Tensor]:
-    """One layer at a time, one full forward and backward per quadrature step (and one at alpha = 0)."""
+def _reference_one(loaded: LoadedModel, item: AttributionInput, rules: Sequence[tuple[torch.Tensor, torch.Tensor]]
+                   ) -> tuple[torch.Tensor, float, torch.Tensor]:
+    """One layer at a time, one full forward and backward per node of that layer's rule (and one forward at
+    alpha = 0)."""
     acts = clean_site_activations(loaded, item)
     with torch.no_grad():
         f_clean = float(site_scaled_target(loaded, item, 0, torch.tensor(1.0, dtype=loaded.dtype), acts[0]))
@@ -195,7 +178,7 @@ def _reference_one(loaded: LoadedModel, item: AttributionInput, alphas: torch.Te
         f_zero = torch.tensor([float(site_scaled_target(loaded, item, layer, zero, activation))
                                for layer, activation in enumerate(acts)], dtype=torch.float64)
     ig = torch.zeros(len(acts), acts[0].shape[-1])
-    for layer, activation in enumerate(acts):
+    for layer, (activation, (alphas, weights)) in enumerate(zip(acts, rules)):
         total = torch.zeros_like(activation, dtype=torch.float32)
         for alpha, weight in zip(alphas.tolist(), weights.tolist()):
             point = (alpha * activation).requires_grad_(True)

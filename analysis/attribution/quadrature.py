@@ -9,7 +9,7 @@ import torch
 
 from analysis.errors import PrunescopeError, check_choice
 
-Quadrature = Literal["riemann", "gauss-legendre"]
+Quadrature = Literal["adaptive", "riemann", "gauss-legendre"]
 QUADRATURES: tuple[Quadrature, ...] = get_args(Quadrature)
 
 
@@ -22,11 +22,15 @@ def quadrature(method: str, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(alphas, weights) as float64 tensors.
 
     ``riemann`` is the right Riemann sum: alpha_k = k/m, w_k = 1/m for k = 1..m. ``gauss-legendre`` maps the
-    m-point Legendre rule from [-1, 1] to [0, 1] (as captum's ``gausslegendre``).
+    m-point Legendre rule from [-1, 1] to [0, 1] (as captum's ``gausslegendre``). ``adaptive`` chooses its
+    nodes per prompt and layer (analysis/attribution/adaptive.py): it has no fixed rule.
     """
     if steps < 1:
         raise PrunescopeError(f"IG needs at least 1 step (got {steps})")
-    if check_quadrature(method) == "riemann":
+    rule = check_quadrature(method)
+    if rule == "adaptive":
+        raise PrunescopeError("the adaptive quadrature chooses its nodes per prompt and layer; it has no fixed rule")
+    if rule == "riemann":
         alphas = torch.arange(1, steps + 1, dtype=torch.float64) / steps
         return alphas, torch.full((steps,), 1.0 / steps, dtype=torch.float64)
     nodes, weights = np.polynomial.legendre.leggauss(steps)  # gauss-legendre
