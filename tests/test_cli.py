@@ -136,6 +136,12 @@ def test_copying_neurons_then_prune_eval(capsys, tiny_dirs, tmp_path):
     assert len(table) == 3 * (2 + 5)  # baseline, pruned and five random controls by default
     assert set(table.condition) == {"baseline", "pruned", *(f"random-{s}" for s in range(5))}
     assert "Against random masks of the same size:" in out and "1-shot, all tasks" in out
+    apart = tmp_path / "apart.csv"  # one pass per condition (recomputed, not read from the cache): the same rows
+    code, out, err = run(capsys, "prune-eval", "--model", tiny_dirs["gpt2"], "--mask", str(mask_path), "--tasks",
+                         "antonyms", "--shots", "1", "--n", "3", "--records", str(apart), "--separate-conditions",
+                         "--no-cache")
+    assert code == 0, err
+    assert apart.read_bytes() == records.read_bytes()
 
 
 def test_task_vectors_json(capsys, tiny_dirs, tmp_path):

@@ -187,17 +187,21 @@ def test_confidence_neurons(tiny_loaded):
         confidence_neurons(loaded, task, layer=7, percent=10)
 
 
-def test_prune_eval_progress_is_one_rising_bar_and_a_stop_ends_the_work_within_a_batch(tiny_loaded):
+@pytest.mark.parametrize("one_batch", [True, False])
+def test_prune_eval_progress_is_one_rising_bar_and_a_stop_ends_the_work_within_a_batch(tiny_loaded, one_batch):
     loaded = tiny_loaded("llama")
     tasks = [builtin_tasks()["antonyms"], builtin_tasks()["to-upper"]]
     mask = NeuronMask.from_pairs([(0, i) for i in range(8)])
     reports = []
-    prune_eval(loaded, mask, tasks, shots=(1,), n=6, random_controls=2, resamples=200,
+    prune_eval(loaded, mask, tasks, shots=(1,), n=6, random_controls=2, resamples=200, one_batch=one_batch,
                progress=lambda done, total: reports.append((done, total)))
     totals = {total for _, total in reports}
     assert totals == {2 * (1 + 1 + 2) * 6}  # known up front, in prompts
     assert [d for d, _ in reports] == sorted(d for d, _ in reports) and reports[-1][0] == 48  # never back
-    assert len(reports) > 2 * (1 + 1 + 2)  # reported within evaluations (per batch), not only after each
+    if one_batch:  # a task's 6 prompts under all 4 conditions are one batch: reported after each
+        assert reports == [(24, 48), (48, 48)]
+    else:
+        assert len(reports) > 2 * (1 + 1 + 2)  # reported within evaluations (per batch), not only after each
 
     class Stop(Exception):
         pass
@@ -211,7 +215,7 @@ def test_prune_eval_progress_is_one_rising_bar_and_a_stop_ends_the_work_within_a
     try:
         with pytest.raises(Stop):
             prune_eval(loaded, mask, [builtin_tasks()["country-capital"]], shots=(1,), n=40, random_controls=2,
-                       progress=stop_after_first_batch)
+                       progress=stop_after_first_batch, one_batch=one_batch)
         until_stop = len(forwards)
         forwards.clear()
         evaluate_task(loaded, builtin_tasks()["country-capital"], 1, 40, seed=0)  # one whole evaluation

@@ -70,6 +70,9 @@ def register(commands) -> None:
     pe.add_argument("--random-controls", type=bounded("controls"), default=5,
                     help="random masks of the same size and layer distribution (seeds 0..R-1)")
     pe.add_argument("--seed", type=bounded("seed"), default=0)
+    pe.add_argument("--separate-conditions", action="store_true",
+                    help="one pass per condition, instead of unpruned, pruned and the random masks as rows of one "
+                         "batch (the same numbers where the kernels are batch-invariant, as on CPU)")
     pe.add_argument("--flipped", type=output_file(), help="also write the flipped examples to this CSV file")
     pe.add_argument("--records", type=output_file(),
                     help="also write one CSV row per prompt and condition to this file")
@@ -202,7 +205,8 @@ def cmd_prune_eval(args: argparse.Namespace) -> int:
     with ray_pool(args) as pool:  # connected before the bar starts: a bad address is one clean line
         with progress_bar("prune-eval", unit="prompt") as progress:
             result = prune_eval(loaded, mask, tasks, args.shots, args.n, args.random_controls, args.seed,
-                                cache=results_cache(args), progress=progress, pool=pool)
+                                cache=results_cache(args), progress=progress, pool=pool,
+                                one_batch=not args.separate_conditions)
     if args.flipped:
         with open(args.flipped, "w", newline="", encoding="utf-8") as handle:
             handle.write(safe_csv(result.flipped))

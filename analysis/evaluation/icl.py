@@ -155,6 +155,13 @@ def is_evaluated(loaded: LoadedModel, task: Task, shots: int, n: int, seed: int,
 def _evaluate(loaded, task, shots, n, seed, mask, batch_size, progress) -> EvalResult:
     prompts = task.sample_prompts(shots, n, seed)
     predictions = generate_answers(loaded, prompts, task, mask=mask, batch_size=batch_size, progress=progress)
+    return eval_result(loaded, task, shots, seed, prompts, predictions, mask)
+
+
+def eval_result(loaded: LoadedModel, task: Task, shots: int, seed: int, prompts: Sequence[Prompt],
+                predictions: Sequence[str], mask: NeuronMask | None) -> EvalResult:
+    """The EvalResult of ``prompts`` answered ``predictions`` under ``mask`` (shared by every evaluation path,
+    so a result is the same object whichever path computed it)."""
     records = pd.DataFrame([{"prompt": prompt.text, "query": prompt.query, "gold": prompt.gold,
                              "prediction": prediction, "demo_outputs": list(prompt.demo_outputs)}
                             for prompt, prediction in zip(prompts, predictions)])
@@ -178,29 +185,44 @@ def generate_answers(loaded: LoadedModel, prompts: Sequence[Prompt], task: Task,
     ``intervention`` returns a context manager (e.g. hooks) entered around each batch's generation, under the
     model lock. The lock, the mask and the intervention are taken per batch, so other sessions interleave.
     """
-    if batch_size < 1:
-        raise PrunescopeError(f"batch size must be at least 1 (got {batch_size})")
-    tok = loaded.tokenizer
-    encoded = [tok(p.text).input_ids for p in prompts]
+    encoded, budget = encode_prompts(loaded, prompts, task)
+    answers: list[str] = [""] * len(prompts)
+    done = 0
+    for batch in prompt_batches(loaded, encoded, batch_size):
+        with loaded.session(mask), (intervention() if intervention else nullcontext()):
+            texts = generate_batch(loaded, [encoded[i] for i in batch], budget, task.delimiter)
+        for i, text in zip(batch, texts):
+            answers[i] = answer_text(text, task.delimiter)
+        done += len(batch)
+        if progress:
+            progress(done, len(prompts))
+    return answers
+
+
+def encode_prompts(loaded: LoadedModel, prompts: Sequence[Prompt], task: Task) -> tuple[list[list[int]], int]:
+    """The prompts' token ids and the answer token budget; a prompt that leaves no room for it is refused."""
+    encoded = [loaded.tokenizer(p.text).input_ids for p in prompts]
     budget = answer_token_budget(loaded, task)
     limit = loaded.adapter.max_context()
     longest = max(len(ids) for ids in encoded)
     if limit is not None and longest + budget > limit:
         raise PromptTooLongError(f"prompt of {longest} tokens plus {budget} answer tokens exceeds the model's "
                                  f"context of {limit}; use fewer shots")
-    answers: list[str] = [""] * len(prompts)
-    done = 0
+    return encoded, budget
+
+
+def prompt_batches(loaded: LoadedModel, encoded: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
+    """The prompt batches every evaluation of ``encoded`` uses (the family's decode cap and padding rule)."""
+    if batch_size < 1:
+        raise PrunescopeError(f"batch size must be at least 1 (got {batch_size})")
     adapter = loaded.adapter
     size = min(batch_size, adapter.max_decode_batch or batch_size)
-    for batch in plan_batches([len(ids) for ids in encoded], size, adapter.supports_left_padding):
-        with loaded.session(mask), (intervention() if intervention else nullcontext()):
-            texts = _generate_batch(loaded, [encoded[i] for i in batch], budget, task.delimiter)
-        for i, text in zip(batch, texts):
-            answers[i] = text.split(task.delimiter)[0].strip()
-        done += len(batch)
-        if progress:
-            progress(done, len(prompts))
-    return answers
+    return plan_batches([len(ids) for ids in encoded], size, adapter.supports_left_padding)
+
+
+def answer_text(generated: str, delimiter: str) -> str:
+    """The prediction in a generated continuation: the text before the delimiter, trimmed."""
+    return generated.split(delimiter)[0].strip()
 
 
 def plan_batches(lengths: Sequence[int], batch_size: int, allow_padding: bool) -> list[list[int]]:
@@ -242,7 +264,8 @@ class _DelimiterStop(StoppingCriteria):
         return self.done
 
 
-def _generate_batch(loaded: LoadedModel, batch: list[list[int]], budget: int, delimiter: str) -> list[str]:
+def generate_batch(loaded: LoadedModel, batch: list[list[int]], budget: int, delimiter: str) -> list[str]:
+    """Greedy continuations of the left-padded ``batch`` (the caller holds the lock and sets any hooks)."""
     from transformers import GenerationConfig
 
     tok = loaded.tokenizer

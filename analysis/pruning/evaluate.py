@@ -10,6 +10,7 @@ import pandas as pd
 
 from analysis.bounds import check
 from analysis.cache import ResultsCache
+from analysis.evaluation.conditions import evaluate_conditions
 from analysis.evaluation.icl import EvalResult, evaluate_task, is_evaluated, store_evaluation
 from analysis.evaluation.paired import (
     AVERAGE,
@@ -130,11 +131,14 @@ class PruneEvalResult:
 def prune_eval(loaded: LoadedModel, mask: NeuronMask | None, tasks: Sequence[Task], shots: Sequence[int] = (1, 2, 4),
                n: int = 50, random_controls: int = 5, seed: int = 0, cache: ResultsCache | None = None,
                progress: Callable[[int, int], None] | None = None, resamples: int = RESAMPLES,
-               pool=None) -> PruneEvalResult:
+               pool=None, one_batch: bool = True) -> PruneEvalResult:
     """Evaluate every task at every shot count without the mask, with it, and with ``random_controls``
     random masks (seeds 0..R-1) of the same size and layer distribution; the same prompts throughout.
-    ``mask=None`` evaluates the unpruned model only (no comparisons). With ``pool`` (a Ray
-    :class:`analysis.distributed.ModelPool`) the evaluations not in ``cache`` run on its actors, one each."""
+    ``mask=None`` evaluates the unpruned model only (no comparisons). With ``one_batch`` (the default) the
+    conditions of a task and shot count not in ``cache`` run as rows of one batch, each row with its own mask
+    (:func:`analysis.evaluation.conditions.evaluate_conditions`: the same results, fewer forwards); without
+    it, one pass per condition. With ``pool`` (a Ray :class:`analysis.distributed.ModelPool`) the evaluations
+    not in ``cache`` run on its actors, one each."""
     check("controls", random_controls)
     if mask is not None:
         mask.validate(loaded.adapter.neuron_counts())
@@ -146,8 +150,15 @@ def prune_eval(loaded: LoadedModel, mask: NeuronMask | None, tasks: Sequence[Tas
     # progress in prompts, over the whole job (total known up front, never going back), reported after every
     # batch: in the app each report is also where a Cancel stops the run, so it stops within one batch
     done, total = 0, len(jobs) * n
-    if pool is None:
-        results = []
+    results: list[EvalResult] = []
+    if pool is None and one_batch:
+        for task in tasks:
+            for k in shots:
+                step = None if progress is None else (lambda d, _t, start=done: progress(start + d, total))
+                results += evaluate_conditions(loaded, task, k, n, [m for _, m in conditions], seed=seed,
+                                               cache=cache, progress=step)
+                done += len(conditions) * n
+    elif pool is None:
         for task, k, _, m in jobs:
             step = None if progress is None else (lambda d, _t, start=done: progress(start + d, total))
             results.append(evaluate_task(loaded, task, k, n, seed=seed, mask=m, cache=cache, progress=step))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,3 +142,38 @@ class NeuronMask:
         except OSError as exc:
             raise PrunescopeError(f"{what}: cannot be read ({exc.strerror or type(exc).__name__})") from None
         return cls.from_bytes(data, what)
+
+
+@contextmanager
+def applied_per_row(loaded: LoadedModel, masks: Sequence[NeuronMask | None], rows_each: int) -> Iterator[None]:
+    """Apply ``masks[i]`` to batch rows ``i * rows_each`` to ``(i + 1) * rows_each - 1`` of ``loaded``'s forward
+    passes while open (None or an empty mask: those rows run unpruned), holding the model's lock.
+
+    Several conditions then run as rows of one batch. Each hooked layer gets a [rows, neurons] drop table and
+    every row's activation is zeroed where its own row says so: ``masked_fill`` of exact zeros, the values
+    :meth:`NeuronMask.applied` writes (a multiply by a 0/1 keep-vector would give -0.0 and NaN for negative
+    and infinite activations); rows not dropping a neuron keep their values bit for bit."""
+    adapter = loaded.adapter
+    counts = adapter.neuron_counts()
+    drop: dict[int, torch.Tensor] = {}
+    for row, mask in enumerate(masks):
+        if mask is None:
+            continue
+        mask.validate(counts)
+        for layer, ids in mask.by_layer().items():
+            if layer not in drop:
+                drop[layer] = torch.zeros(len(masks), counts[layer], dtype=torch.bool)
+            drop[layer][row, ids] = True
+    rows = len(masks) * rows_each
+    table = {layer: t.repeat_interleave(rows_each, dim=0).to(loaded.device) for layer, t in drop.items()}
+
+    def zero(layer: int, activation: torch.Tensor) -> torch.Tensor:
+        # [rows, tokens, neurons], or [rows * tokens, neurons] where a family flattens the batch first (OPT)
+        if activation.shape[0] % rows or activation.dim() > 2 and activation.shape[0] != rows:
+            raise ValueError(f"per-row masks for {rows} rows, but layer {layer} ran a batch of "
+                             f"{activation.shape[0]}")
+        grouped = activation.reshape(rows, -1, activation.shape[-1])
+        return grouped.masked_fill(table[layer][:, None, :], 0.0).view(activation.shape)
+
+    with loaded.lock, adapter.hook_sites(zero, layers=sorted(table)):
+        yield

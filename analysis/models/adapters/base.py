@@ -73,6 +73,7 @@ class ModelAdapter:
     state_updated_in_place: bool = False  # does a cached step overwrite state tensors autograd still needs?
     indexes_layer_types: bool = False  # does the forward read config.layer_types[i] for its i-th block?
     supports_joins: bool = True  # can each layer's cache hold its own batch (rows joining at their own layer)?
+    batch_invariant: bool = True  # does a row compute the same bits whatever other rows share its batch?
 
     def __init__(self, model: PreTrainedModel):
         self.model = model

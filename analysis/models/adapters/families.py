@@ -50,6 +50,10 @@ class MambaAdapter(ModelAdapter):
 class Mamba2Adapter(MambaAdapter):
     family = "mamba2"
     layouts = {"mamba2": Layout("backbone.layers", "mixer.out_proj", "input", "mixer.out_proj")}
+    # the step sizes are a [batch, tokens, heads] tensor with few heads: its last elements go through PyTorch's
+    # scalar tail loop (softplus, exp), whose last bit can differ from the vectorised body's, and which elements
+    # fall there depends on the batch's height; so conditions are not stacked in one batch (conditions.py)
+    batch_invariant = False
 
 
 class RwkvAdapter(ModelAdapter):
