@@ -73,7 +73,7 @@ class TaskVectorDefaults(TypedDict):
 
 
 # copying scores on the pruning page: IG run (n, shots, steps), target (copy | copy-prob), prompts (all | copied)
-SCORING: Scoring = {"n": 32, "shots": 4, "steps": 20, "target": "copy", "prompts": "all"}
+SCORING: Scoring = {"n": 32, "shots": 4, "steps": 4, "target": "copy", "prompts": "all"}
 # every setting a link restores (the copying-score and selection settings too: with k they define the mask;
 # "upload" is the file name of an uploaded task, which a link can name but not carry)
 SETTINGS: Settings = {
@@ -84,7 +84,7 @@ SETTINGS: Settings = {
     "prune": 0, "text": "a:3 b:5 c:1 d:7 | b:5 a:", "form": "", "reduce": "mean", "beside": ""}
 PRUNE_TASKS = (f"{COPYING_TASK}[heldout]", *DEV_TASKS)  # the pruning page's default tasks (held-out copying split)
 PRUNE_CONTROLS = 3  # random-mask seeds on the pruning page (its minimum too: one seed shows no spread)
-ATTRIBUTION: AttributionDefaults = {"target": "copy", "n": 8, "steps": 20, "quadrature": "riemann"}  # its page
+ATTRIBUTION: AttributionDefaults = {"target": "copy", "n": 8, "steps": 4, "quadrature": "adaptive"}  # its page
 TASK_VECTORS: TaskVectorDefaults = {"n": 40, "dummies": 2}  # the task-vector page (unpruned, and pruned with the mask)
 
 

@@ -62,7 +62,8 @@ def run_model(name: str, args, cache: ResultsCache) -> list[str]:
         options = OPTIONS[label]
         bar = tqdm(desc=f"{name} {label}: IG", unit="prompt", leave=False, file=sys.stderr)
         try:
-            scored = copying_scores(loaded, n=args.score_n, shots=4, steps=args.steps, cache=cache,
+            scored = copying_scores(loaded, n=args.score_n, shots=4, steps=args.steps,
+                                    quadrature=args.quadrature, cache=cache,
                                     progress=lambda d, t: bar.update(d - bar.n), **options)
         except PrunescopeError as exc:  # e.g. 'copied' on a model that never copies on these prompts
             print(f"\n[{name} / {label}] {exc}", flush=True)
@@ -113,7 +114,9 @@ def main() -> None:
     parser.add_argument("--models", default="default,gemma3-270m")
     parser.add_argument("--options", default="default,copied", help="scoring option sets: default, copied, paper")
     parser.add_argument("--score-n", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=4, help="IG nodes (adaptive: of its smooth layers)")
+    parser.add_argument("--quadrature", default="adaptive", help="adaptive (default), riemann (the paper's), "
+                                                                 "gauss-legendre")
     parser.add_argument("--sweep-n", type=int, default=80)
     parser.add_argument("--n", type=int, default=80)
     parser.add_argument("--shots", default="1,2")
@@ -134,7 +137,8 @@ def main() -> None:
     cache = ResultsCache()
     print(f"copying bench: eval tasks {', '.join(args.tasks)}; {args.n} prompts each at {args.shots} shots; "
           f"{args.controls} random controls; sweep on the held-out copying split + {', '.join(DEV_TASKS)} "
-          f"({args.sweep_n} prompts, 2-shot); scores from {args.score_n} prompts, {args.steps} IG steps")
+          f"({args.sweep_n} prompts, 2-shot); scores from {args.score_n} prompts, IG {args.quadrature} "
+          f"({args.steps} steps)")
     header = ("| model | options | k | shots | n | accuracy (unpruned / pruned / random) | copy errors | echoes "
               "| d_acc vs unpruned, points [95 % CI] | d_copy vs unpruned | d_acc vs random |")
     rows, lasts = [], []

@@ -110,3 +110,12 @@ def test_adaptive_where_fixed_rules_fail(tiny_loaded):
         reference, _, _ = _reference_one(loaded, items[0], [rule] * loaded.n_layers)
     assert rel_err(result.per_prompt[0], reference) < 1e-2
     assert rel_err(gauss.per_prompt[0], reference) > 5 * rel_err(result.per_prompt[0], reference)
+
+
+def test_cost_units_count_the_adaptive_rule_as_its_measured_cost():
+    """Cost estimates are in prompt-steps of a fixed rule; the adaptive rule's ``steps`` (its smooth layers'
+    nodes) would understate it about 5x."""
+    from analysis.attribution.quadrature import ADAPTIVE_COST_STEPS, cost_units
+
+    assert cost_units(3, 4, "riemann") == 12 and cost_units(3, 4, "gauss-legendre") == 12
+    assert cost_units(3, 4, "adaptive") == 3 * ADAPTIVE_COST_STEPS == 60

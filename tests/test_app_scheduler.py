@@ -34,6 +34,7 @@ def captions(at) -> list[str]:
 def attribute(at, n: int, steps: int):
     at.number_input(key="ig_n").set_value(n)
     at.number_input(key="ig_steps").set_value(steps)
+    at.selectbox(key="ig_rule").set_value("riemann")  # a fixed rule: cost in prompts x steps
     _ok(at.run())
     at.button(key="ig_run").click()
     return _ok(at.run())

@@ -11,6 +11,14 @@ from analysis.errors import PrunescopeError, check_choice
 
 Quadrature = Literal["adaptive", "riemann", "gauss-legendre"]
 QUADRATURES: tuple[Quadrature, ...] = get_args(Quadrature)
+# what one prompt of the adaptive rule costs, in prompt-steps of a fixed rule: it took 0.8x the time of
+# Riemann-20 on SmolLM2 and more on Gemma 3 (bench/ig_bench.py), so 20 errs on the cheap side for SmolLM2
+ADAPTIVE_COST_STEPS = 20
+
+
+def cost_units(n: int, steps: int, method: str) -> int:
+    """Prompt-steps of IG work (the unit cost estimates are measured in): ``n * steps`` for a fixed rule."""
+    return n * (ADAPTIVE_COST_STEPS if method == "adaptive" else steps)
 
 
 def check_quadrature(name: str) -> Quadrature:

@@ -83,8 +83,10 @@ def register(commands) -> None:
 
 
 def _ig_args(parser, quadratures, n: int) -> None:
-    parser.add_argument("--steps", type=bounded("steps"), default=20)
-    parser.add_argument("--quadrature", choices=quadratures, default="riemann")
+    parser.add_argument("--steps", type=bounded("steps"), default=4,
+                        help="nodes of the fixed rules; adaptive: the Gauss-Legendre nodes of its smooth layers")
+    parser.add_argument("--quadrature", choices=quadratures, default="adaptive",
+                        help="adaptive (default: right at every layer), riemann (the paper's), gauss-legendre")
     parser.add_argument("--n", type=bounded("ig_n"), default=n, help="number of prompts")
     parser.add_argument("--shots", type=bounded("shots"), default=4)
     parser.add_argument("--seed", type=bounded("seed"), default=0)

@@ -35,7 +35,7 @@ class ConfidenceNeurons:
 
 
 def confidence_scores(loaded: LoadedModel, task: Task, n: int = 64, shots: int = 4, seed: int = 0,
-                      steps: int = 20, quadrature: str = "riemann", min_prob: float = 0.5,
+                      steps: int = 4, quadrature: str = "adaptive", min_prob: float = 0.5,
                       cache: ResultsCache | None = None,
                       progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, int]:
     """(mean confidence-target IG [layers, neurons] over the confidently answered prompts, their count)."""

@@ -74,8 +74,8 @@ def normalized_copy_scores(result: NeuronIGResult, used: Sequence[bool] | None =
     return (per_prompt / total).mean(dim=0)
 
 
-def copying_scores(loaded: LoadedModel, n: int = 64, shots: int = 4, seed: int = 0, steps: int = 20,
-                   quadrature: str = "riemann", target: str = "copy", prompts: str = "all",
+def copying_scores(loaded: LoadedModel, n: int = 64, shots: int = 4, seed: int = 0, steps: int = 4,
+                   quadrature: str = "adaptive", target: str = "copy", prompts: str = "all",
                    cache: ResultsCache | None = None, progress: Callable[[int, int], None] | None = None,
                    compute_missing: bool = True, pool=None) -> CopyingScores | None:
     """Copying scores from the copying task's fit split (module docstring); None when ``compute_missing`` is

@@ -4,6 +4,7 @@ import streamlit as st
 
 from analysis.attribution import QUADRATURES, TARGETS, attribute_task
 from analysis.attribution.neuron_ig import COMPLETENESS_WARN, completeness_summary
+from analysis.attribution.quadrature import cost_units
 from analysis.attribution.summary import top_neurons
 from analysis.cache import ResultsCache, task_fingerprint
 from analysis.device import dtype_name
@@ -32,7 +33,8 @@ with present.controls():
     shots = state.bound(col_shots.number_input, "Shots", "shots", min_value=1, step=1)
     steps = state.bound(col_steps.number_input, "Steps", "ig_steps", widget_key="ig_steps")
     rule = state.bound(col_rule.selectbox, "Quadrature", "ig_rule", widget_key="ig_rule", options=QUADRATURES)
-    speculation.cost_note(loaded, int(n) * int(steps), "ig", f"{int(n)} prompts x {int(steps)} steps")
+    what = f"{int(n)} prompts x " + ("the adaptive rule" if rule == "adaptive" else f"{int(steps)} steps")
+    speculation.cost_note(loaded, cost_units(int(n), int(steps), rule), "ig", what)
     clicked = st.button("Attribute", type="primary", disabled=task is None, key="ig_run")
 
 key = None
@@ -54,7 +56,8 @@ if task is not None:
             result = speculation.follow("job_attribution", key, f"IG {target} on {task.name}", lambda progress:
                                         attribute_task(*args, cache=ResultsCache(), progress=progress,
                                                        pool=env_pool(loaded.name)),
-                                        start=clicked, speed=(loaded, "ig", int(n) * int(steps)), total=int(n))
+                                        start=clicked, speed=(loaded, "ig", cost_units(int(n), int(steps), rule)),
+                                        total=int(n))
             if result is not None:
                 found = memo(key, lambda: with_top(result))
         if found is not None:
@@ -83,8 +86,9 @@ if shown:
                 f"{error['median']:.1%} of |F(a) − F(layer zeroed)|; worst layer {error['worst_layer']} at "
                 f"{error['worst']:.1%}.")
         if error["median"] > COMPLETENESS_WARN:
-            st.warning(f"{note} Above {COMPLETENESS_WARN:.0%}: try more steps or the gauss-legendre quadrature (no "
-                       "rule helps where F jumps at alpha ~ 0, e.g. a norm after the MLP as in Gemma 3).")
+            st.warning(f"{note} Above {COMPLETENESS_WARN:.0%}: use the adaptive quadrature, which "
+                       "checks itself interval by interval (fixed rules miss F's jump near alpha = 0, e.g. at "
+                       "SmolLM2's layer 0 or after Gemma 3's post-MLP norm).")
         else:
             st.caption(note)
     st.caption("Top neurons by mean |attribution|, with the prompt token where each fires most")

@@ -7,6 +7,7 @@ import time
 
 import streamlit as st
 
+from analysis.attribution.quadrature import cost_units
 from analysis.attribution.targets import COPY_TARGETS
 from analysis.cache import ResultsCache
 from analysis.demo import PRUNE_CONTROLS, SETTINGS, pruning_tasks
@@ -75,8 +76,8 @@ with present.controls("Copying scores"):
     state.bound(c_target.selectbox, "Target", "score_target", options=COPY_TARGETS, format_func=TARGET_LABELS.get)
     state.bound(c_prompts.selectbox, "Prompts", "score_prompts", options=SCORE_PROMPTS,
                 format_func=PROMPT_LABELS.get)
-    speculation.cost_note(loaded, int(state.get("score_n")) * int(state.get("score_steps")), "ig",
-              f"{state.get('score_n')} prompts x {state.get('score_steps')} IG steps")
+    speculation.cost_note(loaded, cost_units(int(state.get("score_n")), int(state.get("score_steps")), "adaptive"),
+                          "ig", f"{state.get('score_n')} prompts of IG (adaptive rule)")
     compute = st.button("Compute copying scores", type="primary", key="score_run")
 
 params = scoring_settings()
@@ -88,7 +89,8 @@ with guarded("copying scores"):
             "job_copying_scores", ("copying-scores", loaded.fingerprint(), *sorted(params.items())),
             "IG of the copy target", lambda progress: copying_scores(
                 loaded, **params, cache=cache, progress=progress, pool=env_pool(loaded.name)),
-            start=compute, speed=(loaded, "ig", params["n"] * params["steps"]), total=params["n"])
+            start=compute, speed=(loaded, "ig", cost_units(params["n"], params["steps"], "adaptive")),
+            total=params["n"])
 if scored is None:
     st.info("No copying scores for these settings yet: compute them (progress is shown; the result is cached on "
             "disk), or load a saved mask below.")
