@@ -138,7 +138,7 @@ def test_model_task_evaluate_and_pruning_toggle(server, page):
     page.get_by_role("link", name="Copying neurons & pruning").click()
     page.get_by_role("heading", name="Copying neurons & pruning").wait_for()
     _number(page, "Scoring prompts", 4, "score_n")
-    _number(page, "IG steps", 4, "score_steps")
+    _number(page, "IG steps", 2, "score_steps")  # not the default (4): the link then carries it
     _idle(page)
     page.get_by_role("button", name="Compute copying scores").click()
     page.get_by_text("Mask: 20 neurons").wait_for()  # k defaults to 20

@@ -20,8 +20,8 @@ def test_copy_prob_fast_path_equals_reference_and_captum(tiny_loaded, model_type
     loaded = tiny_loaded(model_type)
     [item] = prepare_inputs(loaded, copying_prompts(1), "copy-prob")
     assert item.target.kind == "copy-prob" and len(item.target.token_ids) == 2
-    fast = neuron_ig(loaded, [item], steps=6)
-    ref = neuron_ig(loaded, [item], steps=6, method="reference")
+    fast = neuron_ig(loaded, [item], steps=6, quadrature="riemann")
+    ref = neuron_ig(loaded, [item], steps=6, quadrature="riemann", method="reference")
     assert rel_err(fast.per_prompt, ref.per_prompt) < 1e-4
     copied = item.target.token_ids[0]
     expected_f = torch.softmax(clean_logits(loaded, list(item.input_ids)).float(), -1)[copied]

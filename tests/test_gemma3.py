@@ -101,21 +101,25 @@ def test_adapter_logits_equal_the_models(gemma, cap):
         config.final_logit_softcapping = None
 
 
-def test_normalised_mlp_output_makes_layer_ig_sum_vanish(gemma):
+def test_normalised_mlp_output_hides_the_jump_from_fixed_rules_not_from_the_adaptive_one(gemma):
     """Gemma 2/3 normalise each MLP's output (post_feedforward_layernorm), so scaling all of one layer's neurons
     by alpha changes nothing until alpha**2 * ms(out) ~ eps: F(alpha a) is flat on [1/16, 1] and F jumps at 0.
-    Per-neuron IG then redistributes (large entries of both signs) but sums to ~0 per layer: completeness
-    (test_neuron_ig) does not hold for this family, by the model's construction."""
+    16 Riemann steps (the first at 1/16) see only the flat part: per-neuron IG redistributes (large
+    entries of both signs) but sums to ~0 per layer, far from F(a) - F(0). The adaptive rule finds the jump
+    and is complete there."""
     item = prepare_inputs(gemma, builtin_tasks()["vowel-count"].sample_prompts(3, 1, seed=0), "gold")[0]
-    result = neuron_ig(gemma, [item], steps=16)
+    fixed = neuron_ig(gemma, [item], steps=16, quadrature="riemann")
+    adaptive = neuron_ig(gemma, [item])
     with torch.no_grad():
         for layer in range(gemma.n_layers):
             flat = [float(site_scaled_target(gemma, item, layer, torch.tensor(a))) for a in (1 / 16, 0.5, 1.0)]
             assert max(flat) - min(flat) < 1e-4
-            assert abs(flat[-1] - float(site_scaled_target(gemma, item, layer, torch.tensor(0.0)))) > 1e-2
-            scores = result.per_prompt[0, layer]
+            gap = flat[-1] - float(site_scaled_target(gemma, item, layer, torch.tensor(0.0)))
+            assert abs(gap) > 1e-2
+            scores = fixed.per_prompt[0, layer]
             assert abs(float(scores.sum())) < 1e-3 * float(scores.abs().sum())
             assert float(scores.abs().max()) > 1e-2
+            assert abs(float(adaptive.per_prompt[0, layer].sum()) - gap) < 1e-2 * abs(gap)
 
 
 def test_lrp_detaches_gemmas_rms_norm(gemma):

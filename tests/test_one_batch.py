@@ -167,7 +167,9 @@ def test_every_forward_holds_the_lock_and_no_hook_stays(tiny_loaded):
         other.start()
         other.join(timeout=30)
     assert blocked == [True]  # while rows are masked, no other thread holds the model
-    assert not any(m._forward_pre_hooks or m._forward_hooks for m in loaded.model.modules())
+    left = {name: [*m._forward_pre_hooks.values(), *m._forward_hooks.values()]
+            for name, m in loaded.model.named_modules() if m._forward_pre_hooks or m._forward_hooks}
+    assert not left, left
 
 
 def test_one_batch_results_do_not_change_while_other_sessions_run(tiny_loaded):

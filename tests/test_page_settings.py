@@ -33,7 +33,7 @@ def test_hostile_page_settings_are_clamped_or_refused_in_one_line(monkeypatch):
     at = _app(monkeypatch, page="attribution", ig_steps="100000", ig_rule="<script>", ig_n="-4")
     assert at.number_input(key="ig_steps").value == 256 and at.number_input(key="ig_n").value == 1
     assert at.selectbox(key="ig_rule").value == PAGE_DEFAULTS["ig_rule"]
-    assert [e.value for e in at.error] == ["ig_rule=`<script>` is not one of the choices here; using riemann"]
+    assert [e.value for e in at.error] == ["ig_rule=`<script>` is not one of the choices here; using adaptive"]
     tasks = _app(monkeypatch, page="pruning", prune_tasks="antonyms,nope,next-letter")
     assert tasks.multiselect(key="prune_tasks").value == ["antonyms", "next-letter"]
     assert any("prune_tasks: `nope` not among the choices here" in e.value for e in tasks.error)
