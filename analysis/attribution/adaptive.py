@@ -41,6 +41,8 @@ from analysis.attribution.passes import Prompt, clean_pass, gradient_pass
 from analysis.attribution.targets import AttributionInput
 from analysis.models.loader import LoadedModel
 
+# Changing any constant below changes results: bump IG_VERSION (analysis/attribution/runs.py), whose cache
+# keys do not see them, and recompute assets/precomputed.
 CUTS = (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5, 1.0)
 NEAR = CUTS.index(0.05)  # the intervals below this cut are "near zero"
 # first round of a structured layer: Gauss-Legendre nodes of an interval by how far F moves over it,
