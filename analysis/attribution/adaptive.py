@@ -46,7 +46,7 @@ from analysis.models.loader import LoadedModel
 CUTS = (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5, 1.0)
 NEAR = CUTS.index(0.05)  # the intervals below this cut are "near zero"
 # first round of a structured layer: Gauss-Legendre nodes of an interval by how far F moves over it,
-# |F(end) - F(start)| / scale (at least this much -> this many nodes; below the last, 1 node)
+# |F(end) - F(start)| / scale (at least this much -> this many nodes; below the last, MIN_NODES)
 FIRST_NODES = ((0.15, 8), (0.02, 4), (0.003, 2))
 MAX_NODES = 32  # per interval
 MIN_NODES = 2
