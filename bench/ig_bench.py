@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 
 import torch
@@ -35,6 +34,7 @@ from analysis.attribution.passes import clean_pass, gradient_pass
 from analysis.cli.common import quiet_libraries
 from analysis.models import load_model
 from analysis.tasks import builtin_tasks
+from attn_bench import cpu_model  # bench/ is on the path when a bench runs as a script
 
 REFERENCE_NODES = 32  # per interval of adaptive.CUTS
 BUDGET = 320
@@ -100,7 +100,7 @@ def main() -> None:
              prepare_inputs(loaded, tasks[name].sample_prompts(args.shots, args.prompts, seed=0), args.target)]
     threads = pick_threads(loaded, items[0], args.threads)
     lengths = [len(item.input_ids) for item in items]
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+    print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"{threads}")
     print(f"model {loaded.describe()}; tasks {args.tasks}, {len(items)} prompts of {min(lengths)}-{max(lengths)} "
           f"tokens, {args.shots}-shot, target {args.target}, all {loaded.n_layers} layers")

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 
@@ -38,6 +37,7 @@ from analysis.jobs import Job
 from analysis.models import load_model
 from analysis.pruning.copying import copying_scores, select_top_k
 from analysis.pruning.evaluate import prune_eval
+from attn_bench import cpu_model  # bench/ is on the path when a bench runs as a script
 
 
 def main() -> None:
@@ -95,17 +95,6 @@ def main() -> None:
           f"{', '.join(f'{t:.1f}' for t in times[False])}")
     print(f"toggle_ready_s={max(shipped, speculated):.2f} toggle_cold_s={cold:.1f} toggle_cold_separate_s="
           f"{separate:.1f} one_batch_speedup={separate / cold:.2f}")
-
-
-def cpu_model() -> str:
-    """The CPU's model name, for the machine line."""
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":
