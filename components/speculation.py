@@ -117,11 +117,12 @@ def ensure_job(key: Hashable, work: Callable[[Progress], Any], total: int, resta
         return None
 
 
-def cancel_job(label: str, then: Callable[[], None] | None = None) -> None:
-    """Cancel button callback: stop the session's job at its next batch, say so on the next run, then ``then``
+def cancel_job(label: str, then: Callable[[], None] | None = None, slot: str = JOB_KEY) -> None:
+    """Cancel button callback: stop the session's job in ``slot`` (the page's own job: never another page's or
+    the speculative pruned runs unless that is the slot) at its next batch, say so on the next run, then ``then``
     (e.g. switch the toggle that asked for the result off, so the next run does not start it again)."""
-    job = session_job()
-    if job is not None:
+    job = st.session_state.get(slot)
+    if isinstance(job, Job):
         job.cancel()
     st.session_state[CANCELLED_KEY] = label
     if then is not None:
@@ -141,16 +142,18 @@ def describe(job: Job, unit: str = "prompts") -> str:
     return f"{job.done}/{job.total or '?'} {unit}"
 
 
-def wait_for(job: Job, label: str, unit: str = "prompts", on_cancel: Callable[[], None] | None = None) -> Any:
-    """Block the page on a running job with its progress bar and a Cancel button (which also calls
-    ``on_cancel``); the job's result, or None when it was cancelled (its error is raised, for ``guarded``)."""
+def wait_for(job: Job, label: str, unit: str = "prompts", on_cancel: Callable[[], None] | None = None,
+             slot: str = JOB_KEY) -> Any:
+    """Block the page on a running job (kept in ``st.session_state[slot]``) with its progress bar and a Cancel
+    button that stops that job (and calls ``on_cancel``); the job's result, or None when it was cancelled (its
+    error is raised, for ``guarded``)."""
     if job.running:
         box = st.empty()
         with box.container():
             col_bar, col_cancel = st.columns([6, 1])
             bar = col_bar.progress(0.0, text=f"{label}…")
             col_cancel.button("Cancel", key=f"cancel_job_{label}", icon=":material/stop_circle:",
-                              on_click=cancel_job, args=(label, on_cancel))
+                              on_click=cancel_job, args=(label, on_cancel, slot))
         while not job.wait(0.25):
             SCHEDULER.poll(job)  # the session is still here: the janitor leaves the job alone
             bar.progress(min(job.done / job.total, 1.0) if job.total else 0.0,
@@ -217,4 +220,4 @@ def follow(slot: str, key: Hashable, label: str, work: Callable[[Progress], Any]
         job = submit(slot, key, timed, total, None if speed is None else estimate_s(speed[0], speed[2], speed[1]))
     if job is None or job.key != key:
         return None
-    return wait_for(job, label, unit)
+    return wait_for(job, label, unit, slot=slot)

@@ -12,6 +12,7 @@ import pytest
 from analysis.jobs import Scheduler
 from analysis.pruning import NeuronMask
 from components import speculation
+from components.widgets import CANCELLED_KEY
 from tests.test_app_pages import TIMEOUT, _ok, _start
 
 
@@ -108,3 +109,34 @@ def test_a_waiting_speculation_says_its_place_in_the_queue(monkeypatch):
     finally:
         gate.set()
     assert blocker.wait(TIMEOUT) and job.wait(TIMEOUT) and job.state == "done", job.error
+
+
+def test_cancel_stops_the_pages_own_job_within_a_batch_and_leaves_the_pruning_job_alone(monkeypatch):
+    """A job button's Cancel (``wait_for`` of ``follow``) names its slot: the page's job stops at its next
+    progress report, the session's speculative pruned runs go on (Cancel used to stop those instead)."""
+    fresh = Scheduler(slots=2, janitor_s=None)
+    session: dict = {}
+    monkeypatch.setattr(speculation.st, "session_state", session)
+    gate = threading.Event()
+
+    def batches(progress):
+        for done in range(1, 1001):
+            gate.wait(0.01)
+            progress(done, 1000)
+
+    me = ("", "me")
+    pruning = fresh.submit(me, speculation.JOB_KEY, "prune", batches, 1000, cost_s=10)
+    attribution = fresh.submit(me, "job_attribution", "ig", batches, 1000, cost_s=10)
+    session.update({speculation.JOB_KEY: pruning, "job_attribution": attribution})
+    try:
+        while attribution.done < 3:
+            attribution.wait(0.01)
+        speculation.cancel_job("IG copy on antonyms", None, "job_attribution")
+        assert attribution.wait(5) and attribution.state == "cancelled"
+        stopped_at = attribution.done
+        pruning.wait(0.3)
+        assert attribution.done == stopped_at and pruning.running and pruning.done > 3
+        assert session[CANCELLED_KEY] == "IG copy on antonyms"
+    finally:
+        gate.set()
+        pruning.cancel()

@@ -159,6 +159,28 @@ def test_model_task_evaluate_and_pruning_toggle(server, page):
     assert page.outside == []  # e.g. a Material-icon favicon fetched from fonts.gstatic.com
 
 
+def test_cancel_stops_the_attribution_job(server, page):
+    """A job button's Cancel stops that job: the bar goes and stays gone, no result appears later (it used to
+    cancel the session's pruned runs while the IG went on and drew its heatmap minutes later)."""
+    page.goto(f"{server}/?page=attribution&model=toy-transformer&task=to-upper&ig_n=256&ig_steps=256"
+              "&ig_rule=riemann&ig_target=gold")
+    page.get_by_role("button", name="Attribute").click()
+    bar = page.locator('[data-testid="stProgress"]').filter(has_text=re.compile(r"IG \w+ on to-upper: [1-9]\d*/256"))
+    bar.first.wait_for()
+    page.get_by_role("button", name="Cancel").click()
+    page.get_by_text("Cancelled: IG").first.wait_for(timeout=20_000)
+    _idle(page)
+    page.wait_for_timeout(3000)  # a job that went on would redraw its bar on the next poll
+    assert page.locator('[data-testid="stProgress"]').count() == 0
+    assert page.locator('[data-testid="stStatusWidget"]').count() == 0
+    page.screenshot(path=str(ARTIFACTS / "7-attribution-cancelled.png"), full_page=True)
+    page.reload()  # the session's job is found again after a reload only while it runs: it does not
+    page.get_by_role("button", name="Attribute").wait_for()
+    _idle(page)
+    assert page.locator('[data-testid="stProgress"]').count() == 0
+    assert page.locator('[data-testid="stPlotlyChart"]').count() == 0
+
+
 def _copy_link(page) -> str:
     page.get_by_role("button", name="Copy link").click()
     link = page.locator('[data-testid="stPopoverBody"] [data-testid="stCode"]').first.inner_text().strip()
