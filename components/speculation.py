@@ -30,7 +30,7 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from analysis.jobs import Job, JobRefused, Progress, Scheduler, duration
 from analysis.models import LoadedModel
-from components.widgets import CANCELLED_KEY, COST_NOTE_S, measured_speed, seconds_per_unit
+from components.widgets import CANCELLED_KEY, COST_NOTE_S, measured_speed, progress_row, seconds_per_unit
 from components.widgets import cost_note as measured_cost_note
 
 JOB_KEY = "speculative_job"
@@ -150,10 +150,7 @@ def wait_for(job: Job, label: str, unit: str = "prompts", on_cancel: Callable[[]
     if job.running:
         box = st.empty()
         with box.container():
-            col_bar, col_cancel = st.columns([6, 1])
-            bar = col_bar.progress(0.0, text=f"{label}…")
-            col_cancel.button("Cancel", key=f"cancel_job_{label}", icon=":material/stop_circle:",
-                              on_click=cancel_job, args=(label, on_cancel, slot))
+            bar = progress_row(label, f"cancel_job_{label}", cancel_job, (label, on_cancel, slot))
         while not job.wait(0.25):
             SCHEDULER.poll(job)  # the session is still here: the janitor leaves the job alone
             bar.progress(min(job.done / job.total, 1.0) if job.total else 0.0,

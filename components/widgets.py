@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import streamlit as st
 import torch
@@ -246,6 +246,14 @@ def task_picker() -> Task | None:
 CANCELLED_KEY = "cancelled_job"
 
 
+def progress_row(label: str, key: str, on_cancel: Callable[..., None], args: tuple = ()) -> Any:
+    """A progress bar with its Cancel button beside it (whole at any page width); returns the bar."""
+    with st.container(horizontal=True, vertical_alignment="bottom", wrap=False):
+        bar = st.progress(0.0, text=f"{label}…")
+        st.button("Cancel", key=key, icon=":material/stop_circle:", on_click=on_cancel, args=args)
+    return bar
+
+
 @contextmanager
 def run_progress(label: str = "Evaluating", unit: str = "steps",
                  speed: tuple[LoadedModel, str, int] | None = None) -> Iterator[Callable[[int, int], None]]:
@@ -257,10 +265,7 @@ def run_progress(label: str = "Evaluating", unit: str = "steps",
     work): a job that computed records its speed for :func:`cost_note`."""
     box = st.empty()
     with box.container():
-        col_bar, col_cancel = st.columns([6, 1])
-        bar = col_bar.progress(0.0, text=f"{label}…")
-        col_cancel.button("Cancel", key=f"cancel_{label}", icon=":material/stop_circle:",
-                          on_click=lambda: st.session_state.__setitem__(CANCELLED_KEY, label))
+        bar = progress_row(label, f"cancel_{label}", lambda: st.session_state.__setitem__(CANCELLED_KEY, label))
 
     started = time.monotonic()
 
