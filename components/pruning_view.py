@@ -10,7 +10,8 @@ from typing import Literal
 import pandas as pd
 import streamlit as st
 
-from analysis.evaluation.paired import Cell, excludes_zero, format_p
+from analysis.evaluation.paired import Cell, format_p
+from analysis.evaluation.verdicts import DEPENDS, excludes_zero, interval_text, signed_points
 from analysis.pruning.evaluate import PruneEvalResult, flip_counts
 from components import present
 from components.charts_pruning import change_forest, pruning_bars
@@ -18,12 +19,15 @@ from components.export import chart, table
 
 
 def show_verdicts(sentences: dict[str, str]) -> None:
-    """One line per comparison: green when accuracy gains beyond noise, red when it falls, else neutral."""
+    """One line per comparison: green when accuracy gains beyond noise, red when it falls, amber when the tasks
+    disagree, else neutral."""
     for sentence in sentences.values():
         if sentence.endswith("pruning gains accuracy."):
             st.success(sentence, icon=":material/trending_up:")
         elif sentence.endswith("pruning costs accuracy."):
             st.error(sentence, icon=":material/trending_down:")
+        elif DEPENDS in sentence:
+            st.warning(sentence, icon=":material/call_split:")
         else:
             st.info(sentence, icon=":material/balance:")
 
@@ -53,13 +57,12 @@ def show_metrics(cell: Cell, pruned: bool) -> None:
         ("accuracy", "Accuracy, pruned", "normal"), ("copy_error_rate", "Copy errors, pruned", "inverse"))
     for metric, label, colour in shown:
         change = cell.vs_baseline[metric]
-        low, high = change.ci95
-        row.metric(label, f"{cell.rates['pruned'][metric].value:.1%}", f"{100 * change.delta:+.1f} points",
+        row.metric(label, f"{cell.rates['pruned'][metric].value:.1%}", f"{signed_points(change.delta)} points",
                    delta_color=colour if excludes_zero(change.ci95) else "off",
                    delta_arrow="auto" if change.delta else "off",
-                   delta_description=f"CI {100 * low:+.1f} to {100 * high:+.1f}", width=width,
-                   help=f"change vs unpruned, paired by prompt: 95 % CI {100 * low:+.1f} to {100 * high:+.1f} "
-                        f"points, McNemar {format_p(change.p)}; grey when the interval includes zero")
+                   delta_description=interval_text(change.ci95).removeprefix("95 % "), width=width,
+                   help=f"change vs unpruned, paired by prompt: {interval_text(change.ci95)} points, "
+                        f"{format_p(change.p)} (sign-flip test over queries); grey when the interval includes zero")
 
 
 def show_result(result: PruneEvalResult, pruned: bool, shots: int, mask_size: int) -> dict:

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.evaluation.paired import (Estimate, bootstrap_p, compare, draw_resamples, mcnemar_exact,
-                                        verdict)
+from analysis.evaluation.paired import Estimate, bootstrap_p, compare, draw_resamples, mcnemar_exact
+from analysis.evaluation.verdicts import verdict
 
 
 def plain_mcnemar(b: int, c: int) -> float:
@@ -59,24 +59,27 @@ def by_cell(cells):
     return {(c.task, c.shots): c for c in cells}
 
 
-def test_point_estimates_and_mcnemar_by_hand():
+def test_point_estimates_and_query_level_tests_by_hand():
     cells = by_cell(compare(HAND, resamples=200))
     t1, t2, avg = cells["t1", 1], cells["t2", 1], cells["average", 1]
     # t1 accuracy: baseline 2/6, pruned 3/6, random (2/6 + 2/6) / 2
     assert t1.rates["baseline"]["accuracy"].value == pytest.approx(2 / 6)
     assert t1.vs_baseline["accuracy"].delta == pytest.approx(1 / 6)
     assert t1.vs_random["accuracy"].delta == pytest.approx(3 / 6 - 2 / 6)
-    # discordant on 'correct' in t1: pruned-only at prompts 1 and 4, baseline-only at prompt 5 -> McNemar(2, 1)
+    # 'correct', pruned minus baseline per query in t1: a 0, b (prompts 1, 2) +1, c 0, d +1, e -1: three
+    # units of +-1, |sum| >= 1 always -> p = 1
     assert t1.vs_baseline["accuracy"].p == pytest.approx(1.0)
     # copy errors in t1: baseline 2/6, pruned 1/6 (prompt 5); discordant pruned-only 1, baseline-only 2
     assert t1.vs_baseline["copy_error_rate"].delta == pytest.approx(-1 / 6)
     # t2 echoes: baseline 2/4, pruned 1/4; random (1/4 + 2/4) / 2
     assert t2.vs_baseline["echo_rate"].delta == pytest.approx(-1 / 4)
     assert t2.vs_random["echo_rate"].delta == pytest.approx(1 / 4 - 3 / 8)
-    # the average is the mean over tasks (not pooled prompts); McNemar sums the discordant prompts of both tasks
-    assert avg.n == 10
+    # the average is the mean over tasks (not pooled prompts); its test flips whole queries, weighted by 1/n_t:
+    # x12, t1's units are +-2 (x3), t2's +-3 (x2), observed 2 + 6 = 8; |sum| >= 8 for (t1, t2) sums (6, 6),
+    # (2, 6), (-2, -6), (-6, -6): (1 + 3 + 3 + 1) / 8 * 1/4 = 1/4 (McNemar on prompts said 0.375)
+    assert avg.n == 10 and avg.queries == 9 and t1.queries == 5
     assert avg.vs_baseline["accuracy"].delta == pytest.approx((1 / 6 + 2 / 4) / 2)
-    assert avg.vs_baseline["accuracy"].p == pytest.approx(mcnemar_exact(2 + 2, 1 + 0))
+    assert avg.vs_baseline["accuracy"].p == pytest.approx(0.25)
     assert avg.control_rates["random-1"]["accuracy"] == pytest.approx((2 / 6 + 0 / 4) / 2)
 
 
@@ -224,15 +227,21 @@ def test_bootstrap_p_never_zero():
 def test_verdict_sentences():
     est = {"copy_error_rate": Estimate(-0.072, (-0.103, -0.041)), "accuracy": Estimate(-0.004, (-0.030, 0.022))}
     assert verdict(est, "random") == ("Against random masks of the same size: copy errors fall 7.2 points "
-                                      "(95 % CI 4.1-10.3); accuracy changes by -0.4 points (CI -3.0 to 2.2): "
-                                      "no evidence of a gain.")
+                                      "(95 % CI -10.3 to -4.1); accuracy changes by -0.4 points (95 % CI -3.0 to "
+                                      "+2.2): no evidence of a gain.")
     gain = {"copy_error_rate": Estimate(0.01, (-0.02, 0.04)), "accuracy": Estimate(0.05, (0.01, 0.09))}
-    assert verdict(gain, "baseline") == ("Against the unpruned model: copy errors change by 1.0 points "
-                                         "(CI -2.0 to 4.0); accuracy rises 5.0 points (95 % CI 1.0-9.0): "
-                                         "pruning gains accuracy.")
-    barely = {"accuracy": Estimate(0.04, (0.0003, 0.077))}  # prints as "CI 0.0 to 7.7": no claim of a gain
-    assert verdict(barely, "baseline") == ("Against the unpruned model: accuracy changes by 4.0 points "
-                                           "(CI 0.0 to 7.7): no evidence of a gain.")
+    assert verdict(gain, "baseline") == ("Against the unpruned model: copy errors change by +1.0 points "
+                                         "(95 % CI -2.0 to +4.0); accuracy rises 5.0 points (95 % CI +1.0 to "
+                                         "+9.0): pruning gains accuracy.")
+    barely = {"accuracy": Estimate(0.04, (0.0003, 0.077))}  # prints as "0.0 to +7.7": no claim of a gain
+    assert verdict(barely, "baseline") == ("Against the unpruned model: accuracy changes by +4.0 points "
+                                           "(95 % CI 0.0 to +7.7): no evidence of a gain.")
     assert verdict({"accuracy": Estimate(0.04, (0.0005, 0.077))}, "baseline").endswith("pruning gains accuracy.")
     loss = {"accuracy": Estimate(-0.147, (-0.22, -0.07))}
-    assert verdict(loss, "baseline").endswith("accuracy falls 14.7 points (95 % CI 7.0-22.0): pruning costs accuracy.")
+    assert verdict(loss, "baseline").endswith("accuracy falls 14.7 points (95 % CI -22.0 to -7.0): pruning costs "
+                                              "accuracy.")
+    tiny = {"accuracy": Estimate(-0.0004, (-0.03, 0.02))}  # no '-0.0 points'
+    assert "accuracy changes by 0.0 points" in verdict(tiny, "baseline")
+    nobody = {"copy_error_rate": Estimate(0.0, (0.0, 0.0)), "accuracy": Estimate(0.0, (0.0, 0.0))}
+    assert verdict(nobody, "baseline") == ("Against the unpruned model: copy errors: no prompt changed; accuracy: no "
+                                           "prompt changed: no evidence of a gain.")

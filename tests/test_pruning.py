@@ -122,7 +122,7 @@ def test_prune_eval_records_summary_and_json(tiny_loaded):
     assert {"baseline", "pruned", "random", "pruned_vs_baseline", "pruned_vs_random", "verdict"} <= set(first)
     for key in ("pruned_vs_baseline", "pruned_vs_random"):
         assert set(first[key]) == {"accuracy", "copy_error_rate", "echo_rate"}
-        assert set(first[key]["accuracy"]) == {"delta", "ci95", "p"}
+        assert set(first[key]["accuracy"]) == {"delta", "ci95", "p", "p_holm"}
     assert first["pruned_vs_baseline"]["accuracy"]["delta"] == pytest.approx(summary.d_accuracy_vs_baseline[0])
     assert data["results"][-1]["task"] == "average"
     assert first["verdict"]["random"].startswith("Against random masks of the same size: ")

@@ -218,10 +218,17 @@ def cmd_prune_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_json()))
         return 0
+    summary = result.summary()
     print(f"model {loaded.describe()}, mask of {len(mask)} neurons, {args.random_controls} random controls; "
-          "changes in points with 95 % intervals (bootstrap over queries), p: McNemar vs unpruned, "
-          "bootstrap vs random")
-    print(change_table(result.summary()).to_string(index=False))
+          "changes in points with 95 % intervals and p-values whose unit is the query (bootstrap over queries; "
+          "p: sign-flip test over queries vs unpruned, bootstrap vs random; a task's Holm-adjusted p across "
+          "tasks in brackets)")
+    repeated = summary[(summary.task != "average") & (summary.queries < summary.n)]
+    if len(repeated):
+        print("queries repeat (each query's prompts count as one unit): " + ", ".join(
+            f"{row.task} {row.n} prompts over {row.queries} queries" for row in repeated.drop_duplicates("task")
+            .itertuples()))
+    print(change_table(summary).to_string(index=False))
     for shots in args.shots:
         for sentence in result.verdicts(shots=shots).values():
             print(f"{shots}-shot, all tasks: {sentence}")
@@ -238,11 +245,14 @@ def change_table(summary) -> pd.DataFrame:
         if column not in row or pd.isna(row[column]):
             return ""
         low, high = row[f"{column}_lo"], row[f"{column}_hi"]
-        return f"{100 * row[column]:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] {format_p(row[f'{column}_p'])}"
+        holm = row.get(f"{column}_p_holm")
+        adjusted = "" if holm is None or pd.isna(holm) else f" (Holm {format_p(holm).removeprefix('p ')})"
+        return (f"{100 * row[column]:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] "
+                f"{format_p(row[f'{column}_p'])}{adjusted}")
 
     rows = []
     for _, row in summary.iterrows():
-        out = {"task": row.task, "shots": row.shots, "n": row.n}
+        out = {"task": row.task, "shots": row.shots, "n (queries)": f"{row.n} ({row.queries})"}
         for metric, short in (("accuracy", "acc"), ("copy_error_rate", "copy"), ("echo_rate", "echo")):
             rates = [row.get(f"{group}_{metric}") for group in ("baseline", "pruned", "random")]
             out[short] = " / ".join("" if r is None or pd.isna(r) else f"{r:.3f}" for r in rates)

@@ -18,20 +18,26 @@ echo rate) and one shot count:
   same prompts under every condition: the pairing survives). With two or more random controls, each
   replicate also resamples the control seeds, so the interval of "vs random" includes how much one random
   mask differs from another, not only the prompt noise.
-- **p-values.** Pruned vs baseline: exact McNemar on the discordant prompts (summed over tasks for the
-  average). Pruned vs random: two-sided bootstrap p, ``min(1, 2 min(P*(d <= 0), P*(d >= 0)))`` with the +1
-  correction of Davison & Hinkley, so it is never 0.
-
-:func:`verdict` turns the estimates into the one plain sentence the app, the reports and the CLI print.
+- **p-values, on the intervals' unit.** Pruned vs baseline: a sign-flip test that flips whole queries
+  (analysis/evaluation/significance.py; exact; with one prompt per query it is the exact McNemar test, which
+  counted repeated queries as independent prompts and disagreed with the query-level interval). Pruned vs
+  random: two-sided bootstrap p from the interval's own replicates, ``min(1, 2 min(P*(d <= 0), P*(d >= 0)))``
+  with the +1 correction of Davison & Hinkley, so it is never 0. Each task's p is also Holm-adjusted across
+  the tasks at its shot count (``p_holm``).
+- **Heterogeneity.** The average's cell carries, per metric, Cochran's Q test that every task's change vs
+  the unpruned model is the same (task x condition interaction; query-level bootstrap variances), so a
+  pooled verdict can say "depends on the task" (analysis/evaluation/verdicts.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from math import comb
 
 import numpy as np
 import pandas as pd
+
+from analysis.evaluation.significance import cochran_q, holm, sign_flip_p
 
 # metric -> outcome it counts, for the metrics whose changes are compared
 COMPARED = {"accuracy": "correct", "copy_error_rate": "copy", "echo_rate": "echo"}
@@ -82,9 +88,10 @@ class Estimate:
     delta: float
     ci95: tuple[float, float]
     p: float | None = None
+    p_holm: float | None = None  # a task's p, Holm-adjusted across the tasks at its shot count
 
     def to_json(self) -> dict:
-        return {"delta": self.delta, "ci95": list(self.ci95), "p": self.p}
+        return {"delta": self.delta, "ci95": list(self.ci95), "p": self.p, "p_holm": self.p_holm}
 
 
 @dataclass(frozen=True)
@@ -104,6 +111,8 @@ class Cell:
     control_rates: dict[str, dict[str, float]] = field(default_factory=dict)  # random-<seed> -> metric
     vs_baseline: dict[str, Estimate] = field(default_factory=dict)
     vs_random: dict[str, Estimate] = field(default_factory=dict)
+    queries: int = 0  # distinct queries (the unit of intervals and tests); fewer than n when queries repeat
+    heterogeneity: dict[str, float] = field(default_factory=dict)  # the average's: metric -> p (Cochran's Q)
 
 
 @dataclass
@@ -112,7 +121,7 @@ class _Stratum:
 
     sums: dict[str, np.ndarray]
     sizes: np.ndarray
-    indicators: dict[str, np.ndarray]  # condition -> [metrics, prompts], for McNemar
+    indicators: dict[str, np.ndarray]  # condition -> [metrics, prompts]: 0/1 outcomes
 
 
 def _strata(records: pd.DataFrame, metrics: dict[str, str]) -> dict[str, _Stratum]:
@@ -212,68 +221,45 @@ def compare(records: pd.DataFrame, resamples: int = RESAMPLES, seed: int = 0, le
             if baseline in point and treatment in point:
                 for i, m in enumerate(metrics):
                     diff = rep[treatment][i] - rep[baseline][i]
-                    only_treated = sum(int(((strata[t].indicators[treatment][i] == 1)
-                                            & (strata[t].indicators[baseline][i] == 0)).sum()) for t in members)
-                    only_base = sum(int(((strata[t].indicators[treatment][i] == 0)
-                                         & (strata[t].indicators[baseline][i] == 1)).sum()) for t in members)
                     cell.vs_baseline[m] = Estimate(float(point[treatment][i] - point[baseline][i]),
                                                    percentile_interval(diff, level),
-                                                   mcnemar_exact(only_treated, only_base))
+                                                   _query_sign_flip(strata, members, treatment, baseline, i))
+                if task == AVERAGE and len(tasks) >= 2:
+                    for i, m in enumerate(metrics):
+                        variances = [float(np.var(replicates[t][treatment][i] - replicates[t][baseline][i]))
+                                     for t in tasks]
+                        deltas = [float(points[t][treatment][i] - points[t][baseline][i]) for t in tasks]
+                        floors = [1 / strata[t].sizes.sum() ** 2 for t in tasks]
+                        cell.heterogeneity[m] = cochran_q(deltas, variances, floors)[1]
             if treatment in point and "random" in point:
                 for i, m in enumerate(metrics):
                     diff = rep[treatment][i] - rep["random"][i]
                     cell.vs_random[m] = Estimate(float(point[treatment][i] - point["random"][i]),
                                                  percentile_interval(diff, level), bootstrap_p(diff))
+            cell.queries = int(sum(len(strata[t].sizes) for t in members))
             cells.append(cell)
+        _adjust_across_tasks([c for c in cells if c.shots == int(shots) and c.task != AVERAGE])
     return cells
 
 
-# metric -> (name in a sentence, is the name plural)
-NAMES = {"accuracy": ("accuracy", False), "copy_error_rate": ("copy errors", True), "echo_rate": ("echoes", True)}
+def _query_sign_flip(strata: dict[str, _Stratum], members: list[str], treatment: str, baseline: str,
+                     metric: int) -> float:
+    """The sign-flip p of treatment minus baseline on the mean of the members' task rates, a query a unit."""
+    differences, weights = [], []
+    for task in members:
+        stratum = strata[task]
+        differences.append(stratum.sums[treatment][metric] - stratum.sums[baseline][metric])
+        weights.append(np.full(len(stratum.sizes), 1 / stratum.sizes.sum()))
+    return sign_flip_p(np.concatenate(differences), np.concatenate(weights))
 
 
-def _points(value: float) -> str:
-    return f"{100 * value:.1f}"
-
-
-def excludes_zero(ci95: tuple[float, float]) -> bool:
-    """Does the interval exclude zero as printed (0.1 points)? A bound of +0.0003 prints as "0.0"; judged on
-    the raw value, the sentence would claim a change its own printed interval does not show."""
-    low, high = (round(100 * bound, 1) for bound in ci95)
-    return low > 0 or high < 0
-
-
-def describe_change(metric: str, estimate: Estimate) -> str:
-    """'copy errors fall 7.2 points (95 % CI 4.1-10.3)' when the interval excludes 0, else 'accuracy changes
-    by -0.4 points (CI -3.0 to 2.2)'. Values in percentage points."""
-    low, high = estimate.ci95
-    name, plural = NAMES.get(metric, (metric, False))
-    ending = "" if plural else "s"
-    if excludes_zero(estimate.ci95):
-        verb = ("rise" if estimate.delta > 0 else "fall") + ending
-        near, far = sorted((abs(low), abs(high)))
-        return f"{name} {verb} {_points(abs(estimate.delta))} points (95 % CI {_points(near)}-{_points(far)})"
-    return f"{name} change{ending} by {_points(estimate.delta)} points (CI {_points(low)} to {_points(high)})"
-
-
-REFERENCES = {"baseline": "the unpruned model", "random": "random masks of the same size"}
-
-
-def verdict(estimates: dict[str, Estimate], against: str, subject: str = "pruning") -> str:
-    """One plain sentence about the treatment vs ``against`` ('baseline', 'random', or any label), generated
-    from the intervals: the copy-error and accuracy changes, then whether the accuracy interval shows a gain,
-    a loss, or neither. E.g. 'Against random masks of the same size: copy errors fall 7.2 points (95 % CI
-    4.1-10.3); accuracy changes by -0.4 points (CI -3.0 to 2.2): no evidence of a gain.'"""
-    if not estimates:
-        return ""
-    reference = REFERENCES.get(against, against)
-    parts = [describe_change(m, estimates[m]) for m in ("copy_error_rate", "accuracy") if m in estimates]
-    sentence = f"Against {reference}: " + "; ".join(parts)
-    accuracy = estimates.get("accuracy")
-    if accuracy is None:
-        return sentence + "."
-    if excludes_zero(accuracy.ci95):
-        conclusion = f"{subject} {'gains' if accuracy.ci95[0] > 0 else 'costs'} accuracy"
-    else:
-        conclusion = "no evidence of a gain"
-    return f"{sentence}: {conclusion}."
+def _adjust_across_tasks(task_cells: list[Cell]) -> None:
+    """Holm-adjust each metric's p across the tasks of one shot count (both comparisons)."""
+    for attribute in ("vs_baseline", "vs_random"):
+        metrics = {m for cell in task_cells for m in getattr(cell, attribute)}
+        for m in metrics:
+            owners = [cell for cell in task_cells if m in getattr(cell, attribute)]
+            adjusted = holm([getattr(cell, attribute)[m].p for cell in owners])
+            for cell, p_holm in zip(owners, adjusted):
+                estimates = getattr(cell, attribute)
+                estimates[m] = replace(estimates[m], p_holm=p_holm)

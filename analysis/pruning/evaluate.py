@@ -21,8 +21,8 @@ from analysis.evaluation.paired import (
     RESAMPLES,
     Cell,
     compare,
-    verdict,
 )
+from analysis.evaluation.verdicts import verdict
 from analysis.export import safe_csv
 from analysis.models.loader import LoadedModel
 from analysis.pruning.copying import random_mask_like
@@ -74,11 +74,12 @@ class PruneEvalResult:
     def summary(self) -> pd.DataFrame:
         """One row per (task, shots), the averages last: each group's rates with 95 % intervals
         (``<group>_<metric>``, ``_lo``, ``_hi``), the controls' spread (``random_<metric>_min``/``_max`` over
-        seeds), and the paired changes ``d_<metric>_vs_baseline`` / ``_vs_random`` with ``_lo``, ``_hi``, ``_p``.
+        seeds), and the paired changes ``d_<metric>_vs_baseline`` / ``_vs_random`` with ``_lo``, ``_hi``, ``_p``,
+        ``_p_holm`` (tasks); ``queries``: distinct queries; the averages' ``heterogeneity_<metric>_p``.
         Groups that were not run are left out."""
         rows = []
         for cell in self.ordered_cells():
-            row = {"task": cell.task, "shots": cell.shots, "n": cell.n}
+            row = {"task": cell.task, "shots": cell.shots, "n": cell.n, "queries": cell.queries}
             for group in GROUPS:
                 for metric, rate in cell.rates.get(group, {}).items():
                     row.update({f"{group}_{metric}": rate.value, f"{group}_{metric}_lo": rate.ci95[0],
@@ -91,24 +92,35 @@ class PruneEvalResult:
                 for metric, est in estimates.items():
                     name = f"d_{metric}_vs_{against}"
                     row.update({name: est.delta, f"{name}_lo": est.ci95[0], f"{name}_hi": est.ci95[1],
-                                f"{name}_p": est.p})
+                                f"{name}_p": est.p, f"{name}_p_holm": est.p_holm})
+            for metric, p in cell.heterogeneity.items():
+                row[f"heterogeneity_{metric}_p"] = p
             rows.append(row)
         return pd.DataFrame(rows)
 
     def verdicts(self, task: str = AVERAGE, shots: int | None = None) -> dict[str, str]:
         """The plain sentences for pruned vs the unpruned model and vs the random controls (empty when that
-        comparison was not run)."""
+        comparison was not run); the average's name the tasks where they disagree (analysis/evaluation/verdicts.py)."""
         cell = self.cell(task, shots)
-        return {against: verdict(estimates, against) for against, estimates in
-                (("baseline", cell.vs_baseline), ("random", cell.vs_random)) if estimates}
+        tasks = [c for c in self.cells if c.shots == cell.shots and c.task != AVERAGE] if task == AVERAGE else []
+        sentences = {}
+        for against, estimates in (("baseline", cell.vs_baseline), ("random", cell.vs_random)):
+            if estimates:
+                by_task = {c.task: getattr(c, f"vs_{against}") for c in tasks}
+                sentences[against] = verdict(estimates, against, by_task=by_task,
+                                             heterogeneity=cell.heterogeneity if against == "baseline" else None)
+        return sentences
 
     def to_json(self) -> dict:
         """The CLI's ``prune-eval --json`` object: per task and shots (the averages included) each group's
         rates, the controls' rates per seed, and ``pruned_vs_baseline`` / ``pruned_vs_random`` as
-        ``{metric: {"delta", "ci95", "p"}}`` with the verdict sentences."""
+        ``{metric: {"delta", "ci95", "p", "p_holm"}}`` with the verdict sentences; ``queries``: the distinct queries
+        (the unit of the intervals and tests); the averages' ``heterogeneity``: metric -> p of Cochran's Q."""
         results = []
         for cell in self.ordered_cells():
-            entry = {"task": cell.task, "shots": cell.shots, "n": cell.n}
+            entry = {"task": cell.task, "shots": cell.shots, "n": cell.n, "queries": cell.queries}
+            if cell.heterogeneity:
+                entry["heterogeneity"] = cell.heterogeneity
             for group in GROUPS:
                 if group in cell.rates:
                     entry[group] = {m: {"rate": r.value, "ci95": list(r.ci95)} for m, r in cell.rates[group].items()}

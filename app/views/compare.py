@@ -6,7 +6,8 @@ import streamlit as st
 from analysis.cache import ResultsCache, task_fingerprint
 from analysis.errors import PrunescopeError
 from analysis.evaluation import evaluate_task
-from analysis.evaluation.paired import compare, verdict
+from analysis.evaluation.paired import compare
+from analysis.evaluation.verdicts import verdict
 from analysis.models import model_choices, model_label
 from analysis.models.toy import trained_on
 from analysis.pruning import NeuronMask
