@@ -13,6 +13,7 @@ from analysis.demo import SCORING
 from analysis.models import LoadedModel
 from analysis.pruning import NeuronMask
 from analysis.pruning.copying import CopyingScores, copying_scores, parse_layer_range, select_top_k
+from analysis.pruning.stability import MaskStability, mask_stability
 from components import state
 from components.widgets import memo
 
@@ -41,6 +42,17 @@ def top_k_mask(loaded: LoadedModel, scores) -> NeuronMask:
     """The session's top-k copying mask (k, per layer, layer range from the shared settings)."""
     layers = parse_layer_range(state.get("layers"), loaded.n_layers)
     return select_top_k(scores, int(state.get("k")), bool(state.get("per_layer")), layers)
+
+
+def top_k_stability(loaded: LoadedModel, scored: CopyingScores, mask: NeuronMask) -> MaskStability | None:
+    """How much the session's top-k mask depends on its scoring prompts (analysis/pruning/stability.py), once
+    per session and settings; None with fewer than 2 scoring prompts."""
+    if scored.n_used < 2:
+        return None
+    per_layer, layers = bool(state.get("per_layer")), parse_layer_range(state.get("layers"), loaded.n_layers)
+    key = ("mask-stability", loaded.fingerprint(), tuple(sorted(scored.options.items())), tuple(scored.used),
+           tuple(sorted(mask.neurons)), per_layer, layers)
+    return memo(key, lambda: mask_stability(scored, mask, per_layer, layers))
 
 
 def remember(loaded: LoadedModel, mask: NeuronMask | None) -> None:

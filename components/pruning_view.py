@@ -13,6 +13,7 @@ import streamlit as st
 from analysis.evaluation.paired import Cell, format_p
 from analysis.evaluation.verdicts import DEPENDS, excludes_zero, interval_text, signed_points
 from analysis.pruning.evaluate import PruneEvalResult, flip_counts
+from analysis.pruning.stability import MaskStability
 from components import present
 from components.charts_pruning import change_forest, pruning_bars
 from components.export import chart, table
@@ -95,5 +96,11 @@ def show_result(result: PruneEvalResult, pruned: bool, shots: int, mask_size: in
     return {"figures": figures, "tables": tables, "findings": findings}
 
 
-def mask_table(rows: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=["layer", "neuron", "score"])
+def mask_table(rows: list[dict], stability: MaskStability | None = None) -> pd.DataFrame:
+    """The mask's neurons with their copying scores and, when known, the share of bootstrap resamples of the
+    scoring prompts whose top k selects each."""
+    frame = pd.DataFrame(rows, columns=["layer", "neuron", "score"])
+    if stability is not None:
+        frame["selected in resamples"] = [stability.frequency.get((int(layer), int(neuron)), 0.0)
+                                          for layer, neuron in zip(frame.layer, frame.neuron)]
+    return frame

@@ -116,9 +116,13 @@ def test_scoring_options_layer_range_and_mask_table(monkeypatch):
     _ok(at.run())
     mask = at.session_state["active_mask"]["mask"]
     assert len(mask) == 5 and set(mask.by_layer()) <= {2, 3}
-    neurons = next(d.value for d in at.dataframe if list(d.value.columns) == ["layer", "neuron", "score"])
+    neurons = next(d.value for d in at.dataframe
+                   if list(d.value.columns) == ["layer", "neuron", "score", "selected in resamples"])
     assert len(neurons) == 5 and set(neurons.layer) <= {2, 3} and neurons.score.is_monotonic_decreasing
+    assert ((neurons["selected in resamples"] >= 0) & (neurons["selected in resamples"] <= 1)).all()
     assert any("Scores from 4 of 4 prompts (all prompts)" in c.value for c in at.caption)
+    assert any(c.value.startswith("Stability: over 200 bootstrap resamples of the 4 scoring prompts, the top 5")
+               for c in at.caption)
     assert {"score_target": "copy-prob", "layers": "2-3"}.items() <= dict(at.query_params).items()
     # the toy transformer never copies on these prompts: 'copied' has nothing to score, and says so
     at.selectbox(key="_w_score_prompts").set_value("copied")

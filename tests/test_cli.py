@@ -116,6 +116,13 @@ def test_copying_neurons_then_prune_eval(capsys, tiny_dirs, tmp_path):
                          "--shots", "2", "--top-k", "5", "--out", str(mask_path))
     assert code == 0, err
     assert len(NeuronMask.load(mask_path)) == 5 and "5 neurons" in out
+    assert "mask stability: over 200 bootstrap resamples of the 2 scoring prompts, the top 5 overlaps" in err
+    stable_path = tmp_path / "stable.json"
+    code, out, err = run(capsys, "copying-neurons", "--model", tiny_dirs["gpt2"], "--n", "2", "--steps", "2",
+                         "--shots", "2", "--top-k", "5", "--stable", "0.9", "--out", str(stable_path))
+    stable = NeuronMask.load(stable_path)
+    assert code == 0 and stable.neurons <= NeuronMask.load(mask_path).neurons and stable.meta["stable_share"] == 0.9
+    assert f"{len(stable)} neurons (k=5, stable in 90% of resamples)" in out
     code, out, err = run(capsys, "prune-eval", "--model", tiny_dirs["gpt2"], "--mask", str(mask_path), "--tasks",
                          "antonyms,to-upper", "--shots", "1,2", "--n", "3", "--random-controls", "2", "--json")
     assert code == 0, err
@@ -169,6 +176,7 @@ def test_task_vectors_text_says_when_no_layer_beats_zero_shot(capsys, tiny_dirs)
     (["attribute", "--task", "vowel-count", "--n", "0", "--out", "x.npz"], "argument --n: must be from 1 to 256"),
     (["attribute", "--task", "vowel-count", "--n", "1000000", "--out", "x.npz"], "argument --n: must be from 1 to 256"),
     (["copying-neurons", "--top-k", "many", "--out", "m.json"], "--top-k must be a whole number or 'auto'"),
+    (["copying-neurons", "--stable", "1.5", "--out", "m.json"], "--stable 1.5 is not a share in (0, 1]"),
     (["prune-eval", "--mask", "/no/mask.json", "--tasks", "antonyms"], "mask file /no/mask.json: no such file"),
     (["prune-eval", "--mask", "m.json", "--tasks", "bogus"], "unknown task 'bogus'"),
 ])

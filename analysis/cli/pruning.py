@@ -49,6 +49,9 @@ def register(commands) -> None:
     cn.add_argument("--per-layer", action="store_true", help="take the top k of every layer")
     cn.add_argument("--layers", default="", help="select only in this layer range, e.g. 10-20 (default: all)")
     cn.add_argument("--sweep-n", type=bounded("n"), default=80, help="prompts per task and k in the auto sweep")
+    cn.add_argument("--stable", type=float, default=None, metavar="SHARE",
+                    help="keep only the top-k neurons selected in at least this share (0-1] of bootstrap resamples "
+                         "of the scoring prompts (stability selection); the stability line is printed either way")
     cn.add_argument("--out", required=True, type=output_file(), help="output mask JSON file")
     add_ray_arg(cn)
     cn.set_defaults(run=cmd_copying_neurons)
@@ -121,6 +124,10 @@ def cmd_attribute(args: argparse.Namespace) -> int:
 def cmd_copying_neurons(args: argparse.Namespace) -> int:
     from analysis.pruning.autok import k_sweep
     from analysis.pruning.copying import copying_scores, parse_layer_range, select_top_k
+    from analysis.pruning.stability import STABLE_SHARE, mask_stability, stable_mask
+
+    if args.stable is not None and not 0 < args.stable <= 1:
+        raise PrunescopeError(f"--stable {args.stable} is not a share in (0, 1]")
 
     auto = args.top_k == "auto"
     k = None if auto else _parse_k(args.top_k)
@@ -143,11 +150,20 @@ def cmd_copying_neurons(args: argparse.Namespace) -> int:
             k = sweep.chosen
     assert k is not None  # parsed from --top-k, or chosen by the sweep
     mask = select_top_k(scored.scores, k, args.per_layer, layers, model=loaded.name, **scored.options)
-    mask.save(args.out)
     if auto and not k:
+        mask.save(args.out)
         print(f"wrote {args.out}: an empty mask. {sweep.message}")
         return 0
+    if scored.n_used >= 2:
+        stability = mask_stability(scored, mask, args.per_layer, layers)
+        print(f"mask stability: {stability.describe(mask, args.stable or STABLE_SHARE)}", file=sys.stderr)
+        if args.stable is not None:
+            mask = stable_mask(mask, stability, args.stable)
+    elif args.stable is not None:
+        raise PrunescopeError("--stable needs at least 2 scoring prompts")
+    mask.save(args.out)
     print(f"wrote {args.out}: {len(mask)} neurons (k={k}{', per layer' if args.per_layer else ''}"
+          f"{f', stable in {args.stable:.0%} of resamples' if args.stable is not None else ''}"
           f"{', chosen by the held-out sweep' if auto else ''}) in layers {sorted(mask.by_layer())}"
           + (f". {sweep.message}" if auto else ""))
     return 0

@@ -26,7 +26,8 @@ MASK_FORMAT = "prunescope-mask/1"
 MAX_INDEX = 2**31 - 1  # a layer or neuron index beyond any model; bigger numbers are refused before use
 LINK_PAIR = re.compile(r"([0-9]{1,9})\.([0-9]{1,9})")  # ASCII digits only: int() also reads '²' and '٣'
 META_KEYS = frozenset({"method", "k", "per_layer", "layers", "model", "scoring", "seed", "task", "layer", "percent",
-                       "n", "shots", "steps", "quadrature", "target", "prompts"})
+                       "n", "shots", "steps", "quadrature", "target", "prompts", "stable_share",
+                       "stability_resamples"})
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from components.charts_pruning import k_sweep_chart
 from components.export import chart, report_button, table
 from components.layout import wrapping_columns
 from components.markup import echo
-from components.masking import remember, scoring_settings, stored_copying_scores, top_k_mask
+from components.masking import remember, scoring_settings, stored_copying_scores, top_k_mask, top_k_stability
 from components.pruning_view import mask_table, show_result
 from components.results import keep, result_key, shown
 from components.widgets import cost, guarded, measured_speed, require_model, run_progress
@@ -137,8 +137,13 @@ if rejected:
 source = "uploaded" if upload is not None else "from the link" if state.get("mask") else "top-k copying"
 if mask is not None and not present.requested():  # on a slide the Prune row names the mask
     st.caption(f"Mask: {len(mask)} neurons ({source}) in layers {sorted(mask.by_layer()) or '—'}")
+    stability = top_k_stability(loaded, scored, mask) if scored is not None and source == "top-k copying" else None
+    if stability is not None:
+        st.caption(f"Stability: {stability.describe(mask)}.", help="A mask that changes when a few scoring prompts "
+                   "change is a sample, not a property of the model: score on more prompts, or keep the stable "
+                   "neurons (`copying-neurons --stable 0.8`).")
     with st.expander(f"The {len(mask)} neurons of the mask"):
-        table(mask_table(mask_neurons_table(mask, scores)), "mask-neurons")
+        table(mask_table(mask_neurons_table(mask, scores), stability), "mask-neurons")
     if state.get("mask") and st.button("Use the top-k copying mask instead", key="mask_clear"):
         state.put("mask", "")
         st.rerun()
