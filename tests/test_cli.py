@@ -10,7 +10,9 @@ import pandas as pd
 import pytest
 
 from analysis.cli import main
+from analysis.evaluation.icl import classify
 from analysis.pruning import NeuronMask
+from analysis.tasks import get_task
 
 
 def run(capsys, *argv):
@@ -139,8 +141,15 @@ def test_copying_neurons_then_prune_eval(capsys, tiny_dirs, tmp_path):
                          "antonyms", "--shots", "1", "--n", "3", "--records", str(records))
     assert code == 0, err
     table = pd.read_csv(records, keep_default_na=False)
-    assert list(table.columns) == ["task", "shots", "prompt_index", "query", "condition", "answer", "outcome"]
+    assert list(table.columns) == ["task", "shots", "prompt_index", "query", "condition", "answer", "outcome",
+                                   "gold", "demonstrations"]
     assert len(table) == 3 * (2 + 5)  # baseline, pruned and five random controls by default
+    antonyms = dict(get_task("antonyms").pairs)
+    for row in table.itertuples():  # every label can be audited from the file alone
+        demos = json.loads(row.demonstrations)
+        assert row.gold == antonyms[row.query] and len(demos) == 1  # 1-shot: one demonstration
+        expected = classify(row.answer, row.gold, demos, query=row.query)
+        assert row.outcome == expected
     assert set(table.condition) == {"baseline", "pruned", *(f"random-{s}" for s in range(5))}
     assert "Against random masks of the same size:" in out and "1-shot, all tasks" in out
     apart = tmp_path / "apart.csv"  # one pass per condition (recomputed, not read from the cache): the same rows
@@ -177,6 +186,7 @@ def test_task_vectors_text_says_when_no_layer_beats_zero_shot(capsys, tiny_dirs)
     (["attribute", "--task", "vowel-count", "--n", "1000000", "--out", "x.npz"], "argument --n: must be from 1 to 256"),
     (["copying-neurons", "--top-k", "many", "--out", "m.json"], "--top-k must be a whole number or 'auto'"),
     (["copying-neurons", "--stable", "1.5", "--out", "m.json"], "--stable 1.5 is not a share in (0, 1]"),
+    (["copying-neurons", "--dev-tasks", "antonyms,bogus", "--out", "m.json"], "--dev-tasks: 'bogus': name built-in"),
     (["prune-eval", "--mask", "/no/mask.json", "--tasks", "antonyms"], "mask file /no/mask.json: no such file"),
     (["prune-eval", "--mask", "m.json", "--tasks", "bogus"], "unknown task 'bogus'"),
 ])

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 from analysis.errors import PromptTooLongError
 from analysis.evaluation import classify, evaluate_task, plan_batches
+from analysis.evaluation.icl import classify_records
 from analysis.models.tiny import TINY_FAMILIES
 from analysis.pruning import NeuronMask
 from analysis.tasks import Task, builtin_tasks
@@ -123,3 +125,13 @@ def test_prompt_longer_than_context(tiny_loaded):
     task = Task("long", long_words)
     with pytest.raises(PromptTooLongError, match=r"exceeds the model's context of 256"):
         evaluate_task(tiny_loaded("llama"), task, shots=4, n=1)
+
+
+def test_accent_folding_changes_outcomes_only_when_asked():
+    assert classify("Bogota", "Bogotá", ["Lima"]) == "other"
+    assert classify("Bogota", "Bogotá", ["Lima"], fold_accents=True) == "correct"
+    assert classify("Lima", "Bogotá", ["Líma"], fold_accents=True) == "copy"
+    records = pd.DataFrame({"prompt": ["p"], "query": ["Colombia"], "gold": ["Bogotá"], "prediction": ["Bogota"],
+                            "demo_outputs": [["Lima"]]})
+    assert classify_records(records, False).outcome.tolist() == ["other"]
+    assert classify_records(records, False, fold_accents=True).outcome.tolist() == ["correct"]

@@ -95,7 +95,7 @@ def test_prune_eval_records_summary_and_json(tiny_loaded):
     mask = NeuronMask.from_pairs([(0, i) for i in range(20)] + [(1, i) for i in range(10)])
     result = prune_eval(loaded, mask, tasks, shots=(1, 2), n=6, random_controls=2, resamples=500)
     records = result.records
-    assert list(records.columns[:7]) == RECORD_COLUMNS and len(records) == 2 * 2 * (2 + 2) * 6
+    assert list(records.columns) == RECORD_COLUMNS and len(records) == 2 * 2 * (2 + 2) * 6
     assert set(records.condition) == {"baseline", "pruned", "random-0", "random-1"}
     direct = evaluate_task(loaded, tasks[0], 2, 6, seed=0, mask=mask)
     pruned_rows = records[(records.task == "antonyms") & (records.shots == 2) & (records.condition == "pruned")]

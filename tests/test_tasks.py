@@ -101,6 +101,13 @@ def test_normalize_answer():
     assert normalize_answer(" PARIS ", case_sensitive=True) == "PARIS"
 
 
+def test_accent_folding_is_an_option_off_by_default():
+    assert normalize_answer("Bogotá") != normalize_answer("Bogota")
+    assert normalize_answer("Bogotá", fold_accents=True) == normalize_answer("Bogota", fold_accents=True) == "bogota"
+    assert normalize_answer("ﬁn Ü", fold_accents=True) == "fin u"  # compatibility forms and umlauts
+    assert normalize_answer("Ça", case_sensitive=True, fold_accents=True) == "Ca"
+
+
 def test_repeats_note_names_the_distinct_queries():
     task = Task("letters", [("a", "A"), ("b", "B"), ("a", "A"), ("c", "C")])  # 3 distinct inputs in 4 pairs
     assert task.repeats_note(3) == ""

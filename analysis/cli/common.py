@@ -120,6 +120,19 @@ def max_memory_arg(text: str) -> dict:
     return limits
 
 
+def add_fold_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fold-accents", action="store_true",
+                        help="compare answers with accents and compatibility forms folded ('Bogotá' = 'Bogota'); "
+                             "off by default: an accent is part of the answer")
+
+
+def scoring(task, args: argparse.Namespace):
+    """``task`` as the command's scoring options ask (``--fold-accents``)."""
+    import dataclasses
+
+    return dataclasses.replace(task, fold_accents=True) if getattr(args, "fold_accents", False) else task
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="default", help="default, a toy model name, a local directory or a hub id")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda, cuda:N")

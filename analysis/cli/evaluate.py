@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from analysis.cli.common import (
+    add_fold_arg,
     add_model_args,
     add_ray_arg,
     bounded,
@@ -15,6 +16,7 @@ from analysis.cli.common import (
     progress_bar,
     ray_pool,
     results_cache,
+    scoring,
 )
 
 
@@ -26,6 +28,7 @@ def register(commands) -> None:
     ev.add_argument("--seed", type=bounded("seed"), default=0)
     ev.add_argument("--mask", help="a NeuronMask JSON file to apply while evaluating")
     ev.add_argument("--batch-size", type=positive_int, default=16)
+    add_fold_arg(ev)
     add_model_args(ev)
     ev.add_argument("--json", action="store_true", help="print exactly one JSON object")
     ev.set_defaults(run=cmd_eval)
@@ -45,7 +48,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from analysis.pruning import NeuronMask
     from analysis.tasks import get_task
 
-    task = get_task(args.task, min_pairs=args.shots + 1)
+    task = scoring(get_task(args.task, min_pairs=args.shots + 1), args)
     mask = NeuronMask.load(args.mask) if args.mask else None
     loaded = load(args)
     with progress_bar(f"{task.name} {args.shots}-shot") as progress:

@@ -11,6 +11,7 @@ import numpy as np
 
 from analysis.bounds import check
 from analysis.cli.common import (
+    add_fold_arg,
     add_model_args,
     add_ray_arg,
     bounded,
@@ -19,6 +20,7 @@ from analysis.cli.common import (
     progress_bar,
     ray_pool,
     results_cache,
+    scoring,
     shots_list,
 )
 from analysis.errors import PrunescopeError
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
 
 def register(commands) -> None:
     from analysis.attribution import QUADRATURES, TARGETS
+    from analysis.pruning.autok import DEV_TASKS
 
     at = commands.add_parser("attribute", help="all-layer neuron Integrated Gradients -> .npz")
     at.add_argument("--task", required=True)
@@ -49,6 +52,8 @@ def register(commands) -> None:
     cn.add_argument("--per-layer", action="store_true", help="take the top k of every layer")
     cn.add_argument("--layers", default="", help="select only in this layer range, e.g. 10-20 (default: all)")
     cn.add_argument("--sweep-n", type=bounded("n"), default=80, help="prompts per task and k in the auto sweep")
+    cn.add_argument("--dev-tasks", default=",".join(DEV_TASKS),
+                    help="built-in tasks the auto sweep chooses k on, beside the copying task's held-out split")
     cn.add_argument("--stable", type=float, default=None, metavar="SHARE",
                     help="keep only the top-k neurons selected in at least this share (0-1] of bootstrap resamples "
                          "of the scoring prompts (stability selection); the stability line is printed either way")
@@ -73,6 +78,7 @@ def register(commands) -> None:
     pe.add_argument("--random-controls", type=bounded("controls"), default=5,
                     help="random masks of the same size and layer distribution (seeds 0..R-1)")
     pe.add_argument("--seed", type=bounded("seed"), default=0)
+    add_fold_arg(pe)
     pe.add_argument("--separate-conditions", action="store_true",
                     help="one pass per condition, instead of unpruned, pruned and the random masks as rows of one "
                          "batch (the same numbers where the kernels are batch-invariant, as on CPU)")
@@ -125,9 +131,15 @@ def cmd_copying_neurons(args: argparse.Namespace) -> int:
     from analysis.pruning.autok import k_sweep
     from analysis.pruning.copying import copying_scores, parse_layer_range, select_top_k
     from analysis.pruning.stability import STABLE_SHARE, mask_stability, stable_mask
+    from analysis.tasks import builtin_tasks
 
     if args.stable is not None and not 0 < args.stable <= 1:
         raise PrunescopeError(f"--stable {args.stable} is not a share in (0, 1]")
+    dev_tasks = [name.strip() for name in args.dev_tasks.split(",") if name.strip()]
+    unknown = [name for name in dev_tasks if name not in builtin_tasks()]
+    if not dev_tasks or unknown:
+        raise PrunescopeError(f"--dev-tasks: {', '.join(map(repr, unknown)) or 'none given'}: name built-in tasks "
+                              "(see `tasks`)")
 
     auto = args.top_k == "auto"
     k = None if auto else _parse_k(args.top_k)
@@ -144,8 +156,8 @@ def cmd_copying_neurons(args: argparse.Namespace) -> int:
               file=sys.stderr)
         if auto:
             with progress_bar("k-sweep", unit="prompt") as progress:
-                sweep = k_sweep(loaded, scored.scores, per_layer=args.per_layer, layers=layers, n=args.sweep_n,
-                                cache=cache, progress=progress, pool=pool)
+                sweep = k_sweep(loaded, scored.scores, dev_tasks=dev_tasks, per_layer=args.per_layer,
+                                layers=layers, n=args.sweep_n, cache=cache, progress=progress, pool=pool)
             print(sweep_text(sweep), file=sys.stderr)
             k = sweep.chosen
     assert k is not None  # parsed from --top-k, or chosen by the sweep
@@ -214,7 +226,7 @@ def cmd_prune_eval(args: argparse.Namespace) -> int:
     if not args.shots:
         raise PrunescopeError("--shots needs at least one shot count, e.g. 1,2,4")
     names = icl_task_names() if args.tasks == "all" else [t.strip() for t in args.tasks.split(",") if t.strip()]
-    tasks = [get_task(name, min_pairs=max(args.shots) + 1) for name in names]
+    tasks = [scoring(get_task(name, min_pairs=max(args.shots) + 1), args) for name in names]
     mask = NeuronMask.load(args.mask)
     if not len(mask):
         raise PrunescopeError(f"mask file {args.mask} holds no neurons: nothing to prune (the auto k-sweep writes "

@@ -47,22 +47,26 @@ OUTCOMES = ("correct", "copy", "echo", "other")
 
 
 def classify(prediction: str, gold: str, demo_outputs: Sequence[str], case_sensitive: bool = False,
-             query: str | None = None) -> str:
+             query: str | None = None, fold_accents: bool = False) -> str:
     """'correct', 'copy' (a demonstration's output), 'echo' (the query input) or 'other'; see the module
     docstring for the order."""
-    pred = normalize_answer(prediction, case_sensitive)
-    if pred == normalize_answer(gold, case_sensitive):
+
+    def norm(text: str) -> str:
+        return normalize_answer(text, case_sensitive, fold_accents)
+
+    pred = norm(prediction)
+    if pred == norm(gold):
         return "correct"
-    if pred in {normalize_answer(y, case_sensitive) for y in demo_outputs}:
+    if pred in {norm(y) for y in demo_outputs}:
         return "copy"
-    if query is not None and pred == normalize_answer(query, case_sensitive):
+    if query is not None and pred == norm(query):
         return "echo"
     return "other"
 
 
-def classify_records(records: pd.DataFrame, case_sensitive: bool) -> pd.DataFrame:
+def classify_records(records: pd.DataFrame, case_sensitive: bool, fold_accents: bool = False) -> pd.DataFrame:
     """``records`` with ``prompt_index`` and the outcome columns (re)derived from each row's prediction."""
-    outcome = [classify(row.prediction, row.gold, row.demo_outputs, case_sensitive, row.query)
+    outcome = [classify(row.prediction, row.gold, row.demo_outputs, case_sensitive, row.query, fold_accents)
                for row in records.itertuples()]
     derived = pd.DataFrame({"prompt_index": range(len(records)), **records[["prompt", "query", "gold", "prediction"]],
                             "outcome": outcome}, index=records.index)
@@ -131,7 +135,7 @@ def evaluate_task(loaded: LoadedModel, task: Task, shots: int, n: int, seed: int
     if hit and progress:
         progress(n, n)
     result.model, result.task = loaded.name, task.name
-    result.records = classify_records(result.records, task.case_sensitive)
+    result.records = classify_records(result.records, task.case_sensitive, task.fold_accents)
     return result
 
 
@@ -166,7 +170,7 @@ def eval_result(loaded: LoadedModel, task: Task, shots: int, seed: int, prompts:
                              "prediction": prediction, "demo_outputs": list(prompt.demo_outputs)}
                             for prompt, prediction in zip(prompts, predictions)])
     return EvalResult(model=loaded.name, task=task.name, shots=shots, seed=seed,
-                      records=classify_records(records, task.case_sensitive),
+                      records=classify_records(records, task.case_sensitive, task.fold_accents),
                       masked=mask is not None and len(mask) > 0, meta={"mask_size": len(mask) if mask else 0})
 
 

@@ -111,6 +111,8 @@ def task_vectors(loaded: LoadedModel, task: Task, shots: int = 4, n: int = 40, d
         return run()
     parts = {"model": loaded.fingerprint(), "task": task_fingerprint(task), "shots": shots, "n": n,
              "dummy_queries": dummy_queries, "seed": seed, "mask": sorted(mask.neurons) if mask else []}
+    if task.fold_accents:  # its outcomes are stored, not derived on read as an evaluation's are
+        parts["fold_accents"] = True
     if not compute_missing:
         result = cache.get("task-vectors", cache.key("task-vectors", TASK_VECTOR_VERSION, parts))
         if result is not None:
@@ -171,7 +173,8 @@ def _task_vector_run(loaded, task, shots, n, dummy_queries, seed, mask, batch_si
     records: list[dict[str, object]] = []
 
     def record(condition: str, prompts, answers, seen=vector_answers) -> list[str]:
-        outcomes = [classify(a, p.gold, s, task.case_sensitive) for a, p, s in zip(answers, prompts, seen)]
+        outcomes = [classify(a, p.gold, s, task.case_sensitive, fold_accents=task.fold_accents)
+                    for a, p, s in zip(answers, prompts, seen)]
         records.extend({"prompt_index": i, "query": p.query, "gold": p.gold, "condition": condition,
                         "answer": a, "outcome": o} for i, (p, a, o) in enumerate(zip(prompts, answers, outcomes)))
         return outcomes

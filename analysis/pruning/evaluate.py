@@ -3,6 +3,7 @@ prompts, with paired intervals and tests (analysis/evaluation/paired.py)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -29,13 +30,16 @@ from analysis.pruning.copying import random_mask_like
 from analysis.pruning.mask import NeuronMask
 from analysis.tasks.task import Task
 
-RECORD_COLUMNS = ["task", "shots", "prompt_index", "query", "condition", "answer", "outcome"]
+# the --records columns: enough to audit every outcome label (the gold answer and the demonstrations' outputs,
+# a JSON list, beside the answer) and to run any other paired test
+RECORD_COLUMNS = ["task", "shots", "prompt_index", "query", "condition", "answer", "outcome", "gold",
+                  "demonstrations"]
 GROUPS = (BASELINE, PRUNED, "random")  # the random group is the mean over the controls
 
 
 @dataclass
 class PruneEvalResult:
-    """``records``: one row per prompt and condition (``RECORD_COLUMNS`` plus the gold answer), conditions
+    """``records``: one row per prompt and condition (``RECORD_COLUMNS``), conditions
     ``baseline``, ``pruned`` and ``random-<seed>``; ``flipped``: prompts whose answer changed between the
     unpruned and the pruned model. Rates, intervals and tests are computed once, on first use."""
 
@@ -225,7 +229,8 @@ def _records(result: EvalResult, task: str, shots: int, condition: str) -> pd.Da
     rec = result.records
     return pd.DataFrame({"task": task, "shots": shots, "prompt_index": rec["prompt_index"], "query": rec["query"],
                          "condition": condition, "answer": rec["prediction"], "outcome": rec["outcome"],
-                         "gold": rec["gold"]})
+                         "gold": rec["gold"],
+                         "demonstrations": [json.dumps(list(d), ensure_ascii=False) for d in rec["demo_outputs"]]})
 
 
 def flipped_examples(task: str, shots: int, base: pd.DataFrame, pruned: pd.DataFrame) -> pd.DataFrame:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import random
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
@@ -39,7 +40,10 @@ class Task:
 
     ``kind`` is ``"icl"`` for ordinary mapping tasks and ``"copying"`` for the synthetic copying-bias task,
     whose demonstrations never share the query's answer (so answering with a demonstration's output is a
-    copying error by construction). ``case_sensitive`` decides answer comparison (to-upper must be).
+    copying error by construction). ``case_sensitive`` decides answer comparison (to-upper must be);
+    ``fold_accents`` (off by default) also compares answers with accents and compatibility forms folded
+    ("Bogotá" = "Bogota", "ﬁ" = "fi"). Neither enters the task's fingerprint for the answers themselves
+    (outcomes are derived from the cached answers on every read).
     """
 
     name: str
@@ -47,6 +51,7 @@ class Task:
     template: str = DEFAULT_TEMPLATE
     kind: str = "icl"
     case_sensitive: bool = False
+    fold_accents: bool = False
     description: str = ""
     source: str = "built-in"
     meta: dict = field(default_factory=dict, compare=False, hash=False)
@@ -133,7 +138,10 @@ def validate_template(template: str) -> None:
         raise TaskError(f"prompt template {template!r} needs a delimiter after {{y}}, e.g. a newline")
 
 
-def normalize_answer(text: str, case_sensitive: bool = False) -> str:
-    """Trim, collapse inner whitespace and (unless case-sensitive) casefold, for answer comparison."""
+def normalize_answer(text: str, case_sensitive: bool = False, fold_accents: bool = False) -> str:
+    """Trim, collapse inner whitespace, (unless case-sensitive) casefold and (with ``fold_accents``) drop
+    accents and compatibility forms (NFKD without combining marks), for answer comparison."""
     text = " ".join(text.split())
+    if fold_accents:
+        text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
     return text if case_sensitive else text.casefold()
