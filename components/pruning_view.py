@@ -27,7 +27,7 @@ def show_verdicts(sentences: dict[str, str]) -> None:
             st.success(sentence, icon=":material/trending_up:")
         elif sentence.endswith("pruning costs accuracy."):
             st.error(sentence, icon=":material/trending_down:")
-        elif DEPENDS in sentence:
+        elif DEPENDS in sentence or sentence.endswith("do more than copy."):
             st.warning(sentence, icon=":material/call_split:")
         else:
             st.info(sentence, icon=":material/balance:")

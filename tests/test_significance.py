@@ -150,3 +150,20 @@ def test_echoes_are_named_when_they_move():
     assert "echoes fall 8.8 points (95 % CI -13.0 to -4.6)" in sentence
     still = dict(moved, echo_rate=Estimate(-0.01, (-0.04, 0.02)))
     assert "echoes" not in verdict(still, "baseline")
+
+
+def test_tasks_that_require_copying_are_their_own_group_and_a_rise_there_is_flagged():
+    records = two_tasks(0.5, 0.0)  # 'gains' requires copying here, and pruning raises its accuracy
+    run = PruneEvalResult("m", 20, records, pd.DataFrame(), resamples=2000, copy_required=("gains",))
+    labels = [c.task for c in run.ordered_cells()]
+    assert labels == ["gains", "loses", "copy-required tasks", "other tasks", "average"]
+    group = run.cell("copy-required tasks")
+    assert group.vs_baseline["accuracy"].delta == pytest.approx(run.cell("gains").vs_baseline["accuracy"].delta)
+    note = run.verdicts()["copy-required"]
+    assert note.startswith("On the tasks that require copying (gains), accuracy rises")
+    assert note.endswith("so these neurons do more than copy.")
+    assert "copy-required tasks" in set(run.summary().task)
+    plain = PruneEvalResult("m", 20, records, pd.DataFrame(), resamples=200)  # no such task: no group, no note
+    assert "copy-required" not in plain.verdicts() and len(plain.cells) == 3
+    falls = PruneEvalResult("m", 20, two_tasks(-0.5, 0.0), pd.DataFrame(), resamples=2000, copy_required=("gains",))
+    assert falls.verdicts()["copy-required"].endswith(").")  # the expected direction: stated, not flagged

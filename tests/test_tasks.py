@@ -125,3 +125,15 @@ def test_prompts_stream_without_drawing_ahead():
     stream = task.iter_prompts(2, seed=5)
     assert list(itertools.islice(stream, 300)) == task.sample_prompts(2, 300, seed=5)
     assert next(stream) == task.sample_prompts(2, 301, seed=5)[-1]  # and it goes on past every pair
+
+
+def test_recall_shows_the_answer_in_a_demonstration_and_tasks_that_require_copying_are_marked():
+    tasks = builtin_tasks()
+    recall = tasks["recall"]
+    for prompt in recall.sample_prompts(3, 40):
+        assert prompt.demo_outputs.count(prompt.gold) == 1  # the query's own pair, once; no other copy source
+        assert (prompt.query, prompt.gold) in prompt.demos
+    assert {name for name, task in tasks.items() if task.requires_copying} == {"list-first", "list-last", "recall"}
+    assert "recall" in icl_task_names() and "vowel-count" not in icl_task_names()
+    with pytest.raises(TaskError, match="needs shots >= 1"):
+        recall.sample_prompts(0, 1)

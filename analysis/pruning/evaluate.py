@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pandas as pd
 
@@ -23,7 +23,7 @@ from analysis.evaluation.paired import (
     Cell,
     compare,
 )
-from analysis.evaluation.verdicts import verdict
+from analysis.evaluation.verdicts import describe_change, excludes_zero, verdict
 from analysis.export import safe_csv
 from analysis.models.loader import LoadedModel
 from analysis.pruning.copying import random_mask_like
@@ -35,6 +35,7 @@ from analysis.tasks.task import Task
 RECORD_COLUMNS = ["task", "shots", "prompt_index", "query", "condition", "answer", "outcome", "gold",
                   "demonstrations"]
 GROUPS = (BASELINE, PRUNED, "random")  # the random group is the mean over the controls
+GROUPS_OF_TASKS = ("copy-required tasks", "other tasks")  # group averages, when both kinds of task were run
 
 
 @dataclass
@@ -48,20 +49,51 @@ class PruneEvalResult:
     records: pd.DataFrame
     flipped: pd.DataFrame
     resamples: int = RESAMPLES
+    copy_required: tuple[str, ...] = ()  # the tasks whose right answer is a copy (Task.requires_copying)
     _cells: list[Cell] | None = field(default=None, repr=False)
 
     @property
     def cells(self) -> list[Cell]:
-        """Per (task, shots) and the average per shot count: rates with intervals and both comparisons."""
+        """Per (task, shots) and the average per shot count: rates with intervals and both comparisons; where
+        tasks that require copying were run beside others, also each group's average (``GROUPS_OF_TASKS``)."""
         if self._cells is None:
             self._cells = compare(self.records, resamples=self.resamples)
+            self._cells += self._group_cells()
         return self._cells
 
-    def ordered_cells(self) -> list[Cell]:
-        """Cells task by task (in the order run), each task's shot counts in order, the averages last."""
+    def _group_cells(self) -> list[Cell]:
         tasks = list(dict.fromkeys(self.records["task"]))
-        return sorted(self.cells, key=lambda c: (c.task == AVERAGE, tasks.index(c.task) if c.task in tasks else 0,
-                                                 c.shots))
+        required = [t for t in tasks if t in self.copy_required]
+        others = [t for t in tasks if t not in self.copy_required]
+        if not (required and others):
+            return []
+        cells = []
+        for label, members in zip(GROUPS_OF_TASKS, (required, others)):
+            part = compare(self.records[self.records["task"].isin(members)], resamples=self.resamples)
+            cells += [replace(cell, task=label) for cell in part if cell.task == AVERAGE]
+        return cells
+
+    def ordered_cells(self) -> list[Cell]:
+        """Cells task by task (in the order run), each task's shot counts in order, then the group averages,
+        the averages last."""
+        order = [*dict.fromkeys(self.records["task"]), *GROUPS_OF_TASKS, AVERAGE]
+        return sorted(self.cells, key=lambda c: (order.index(c.task), c.shots))
+
+    def copy_required_note(self, shots: int | None = None) -> str:
+        """A sentence on the tasks that require copying, when they were run beside others: accuracy there
+        should not rise when a mask removes copying (a rise questions what the neurons do)."""
+        groups = [c for c in self.cells if c.task == GROUPS_OF_TASKS[0] and (shots is None or c.shots == shots)]
+        if not groups:
+            return ""
+        change = groups[0].vs_baseline.get("accuracy")
+        if change is None:
+            return ""
+        named = ", ".join(t for t in dict.fromkeys(self.records["task"]) if t in self.copy_required)
+        text = f"On the tasks that require copying ({named}), {describe_change('accuracy', change)}"
+        if excludes_zero(change.ci95) and change.delta > 0:
+            return (text + ": a mask that removes copying should not help where the answer is a copy, so these "
+                    "neurons do more than copy.")
+        return text + "."
 
     @property
     def controls(self) -> list[str]:
@@ -104,7 +136,8 @@ class PruneEvalResult:
 
     def verdicts(self, task: str = AVERAGE, shots: int | None = None) -> dict[str, str]:
         """The plain sentences for pruned vs the unpruned model and vs the random controls (empty when that
-        comparison was not run); the average's name the tasks where they disagree (analysis/evaluation/verdicts.py)."""
+        comparison was not run); the average's name the tasks where they disagree (analysis/evaluation/verdicts.py)
+        and, under ``copy-required``, what happened on the tasks that require copying."""
         cell = self.cell(task, shots)
         tasks = [c for c in self.cells if c.shots == cell.shots and c.task != AVERAGE] if task == AVERAGE else []
         sentences = {}
@@ -113,6 +146,9 @@ class PruneEvalResult:
                 by_task = {c.task: getattr(c, f"vs_{against}") for c in tasks}
                 sentences[against] = verdict(estimates, against, by_task=by_task,
                                              heterogeneity=cell.heterogeneity if against == "baseline" else None)
+        note = self.copy_required_note(cell.shots) if task == AVERAGE else ""
+        if note:
+            sentences["copy-required"] = note
         return sentences
 
     def to_json(self) -> dict:
@@ -191,7 +227,7 @@ def prune_eval(loaded: LoadedModel, mask: NeuronMask | None, tasks: Sequence[Tas
              for task in tasks for k in shots] if mask is not None else []
     flipped = pd.concat(flips, ignore_index=True) if flips else pd.DataFrame()
     return PruneEvalResult(loaded.name, len(mask or ()), pd.concat(frames, ignore_index=True), flipped,
-                           resamples=resamples)
+                           resamples=resamples, copy_required=tuple(t.name for t in tasks if t.requires_copying))
 
 
 def evaluate_distributed(loaded: LoadedModel, pool, requests: Sequence[tuple], cache: ResultsCache | None,

@@ -56,11 +56,21 @@ def _generated() -> dict[str, Task]:
         "next-letter": Task("next-letter", tuple(letters), case_sensitive=True, description="letter -> next letter"),
         "prev-letter": Task("prev-letter", tuple((b, a) for a, b in letters), case_sensitive=True,
                             description="letter -> previous letter"),
-        "list-first": Task("list-first", tuple((", ".join(ls), ls[0]) for ls in lists),
-                           description="list of words -> first word"),
-        "list-last": Task("list-last", tuple((", ".join(ls), ls[-1]) for ls in lists),
-                          description="list of words -> last word"),
+        "list-first": Task("list-first", tuple((", ".join(ls), ls[0]) for ls in lists), requires_copying=True,
+                           description="list of words -> first word (the answer is copied from the input)"),
+        "list-last": Task("list-last", tuple((", ".join(ls), ls[-1]) for ls in lists), requires_copying=True,
+                          description="list of words -> last word (the answer is copied from the input)"),
+        "recall": Task("recall", _recall_pairs(ws), kind="recall", requires_copying=True,
+                       description="word -> the word it was paired with in a demonstration (arbitrary pairs: "
+                                   "the answer must be copied)"),
     }
+
+
+def _recall_pairs(ws: tuple[str, ...], count: int = 120) -> tuple[tuple[str, str], ...]:
+    """Arbitrary word pairs, no output repeated and no word paired with itself (deterministic)."""
+    rng = random.Random(4321)
+    chosen = rng.sample(sorted(set(ws)), 2 * count)
+    return tuple(zip(chosen[:count], chosen[count:]))
 
 
 @lru_cache(maxsize=1)
@@ -75,7 +85,7 @@ def builtin_tasks() -> dict[str, Task]:
 
 def icl_task_names() -> list[str]:
     """Names of the built-in ICL tasks (everything but the copying task)."""
-    return [name for name, task in builtin_tasks().items() if task.kind == "icl"]
+    return [name for name, task in builtin_tasks().items() if task.kind != "copying"]
 
 
 def get_task(spec: str, **file_options) -> Task:

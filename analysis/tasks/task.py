@@ -38,12 +38,15 @@ class Prompt:
 class Task:
     """A named list of (input, output) pairs and how to turn them into prompts.
 
-    ``kind`` is ``"icl"`` for ordinary mapping tasks and ``"copying"`` for the synthetic copying-bias task,
+    ``kind`` is ``"icl"`` for ordinary mapping tasks, ``"copying"`` for the synthetic copying-bias task,
     whose demonstrations never share the query's answer (so answering with a demonstration's output is a
-    copying error by construction). ``case_sensitive`` decides answer comparison (to-upper must be);
-    ``fold_accents`` (off by default) also compares answers with accents and compatibility forms folded
-    ("Bogotá" = "Bogota", "ﬁ" = "fi"). Neither enters the task's fingerprint for the answers themselves
-    (outcomes are derived from the cached answers on every read).
+    copying error by construction), and ``"recall"`` for a task whose query pair is itself one of the
+    demonstrations (the right answer is a copy). ``requires_copying`` marks tasks whose right answer is a copy
+    of the input or of a demonstration (list-first, list-last, recall): a mask that removes copying should not
+    raise accuracy there, so prune-eval reports them as a group of their own. ``case_sensitive`` decides
+    answer comparison (to-upper must be); ``fold_accents`` (off by default) also compares answers with
+    accents and compatibility forms folded ("Bogotá" = "Bogota", "ﬁ" = "fi"); it is not part of the task's
+    fingerprint, since an evaluation's outcomes are derived from its cached answers on every read.
     """
 
     name: str
@@ -52,6 +55,7 @@ class Task:
     kind: str = "icl"
     case_sensitive: bool = False
     fold_accents: bool = False
+    requires_copying: bool = False
     description: str = ""
     source: str = "built-in"
     meta: dict = field(default_factory=dict, compare=False, hash=False)
@@ -104,6 +108,8 @@ class Task:
                 f"task {self.name!r} ({self.source}) has {len(self.pairs)} pairs; "
                 f"{shots}-shot prompts need at least {shots + 1}"
             )
+        if self.kind == "recall" and shots < 1:
+            raise TaskError(f"task {self.name!r} shows the answer in a demonstration: it needs shots >= 1")
         rng = random.Random(f"{self.name}|{shots}|{seed}")
         order: list[int] = []
         while True:
@@ -117,7 +123,12 @@ class Task:
                     f"task {self.name!r}: query {query[0]!r} leaves only {len(pool)} usable demonstrations "
                     f"for {shots} shots"
                 )
-            yield self.build_prompt(query, rng.sample(pool, shots))
+            if self.kind == "recall":  # the query's own pair among the demonstrations, at a random place
+                demos = rng.sample(pool, shots - 1)
+                demos.insert(rng.randrange(shots), query)
+                yield self.build_prompt(query, demos)
+            else:
+                yield self.build_prompt(query, rng.sample(pool, shots))
 
     def split(self, heldout_fraction: float = 0.3, seed: int = 0) -> tuple[Task, Task]:
         """(fit, held-out) tasks over disjoint pairs, chosen deterministically from ``seed``."""
@@ -127,7 +138,7 @@ class Task:
                 replace(self, name=f"{self.name}[heldout]", pairs=tuple(order[:cut])))
 
     def _conflicts(self, demo: tuple[str, str], query: tuple[str, str]) -> bool:
-        return self.kind == "copying" and normalize_answer(demo[1]) == normalize_answer(query[1])
+        return self.kind in ("copying", "recall") and normalize_answer(demo[1]) == normalize_answer(query[1])
 
 
 def validate_template(template: str) -> None:
