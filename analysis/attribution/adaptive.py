@@ -129,8 +129,8 @@ def _structured(f_cuts: torch.Tensor) -> bool:
 @dataclass
 class AdaptiveRun:
     """One prompt's adaptive IG: ``ig`` [layers, neurons], F(a), F(0) per layer, each layer's final rule as
-    (nodes, weights), and each layer's gradient evaluations (the final rule's nodes and those of the rounds
-    it replaced)."""
+    (nodes, weights), and each layer's gradient evaluations (the final rule's nodes, those of the rounds it
+    replaced and any computed on speculation that no round used)."""
 
     ig: torch.Tensor
     f_clean: float
