@@ -19,7 +19,16 @@ SPIKE = 2e-3  # the width of the jump of the "structured" layer: far below Gauss
 JUMP = (lambda x: torch.tanh(x / SPIKE), lambda x: (1 - torch.tanh(x / SPIKE) ** 2) / SPIKE)  # G, G'
 SQUARE = (lambda x: x ** 2, lambda x: 2 * x)
 WAVE = (lambda x: torch.sin(60 * x), lambda x: 60 * torch.cos(60 * x))
-LOADED = SimpleNamespace(adapter=SimpleNamespace(n_layers=2))
+
+
+class TwoLayers:
+    """A stand-in adapter: the rule reads its layer count and keys what it remembers between prompts on it."""
+
+    n_layers = 2
+
+
+def two_layers():
+    return SimpleNamespace(adapter=TwoLayers())  # a fresh one per test: nothing remembered from other tests
 
 
 def closed_form(monkeypatch, acts, coef, forms):
@@ -57,7 +66,7 @@ def test_closed_form_layers(monkeypatch):
     acts = torch.rand(2, 16, generator=generator, dtype=torch.float64) + 0.5
     coef = torch.randn(2, 16, generator=generator, dtype=torch.float64)
     exact, passes = closed_form(monkeypatch, acts, coef, (JUMP, SQUARE))
-    run = adaptive.adaptive_ig(LOADED, None, 4, 320)
+    run = adaptive.adaptive_ig(two_layers(), None, 4, 320)
     assert rel_err(run.ig[1].double(), exact[1]) < 1e-6  # smooth: 4-node Gauss-Legendre is exact on x^2
     assert run.evaluations[1] == 4 and passes[0][1] == 4 and all(1 not in rows for rows in passes[1:])
     assert rel_err(run.ig[0].double(), exact[0]) < 2e-3  # the jump: right per neuron, not only in sum
@@ -74,10 +83,30 @@ def test_intervals_that_miss_are_refined(monkeypatch):
     acts = torch.ones(2, 4, dtype=torch.float64)
     coef = torch.tensor([[1.0, -2.0, 0.5, 1.5], [1.0, 1.0, 1.0, 1.0]], dtype=torch.float64)
     exact, passes = closed_form(monkeypatch, acts, coef, (WAVE, SQUARE))
-    run = adaptive.adaptive_ig(LOADED, None, 4, 320)
+    run = adaptive.adaptive_ig(two_layers(), None, 4, 320)
     assert len(passes) >= 2 and sum(passes[-1].values()) < sum(passes[0].values())
     assert rel_err(run.ig.double(), exact) < 1e-3
     assert run.evaluations[0] == sum(rows.get(0, 0) for rows in passes) > len(run.rules[0][0])
+
+
+def test_a_layer_structured_on_the_last_prompt_saves_its_conversion_pass(monkeypatch):
+    """The probes call both layers smooth and Gauss-Legendre on [0, 1] misses layer 0's oscillation: on the
+    first prompt its composite rule takes a pass of its own; on the next prompt on the same model it joins the
+    first gradient pass, with the same rule, IG and evaluations, one pass fewer."""
+    monkeypatch.setattr(adaptive, "_structured", lambda f_cuts: False)
+    acts = torch.ones(2, 4, dtype=torch.float64)
+    coef = torch.tensor([[1.0, -2.0, 0.5, 1.5], [1.0, 1.0, 1.0, 1.0]], dtype=torch.float64)
+    exact, passes = closed_form(monkeypatch, acts, coef, (WAVE, SQUARE))
+    loaded = two_layers()
+    first = adaptive.adaptive_ig(loaded, None, 4, 320)
+    before = list(passes)
+    passes.clear()
+    second = adaptive.adaptive_ig(loaded, None, 4, 320)
+    assert before[:2] == [{0: 4, 1: 4}, {0: 52}] and len(passes) == len(before) - 1 == 3
+    assert passes[0] == {0: 4 + 52, 1: 4} and passes[1:] == before[2:]  # the composite rule joins the first
+    assert torch.equal(second.ig, first.ig) and second.evaluations == first.evaluations == [136, 4]
+    assert all(torch.equal(a, b) for rule, other in zip(second.rules, first.rules) for a, b in zip(rule, other))
+    assert rel_err(second.ig.double(), exact) < 1e-3
 
 
 @pytest.mark.parametrize("model_type", ["llama", "gpt2", "mamba"])
