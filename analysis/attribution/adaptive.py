@@ -160,7 +160,9 @@ def adaptive_ig(loaded: LoadedModel, item: AttributionInput, steps: int, budget:
         plan = LayerPlan(f_cuts, structured)
         plan.pieces = _first_pieces(plan) if structured else [_piece(None, steps)]
         plans.append(plan)
-    expected = _STRUCTURED.get(loaded.adapter, set())
+    # remembered layers only where a row's bits do not depend on the rows beside it: a result never depends on
+    # which prompt ran before (Mamba-2's rows do depend on their batch)
+    expected = _STRUCTURED.get(loaded.adapter, set()) if loaded.adapter.batch_invariant else set()
     known: dict[tuple[int, int | None, int], torch.Tensor] = {}
     rounds, done = [0] * n_layers, [False] * n_layers
     while True:
