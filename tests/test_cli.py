@@ -49,7 +49,8 @@ def test_eval_table_with_mask_and_task_file(capsys, tiny_dirs, tmp_path):
 
 def test_tasks_and_models(capsys):
     code, out, _ = run(capsys, "tasks")
-    assert code == 0 and "vowel-count" in out and "english-spanish" in out and len(out.splitlines()) == 16
+    assert code == 0 and "vowel-count" in out and "english-spanish" in out and "recall " in out
+    assert len(out.splitlines()) == 17  # a header and 16 tasks
     code, out, _ = run(capsys, "models")
     assert code == 0 and out.startswith("default") and "mamba2" in out and "griffin (recurrent_gemma)" in out
 
@@ -126,9 +127,13 @@ def test_copying_neurons_then_prune_eval(capsys, tiny_dirs, tmp_path):
     assert code == 0 and stable.neurons <= NeuronMask.load(mask_path).neurons and stable.meta["stable_share"] == 0.9
     assert f"{len(stable)} neurons (k=5, stable in 90% of resamples)" in out
     code, out, err = run(capsys, "prune-eval", "--model", tiny_dirs["gpt2"], "--mask", str(mask_path), "--tasks",
-                         "antonyms,to-upper", "--shots", "1,2", "--n", "3", "--random-controls", "2", "--json")
+                         "antonyms,to-upper", "--shots", "1,2", "--n", "3", "--random-controls", "2", "--json",
+                         "--general-passages", "4")
     assert code == 0, err
     data = json.loads(out)
+    general = data["general_text"]
+    assert general["passages"] == 4 and set(general["loss_nats_per_token"]) == {"baseline", "pruned", "random"}
+    assert general["sentence"].startswith("On general text (4 passages), pruning")
     assert data["mask_size"] == 5 and len(data["results"]) == 2 * 2 + 2  # tasks x shots, plus averages
     assert {r["task"] for r in data["results"]} == {"antonyms", "to-upper", "average"}
     for entry in data["results"]:
@@ -189,6 +194,7 @@ def test_task_vectors_text_says_when_no_layer_beats_zero_shot(capsys, tiny_dirs)
     (["copying-neurons", "--dev-tasks", "antonyms,bogus", "--out", "m.json"], "--dev-tasks: 'bogus': name built-in"),
     (["prune-eval", "--mask", "/no/mask.json", "--tasks", "antonyms"], "mask file /no/mask.json: no such file"),
     (["prune-eval", "--mask", "m.json", "--tasks", "bogus"], "unknown task 'bogus'"),
+    (["prune-eval", "--mask", "m.json", "--general-passages", "301"], "--general-passages 301 is not from 0 to 300"),
 ])
 def test_attribution_commands_bad_input(capsys, argv, message):
     code, out, err = run(capsys, *argv)

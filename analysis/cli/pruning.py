@@ -79,6 +79,9 @@ def register(commands) -> None:
                     help="random masks of the same size and layer distribution (seeds 0..R-1)")
     pe.add_argument("--seed", type=bounded("seed"), default=0)
     add_fold_arg(pe)
+    pe.add_argument("--general-passages", type=int, default=100, metavar="N",
+                    help="also compare the next-token loss on N passages of general text (0-300, 0: skip), the "
+                         "same conditions, paired by passage")
     pe.add_argument("--separate-conditions", action="store_true",
                     help="one pass per condition, instead of unpruned, pruned and the random masks as rows of one "
                          "batch (the same numbers where the kernels are batch-invariant, as on CPU)")
@@ -225,6 +228,8 @@ def cmd_prune_eval(args: argparse.Namespace) -> int:
 
     if not args.shots:
         raise PrunescopeError("--shots needs at least one shot count, e.g. 1,2,4")
+    if not 0 <= args.general_passages <= 300:
+        raise PrunescopeError(f"--general-passages {args.general_passages} is not from 0 to 300 (the passages shipped)")
     names = icl_task_names() if args.tasks == "all" else [t.strip() for t in args.tasks.split(",") if t.strip()]
     tasks = [scoring(get_task(name, min_pairs=max(args.shots) + 1), args) for name in names]
     mask = NeuronMask.load(args.mask)
@@ -237,6 +242,15 @@ def cmd_prune_eval(args: argparse.Namespace) -> int:
             result = prune_eval(loaded, mask, tasks, args.shots, args.n, args.random_controls, args.seed,
                                 cache=results_cache(args), progress=progress, pool=pool,
                                 one_batch=not args.separate_conditions)
+    general = None
+    if args.general_passages:
+        from analysis.evaluation.general import general_capability, shipped_passages
+        from analysis.pruning.evaluate import control_masks
+
+        with progress_bar("general text", unit="passage") as progress:
+            general = general_capability(loaded, mask, control_masks(loaded, mask, args.random_controls),
+                                         shipped_passages()[:args.general_passages], cache=results_cache(args),
+                                         progress=progress)
     if args.flipped:
         with open(args.flipped, "w", newline="", encoding="utf-8") as handle:
             handle.write(safe_csv(result.flipped))
@@ -244,7 +258,10 @@ def cmd_prune_eval(args: argparse.Namespace) -> int:
         with open(args.records, "w", newline="", encoding="utf-8") as handle:
             handle.write(result.records_csv())
     if args.json:
-        print(json.dumps(result.to_json()))
+        data = result.to_json()
+        if general is not None:
+            data["general_text"] = general.to_json()
+        print(json.dumps(data))
         return 0
     summary = result.summary()
     print(f"model {loaded.describe()}, mask of {len(mask)} neurons, {args.random_controls} random controls; "
@@ -260,6 +277,8 @@ def cmd_prune_eval(args: argparse.Namespace) -> int:
     for shots in args.shots:
         for sentence in result.verdicts(shots=shots).values():
             print(f"{shots}-shot, all tasks: {sentence}")
+    if general is not None:
+        print(general.sentence())
     return 0
 
 

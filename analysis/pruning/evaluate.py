@@ -194,8 +194,7 @@ def prune_eval(loaded: LoadedModel, mask: NeuronMask | None, tasks: Sequence[Tas
     check("controls", random_controls)
     if mask is not None:
         mask.validate(loaded.adapter.neuron_counts())
-    controls = [] if mask is None else [random_mask_like(mask, loaded.adapter.neuron_counts(), s)
-                                        for s in range(random_controls)]
+    controls = [] if mask is None else control_masks(loaded, mask, random_controls)
     conditions = [(BASELINE, None)] + ([] if mask is None else [(PRUNED, mask)] + [
         (f"{RANDOM_PREFIX}{control_seed}", control) for control_seed, control in enumerate(controls)])
     jobs = [(task, k, condition, m) for task in tasks for k in shots for condition, m in conditions]
@@ -228,6 +227,11 @@ def prune_eval(loaded: LoadedModel, mask: NeuronMask | None, tasks: Sequence[Tas
     flipped = pd.concat(flips, ignore_index=True) if flips else pd.DataFrame()
     return PruneEvalResult(loaded.name, len(mask or ()), pd.concat(frames, ignore_index=True), flipped,
                            resamples=resamples, copy_required=tuple(t.name for t in tasks if t.requires_copying))
+
+
+def control_masks(loaded: LoadedModel, mask: NeuronMask, count: int) -> list[NeuronMask]:
+    """The random controls of a pruning run: ``count`` masks like ``mask`` (seeds 0..count-1)."""
+    return [random_mask_like(mask, loaded.adapter.neuron_counts(), seed) for seed in range(count)]
 
 
 def evaluate_distributed(loaded: LoadedModel, pool, requests: Sequence[tuple], cache: ResultsCache | None,
@@ -289,4 +293,4 @@ def flip_counts(flipped: pd.DataFrame) -> pd.DataFrame:
     return counts.rename("prompts").reset_index()
 
 
-__all__ = ["PruneEvalResult", "RECORD_COLUMNS", "flip_counts", "flipped_examples", "prune_eval"]
+__all__ = ["PruneEvalResult", "RECORD_COLUMNS", "control_masks", "flip_counts", "flipped_examples", "prune_eval"]
