@@ -16,12 +16,13 @@ from analysis.attribution.quadrature import Quadrature
 from analysis.attribution.runs import attribute_task
 from analysis.attribution.targets import CopyTarget, TargetKind
 from analysis.cache import ResultsCache
+from analysis.evaluation.general import general_capability
 from analysis.evaluation.task_vectors import task_vectors
 from analysis.models.loader import LoadedModel
 from analysis.paths import PRECOMPUTED_DIR
 from analysis.pruning.autok import DEV_TASKS, K_GRID, k_sweep
 from analysis.pruning.copying import COPYING_TASK, copying_scores, copying_splits, select_top_k
-from analysis.pruning.evaluate import prune_eval
+from analysis.pruning.evaluate import control_masks, prune_eval
 from analysis.tasks import builtin_tasks
 
 
@@ -118,6 +119,8 @@ def precompute_demo(loaded: LoadedModel, out: str | Path = PRECOMPUTED_DIR, swee
     say("pruning table")
     prune_eval(loaded, mask, tasks, shots=[SETTINGS["shots"]], n=SETTINGS["n"], random_controls=PRUNE_CONTROLS,
                seed=SETTINGS["seed"], cache=cache, pool=pool)
+    say("general text")
+    general_capability(loaded, mask, control_masks(loaded, mask, PRUNE_CONTROLS), cache=cache)
     say("attribution")
     attribute_task(loaded, builtin_tasks()[SETTINGS["task"]], ATTRIBUTION["target"], ATTRIBUTION["n"],
                    SETTINGS["shots"], SETTINGS["seed"], ATTRIBUTION["steps"], ATTRIBUTION["quadrature"], cache=cache,

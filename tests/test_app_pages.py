@@ -73,13 +73,17 @@ def test_pruning_toggle_changes_the_numbers(monkeypatch):
     pruned_bar = next(t for t in bars["data"] if t["name"] == "Pruned" and t.get("xaxis", "x") == "x")
     average = summary.iloc[-1]
     assert pruned_bar["error_y"]["array"][-1] == pytest.approx(average.pruned_accuracy_hi - average.pruned_accuracy)
-    sentences = [i.value for i in at.info] + [i.value for i in at.success] + [e.value for e in at.error]
+    sentences = [i.value for i in [*at.info, *at.success, *at.error, *at.warning]]
     assert any(t.startswith("Against the unpruned model: copy errors") for t in sentences)
     assert any(t.startswith("Against random masks of the same size: ") for t in sentences)
     assert {c.key for c in at.get("plotly_chart")} >= {"prune_bars", "prune_changes"}
     assert at.number_input(key="prune_controls").value == 3
     assert st_mask_size(at) == 150
     assert at.query_params["prune"] in ("1", ["1"])  # the link opens the page pruned
+    at.button(key="general_run").click()  # general text: the same mask and random masks, paired by passage
+    _ok(at.run())
+    general = [t.value for t in [*at.info, *at.warning] if t.value.startswith("On general text (100 passages)")]
+    assert len(general) == 1 and "random masks of the same size" in general[0], general
     at.toggle(key="prune_on").set_value(False)
     _ok(at.run())
     assert _metrics(at) == before  # back to the cached unpruned numbers

@@ -28,6 +28,7 @@ from components import present, speculation, state
 from components.charts import neuron_heatmap
 from components.charts_pruning import k_sweep_chart
 from components.export import chart, report_button, table
+from components.general_view import general_text_panel
 from components.layout import wrapping_columns
 from components.markup import echo
 from components.masking import remember, scoring_settings, stored_copying_scores, top_k_mask, top_k_stability
@@ -245,6 +246,9 @@ def live_panel() -> None:
             speculation.status_line(pruned_runs(restart=False), "Pruned runs ready: switching Prune on shows them "
                                     "at once", "Pruned runs")
     view = show_result(result, pruned, shots, len(mask) if mask is not None else 0)
+    if pruned and has_mask and not present.requested():
+        general = general_text_panel(loaded, mask, int(controls))
+        view["findings"] += [general] if general else []
     st.session_state["prune_summary"] = view["tables"]["Summary"]
     report_button("Copying neurons and pruning", view["figures"], view["tables"],
                   {"model": loaded.describe(), "mask size": len(mask) if mask else 0,
