@@ -120,6 +120,14 @@ def test_copying_neurons_then_prune_eval(capsys, tiny_dirs, tmp_path):
     assert code == 0, err
     assert len(NeuronMask.load(mask_path)) == 5 and "5 neurons" in out
     assert "mask stability: over 200 bootstrap resamples of the 2 scoring prompts, the top 5 overlaps" in err
+    echo_path = tmp_path / "echo.json"
+    code, out, err = run(capsys, "copying-neurons", "--model", tiny_dirs["gpt2"], "--n", "2", "--steps", "2",
+                         "--shots", "2", "--top-k", "4", "--target", "echo", "--score-task", "singular-plural",
+                         "--out", str(echo_path))
+    echo_mask = NeuronMask.load(echo_path)
+    assert code == 0 and len(echo_mask) == 4, err
+    assert echo_mask.meta["target"] == "echo" and echo_mask.meta["task"] == "singular-plural"
+    assert "echo scores from 2 of 2 prompts (all) of singular-plural" in err
     stable_path = tmp_path / "stable.json"
     code, out, err = run(capsys, "copying-neurons", "--model", tiny_dirs["gpt2"], "--n", "2", "--steps", "2",
                          "--shots", "2", "--top-k", "5", "--stable", "0.9", "--out", str(stable_path))
@@ -192,6 +200,7 @@ def test_task_vectors_text_says_when_no_layer_beats_zero_shot(capsys, tiny_dirs)
     (["copying-neurons", "--top-k", "many", "--out", "m.json"], "--top-k must be a whole number or 'auto'"),
     (["copying-neurons", "--stable", "1.5", "--out", "m.json"], "--stable 1.5 is not a share in (0, 1]"),
     (["copying-neurons", "--dev-tasks", "antonyms,bogus", "--out", "m.json"], "--dev-tasks: 'bogus': name built-in"),
+    (["copying-neurons", "--score-task", "bogus", "--out", "m.json"], "--score-task 'bogus' is not a built-in task"),
     (["prune-eval", "--mask", "/no/mask.json", "--tasks", "antonyms"], "mask file /no/mask.json: no such file"),
     (["prune-eval", "--mask", "m.json", "--tasks", "bogus"], "unknown task 'bogus'"),
     (["prune-eval", "--mask", "m.json", "--general-passages", "301"], "--general-passages 301 is not from 0 to 300"),

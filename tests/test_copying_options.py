@@ -12,6 +12,7 @@ from analysis.attribution.targets import clean_logits
 from analysis.errors import PrunescopeError
 from analysis.evaluation import evaluate_task
 from analysis.pruning.copying import copying_scores, copying_splits, normalized_copy_scores
+from analysis.tasks import builtin_tasks
 from tests.test_neuron_ig import captum_layer_ig, copying_prompts, rel_err
 
 
@@ -61,3 +62,34 @@ def test_copied_prompts_filter(tiny_loaded, tmp_path):
         copying_scores(loaded, n=2, target="gold")
     with pytest.raises(PrunescopeError, match="unknown scoring prompts 'some'"):
         copying_scores(loaded, n=2, prompts="some")
+
+
+def test_echo_target_is_the_echo_logit_margin_equal_to_captum_and_complete(tiny_loaded):
+    loaded = tiny_loaded("llama")
+    prompts = builtin_tasks()["singular-plural"].sample_prompts(2, 2)
+    items = prepare_inputs(loaded, prompts, "echo")
+    for item, prompt in zip(items, prompts):
+        echoed, gold = item.target.token_ids
+        ids = list(item.input_ids)  # the prompt and the tokens echo and gold share ("river" of "rivers")
+        assert echoed != gold
+        assert loaded.tokenizer(prompt.text + " " + prompt.query + "\n").input_ids[:len(ids) + 1] == ids + [echoed]
+        assert loaded.tokenizer(prompt.text + " " + prompt.gold + "\n").input_ids[:len(ids) + 1] == ids + [gold]
+        logits = clean_logits(loaded, list(item.input_ids))
+        fast = neuron_ig(loaded, [item], steps=64, quadrature="gauss-legendre")
+        assert float(fast.f_clean[0]) == pytest.approx(float(logits[echoed] - logits[gold]), rel=1e-5, abs=1e-6)
+        assert rel_err(fast.per_prompt[0, 1], captum_layer_ig(loaded, item, 1, 64, "gausslegendre")) < 1e-4
+        with torch.no_grad():
+            for layer in range(loaded.n_layers):
+                delta = float(fast.f_clean[0]) - float(site_scaled_target(loaded, item, layer, torch.tensor(0.0)))
+                assert abs(float(fast.per_prompt[0, layer].sum()) - delta) <= 0.05 * abs(delta) + 1e-6
+
+
+def test_echo_scores_on_another_task_and_the_echo_filter(tiny_loaded, tmp_path):
+    from analysis.cache import ResultsCache
+
+    loaded, cache = tiny_loaded("llama"), ResultsCache(tmp_path, fallbacks=())
+    scored = copying_scores(loaded, n=4, shots=2, steps=2, target="echo", task="singular-plural", cache=cache)
+    assert scored.options["task"] == "singular-plural" and scored.ig.target == "echo"
+    assert {item.prompt.query for item in scored.ig.inputs} <= {x for x, _ in builtin_tasks()["singular-plural"].pairs}
+    with pytest.raises(PrunescopeError, match="unknown scoring task 'bogus'"):
+        copying_scores(loaded, n=4, shots=2, steps=2, target="echo", task="bogus", cache=cache)

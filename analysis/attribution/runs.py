@@ -25,7 +25,7 @@ def attribute_task(loaded: LoadedModel, task: Task, target: str, n: int, shots: 
     n, shots, steps, seed = check("ig_n", n), check("shots", shots), check("steps", steps), check("seed", seed)
 
     def compute() -> NeuronIGResult:
-        items = prepare_inputs(loaded, task.sample_prompts(shots, n, seed), target)
+        items = prepare_inputs(loaded, task.sample_prompts(shots, n, seed), target, task.delimiter)
         if pool is None:
             return neuron_ig(loaded, items, steps=steps, quadrature=quadrature, progress=progress)
         from analysis.distributed import SHARD_PROMPTS, neuron_ig_sharded  # prompt shards on Ray actors

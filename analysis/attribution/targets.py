@@ -6,6 +6,11 @@
 - ``copy-prob``: the probability of the copied answer's first token (same choice of copied answer): the
   target of arXiv 2410.01288, which attributes the model's probability of its copying error. Unlike ``copy``
   it does not subtract the gold answer, so it also credits neurons that raise every answer's logit.
+- ``echo``: logit(the query's own input as the answer) - logit(gold answer): the *echo* bias ("Pakistan ->
+  Pakistan"), which on Gemma 3 270M is what the top copying neurons turned out to suppress. Echo and gold
+  often share their first tokens ("river" / "rivers": " river" + "s"), so the answer position is where the
+  two answers, each followed by the task's delimiter, first differ: the shared tokens are appended to the
+  prompt and F compares the two next tokens there ("s" against the delimiter).
 - ``confidence``: the logit of the model's top prediction at the answer position (2507.09185). The token is
   fixed at the clean prediction, so F stays smooth along the IG path (a running max would not).
 
@@ -26,8 +31,8 @@ from analysis.errors import PromptTooLongError, PrunescopeError, check_choice
 from analysis.models.loader import LoadedModel, decode_text
 from analysis.tasks.task import Prompt, normalize_answer
 
-TargetKind = Literal["gold", "copy", "copy-prob", "confidence"]
-CopyTarget = Literal["copy", "copy-prob"]  # the targets that name a copied answer
+TargetKind = Literal["gold", "copy", "copy-prob", "echo", "confidence"]
+CopyTarget = Literal["copy", "copy-prob", "echo"]  # the bias targets: (wrong answer, gold) token pairs
 TARGETS: tuple[TargetKind, ...] = get_args(TargetKind)
 COPY_TARGETS: tuple[CopyTarget, ...] = get_args(CopyTarget)
 
@@ -40,7 +45,8 @@ def check_target(name: str) -> TargetKind:
 @dataclass(frozen=True)
 class TargetSpec:
     kind: TargetKind
-    token_ids: tuple[int, ...]  # gold: (gold,); copy, copy-prob: (copied, gold); confidence: (top prediction,)
+    token_ids: tuple[int, ...]  # gold: (gold,); copy, copy-prob: (copied, gold); echo: (echoed, gold);
+    # confidence: (top prediction,)
 
     def value(self, loaded: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
         """F for final hidden states [R, H] at the answer position -> [R]; only the needed logits are built."""
@@ -53,7 +59,7 @@ class TargetSpec:
             return torch.softmax(logits.float(), dim=-1)[:, self.token_ids[0]]
         ids = torch.tensor(self.token_ids, device=hidden.device)
         logits = adapter.logits(hidden, ids).float()
-        return logits[:, 0] - logits[:, 1] if self.kind == "copy" else logits[:, 0]
+        return logits[:, 0] - logits[:, 1] if self.kind in ("copy", "echo") else logits[:, 0]
 
 
 @dataclass(frozen=True)
@@ -78,14 +84,19 @@ def answer_tokens(loaded: LoadedModel, prompt_text: str, answer: str) -> tuple[l
     raise PrunescopeError(f"answer {answer!r} has no non-whitespace token")
 
 
-def prepare_inputs(loaded: LoadedModel, prompts: Sequence[Prompt], target: str) -> list[AttributionInput]:
+def prepare_inputs(loaded: LoadedModel, prompts: Sequence[Prompt], target: str,
+                   delimiter: str = "\n") -> list[AttributionInput]:
     """Attribution inputs for ``prompts``; ``copy``, ``copy-prob`` and ``confidence`` run the model once per
-    prompt."""
+    prompt. ``delimiter``: what ends an answer in the task's template (for ``echo``)."""
     kind = check_target(target)
     items = []
     limit = loaded.adapter.max_context()
     for prompt in prompts:
-        base, cont, j = answer_tokens(loaded, prompt.text, prompt.gold)
+        echoed = -1
+        if kind == "echo":
+            base, cont, j, echoed = _echo_split(loaded, prompt, delimiter)
+        else:
+            base, cont, j = answer_tokens(loaded, prompt.text, prompt.gold)
         ids = base + cont[:j]
         if limit is not None and len(ids) > limit:
             raise PromptTooLongError(f"prompt of {len(ids)} tokens exceeds the model's context of {limit}; "
@@ -94,6 +105,8 @@ def prepare_inputs(loaded: LoadedModel, prompts: Sequence[Prompt], target: str) 
         gold = cont[j]
         if kind == "gold":
             spec = TargetSpec("gold", (gold,))
+        elif kind == "echo":
+            spec = TargetSpec("echo", (echoed, gold))
         else:
             logits = clean_logits(loaded, ids)
             if kind == "confidence":
@@ -110,6 +123,24 @@ def clean_logits(loaded: LoadedModel, ids: list[int]) -> torch.Tensor:
         hidden = loaded.adapter.base_model(input_ids=torch.tensor([ids], device=loaded.device),
                                            use_cache=False).last_hidden_state
         return loaded.adapter.logits(hidden[0, -1])
+
+
+def _echo_split(loaded: LoadedModel, prompt: Prompt, delimiter: str) -> tuple[list[int], list[int], int, int]:
+    """(prompt ids, gold answer + delimiter ids, index where the echo first differs, the echo's token there)."""
+    tok = loaded.tokenizer
+    base = tok(prompt.text).input_ids
+
+    def continuation(answer: str) -> list[int]:
+        full = tok(prompt.text + " " + answer + delimiter).input_ids
+        return full[len(base):] if full[:len(base)] == base else \
+            tok(" " + answer + delimiter, add_special_tokens=False).input_ids
+
+    gold, echo = continuation(prompt.gold), continuation(prompt.query)
+    j = next((i for i, (g, e) in enumerate(zip(gold, echo)) if g != e), None)
+    if j is None or normalize_answer(prompt.query) == normalize_answer(prompt.gold):
+        raise PrunescopeError(f"echo target: the query {prompt.query!r} is the gold answer; an echo cannot be told "
+                              "from the right answer")
+    return base, gold, j, echo[j]
 
 
 def _copied_token(loaded: LoadedModel, prompt: Prompt, ids: list[int], j: int, gold: int,

@@ -44,8 +44,12 @@ def register(commands) -> None:
 
     cn = commands.add_parser("copying-neurons", help="copying-bias neurons of a model -> mask.json")
     _ig_args(cn, QUADRATURES, n=64)
-    cn.add_argument("--target", choices=("copy", "copy-prob"), default="copy",
-                    help="IG target: logit(copied) - logit(gold), or the paper's probability of the copied answer")
+    cn.add_argument("--target", choices=("copy", "copy-prob", "echo"), default="copy",
+                    help="IG target: logit(copied) - logit(gold), the paper's probability of the copied answer, or "
+                         "logit(the query echoed) - logit(gold)")
+    cn.add_argument("--score-task", default=None,
+                    help="score on this built-in task instead of the copying task's fit split (e.g. an echo-heavy "
+                         "task such as singular-plural for --target echo)")
     cn.add_argument("--prompts", choices=("all", "copied"), default="all",
                     help="score on all prompts, or only those where the unpruned model copies")
     cn.add_argument("--top-k", default="auto", help="neurons to select, or 'auto' to choose k by a held-out sweep")
@@ -138,6 +142,8 @@ def cmd_copying_neurons(args: argparse.Namespace) -> int:
 
     if args.stable is not None and not 0 < args.stable <= 1:
         raise PrunescopeError(f"--stable {args.stable} is not a share in (0, 1]")
+    if args.score_task is not None and args.score_task not in builtin_tasks():
+        raise PrunescopeError(f"--score-task {args.score_task!r} is not a built-in task (see `tasks`)")
     dev_tasks = [name.strip() for name in args.dev_tasks.split(",") if name.strip()]
     unknown = [name for name in dev_tasks if name not in builtin_tasks()]
     if not dev_tasks or unknown:
@@ -150,13 +156,13 @@ def cmd_copying_neurons(args: argparse.Namespace) -> int:
     layers = parse_layer_range(args.layers, loaded.n_layers)
     cache = results_cache(args)
     with ray_pool(args) as pool:
-        with progress_bar(f"IG {args.target} on vowel-count") as progress:
+        with progress_bar(f"IG {args.target} on {args.score_task or 'vowel-count'}") as progress:
             scored = copying_scores(loaded, n=args.n, shots=args.shots, seed=args.seed, steps=args.steps,
                                     quadrature=args.quadrature, target=args.target, prompts=args.prompts,
-                                    cache=cache, progress=progress, pool=pool)
+                                    cache=cache, progress=progress, pool=pool, task=args.score_task)
         assert scored is not None  # compute_missing: computed when not cached
-        print(f"copying scores from {scored.n_used} of {args.n} prompts ({args.prompts}), target {args.target}",
-              file=sys.stderr)
+        print(f"{args.target} scores from {scored.n_used} of {args.n} prompts ({args.prompts}) of "
+              f"{args.score_task or 'the copying task'}, target {args.target}", file=sys.stderr)
         if auto:
             with progress_bar("k-sweep", unit="prompt") as progress:
                 sweep = k_sweep(loaded, scored.scores, dev_tasks=dev_tasks, per_layer=args.per_layer,

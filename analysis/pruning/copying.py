@@ -77,37 +77,43 @@ def normalized_copy_scores(result: NeuronIGResult, used: Sequence[bool] | None =
 def copying_scores(loaded: LoadedModel, n: int = 64, shots: int = 4, seed: int = 0, steps: int = 4,
                    quadrature: str = "adaptive", target: str = "copy", prompts: str = "all",
                    cache: ResultsCache | None = None, progress: Callable[[int, int], None] | None = None,
-                   compute_missing: bool = True, pool=None) -> CopyingScores | None:
-    """Copying scores from the copying task's fit split (module docstring); None when ``compute_missing`` is
-    False and the IG run is not cached."""
+                   compute_missing: bool = True, pool=None, task: str | None = None) -> CopyingScores | None:
+    """Copying scores from the copying task's fit split (module docstring), or from the built-in ``task``
+    (e.g. an echo-heavy one for the ``echo`` target); None when ``compute_missing`` is False and the IG run is
+    not cached. With ``prompts="copied"`` and the ``echo`` target, the prompts used are those the model echoes
+    on."""
     if n < 1:
         raise PrunescopeError(f"need at least one prompt to score copying neurons (got N = {n})")
     if target not in COPY_TARGETS:
         raise PrunescopeError(f"unknown copying target {target!r}: use {' or '.join(COPY_TARGETS)}")
     if prompts not in SCORE_PROMPTS:
         raise PrunescopeError(f"unknown scoring prompts {prompts!r}: use {' or '.join(SCORE_PROMPTS)}")
-    fit, _ = copying_splits()
+    if task is not None and task not in builtin_tasks():
+        raise PrunescopeError(f"unknown scoring task {task!r}: name a built-in task")
+    fit = copying_splits()[0] if task is None else builtin_tasks()[task]
     result = attribute_task(loaded, fit, target, n=n, shots=shots, seed=seed, steps=steps, quadrature=quadrature,
                             cache=cache, progress=progress, compute_missing=compute_missing, pool=pool)
     if result is None:
         return None
     used = [True] * len(result.inputs)
     if prompts == "copied":
-        used = copied_prompts(loaded, fit, result, shots, n, seed, cache)
+        bias = "echo" if target == "echo" else "copy"
+        used = copied_prompts(loaded, fit, result, shots, n, seed, cache, bias)
         if not any(used):
-            raise PrunescopeError(f"none of the {n} scoring prompts is a copy error of the unpruned model or "
-                                  "favours the copied answer; score with prompts=all or more prompts")
+            raise PrunescopeError(f"none of the {n} scoring prompts is a{'n' if bias == 'echo' else ''} {bias} "
+                                  f"error of the unpruned model or favours the {bias}; score with prompts=all or "
+                                  "more prompts")
     options = {"n": n, "shots": shots, "seed": seed, "steps": steps, "quadrature": quadrature, "target": target,
-               "prompts": prompts}
+               "prompts": prompts, **({"task": task} if task is not None else {})}
     return CopyingScores(normalized_copy_scores(result, used), result, used, options)
 
 
 def copied_prompts(loaded: LoadedModel, fit: Task, result: NeuronIGResult, shots: int, n: int, seed: int,
-                   cache: ResultsCache | None) -> list[bool]:
+                   cache: ResultsCache | None, bias: str = "copy") -> list[bool]:
     """Per scoring prompt: does the unpruned model copy (greedy answer a copy error, or the copied answer's
-    first token above the gold one's)?"""
+    first token above the gold one's)? With ``bias="echo"``: does it echo the query?"""
     answers = evaluate_task(loaded, fit, shots, n, seed=seed, cache=cache).records
-    copies = (answers["outcome"] == "copy").tolist()
+    copies = (answers["outcome"] == bias).tolist()
     margins = []
     for item in result.inputs:
         copied, gold = item.target.token_ids

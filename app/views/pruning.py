@@ -36,8 +36,9 @@ from components.pruning_view import mask_table, show_result
 from components.results import keep, result_key, shown
 from components.widgets import cost, guarded, measured_speed, require_model, run_progress
 
-TARGET_LABELS = {"copy": "logit(copied) − logit(gold)", "copy-prob": "P(copied) — the paper's"}
-PROMPT_LABELS = {"all": "all prompts", "copied": "only prompts the model copies on"}
+TARGET_LABELS = {"copy": "logit(copied) − logit(gold)", "copy-prob": "P(copied) — the paper's",
+                 "echo": "logit(echo) − logit(gold): echo bias"}
+PROMPT_LABELS = {"all": "all prompts", "copied": "only prompts the model copies (echo: echoes) on"}
 
 st.header("Copying neurons & pruning")
 present.toolbar()
