@@ -46,7 +46,7 @@ class Bound:
 MAX_SEED = 2**31 - 1
 BOUNDS: dict[str, Bound] = {
     "n": Bound(1, 1000, "prompts per task"),
-    "shots": Bound(0, 8, "demonstrations per prompt"),
+    "shots": Bound(0, 32, "demonstrations per prompt"),
     "seed": Bound(0, MAX_SEED, "the prompt-sampling seed"),
     "layer": Bound(0, 1023, "a layer index; the model's own layer count is checked where the model is known"),
     "k": Bound(0, 10_000_000, "neurons to prune; the model's own neuron count is checked too"),

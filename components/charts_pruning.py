@@ -90,6 +90,37 @@ def change_forest(summary: pd.DataFrame, title: str = "") -> go.Figure:
     return fig
 
 
+def shot_sweep_chart(summary: pd.DataFrame, title: str = "") -> go.Figure:
+    """The mask's paired effect against the number of demonstrations: for the task average at each shot count,
+    pruned minus unpruned and pruned minus the random masks, in points with 95 % intervals, one panel per
+    outcome class, around a line at zero. ``summary`` is ``PruneEvalResult.summary()`` over several shots."""
+    average = summary[summary["task"] == "average"].sort_values("shots")
+    panels = [(m, name) for m, name in PANELS if f"d_{m}_vs_baseline" in average]
+    fig = make_subplots(rows=1, cols=max(len(panels), 1), subplot_titles=[f"Change in {name.lower()}"
+                                                                          for _, name in panels],
+                        shared_yaxes=True, horizontal_spacing=0.05)
+    shots = average["shots"].astype(int).tolist()
+    for col, (metric, _) in enumerate(panels, start=1):
+        for against, name, colour in COMPARISONS:
+            column = f"d_{metric}_vs_{against}"
+            if column not in average or average[column].isna().all():
+                continue
+            delta = 100 * average[column].astype(float)
+            low, high = 100 * average[f"{column}_lo"], 100 * average[f"{column}_hi"]
+            fig.add_trace(go.Scatter(
+                x=shots, y=delta, mode="lines+markers", name=name, legendgroup=name, showlegend=col == 1,
+                line=dict(color=colour, width=2, dash="dot" if against == "random" else "solid"),
+                marker=dict(color=colour, size=8, symbol="diamond" if against == "random" else "circle"),
+                error_y=dict(type="data", symmetric=False, array=(high - delta).tolist(),
+                             arrayminus=(delta - low).tolist(), thickness=1.5, width=4),
+                hovertemplate=f"{name}<br>%{{x}}-shot: %{{y:+.1f}} points<extra></extra>"), row=1, col=col)
+        fig.add_hline(y=0, line_color="#18181b", line_width=1, row=1, col=col)
+    fig.update_xaxes(title_text="shots (demonstrations)", type="log", tickvals=shots, ticktext=[str(s) for s in shots])
+    fig.update_yaxes(title_text="points", row=1, col=1)
+    fig.update_layout(title=title, height=420, margin=dict(t=80, b=50, l=10, r=10), legend=TOP_RIGHT_LEGEND)
+    return fig
+
+
 def k_sweep_chart(sweep) -> go.Figure:
     """The k-sweep (``analysis.pruning.autok.KSweep``): the change against the unpruned model (k = 0) of the
     sweep tasks' average accuracy and copy-error rate, in points with 95 % intervals, per k; each task's

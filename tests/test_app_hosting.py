@@ -33,7 +33,7 @@ def test_library_entry_points_refuse_out_of_range_settings(tiny_loaded):
 
     loaded = tiny_loaded("llama")
     for kwargs, message in (({"n": 10**12}, "n must be an integer from 1 to 1000"),
-                            ({"shots": 9}, "shots must be an integer from 0 to 8"),
+                            ({"shots": 33}, "shots must be an integer from 0 to 32"),
                             ({"n": 2.5}, "n must be an integer")):
         with pytest.raises(PrunescopeError, match=message):
             evaluate_task(loaded, builtin_tasks()["antonyms"], **{"shots": 1, "n": 4, **kwargs})

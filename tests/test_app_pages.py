@@ -84,6 +84,13 @@ def test_pruning_toggle_changes_the_numbers(monkeypatch):
     _ok(at.run())
     general = [t.value for t in [*at.info, *at.warning] if t.value.startswith("On general text (100 passages)")]
     assert len(general) == 1 and "random masks of the same size" in general[0], general
+    at.multiselect(key="sweep_shots").set_value([1, 2])  # the mask's effect at several shot counts
+    at.button(key="shot_sweep_run").click()
+    _ok(at.run())
+    sweep = json.loads(next(c for c in at.get("plotly_chart") if c.key == "shot_sweep").proto.spec)
+    accuracy = next(t for t in sweep["data"] if t["name"] == "vs unpruned" and t.get("xaxis", "x") == "x")
+    assert accuracy["x"] == [1, 2] and len(accuracy["error_y"]["array"]) == 2
+    assert any(c.value.startswith("2-shot: Against the unpruned model:") for c in at.caption)
     at.toggle(key="prune_on").set_value(False)
     _ok(at.run())
     assert _metrics(at) == before  # back to the cached unpruned numbers

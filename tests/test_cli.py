@@ -60,7 +60,7 @@ def test_tasks_and_models(capsys):
     (["eval", "--task", "to-upper", "--n", "0"], "argument --n: must be from 1 to 1000 (prompts per task), got 0"),
     (["eval", "--task", "to-upper", "--n", "1000000000000"], "argument --n: must be from 1 to 1000"),
     (["prune-eval", "--mask", "m.json", "--tasks", "antonyms", "--shots", "1,99"],
-     "argument --shots: must be from 0 to 8"),
+     "argument --shots: must be from 0 to 32"),
     (["eval", "--task", "to-upper", "--shots", "x"], "expected a whole number"),
     (["eval", "--task", "to-upper", "--mask", "/no/mask.json"], "mask file /no/mask.json: no such file"),
     (["eval", "--task", "to-upper", "--model", "/no/model"], "unknown model '/no/model'"),

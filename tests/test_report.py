@@ -96,3 +96,22 @@ def test_report_links_only_to_http_urls(link):
     assert "Open in the app" not in text and "alert" not in text and "passwd" not in text
     assert "Open in the app: <a href='https://demo.example/?page=pruning&amp;k=3'>" in html_report(
         "Pruning", link="https://demo.example/?page=pruning&k=3")
+
+
+def test_shot_sweep_chart_plots_the_average_change_per_shot_with_its_interval():
+    from components.charts_pruning import shot_sweep_chart
+
+    rows = []
+    for shots, delta in ((1, 0.10), (4, -0.02), (16, 0.05)):
+        for task in ("t", "average"):
+            rows.append({"task": task, "shots": shots, "d_accuracy_vs_baseline": delta,
+                         "d_accuracy_vs_baseline_lo": delta - 0.03, "d_accuracy_vs_baseline_hi": delta + 0.04,
+                         "d_accuracy_vs_random": delta / 2, "d_accuracy_vs_random_lo": delta / 2 - 0.05,
+                         "d_accuracy_vs_random_hi": delta / 2 + 0.05})
+    fig = shot_sweep_chart(pd.DataFrame(rows[::-1]))  # any row order: sorted by shots, averages only
+    unpruned = next(t for t in fig.data if t.name == "vs unpruned")
+    assert list(unpruned.x) == [1, 4, 16] and list(unpruned.y) == pytest.approx([10.0, -2.0, 5.0])
+    assert list(unpruned.error_y.array) == pytest.approx([4.0, 4.0, 4.0])
+    assert list(unpruned.error_y.arrayminus) == pytest.approx([3.0, 3.0, 3.0])
+    assert [t.name for t in fig.data] == ["vs unpruned", "vs random masks"]
+    assert list(fig.layout.xaxis.ticktext) == ["1", "4", "16"]

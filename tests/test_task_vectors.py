@@ -217,7 +217,7 @@ def test_task_vector_run(tiny_loaded):
 
 
 @pytest.mark.parametrize("kwargs,message", [({"shots": 0}, "shots >= 1"), ({"dummy_queries": 0}, "dummy queries"),
-                                            ({"shots": 25}, "shots must be an integer from 0 to 8"),
+                                            ({"shots": 33}, "shots must be an integer from 0 to 32"),
                                             ({"shots": 4, "task": "five"}, r"need shots \+ 2 = 6")])
 def test_bad_settings(tiny_loaded, kwargs, message):
     from analysis.tasks import Task

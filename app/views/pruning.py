@@ -34,6 +34,7 @@ from components.markup import echo
 from components.masking import remember, scoring_settings, stored_copying_scores, top_k_mask, top_k_stability
 from components.pruning_view import mask_table, show_result
 from components.results import keep, result_key, shown
+from components.shot_sweep_view import shot_sweep_panel
 from components.widgets import cost, guarded, measured_speed, require_model, run_progress
 
 TARGET_LABELS = {"copy": "logit(copied) − logit(gold)", "copy-prob": "P(copied) — the paper's",
@@ -250,6 +251,7 @@ def live_panel() -> None:
     if pruned and has_mask and not present.requested():
         general = general_text_panel(loaded, mask, int(controls))
         view["findings"] += [general] if general else []
+        view["figures"].update(shot_sweep_panel(loaded, mask, tasks, n, seed, int(controls)))
     st.session_state["prune_summary"] = view["tables"]["Summary"]
     report_button("Copying neurons and pruning", view["figures"], view["tables"],
                   {"model": loaded.describe(), "mask size": len(mask) if mask else 0,
