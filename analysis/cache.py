@@ -43,8 +43,10 @@ def stable_hash(value: Any) -> str:
 
 def task_fingerprint(task) -> str:
     """Hash of a task's data and prompt format (not its name: renaming a file keeps its results)."""
-    return stable_hash({"pairs": task.pairs, "template": task.template, "kind": task.kind,
-                        "case_sensitive": task.case_sensitive})
+    parts = {"pairs": task.pairs, "template": task.template, "kind": task.kind, "case_sensitive": task.case_sensitive}
+    if getattr(task, "instruction", ""):  # only when set: every other task keeps its key
+        parts["instruction"] = task.instruction
+    return stable_hash(parts)
 
 
 class ResultsCache:

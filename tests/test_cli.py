@@ -165,6 +165,13 @@ def test_copying_neurons_then_prune_eval(capsys, tiny_dirs, tmp_path):
         assert row.outcome == expected
     assert set(table.condition) == {"baseline", "pruned", *(f"random-{s}" for s in range(5))}
     assert "Against random masks of the same size:" in out and "1-shot, all tasks" in out
+    code, out, err = run(capsys, "prune-eval", "--model", tiny_dirs["gpt2"], "--mask", str(mask_path), "--tasks",
+                         "antonyms", "--shots", "1", "--n", "3", "--random-controls", "3", "--general-passages", "0",
+                         "--baselines", "magnitude,instruction", "--json")
+    assert code == 0, err
+    methods = json.loads(out)["methods"]
+    assert [m["method"] for m in methods] == ["copying mask", "magnitude pruning (same k)", "instruction prompt"]
+    assert all(m["d_accuracy_lo"] <= m["d_accuracy"] <= m["d_accuracy_hi"] for m in methods)
     apart = tmp_path / "apart.csv"  # one pass per condition (recomputed, not read from the cache): the same rows
     code, out, err = run(capsys, "prune-eval", "--model", tiny_dirs["gpt2"], "--mask", str(mask_path), "--tasks",
                          "antonyms", "--shots", "1", "--n", "3", "--records", str(apart), "--separate-conditions",
@@ -204,6 +211,7 @@ def test_task_vectors_text_says_when_no_layer_beats_zero_shot(capsys, tiny_dirs)
     (["prune-eval", "--mask", "/no/mask.json", "--tasks", "antonyms"], "mask file /no/mask.json: no such file"),
     (["prune-eval", "--mask", "m.json", "--tasks", "bogus"], "unknown task 'bogus'"),
     (["prune-eval", "--mask", "m.json", "--general-passages", "301"], "--general-passages 301 is not from 0 to 300"),
+    (["prune-eval", "--mask", "m.json", "--baselines", "magnitude,vibes"], "unknown baseline 'vibes'"),
 ])
 def test_attribution_commands_bad_input(capsys, argv, message):
     code, out, err = run(capsys, *argv)

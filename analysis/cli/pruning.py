@@ -83,6 +83,10 @@ def register(commands) -> None:
                     help="random masks of the same size and layer distribution (seeds 0..R-1)")
     pe.add_argument("--seed", type=bounded("seed"), default=0)
     add_fold_arg(pe)
+    pe.add_argument("--baselines", default="",
+                    help="also run training-free baselines on the same prompts, comma-separated: magnitude (prune "
+                         "the k most active neurons on the scoring prompts), instruction (a task line before the "
+                         "demonstrations)")
     pe.add_argument("--general-passages", type=int, default=100, metavar="N",
                     help="also compare the next-token loss on N passages of general text (0-300, 0: skip), the "
                          "same conditions, paired by passage")
@@ -228,12 +232,19 @@ def cmd_confidence_neurons(args: argparse.Namespace) -> int:
 
 
 def cmd_prune_eval(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import pandas as pd
+
     from analysis.pruning import NeuronMask
     from analysis.pruning.evaluate import prune_eval
     from analysis.tasks import get_task, icl_task_names
 
     if not args.shots:
         raise PrunescopeError("--shots needs at least one shot count, e.g. 1,2,4")
+    from analysis.pruning.baselines import check_baselines, method_table
+
+    baselines = check_baselines([name.strip() for name in args.baselines.split(",") if name.strip()])
     if not 0 <= args.general_passages <= 300:
         raise PrunescopeError(f"--general-passages {args.general_passages} is not from 0 to 300 (the passages shipped)")
     names = icl_task_names() if args.tasks == "all" else [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -248,6 +259,14 @@ def cmd_prune_eval(args: argparse.Namespace) -> int:
             result = prune_eval(loaded, mask, tasks, args.shots, args.n, args.random_controls, args.seed,
                                 cache=results_cache(args), progress=progress, pool=pool,
                                 one_batch=not args.separate_conditions)
+    if baselines:
+        from analysis.pruning.baselines import evaluate_baselines
+
+        with progress_bar("baselines", unit="prompt") as progress:
+            extra = evaluate_baselines(loaded, mask, tasks, args.shots, args.n, args.seed, baselines,
+                                       cache=results_cache(args), progress=progress)
+        result = dataclasses.replace(result, records=pd.concat([result.records, extra], ignore_index=True),
+                                     _cells=None)
     general = None
     if args.general_passages:
         from analysis.evaluation.general import general_capability, shipped_passages
@@ -265,6 +284,8 @@ def cmd_prune_eval(args: argparse.Namespace) -> int:
             handle.write(result.records_csv())
     if args.json:
         data = result.to_json()
+        if baselines:
+            data["methods"] = method_table(result.records, result.resamples).to_dict(orient="records")
         if general is not None:
             data["general_text"] = general.to_json()
         print(json.dumps(data))
@@ -283,9 +304,25 @@ def cmd_prune_eval(args: argparse.Namespace) -> int:
     for shots in args.shots:
         for sentence in result.verdicts(shots=shots).values():
             print(f"{shots}-shot, all tasks: {sentence}")
+    if baselines:
+        print("methods on the same prompts, task average, change vs unpruned in points [95 % CI] p:")
+        print(methods_text(method_table(result.records, result.resamples)))
     if general is not None:
         print(general.sentence())
     return 0
+
+
+def methods_text(table) -> str:
+    """The method table as text: one line per method and shot count."""
+    from analysis.evaluation.paired import format_p
+
+    lines = []
+    for row in table.itertuples():
+        parts = [f"{short} {100 * getattr(row, f'd_{m}'):+.1f} [{100 * getattr(row, f'd_{m}_lo'):+.1f}, "
+                 f"{100 * getattr(row, f'd_{m}_hi'):+.1f}] {format_p(getattr(row, f'd_{m}_p'))}"
+                 for m, short in (("accuracy", "acc"), ("copy_error_rate", "copy"), ("echo_rate", "echo"))]
+        lines.append(f"  {row.method}, {row.shots}-shot: " + "; ".join(parts))
+    return "\n".join(lines)
 
 
 def change_table(summary) -> pd.DataFrame:

@@ -219,7 +219,8 @@ def prune_eval(loaded: LoadedModel, mask: NeuronMask | None, tasks: Sequence[Tas
     else:
         results = evaluate_distributed(loaded, pool, [(task, k, n, seed, m) for task, k, _, m in jobs], cache,
                                        None if progress is None else (lambda d: progress(d * n, total)))
-    frames = [_records(result, task.name, k, condition) for (task, k, condition, _), result in zip(jobs, results)]
+    frames = [condition_records(result, task.name, k, condition)
+              for (task, k, condition, _), result in zip(jobs, results)]
     by_job = {(task.name, k, condition): result for (task, k, condition, _), result in zip(jobs, results)}
     flips = [flipped_examples(task.name, k, by_job[(task.name, k, BASELINE)].records,
                               by_job[(task.name, k, PRUNED)].records)
@@ -265,7 +266,8 @@ def evaluate_distributed(loaded: LoadedModel, pool, requests: Sequence[tuple], c
     return done
 
 
-def _records(result: EvalResult, task: str, shots: int, condition: str) -> pd.DataFrame:
+def condition_records(result: EvalResult, task: str, shots: int, condition: str) -> pd.DataFrame:
+    """One evaluation's rows of a pruning table (``RECORD_COLUMNS``), labelled ``condition``."""
     rec = result.records
     return pd.DataFrame({"task": task, "shots": shots, "prompt_index": rec["prompt_index"], "query": rec["query"],
                          "condition": condition, "answer": rec["prediction"], "outcome": rec["outcome"],
@@ -293,4 +295,5 @@ def flip_counts(flipped: pd.DataFrame) -> pd.DataFrame:
     return counts.rename("prompts").reset_index()
 
 
-__all__ = ["PruneEvalResult", "RECORD_COLUMNS", "control_masks", "flip_counts", "flipped_examples", "prune_eval"]
+__all__ = ["PruneEvalResult", "RECORD_COLUMNS", "condition_records", "control_masks", "flip_counts",
+           "flipped_examples", "prune_eval"]

@@ -56,6 +56,7 @@ class Task:
     case_sensitive: bool = False
     fold_accents: bool = False
     requires_copying: bool = False
+    instruction: str = ""  # text before the demonstrations (the instruction-prompt baseline); usually empty
     description: str = ""
     source: str = "built-in"
     meta: dict = field(default_factory=dict, compare=False, hash=False)
@@ -75,7 +76,7 @@ class Task:
         return self.template.split("{y}", 1)[0].replace("{x}", x).rstrip()
 
     def build_prompt(self, query: tuple[str, str], demos: list[tuple[str, str]]) -> Prompt:
-        text = "".join(self.render_demo(x, y) for x, y in demos) + self.render_query(query[0])
+        text = self.instruction + "".join(self.render_demo(x, y) for x, y in demos) + self.render_query(query[0])
         return Prompt(text=text, query=query[0], gold=query[1], demos=tuple(demos))
 
     def repeats_note(self, n: int) -> str:
