@@ -24,8 +24,10 @@ $(STAMP): requirements.txt Makefile
 
 setup: $(STAMP)
 
+# Listens on this machine only (a local app loads hub ids and local folders); set STREAMLIT_SERVER_ADDRESS to
+# open it to a network (the Dockerfile sets 0.0.0.0 and public mode).
 run: setup
-	$(PY) -m streamlit run app/main.py
+	STREAMLIT_SERVER_ADDRESS=$${STREAMLIT_SERVER_ADDRESS:-127.0.0.1} $(PY) -m streamlit run app/main.py
 
 # Debian's Chromium for the real-browser test (tests/test_browser.py), installed through apt-get when missing
 # and possible (root or sudo); without it that one test skips. .ci/run insists on it.

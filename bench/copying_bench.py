@@ -1,7 +1,12 @@
 """Does pruning copying neurons help in-context learning, more than pruning random neurons? Measured per model.
 
     python bench/copying_bench.py [--models default,gemma3-270m] [--options default,copied] [--score-n 64]
-                                  [--sweep-n 80] [--n 80] [--shots 1,2] [--controls 5] [--tasks ...] [--quick]
+                                  [--sweep-n 80] [--k K] [--n 80] [--shots 1,2] [--controls 5] [--tasks ...]
+                                  [--quick]
+
+The README's tables: ``--score-n 32 --k 20``, whose default-options masks are the masks the app ships (each
+row names its mask's digest; tests/test_shipped_results.py checks the README's digests against the shipped
+masks).
 
 On a shared CPU run it with OMP_NUM_THREADS=1: oversubscribed threads made it 5-7x slower here.
 
@@ -74,11 +79,12 @@ def run_model(name: str, args, cache: ResultsCache) -> list[str]:
         bar = tqdm(desc=f"{name} {label}: k-sweep", unit="prompt", leave=False, file=sys.stderr)
         sweep = k_sweep(loaded, scored.scores, n=args.sweep_n, cache=cache, progress=lambda d, t: bar.update(d - bar.n))
         bar.close()
-        k = sweep.chosen or SETTINGS["k"]
-        note = "" if sweep.chosen else " (app default; auto-k selects none)"
+        k = args.k or sweep.chosen or SETTINGS["k"]
+        note = " (fixed)" if args.k else "" if sweep.chosen else " (app default; auto-k selects none)"
         print(f"\n[{name} / {label}] scores from {scored.n_used} of {args.score_n} prompts; {sweep.message}",
               flush=True)
         mask = select_top_k(scored.scores, k)
+        print(f"[{name} / {label}] mask of {len(mask)} neurons, digest {mask.digest()}", flush=True)
         bar = tqdm(desc=f"{name} {label}: evaluation", unit="prompt", leave=False, file=sys.stderr)
         result = prune_eval(loaded, mask, tasks, args.shots, args.n, args.controls, cache=cache,
                             progress=lambda d, t: bar.update(d - bar.n))
@@ -93,7 +99,9 @@ def run_model(name: str, args, cache: ResultsCache) -> list[str]:
                         + " / ".join(f"{rates[g]['echo_rate'].value:.3f}" for g in rates) + " | "
                         + f"{points(cell.vs_baseline['accuracy'])} {format_p(cell.vs_baseline['accuracy'].p)} | "
                         + f"{points(cell.vs_baseline['copy_error_rate'])} | "
-                        + f"{points(cell.vs_random['accuracy'])} {format_p(cell.vs_random['accuracy'].p)} |")
+                        + f"{points(cell.vs_baseline['echo_rate'])} | "
+                        + f"{points(cell.vs_random['accuracy'])} {format_p(cell.vs_random['accuracy'].p)} | "
+                        + f"`{mask.digest()}` |")
             for sentence in result.verdicts(shots=cell.shots).values():
                 print(f"  {cell.shots}-shot: {sentence}", flush=True)
         if label == "default":
@@ -118,6 +126,8 @@ def main() -> None:
     parser.add_argument("--quadrature", default="adaptive", help="adaptive (default), riemann (the paper's), "
                                                                  "gauss-legendre")
     parser.add_argument("--sweep-n", type=int, default=80)
+    parser.add_argument("--k", type=int, default=0, help="evaluate the top k instead of auto-k's choice (the app's "
+                                                         "shipped default mask: --score-n 32 --k 20)")
     parser.add_argument("--n", type=int, default=80)
     parser.add_argument("--shots", default="1,2")
     parser.add_argument("--controls", type=int, default=5)
@@ -140,7 +150,8 @@ def main() -> None:
           f"({args.sweep_n} prompts, 2-shot); scores from {args.score_n} prompts, IG {args.quadrature} "
           f"({args.steps} steps)")
     header = ("| model | options | k | shots | n | accuracy (unpruned / pruned / random) | copy errors | echoes "
-              "| d_acc vs unpruned, points [95 % CI] | d_copy vs unpruned | d_acc vs random |")
+              "| d_acc vs unpruned, points [95 % CI], sign-flip p over queries | d_copy vs unpruned | d_echo vs "
+              "unpruned | d_acc vs random, bootstrap p | mask digest |")
     rows, lasts = [], []
     for name in args.models.split(","):
         for line in run_model(name, args, cache):

@@ -93,7 +93,11 @@ def test_the_image_starts_what_make_run_starts():
     [cmd] = args_of("CMD")
     _, recipes = makefile()
     [run] = recipes["run"]
-    assert json.loads(cmd) == shlex.split(run) == [".venv/bin/python", "-m", "streamlit", "run", "app/main.py"]
+    local, *command = shlex.split(run)
+    assert json.loads(cmd) == command == [".venv/bin/python", "-m", "streamlit", "run", "app/main.py"]
+    # make run listens on this machine unless told otherwise; the image (public mode) listens on every interface
+    assert local == "STREAMLIT_SERVER_ADDRESS=$${STREAMLIT_SERVER_ADDRESS:-127.0.0.1}"
+    assert "STREAMLIT_SERVER_ADDRESS=0.0.0.0" in (ROOT / "Dockerfile").read_text(encoding="utf-8")
 
 
 def test_ports_health_check_and_user_agree():

@@ -6,6 +6,7 @@ Zero-ablation at every position, as in the copying-bias pruning of arXiv 2410.01
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -106,6 +107,10 @@ class NeuronMask:
     def to_text(self) -> str:
         """Compact ``layer.index`` list for links: ``3.17,5.200``."""
         return ",".join(f"{layer}.{index}" for layer, index in sorted(self.neurons))
+
+    def digest(self) -> str:
+        """12 hex digits naming the neuron set (not how it was made): tables cite the mask they measured."""
+        return hashlib.sha256(self.to_text().encode()).hexdigest()[:12]
 
     @classmethod
     def from_text(cls, text: str, what: str = "mask") -> NeuronMask:
