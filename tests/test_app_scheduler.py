@@ -140,3 +140,16 @@ def test_cancel_stops_the_pages_own_job_within_a_batch_and_leaves_the_pruning_jo
     finally:
         gate.set()
         pruning.cancel()
+
+
+def test_a_copy_target_that_cannot_apply_is_said_before_attribute_is_clicked(monkeypatch):
+    """to-upper's demonstrations never start with a token other than the gold one's for some queries: the page
+    says so under the settings and disables Attribute (it used to fail only after the click)."""
+    at = _start("toy-transformer", monkeypatch, "views/attribution.py", task="to-upper", ig_n=64)
+    at.selectbox(key="ig_target").set_value("copy")
+    _ok(at.run())
+    assert any("copy target: no demonstration answer of the prompt for" in w.value for w in at.warning)
+    assert at.button(key="ig_run").disabled and not at.error
+    at.selectbox(key="ig_target").set_value("gold")
+    _ok(at.run())
+    assert not at.button(key="ig_run").disabled and not at.warning

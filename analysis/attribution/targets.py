@@ -143,9 +143,8 @@ def _echo_split(loaded: LoadedModel, prompt: Prompt, delimiter: str) -> tuple[li
     return base, gold, j, echo[j]
 
 
-def _copied_token(loaded: LoadedModel, prompt: Prompt, ids: list[int], j: int, gold: int,
-                  logits: torch.Tensor) -> int:
-    """The first token of the demonstration answer the model prefers, among those distinguishable from gold."""
+def _copy_candidates(loaded: LoadedModel, prompt: Prompt, ids: list[int], gold: int) -> set[int]:
+    """First tokens of the demonstration answers that can be told from the gold one at the answer position."""
     candidates = set()
     for answer in prompt.demo_outputs:
         if normalize_answer(answer) == normalize_answer(prompt.gold):
@@ -153,7 +152,28 @@ def _copied_token(loaded: LoadedModel, prompt: Prompt, ids: list[int], j: int, g
         base, cont, k = answer_tokens(loaded, prompt.text, answer)
         if base + cont[:k] == ids and cont[k] != gold:
             candidates.add(cont[k])
+    return candidates
+
+
+def _no_copy_message(prompt: Prompt) -> str:
+    return (f"copy target: no demonstration answer of the prompt for {prompt.query!r} starts with a token "
+            "different from the gold answer's (use the copying task)")
+
+
+def copy_target_problem(loaded: LoadedModel, prompts: Sequence[Prompt]) -> str | None:
+    """Why a copy target cannot be attributed on ``prompts`` (the first prompt without a copied answer to name),
+    or None; tokenizer only, so a page can say so before anything runs."""
+    for prompt in prompts:
+        base, cont, j = answer_tokens(loaded, prompt.text, prompt.gold)
+        if not _copy_candidates(loaded, prompt, base + cont[:j], cont[j]):
+            return _no_copy_message(prompt)
+    return None
+
+
+def _copied_token(loaded: LoadedModel, prompt: Prompt, ids: list[int], j: int, gold: int,
+                  logits: torch.Tensor) -> int:
+    """The first token of the demonstration answer the model prefers, among those distinguishable from gold."""
+    candidates = _copy_candidates(loaded, prompt, ids, gold)
     if not candidates:
-        raise PrunescopeError(f"copy target: no demonstration answer of the prompt for {prompt.query!r} starts "
-                              "with a token different from the gold answer's (use the copying task)")
+        raise PrunescopeError(_no_copy_message(prompt))
     return max(sorted(candidates), key=lambda token: float(logits[token]))

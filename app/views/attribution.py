@@ -6,6 +6,7 @@ from analysis.attribution import QUADRATURES, TARGETS, attribute_task
 from analysis.attribution.neuron_ig import COMPLETENESS_WARN, completeness_summary
 from analysis.attribution.quadrature import cost_units
 from analysis.attribution.summary import top_neurons
+from analysis.attribution.targets import copy_target_problem
 from analysis.cache import ResultsCache, task_fingerprint
 from analysis.device import dtype_name
 from analysis.distributed import env_pool
@@ -35,7 +36,15 @@ with present.controls():
     rule = state.bound(col_rule.selectbox, "Quadrature", "ig_rule", widget_key="ig_rule", options=QUADRATURES)
     what = f"{int(n)} prompts x " + ("the adaptive rule" if rule == "adaptive" else f"{int(steps)} steps")
     speculation.cost_note(loaded, cost_units(int(n), int(steps), rule), "ig", what)
-    clicked = st.button("Attribute", type="primary", disabled=task is None, key="ig_run")
+    problem = None
+    if task is not None and target in ("copy", "copy-prob"):  # said before a click, not after (tokenizer only)
+        with guarded("prompts"):
+            problem = memo(("copy-problem", loaded.name, task_fingerprint(task), target, int(n), int(shots),
+                            int(state.get("seed"))), lambda: copy_target_problem(
+                loaded, task.sample_prompts(int(shots), int(n), int(state.get("seed")))) or "")
+        if problem:
+            st.warning(f"{problem}; pick another target or task.", icon=":material/block:")
+    clicked = st.button("Attribute", type="primary", disabled=task is None or bool(problem), key="ig_run")
 
 key = None
 if task is not None:
