@@ -194,7 +194,9 @@ def test_no_best_layer_when_no_layer_beats_zero_shot():
     result = _result([{"layer": 0, **low}, {"layer": 1, **six}, {"layer": 2, **low}])
     assert result.best_layer is None and result.best_accuracy is None and result.top_layer == 1
     assert result.verdict() == "no layer beats zero-shot (best: layer 1, 15.0% vs 0.0% zero-shot, p = 0.094 " \
-                               "Bonferroni over 3 layers)"
+                               "after Bonferroni's correction over 3 layers)"
+    flat = paired_row(["correct"] * 2 + ["other"] * 38, ["correct"] * 2 + ["other"] * 38)  # p = 1, not 'p = 1 B…'
+    assert _result([{"layer": 0, **flat}]).verdict().endswith("p = 1 after Bonferroni's correction over 1 layer)")
     ten = paired_row(["correct"] * 10 + ["other"] * 30, ["other"] * 40)
     twenty = paired_row(["correct"] * 20 + ["other"] * 20, ["other"] * 40)
     result = _result([{"layer": 0, **ten}, {"layer": 1, **twenty}, {"layer": 2, **ten}])

@@ -77,8 +77,10 @@ class TaskVectorResult:
         layer = self.best_layer
         head = f"layer {layer} beats zero-shot" if layer is not None else "no layer beats zero-shot"
         row = self._row(self.top_layer if layer is None else layer)
+        adjusted = "p = 1" if row.p_adjusted >= 1 else f"p = {row.p_adjusted:.2g}"
         detail = (f"layer {int(row.name)}, {row.accuracy:.1%} vs {self.zero_shot_accuracy:.1%} zero-shot, "
-                  f"p = {row.p_adjusted:.2g} Bonferroni over {len(self.table)} layers")
+                  f"{adjusted} after Bonferroni's correction over {len(self.table)} "
+                  f"layer{'' if len(self.table) == 1 else 's'}")
         return f"{head} ({detail})" if layer is not None else f"{head} (best: {detail})"
 
 

@@ -25,7 +25,7 @@ present.caption("Each query's k demonstrations are followed by a dummy query; th
                 "its last token (averaged over the dummies) replaces the same position of the zero-shot prompt, which "
                 "then answers (Hendel et al. 2023). A layer beats zero-shot when an exact McNemar test on the same "
                 "queries, Bonferroni-corrected over layers, says so; on small models the prompt format decides whether "
-                "any layer does (see the README).")
+                "any layer does (try the Input:/Output: format below).")
 
 loaded = require_model()
 mask, source = None, ""
