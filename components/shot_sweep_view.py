@@ -54,3 +54,4 @@ def shot_sweep_panel(loaded: LoadedModel, mask: NeuronMask, tasks: list[Task], n
                     st.caption(f"{count}-shot: {sentence}")
             table(summary[summary.task == "average"], "shot-sweep")
             return {"Effect vs shots": figure}
+    return {}  # it failed: the error line is shown

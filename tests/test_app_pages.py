@@ -56,6 +56,9 @@ def test_pruning_toggle_changes_the_numbers(monkeypatch):
     def no_generation(*args, **kwargs):
         raise AssertionError("switching Prune on computed instead of reading the speculated runs")
 
+    from analysis.evaluation import icl
+
+    generate_answers = icl.generate_answers
     monkeypatch.setattr("analysis.evaluation.icl.generate_answers", no_generation)
     at.toggle(key="prune_on").set_value(True)
     _ok(at.run())
@@ -91,6 +94,11 @@ def test_pruning_toggle_changes_the_numbers(monkeypatch):
     accuracy = next(t for t in sweep["data"] if t["name"] == "vs unpruned" and t.get("xaxis", "x") == "x")
     assert accuracy["x"] == [1, 2] and len(accuracy["error_y"]["array"]) == 2
     assert any(c.value.startswith("2-shot: Against the unpruned model:") for c in at.caption)
+    monkeypatch.setattr("analysis.evaluation.icl.generate_answers", generate_answers)  # new conditions compute
+    at.button(key="baselines_run").click()  # magnitude pruning and an instruction prompt on the same prompts
+    _ok(at.run())
+    methods = next(d.value for d in at.dataframe if "method" in d.value.columns)
+    assert list(methods.method) == ["copying mask", "magnitude pruning (same k)", "instruction prompt"]
     at.toggle(key="prune_on").set_value(False)
     _ok(at.run())
     assert _metrics(at) == before  # back to the cached unpruned numbers

@@ -25,6 +25,7 @@ from analysis.pruning.copying import (
 )
 from analysis.pruning.evaluate import prune_eval
 from components import present, speculation, state
+from components.baselines_view import baselines_panel
 from components.charts import neuron_heatmap
 from components.charts_pruning import k_sweep_chart
 from components.export import chart, report_button, table
@@ -252,6 +253,7 @@ def live_panel() -> None:
         general = general_text_panel(loaded, mask, int(controls))
         view["findings"] += [general] if general else []
         view["figures"].update(shot_sweep_panel(loaded, mask, tasks, n, seed, int(controls)))
+        view["tables"].update(baselines_panel(loaded, mask, result, tasks, shots, n, seed))
     st.session_state["prune_summary"] = view["tables"]["Summary"]
     report_button("Copying neurons and pruning", view["figures"], view["tables"],
                   {"model": loaded.describe(), "mask size": len(mask) if mask else 0,
