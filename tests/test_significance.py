@@ -167,3 +167,13 @@ def test_tasks_that_require_copying_are_their_own_group_and_a_rise_there_is_flag
     assert "copy-required" not in plain.verdicts() and len(plain.cells) == 3
     falls = PruneEvalResult("m", 20, two_tasks(-0.5, 0.0), pd.DataFrame(), resamples=2000, copy_required=("gains",))
     assert falls.verdicts()["copy-required"].endswith(").")  # the expected direction: stated, not flagged
+
+
+def test_the_random_comparison_also_says_when_tasks_disagree():
+    records = two_tasks(0.5, -0.5)
+    base = records[records.condition == "baseline"]
+    controls = [base.assign(condition=f"random-{seed}") for seed in range(2)]
+    run = result(pd.concat([records, *controls]))
+    assert run.cell().heterogeneity_random["accuracy"] < 0.001
+    assert "but this depends on the task" in run.verdicts()["random"]
+    assert "heterogeneity_vs_random" in run.to_json()["results"][-1]

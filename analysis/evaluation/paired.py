@@ -113,6 +113,7 @@ class Cell:
     vs_random: dict[str, Estimate] = field(default_factory=dict)
     queries: int = 0  # distinct queries (the unit of intervals and tests); fewer than n when queries repeat
     heterogeneity: dict[str, float] = field(default_factory=dict)  # the average's: metric -> p (Cochran's Q)
+    heterogeneity_random: dict[str, float] = field(default_factory=dict)  # the same for pruned minus random
 
 
 @dataclass
@@ -225,21 +226,33 @@ def compare(records: pd.DataFrame, resamples: int = RESAMPLES, seed: int = 0, le
                                                    percentile_interval(diff, level),
                                                    _query_sign_flip(strata, members, treatment, baseline, i))
                 if task == AVERAGE and len(tasks) >= 2:
-                    for i, m in enumerate(metrics):
-                        variances = [float(np.var(replicates[t][treatment][i] - replicates[t][baseline][i]))
-                                     for t in tasks]
-                        deltas = [float(points[t][treatment][i] - points[t][baseline][i]) for t in tasks]
-                        floors = [1 / strata[t].sizes.sum() ** 2 for t in tasks]
-                        cell.heterogeneity[m] = cochran_q(deltas, variances, floors)[1]
+                    cell.heterogeneity = _interaction(tasks, strata, replicates, points, treatment, baseline,
+                                                      metrics)
             if treatment in point and "random" in point:
                 for i, m in enumerate(metrics):
                     diff = rep[treatment][i] - rep["random"][i]
                     cell.vs_random[m] = Estimate(float(point[treatment][i] - point["random"][i]),
                                                  percentile_interval(diff, level), bootstrap_p(diff))
+                if task == AVERAGE and len(tasks) >= 2:  # the tasks share the random masks: Q is conservative
+                    cell.heterogeneity_random = _interaction(tasks, strata, replicates, points, treatment, "random",
+                                                             metrics)
             cell.queries = int(sum(len(strata[t].sizes) for t in members))
             cells.append(cell)
         _adjust_across_tasks([c for c in cells if c.shots == int(shots) and c.task != AVERAGE])
     return cells
+
+
+def _interaction(tasks: list[str], strata: dict[str, _Stratum], replicates: dict, points: dict, treatment: str,
+                 reference: str, metrics: dict[str, str]) -> dict[str, float]:
+    """Per metric, Cochran's Q p of "treatment minus ``reference`` is the same in every task", with each task's
+    query-level bootstrap variance (floored at one prompt's worth, 1 / n_t^2)."""
+    out = {}
+    for i, m in enumerate(metrics):
+        variances = [float(np.var(replicates[t][treatment][i] - replicates[t][reference][i])) for t in tasks]
+        deltas = [float(points[t][treatment][i] - points[t][reference][i]) for t in tasks]
+        floors = [1 / strata[t].sizes.sum() ** 2 for t in tasks]
+        out[m] = cochran_q(deltas, variances, floors)[1]
+    return out
 
 
 def _query_sign_flip(strata: dict[str, _Stratum], members: list[str], treatment: str, baseline: str,

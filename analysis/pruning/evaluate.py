@@ -131,6 +131,8 @@ class PruneEvalResult:
                                 f"{name}_p": est.p, f"{name}_p_holm": est.p_holm})
             for metric, p in cell.heterogeneity.items():
                 row[f"heterogeneity_{metric}_p"] = p
+            for metric, p in cell.heterogeneity_random.items():
+                row[f"heterogeneity_vs_random_{metric}_p"] = p
             rows.append(row)
         return pd.DataFrame(rows)
 
@@ -145,7 +147,8 @@ class PruneEvalResult:
             if estimates:
                 by_task = {c.task: getattr(c, f"vs_{against}") for c in tasks}
                 sentences[against] = verdict(estimates, against, by_task=by_task,
-                                             heterogeneity=cell.heterogeneity if against == "baseline" else None)
+                                             heterogeneity=getattr(cell, "heterogeneity" if against == "baseline"
+                                                                   else "heterogeneity_random"))
         note = self.copy_required_note(cell.shots) if task == AVERAGE else ""
         if note:
             sentences["copy-required"] = note
@@ -161,6 +164,8 @@ class PruneEvalResult:
             entry = {"task": cell.task, "shots": cell.shots, "n": cell.n, "queries": cell.queries}
             if cell.heterogeneity:
                 entry["heterogeneity"] = cell.heterogeneity
+            if cell.heterogeneity_random:
+                entry["heterogeneity_vs_random"] = cell.heterogeneity_random
             for group in GROUPS:
                 if group in cell.rates:
                     entry[group] = {m: {"rate": r.value, "ci95": list(r.ci95)} for m, r in cell.rates[group].items()}
