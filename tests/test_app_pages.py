@@ -171,7 +171,7 @@ def test_a_link_reproduces_a_per_layer_mask(monkeypatch):
 
 def test_hostile_scoring_options_in_a_link_are_reset(monkeypatch):
     at = _start("toy-transformer", monkeypatch, "views/pruning.py", score_target="<script>", layers="0-99")
-    assert any("target=`<script>` is not one of copy, copy-prob; using copy" in e.value for e in at.error)
+    assert any("target=`<script>` is not one of copy, copy-prob, echo; using copy" in e.value for e in at.error)
     assert any("layer range '0-99' is outside the model's layers 0-3" in e.value for e in at.error)
 
 

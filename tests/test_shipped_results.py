@@ -49,6 +49,10 @@ SCRIPT = textwrap.dedent("""
     for condition in (None, mask):  # the task-vector page: unpruned and with the active mask
         assert task_vectors(loaded, task, SETTINGS["shots"], TASK_VECTORS["n"], TASK_VECTORS["dummies"],
                             seed=SETTINGS["seed"], mask=condition, cache=cache, compute_missing=False) is not None
+    from analysis.evaluation.general import general_capability
+    from analysis.pruning.evaluate import control_masks
+    assert general_capability(loaded, mask, control_masks(loaded, mask, PRUNE_CONTROLS), cache=cache,
+                              compute_missing=False) is not None, "general text not shipped"
     random_mask = random_mask_like(mask, loaded.adapter.neuron_counts(), 0)
     for condition in (None, mask, random_mask):  # the Compare page's mask options
         evaluate_task(loaded, task, SETTINGS["shots"], SETTINGS["n"], seed=SETTINGS["seed"], mask=condition,
@@ -65,3 +69,14 @@ def test_a_new_host_finds_every_shipped_default_result(tmp_path, model):
                          timeout=900)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip().splitlines()[-1].startswith("shipped ")
+
+
+@pytest.mark.parametrize("model", ["default", "gemma3-270m"])
+def test_the_readme_science_tables_measured_the_masks_the_app_ships(model):
+    """One source of truth: the README's tables cite the digest of each mask they measured (bench/copying_bench.py
+    prints it), and the default-option rows must be the masks shipped in assets/precomputed."""
+    from analysis.demo import mask_file_name
+    from analysis.pruning import NeuronMask
+
+    shipped = NeuronMask.load(ROOT / "assets" / "precomputed" / mask_file_name(model))
+    assert f"`{shipped.digest()}`" in (ROOT / "README.md").read_text(encoding="utf-8")

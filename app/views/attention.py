@@ -90,7 +90,7 @@ with left, guarded("attention map"):
     maps = memo(("attn", loaded.fingerprint(), text, form, reduce, int(layer)),
                 lambda: attention_maps(loaded, text, form=form, reduce=reduce, layers=[int(layer)]))
     kind = maps.kinds[0]
-    title = f"{loaded.name} layer {int(layer)} ({describe(kind, maps.form, maps.reduce)})"
+    title = f"{model_label(loaded.name)} layer {int(layer)} ({describe(kind, maps.form, maps.reduce)})"
     figures[title] = attention_heatmap(maps.attn[0].tolist(), maps.tokens, title)
     chart(figures[title], "attn_chart", "attention")
     st.session_state["attn_last"] = {"layer": int(layer), "kind": kind, "tokens": maps.tokens}
@@ -147,7 +147,7 @@ with guarded("faithfulness test"):  # a click starts a job; while it runs every 
         pool=env_pool(loaded.name)), start=run, total=int(faith_n), speed=(loaded, "faith", faith_work))
     if faith is not None:
         keep("faith_table", faith_key, faith, f"{task_name}, {int(faith_n)} prompts, {', '.join(chosen)}, "
-                                              f"{loaded.name}")
+                                              f"{model_label(loaded.name)}")
 faith_table = shown("faith_table", faith_key, "faithfulness test", "run it again")
 if faith_table is not None:
     table(faith_table, "faithfulness")

@@ -10,6 +10,7 @@ from analysis.attribution.targets import copy_target_problem
 from analysis.cache import ResultsCache, task_fingerprint
 from analysis.device import dtype_name
 from analysis.distributed import env_pool
+from analysis.models.builtin import model_label
 from components import present, results, speculation, state
 from components.charts import HEATMAP_SCALES, layer_totals_bar, neuron_heatmap, visible_token
 from components.export import chart, report_button, table
@@ -50,7 +51,7 @@ key = None
 if task is not None:
     args = (loaded, task, target, int(n), int(shots), int(state.get("seed")), int(steps), rule)
     key = results.result_key(loaded, "neuron-ig", task_fingerprint(task), *args[2:])
-    label = f"{task.name}, {shots}-shot, {loaded.name}"
+    label = f"{task.name}, {shots}-shot, {model_label(loaded.name)}"
 
     def with_top(result):
         if result is None:

@@ -110,8 +110,9 @@ if task is not None:
     key = result_key(loaded, "compare", task_fingerprint(task), int(shots), int(n), int(state.get("seed")),
                      *((pick[1], pick[2].file_id if len(pick) > 2 and pick[2] else None) for pick in picks.values()),
                      tuple(sorted(active.neurons)) if active else ())
+    shown_name = model_label(loaded.name)
     label = (f"{task.name}, {shots}-shot, {n} prompts, seed {state.get('seed')}: "
-             + (f"{loaded.name} vs {picks['B'][1]}" if mode == "two models" else f"two masks on {loaded.name}"))
+             + (f"{shown_name} vs {picks['B'][1]}" if mode == "two models" else f"two masks on {shown_name}"))
 
 if clicked and task is not None:
     runs, models = {}, {}

@@ -14,6 +14,7 @@ from analysis.demo import PRUNE_CONTROLS, SETTINGS, pruning_tasks
 from analysis.device import dtype_name
 from analysis.distributed import env_pool
 from analysis.evaluation.icl import is_evaluated
+from analysis.models.builtin import model_label
 from analysis.pruning import NeuronMask
 from analysis.pruning.autok import DEV_TASKS, K_GRID, SWEEP_N, k_sweep
 from analysis.pruning.copying import (
@@ -286,7 +287,8 @@ if scores is not None:
                 pool=env_pool(loaded.name)), start=sweep_clicked, speed=(loaded, "eval", sweep_work))
             if swept is not None:
                 keep("sweep", sweep_key, swept, f"{'top k per layer' if per_layer else 'top k overall'}, layers "
-                                                f"{'{}-{}'.format(*layers) if layers else 'all'}, {loaded.name}")
+                                                f"{'{}-{}'.format(*layers) if layers else 'all'}, "
+                                                f"{model_label(loaded.name)}")
         sweep = shown("sweep", sweep_key, "k-sweep", "run it again")  # another model, scoring or selection: not
         if sweep is not None:  # this curve
             (st.success if sweep.chosen else st.warning)(sweep.message)

@@ -9,6 +9,7 @@ import streamlit as st
 
 from analysis.cache import ResultsCache, task_fingerprint
 from analysis.evaluation.task_vectors import task_vector_work, task_vectors
+from analysis.models.builtin import model_label
 from components import present, speculation, state
 from components.charts_pruning import task_vector_chart
 from components.export import chart, report_button, table
@@ -57,7 +58,7 @@ if task is not None:
     key = result_key(loaded, "task-vectors", task_fingerprint(task), int(shots), int(n), int(dummies), seed,
                      tuple(tuple(sorted(m.neurons)) if m else () for m in conditions.values()))
     label = (f"{task.name}, {shots}-shot, {n} queries, {dummies} dummies, {prompt_format} format, "
-             f"{' and '.join(conditions)}, {loaded.name}")
+             f"{' and '.join(conditions)}, {model_label(loaded.name)}")
 
     def run(name: str, condition_mask, compute_missing: bool, progress=None):
         return task_vectors(loaded, task, int(shots), int(n), int(dummies), seed=seed, mask=condition_mask,
