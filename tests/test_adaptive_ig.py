@@ -89,10 +89,10 @@ def test_intervals_that_miss_are_refined(monkeypatch):
     assert run.evaluations[0] == sum(rows.get(0, 0) for rows in passes) > len(run.rules[0][0])
 
 
-def test_a_layer_structured_on_the_last_prompt_saves_its_conversion_pass(monkeypatch):
-    """The probes call both layers smooth and Gauss-Legendre on [0, 1] misses layer 0's oscillation: on the
-    first prompt its composite rule takes a pass of its own; on the next prompt on the same model it joins the
-    first gradient pass, with the same rule, IG and evaluations, one pass fewer."""
+def test_a_prompt_does_not_depend_on_the_prompt_before_it(monkeypatch):
+    """The same prompt twice on the same model takes the same passes, rows and bits: nothing carries over (a
+    remembered structured layer changed which rows shared a pass, and a Ray shard's IG differed from a serial
+    run's in the last bits)."""
     monkeypatch.setattr(adaptive, "_structured", lambda f_cuts: False)
     acts = torch.ones(2, 4, dtype=torch.float64)
     coef = torch.tensor([[1.0, -2.0, 0.5, 1.5], [1.0, 1.0, 1.0, 1.0]], dtype=torch.float64)
@@ -102,14 +102,11 @@ def test_a_layer_structured_on_the_last_prompt_saves_its_conversion_pass(monkeyp
     before = list(passes)
     passes.clear()
     second = adaptive.adaptive_ig(loaded, None, 4, 320)
-    assert before[:2] == [{0: 4, 1: 4}, {0: 52}] and len(passes) == len(before) - 1 == 3
-    assert passes[0] == {0: 4 + 52, 1: 4} and passes[1:] == before[2:]  # the composite rule joins the first
+    assert passes == before and before[:2] == [{0: 4, 1: 4}, {0: 52}]
     assert torch.equal(second.ig, first.ig) and second.evaluations == first.evaluations == [136, 4]
-    assert all(torch.equal(a, b) for rule, other in zip(second.rules, first.rules) for a, b in zip(rule, other))
     assert rel_err(second.ig.double(), exact) < 1e-3
 
 
-@pytest.mark.parametrize("model_type", ["llama", "gpt2", "mamba"])
 def test_adaptive_agrees_with_captum_at_64_nodes(tiny_loaded, model_type):
     """Per neuron within the smooth layers' tolerance (random tiny models are rougher along the path than
     trained ones: 4 nodes leave up to ~4e-3 here, 3e-5 on SmolLM2)."""

@@ -28,19 +28,16 @@ a straight line would (``NEAR_ZERO`` of its total variation) is *structured*; th
 Passes, per prompt: the forward-only probe pass, then gradient passes. Each layer goes through its own rounds
 (at most ``ROUNDS`` after the first), and its decisions depend on its own pieces only, so layers need not
 keep step: a pass computes what every layer's next round lacks, then each layer takes as many rounds as the
-contributions known so far allow (:func:`_advance`). A pass may compute pieces before any round asks for them
-(:func:`_speculate`): a layer that ended structured on the model's last prompt gets its composite rule
-alongside Gauss-Legendre on [0, 1] (SmolLM2's layer 0 usually looks smooth to the probes and fails
-completeness, which took a pass of its own). Speculation changes which rows a pass carries, never a decision:
-the rules are those of one pass per round. On SmolLM2 that is 3.25 passes per prompt instead of 4, on Gemma 3
-5.25 instead of 6 (counting the splits of passes over the row budget).
+contributions known so far allow (:func:`_advance`). Nothing carries over from one prompt to the next: which
+rows share a pass changes a gradient's last bits, and a result must not depend on the prompt run before it
+(remembering which layers were structured on the previous prompt saved SmolLM2 0.75 passes per prompt, and
+made a Ray shard's IG differ from a serial run's in the last bits).
 tests/test_adaptive_ig.py checks the rule on closed-form integrands, against captum and against a dense
 reference; bench/ig_bench.py against a 256-node composite reference on the real models.
 """
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -129,18 +126,14 @@ def _structured(f_cuts: torch.Tensor) -> bool:
 @dataclass
 class AdaptiveRun:
     """One prompt's adaptive IG: ``ig`` [layers, neurons], F(a), F(0) per layer, each layer's final rule as
-    (nodes, weights), and each layer's gradient evaluations (the final rule's nodes, those of the rounds it
-    replaced and any computed on speculation that no round used)."""
+    (nodes, weights), and each layer's gradient evaluations (the final rule's nodes and those of the rounds it
+    replaced)."""
 
     ig: torch.Tensor
     f_clean: float
     f_zero: torch.Tensor
     rules: list[tuple[torch.Tensor, torch.Tensor]]
     evaluations: list[int]
-
-
-# adapter -> the layers that ended structured on the model's last prompt (only for speculation, see _speculate)
-_STRUCTURED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _key(layer: int, piece: list) -> tuple[int, int | None, int]:
@@ -160,9 +153,6 @@ def adaptive_ig(loaded: LoadedModel, item: AttributionInput, steps: int, budget:
         plan = LayerPlan(f_cuts, structured)
         plan.pieces = _first_pieces(plan) if structured else [_piece(None, steps)]
         plans.append(plan)
-    # remembered layers only where a row's bits do not depend on the rows beside it: a result never depends on
-    # which prompt ran before (Mamba-2's rows do depend on their batch)
-    expected = _STRUCTURED.get(loaded.adapter, set()) if loaded.adapter.batch_invariant else set()
     known: dict[tuple[int, int | None, int], torch.Tensor] = {}
     rounds, done = [0] * n_layers, [False] * n_layers
     while True:
@@ -173,8 +163,7 @@ def adaptive_ig(loaded: LoadedModel, item: AttributionInput, steps: int, budget:
                 needs[layer] = missing
         if not needs:
             break
-        _integrate(loaded, prompt, plans, _speculate(plans, needs, expected), known, budget)
-    _STRUCTURED[loaded.adapter] = {layer for layer, plan in enumerate(plans) if plan.structured}
+        _integrate(loaded, prompt, plans, needs, known, budget)
     rules = [(torch.cat([p[1] for p in plan.pieces]), torch.cat([p[2] for p in plan.pieces])) for plan in plans]
     return AdaptiveRun(torch.stack([plan.ig() for plan in plans]), prompt.f_clean,
                        torch.stack([plan.f_cuts[0] for plan in plans]), rules, [plan.evaluations for plan in plans])
@@ -196,15 +185,6 @@ def _advance(layer: int, plan: LayerPlan, known: dict, rounds: list[int], done: 
             done[layer] = True
             return []
         rounds[layer] += 1
-
-
-def _speculate(plans: list[LayerPlan], needs: dict[int, list[list]], expected: set[int]) -> dict[int, list[list]]:
-    """``needs`` and, for each layer in ``expected`` that still waits for its Gauss-Legendre rule on [0, 1], its
-    first composite rule: a layer that ended structured on the model's last prompt (SmolLM2's layer 0: the
-    probes call it smooth on most prompts, then [0, 1] fails completeness) likely converts in the next round,
-    and a pass costs far more than its ~40 rows. A wrong guess costs rows, never results."""
-    return {layer: pieces + (_first_pieces(plans[layer]) if layer in expected and pieces[0][0] is None else [])
-            for layer, pieces in needs.items()}
 
 
 def _integrate(loaded: LoadedModel, prompt: Prompt, plans: list[LayerPlan], pieces: dict[int, list[list]],
