@@ -107,6 +107,7 @@ def test_a_prompt_does_not_depend_on_the_prompt_before_it(monkeypatch):
     assert rel_err(second.ig.double(), exact) < 1e-3
 
 
+@pytest.mark.parametrize("model_type", ["llama", "gpt2", "mamba"])
 def test_adaptive_agrees_with_captum_at_64_nodes(tiny_loaded, model_type):
     """Per neuron within the smooth layers' tolerance (random tiny models are rougher along the path than
     trained ones: 4 nodes leave up to ~4e-3 here, 3e-5 on SmolLM2)."""
