@@ -56,6 +56,12 @@ def pruning_bars(summary: pd.DataFrame, title: str = "") -> go.Figure:
     return fig
 
 
+def interval_bars(value: pd.Series, low: pd.Series, high: pd.Series, thickness: float) -> dict:
+    """Plotly error bars drawing [low, high] around ``value`` (a 95 % interval, not symmetric)."""
+    return dict(type="data", symmetric=False, array=(high - value).tolist(), arrayminus=(value - low).tolist(),
+                thickness=thickness, width=4)
+
+
 def change_forest(summary: pd.DataFrame, title: str = "") -> go.Figure:
     """The paired changes themselves: per task (and the average), pruned minus unpruned and pruned minus the
     random controls, in percentage points with 95 % intervals, around a line at zero. An interval crossing
@@ -76,8 +82,7 @@ def change_forest(summary: pd.DataFrame, title: str = "") -> go.Figure:
             fig.add_trace(go.Scatter(
                 x=delta, y=labels, mode="markers", name=name, legendgroup=name, showlegend=col == 1,
                 marker=dict(color=colour, size=9, symbol="diamond" if against == "random" else "circle"),
-                error_x=dict(type="data", symmetric=False, array=(high - delta).tolist(),
-                             arrayminus=(delta - low).tolist(), thickness=2, width=4),
+                error_x=interval_bars(delta, low, high, thickness=2),
                 customdata=summary[[f"{column}_lo", f"{column}_hi", f"{column}_p"]].to_numpy(),
                 hovertemplate=f"{name}<br>%{{y}}: %{{x:+.1f}} points<br>95 % CI %{{customdata[0]:.1%}} to "
                               f"%{{customdata[1]:.1%}}, p = %{{customdata[2]:.3f}}<extra></extra>"),
@@ -111,8 +116,7 @@ def shot_sweep_chart(summary: pd.DataFrame, title: str = "") -> go.Figure:
                 x=shots, y=delta, mode="lines+markers", name=name, legendgroup=name, showlegend=col == 1,
                 line=dict(color=colour, width=2, dash="dot" if against == "random" else "solid"),
                 marker=dict(color=colour, size=8, symbol="diamond" if against == "random" else "circle"),
-                error_y=dict(type="data", symmetric=False, array=(high - delta).tolist(),
-                             arrayminus=(delta - low).tolist(), thickness=1.5, width=4),
+                error_y=interval_bars(delta, low, high, thickness=1.5),
                 hovertemplate=f"{name}<br>%{{x}}-shot: %{{y:+.1f}} points<extra></extra>"), row=1, col=col)
         fig.add_hline(y=0, line_color="#18181b", line_width=1, row=1, col=col)
     fig.update_xaxes(title_text="shots (demonstrations)", type="log", tickvals=shots, ticktext=[str(s) for s in shots])

@@ -28,12 +28,14 @@ from analysis.attribution.targets import prepare_inputs
 from analysis.attribution.tokens import token_relevance
 from analysis.evaluation import evaluate_task
 from analysis.evaluation.faithfulness import faithfulness
+from analysis.evaluation.general import passage_losses, shipped_passages
 from analysis.evaluation.task_vectors import task_vectors
 from analysis.implicit_attention import attention_maps
-from analysis.models import load_model
 from analysis.models import hooks as model_hooks
+from analysis.models import load_model
 from analysis.models.hooks import UnlockedForwardError
 from analysis.pruning import NeuronMask
+from analysis.pruning.baselines import activation_magnitudes
 from analysis.tasks import builtin_tasks
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -93,6 +95,8 @@ def jobs(transformer, mamba) -> dict[str, tuple]:
         "LRP relevance": (transformer, lambda m: token_relevance(m, TEXT, "lrp").scores),
         "IG relevance": (transformer, lambda m: token_relevance(m, TEXT, "ig", steps=8).scores),
         "faithfulness": (transformer, lambda m: faithfulness(m, TASK, ["gxi"], n=2, steps=4)),
+        "general-text loss, masked": (transformer, lambda m: passage_losses(m, shipped_passages()[:3], half_mask(m))),
+        "activation magnitudes": (transformer, lambda m: activation_magnitudes(m, TASK.sample_prompts(2, 3))),
         "Mamba masked evaluation": (mamba, lambda m: evaluate_task(m, TASK, 2, 6, seed=2, mask=half_mask(m)).records),
         "Mamba neuron IG": (mamba, ig),
         "implicit attention": (mamba, lambda m: attention_maps(m, TEXT).attn),

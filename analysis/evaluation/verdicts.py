@@ -92,11 +92,9 @@ def verdict(estimates: dict[str, Estimate], against: str, subject: str = "prunin
     if not estimates:
         return ""
     reference = REFERENCES.get(against, against)
+    splits = {metric: disagreement(metric, by_task, heterogeneity) for metric in ORDER if metric in estimates}
     parts = []
-    for metric in ORDER:
-        if metric not in estimates:
-            continue
-        split = disagreement(metric, by_task, heterogeneity)
+    for metric, split in splits.items():
         if metric == "echo_rate" and not (split or excludes_zero(estimates[metric].ci95)):
             continue  # echoes are named when they moved
         parts.append(describe_change(metric, estimates[metric]) + split)
@@ -104,7 +102,7 @@ def verdict(estimates: dict[str, Estimate], against: str, subject: str = "prunin
     accuracy = estimates.get("accuracy")
     if accuracy is None:
         return sentence + "."
-    if disagreement("accuracy", by_task, heterogeneity):
+    if splits["accuracy"]:
         return sentence + "."  # its accuracy part says that it depends on the task, and where it moved
     if excludes_zero(accuracy.ci95):
         conclusion = f"{subject} {'gains' if accuracy.ci95[0] > 0 else 'costs'} accuracy"

@@ -55,16 +55,10 @@ def activation_magnitudes(loaded: LoadedModel, prompts: Sequence[Prompt]) -> tor
         ids = torch.tensor([loaded.tokenizer(prompt.text).input_ids], device=loaded.device)
         with adapter.hook_sites(record), torch.no_grad():  # holds the model's lock
             adapter.base_model(input_ids=ids, use_cache=False)
-    return torch.stack(totals) / max(len(prompts), 1) if len(set(map(len, totals))) == 1 else \
-        _ragged(totals, len(prompts))
-
-
-def _ragged(totals: list[torch.Tensor], count: int) -> torch.Tensor:
-    """Layers of different widths: padded with -inf so no padding is ever selected."""
-    width = max(len(t) for t in totals)
-    out = torch.full((len(totals), width), float("-inf"), dtype=torch.float64)
+    # [layers, widest]; a narrower layer is padded with -inf, so no padding is ever among the top k
+    out = torch.full((len(totals), max(len(t) for t in totals)), float("-inf"), dtype=torch.float64)
     for layer, total in enumerate(totals):
-        out[layer, :len(total)] = total / max(count, 1)
+        out[layer, :len(total)] = total / max(len(prompts), 1)
     return out
 
 
