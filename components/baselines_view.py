@@ -1,6 +1,6 @@
-"""The pruning page's baselines panel: magnitude pruning and an instruction prompt on the same prompts as the
-mask, each compared with the unpruned model in one table (analysis/pruning/baselines.py), as a background
-job on a click."""
+"""The pruning page's baselines panel: magnitude pruning, an instruction prompt and contextual calibration on
+the same prompts as the mask, each compared with the unpruned model in one table (analysis/pruning/baselines.py),
+as a background job on a click."""
 
 from __future__ import annotations
 
@@ -10,22 +10,21 @@ import streamlit as st
 from analysis.cache import ResultsCache
 from analysis.models import LoadedModel
 from analysis.pruning import NeuronMask
-from analysis.pruning.baselines import BASELINES, evaluate_baselines, method_table
+from analysis.pruning.baselines import BASELINES, METHOD_LABELS, evaluate_baselines, method_table
 from analysis.pruning.evaluate import PruneEvalResult
 from analysis.tasks.task import Task
 from components import speculation
 from components.export import table
 from components.widgets import guarded
 
-LABELS = {"magnitude": "magnitude pruning (same k)", "instruction": "instruction prompt"}
 OUTCOMES = (("accuracy", "accuracy"), ("copy_error_rate", "copy errors"), ("echo_rate", "echoes"))
 
 
 def baselines_panel(loaded: LoadedModel, mask: NeuronMask, result: PruneEvalResult, tasks: list[Task], shots: int,
                     n: int, seed: int) -> dict:
     """The expander; returns the method table for the report (empty until it ran)."""
-    with st.expander("Baselines: magnitude pruning, an instruction prompt"):
-        chosen = st.multiselect("Baselines", BASELINES, default=list(BASELINES), format_func=lambda name: LABELS[name],
+    with st.expander("Baselines: magnitude pruning, an instruction prompt, contextual calibration"):
+        chosen = st.multiselect("Baselines", BASELINES, default=list(BASELINES), format_func=METHOD_LABELS.__getitem__,
                                 key="baselines_chosen")
         if not chosen:
             return {}

@@ -95,10 +95,11 @@ def test_pruning_toggle_changes_the_numbers(monkeypatch):
     assert accuracy["x"] == [1, 2] and len(accuracy["error_y"]["array"]) == 2
     assert any(c.value.startswith("2-shot: Against the unpruned model:") for c in at.caption)
     monkeypatch.setattr("analysis.evaluation.icl.generate_answers", generate_answers)  # new conditions compute
-    at.button(key="baselines_run").click()  # magnitude pruning and an instruction prompt on the same prompts
+    at.button(key="baselines_run").click()  # magnitude pruning, an instruction prompt, calibration: same prompts
     _ok(at.run())
     methods = next(d.value for d in at.dataframe if "method" in d.value.columns)
-    assert list(methods.method) == ["copying mask", "magnitude pruning (same k)", "instruction prompt"]
+    assert list(methods.method) == ["copying mask", "magnitude pruning (same k)", "instruction prompt",
+                                    "contextual calibration"]
     at.toggle(key="prune_on").set_value(False)
     _ok(at.run())
     assert _metrics(at) == before  # back to the cached unpruned numbers

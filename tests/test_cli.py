@@ -167,10 +167,11 @@ def test_copying_neurons_then_prune_eval(capsys, tiny_dirs, tmp_path):
     assert "Against random masks of the same size:" in out and "1-shot, all tasks" in out
     code, out, err = run(capsys, "prune-eval", "--model", tiny_dirs["gpt2"], "--mask", str(mask_path), "--tasks",
                          "antonyms", "--shots", "1", "--n", "3", "--random-controls", "3", "--general-passages", "0",
-                         "--baselines", "magnitude,instruction", "--json")
+                         "--baselines", "magnitude,instruction,calibration", "--json")
     assert code == 0, err
     methods = json.loads(out)["methods"]
-    assert [m["method"] for m in methods] == ["copying mask", "magnitude pruning (same k)", "instruction prompt"]
+    assert [m["method"] for m in methods] == ["copying mask", "magnitude pruning (same k)", "instruction prompt",
+                                              "contextual calibration"]
     assert all(m["d_accuracy_lo"] <= m["d_accuracy"] <= m["d_accuracy_hi"] for m in methods)
     apart = tmp_path / "apart.csv"  # one pass per condition (recomputed, not read from the cache): the same rows
     code, out, err = run(capsys, "prune-eval", "--model", tiny_dirs["gpt2"], "--mask", str(mask_path), "--tasks",

@@ -86,7 +86,8 @@ def register(commands) -> None:
     pe.add_argument("--baselines", default="",
                     help="also run training-free baselines on the same prompts, comma-separated: magnitude (prune "
                          "the k most active neurons on the scoring prompts), instruction (a task line before the "
-                         "demonstrations)")
+                         "demonstrations), calibration (contextual calibration of the answer's first token, Zhao "
+                         "et al. 2021)")
     pe.add_argument("--general-passages", type=int, default=100, metavar="N",
                     help="also compare the next-token loss on N passages of general text (0-300, 0: skip), the "
                          "same conditions, paired by passage")

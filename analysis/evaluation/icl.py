@@ -129,7 +129,7 @@ def evaluate_task(loaded: LoadedModel, task: Task, shots: int, n: int, seed: int
     n, shots, seed = check("n", n), check("shots", shots), check("seed", seed)
     if cache is None:
         return _evaluate(loaded, task, shots, n, seed, mask, batch_size, progress)
-    parts = _eval_parts(loaded, task, shots, n, seed, mask)
+    parts = eval_parts(loaded, task, shots, n, seed, mask)
     result, hit = cache.get_or_compute("eval", EVAL_VERSION, parts, lambda: _evaluate(
         loaded, task, shots, n, seed, mask, batch_size, progress))
     if hit and progress:
@@ -139,7 +139,8 @@ def evaluate_task(loaded: LoadedModel, task: Task, shots: int, n: int, seed: int
     return result
 
 
-def _eval_parts(loaded, task, shots, n, seed, mask) -> dict:
+def eval_parts(loaded, task, shots, n, seed, mask) -> dict:
+    """What an evaluation's cache key is made of."""
     return {"model": loaded.fingerprint(), "task": task_fingerprint(task), "shots": shots, "n": n, "seed": seed,
             "mask": sorted(mask.neurons) if mask else []}
 
@@ -147,13 +148,13 @@ def _eval_parts(loaded, task, shots, n, seed, mask) -> dict:
 def store_evaluation(loaded: LoadedModel, task: Task, shots: int, n: int, seed: int, mask: NeuronMask | None,
                      result: EvalResult, cache: ResultsCache) -> None:
     """Put a result computed elsewhere (a Ray actor) under the key :func:`evaluate_task` reads."""
-    cache.put("eval", cache.key("eval", EVAL_VERSION, _eval_parts(loaded, task, shots, n, seed, mask)), result)
+    cache.put("eval", cache.key("eval", EVAL_VERSION, eval_parts(loaded, task, shots, n, seed, mask)), result)
 
 
 def is_evaluated(loaded: LoadedModel, task: Task, shots: int, n: int, seed: int, mask: NeuronMask | None,
                  cache: ResultsCache) -> bool:
     """Whether :func:`evaluate_task` would read this request from ``cache`` (nothing is run)."""
-    return cache.has("eval", EVAL_VERSION, _eval_parts(loaded, task, shots, n, seed, mask))
+    return cache.has("eval", EVAL_VERSION, eval_parts(loaded, task, shots, n, seed, mask))
 
 
 def _evaluate(loaded, task, shots, n, seed, mask, batch_size, progress) -> EvalResult:
@@ -268,8 +269,11 @@ class _DelimiterStop(StoppingCriteria):
         return self.done
 
 
-def generate_batch(loaded: LoadedModel, batch: list[list[int]], budget: int, delimiter: str) -> list[str]:
-    """Greedy continuations of the left-padded ``batch`` (the caller holds the lock and sets any hooks)."""
+def generate_batch(loaded: LoadedModel, batch: list[list[int]], budget: int, delimiter: str,
+                   kept: Sequence[int] | None = None) -> list[str]:
+    """Greedy continuations of the left-padded ``batch`` (the caller holds the lock and sets any hooks);
+    ``kept``: per row, how many of its last input tokens start the returned text (answer tokens chosen
+    before generation, as contextual calibration's first token)."""
     from transformers import GenerationConfig
 
     tok = loaded.tokenizer
@@ -292,4 +296,6 @@ def generate_batch(loaded: LoadedModel, batch: list[list[int]], budget: int, del
     except torch.OutOfMemoryError:
         raise PrunescopeError(f"out of memory generating a batch of {len(batch)} prompts of up to {width} tokens "
                               f"on {loaded.device}; use a smaller batch size") from None
-    return tok.batch_decode(out[:, width:], skip_special_tokens=True)
+    if kept is None:
+        return tok.batch_decode(out[:, width:], skip_special_tokens=True)
+    return [str(tok.decode(out[row, width - keep:], skip_special_tokens=True)) for row, keep in enumerate(kept)]

@@ -1,13 +1,15 @@
 """Training-free baselines for the copying mask, run as conditions of the same paired evaluation.
 
-The paper compared its pruning with prompting only. Two baselines answer "is it the *copying* neurons, or any
-intervention of this size?" and "would a plain prompt do?":
+The paper compared its pruning with prompting only. Three baselines answer "is it the *copying* neurons, or any
+intervention of this size?", "would a plain prompt do?" and "would removing the bias at the output do?":
 
 - ``magnitude``: prune the k neurons with the largest mean |activation| at the answer position on the same
   scoring prompts the copying scores use (the copying task's fit split, the page's scoring settings), as many
   as the mask has. Magnitude pruning is the standard training-free pruning criterion; it needs no gradient.
 - ``instruction``: no pruning; every prompt starts with a line that names the task
   (:func:`instruction_task`), the same demonstrations and queries otherwise.
+- ``calibration``: no pruning; contextual calibration of the answer's first token (Zhao et al. 2021,
+  analysis/evaluation/calibration.py): subtract what the model predicts for a content-free query.
 
 Each is compared with the unpruned model on the very same prompts (analysis/evaluation/paired.py), in one
 table beside the mask and the random masks (:meth:`PruneEvalResult.method_table`).
@@ -23,6 +25,7 @@ import torch
 
 from analysis.cache import ResultsCache
 from analysis.errors import PrunescopeError
+from analysis.evaluation.calibration import evaluate_calibrated
 from analysis.evaluation.icl import evaluate_task
 from analysis.evaluation.paired import AVERAGE, BASELINE, RESAMPLES, compare
 from analysis.models.loader import LoadedModel
@@ -31,7 +34,7 @@ from analysis.pruning.evaluate import condition_records
 from analysis.pruning.mask import NeuronMask
 from analysis.tasks.task import Prompt, Task
 
-BASELINES = ("magnitude", "instruction")
+BASELINES = ("magnitude", "instruction", "calibration")
 SCORING_PROMPTS = {"n": 32, "shots": 4, "seed": 0}  # analysis.demo.SCORING's prompts
 
 
@@ -78,7 +81,7 @@ def instruction_task(task: Task) -> Task:
 
 
 METHOD_LABELS = {"pruned": "copying mask", "magnitude": "magnitude pruning (same k)",
-                 "instruction": "instruction prompt"}
+                 "instruction": "instruction prompt", "calibration": "contextual calibration"}
 
 
 def evaluate_baselines(loaded: LoadedModel, mask: NeuronMask, tasks: Sequence[Task], shots: Sequence[int], n: int,
@@ -92,9 +95,12 @@ def evaluate_baselines(loaded: LoadedModel, mask: NeuronMask, tasks: Sequence[Ta
     for task in tasks:
         for k in shots:
             for name in names:
-                evaluated = task if name == "magnitude" else instruction_task(task)
-                result = evaluate_task(loaded, evaluated, k, n, seed=seed, mask=magnitude if name == "magnitude"
-                                       else None, cache=cache)
+                if name == "calibration":
+                    result = evaluate_calibrated(loaded, task, k, n, seed=seed, cache=cache)
+                else:
+                    evaluated = task if name == "magnitude" else instruction_task(task)
+                    result = evaluate_task(loaded, evaluated, k, n, seed=seed, mask=magnitude if name == "magnitude"
+                                           else None, cache=cache)
                 frames.append(condition_records(result, task.name, k, name))
                 done += n
                 if progress is not None:
