@@ -29,6 +29,7 @@ PAGE_DEFAULTS: dict[str, Any] = {
     "tv_n": TASK_VECTORS["n"], "tv_dummies": TASK_VECTORS["dummies"], "tv_format": "the task's own", "tv_masked": 1,
     "faith_task": "antonyms", "faith_n": 10, "rel_methods": "raw,rollout,gradattn,gxi",
     "prune_tasks": ",".join(PRUNE_TASKS), "prune_controls": PRUNE_CONTROLS,
+    "sweep_tasks": "",  # the k-sweep's dev tasks; '' = the scoring target's default (analysis/pruning/autok.py)
     "cmp_mode": "two masks", "cmp_model": "", "cmp_mask_A": "no mask", "cmp_mask_B": "active mask"}
 BOUND_OF = {"ig_steps": "steps", "tv_dummies": "dummies", "prune_controls": "controls"}  # else its own name
 

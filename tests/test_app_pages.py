@@ -151,6 +151,22 @@ def test_scoring_options_layer_range_and_mask_table(monkeypatch):
     assert at.query_params["score_prompts"] in ("copied", ["copied"])
 
 
+def test_the_k_sweeps_dev_tasks_default_to_echo_heavy_tasks_for_the_echo_target(monkeypatch):
+    from analysis.pruning.autok import ECHO_DEV_TASKS
+
+    at = _start("toy-transformer", monkeypatch, "views/pruning.py", score_n=2, score_steps=2, score_shots=2,
+                score_target="echo", sweep_tasks="bogus,to-lower")
+    at.button(key="score_run").click()
+    _ok(at.run())
+    assert any(e.value.startswith("sweep_tasks: `bogus` not among the built-in tasks") for e in at.error)
+    assert at.multiselect(key="sweep_tasks_pick").value == ["to-lower"]
+    assert at.query_params["sweep_tasks"] in ("to-lower", ["to-lower"])
+    at.multiselect(key="sweep_tasks_pick").set_value([])  # none picked: the echo target's default again
+    _ok(at.run())
+    assert not at.error and at.multiselect(key="sweep_tasks_pick").value == list(ECHO_DEV_TASKS)
+    assert "sweep_tasks" not in at.query_params  # a link carries only a choice that differs from the default
+
+
 def test_a_link_reproduces_a_per_layer_mask(monkeypatch):
     """per_layer is a linked setting like k: a link with per_layer=1 opens the page with the box ticked and
     the top k of every layer selected, and unticking it is written back to the link."""

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 def register(commands) -> None:
     from analysis.attribution import QUADRATURES, TARGETS
-    from analysis.pruning.autok import DEV_TASKS
+    from analysis.pruning.autok import DEV_TASKS, ECHO_DEV_TASKS
 
     at = commands.add_parser("attribute", help="all-layer neuron Integrated Gradients -> .npz")
     at.add_argument("--task", required=True)
@@ -56,8 +56,10 @@ def register(commands) -> None:
     cn.add_argument("--per-layer", action="store_true", help="take the top k of every layer")
     cn.add_argument("--layers", default="", help="select only in this layer range, e.g. 10-20 (default: all)")
     cn.add_argument("--sweep-n", type=bounded("n"), default=80, help="prompts per task and k in the auto sweep")
-    cn.add_argument("--dev-tasks", default=",".join(DEV_TASKS),
-                    help="built-in tasks the auto sweep chooses k on, beside the copying task's held-out split")
+    cn.add_argument("--dev-tasks", default=None,
+                    help="built-in tasks the auto sweep chooses k on, beside the copying task's held-out split "
+                         f"(default: {','.join(DEV_TASKS)}; with --target echo, where the models echo most: "
+                         f"{','.join(ECHO_DEV_TASKS)})")
     cn.add_argument("--stable", type=float, default=None, metavar="SHARE",
                     help="keep only the top-k neurons selected in at least this share (0-1] of bootstrap resamples "
                          "of the scoring prompts (stability selection); the stability line is printed either way")
@@ -140,7 +142,7 @@ def cmd_attribute(args: argparse.Namespace) -> int:
 
 
 def cmd_copying_neurons(args: argparse.Namespace) -> int:
-    from analysis.pruning.autok import k_sweep
+    from analysis.pruning.autok import default_dev_tasks, k_sweep
     from analysis.pruning.copying import copying_scores, parse_layer_range, select_top_k
     from analysis.pruning.stability import STABLE_SHARE, mask_stability, stable_mask
     from analysis.tasks import builtin_tasks
@@ -149,7 +151,8 @@ def cmd_copying_neurons(args: argparse.Namespace) -> int:
         raise PrunescopeError(f"--stable {args.stable} is not a share in (0, 1]")
     if args.score_task is not None and args.score_task not in builtin_tasks():
         raise PrunescopeError(f"--score-task {args.score_task!r} is not a built-in task (see `tasks`)")
-    dev_tasks = [name.strip() for name in args.dev_tasks.split(",") if name.strip()]
+    dev_tasks = ([name.strip() for name in args.dev_tasks.split(",") if name.strip()] if args.dev_tasks is not None
+                 else list(default_dev_tasks(args.target)))
     unknown = [name for name in dev_tasks if name not in builtin_tasks()]
     if not dev_tasks or unknown:
         raise PrunescopeError(f"--dev-tasks: {', '.join(map(repr, unknown)) or 'none given'}: name built-in tasks "

@@ -16,7 +16,7 @@ from analysis.distributed import env_pool
 from analysis.evaluation.icl import is_evaluated
 from analysis.models.builtin import model_label
 from analysis.pruning import NeuronMask
-from analysis.pruning.autok import DEV_TASKS, K_GRID, SWEEP_N, k_sweep
+from analysis.pruning.autok import K_GRID, SWEEP_N, default_dev_tasks, k_sweep
 from analysis.pruning.copying import (
     SCORE_PROMPTS,
     copying_scores,
@@ -25,6 +25,7 @@ from analysis.pruning.copying import (
     random_mask_like,
 )
 from analysis.pruning.evaluate import prune_eval
+from analysis.tasks import icl_task_names
 from components import present, speculation, state
 from components.baselines_view import baselines_panel
 from components.charts import neuron_heatmap
@@ -50,6 +51,28 @@ present.caption("Copying score of a neuron: its Integrated-Gradients attribution
                 "normalised per prompt and averaged (arXiv 2410.01288). Pruning zeroes the top-k neurons; each "
                 "control zeroes as many random neurons in the same layers. Every comparison is paired by prompt, "
                 "with 95 % intervals.")
+
+
+def sweep_tasks(target: str) -> list[str]:
+    """The k-sweep's dev tasks: a multiselect bound to the ``sweep_tasks`` setting, whose '' means the scoring
+    target's default (echo-heavy tasks for the echo target), so a link carries only a choice that differs."""
+    default = list(default_dev_tasks(target))
+    options = icl_task_names()
+    picked = [name for name in str(state.get("sweep_tasks")).split(",") if name]
+    unknown = [name for name in picked if name not in options]
+    if unknown:
+        st.error(f"sweep_tasks: {', '.join(echo(u) for u in unknown[:3])} not among the built-in tasks; left out")
+        picked = [name for name in picked if name in options]
+        state.put("sweep_tasks", ",".join(picked))
+    st.session_state["sweep_tasks_pick"] = picked or default
+
+    def changed() -> None:
+        chosen = st.session_state["sweep_tasks_pick"]
+        state.put("sweep_tasks", "" if chosen == default else ",".join(chosen))
+
+    return st.multiselect("Dev tasks (beside the copying task's held-out split)", options, key="sweep_tasks_pick",
+                          on_change=changed, help="the tasks the sweep chooses k on; keep them apart from the tasks "
+                          "you judge the pruning on. Default: " + ", ".join(default))
 
 
 def k_options(limit: int, current: int) -> list[int]:
@@ -275,15 +298,16 @@ if scores is not None:
     with st.expander("Copying scores per neuron and the k-sweep", expanded=False):
         chart(neuron_heatmap(scores.tolist(), title="copying score per neuron"), "copy_heat", "copying-scores")
         st.caption("The k-sweep prunes the top k for each k and compares every k with the unpruned model on the "
-                   "held-out copying split and three ICL dev tasks (2-shot, 80 prompts each, paired). A k is chosen "
-                   "only when its accuracy gain is above zero beyond noise and copy errors do not rise.")
-        sweep_key = result_key(loaded, "k-sweep", tuple(sorted(params.items())), per_layer, layers)
-        sweep_work = len({0, *K_GRID}) * (1 + len(DEV_TASKS)) * SWEEP_N  # evaluated prompts, at most
+                   "held-out copying split and the dev tasks below (2-shot, 80 prompts each, paired). A k is "
+                   "chosen only when its accuracy gain is above zero beyond noise and copy errors do not rise.")
+        dev_tasks = tuple(sweep_tasks(params["target"]))
+        sweep_key = result_key(loaded, "k-sweep", tuple(sorted(params.items())), per_layer, layers, dev_tasks)
+        sweep_work = len({0, *K_GRID}) * (1 + len(dev_tasks)) * SWEEP_N  # evaluated prompts, at most
         speculation.cost_note(loaded, sweep_work, "eval", f"{sweep_work:,} prompts")
         sweep_clicked = st.button("Run k-sweep", key="sweep_run")
         with guarded("k-sweep"):
             swept = speculation.follow("job_k_sweep", sweep_key, "k-sweep", lambda progress: k_sweep(
-                loaded, scores, K_GRID, per_layer=per_layer, layers=layers, cache=cache, progress=progress,
+                loaded, scores, K_GRID, dev_tasks, per_layer=per_layer, layers=layers, cache=cache, progress=progress,
                 pool=env_pool(loaded.name)), start=sweep_clicked, speed=(loaded, "eval", sweep_work))
             if swept is not None:
                 keep("sweep", sweep_key, swept, f"{'top k per layer' if per_layer else 'top k overall'}, layers "
