@@ -37,7 +37,10 @@ COMPLETENESS_WARN = 0.10  # a completeness error above this fraction of |F(a) - 
 
 @dataclass
 class NeuronIGResult:
-    """Per-prompt attributions [N, layers, neurons] and what produced them."""
+    """Neuron IG of N prompts: ``per_prompt`` [N, layers, neurons] (each neuron's share of F(a) - F(0) at the
+    answer position), the prepared ``inputs``, the target, the rule (``steps``, ``quadrature``), F at each
+    clean prompt, and ``delta``, the completeness error per prompt and layer (:func:`completeness_summary`).
+    :attr:`scores` averages over prompts; :meth:`top_k` lists the strongest neurons."""
 
     per_prompt: torch.Tensor
     inputs: list[AttributionInput]
@@ -55,13 +58,50 @@ class NeuronIGResult:
         """Mean over prompts: [layers, neurons]."""
         return self.per_prompt.mean(dim=0)
 
+    def top_k(self, k: int = 20, signed: bool = False) -> list[tuple[int, int, float]]:
+        """The ``k`` neurons with the largest mean attribution, as (layer, neuron, mean IG), strongest first:
+        by magnitude, or with ``signed`` by value (the neurons that raise F most; what a copying mask keeps,
+        :func:`analysis.select_top_k`)."""
+        scores = self.scores
+        k = max(0, min(int(k), scores.numel()))
+        order = (scores if signed else scores.abs()).flatten().topk(k).indices.tolist()
+        width = scores.shape[1]
+        return [(i // width, i % width, float(scores.flatten()[i])) for i in order]
+
 
 def neuron_ig(loaded: LoadedModel, inputs: Sequence[AttributionInput], steps: int = 4,
               quadrature: str = "adaptive", method: str = "fast", max_rows: int = 320,
               progress: Callable[[int, int], None] | None = None) -> NeuronIGResult:
-    """All-layer neuron IG for each prepared input (see the module docstring). ``steps``: the fixed rules'
-    nodes; with ``adaptive``, the Gauss-Legendre nodes of its smooth layers. ``max_rows``: the most gradient
-    rows one pass carries (memory); more make several passes, with the same result."""
+    """All-layer neuron IG for each prepared input (see the module docstring); :func:`analysis.attribute_task`
+    samples, prepares and caches for you.
+
+    Args:
+        loaded: the model.
+        inputs: prompts prepared with their target (:func:`analysis.prepare_inputs`).
+        steps: the fixed rules' nodes; with ``adaptive``, the Gauss-Legendre nodes of its smooth layers.
+        quadrature: ``adaptive`` (default: checked interval by interval, right at every layer), ``riemann``
+            (the paper's) or ``gauss-legendre``.
+        method: ``fast`` (every layer in a few batched passes) or ``reference`` (a forward and backward per
+            layer and node: slow, for checking).
+        max_rows: the most gradient rows one pass carries (memory); more make several passes, same result.
+        progress: ``progress(done, total)`` after every prompt; it may raise to stop the run.
+
+    Returns:
+        A :class:`NeuronIGResult` with the completeness error of every prompt and layer.
+
+    Raises:
+        PrunescopeError: no inputs, an unknown method or rule, fewer than 1 step, layers of unequal width.
+
+    Example::
+
+        >>> import analysis as ps
+        >>> model = ps.load_model("toy-transformer", device="cpu")
+        >>> items = ps.prepare_inputs(model, ps.get_task("antonyms").sample_prompts(2, 1), "gold")
+        >>> result = ps.neuron_ig(model, items)
+        >>> bool(result.delta.abs().max() < 1e-3 * result.f_clean.abs().max())  # complete: sum IG = F(a) - F(0)
+        True
+        >>> layer, neuron, value = result.top_k(1)[0]
+    """
     if method not in METHODS:
         raise PrunescopeError(f"unknown IG method {method!r}: use {' or '.join(METHODS)}")
     if not inputs:

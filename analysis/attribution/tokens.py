@@ -64,8 +64,32 @@ class TokenRelevance:
 
 def token_relevance(loaded: LoadedModel, text: str, method: str, target_id: int | None = None,
                     layers: list[int] | None = None, form: str | None = None, steps: int = 32) -> TokenRelevance:
-    """Relevance of every token of ``text`` for ``target_id`` (default: top prediction) at the last position.
-    ``layers`` and ``form`` apply to raw / rollout / gradattn; ``steps`` to ig."""
+    """Relevance of every token of ``text`` for the next-token logit ``target_id`` at the last position.
+
+    Args:
+        loaded: the model.
+        text: the input text.
+        method: ``raw`` (attention to the last position), ``rollout``, ``gradattn`` (gradient-weighted
+            attention, implicit for attention-free families), ``ig`` (embedding IG), ``gxi`` (gradient x input)
+            or ``lrp`` (conservative LRP, 2202.07304; transformers only).
+        target_id: the token whose logit is explained (default: the top prediction).
+        layers, form: the attention layers and map form of raw / rollout / gradattn.
+        steps: IG's Riemann steps.
+
+    Returns:
+        A :class:`TokenRelevance`: one score per token, the tokens and the target.
+
+    Raises:
+        PrunescopeError: an unknown method, LRP on a family without it, fewer than 1 IG step.
+
+    Example::
+
+        >>> import analysis as ps
+        >>> model = ps.load_model("toy-mamba", device="cpu")
+        >>> relevance = ps.token_relevance(model, "a:3 b:5 | a:", "gxi")
+        >>> len(relevance.scores) == len(relevance.tokens)
+        True
+    """
     if method not in METHODS:
         raise PrunescopeError(f"unknown relevance method {method!r}: use one of {', '.join(METHODS)}")
     if method == "lrp":

@@ -78,7 +78,10 @@ def classify_records(records: pd.DataFrame, case_sensitive: bool, fold_accents: 
 
 @dataclass
 class EvalResult:
-    """Accuracy, copy-error and other-error rates of one (model, task, shots) run, with per-example records."""
+    """One (model, task, shots, seed, mask) evaluation: ``records`` holds a row per prompt (prompt, query, gold,
+    prediction, ``outcome``, demonstrations' outputs); the rates (:attr:`accuracy`, :attr:`copy_error_rate`,
+    :attr:`echo_rate`, :attr:`other_error_rate`) are shares of its prompts. Compare conditions with
+    :func:`analysis.prune_eval`, which pairs them by prompt and gives intervals."""
 
     model: str
     task: str
@@ -122,9 +125,34 @@ EVAL_VERSION = "icl-eval/1"
 def evaluate_task(loaded: LoadedModel, task: Task, shots: int, n: int, seed: int = 0,
                   mask: NeuronMask | None = None, batch_size: int = 16, progress: Progress | None = None,
                   cache: ResultsCache | None = None) -> EvalResult:
-    """Evaluate ``n`` ``shots``-shot prompts of ``task`` (see the module docstring for the scoring).
+    """Answer ``n`` ``shots``-shot prompts of ``task`` greedily and score each answer (module docstring).
 
-    With ``cache``, a repeated request (same weights, task data, shots, n, seed and mask) is read from disk.
+    Args:
+        loaded: the model (:func:`analysis.load_model`).
+        task: the task (:func:`analysis.get_task`).
+        shots: demonstrations per prompt.
+        n: prompts; more than the task's distinct queries ask each query again with other demonstrations.
+        seed: which prompts (the same seed gives the same prompts on every model and mask).
+        mask: neurons to zero while answering (None: the unpruned model).
+        batch_size: prompts per generation batch (the answers do not depend on it).
+        progress: ``progress(done, total)`` after every batch; it may raise to stop the run.
+        cache: a :class:`ResultsCache` to read a repeated request from (same weights, task data, shots, n,
+            seed and mask) and to store a new one in.
+
+    Returns:
+        An :class:`EvalResult`: per-prompt records (prompt, query, gold, prediction, outcome ``correct``,
+        ``copy``, ``echo`` or ``other``) and the rates.
+
+    Raises:
+        PrunescopeError: out-of-range ``n``/``shots``/``seed``, or a prompt longer than the model's context.
+
+    Example::
+
+        >>> import analysis as ps
+        >>> model = ps.load_model("toy-transformer", device="cpu")
+        >>> result = ps.evaluate_task(model, ps.get_task("to-upper"), shots=2, n=4)
+        >>> list(result.records.columns[:4]), result.n
+        (['prompt_index', 'prompt', 'query', 'gold'], 4)
     """
     n, shots, seed = check("n", n), check("shots", shots), check("seed", seed)
     if cache is None:

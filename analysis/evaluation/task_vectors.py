@@ -41,6 +41,9 @@ ALPHA = 0.05  # family-wise level of "beats zero-shot"
 
 @dataclass
 class TaskVectorResult:
+    """One task-vector run: ``table`` has a row per layer (patched accuracy, copy rate, the discordant pairs,
+    McNemar's p and its Bonferroni adjustment, whether it beats zero-shot), ``records`` every answer."""
+
     task: str
     shots: int
     n: int
@@ -91,13 +94,36 @@ def task_vectors(loaded: LoadedModel, task: Task, shots: int = 4, n: int = 40, d
                  seed: int = 0, mask: NeuronMask | None = None, batch_size: int = 16,
                  progress: Callable[[int, int], None] | None = None,
                  cache: ResultsCache | None = None, compute_missing: bool = True) -> TaskVectorResult | None:
-    """Patched zero-shot accuracy at every layer with its test against zero-shot (see the module docstring);
-    read from ``cache`` when the same weights, task, settings and mask were run before (with
-    ``compute_missing=False`` only then: None otherwise, so a page can show a stored result without a job).
+    """Hendel et al.'s task vectors: patched zero-shot accuracy at every layer, tested against zero-shot.
 
-    ``progress(done, total)`` counts prompts through the model (the dummy prompts, the zero-shot and k-shot
-    prompts, then the zero-shot prompts once per layer), reported after every batch; it may raise to stop
-    the run there (the app's Cancel does)."""
+    Args:
+        loaded: the model; task: the task; shots: demonstrations of the prompts the vectors come from.
+        n: zero-shot queries; dummy_queries: k-shot prompts per query whose last state is averaged.
+        seed: which prompts; mask: neurons zeroed throughout (None: unpruned); batch_size: prompts per batch.
+        progress: ``progress(done, total)`` in prompts through the model (the dummy prompts, the zero-shot and
+            k-shot prompts, then the zero-shot prompts once per layer), after every batch; it may raise to
+            stop the run (the app's Cancel does).
+        cache: read a repeated request from it (same weights, task, settings and mask); with
+            ``compute_missing=False`` only read: None when not stored, so a page shows a stored result
+            without starting a job.
+
+    Returns:
+        A :class:`TaskVectorResult`: zero-shot, k-shot and per-layer patched accuracy (``table``) with McNemar
+        tests, the best layer and a verdict sentence, or None (``compute_missing=False`` and not stored).
+
+    Raises:
+        PrunescopeError: out-of-range settings, a task with too few pairs, a prompt too long for the model.
+
+    Example::
+
+        >>> import analysis as ps
+        >>> model = ps.load_model("toy-transformer", device="cpu")
+        >>> result = ps.task_vectors(model, ps.get_task("to-upper"), shots=2, n=4)
+        >>> len(result.table) == model.n_layers  # a row per layer: patched accuracy, McNemar p vs zero-shot
+        True
+        >>> result.verdict().startswith(("layer", "no layer"))
+        True
+    """
     if shots < 1 or dummy_queries < 1:
         raise PrunescopeError(f"task vectors need shots >= 1 and dummy queries >= 1 (got {shots}, {dummy_queries})")
     n, seed, shots, dummy_queries = check("tv_n", n), check("seed", seed), check("shots", shots), \

@@ -213,14 +213,36 @@ DISK_OFFLOAD_UNSUPPORTED = {"recurrent_gemma": "its decoding step reads conv_1d.
 def load_model(spec: str | os.PathLike = DEFAULT_MODEL, device: str | None = "auto", dtype: str | None = "auto",
                allow_pickle_weights: bool = False, device_map: str | dict | None = None,
                max_memory: dict | None = None) -> LoadedModel:
-    """Load ``spec`` onto ``device`` in ``dtype`` (see :mod:`analysis.device`) with its adapter. Weights load
-    from safetensors only: a pickled checkpoint can run code when it is read, so it is refused unless the
-    caller opts in (``--allow-pickle-weights`` on the CLI; never in the app).
+    """Load a model with the adapter of its architecture family, ready for every method of the library.
 
-    ``device_map`` (``auto``, ``balanced``, ``sequential`` or a {module name: device} dict whose devices may
-    include ``cpu`` and ``disk``) and ``max_memory`` ({device: "10GiB"}) hand the placement to accelerate's
-    big-model loading, for a model larger than one device: layers on several GPUs, the CPU or disk (offloaded
-    to a folder in the cache). Inputs then go to the input embedding's device."""
+    Weights load from safetensors only: a pickled checkpoint can run code when it is read, so it is refused
+    unless the caller opts in (``--allow-pickle-weights`` on the CLI; never in the app).
+
+    Args:
+        spec: a built-in name (``"default"`` = SmolLM2-135M-Instruct, ``"gemma3-270m"``, the ``toy-*`` models:
+            :func:`model_choices`), a local directory, or a Hugging Face hub id.
+        device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        dtype: ``"auto"`` (float32 on CPU, bfloat16 on CUDA) or a torch dtype name.
+        allow_pickle_weights: also read ``pytorch_model.bin`` (only for a model you trust).
+        device_map: ``auto``, ``balanced``, ``sequential`` or {module name: device} (devices may include
+            ``cpu`` and ``disk``): accelerate's big-model placement, for a model larger than one device;
+            inputs then go to the input embedding's device.
+        max_memory: with ``device_map``, memory per device, e.g. {0: "10GiB", "cpu": "64GiB"}.
+
+    Returns:
+        A :class:`LoadedModel`: the model, its tokenizer, its adapter and the lock every forward pass holds.
+
+    Raises:
+        PrunescopeError: unknown model, unsupported architecture, pickled weights refused, a hub id without
+            a network (one line naming the problem).
+
+    Example::
+
+        >>> import analysis as ps
+        >>> model = ps.load_model("toy-transformer", device="cpu")
+        >>> model.describe()
+        'toy-transformer (transformer, 4 layers, 1536 neurons, cpu, float32)'
+    """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     spec = str(spec)

@@ -68,7 +68,35 @@ def k_sweep(loaded: LoadedModel, scores: torch.Tensor, ks: Sequence[int] = K_GRI
             dev_tasks: Sequence[str] = DEV_TASKS, shots: int = 2, n: int = SWEEP_N, per_layer: bool = False,
             layers: tuple[int, int] | None = None, cache: ResultsCache | None = None,
             progress: Callable[[int, int], None] | None = None, resamples: int = 4000, pool=None) -> KSweep:
-    """Evaluate each k and choose one (module docstring)."""
+    """Evaluate each k of ``ks`` against the unpruned model and choose one, or none (module docstring).
+
+    Args:
+        loaded: the model.
+        scores: [layers, neurons] neuron scores; the top k of them are pruned for each k.
+        ks: the candidate k (0, the unpruned model, is always added).
+        dev_tasks: built-in tasks to choose on, beside the copying task's held-out split
+            (:func:`default_dev_tasks`).
+        shots, n: demonstrations and prompts per task and k.
+        per_layer, layers: selection as in :func:`analysis.select_top_k`.
+        cache: a :class:`ResultsCache` for every evaluation; progress: ``progress(done, total)`` in prompts.
+        resamples: bootstrap resamples of each interval; pool: run the evaluations on Ray actors.
+
+    Returns:
+        A :class:`KSweep`: the table of every k's paired changes, the chosen k (0: none beats the unpruned
+        model beyond noise) and a sentence that says why.
+
+    Raises:
+        PrunescopeError: no candidate k within the model's neurons, an unknown dev task.
+
+    Example::
+
+        >>> import analysis as ps
+        >>> model = ps.load_model("toy-transformer", device="cpu")
+        >>> scores = ps.attribute_task(model, ps.get_task("antonyms"), "gold", n=2, shots=2).scores
+        >>> sweep = ps.k_sweep(model, scores, ks=(5,), dev_tasks=("antonyms",), n=4, resamples=200)
+        >>> sweep.chosen in (0, 5), sorted(set(sweep.table.k))
+        (True, [0, 5])
+    """
     width = scores.shape[1]
     span = scores.shape[0] if layers is None else layers[1] - layers[0] + 1
     ks = sorted({0, *(k for k in ks if k <= (width if per_layer else span * width))})

@@ -140,8 +140,28 @@ def parse_layer_range(text: str, n_layers: int) -> tuple[int, int] | None:
 
 def select_top_k(scores: torch.Tensor, k: int, per_layer: bool = False, layers: tuple[int, int] | None = None,
                  **meta) -> NeuronMask:
-    """The ``k`` highest-scoring neurons overall, or the ``k`` highest in each layer (``per_layer``), among
-    the layers ``layers`` (inclusive range; default all)."""
+    """A mask of the highest-scoring neurons.
+
+    Args:
+        scores: [layers, neurons], e.g. :attr:`CopyingScores.scores` or :attr:`NeuronIGResult.scores`
+            (highest first: signed, so a neuron that lowers the target is never selected).
+        k: neurons overall, or in each layer with ``per_layer``; 0 gives an empty mask.
+        per_layer: take the top ``k`` of every layer instead of overall.
+        layers: an inclusive (first, last) layer range to select in (default: all).
+        meta: recorded in the mask's ``meta`` (how it was made).
+
+    Returns:
+        A :class:`NeuronMask`.
+
+    Raises:
+        PrunescopeError: ``k`` beyond the neurons available, or a layer range outside the model.
+
+    Example::
+
+        >>> import torch, analysis as ps
+        >>> ps.select_top_k(torch.tensor([[0.1, 0.9, 0.3], [0.8, -1.0, 0.2]]), 2).by_layer()
+        {0: [1], 1: [0]}
+    """
     n_layers, width = scores.shape
     first, last = layers if layers is not None else (0, n_layers - 1)
     if not 0 <= first <= last < n_layers:

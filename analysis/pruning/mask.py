@@ -33,6 +33,20 @@ META_KEYS = frozenset({"method", "k", "per_layer", "layers", "model", "scoring",
 
 @dataclass(frozen=True)
 class NeuronMask:
+    """A set of (layer, neuron) pairs to zero, with ``meta`` saying how it was made (not part of equality).
+
+    Neurons are indices into each layer's neuron site (the MLP's intermediate activation; README, "Models").
+    :meth:`applied` zeroes them in every forward pass while open; :meth:`save` / :meth:`load` write and read
+    the JSON format ``prunescope-mask/1``; :meth:`digest` names the set in a few characters.
+
+    Example::
+
+        >>> from analysis import NeuronMask
+        >>> mask = NeuronMask.from_pairs([(0, 5), (2, 17)], method="hand-picked")
+        >>> len(mask), mask.by_layer()
+        (2, {0: [5], 2: [17]})
+    """
+
     neurons: frozenset[tuple[int, int]]
     meta: dict = field(default_factory=dict, compare=False, hash=False)
 

@@ -89,7 +89,28 @@ def icl_task_names() -> list[str]:
 
 
 def get_task(spec: str, **file_options) -> Task:
-    """A built-in task by name, or a user task from a ``.csv``/``.json`` path."""
+    """A task by name or file.
+
+    Args:
+        spec: a built-in task's name (:func:`builtin_tasks`) or the path of a ``.csv``/``.json`` task file
+            (columns or keys ``input``/``output``; README, "Tasks").
+        file_options: for a file: ``min_pairs``, ``template`` and the like (:func:`load_task_file`).
+
+    Returns:
+        The :class:`Task`: its (input, output) pairs and how to turn them into k-shot prompts.
+
+    Raises:
+        TaskError: an unknown name, or a malformed file (one line naming the file and the problem).
+
+    Example::
+
+        >>> import analysis as ps
+        >>> task = ps.get_task("antonyms")
+        >>> print(task.sample_prompts(shots=2, n=1)[0].text)
+        possible -> impossible
+        safe -> dangerous
+        remember ->
+    """
     tasks = builtin_tasks()
     if spec in tasks:
         return tasks[spec]

@@ -76,6 +76,8 @@ class Task:
         return self.template.split("{y}", 1)[0].replace("{x}", x).rstrip()
 
     def build_prompt(self, query: tuple[str, str], demos: list[tuple[str, str]]) -> Prompt:
+        """The prompt that shows ``demos`` as (input, output) pairs in the task's template, then asks for the
+        output of ``query``'s input (``query``'s output is the gold answer), after the task's instruction."""
         text = self.instruction + "".join(self.render_demo(x, y) for x, y in demos) + self.render_query(query[0])
         return Prompt(text=text, query=query[0], gold=query[1], demos=tuple(demos))
 

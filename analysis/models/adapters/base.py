@@ -48,6 +48,11 @@ class Layout:
 
 @dataclass(frozen=True)
 class NeuronSite:
+    """Where a layer's neurons live: the module at ``path`` whose input or output (``io``) is the [.., width]
+    activation that neuron IG attributes and a mask zeroes: the input of the MLP's down projection in
+    transformers and Griffin, the gated mixer output before ``out_proj`` in Mamba, the squared-ReLU key of
+    RWKV's channel mixing."""
+
     layer: int
     path: str
     io: SiteIO
