@@ -58,6 +58,10 @@ class NeuronIGResult:
         """Mean over prompts: [layers, neurons]."""
         return self.per_prompt.mean(dim=0)
 
+    def completeness(self) -> dict | None:
+        """How far ``sum_i IG_i`` is from ``F(a) - F(0)``, relative to it: :func:`completeness_summary`."""
+        return completeness_summary(self)
+
     def top_k(self, k: int = 20, signed: bool = False) -> list[tuple[int, int, float]]:
         """The ``k`` neurons with the largest mean attribution, as (layer, neuron, mean IG), strongest first:
         by magnitude, or with ``signed`` by value (the neurons that raise F most; what a copying mask keeps,
@@ -98,7 +102,7 @@ def neuron_ig(loaded: LoadedModel, inputs: Sequence[AttributionInput], steps: in
         >>> model = ps.load_model("toy-transformer", device="cpu")
         >>> items = ps.prepare_inputs(model, ps.get_task("antonyms").sample_prompts(2, 1), "gold")
         >>> result = ps.neuron_ig(model, items)
-        >>> bool(result.delta.abs().max() < 1e-3 * result.f_clean.abs().max())  # complete: sum IG = F(a) - F(0)
+        >>> result.completeness()["worst"] < 0.05  # sum IG = F(a) - F(0), at every layer within 5 %
         True
         >>> layer, neuron, value = result.top_k(1)[0]
     """

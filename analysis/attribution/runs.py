@@ -16,7 +16,7 @@ IG_VERSION = "neuron-ig/1"
 
 
 def attribute_task(loaded: LoadedModel, task: Task, target: str, n: int, shots: int, seed: int = 0,
-                   steps: int = 20, quadrature: str = "riemann", cache: ResultsCache | None = None,
+                   steps: int = 4, quadrature: str = "adaptive", cache: ResultsCache | None = None,
                    progress: Callable[[int, int], None] | None = None,
                    compute_missing: bool = True, pool=None) -> NeuronIGResult | None:
     """All-layer neuron IG of ``target`` over ``n`` ``shots``-shot prompts of ``task`` (fast path). With
