@@ -51,7 +51,7 @@ _HOMES = {
     "select_top_k": "analysis.pruning.copying", "NeuronMask": "analysis.pruning.mask",
     "prune_eval": "analysis.pruning.evaluate", "PruneEvalResult": "analysis.pruning.evaluate",
     "k_sweep": "analysis.pruning.autok", "KSweep": "analysis.pruning.autok",
-    "attention_maps": "analysis.implicit_attention", "AttentionMaps": "analysis.implicit_attention",
+    "attention_maps": "analysis.attention", "AttentionMaps": "analysis.attention",
     "token_relevance": "analysis.attribution.tokens", "TokenRelevance": "analysis.attribution.tokens",
     "faithfulness": "analysis.evaluation.faithfulness",
     "task_vectors": "analysis.evaluation.task_vectors", "TaskVectorResult": "analysis.evaluation.task_vectors",
@@ -64,6 +64,7 @@ __all__ = ["PrunescopeError", "AttentionMaps", "CopyingScores", "EvalResult", "K
            "task_vectors", "token_relevance"]  # _HOMES' names, spelt out for linters
 
 if TYPE_CHECKING:  # what type checkers and IDEs follow; at run time __getattr__ imports on first use
+    from analysis.attention import AttentionMaps, attention_maps
     from analysis.attribution.neuron_ig import NeuronIGResult, neuron_ig
     from analysis.attribution.runs import attribute_task
     from analysis.attribution.targets import prepare_inputs
@@ -71,7 +72,6 @@ if TYPE_CHECKING:  # what type checkers and IDEs follow; at run time __getattr__
     from analysis.evaluation.faithfulness import faithfulness
     from analysis.evaluation.icl import EvalResult, evaluate_task
     from analysis.evaluation.task_vectors import TaskVectorResult, task_vectors
-    from analysis.implicit_attention import AttentionMaps, attention_maps
     from analysis.models.loader import LoadedModel, load_model
     from analysis.pruning.autok import KSweep, k_sweep
     from analysis.pruning.copying import CopyingScores, copying_scores, select_top_k

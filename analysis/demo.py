@@ -23,6 +23,7 @@ from analysis.paths import PRECOMPUTED_DIR
 from analysis.pruning.autok import DEV_TASKS, K_GRID, k_sweep
 from analysis.pruning.copying import COPYING_TASK, copying_scores, copying_splits, select_top_k
 from analysis.pruning.evaluate import control_masks, prune_eval
+from analysis.runner import Runner
 from analysis.tasks import builtin_tasks
 
 
@@ -103,10 +104,11 @@ def pruning_tasks() -> dict:
 
 
 def precompute_demo(loaded: LoadedModel, out: str | Path = PRECOMPUTED_DIR, sweep: bool = True,
-                    progress: Callable[[str], None] | None = None, pool=None) -> ResultsCache:
+                    progress: Callable[[str], None] | None = None, pool: Runner | None = None) -> ResultsCache:
     """Compute what the app's pages request on their defaults and store it in a cache rooted at ``out``, plus
-    the default copying mask as a JSON file there. ``pool`` (analysis.distributed.ModelPool): the IG, the
-    evaluations and the k-sweep run as shards on Ray's actors (task vectors stay here)."""
+    the default copying mask as a JSON file there. ``pool`` (:class:`analysis.runner.Runner`, e.g. Ray's
+    :class:`analysis.distributed.ModelPool`): the IG, the evaluations and the k-sweep run as shards there
+    (task vectors stay here)."""
     cache = ResultsCache(out, fallbacks=())
     say = progress or (lambda _: None)
     say("copying scores")

@@ -7,7 +7,8 @@ CPU slot, each loading the model once; a shard is one evaluation or a few prompt
 little: Ray restarts it and retries its shard (``max_restarts``, ``max_task_retries``). Every shard runs the
 same library code as a serial run on the same prompts, and the driver merges the shards in order and stores
 the result under the serial run's cache key, so results are bit-identical to a serial run and the app finds
-them. Without ``--ray`` nothing here is imported.
+them. The methods never import this module: they call the :class:`analysis.runner.Runner` protocol that
+:class:`ModelPool` implements, passed as ``pool=``. Without ``--ray`` nothing here is imported.
 """
 
 from __future__ import annotations
@@ -16,10 +17,14 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from analysis.errors import PrunescopeError
+from analysis.runner import EvalRequest, Progress, Runner
+
+if TYPE_CHECKING:
+    import torch
 
 RAY_ENV = "PRUNESCOPE_RAY"  # the app's long jobs run on this cluster (or "local") when it is set
 RESTARTS = 3  # an actor that dies is restarted this often, and its shard retried
@@ -101,9 +106,10 @@ class _Worker:
 
 
 class ModelPool:
-    """``size`` actors holding ``spec`` (default: one per GPU of the cluster, else one per CPU slot). Each
-    actor uses ``threads`` intra-op threads (default: the driver's), since IG sums are bit-identical to a
-    serial run only with the same thread count (Ray itself would give each actor one)."""
+    """The :class:`analysis.runner.Runner` on Ray: ``size`` actors holding ``spec`` (default: one per GPU of
+    the cluster, else one per CPU slot). Each actor uses ``threads`` intra-op threads (default: the driver's),
+    since IG sums are bit-identical to a serial run only with the same thread count (Ray itself would give
+    each actor one)."""
 
     def __init__(self, spec: str, device: str = "auto", dtype: str = "auto", size: int | None = None,
                  threads: int | None = None):
@@ -143,45 +149,49 @@ class ModelPool:
                 progress(index)
         return results
 
+    def evaluate(self, requests: Sequence[EvalRequest], progress: Progress | None = None) -> list[Any]:
+        """EvalResults for ``requests`` of (task, shots, n, seed, mask or None), one shard each."""
+        shards = [(task, shots, n, seed, None if mask is None else sorted(mask.neurons))
+                  for task, shots, n, seed, mask in requests]
+        return self.map("evaluate", shards, _counted(progress, len(shards)))
+
+    def neuron_ig(self, inputs: Sequence, steps: int, quadrature: str, progress: Progress | None = None,
+                  shard_size: int = SHARD_PROMPTS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(per_prompt, f_clean, delta) of neuron IG over ``inputs``, ``shard_size`` prompts per shard, merged in
+        order."""
+        import torch
+
+        shards = [(list(inputs[i:i + shard_size]), steps, quadrature) for i in range(0, len(inputs), shard_size)]
+        parts = self.map("neuron_ig", shards, _counted(progress, len(inputs), shard_size))
+        per_prompt, f_clean, delta = (torch.cat([part[i] for part in parts]) for i in range(3))
+        return per_prompt, f_clean, delta
+
+    def faithfulness(self, task, methods: Sequence[str], n: int, shots: int, seed: int, count: int,
+                     options: Mapping[str, object], progress: Progress | None = None) -> list:
+        """Per-prompt (target, curves) of the faithfulness test for its ``count`` prompts, one prompt per
+        shard."""
+        shards = [(task, list(methods), n, shots, seed, [k], options) for k in range(count)]
+        parts = self.map("faithfulness", shards, _counted(progress, count))
+        return [prompt for part in parts for prompt in part]
+
     def close(self) -> None:
         for actor in self.actors:
             self._ray.kill(actor)
 
 
-def evaluate_many(pool: ModelPool, requests: Sequence[tuple], progress: Callable[[int], None] | None = None
-                  ) -> list[Any]:
-    """EvalResults for ``requests`` of (task, shots, n, seed, mask or None), one shard each."""
-    shards = [(task, shots, n, seed, None if mask is None else sorted(mask.neurons))
-              for task, shots, n, seed, mask in requests]
-    return pool.map("evaluate", shards, progress)
+def _counted(progress: Progress | None, total: int, per_shard: int = 1) -> Callable[[int], None]:
+    """A per-shard callback that reports ``progress(done, total)``, ``done`` in units of ``per_shard`` each."""
+    finished = [0]
 
-
-def neuron_ig_sharded(pool: ModelPool, inputs: Sequence, steps: int, quadrature: str,
-                      shard_size: int = SHARD_PROMPTS,
-                      progress: Callable[[int], None] | None = None):
-    """(per_prompt, f_clean, delta) of neuron IG over ``inputs``, ``shard_size`` prompts per shard, merged in
-    order."""
-    import torch
-
-    shards = [(list(inputs[i:i + shard_size]), steps, quadrature) for i in range(0, len(inputs), shard_size)]
-    parts = pool.map("neuron_ig", shards, progress)
-    return tuple(torch.cat([part[i] for part in parts]) for i in range(3))
-
-
-def faithfulness_sharded(pool: ModelPool, task, methods: Sequence[str], n: int, shots: int, seed: int, count: int,
-                         options: Mapping[str, object], progress: Callable[[int, int], None] | None = None) -> list:
-    """Per-prompt (target, curves) of the faithfulness test for its ``count`` prompts, one prompt per shard."""
-    done = [0]
-
-    def each(_: int) -> None:
-        done[0] += 1
+    def step(_index: int) -> None:
+        finished[0] += 1
         if progress:
-            progress(done[0], count)
+            progress(min(finished[0] * per_shard, total), total)
+    return step
 
-    parts = pool.map("faithfulness", [(task, list(methods), n, shots, seed, [k], options) for k in range(count)],
-                     each)
-    return [prompt for part in parts for prompt in part]
 
+if TYPE_CHECKING:
+    _RUNNER: type[Runner] = ModelPool  # mypy checks that the pool implements the protocol
 
 _pools: dict[tuple, ModelPool] = {}
 _pools_lock = threading.Lock()

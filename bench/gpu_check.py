@@ -21,11 +21,11 @@ import weakref
 
 import torch
 
+from analysis.attention import attention_maps
 from analysis.attribution.neuron_ig import neuron_ig
 from analysis.attribution.targets import prepare_inputs
 from analysis.evaluation import evaluate_task
 from analysis.evaluation.task_vectors import task_vectors
-from analysis.implicit_attention import attention_maps
 from analysis.models import hooks as model_hooks
 from analysis.models import load_model, model_choices
 from analysis.pruning import NeuronMask

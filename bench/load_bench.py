@@ -62,6 +62,7 @@ from urllib.parse import urlencode
 
 import torch
 
+from analysis.attention import FORMS, attention_maps
 from analysis.attribution import attribute_task
 from analysis.attribution.summary import top_neurons
 from analysis.attribution.tokens import LRP_FAMILIES, METHODS, token_relevance
@@ -69,7 +70,6 @@ from analysis.demo import PRUNE_CONTROLS, PRUNE_TASKS, pruning_tasks
 from analysis.evaluation import evaluate_task
 from analysis.evaluation.faithfulness import faithfulness
 from analysis.evaluation.task_vectors import task_vectors
-from analysis.implicit_attention import FORMS, attention_maps
 from analysis.models import LoadedModel, load_model
 from analysis.pruning import NeuronMask
 from analysis.pruning.evaluate import prune_eval

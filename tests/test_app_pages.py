@@ -314,7 +314,7 @@ def test_overlong_text_and_out_of_memory_are_errors_not_crashes(monkeypatch):
     def boom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr("analysis.implicit_attention.attention_maps", boom)
+    monkeypatch.setattr("analysis.attention.attention_maps", boom)
     at.text_area(key="attn_text").set_value("a:1 b:2 | a:")
     _ok(at.run())
     assert any(e.value.startswith("out of memory while computing the attention map") for e in at.error)

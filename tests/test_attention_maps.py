@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from analysis.attention import attention_maps
 from analysis.errors import PrunescopeError
-from analysis.implicit_attention import attention_maps, softmax_attention
 from analysis.implicit_attention.common import Reduction
+from analysis.implicit_attention.softmax import softmax_attention
 from analysis.models.tiny import TINY_FAMILIES
 
 TEXT = "a:3 b:5 c:1 d:7 | b:5 a:"

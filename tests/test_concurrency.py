@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 import torch
 
+from analysis.attention import attention_maps
 from analysis.attribution import neuron_ig
 from analysis.attribution.targets import prepare_inputs
 from analysis.attribution.tokens import token_relevance
@@ -30,7 +31,6 @@ from analysis.evaluation import evaluate_task
 from analysis.evaluation.faithfulness import faithfulness
 from analysis.evaluation.general import passage_losses, shipped_passages
 from analysis.evaluation.task_vectors import task_vectors
-from analysis.implicit_attention import attention_maps
 from analysis.models import hooks as model_hooks
 from analysis.models import load_model
 from analysis.models.hooks import UnlockedForwardError

@@ -1,7 +1,8 @@
-"""The import graph of analysis/ has no circles: a module-level import (what runs when the module is imported;
-imports inside functions are deferred on purpose, and ``if TYPE_CHECKING`` blocks never run) never leads back
-to the importing module. Read from the source, so a new circle fails here before it fails at import time in
-some order nobody tried."""
+"""The import graph of analysis/ has no circles. Twice: a module-level import (what runs when the module is
+imported; ``if TYPE_CHECKING`` blocks never run) never leads back to the importing module, so no import order
+fails; and counting imports inside functions too, no module depends on itself at all (a deferred import only
+hides a circle from Python, not from a reader). Read from the source, so a new circle fails here before it
+fails at import time in some order nobody tried."""
 
 from __future__ import annotations
 
@@ -23,6 +24,11 @@ def module_names() -> dict[str, Path]:
     return names
 
 
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING"
+            or isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
 def _top_level(body: list[ast.stmt]):
     """The import statements that run at import time (into try/if/with blocks, not functions or classes'
     methods, not ``if TYPE_CHECKING``)."""
@@ -30,9 +36,7 @@ def _top_level(body: list[ast.stmt]):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             yield node
         elif isinstance(node, ast.If):
-            test = node.test
-            if not (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING"
-                    or isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"):
+            if not _is_type_checking(node.test):
                 yield from _top_level(node.body)
             yield from _top_level(node.orelse)
         elif isinstance(node, ast.Try):
@@ -42,12 +46,28 @@ def _top_level(body: list[ast.stmt]):
             yield from _top_level(node.body)
 
 
-def imports_of(name: str, path: Path, known: dict[str, Path]) -> set[str]:
+def _anywhere(body: list[ast.stmt]):
+    """Every import statement, in functions and methods too, except those under ``if TYPE_CHECKING``."""
+    for node in body:
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            yield from _anywhere(node.orelse)
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+        for field in ("body", "orelse", "finalbody", "handlers", "cases"):
+            children = getattr(node, field, None)
+            if isinstance(children, list):
+                yield from _anywhere([c for c in children if isinstance(c, (ast.stmt, ast.excepthandler,
+                                                                            ast.match_case))])
+
+
+def imports_of(name: str, path: Path, known: dict[str, Path], deferred: bool = False) -> set[str]:
     """The package's modules that importing ``name`` imports directly (a submodule import also runs its
-    parent packages' __init__)."""
+    parent packages' __init__); with ``deferred``, also those its functions import when called."""
     is_package = path.name == "__init__.py"
     targets: set[str] = set()
-    for node in _top_level(ast.parse(path.read_text(encoding="utf-8")).body):
+    body = ast.parse(path.read_text(encoding="utf-8")).body
+    for node in (_anywhere if deferred else _top_level)(body):
         if isinstance(node, ast.Import):
             candidates = [alias.name for alias in node.names]
         else:
@@ -103,6 +123,25 @@ def test_the_analysis_package_has_no_import_cycles():
     graph = {name: imports_of(name, path, known) for name, path in known.items()}
     assert sum(map(len, graph.values())) > 50  # the graph was read (analysis/ has many internal imports)
     assert cycles(graph) == []
+
+
+def test_no_module_depends_on_itself_counting_imports_inside_functions():
+    known = module_names()
+    graph = {name: imports_of(name, path, known, deferred=True) for name, path in known.items()}
+    assert sum(map(len, graph.values())) > sum(len(imports_of(n, p, known)) for n, p in known.items())
+    assert cycles(graph) == []
+
+
+def test_imports_inside_functions_count_and_type_checking_ones_do_not(tmp_path):
+    path = tmp_path / "a.py"
+    path.write_text("from typing import TYPE_CHECKING\n"
+                    "if TYPE_CHECKING:\n    from analysis.b import X\n"
+                    "def f():\n    from analysis.c import Y\n"
+                    "class K:\n    def m(self):\n        try:\n            import analysis.d\n"
+                    "        except ImportError:\n            pass\n", encoding="utf-8")
+    known = {name: path for name in ("analysis.a", "analysis.b", "analysis.c", "analysis.d")}
+    assert imports_of("analysis.a", path, known) == set()
+    assert imports_of("analysis.a", path, known, deferred=True) == {"analysis.c", "analysis.d"}
 
 
 def test_the_cycle_finder_finds_a_cycle():

@@ -155,7 +155,7 @@ def test_bfloat16_models_accumulate_ig_and_attention_in_float32(tiny_dirs, tiny_
     path agrees with the reference loop, completeness holds within 10 % at 64 steps, and the maps are within
     5 % of the float32 model's (bounds stated in bench/gpu_check.py too). The Mamba fast path once crashed here
     (its norm returns float32 while the LM head is bfloat16)."""
-    from analysis.implicit_attention import attention_maps
+    from analysis.attention import attention_maps
     from analysis.models import load_model
 
     half = load_model(tiny_dirs[model_type], device="cpu", dtype="bfloat16")

@@ -8,12 +8,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from analysis.attention import attention_maps
 from analysis.attribution.runs import attribute_task
 from analysis.attribution.tokens import LRP_FAMILIES, METHODS, token_relevance
 from analysis.errors import ModelLoadError
 from analysis.evaluation import evaluate_task
 from analysis.evaluation.task_vectors import task_vectors
-from analysis.implicit_attention import attention_maps
 from analysis.models import load_model
 from analysis.pruning import NeuronMask
 from analysis.models.tiny import TINY_FAMILIES

@@ -1,5 +1,6 @@
-"""The family registry: complete entries, every tiny model resolves to its family, FORMS / LRP_FAMILIES come
-from it, Griffin's implicit layers have one definition, and unknown names are one-line errors."""
+"""The family registry: complete entries (each naming its family module's typed ops), every tiny model resolves
+to its family, FORMS / LRP_FAMILIES come from it, Griffin's implicit layers have one definition, and unknown
+names are one-line errors."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ import dataclasses
 import pytest
 import torch
 
+from analysis.attention import FORMS, attention_maps, default_form
 from analysis.attribution.tokens import LRP_FAMILIES
 from analysis.errors import PrunescopeError, UnsupportedArchitectureError
-from analysis.families import FAMILIES, Family, Ref, RelevanceTarget, family, family_for, family_of, forms
-from analysis.implicit_attention import FORMS, attention_maps, default_form
+from analysis.families import FAMILIES, Family, FamilyOps, RelevanceTarget, family, family_for, family_of, forms
 from analysis.implicit_attention.griffin import griffin_recurrent_layers
 from analysis.models.adapters import adapter_class_for, registered_adapters
 from analysis.models.tiny import TINY_FAMILIES
@@ -38,12 +39,13 @@ def test_every_family_has_every_field(name):
     assert callable(entry.implicit_layers) and isinstance(entry.supports_lrp, bool)
     implicit = name != "transformer"
     assert entry.has_implicit_layers is implicit
-    for field in IMPLICIT_FNS:  # implicit families: every function named and importable; others: none
-        ref = getattr(entry, field)
-        assert (isinstance(ref, Ref) and callable(ref.resolve())) if implicit else ref is None, field
+    assert isinstance(entry.ops, FamilyOps) and type(entry.ops).__dataclass_params__.frozen
+    for field in IMPLICIT_FNS:  # implicit families: every function set; others: none
+        function = getattr(entry.ops, field)
+        assert callable(function) if implicit else function is None, field
     assert entry.has_softmax_layers is (name in ("transformer", "griffin"))
     if entry.has_softmax_layers:
-        assert callable(entry.softmax_maps.resolve())
+        assert callable(entry.ops.softmax_maps)
     assert entry.supports_lrp is (name == "transformer")
 
 
@@ -114,9 +116,9 @@ def test_relevance_targets(tiny_loaded, model_type, form, module, gated, group):
     into dF/dy (SiLU(z) for Mamba s6, sigmoid(r) for RWKV wkv)."""
     loaded = tiny_loaded(model_type)
     entry, layer = family_of(loaded), 0
-    inn = entry.capture(loaded, torch.tensor([loaded.tokenizer(TEXT).input_ids]), [layer])[layer]
+    inn = entry.ops.capture(loaded, torch.tensor([loaded.tokenizer(TEXT).input_ids]), [layer])[layer]
     block = loaded.adapter.block(layer)
-    spot = entry.relevance_target(block, inn, form)
+    spot = entry.ops.relevance_target(block, inn, form)
     assert isinstance(spot, RelevanceTarget) and spot.module is block.get_submodule(module)
     assert spot.how == ("gated" if (model_type, form) == ("mamba2", "unified") else
                         "output" if form == "rglru" else "input")
@@ -135,13 +137,15 @@ def test_relevance_targets(tiny_loaded, model_type, form, module, gated, group):
 def test_family_entries_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         FAMILIES["mamba"].forms = ("s6",)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        FAMILIES["mamba"].ops.forms = ("s6",)
     assert isinstance(FAMILIES["mamba"], Family)
 
 
 def test_a_missing_function_is_a_one_line_error():
     with pytest.raises(PrunescopeError, match=r"^transformer models have no capture$"):
         FAMILIES["transformer"].require("capture")
-    assert FAMILIES["griffin"].require("softmax_maps") is FAMILIES["griffin"].softmax_maps
+    assert FAMILIES["griffin"].require("softmax_maps") is FAMILIES["griffin"].ops.softmax_maps
 
 
 def _stub_reduced(internals, form, reduction, budget_bytes):
@@ -158,8 +162,9 @@ def test_attention_maps_loop_over_the_registry_entry(tiny_loaded, monkeypatch):
     """The dispatcher is generic: a changed entry (implicit layer 0 only, stub reduced and softmax maps) is
     exactly what attention_maps returns."""
     loaded = tiny_loaded("mamba")
-    stub = dataclasses.replace(FAMILIES["mamba"], implicit_layers=lambda adapter: [0],
-                               reduced=Ref(f"{__name__}:_stub_reduced"), softmax_maps=Ref(f"{__name__}:_stub_softmax"))
+    ops = dataclasses.replace(FAMILIES["mamba"].ops, implicit_layers=lambda adapter: [0], reduced=_stub_reduced,
+                              softmax_maps=_stub_softmax)
+    stub = dataclasses.replace(FAMILIES["mamba"], ops=ops)
     monkeypatch.setitem(FAMILIES, "mamba", stub)
     maps = attention_maps(loaded, TEXT, layers=[0, 1])
     length = len(loaded.tokenizer(TEXT).input_ids)

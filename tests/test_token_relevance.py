@@ -11,7 +11,7 @@ from analysis.attribution.tokens import (CONSERVATIVE, METHODS, PROBE, attention
                                          gradient_weighted_maps, prompt_ids, rollout, token_relevance,
                                          top_prediction)
 from analysis.errors import PrunescopeError
-from analysis.implicit_attention import softmax_attention
+from analysis.implicit_attention.softmax import softmax_attention
 
 TEXT = "a:3 b:5 c:1 d:7 | b:5 a:"
 

@@ -10,6 +10,7 @@ from analysis.attribution.targets import prepare_inputs
 from analysis.bounds import check
 from analysis.cache import ResultsCache, task_fingerprint
 from analysis.models.loader import LoadedModel
+from analysis.runner import Runner
 from analysis.tasks.task import Task
 
 IG_VERSION = "neuron-ig/1"
@@ -18,26 +19,18 @@ IG_VERSION = "neuron-ig/1"
 def attribute_task(loaded: LoadedModel, task: Task, target: str, n: int, shots: int, seed: int = 0,
                    steps: int = 4, quadrature: str = "adaptive", cache: ResultsCache | None = None,
                    progress: Callable[[int, int], None] | None = None,
-                   compute_missing: bool = True, pool=None) -> NeuronIGResult | None:
+                   compute_missing: bool = True, pool: Runner | None = None) -> NeuronIGResult | None:
     """All-layer neuron IG of ``target`` over ``n`` ``shots``-shot prompts of ``task`` (fast path). With
     ``compute_missing=False`` only a cached result is returned (None when there is none): a page can show
-    earlier results without starting a long job."""
+    earlier results without starting a long job. With ``pool`` (:class:`analysis.runner.Runner`) the prompts
+    run in shards there, with the same result."""
     n, shots, steps, seed = check("ig_n", n), check("shots", shots), check("steps", steps), check("seed", seed)
 
     def compute() -> NeuronIGResult:
         items = prepare_inputs(loaded, task.sample_prompts(shots, n, seed), target, task.delimiter)
         if pool is None:
             return neuron_ig(loaded, items, steps=steps, quadrature=quadrature, progress=progress)
-        from analysis.distributed import SHARD_PROMPTS, neuron_ig_sharded  # prompt shards on Ray actors
-
-        finished = [0]
-
-        def step(_index: int) -> None:
-            finished[0] += 1
-            if progress:
-                progress(min(finished[0] * SHARD_PROMPTS, len(items)), len(items))
-
-        per_prompt, clean, delta = neuron_ig_sharded(pool, items, steps, quadrature, progress=step)
+        per_prompt, clean, delta = pool.neuron_ig(items, steps, quadrature, progress=progress)
         return NeuronIGResult(per_prompt, list(items), items[0].target.kind, steps, check_quadrature(quadrature), clean,
                               meta={"method": "fast"}, delta=delta)
 

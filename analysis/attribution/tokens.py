@@ -9,8 +9,8 @@ Methods (``METHODS``), all batch 1, ``use_cache=False``, under ``loaded.lock``:
   layers (default all), later layers on the left (Abnar & Zuidema 2020).
 * ``gradattn``: per layer ``(mean_c dF/dA[c] * A[c])^+`` over channels/heads, then rollout. Since a layer's
   output is ``y[i,c] = sum_j A[c,i,j] u[j,c]``, ``dF/dA[c,i,j] = g[i,c] u[j,c]`` with ``g = dF/dy``: one
-  forward+backward captures ``g`` at the tensor each form maps to (each family's relevance target in the
-  registry, :mod:`analysis.families`), ``u`` and the matrices come from the family's capture. Transformers
+  forward+backward captures ``g`` at the tensor each form maps to (each family's relevance target, named by
+  the registry, :mod:`analysis.families`), ``u`` and the matrices come from the family's capture. Transformers
   (and Griffin's local-attention layers) run a registered eager attention function whose softmax
   probabilities sit in the graph, so dF/dA is read directly.
 * ``ig``: captum Integrated Gradients on the input embeddings, zero baseline, ``steps`` Gauss-Legendre
@@ -36,10 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from analysis.attention import attention_maps
 from analysis.attribution.norms import check_same, layer_norm_forward, rms_forward
 from analysis.errors import PromptTooLongError, PrunescopeError
-from analysis.families import FAMILIES, Family, family_of
-from analysis.implicit_attention import attention_maps
+from analysis.families import FAMILIES, Family, Form, family_of
 from analysis.implicit_attention.common import Reduction, reduce_in_chunks
 from analysis.models.hooks import hook_scope
 from analysis.models.loader import LoadedModel, decode_text, onloaded
@@ -316,16 +316,16 @@ def _softmax_weighted(loaded: LoadedModel, input_ids: torch.Tensor, target: int,
 
 
 def _implicit_weighted(loaded: LoadedModel, entry: Family, input_ids: torch.Tensor, target: int, layers: list[int],
-                       form: str) -> dict[int, torch.Tensor]:
+                       form: Form) -> dict[int, torch.Tensor]:
     """mean_c dF/dA[c] * A[c] of the family's implicit layers among ``layers``, with g = dF/dy read where the
-    registry's relevance target says (:class:`analysis.families.RelevanceTarget`)."""
+    family's relevance target says (:class:`analysis.implicit_attention.ops.RelevanceTarget`)."""
     implicit = set(entry.implicit_layers(loaded.adapter))
     layers = [i for i in layers if i in implicit]  # Griffin: recurrent layers only
     if not layers:
         return {}
     internals, target_of = entry.require("capture")(loaded, input_ids, layers), entry.require("relevance_target")
     targets = {i: target_of(loaded.adapter.block(i), internals[i], form) for i in layers}
-    matrices = entry.require("matrices").resolve()
+    matrices = entry.require("matrices")
     seen: dict[int, torch.Tensor] = {}
 
     def pre(layer, how):

@@ -61,8 +61,8 @@ def parse_layers(text: str) -> list[int] | None:
 
 
 def cmd_attention(args: argparse.Namespace) -> int:
+    from analysis.attention import attention_maps
     from analysis.cli.common import load
-    from analysis.implicit_attention import attention_maps
 
     loaded = load(args)
     maps = attention_maps(loaded, args.text, form=args.form, reduce=args.reduce, layers=parse_layers(args.layers))

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from analysis.bounds import BOUNDS
+from analysis.runner import Runner
 
 EXIT_BAD_INPUT = 2
 
@@ -195,7 +196,7 @@ def add_ray_arg(parser: argparse.ArgumentParser) -> None:
 
 
 @contextmanager
-def ray_pool(args: argparse.Namespace) -> Iterator[object | None]:
+def ray_pool(args: argparse.Namespace) -> Iterator[Runner | None]:
     """With ``--ray``: connect, start one model replica per GPU or CPU slot, and stop them after the command;
     without it, None (and Ray is never imported)."""
     address = getattr(args, "ray", None)

@@ -26,6 +26,7 @@ import torch
 from analysis.attribution.tokens import LRP_FAMILIES, METHODS, prompt_ids, token_relevance, top_prediction
 from analysis.errors import PrunescopeError
 from analysis.models.loader import LoadedModel, input_embedding_weight
+from analysis.runner import Runner
 
 DEFAULT_FRACTIONS = tuple(round(0.1 * k, 1) for k in range(11))
 ORDERS = ("most_first", "least_first")
@@ -163,23 +164,21 @@ def prompt_curves(loaded: LoadedModel, task, methods: Sequence[str], n: int, sho
 
 def faithfulness(loaded: LoadedModel, task, methods: Sequence[str], n: int, shots: int = 2, seed: int = 0,
                  progress: Progress | None = None, *, fractions: Sequence[float] = DEFAULT_FRACTIONS,
-                 replacement: str | int = "pad", steps: int = 32, pool=None) -> pd.DataFrame:
+                 replacement: str | int = "pad", steps: int = 32, pool: Runner | None = None) -> pd.DataFrame:
     """Perturbation AUCs of ``methods`` (+ ``random``) over ``n`` prompts of ``task``.
 
     One row per (method, order) with columns ``COLUMNS``; ``method`` order as given, ``random`` last.
     A method the model's family does not support (``lrp`` outside transformers) is not run: its rows have NaN
     AUCs, n = 0 and a ``note``; unknown method names raise. ``df.attrs`` holds ``fractions``, the mean curves
-    (``curves[(method, order)]``) and the per-prompt ``targets``. ``pool`` (analysis.distributed.ModelPool):
-    prompts run as shards on Ray's actors, with the same result.
+    (``curves[(method, order)]``) and the per-prompt ``targets``. ``pool`` (:class:`analysis.runner.Runner`,
+    e.g. Ray's actors): prompts run there as shards, with the same result.
     """
     methods, notes = _plan(loaded, methods)
     grid = _check_fractions(fractions)
     count = len(task.sample_prompts(shots, n, seed))
     options = CurveOptions(fractions=tuple(grid.tolist()), replacement=replacement, steps=steps)
     if pool is not None:
-        from analysis.distributed import faithfulness_sharded
-
-        per_prompt = faithfulness_sharded(pool, task, methods, n, shots, seed, count, options, progress)
+        per_prompt = pool.faithfulness(task, methods, n, shots, seed, count, options, progress)
     else:
         per_prompt = prompt_curves(loaded, task, methods, n, shots, seed, range(count), progress=progress, **options)
     targets = [target for target, _ in per_prompt]

@@ -20,6 +20,9 @@ exact ops, in the model's dtype, then cast to float32.
 Attention layers (Griffin's local MQA blocks) have no implicit matrices: :func:`capture_griffin` skips them,
 and :func:`griffin_attention_maps` returns their real softmax probabilities averaged over heads (running the
 forward with the eager attention implementation, restored afterwards).
+
+:data:`GRIFFIN_OPS` is this family's entry for the registry (analysis/families.py names it; nothing here
+imports the registry).
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ from analysis.implicit_attention.common import (
     prompt_ids,
     reduce_in_chunks,
 )
+from analysis.implicit_attention.ops import FamilyOps, RelevanceTarget
+from analysis.models.adapters import GriffinAdapter
 from analysis.models.hooks import hook_scope
 
 if TYPE_CHECKING:
@@ -51,7 +56,6 @@ if TYPE_CHECKING:
         RecurrentGemmaRglru,
     )
 
-    from analysis.models.adapters import GriffinAdapter
     from analysis.models.protocols import Loaded
 
 GriffinForm = Literal["unified", "rglru"]
@@ -77,7 +81,7 @@ class GriffinInternals(Internals):
 
 def griffin_recurrent_layers(loaded: Loaded) -> list[int]:
     """Indices of the layers whose temporal block is recurrent (has an RG-LRU): the adapter's own test."""
-    return cast("GriffinAdapter", loaded.adapter).recurrent_layers()  # called for Griffin models only
+    return cast(GriffinAdapter, loaded.adapter).recurrent_layers()  # called for Griffin models only
 
 
 def _recurrent_block(loaded: Loaded, layer: int) -> RecurrentGemmaRecurrentBlock:
@@ -290,3 +294,22 @@ def griffin_attention_maps(loaded: Loaded, input_ids: torch.Tensor, layers: Iter
         with torch.no_grad():
             loaded.model(input_ids=ids, use_cache=False)
     return maps
+
+
+def griffin_softmax_maps(loaded: Loaded, input_ids: torch.Tensor, layers: list[int], reduction: Reduction
+                         ) -> dict[int, torch.Tensor]:
+    """Griffin's local-attention layers: softmax probabilities averaged over all heads (``reduction`` is not
+    applied to them, as before the registry)."""
+    return griffin_attention_maps(loaded, input_ids, layers)
+
+
+def griffin_relevance_target(block: nn.Module, inn: GriffinInternals, form: str) -> RelevanceTarget:
+    """rglru: u = RG-LRU input, y = its output; unified: u = linear_x output, y = linear_out input."""
+    if form == "rglru":
+        return RelevanceTarget(block.get_submodule("temporal_block.rg_lru"), "output", inn.x)
+    return RelevanceTarget(block.get_submodule("temporal_block.linear_out"), "input", inn.x_pre)
+
+
+GRIFFIN_OPS = FamilyOps(forms=FORMS, implicit_layers=GriffinAdapter.recurrent_layers,
+                        capture=capture_griffin, reduced=griffin_reduced, matrices=griffin_matrices,
+                        relevance_target=griffin_relevance_target, softmax_maps=griffin_softmax_maps)

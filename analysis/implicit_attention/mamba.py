@@ -24,17 +24,21 @@ produced (:func:`mamba_reconstruct`). Forms (per channel d / head h, j <= i, 0 a
   as a data-dependent diagonal); ``M @ x`` plus the conv-bias term gives the gated tensor. For Mamba that
   is the ``out_proj`` input; for Mamba-2 it is ``y * SiLU(z)``, the gated tensor inside ``norm`` just
   before its RMS normalisation, which is not linear in x and is left out.
+
+:data:`MAMBA_OPS` and :data:`MAMBA2_OPS` are the two families' entries for the registry (analysis/families.py
+names them; nothing here imports the registry).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, overload
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from analysis.errors import PrunescopeError
 from analysis.implicit_attention.block_tree import padded_length
@@ -54,6 +58,7 @@ from analysis.implicit_attention.mamba_tree import (
     mamba_s6_matrices,
     per_channel_scratch_bytes,
 )
+from analysis.implicit_attention.ops import FamilyOps, RelevanceTarget, all_layers
 from analysis.models.hooks import hook_scope
 from analysis.models.loader import onloaded
 
@@ -114,7 +119,7 @@ def unfused(model: torch.nn.Module) -> Iterator[None]:
             module.training = training
 
 
-def capture_mamba(loaded: Loaded, input_ids: torch.LongTensor, layers: list[int] | None = None
+def capture_mamba(loaded: Loaded, input_ids: torch.Tensor, layers: list[int] | None = None
                   ) -> dict[int, MambaInternals]:
     """Run ``input_ids`` ([T] or [1, T]) once through the model with hooks on each requested layer's mixer
     and return its internals (model types ``mamba`` and ``mamba2``)."""
@@ -283,6 +288,29 @@ def mamba_reduced(internals: MambaInternals, form: str, reduction: Reduction,
         return mamba_s6_abs_sum(internals, selected, budget_bytes) / len(selected)
     return reduce_in_chunks(lambda idx: mamba_matrices(internals, form, idx), n_channels(internals, form),
                             internals.length, reduction, budget_bytes, _bytes_per_entry(internals, form))
+
+
+def mamba_relevance_target(block: nn.Module, inn: MambaInternals, form: str) -> RelevanceTarget:
+    """s6: u = SSM input, y = alpha u (+ D u) = out_proj input / SiLU(z); unified: u = x branch, y = out_proj
+    input."""
+    out_proj = block.get_submodule("mixer.out_proj")
+    if form == "s6":
+        return RelevanceTarget(out_proj, "input", inn.u, gate=F.silu(inn.z), group=inn.head_dim)
+    return RelevanceTarget(out_proj, "input", inn.x)
+
+
+def mamba2_relevance_target(block: nn.Module, inn: MambaInternals, form: str) -> RelevanceTarget:
+    """s6: y = the SSD output entering the gated norm (one matrix per head); unified: y = its y * SiLU(gate),
+    made a graph tensor by computing it in a pre-hook and calling the norm with gate=None."""
+    if form == "s6":
+        return RelevanceTarget(block.get_submodule("mixer.norm"), "input", inn.u, group=inn.head_dim)
+    return RelevanceTarget(block.get_submodule("mixer.norm"), "gated", inn.x)
+
+
+# the registry's entries (analysis/families.py): Mamba and Mamba-2 differ only in where dF/dy is read
+MAMBA_OPS = FamilyOps(forms=("s6", "unified"), implicit_layers=all_layers, capture=capture_mamba,
+                      reduced=mamba_reduced, matrices=mamba_matrices, relevance_target=mamba_relevance_target)
+MAMBA2_OPS = replace(MAMBA_OPS, relevance_target=mamba2_relevance_target)
 
 
 # -- reference and checks ------------------------------------------------------------------------------------

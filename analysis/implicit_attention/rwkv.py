@@ -15,6 +15,9 @@ block's ``attention.key`` / ``attention.value`` / ``attention.receptance`` outpu
 residual stream every ``rescale_every`` blocks; neither touches ``k``, ``v``, ``r``, ``time_decay`` or
 ``time_first``, and the hooks see the tensors the forward really used, so the matrices are unaffected.
 Matrices are computed in float32 whatever the model's dtype (HF's WKV also accumulates in float32).
+
+:data:`RWKV_OPS` is this family's entry for the registry (analysis/families.py names it; nothing here imports
+the registry).
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, cast, get_args
 
 import torch
+from torch import nn
 
 from analysis.implicit_attention import common
+from analysis.implicit_attention.ops import FamilyOps, RelevanceTarget, all_layers
 from analysis.models.hooks import hook_scope
 from analysis.models.loader import onloaded
 
@@ -127,6 +132,16 @@ def rwkv_reduced(internals: RwkvInternals, form: str, reduction: common.Reductio
     common.check_form(form, FORMS, "RWKV")
     return common.reduce_in_chunks(lambda idx: rwkv_matrices(internals, form, idx), internals.n_channels,
                             internals.length, reduction, budget_bytes)
+
+
+def rwkv_relevance_target(block: nn.Module, inn: RwkvInternals, form: str) -> RelevanceTarget:
+    """u = value; unified: y = the output projection's input; wkv: y = that / sigmoid(r)."""
+    gate = torch.sigmoid(inn.receptance) if form == "wkv" else None
+    return RelevanceTarget(block.get_submodule("attention.output"), "input", inn.value, gate=gate)
+
+
+RWKV_OPS = FamilyOps(forms=FORMS, implicit_layers=all_layers, capture=capture_rwkv,
+                     reduced=rwkv_reduced, matrices=rwkv_matrices, relevance_target=rwkv_relevance_target)
 
 
 def rwkv_loop_matrices(internals: RwkvInternals, form: str = "unified",

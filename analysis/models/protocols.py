@@ -1,8 +1,8 @@
 """The loaded-model interface the library reads (:class:`Loaded`), for functions that take any object shaped
 like :class:`analysis.models.loader.LoadedModel` (tests' and benchmarks' stand-ins too).
 
-Typing only: nothing here is imported at run time by its users (``if TYPE_CHECKING``), so this module keeps
-the import graph as it was (analysis/families.py imports only the adapters).
+Typing only: nothing here is imported at run time by its users (``if TYPE_CHECKING``), so this module adds
+no arrow to the import graph.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from analysis.evaluation.icl import evaluate_task
 from analysis.evaluation.paired import AVERAGE, LEVEL, compare
 from analysis.models.loader import LoadedModel
 from analysis.pruning.copying import copying_splits, select_top_k
+from analysis.runner import Runner
 from analysis.tasks.builtin import builtin_tasks
 
 DEV_TASKS = ("antonyms", "present-past", "next-letter")
@@ -67,7 +68,8 @@ class KSweep:
 def k_sweep(loaded: LoadedModel, scores: torch.Tensor, ks: Sequence[int] = K_GRID,
             dev_tasks: Sequence[str] = DEV_TASKS, shots: int = 2, n: int = SWEEP_N, per_layer: bool = False,
             layers: tuple[int, int] | None = None, cache: ResultsCache | None = None,
-            progress: Callable[[int, int], None] | None = None, resamples: int = 4000, pool=None) -> KSweep:
+            progress: Callable[[int, int], None] | None = None, resamples: int = 4000,
+            pool: Runner | None = None) -> KSweep:
     """Evaluate each k of ``ks`` against the unpruned model and choose one, or none (module docstring).
 
     Args:

@@ -38,6 +38,7 @@ from analysis.errors import PrunescopeError
 from analysis.evaluation.icl import evaluate_task
 from analysis.models.loader import LoadedModel
 from analysis.pruning.mask import NeuronMask
+from analysis.runner import Runner
 from analysis.tasks.builtin import builtin_tasks
 from analysis.tasks.task import Task
 
@@ -77,7 +78,8 @@ def normalized_copy_scores(result: NeuronIGResult, used: Sequence[bool] | None =
 def copying_scores(loaded: LoadedModel, n: int = 64, shots: int = 4, seed: int = 0, steps: int = 4,
                    quadrature: str = "adaptive", target: str = "copy", prompts: str = "all",
                    cache: ResultsCache | None = None, progress: Callable[[int, int], None] | None = None,
-                   compute_missing: bool = True, pool=None, task: str | None = None) -> CopyingScores | None:
+                   compute_missing: bool = True, pool: Runner | None = None, task: str | None = None
+                   ) -> CopyingScores | None:
     """Copying scores from the copying task's fit split (module docstring), or from the built-in ``task``
     (e.g. an echo-heavy one for the ``echo`` target); None when ``compute_missing`` is False and the IG run is
     not cached. With ``prompts="copied"`` and the ``echo`` target, the prompts used are those the model echoes

@@ -28,6 +28,7 @@ from analysis.export import safe_csv
 from analysis.models.loader import LoadedModel
 from analysis.pruning.copying import random_mask_like
 from analysis.pruning.mask import NeuronMask
+from analysis.runner import EvalRequest, Runner
 from analysis.tasks.task import Task
 
 # the --records columns: enough to audit every outcome label (the gold answer and the demonstrations' outputs,
@@ -188,14 +189,14 @@ class PruneEvalResult:
 def prune_eval(loaded: LoadedModel, mask: NeuronMask | None, tasks: Sequence[Task], shots: Sequence[int] = (1, 2, 4),
                n: int = 50, random_controls: int = 5, seed: int = 0, cache: ResultsCache | None = None,
                progress: Callable[[int, int], None] | None = None, resamples: int = RESAMPLES,
-               pool=None, one_batch: bool = True) -> PruneEvalResult:
+               pool: Runner | None = None, one_batch: bool = True) -> PruneEvalResult:
     """Evaluate every task at every shot count without the mask, with it, and with ``random_controls``
     random masks (seeds 0..R-1) of the same size and layer distribution; the same prompts throughout.
     ``mask=None`` evaluates the unpruned model only (no comparisons). With ``one_batch`` (the default) the
     conditions of a task and shot count not in ``cache`` run as rows of one batch, each row with its own mask
     (:func:`analysis.evaluation.conditions.evaluate_conditions`: the same results, fewer forwards); without
-    it, one pass per condition. With ``pool`` (a Ray :class:`analysis.distributed.ModelPool`) the evaluations
-    not in ``cache`` run on its actors, one each."""
+    it, one pass per condition. With ``pool`` (a :class:`analysis.runner.Runner`, e.g. Ray's
+    :class:`analysis.distributed.ModelPool`) the evaluations not in ``cache`` run on its actors, one each."""
     check("controls", random_controls)
     if mask is not None:
         mask.validate(loaded.adapter.neuron_counts())
@@ -240,12 +241,11 @@ def control_masks(loaded: LoadedModel, mask: NeuronMask, count: int) -> list[Neu
     return [random_mask_like(mask, loaded.adapter.neuron_counts(), seed) for seed in range(count)]
 
 
-def evaluate_distributed(loaded: LoadedModel, pool, requests: Sequence[tuple], cache: ResultsCache | None,
-                         progress: Callable[[int], None] | None = None) -> list[EvalResult]:
+def evaluate_distributed(loaded: LoadedModel, pool: Runner, requests: Sequence[EvalRequest],
+                         cache: ResultsCache | None, progress: Callable[[int], None] | None = None
+                         ) -> list[EvalResult]:
     """EvalResults for (task, shots, n, seed, mask) requests: cached ones read here, the rest on the pool's
     actors, then stored under the keys a serial run uses (so a later serial run, or the app, reads them)."""
-    from analysis.distributed import evaluate_many
-
     results: list[EvalResult | None] = [None] * len(requests)
     missing = []
     for i, (task, k, n, seed, m) in enumerate(requests):
@@ -253,14 +253,13 @@ def evaluate_distributed(loaded: LoadedModel, pool, requests: Sequence[tuple], c
             results[i] = evaluate_task(loaded, task, k, n, seed=seed, mask=m, cache=cache)
         else:
             missing.append(i)
-    finished = [len(requests) - len(missing)]
+    cached = len(requests) - len(missing)
 
-    def step(_index: int) -> None:
-        finished[0] += 1
+    def step(finished: int, _total: int) -> None:
         if progress:
-            progress(finished[0])
+            progress(cached + finished)
 
-    for i, result in zip(missing, evaluate_many(pool, [requests[i] for i in missing], step)):
+    for i, result in zip(missing, pool.evaluate([requests[i] for i in missing], step)):
         task, k, n, seed, m = requests[i]
         if cache is not None:
             store_evaluation(loaded, task, k, n, seed, m, result, cache)

@@ -4,12 +4,12 @@ attention, token relevance by every method, and the perturbation-faithfulness ta
 import pandas as pd
 import streamlit as st
 
+from analysis.attention import FORMS, attention_maps
 from analysis.attribution.tokens import LRP_FAMILIES, METHODS, token_relevance
 from analysis.bounds import TEXT_LIMITS
 from analysis.device import dtype_name
 from analysis.distributed import env_pool
 from analysis.evaluation.faithfulness import faithfulness
-from analysis.implicit_attention import FORMS, attention_maps
 from analysis.models import model_choices, model_label
 from analysis.tasks import builtin_tasks
 from components import present, speculation, state

@@ -1,5 +1,5 @@
-"""One adapter per architecture family (see base.py for the interface, families.py for the families; the family
-registry, analysis/families.py, says which exist)."""
+"""One adapter per architecture family (see base.py for the interface, families.py for the families and the
+list the loader picks from). The family registry, analysis/families.py, names them; they never import it."""
 
 from analysis.models.adapters.base import Layout, ModelAdapter, NeuronSite, PrefixState
 from analysis.models.adapters.families import (

@@ -1,4 +1,9 @@
-"""The architecture families: their layouts and how each continues from a prefix."""
+"""The architecture families' adapters: their layouts and how each continues from a prefix, and
+:data:`ADAPTERS`, the list the loader picks from by model type.
+
+The family registry (analysis/families.py) names these classes; nothing here imports it (the registry sits
+above the adapters), so the list is kept here, in the registry's order (tests/test_registry.py checks both
+agree)."""
 
 from __future__ import annotations
 
@@ -136,12 +141,13 @@ class GriffinAdapter(ModelAdapter):
         return torch.tanh(out / cap) * cap if cap else out
 
 
-def registered_adapters() -> tuple[type[ModelAdapter], ...]:
-    """Every family's adapter, in the family registry's order (analysis/families.py): a family is added there,
-    once, and nothing here lists families again."""
-    from analysis.families import FAMILIES  # deferred: the registry imports this module
+ADAPTERS: tuple[type[ModelAdapter], ...] = (TransformerAdapter, MambaAdapter, Mamba2Adapter, RwkvAdapter,
+                                             GriffinAdapter)
 
-    return tuple(entry.adapter for entry in FAMILIES.values())
+
+def registered_adapters() -> tuple[type[ModelAdapter], ...]:
+    """Every family's adapter, in the family registry's order (analysis/families.py)."""
+    return ADAPTERS
 
 
 def supported_architectures() -> str:
