@@ -47,9 +47,35 @@ def default_form(name: str) -> Form:
     return family(name).default_form
 
 
-def attention_maps(loaded: LoadedModel, text: str, form: str | None = None, reduce: str = "mean",
+def attention_maps(loaded: LoadedModel, text: str, form: Form | None = None, reduce: str = "mean",
                    layers: list[int] | None = None, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> AttentionMaps:
-    """Attention maps of ``text`` for the chosen layers (all by default), reduced over channels or heads."""
+    """Token-to-token attention maps of ``text``: the exact implicit attention of an attention-free layer
+    (computed from its own parameters and activations: 2403.01590, 2405.16504) or a transformer's softmax.
+
+    Args:
+        loaded: the model.
+        text: the input text (at most ``MAX_TOKENS`` tokens).
+        form: the family's map form (``s6`` or ``unified`` for Mamba and Mamba-2, ``unified`` or ``wkv`` for
+            RWKV, ``unified`` or ``rglru`` for Griffin, ``softmax`` for transformers; None: the family's
+            default, :data:`FORMS`).
+        reduce: over channels or heads: ``mean``, ``max``, ``absmean`` or ``channel:<i>`` / ``head:<i>``.
+        layers: which layers (default: all).
+        budget_bytes: the memory the per-channel matrices may take; a longer text raises instead.
+
+    Returns:
+        :class:`AttentionMaps`: ``attn`` [layers, T, T] (rows: output positions, columns: sources), the
+        tokens, the form and each layer's kind (implicit or softmax).
+
+    Raises:
+        PrunescopeError: empty or too long text, an unknown form or reduction, layers outside the model.
+
+    Example::
+
+        >>> import analysis as ps
+        >>> maps = ps.attention_maps(ps.load_model("toy-mamba", device="cpu"), "a:3 b:5 | a:")
+        >>> maps.form, maps.attn.shape[1] == maps.attn.shape[2] == len(maps.tokens)
+        ('s6', True)
+    """
     entry = family_of(loaded)
     form = entry.check_form(form)
     reduction = Reduction.parse(reduce)

@@ -21,7 +21,7 @@ from analysis.evaluation.task_vectors import task_vectors
 from analysis.models.loader import LoadedModel
 from analysis.paths import PRECOMPUTED_DIR
 from analysis.pruning.autok import DEV_TASKS, K_GRID, k_sweep
-from analysis.pruning.copying import COPYING_TASK, copying_scores, copying_splits, select_top_k
+from analysis.pruning.copying import COPYING_TASK, ScorePrompts, copying_scores, copying_splits, select_top_k
 from analysis.pruning.evaluate import control_masks, prune_eval
 from analysis.runner import Runner
 from analysis.tasks import builtin_tasks
@@ -34,7 +34,7 @@ class Scoring(TypedDict):
     shots: int
     steps: int
     target: CopyTarget
-    prompts: str  # all | copied
+    prompts: ScorePrompts
 
 
 class Settings(TypedDict):
@@ -112,9 +112,7 @@ def precompute_demo(loaded: LoadedModel, out: str | Path = PRECOMPUTED_DIR, swee
     cache = ResultsCache(out, fallbacks=())
     say = progress or (lambda _: None)
     say("copying scores")
-    scored = copying_scores(loaded, **SCORING, cache=cache, pool=pool)
-    assert scored is not None  # compute_missing: computed when not cached
-    scores = scored.scores
+    scores = copying_scores(loaded, **SCORING, cache=cache, pool=pool).scores
     mask = select_top_k(scores, SETTINGS["k"], model=loaded.name, scoring=SCORING)
     mask.save(Path(out) / mask_file_name(loaded.name))  # also loadable as a file on the pruning page
     tasks = [pruning_tasks()[name] for name in PRUNE_TASKS]

@@ -29,15 +29,15 @@ import time
 
 import pandas as pd
 import torch
+from attn_bench import cpu_model  # bench/ is on the path when a bench runs as a script
 
 from analysis.cache import ResultsCache
 from analysis.demo import PRUNE_CONTROLS, PRUNE_TASKS, SCORING, SETTINGS, pruning_tasks
 from analysis.errors import PrunescopeError
 from analysis.jobs import Job
 from analysis.models import load_model
-from analysis.pruning.copying import copying_scores, select_top_k
+from analysis.pruning.copying import select_top_k, stored_copying_scores
 from analysis.pruning.evaluate import prune_eval
-from attn_bench import cpu_model  # bench/ is on the path when a bench runs as a script
 
 
 def main() -> None:
@@ -55,7 +55,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as root:
         cache = ResultsCache(root)  # empty, with the shipped results as its fallback
 
-        scored = copying_scores(loaded, **SCORING, cache=cache, compute_missing=False)
+        scored = stored_copying_scores(loaded, **SCORING, cache=cache)
         if scored is None:
             raise PrunescopeError(f"no shipped copying scores for {loaded.name}: run `python -m analysis "
                                   "precompute-demo` first")

@@ -7,7 +7,13 @@ from __future__ import annotations
 import streamlit as st
 
 from analysis.cache import ResultsCache
-from analysis.evaluation.general import PASSAGES, GeneralComparison, general_capability, shipped_passages
+from analysis.evaluation.general import (
+    PASSAGES,
+    GeneralComparison,
+    general_capability,
+    shipped_passages,
+    stored_general_capability,
+)
 from analysis.models import LoadedModel
 from analysis.pruning import NeuronMask
 from analysis.pruning.evaluate import control_masks
@@ -22,11 +28,11 @@ def general_text_panel(loaded: LoadedModel, mask: NeuronMask, controls: int) -> 
     randoms = control_masks(loaded, mask, controls)
     key = ("general-loss", loaded.fingerprint(), tuple(sorted(mask.neurons)), controls, len(passages))
 
-    def compute(progress=None, missing: bool = True) -> GeneralComparison | None:
-        return general_capability(loaded, mask, randoms, passages, ResultsCache(), progress, missing)
+    def compute(progress=None) -> GeneralComparison:
+        return general_capability(loaded, mask, randoms, passages, ResultsCache(), progress)
 
     with guarded("general text"):
-        found = memo(key, lambda: compute(missing=False))
+        found = memo(key, lambda: stored_general_capability(loaded, mask, randoms, passages))
         if found is None:
             st.caption(f"Does the mask cost the model elsewhere? The next-token loss on {len(passages)} passages "
                        "of general prose (the Jargon File, public domain), unpruned vs pruned vs the random masks, "

@@ -8,11 +8,12 @@ from typing import Any, cast
 
 import streamlit as st
 
+from analysis.attribution.targets import CopyTarget
 from analysis.cache import ResultsCache
 from analysis.demo import SCORING
 from analysis.models import LoadedModel
-from analysis.pruning import NeuronMask
-from analysis.pruning.copying import CopyingScores, copying_scores, parse_layer_range, select_top_k
+from analysis.pruning import NeuronMask, copying
+from analysis.pruning.copying import CopyingScores, ScorePrompts, parse_layer_range, select_top_k
 from analysis.pruning.stability import MaskStability, mask_stability
 from components import state
 from components.widgets import memo
@@ -30,12 +31,12 @@ def _like(default: object, value: object) -> object:
     return cast("Callable[[object], object]", type(default))(value)
 
 
-def stored_copying_scores(loaded: LoadedModel, n: int, shots: int, steps: int, target: str = "copy",
-                          prompts: str = "all") -> CopyingScores | None:
+def stored_copying_scores(loaded: LoadedModel, n: int, shots: int, steps: int, target: CopyTarget = "copy",
+                          prompts: ScorePrompts = "all") -> CopyingScores | None:
     """Copying scores from the on-disk or shipped cache, or None; read once per session and settings."""
-    return memo(("copying-scores", loaded.fingerprint(), n, shots, steps, target, prompts), lambda: copying_scores(
-        loaded, n=n, shots=shots, steps=steps, target=target, prompts=prompts, cache=ResultsCache(),
-        compute_missing=False))
+    return memo(("copying-scores", loaded.fingerprint(), n, shots, steps, target, prompts),
+                lambda: copying.stored_copying_scores(loaded, n=n, shots=shots, steps=steps, target=target,
+                                                      prompts=prompts, cache=ResultsCache()))
 
 
 def top_k_mask(loaded: LoadedModel, scores) -> NeuronMask:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from analysis.attribution import attribute_task
+from analysis.attribution.runs import stored_attribution
 from analysis.cache import ResultsCache
-from analysis.demo import (ATTRIBUTION, PRUNE_TASKS, SCORING, SETTINGS, mask_file_name, precompute_demo,
-                           pruning_tasks)
+from analysis.demo import ATTRIBUTION, PRUNE_TASKS, SCORING, SETTINGS, mask_file_name, precompute_demo, pruning_tasks
 from analysis.evaluation import evaluate_task
 from analysis.pruning import NeuronMask
-from analysis.pruning.copying import copying_scores, select_top_k
+from analysis.pruning.copying import select_top_k, stored_copying_scores
 from analysis.tasks import builtin_tasks
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -24,7 +23,7 @@ def test_precomputed_results_answer_the_apps_default_requests(tiny_loaded, tmp_p
     mask_file = shipped / mask_file_name(loaded.name)
     user = ResultsCache(tmp_path / "user", fallbacks=(shipped,))
     monkeypatch.setattr("analysis.cache.ResultsCache.put", lambda *a: pytest.fail("recomputed a shipped result"))
-    scores = copying_scores(loaded, **SCORING, cache=user, compute_missing=False).scores
+    scores = stored_copying_scores(loaded, **SCORING, cache=user).scores
     mask = select_top_k(scores, SETTINGS["k"])
     assert NeuronMask.load(mask_file) == mask and len(mask) == SETTINGS["k"]
     for name in PRUNE_TASKS:
@@ -32,6 +31,6 @@ def test_precomputed_results_answer_the_apps_default_requests(tiny_loaded, tmp_p
             result = evaluate_task(loaded, pruning_tasks()[name], SETTINGS["shots"], SETTINGS["n"],
                                    seed=SETTINGS["seed"], mask=condition, cache=user)
             assert result.n == SETTINGS["n"]
-    assert attribute_task(loaded, builtin_tasks()[SETTINGS["task"]], ATTRIBUTION["target"], ATTRIBUTION["n"],
-                          SETTINGS["shots"], SETTINGS["seed"], ATTRIBUTION["steps"], ATTRIBUTION["quadrature"],
-                          cache=user, compute_missing=False) is not None
+    assert stored_attribution(loaded, builtin_tasks()[SETTINGS["task"]], ATTRIBUTION["target"], ATTRIBUTION["n"],
+                              SETTINGS["shots"], SETTINGS["seed"], ATTRIBUTION["steps"], ATTRIBUTION["quadrature"],
+                              cache=user) is not None

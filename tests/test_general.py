@@ -17,6 +17,7 @@ from analysis.evaluation.general import (
     general_capability,
     passage_losses,
     shipped_passages,
+    stored_general_capability,
 )
 from analysis.pruning import NeuronMask
 from analysis.pruning.copying import random_mask_like
@@ -94,10 +95,10 @@ def test_general_capability_runs_every_condition_on_the_same_passages(tiny_loade
     mask = NeuronMask.from_pairs([(0, i) for i in range(8)])
     controls = [random_mask_like(mask, loaded.adapter.neuron_counts(), s) for s in range(2)]
     cache = ResultsCache(tmp_path, fallbacks=())
-    assert general_capability(loaded, mask, controls, PASSAGES, cache, compute_missing=False) is None
+    assert stored_general_capability(loaded, mask, controls, PASSAGES, cache) is None
     reports = []
     result = general_capability(loaded, mask, controls, PASSAGES, cache, progress=lambda d, t: reports.append((d, t)))
     assert result.passages == 6 and reports[-1] == (24, 24)
     assert result.loss["pruned"] == pytest.approx(float(passage_losses(loaded, PASSAGES, mask).mean()))
-    again = general_capability(loaded, mask, controls, PASSAGES, cache, compute_missing=False)
+    again = stored_general_capability(loaded, mask, controls, PASSAGES, cache)
     assert again.vs_baseline == result.vs_baseline

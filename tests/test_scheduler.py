@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from analysis.attribution.runs import attribute_task
+from analysis.attribution.runs import attribute_task, stored_attribution
 from analysis.cache import ResultsCache
 from analysis.jobs import LONG_S, WINDOW_S, JobRefused, Limits, Scheduler
 from analysis.tasks import builtin_tasks
@@ -222,8 +222,8 @@ def test_a_closed_sessions_jobs_are_cancelled_uncached_while_nearly_done_ones_fi
             assert half.state == "cancelled" and half.result is None
             assert not list((tmp_path / "half").rglob("*.safetensors"))  # the partial IG was never written
             assert nearly.wait(60) and nearly.state == "done"
-            cached = attribute_task(models["copying"], task, "gold", n=10, shots=1, steps=2, cache=caches["nearly"],
-                                    compute_missing=False)
+            cached = stored_attribution(models["copying"], task, "gold", n=10, shots=1, steps=2,
+                                        cache=caches["nearly"])
             assert cached is not None and (cached.per_prompt == nearly.result.per_prompt).all()
         else:
             assert half.state == "done" and len(list((tmp_path / "private").rglob("*.safetensors"))) == 1

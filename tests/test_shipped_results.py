@@ -17,15 +17,15 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = textwrap.dedent("""
-    from analysis.attribution import attribute_task
+    from analysis.attribution.runs import stored_attribution
     from analysis.cache import ResultsCache
     import sys
     from analysis.demo import ATTRIBUTION, PRUNE_CONTROLS, PRUNE_TASKS, SCORING, SETTINGS, TASK_VECTORS, pruning_tasks
     from analysis.evaluation import evaluate_task
-    from analysis.evaluation.task_vectors import task_vectors
+    from analysis.evaluation.task_vectors import stored_task_vectors
     from analysis.models import load_model
     from analysis.pruning.autok import K_GRID, k_sweep
-    from analysis.pruning.copying import copying_scores, random_mask_like, select_top_k
+    from analysis.pruning.copying import random_mask_like, select_top_k, stored_copying_scores
     from analysis.pruning.evaluate import prune_eval
     from analysis.tasks import builtin_tasks
 
@@ -35,24 +35,24 @@ SCRIPT = textwrap.dedent("""
     ResultsCache.put = computed
     loaded = load_model(sys.argv[1], device="cpu")
     cache = ResultsCache()
-    scores = copying_scores(loaded, **SCORING, cache=cache, compute_missing=False)
+    scores = stored_copying_scores(loaded, **SCORING, cache=cache)
     assert scores is not None, "copying scores not shipped"
     mask = select_top_k(scores.scores, SETTINGS["k"])
     tasks = [pruning_tasks()[name] for name in PRUNE_TASKS]
     result = prune_eval(loaded, mask, tasks, shots=[SETTINGS["shots"]], n=SETTINGS["n"],
                         random_controls=PRUNE_CONTROLS, seed=SETTINGS["seed"], cache=cache)
-    assert attribute_task(loaded, builtin_tasks()[SETTINGS["task"]], ATTRIBUTION["target"], ATTRIBUTION["n"],
-                          SETTINGS["shots"], SETTINGS["seed"], ATTRIBUTION["steps"], ATTRIBUTION["quadrature"],
-                          cache=cache, compute_missing=False) is not None, "attribution not shipped"
+    assert stored_attribution(loaded, builtin_tasks()[SETTINGS["task"]], ATTRIBUTION["target"], ATTRIBUTION["n"],
+                              SETTINGS["shots"], SETTINGS["seed"], ATTRIBUTION["steps"], ATTRIBUTION["quadrature"],
+                              cache=cache) is not None, "attribution not shipped"
     sweep = k_sweep(loaded, scores.scores, K_GRID, cache=cache)
     task = builtin_tasks()[SETTINGS["task"]]
     for condition in (None, mask):  # the task-vector page: unpruned and with the active mask
-        assert task_vectors(loaded, task, SETTINGS["shots"], TASK_VECTORS["n"], TASK_VECTORS["dummies"],
-                            seed=SETTINGS["seed"], mask=condition, cache=cache, compute_missing=False) is not None
-    from analysis.evaluation.general import general_capability
+        assert stored_task_vectors(loaded, task, SETTINGS["shots"], TASK_VECTORS["n"], TASK_VECTORS["dummies"],
+                                   seed=SETTINGS["seed"], mask=condition, cache=cache) is not None
+    from analysis.evaluation.general import stored_general_capability
     from analysis.pruning.evaluate import control_masks
-    assert general_capability(loaded, mask, control_masks(loaded, mask, PRUNE_CONTROLS), cache=cache,
-                              compute_missing=False) is not None, "general text not shipped"
+    assert stored_general_capability(loaded, mask, control_masks(loaded, mask, PRUNE_CONTROLS),
+                                     cache=cache) is not None, "general text not shipped"
     random_mask = random_mask_like(mask, loaded.adapter.neuron_counts(), 0)
     for condition in (None, mask, random_mask):  # the Compare page's mask options
         evaluate_task(loaded, task, SETTINGS["shots"], SETTINGS["n"], seed=SETTINGS["seed"], mask=condition,

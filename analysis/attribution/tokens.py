@@ -63,7 +63,7 @@ class TokenRelevance:
 
 
 def token_relevance(loaded: LoadedModel, text: str, method: str, target_id: int | None = None,
-                    layers: list[int] | None = None, form: str | None = None, steps: int = 32) -> TokenRelevance:
+                    layers: list[int] | None = None, form: Form | None = None, steps: int = 32) -> TokenRelevance:
     """Relevance of every token of ``text`` for the next-token logit ``target_id`` at the last position.
 
     Args:

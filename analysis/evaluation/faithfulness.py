@@ -165,13 +165,35 @@ def prompt_curves(loaded: LoadedModel, task, methods: Sequence[str], n: int, sho
 def faithfulness(loaded: LoadedModel, task, methods: Sequence[str], n: int, shots: int = 2, seed: int = 0,
                  progress: Progress | None = None, *, fractions: Sequence[float] = DEFAULT_FRACTIONS,
                  replacement: str | int = "pad", steps: int = 32, pool: Runner | None = None) -> pd.DataFrame:
-    """Perturbation AUCs of ``methods`` (+ ``random``) over ``n`` prompts of ``task``.
+    """How faithful token-relevance methods are: replace tokens in each method's relevance order and track
+    the probability of the model's prediction (module docstring).
 
-    One row per (method, order) with columns ``COLUMNS``; ``method`` order as given, ``random`` last.
-    A method the model's family does not support (``lrp`` outside transformers) is not run: its rows have NaN
-    AUCs, n = 0 and a ``note``; unknown method names raise. ``df.attrs`` holds ``fractions``, the mean curves
-    (``curves[(method, order)]``) and the per-prompt ``targets``. ``pool`` (:class:`analysis.runner.Runner`,
-    e.g. Ray's actors): prompts run there as shards, with the same result.
+    Args:
+        loaded: the model; task: the task whose prompts are perturbed.
+        methods: relevance methods of :func:`analysis.token_relevance` (``random`` is always added).
+        n, shots, seed: the prompts.
+        progress: ``progress(done, total)`` in prompts.
+        fractions: the replaced fractions of each prompt's tokens (0 to 1).
+        replacement: ``pad``, ``eos`` or a token id put in place of a removed token.
+        steps: IG's steps (for ``ig``).
+        pool: a :class:`analysis.runner.Runner` (e.g. Ray's actors): prompts run there as shards, same result.
+
+    Returns:
+        A DataFrame, one row per (method, order) with columns ``COLUMNS`` (methods in the given order,
+        ``random`` last); a method the family does not support (``lrp`` outside transformers) has NaN AUCs,
+        n = 0 and a ``note``. ``df.attrs`` holds ``fractions``, the mean curves (``curves[(method, order)]``)
+        and the per-prompt ``targets``.
+
+    Raises:
+        PrunescopeError: an unknown method, fractions outside 0..1, out-of-range settings.
+
+    Example::
+
+        >>> import analysis as ps
+        >>> model = ps.load_model("toy-transformer", device="cpu")
+        >>> table = ps.faithfulness(model, ps.get_task("antonyms"), ["gxi"], n=2)
+        >>> list(table.method), list(table.order)
+        (['gxi', 'gxi', 'random', 'random'], ['most_first', 'least_first', 'most_first', 'least_first'])
     """
     methods, notes = _plan(loaded, methods)
     grid = _check_fractions(fractions)

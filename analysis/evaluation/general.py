@@ -162,10 +162,26 @@ def compare_losses(losses: dict[str, torch.Tensor], resamples: int = RESAMPLES, 
 
 def general_capability(loaded: LoadedModel, mask: NeuronMask, controls: Sequence[NeuronMask],
                        passages: Sequence[str] | None = None, cache: ResultsCache | None = None,
-                       progress: Callable[[int, int], None] | None = None,
-                       compute_missing: bool = True) -> GeneralComparison | None:
+                       progress: Callable[[int, int], None] | None = None) -> GeneralComparison:
     """Loss on general text of the unpruned model, ``mask`` and each random control (same passages), compared
-    (module docstring); None when something is not cached and not ``compute_missing``."""
+    (module docstring)."""
+    comparison = _general(loaded, mask, controls, passages, cache, progress, compute_missing=True)
+    assert comparison is not None  # everything missing was computed
+    return comparison
+
+
+def stored_general_capability(loaded: LoadedModel, mask: NeuronMask, controls: Sequence[NeuronMask],
+                              passages: Sequence[str] | None = None,
+                              cache: ResultsCache | None = None) -> GeneralComparison | None:
+    """What :func:`general_capability` would return, when ``cache`` (default: the user's cache, then the
+    shipped results) holds every condition's losses; None otherwise (nothing is computed)."""
+    return _general(loaded, mask, controls, passages, cache if cache is not None else ResultsCache(), None,
+                    compute_missing=False)
+
+
+def _general(loaded: LoadedModel, mask: NeuronMask, controls: Sequence[NeuronMask], passages: Sequence[str] | None,
+             cache: ResultsCache | None, progress: Callable[[int, int], None] | None,
+             compute_missing: bool) -> GeneralComparison | None:
     passages = list(passages if passages is not None else shipped_passages()[:PASSAGES])
     conditions = {"baseline": None, "pruned": mask, **{f"random-{i}": c for i, c in enumerate(controls)}}
     total, losses = len(conditions) * len(passages), {}

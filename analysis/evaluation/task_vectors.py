@@ -93,7 +93,7 @@ TASK_VECTOR_VERSION = "task-vectors/2"
 def task_vectors(loaded: LoadedModel, task: Task, shots: int = 4, n: int = 40, dummy_queries: int = 2,
                  seed: int = 0, mask: NeuronMask | None = None, batch_size: int = 16,
                  progress: Callable[[int, int], None] | None = None,
-                 cache: ResultsCache | None = None, compute_missing: bool = True) -> TaskVectorResult | None:
+                 cache: ResultsCache | None = None) -> TaskVectorResult:
     """Hendel et al.'s task vectors: patched zero-shot accuracy at every layer, tested against zero-shot.
 
     Args:
@@ -103,13 +103,12 @@ def task_vectors(loaded: LoadedModel, task: Task, shots: int = 4, n: int = 40, d
         progress: ``progress(done, total)`` in prompts through the model (the dummy prompts, the zero-shot and
             k-shot prompts, then the zero-shot prompts once per layer), after every batch; it may raise to
             stop the run (the app's Cancel does).
-        cache: read a repeated request from it (same weights, task, settings and mask); with
-            ``compute_missing=False`` only read: None when not stored, so a page shows a stored result
-            without starting a job.
+        cache: read a repeated request from it (same weights, task, settings and mask), store a new one
+            (:func:`stored_task_vectors` only reads).
 
     Returns:
         A :class:`TaskVectorResult`: zero-shot, k-shot and per-layer patched accuracy (``table``) with McNemar
-        tests, the best layer and a verdict sentence, or None (``compute_missing=False`` and not stored).
+        tests, the best layer and a verdict sentence.
 
     Raises:
         PrunescopeError: out-of-range settings, a task with too few pairs, a prompt too long for the model.
@@ -124,6 +123,38 @@ def task_vectors(loaded: LoadedModel, task: Task, shots: int = 4, n: int = 40, d
         >>> result.verdict().startswith(("layer", "no layer"))
         True
     """
+    shots, n, dummy_queries, seed = _checked(task, shots, n, dummy_queries, seed)
+
+    def run() -> TaskVectorResult:
+        return _task_vector_run(loaded, task, shots, n, dummy_queries, seed, mask, batch_size, progress)
+
+    if cache is None:
+        return run()
+    result, hit = cache.get_or_compute("task-vectors", TASK_VECTOR_VERSION,
+                                       _parts(loaded, task, shots, n, dummy_queries, seed, mask), run)
+    if hit and progress:
+        total = task_vector_work(loaded, n, dummy_queries)
+        progress(total, total)
+    result.task = task.name
+    return result
+
+
+def stored_task_vectors(loaded: LoadedModel, task: Task, shots: int = 4, n: int = 40, dummy_queries: int = 2,
+                        seed: int = 0, mask: NeuronMask | None = None,
+                        cache: ResultsCache | None = None) -> TaskVectorResult | None:
+    """What :func:`task_vectors` would return, when ``cache`` (default: the user's cache, then the shipped
+    results) holds it; None otherwise (nothing is computed)."""
+    shots, n, dummy_queries, seed = _checked(task, shots, n, dummy_queries, seed)
+    cache = cache if cache is not None else ResultsCache()
+    result = cache.get("task-vectors", cache.key("task-vectors", TASK_VECTOR_VERSION,
+                                                 _parts(loaded, task, shots, n, dummy_queries, seed, mask)))
+    if result is not None:
+        result.task = task.name
+    return result
+
+
+def _checked(task: Task, shots: int, n: int, dummy_queries: int, seed: int) -> tuple[int, int, int, int]:
+    """The settings within their bounds, else a one-line error."""
     if shots < 1 or dummy_queries < 1:
         raise PrunescopeError(f"task vectors need shots >= 1 and dummy queries >= 1 (got {shots}, {dummy_queries})")
     n, seed, shots, dummy_queries = check("tv_n", n), check("seed", seed), check("shots", shots), \
@@ -131,27 +162,17 @@ def task_vectors(loaded: LoadedModel, task: Task, shots: int = 4, n: int = 40, d
     if len(task.pairs) < shots + 2:
         raise PrunescopeError(f"task {task.name!r} has {len(task.pairs)} pairs; task vectors need shots + 2 "
                               f"= {shots + 2} (a query, {shots} demonstrations and a dummy query)")
+    return shots, n, dummy_queries, seed
 
-    def run() -> TaskVectorResult:
-        return _task_vector_run(loaded, task, shots, n, dummy_queries, seed, mask, batch_size, progress)
 
-    if cache is None:
-        return run()
+def _parts(loaded: LoadedModel, task: Task, shots: int, n: int, dummy_queries: int, seed: int,
+           mask: NeuronMask | None) -> dict:
+    """What a task-vector run's cache key is made of."""
     parts = {"model": loaded.fingerprint(), "task": task_fingerprint(task), "shots": shots, "n": n,
              "dummy_queries": dummy_queries, "seed": seed, "mask": sorted(mask.neurons) if mask else []}
     if task.fold_accents:  # its outcomes are stored, not derived on read as an evaluation's are
         parts["fold_accents"] = True
-    if not compute_missing:
-        result = cache.get("task-vectors", cache.key("task-vectors", TASK_VECTOR_VERSION, parts))
-        if result is not None:
-            result.task = task.name
-        return result
-    result, hit = cache.get_or_compute("task-vectors", TASK_VECTOR_VERSION, parts, run)
-    if hit and progress:
-        total = task_vector_work(loaded, n, dummy_queries)
-        progress(total, total)
-    result.task = task.name
-    return result
+    return parts
 
 
 def task_vector_prompts(task: Task, shots: int, n: int, dummy_queries: int, seed: int = 0):

@@ -27,12 +27,14 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import torch
 
 from analysis.attribution.neuron_ig import NeuronIGResult
-from analysis.attribution.runs import attribute_task
-from analysis.attribution.targets import COPY_TARGETS, clean_logits
+from analysis.attribution.quadrature import Quadrature
+from analysis.attribution.runs import attribute_task, stored_attribution
+from analysis.attribution.targets import COPY_TARGETS, CopyTarget, clean_logits
 from analysis.cache import ResultsCache
 from analysis.errors import PrunescopeError
 from analysis.evaluation.icl import evaluate_task
@@ -43,7 +45,8 @@ from analysis.tasks.builtin import builtin_tasks
 from analysis.tasks.task import Task
 
 COPYING_TASK = "vowel-count"
-SCORE_PROMPTS = ("all", "copied")
+ScorePrompts = Literal["all", "copied"]
+SCORE_PROMPTS: tuple[ScorePrompts, ...] = get_args(ScorePrompts)
 
 
 def copying_splits(seed: int = 0) -> tuple[Task, Task]:
@@ -76,14 +79,60 @@ def normalized_copy_scores(result: NeuronIGResult, used: Sequence[bool] | None =
 
 
 def copying_scores(loaded: LoadedModel, n: int = 64, shots: int = 4, seed: int = 0, steps: int = 4,
-                   quadrature: str = "adaptive", target: str = "copy", prompts: str = "all",
+                   quadrature: Quadrature = "adaptive", target: CopyTarget = "copy", prompts: ScorePrompts = "all",
                    cache: ResultsCache | None = None, progress: Callable[[int, int], None] | None = None,
-                   compute_missing: bool = True, pool: Runner | None = None, task: str | None = None
-                   ) -> CopyingScores | None:
-    """Copying scores from the copying task's fit split (module docstring), or from the built-in ``task``
-    (e.g. an echo-heavy one for the ``echo`` target); None when ``compute_missing`` is False and the IG run is
-    not cached. With ``prompts="copied"`` and the ``echo`` target, the prompts used are those the model echoes
-    on."""
+                   pool: Runner | None = None, task: str | None = None) -> CopyingScores:
+    """Each neuron's copying score: its IG attribution to ``target`` on the copying task's fit split (or on
+    the built-in ``task``), normalised per prompt and averaged (module docstring).
+
+    Args:
+        loaded: the model.
+        n, shots, seed: the scoring prompts.
+        steps, quadrature: the IG rule (:func:`analysis.neuron_ig`).
+        target: ``copy`` (logit(copied) - logit(gold)), ``copy-prob`` (the paper's probability of the copied
+            answer) or ``echo`` (logit(the query repeated) - logit(gold)).
+        prompts: ``all``, or ``copied``: only the prompts where the unpruned model copies (echoes, for the
+            echo target) or favours the copy.
+        cache: read a stored IG run from it and store a new one (:func:`stored_copying_scores` only reads).
+        progress: ``progress(done, total)`` in prompts; pool: a :class:`analysis.runner.Runner` for the IG.
+        task: a built-in task to score on instead of the copying task (e.g. an echo-heavy one for ``echo``).
+
+    Returns:
+        :class:`CopyingScores`: ``scores`` [layers, neurons], the IG run and which prompts were used.
+
+    Raises:
+        PrunescopeError: n < 1, an unknown target, prompts option or task, or ``copied`` with no such prompt.
+
+    Example::
+
+        >>> import analysis as ps
+        >>> model = ps.load_model("toy-transformer", device="cpu")
+        >>> scored = ps.copying_scores(model, n=2, shots=2)
+        >>> ps.select_top_k(scored.scores, 3).meta["method"], scored.scores.shape
+        ('copying-ig', torch.Size([4, 384]))
+    """
+    fit = _scoring_task(n, target, prompts, task)
+    result = attribute_task(loaded, fit, target, n=n, shots=shots, seed=seed, steps=steps, quadrature=quadrature,
+                            cache=cache, progress=progress, pool=pool)
+    return _scored(loaded, fit, result, n, shots, seed, steps, quadrature, target, prompts, cache, task)
+
+
+def stored_copying_scores(loaded: LoadedModel, n: int = 64, shots: int = 4, seed: int = 0, steps: int = 4,
+                          quadrature: Quadrature = "adaptive", target: CopyTarget = "copy",
+                          prompts: ScorePrompts = "all", cache: ResultsCache | None = None,
+                          task: str | None = None) -> CopyingScores | None:
+    """:func:`copying_scores` when ``cache`` (default: the user's cache, then the shipped results) holds its
+    IG run, else None; no IG is computed (with ``copied``, the unpruned model's answers may be)."""
+    fit = _scoring_task(n, target, prompts, task)
+    cache = cache if cache is not None else ResultsCache()
+    result = stored_attribution(loaded, fit, target, n=n, shots=shots, seed=seed, steps=steps, quadrature=quadrature,
+                                cache=cache)
+    return None if result is None else _scored(loaded, fit, result, n, shots, seed, steps, quadrature, target,
+                                               prompts, cache, task)
+
+
+def _scoring_task(n: int, target: str, prompts: str, task: str | None) -> Task:
+    """The scoring prompts' task, after checking the options."""
     if n < 1:
         raise PrunescopeError(f"need at least one prompt to score copying neurons (got N = {n})")
     if target not in COPY_TARGETS:
@@ -92,11 +141,13 @@ def copying_scores(loaded: LoadedModel, n: int = 64, shots: int = 4, seed: int =
         raise PrunescopeError(f"unknown scoring prompts {prompts!r}: use {' or '.join(SCORE_PROMPTS)}")
     if task is not None and task not in builtin_tasks():
         raise PrunescopeError(f"unknown scoring task {task!r}: name a built-in task")
-    fit = copying_splits()[0] if task is None else builtin_tasks()[task]
-    result = attribute_task(loaded, fit, target, n=n, shots=shots, seed=seed, steps=steps, quadrature=quadrature,
-                            cache=cache, progress=progress, compute_missing=compute_missing, pool=pool)
-    if result is None:
-        return None
+    return copying_splits()[0] if task is None else builtin_tasks()[task]
+
+
+def _scored(loaded: LoadedModel, fit: Task, result: NeuronIGResult, n: int, shots: int, seed: int, steps: int,
+            quadrature: str, target: str, prompts: str, cache: ResultsCache | None,
+            task: str | None) -> CopyingScores:
+    """CopyingScores from an IG run: with ``copied``, only the prompts the model copies (echoes) on."""
     used = [True] * len(result.inputs)
     if prompts == "copied":
         bias = "echo" if target == "echo" else "copy"

@@ -190,13 +190,43 @@ def prune_eval(loaded: LoadedModel, mask: NeuronMask | None, tasks: Sequence[Tas
                n: int = 50, random_controls: int = 5, seed: int = 0, cache: ResultsCache | None = None,
                progress: Callable[[int, int], None] | None = None, resamples: int = RESAMPLES,
                pool: Runner | None = None, one_batch: bool = True) -> PruneEvalResult:
-    """Evaluate every task at every shot count without the mask, with it, and with ``random_controls``
-    random masks (seeds 0..R-1) of the same size and layer distribution; the same prompts throughout.
-    ``mask=None`` evaluates the unpruned model only (no comparisons). With ``one_batch`` (the default) the
-    conditions of a task and shot count not in ``cache`` run as rows of one batch, each row with its own mask
-    (:func:`analysis.evaluation.conditions.evaluate_conditions`: the same results, fewer forwards); without
-    it, one pass per condition. With ``pool`` (a :class:`analysis.runner.Runner`, e.g. Ray's
-    :class:`analysis.distributed.ModelPool`) the evaluations not in ``cache`` run on its actors, one each."""
+    """The mask against the unpruned model and random masks, paired by prompt, with 95 % intervals.
+
+    Every task at every shot count runs without the mask, with it, and with ``random_controls`` random masks
+    (seeds 0..R-1) of the same size and layer distribution, on the same prompts throughout.
+
+    Args:
+        loaded: the model.
+        mask: the neurons to prune; None evaluates the unpruned model only (no comparisons).
+        tasks: the tasks (built-in, held-out splits, uploaded).
+        shots: the shot counts; n: prompts per task and shot count; seed: which prompts.
+        random_controls: random masks of the same size (0 to skip the random comparison).
+        cache: read repeated evaluations from it and store new ones; progress: ``progress(done, total)`` in
+            prompts, after every batch (it may raise to stop the run).
+        resamples: bootstrap resamples of every interval.
+        pool: a :class:`analysis.runner.Runner` (Ray's :class:`analysis.distributed.ModelPool`): the
+            evaluations not in ``cache`` run on its actors, one each.
+        one_batch: the conditions of a task and shot count not in ``cache`` run as rows of one batch, each row
+            with its own mask (:func:`analysis.evaluation.conditions.evaluate_conditions`: the same results,
+            fewer forwards); False: one pass per condition.
+
+    Returns:
+        :class:`PruneEvalResult`: per-prompt records of every condition, per-task and average cells with
+        rates, paired changes, intervals and p-values (:meth:`PruneEvalResult.summary`), and verdict sentences
+        (:meth:`PruneEvalResult.verdicts`).
+
+    Raises:
+        PrunescopeError: no tasks or shots, out-of-range settings, a mask outside the model.
+
+    Example::
+
+        >>> import analysis as ps
+        >>> model = ps.load_model("toy-transformer", device="cpu")
+        >>> mask = ps.NeuronMask.from_pairs([(0, i) for i in range(50)])
+        >>> result = ps.prune_eval(model, mask, [ps.get_task("to-upper")], shots=[2], n=8, random_controls=2)
+        >>> list(result.verdicts(shots=2))
+        ['baseline', 'random']
+    """
     check("controls", random_controls)
     if mask is not None:
         mask.validate(loaded.adapter.neuron_counts())

@@ -5,6 +5,7 @@ import streamlit as st
 from analysis.attribution import QUADRATURES, TARGETS, attribute_task
 from analysis.attribution.neuron_ig import COMPLETENESS_WARN, completeness_summary
 from analysis.attribution.quadrature import cost_units
+from analysis.attribution.runs import stored_attribution
 from analysis.attribution.summary import top_neurons
 from analysis.attribution.targets import copy_target_problem
 from analysis.cache import ResultsCache, task_fingerprint
@@ -61,7 +62,7 @@ if task is not None:
                 "label": label}
 
     with guarded("attribution"):  # a cached result (on disk or shipped) is shown at once, read once per session
-        found = memo(key, lambda: with_top(attribute_task(*args, cache=ResultsCache(), compute_missing=False)))
+        found = memo(key, lambda: with_top(stored_attribution(*args)))
         if found is None:  # a click starts a job; while it runs every rerun follows it
             result = speculation.follow("job_attribution", key, f"IG {target} on {task.name}", lambda progress:
                                         attribute_task(*args, cache=ResultsCache(), progress=progress,

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from analysis.cache import ResultsCache, task_fingerprint
-from analysis.evaluation.task_vectors import task_vector_work, task_vectors
+from analysis.evaluation.task_vectors import stored_task_vectors, task_vector_work, task_vectors
 from analysis.models.builtin import model_label
 from components import present, speculation, state
 from components.charts_pruning import task_vector_chart
@@ -60,12 +60,9 @@ if task is not None:
     label = (f"{task.name}, {shots}-shot, {n} queries, {dummies} dummies, {prompt_format} format, "
              f"{' and '.join(conditions)}, {model_label(loaded.name)}")
 
-    def run(name: str, condition_mask, compute_missing: bool, progress=None):
-        return task_vectors(loaded, task, int(shots), int(n), int(dummies), seed=seed, mask=condition_mask,
-                            progress=progress, cache=ResultsCache(), compute_missing=compute_missing)
-
     def stored_results() -> dict | None:
-        got = {name: run(name, condition_mask, False) for name, condition_mask in conditions.items()}
+        got = {name: stored_task_vectors(loaded, task, int(shots), int(n), int(dummies), seed=seed,
+                                         mask=condition_mask) for name, condition_mask in conditions.items()}
         return None if None in got.values() else got
 
     with guarded("task vectors"):  # stored results (on disk or shipped) show at once, read once per session
@@ -74,8 +71,10 @@ if task is not None:
 
             def run_all(progress) -> dict:
                 stages = len(conditions)
-                return {name: run(name, condition_mask, True,
-                                  lambda done, total, i=i: progress(i * total + done, stages * total))
+                return {name: task_vectors(loaded, task, int(shots), int(n), int(dummies), seed=seed,
+                                           mask=condition_mask, cache=ResultsCache(),
+                                           progress=lambda done, total, i=i: progress(i * total + done,
+                                                                                       stages * total))
                         for i, (name, condition_mask) in enumerate(conditions.items())}
 
             work = len(conditions) * task_vector_work(loaded, int(n), int(dummies))
