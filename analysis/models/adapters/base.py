@@ -1,6 +1,6 @@
 """The adapter interface: layers, neuron sites, hooks, and prefix/continuation runs.
 
-A *neuron site* is the activation tensor whose channels are a layer's "neurons" (ARCHITECTURE.md):
+A *neuron site* is the activation tensor whose channels are a layer's "neurons" (docs/architecture.md):
 the MLP intermediate activation for transformers and Griffin, the gated inner channels entering
 ``out_proj`` for Mamba/Mamba-2, the squared-ReLU key activation entering ``value`` for RWKV-4.
 Each site is named by a module path and whether it is that module's input or output, so every feature
