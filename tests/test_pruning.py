@@ -20,7 +20,7 @@ from analysis.pruning.confidence import confidence_neurons
 from analysis.pruning.autok import choose_k, k_sweep
 from analysis.pruning.copying import (copying_splits, mask_neurons_table, normalized_copy_scores,
                                       parse_layer_range, random_mask_like, select_top_k)
-from analysis.pruning.evaluate import RECORD_COLUMNS, flip_counts, prune_eval
+from analysis.pruning.evaluate import RECORD_COLUMNS, flip_counts, prune_eval, prune_eval_plan, uncached_prompts
 from analysis.tasks import builtin_tasks
 
 SCORES = torch.tensor([[0.5, -1.0, 0.2, 0.9],
@@ -222,3 +222,19 @@ def test_prune_eval_progress_is_one_rising_bar_and_a_stop_ends_the_work_within_a
     finally:
         hook.remove()
     assert 0 < until_stop < len(forwards) / 2  # stopped after its first batch (of 3), not after the evaluation
+
+
+def test_the_pruning_plan_is_prune_evals_grid_and_counts_what_is_not_cached(tiny_loaded, tmp_path):
+    """The pruning page counts uncached prompts from the same plan prune_eval runs (no grid of its own)."""
+    from analysis.cache import ResultsCache
+
+    loaded = tiny_loaded("llama")
+    mask, tasks = NeuronMask.from_pairs([(0, 1), (1, 2)]), [builtin_tasks()["antonyms"]]
+    plan = prune_eval_plan(loaded, mask, tasks, [1, 2], 2)
+    names = ["baseline", "pruned", "random-0", "random-1"]
+    assert [(run.shots, run.condition) for run in plan] == [(k, name) for k in (1, 2) for name in names]
+    cache = ResultsCache(tmp_path, fallbacks=())
+    assert uncached_prompts(loaded, plan, 3, 0, cache) == dict.fromkeys(names, 6)
+    result = prune_eval(loaded, mask, tasks, shots=[1], n=3, random_controls=2, cache=cache)
+    assert uncached_prompts(loaded, plan, 3, 0, cache) == dict.fromkeys(names, 3)  # the 2-shot runs remain
+    assert list(dict.fromkeys(result.records.condition)) == names

@@ -227,13 +227,9 @@ def prune_eval(loaded: LoadedModel, mask: NeuronMask | None, tasks: Sequence[Tas
         >>> list(result.verdicts(shots=2))
         ['baseline', 'random']
     """
-    check("controls", random_controls)
-    if mask is not None:
-        mask.validate(loaded.adapter.neuron_counts())
-    controls = [] if mask is None else control_masks(loaded, mask, random_controls)
-    conditions = [(BASELINE, None)] + ([] if mask is None else [(PRUNED, mask)] + [
-        (f"{RANDOM_PREFIX}{control_seed}", control) for control_seed, control in enumerate(controls)])
-    jobs = [(task, k, condition, m) for task in tasks for k in shots for condition, m in conditions]
+    plan = prune_eval_plan(loaded, mask, tasks, shots, random_controls)
+    conditions = list(dict.fromkeys((run.condition, run.mask) for run in plan))
+    jobs = [(run.task, run.shots, run.condition, run.mask) for run in plan]
     # progress in prompts, over the whole job (total known up front, never going back), reported after every
     # batch: in the app each report is also where a Cancel stops the run, so it stops within one batch
     done, total = 0, len(jobs) * n
@@ -264,6 +260,39 @@ def prune_eval(loaded: LoadedModel, mask: NeuronMask | None, tasks: Sequence[Tas
     flipped = pd.concat(flips, ignore_index=True) if flips else pd.DataFrame()
     return PruneEvalResult(loaded.name, len(mask or ()), pd.concat(frames, ignore_index=True), flipped,
                            resamples=resamples, copy_required=tuple(t.name for t in tasks if t.requires_copying))
+
+
+@dataclass(frozen=True)
+class PlannedEvaluation:
+    """One evaluation of a pruning run: ``task`` at ``shots`` under the named ``condition`` (``mask``)."""
+
+    task: Task
+    shots: int
+    condition: str
+    mask: NeuronMask | None
+
+
+def prune_eval_plan(loaded: LoadedModel, mask: NeuronMask | None, tasks: Sequence[Task], shots: Sequence[int],
+                    random_controls: int) -> list[PlannedEvaluation]:
+    """Every evaluation :func:`prune_eval` runs, in its order (per task and shot count: unpruned, pruned, the
+    random controls); pages count what is not cached from it instead of rebuilding the grid."""
+    check("controls", random_controls)
+    if mask is not None:
+        mask.validate(loaded.adapter.neuron_counts())
+    controls = [] if mask is None else control_masks(loaded, mask, random_controls)
+    conditions = [(BASELINE, None)] + ([] if mask is None else [(PRUNED, mask)] + [
+        (f"{RANDOM_PREFIX}{control_seed}", control) for control_seed, control in enumerate(controls)])
+    return [PlannedEvaluation(task, k, name, m) for task in tasks for k in shots for name, m in conditions]
+
+
+def uncached_prompts(loaded: LoadedModel, plan: Sequence[PlannedEvaluation], n: int, seed: int,
+                     cache: ResultsCache) -> dict[str, int]:
+    """Prompts of ``plan`` (``n`` per evaluation) that ``cache`` does not hold, per condition name."""
+    missing: dict[str, int] = {}
+    for run in plan:
+        if not is_evaluated(loaded, run.task, run.shots, n, seed, run.mask, cache):
+            missing[run.condition] = missing.get(run.condition, 0) + n
+    return missing
 
 
 def control_masks(loaded: LoadedModel, mask: NeuronMask, count: int) -> list[NeuronMask]:

@@ -13,7 +13,7 @@ from analysis.cache import ResultsCache
 from analysis.demo import PRUNE_CONTROLS, SETTINGS, pruning_tasks
 from analysis.device import dtype_name
 from analysis.distributed import env_pool
-from analysis.evaluation.icl import is_evaluated
+from analysis.evaluation.paired import BASELINE
 from analysis.models.builtin import model_label
 from analysis.pruning import NeuronMask
 from analysis.pruning.autok import K_GRID, SWEEP_N, default_dev_tasks, k_sweep
@@ -22,9 +22,8 @@ from analysis.pruning.copying import (
     copying_scores,
     mask_neurons_table,
     parse_layer_range,
-    random_mask_like,
 )
-from analysis.pruning.evaluate import prune_eval
+from analysis.pruning.evaluate import prune_eval, prune_eval_plan, uncached_prompts
 from analysis.tasks import icl_task_names
 from components import present, speculation, state
 from components.baselines_view import baselines_panel
@@ -240,13 +239,10 @@ def live_panel() -> None:
             **settings), len(tasks) * (2 + int(controls)) * n, restart=restart,
             cost_s=speculation.estimate_s(loaded, missing[True] + missing.get(False, 0), "eval"))
 
-    conditions = [None, *([mask, *(random_mask_like(mask, counts, s) for s in range(int(controls)))]
-                          if has_mask else [])]
-    missing = {m is None: 0 for m in conditions}  # prompts to compute: unpruned (True), the rest (False)
-    for task in tasks:
-        for condition in conditions:
-            if not is_evaluated(loaded, task, shots, n, seed, condition, cache):
-                missing[condition is None] += n
+    uncached = uncached_prompts(loaded, prune_eval_plan(loaded, mask if has_mask else None, tasks, [shots],
+                                                        int(controls)), n, seed, cache)
+    missing = {True: uncached.get(BASELINE, 0),  # prompts to compute: unpruned (True), the rest (False)
+               False: sum(count for name, count in uncached.items() if name != BASELINE)}
     needed = missing[True] + (missing.get(False, 0) if pruned else 0)
     if needed > AUTO_RUN_PROMPTS and st.session_state.get("prune_approved") != key:  # say the cost first
         st.info(f"This runs {needed:,} prompts that are not cached ({cost(loaded, needed)}) before showing numbers.",
