@@ -7,8 +7,7 @@ import pytest
 
 from analysis.attribution import attribute_task
 from analysis.cache import ResultsCache
-from analysis.demo import (ATTRIBUTION, PRUNE_TASKS, SCORING, SETTINGS, mask_file_name, precompute_demo,
-                           pruning_tasks)
+from analysis.demo import ATTRIBUTION, PRUNE_TASKS, SCORING, SETTINGS, mask_file_name, precompute_demo, pruning_tasks
 from analysis.evaluation import evaluate_task
 from analysis.pruning import NeuronMask
 from analysis.pruning.copying import copying_scores, select_top_k
