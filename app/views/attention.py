@@ -1,6 +1,9 @@
 """Implicit attention page: one layer's (implicit) attention map for a text beside a transformer's real
 attention, token relevance by every method, and the perturbation-faithfulness table."""
 
+from collections.abc import Sequence
+from functools import partial
+
 import pandas as pd
 import streamlit as st
 
@@ -34,7 +37,7 @@ others = [NO_COMPARISON, *[m for m in model_choices() if m != loaded.name]]
 default_other = "toy-transformer" if loaded.family != "transformer" and "toy-transformer" in others else NO_COMPARISON
 
 
-def choose(column, label: str, name: str, options: list[str], default: str, known: set[str], **kwargs) -> str:
+def choose(column, label: str, name: str, options: Sequence[str], default: str, known: set[str], **kwargs) -> str:
     """A selectbox bound to the setting ``name``, stored as '' while it shows this model's ``default`` (so a
     link stays short and the next model starts from its own default). A value offered for another model is
     quietly replaced by the default; one offered nowhere (a hostile or stale link) gets one red line."""
@@ -115,7 +118,7 @@ chosen = state.bound(st.multiselect, "Methods", "rel_methods", widget_key="rel_m
 if chosen:
     with guarded("token relevance"):
         results = {m: memo(("relevance", loaded.fingerprint(), text, m, form),
-                           lambda m=m: token_relevance(loaded, text, m, form=form)) for m in chosen}
+                           partial(token_relevance, loaded, text, m, form=form)) for m in chosen}
         first = next(iter(results.values()))
         target = loaded.tokenizer.decode([first.target_id])
         rel_title = f"relevance for the predicted next token {target!r} ({dtype_name(loaded.dtype)} model)"

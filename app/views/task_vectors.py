@@ -51,8 +51,9 @@ with present.controls():
 
 key = None
 if task is not None:
-    if FORMATS[prompt_format]:
-        task = dataclasses.replace(task, template=FORMATS[prompt_format])
+    template = FORMATS[prompt_format]
+    if template:
+        task = dataclasses.replace(task, template=template)
     conditions = {"unpruned": None, **({"pruned": mask} if with_mask and mask is not None else {})}
     seed = int(state.get("seed"))
     key = result_key(loaded, "task-vectors", task_fingerprint(task), int(shots), int(n), int(dummies), seed,
@@ -61,6 +62,7 @@ if task is not None:
              f"{' and '.join(conditions)}, {model_label(loaded.name)}")
 
     def run(name: str, condition_mask, compute_missing: bool, progress=None):
+        assert task is not None  # run is defined (and called) only with a task
         return task_vectors(loaded, task, int(shots), int(n), int(dummies), seed=seed, mask=condition_mask,
                             progress=progress, cache=ResultsCache(), compute_missing=compute_missing)
 
