@@ -38,8 +38,8 @@ browser:
 	     --no-install-recommends chromium; then :; else echo "note: chromium not installed; the browser test will skip"; fi; }
 
 test: setup browser
-	$(PY) -m ruff check analysis components
-	$(PY) -m mypy analysis components
+	$(PY) -m ruff check analysis components app tests bench
+	$(PY) -m mypy analysis components app
 	$(PY) -m pytest
 
 bench: setup
