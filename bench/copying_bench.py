@@ -59,6 +59,11 @@ def pooled(result):
     return next(c for c in compare(records) if c.task == "average")
 
 
+def advance(bar: tqdm):
+    """A progress callback that moves ``bar`` to ``done`` (bound to this bar, not to whichever the loop holds)."""
+    return lambda done, total: bar.update(done - bar.n)
+
+
 def run_model(name: str, args, cache: ResultsCache) -> list[str]:
     loaded = load_model(name)
     tasks = [builtin_tasks()[t] for t in args.tasks]
@@ -69,7 +74,7 @@ def run_model(name: str, args, cache: ResultsCache) -> list[str]:
         try:
             scored = copying_scores(loaded, n=args.score_n, shots=4, steps=args.steps,
                                     quadrature=args.quadrature, cache=cache,
-                                    progress=lambda d, t: bar.update(d - bar.n), **options)
+                                    progress=advance(bar), **options)
         except PrunescopeError as exc:  # e.g. 'copied' on a model that never copies on these prompts
             print(f"\n[{name} / {label}] {exc}", flush=True)
             rows.append(f"| {name} | {label} | — | | | {exc} | | | | | |")
@@ -77,7 +82,7 @@ def run_model(name: str, args, cache: ResultsCache) -> list[str]:
         finally:
             bar.close()
         bar = tqdm(desc=f"{name} {label}: k-sweep", unit="prompt", leave=False, file=sys.stderr)
-        sweep = k_sweep(loaded, scored.scores, n=args.sweep_n, cache=cache, progress=lambda d, t: bar.update(d - bar.n))
+        sweep = k_sweep(loaded, scored.scores, n=args.sweep_n, cache=cache, progress=advance(bar))
         bar.close()
         k = args.k or sweep.chosen or SETTINGS["k"]
         note = " (fixed)" if args.k else "" if sweep.chosen else " (app default; auto-k selects none)"
@@ -87,7 +92,7 @@ def run_model(name: str, args, cache: ResultsCache) -> list[str]:
         print(f"[{name} / {label}] mask of {len(mask)} neurons, digest {mask.digest()}", flush=True)
         bar = tqdm(desc=f"{name} {label}: evaluation", unit="prompt", leave=False, file=sys.stderr)
         result = prune_eval(loaded, mask, tasks, args.shots, args.n, args.controls, cache=cache,
-                            progress=lambda d, t: bar.update(d - bar.n))
+                            progress=advance(bar))
         bar.close()
         for cell in result.ordered_cells():
             if cell.task != "average":

@@ -18,6 +18,7 @@ import argparse
 import time
 import traceback
 import weakref
+from collections.abc import Callable
 
 import torch
 
@@ -30,7 +31,7 @@ from analysis.models import hooks as model_hooks
 from analysis.models import load_model, model_choices
 from analysis.pruning import NeuronMask
 from analysis.pruning.copying import random_mask_like
-from analysis.tasks import builtin_tasks
+from analysis.tasks import Task, builtin_tasks
 
 TEXT = "a:3 b:5 c:1 d:7 | b:5 a:"
 RESULTS: list[bool] = []
@@ -67,45 +68,10 @@ def model_checks(spec: str, device: str, n: int) -> None:
     float32 = cpu_answers("float32")
     maps_reference = attention_maps(cpu, TEXT, layers=[cpu.n_layers - 1]).attn
     for dtype in ("float32", "bfloat16"):
-        label = f"{spec} {dtype}"
-        loaded = load_model(spec, device=device, dtype=dtype)
-        need = 1.0 if dtype == "float32" else 0.9
-        reference = float32 if dtype == "float32" else cpu_answers(dtype)
-
-        def compare(kind: str, m: NeuronMask | None) -> None:
-            ours = evaluate_task(loaded, task, 2, n, seed=0, mask=m).records.prediction.tolist()
-            share = agreement(ours, reference[kind])
-            extra = "" if dtype == "float32" else f"; {agreement(ours, float32[kind]):.1%} equal to CPU float32 " \
-                f"(CPU {dtype}: {agreement(reference[kind], float32[kind]):.1%})"
-            check(f"{label} {kind}", share >= need, f"{share:.1%} equal to CPU {dtype} (need {need:.0%})"
-                  + (f", {len(m)} neurons masked" if m is not None else "") + extra)
-
-        def answers():
-            compare("answers", None)
-
-        def masked():
-            compare("masked answers", mask)
-
-        def ig():
-            items = prepare_inputs(loaded, task.sample_prompts(2, 2, seed=0), "gold")
-            fast = neuron_ig(loaded, items, steps=8, method="fast").per_prompt
-            slow = neuron_ig(loaded, items, steps=8, method="reference").per_prompt
-            error = float((fast - slow).abs().max() / slow.abs().max().clamp_min(1e-12))
-            bound = 1e-4 if dtype == "float32" else 5e-2
-            check(f"{label} IG fast vs reference", error < bound, f"relative error {error:.1e} (bound {bound:.0e}), "
-                  f"accumulated in {fast.dtype}")
-
-        def maps():
-            ours = attention_maps(loaded, TEXT, layers=[loaded.n_layers - 1]).attn
-            error = float((ours - maps_reference).abs().max() / maps_reference.abs().max().clamp_min(1e-12))
-            bound = 1e-4 if dtype == "float32" else 5e-2
-            check(f"{label} attention maps", error < bound, f"relative error {error:.1e} vs CPU (bound {bound:.0e})")
-
-        for name, run in (("answers", answers), ("masked", masked), ("ig", ig), ("maps", maps)):
-            guarded(f"{label} {name}", run)
-        del loaded
-        if device.startswith("cuda"):
+        dtype_checks(spec, device, dtype, n, task, mask, cpu_answers, float32, maps_reference)
+        if device.startswith("cuda"):  # the device's model went with dtype_checks' frame
             torch.cuda.empty_cache()
+
     def vectors():
         ours = task_vectors(load_model(spec, device=device), builtin_tasks()["to-upper"], shots=2, n=8,
                             dummy_queries=1).table.accuracy.tolist()
@@ -115,6 +81,49 @@ def model_checks(spec: str, device: str, n: int) -> None:
 
     guarded(f"{spec} task vectors", vectors)
     guarded(f"{spec} threads", lambda: threads_check(spec, device, n))
+
+
+def dtype_checks(spec: str, device: str, dtype: str, n: int, task: Task, mask: NeuronMask,
+                 cpu_answers: Callable[[str], dict[str, list[str]]], float32: dict[str, list[str]],
+                 maps_reference: torch.Tensor) -> None:
+    """The model in ``dtype`` on ``device`` against the CPU: answers, masked answers, IG, attention maps. The
+    device's model lives as long as this call (the checks below close over this frame, not over a loop's)."""
+    label = f"{spec} {dtype}"
+    loaded = load_model(spec, device=device, dtype=dtype)
+    need = 1.0 if dtype == "float32" else 0.9
+    reference = float32 if dtype == "float32" else cpu_answers(dtype)
+
+    def compare(kind: str, m: NeuronMask | None) -> None:
+        ours = evaluate_task(loaded, task, 2, n, seed=0, mask=m).records.prediction.tolist()
+        share = agreement(ours, reference[kind])
+        extra = "" if dtype == "float32" else f"; {agreement(ours, float32[kind]):.1%} equal to CPU float32 " \
+            f"(CPU {dtype}: {agreement(reference[kind], float32[kind]):.1%})"
+        check(f"{label} {kind}", share >= need, f"{share:.1%} equal to CPU {dtype} (need {need:.0%})"
+              + (f", {len(m)} neurons masked" if m is not None else "") + extra)
+
+    def answers():
+        compare("answers", None)
+
+    def masked():
+        compare("masked answers", mask)
+
+    def ig():
+        items = prepare_inputs(loaded, task.sample_prompts(2, 2, seed=0), "gold")
+        fast = neuron_ig(loaded, items, steps=8, method="fast").per_prompt
+        slow = neuron_ig(loaded, items, steps=8, method="reference").per_prompt
+        error = float((fast - slow).abs().max() / slow.abs().max().clamp_min(1e-12))
+        bound = 1e-4 if dtype == "float32" else 5e-2
+        check(f"{label} IG fast vs reference", error < bound, f"relative error {error:.1e} (bound {bound:.0e}), "
+              f"accumulated in {fast.dtype}")
+
+    def maps():
+        ours = attention_maps(loaded, TEXT, layers=[loaded.n_layers - 1]).attn
+        error = float((ours - maps_reference).abs().max() / maps_reference.abs().max().clamp_min(1e-12))
+        bound = 1e-4 if dtype == "float32" else 5e-2
+        check(f"{label} attention maps", error < bound, f"relative error {error:.1e} vs CPU (bound {bound:.0e})")
+
+    for name, run in (("answers", answers), ("masked", masked), ("ig", ig), ("maps", maps)):
+        guarded(f"{label} {name}", run)
 
 
 def threads_check(spec: str, device: str, n: int) -> None:

@@ -29,7 +29,6 @@ import time
 
 import pandas as pd
 import torch
-from attn_bench import cpu_model  # bench/ is on the path when a bench runs as a script
 
 from analysis.cache import ResultsCache
 from analysis.demo import PRUNE_CONTROLS, PRUNE_TASKS, SCORING, SETTINGS, pruning_tasks
@@ -38,6 +37,7 @@ from analysis.jobs import Job
 from analysis.models import load_model
 from analysis.pruning.copying import select_top_k, stored_copying_scores
 from analysis.pruning.evaluate import prune_eval
+from attn_bench import cpu_model  # bench/ is on the path when a bench runs as a script
 
 
 def main() -> None:

@@ -1,7 +1,9 @@
 """Shared fixtures: tiny random-weight models of every family, saved once per session and loaded through
-the same loader users use."""
+the same loader users use. And the test tiers: every module's tests carry its tier's marker."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -63,3 +65,42 @@ def _isolated_cache(tmp_path_factory):
         os.environ.pop("PRUNESCOPE_CACHE", None)
     else:
         os.environ["PRUNESCOPE_CACHE"] = old
+
+
+# Test tiers (markers registered in pytest.ini), one per module, by what its heaviest test needs: slow over ui
+# over integration over unit. `make test-fast` runs the unit tier (`pytest -m unit`), `make test` all of them.
+# A test marked slow on its own (test_browser.py's) keeps that marker beside its module's tier.
+TIERS = {
+    # pure functions and files: no model, no app
+    "unit": ["test_hosting_files.py", "test_import_graph.py", "test_paired.py", "test_report.py",
+             "test_significance.py", "test_stability.py", "test_task_files.py", "test_tasks.py"],
+    # tiny random-weight models (the fixtures above) or the shipped toy checkpoints, end to end
+    "integration": [
+        "test_adaptive_ig.py", "test_api.py", "test_attention_maps.py", "test_baselines.py", "test_cache.py",
+        "test_calibration.py", "test_cli.py", "test_concurrency.py", "test_continuation.py",
+        "test_copying_options.py", "test_demo.py", "test_evaluation.py", "test_faithfulness.py", "test_gemma3.py",
+        "test_general.py", "test_hook_scope.py", "test_implicit_mamba.py", "test_implicit_rwkv_griffin.py",
+        "test_jobs.py", "test_joined.py", "test_mask.py", "test_models.py", "test_multiuser.py",
+        "test_neuron_ig.py", "test_offload.py", "test_one_batch.py", "test_pruning.py", "test_registry.py",
+        "test_scheduler.py", "test_task_vectors.py", "test_tiny_models.py", "test_token_relevance.py",
+        "test_toy.py", "test_toy_checkpoints.py"],
+    # the app's pages through Streamlit's AppTest, or a real browser
+    "ui": ["test_app.py", "test_app_hosting.py", "test_app_pages.py", "test_app_scheduler.py", "test_browser.py",
+           "test_builtin_models.py", "test_export.py", "test_ig_delta.py", "test_markup.py",
+           "test_page_settings.py"],
+    # the real built-in models (SmolLM2-135M, Gemma 3 270M), a Ray cluster or a notebook kernel
+    "slow": ["test_default_model.py", "test_gemma3_model.py", "test_notebook.py", "test_ray.py", "test_ray_app.py",
+             "test_shipped_results.py"],
+}
+TIER_OF = {module: tier for tier, modules in TIERS.items() for module in modules}
+TESTS = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test with its module's tier; a module in no tier is an error, so none runs untiered."""
+    ours = [item for item in items if item.path.parent == TESTS]
+    missing = sorted({item.path.name for item in ours} - TIER_OF.keys())
+    if missing:
+        raise pytest.UsageError(f"tests/conftest.py: give {', '.join(missing)} a tier in TIERS")
+    for item in ours:
+        item.add_marker(getattr(pytest.mark, TIER_OF[item.path.name]))

@@ -112,7 +112,7 @@ def test_fuzzed_links_never_crash_a_page(page, monkeypatch):
     rng = random.Random(f"fuzz|{page}")
     peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     monkeypatch.setenv("PRUNESCOPE_PUBLIC", "1")
-    for trial in range(6):
+    for _trial in range(6):
         name, value = rng.choice([*DEFAULTS, "model", "present", "page", "unknown"]), rng.choice(HOSTILE)
         at = AppTest.from_file(str(MAIN), default_timeout=TIMEOUT)
         monkeypatch.setenv("PRUNESCOPE_MODEL", rng.choice(["toy-mamba", "toy-transformer"]))

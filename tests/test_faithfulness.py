@@ -8,8 +8,15 @@ import torch
 
 from analysis.attribution.tokens import top_prediction
 from analysis.errors import PrunescopeError
-from analysis.evaluation.faithfulness import (COLUMNS, DEFAULT_FRACTIONS, ORDERS, auc, faithfulness,
-                                              perturbation_curve, relevance_order)
+from analysis.evaluation.faithfulness import (
+    COLUMNS,
+    DEFAULT_FRACTIONS,
+    ORDERS,
+    auc,
+    faithfulness,
+    perturbation_curve,
+    relevance_order,
+)
 from analysis.tasks import Task
 
 TEXT = "a:3 b:5 c:1 d:7 | b:5 a:"

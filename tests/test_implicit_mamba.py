@@ -10,11 +10,17 @@ import pytest
 import torch
 
 from analysis.errors import PrunescopeError
-from analysis.implicit_attention import mamba as mamba_mod
 from analysis.implicit_attention import block_tree, mamba_tree
+from analysis.implicit_attention import mamba as mamba_mod
 from analysis.implicit_attention.common import Reduction
-from analysis.implicit_attention.mamba import (capture_mamba, mamba_loop_matrices, mamba_matrices, mamba_reconstruct,
-                                               mamba_reduced, n_channels)
+from analysis.implicit_attention.mamba import (
+    capture_mamba,
+    mamba_loop_matrices,
+    mamba_matrices,
+    mamba_reconstruct,
+    mamba_reduced,
+    n_channels,
+)
 from analysis.models import load_model
 from analysis.models.tiny import build_tiny_model
 
@@ -160,7 +166,7 @@ def test_long_prompt_uses_blocked_factorisation_exactly(tiny_loaded):
     """T > 64 exercises the off-diagonal blocks of Mamba's factorised s6 matrices."""
     loaded = tiny_loaded("mamba")
     inn = capture_mamba(loaded, _long_ids(loaded), [0, 1])
-    for layer, internals in inn.items():
+    for internals in inn.values():
         channels = torch.tensor([0, 7, 33, 63])
         fast = mamba_matrices(internals, "s6", channels)
         torch.testing.assert_close(fast, mamba_loop_matrices(internals, "s6", channels), rtol=1e-4, atol=1e-6)
@@ -219,7 +225,8 @@ def test_chunk_scratch_stays_within_the_budget(tiny_loaded, model_type):
         for budget in (one, one + one // 3, 2 * one + 1, 5 * one + 7, 17 * one):
             for kind, want in reductions.items():
                 got = []
-                used = _scratch_bytes_of(lambda: got.append(mamba_reduced(internals, form, Reduction(kind), budget)))
+                used = _scratch_bytes_of(lambda got=got, form=form, kind=kind, budget=budget: got.append(
+                    mamba_reduced(internals, form, Reduction(kind), budget)))
                 assert used <= min(budget, block_tree.CACHE_BYTES), (form, kind, budget, used)
                 torch.testing.assert_close(got[0], want, rtol=1e-5, atol=1e-6)
 

@@ -10,11 +10,20 @@ import torch
 
 from analysis.implicit_attention.common import Reduction
 from analysis.implicit_attention.griffin import (
-    capture_griffin, griffin_attention_maps, griffin_loop_matrices, griffin_matrices, griffin_reconstruct,
-    griffin_recurrent_layers, griffin_reduced,
+    capture_griffin,
+    griffin_attention_maps,
+    griffin_loop_matrices,
+    griffin_matrices,
+    griffin_reconstruct,
+    griffin_recurrent_layers,
+    griffin_reduced,
 )
 from analysis.implicit_attention.rwkv import (
-    capture_rwkv, rwkv_loop_matrices, rwkv_matrices, rwkv_reconstruct, rwkv_reduced,
+    capture_rwkv,
+    rwkv_loop_matrices,
+    rwkv_matrices,
+    rwkv_reconstruct,
+    rwkv_reduced,
 )
 from analysis.models import load_model
 

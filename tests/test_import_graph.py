@@ -2,11 +2,15 @@
 imported; ``if TYPE_CHECKING`` blocks never run) never leads back to the importing module, so no import order
 fails; and counting imports inside functions too, no module depends on itself at all (a deferred import only
 hides a circle from Python, not from a reader). Read from the source, so a new circle fails here before it
-fails at import time in some order nobody tried."""
+fails at import time in some order nobody tried. And importing the package never loads streamlit (the
+app's dependency, not the library's)."""
 
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,3 +151,29 @@ def test_imports_inside_functions_count_and_type_checking_ones_do_not(tmp_path):
 def test_the_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+# Run in a fresh interpreter (this one has loaded streamlit for the app's tests): import the package and every
+# module pkgutil finds in it (a package that fails to import fails the walk), then report what was imported.
+IMPORT_ALL = """
+import importlib, json, pkgutil, sys
+import analysis
+
+def fail(name):
+    raise ImportError(f"cannot import {name} while walking the package")
+
+names = ["analysis", *(m.name for m in pkgutil.walk_packages(analysis.__path__, "analysis.", onerror=fail))]
+for name in names:
+    importlib.import_module(name)
+print(json.dumps({"modules": names, "streamlit": sorted(m for m in sys.modules if m.split(".")[0] == "streamlit")}))
+"""
+
+
+def test_importing_analysis_and_every_submodule_never_loads_streamlit():
+    """The library runs without the app (the CLI, notebooks, Ray workers): no module of analysis/ may import
+    streamlit, directly or through another package, at import time."""
+    done = subprocess.run([sys.executable, "-c", IMPORT_ALL], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert sorted(report["modules"]) == sorted(module_names())  # every module on disk was imported
+    assert report["streamlit"] == []

@@ -38,7 +38,7 @@ def test_hooks_see_every_site_with_its_width(tiny_loaded, model_type):
     with loaded.adapter.hook_sites(capture):
         loaded.model(ids)
     assert sorted(seen) == list(range(loaded.n_layers))
-    for layer, activation in seen.items():
+    for activation in seen.values():
         assert activation.shape[-1] == EXPECTED_WIDTH
         assert activation.reshape(-1, EXPECTED_WIDTH).shape[0] == ids.shape[1]  # one row per token
         assert activation.abs().sum() > 0

@@ -140,8 +140,9 @@ def test_top_neurons_and_where_they_fire(tiny_loaded):
     best = (-float("inf"), None)
     for item in items:  # an independent scan of every position's activation
         seen = {}
-        with loaded.adapter.hook_sites(lambda l, a: seen.__setitem__(l, a.reshape(len(item.input_ids), -1)),
-                                       layers=[int(row.layer)]):
+        rows = len(item.input_ids)
+        with loaded.adapter.hook_sites(lambda layer, a, seen=seen, rows=rows: seen.__setitem__(
+                layer, a.reshape(rows, -1)), layers=[int(row.layer)]):
             loaded.model(torch.tensor([item.input_ids]))
         column = seen[int(row.layer)][:, int(row.neuron)]
         if float(column.max()) > best[0]:

@@ -15,8 +15,8 @@ from analysis.errors import ModelLoadError
 from analysis.evaluation import evaluate_task
 from analysis.evaluation.task_vectors import task_vectors
 from analysis.models import load_model
-from analysis.pruning import NeuronMask
 from analysis.models.tiny import TINY_FAMILIES
+from analysis.pruning import NeuronMask
 from analysis.tasks import builtin_tasks
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -28,7 +28,7 @@ def half_on_disk(plain) -> dict[str, str]:
     blocks = [names[id(plain.adapter.block(i))] for i in range(plain.n_layers)]
     parents = {".".join(b.split(".")[:k]) for b in blocks for k in range(len(b.split(".")))}
     placement = {b: ("cpu" if i < len(blocks) // 2 else "disk") for i, b in enumerate(blocks)}
-    for name, module in plain.model.named_modules():
+    for name, _module in plain.model.named_modules():
         inside = any(name == b or name.startswith(b + ".") for b in blocks)
         if name and not inside and name not in parents and not any(name.startswith(p + ".") for p in placement):
             if ".".join(name.split(".")[:-1]) in parents or "." not in name:

@@ -42,7 +42,7 @@ def table(cells: dict[tuple[str, str], list[str]], queries: dict[str, list[str]]
     return pd.DataFrame(rows)
 
 
-C, P, E, O = "correct", "copy", "echo", "other"
+C, P, E, O = "correct", "copy", "echo", "other"  # noqa: E741 - one letter per outcome keeps the tables readable
 HAND = table({
     ("t1", "baseline"): [C, P, P, E, O, C],
     ("t1", "pruned"): [C, C, O, E, C, P],

@@ -16,10 +16,16 @@ from analysis.errors import PrunescopeError
 from analysis.evaluation import evaluate_task
 from analysis.export import defuse
 from analysis.pruning import NeuronMask
-from analysis.pruning.confidence import confidence_neurons
 from analysis.pruning.autok import choose_k, k_sweep
-from analysis.pruning.copying import (copying_splits, mask_neurons_table, normalized_copy_scores,
-                                      parse_layer_range, random_mask_like, select_top_k)
+from analysis.pruning.confidence import confidence_neurons
+from analysis.pruning.copying import (
+    copying_splits,
+    mask_neurons_table,
+    normalized_copy_scores,
+    parse_layer_range,
+    random_mask_like,
+    select_top_k,
+)
 from analysis.pruning.evaluate import RECORD_COLUMNS, flip_counts, prune_eval, prune_eval_plan, uncached_prompts
 from analysis.tasks import builtin_tasks
 

@@ -66,7 +66,8 @@ def test_attribution_and_faithfulness_jobs_run_on_the_cluster(cluster, monkeypat
     loaded = load_model("toy-transformer", device="cpu")
     serial = attribute_task(loaded, builtin_tasks()["antonyms"], job.result.target, 3, 2, 0, 4,
                             job.result.quadrature)
-    assert (job.result.per_prompt == serial.per_prompt).all() and at.session_state["ig_result"]["value"]["result"] is job.result
+    assert (job.result.per_prompt == serial.per_prompt).all() \
+        and at.session_state["ig_result"]["value"]["result"] is job.result
 
     at = AppTest.from_file(str(MAIN), default_timeout=240)  # a new session; the process's pool stays
     at.query_params.update({"page": "attention"})

@@ -9,8 +9,16 @@ import torch
 from analysis.errors import PrunescopeError
 from analysis.evaluation.icl import answer_token_budget, generate_answers
 from analysis.evaluation.paired import mcnemar_exact
-from analysis.evaluation.task_vectors import (TaskVectorResult, generate_patched, last_token_states, layer_table,
-                                              paired_row, patched_last_token, task_vector_prompts, task_vectors)
+from analysis.evaluation.task_vectors import (
+    TaskVectorResult,
+    generate_patched,
+    last_token_states,
+    layer_table,
+    paired_row,
+    patched_last_token,
+    task_vector_prompts,
+    task_vectors,
+)
 from analysis.tasks import builtin_tasks
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -7,9 +7,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from analysis.attribution.tokens import (CONSERVATIVE, METHODS, PROBE, attention_mode, conservative_propagation,
-                                         gradient_weighted_maps, prompt_ids, rollout, token_relevance,
-                                         top_prediction)
+from analysis.attribution.tokens import (
+    CONSERVATIVE,
+    METHODS,
+    PROBE,
+    attention_mode,
+    conservative_propagation,
+    gradient_weighted_maps,
+    prompt_ids,
+    rollout,
+    token_relevance,
+    top_prediction,
+)
 from analysis.errors import PrunescopeError
 from analysis.implicit_attention.softmax import softmax_attention
 

@@ -58,8 +58,8 @@ def test_recall_data():
         assert f"{key}:{answer}" in context and prompt.endswith(f" {key}:")
     assert recall_examples(1, 50) == recall_examples(1, 50) and len(recall_examples(1, 50)) == 50
     lines = corpus_lines(0, 200)
-    assert lines == corpus_lines(0, 200) and all(l.endswith("\n") for l in lines)
-    assert any("|" in l for l in lines) and any(l.startswith("copy:") for l in lines)
+    assert lines == corpus_lines(0, 200) and all(text.endswith("\n") for text in lines)
+    assert any("|" in text for text in lines) and any(text.startswith("copy:") for text in lines)
 
 
 @pytest.mark.parametrize("length,key_scale,decay_shift", [(5, 3.0, -3.0), (37, 1.0, 0.0), (64, 30.0, 4.0)])

@@ -1,6 +1,9 @@
 """Implicit attention page: one layer's (implicit) attention map for a text beside a transformer's real
 attention, token relevance by every method, and the perturbation-faithfulness table."""
 
+from collections.abc import Sequence
+from functools import partial
+
 import pandas as pd
 import streamlit as st
 
@@ -10,6 +13,7 @@ from analysis.bounds import TEXT_LIMITS
 from analysis.device import dtype_name
 from analysis.distributed import env_pool
 from analysis.evaluation.faithfulness import faithfulness
+from analysis.families import family_of
 from analysis.models import model_choices, model_label
 from analysis.tasks import builtin_tasks
 from components import present, speculation, state
@@ -34,7 +38,7 @@ others = [NO_COMPARISON, *[m for m in model_choices() if m != loaded.name]]
 default_other = "toy-transformer" if loaded.family != "transformer" and "toy-transformer" in others else NO_COMPARISON
 
 
-def choose(column, label: str, name: str, options: list[str], default: str, known: set[str], **kwargs) -> str:
+def choose(column, label: str, name: str, options: Sequence[str], default: str, known: set[str], **kwargs) -> str:
     """A selectbox bound to the setting ``name``, stored as '' while it shows this model's ``default`` (so a
     link stays short and the next model starts from its own default). A value offered for another model is
     quietly replaced by the default; one offered nowhere (a hostile or stale link) gets one red line."""
@@ -61,8 +65,8 @@ if len(state.get("text")) > MAX_TEXT:
 with present.controls():
     text = state.bound(st.text_area, "Text", "text", widget_key="attn_text", max_chars=TEXT_LIMITS["text"])
     col_form, col_reduce, col_layer, col_other = wrapping_columns(4, "attn_controls", 180)
-    form = choose(col_form, "Form", "form", FORMS[loaded.family], FORMS[loaded.family][0],
-                  {f for forms in FORMS.values() for f in forms})
+    form = family_of(loaded).check_form(choose(col_form, "Form", "form", FORMS[loaded.family],
+                                               FORMS[loaded.family][0], {f for forms in FORMS.values() for f in forms}))
     reduce = state.bound(col_reduce.text_input, "Reduction", "reduce", widget_key="attn_reduce",
                          help="mean, absmean, or channels:IDX[,IDX...] (heads for transformers)")
     layer = state.bound(col_layer.number_input, "Layer", "layer", min_value=0, max_value=loaded.n_layers - 1,
@@ -115,7 +119,7 @@ chosen = state.bound(st.multiselect, "Methods", "rel_methods", widget_key="rel_m
 if chosen:
     with guarded("token relevance"):
         results = {m: memo(("relevance", loaded.fingerprint(), text, m, form),
-                           lambda m=m: token_relevance(loaded, text, m, form=form)) for m in chosen}
+                           partial(token_relevance, loaded, text, m, form=form)) for m in chosen}
         first = next(iter(results.values()))
         target = loaded.tokenizer.decode([first.target_id])
         rel_title = f"relevance for the predicted next token {target!r} ({dtype_name(loaded.dtype)} model)"

@@ -40,10 +40,11 @@ with present.controls():
     speculation.cost_note(loaded, cost_units(int(n), int(steps), rule), "ig", what)
     problem = None
     if task is not None and target in ("copy", "copy-prob"):  # said before a click, not after (tokenizer only)
+        picked = task  # a Task here: the lambda reads this name (mypy keeps no narrowing of a global in a lambda)
         with guarded("prompts"):
             problem = memo(("copy-problem", loaded.name, task_fingerprint(task), target, int(n), int(shots),
                             int(state.get("seed"))), lambda: copy_target_problem(
-                loaded, task.sample_prompts(int(shots), int(n), int(state.get("seed")))) or "")
+                loaded, picked.sample_prompts(int(shots), int(n), int(state.get("seed")))) or "")
         if problem:
             st.warning(f"{problem}; pick another target or task.", icon=":material/block:")
     clicked = st.button("Attribute", type="primary", disabled=task is None or bool(problem), key="ig_run")

@@ -2,6 +2,7 @@
 
 import pandas as pd
 import streamlit as st
+from streamlit.runtime.uploaded_file_manager import UploadedFile
 
 from analysis.cache import ResultsCache, task_fingerprint
 from analysis.errors import PrunescopeError
@@ -34,6 +35,7 @@ present.caption("The same prompts (task, shots, n, seed) through two models, or 
                 "neuron masks; the table lists the prompts whose answers differ.")
 
 loaded = require_model()
+Pick = tuple[str, str, UploadedFile | None]  # ("model", name, None) or ("mask", choice, its uploaded file)
 MASK_OPTIONS = ("no mask", "active mask", "random mask of the same size", "upload")
 FROM_ACTIVE = MASK_OPTIONS[1:3]  # the options built from the active mask (the link's, the pruning page's, top k)
 active, mask_problem = None, ""
@@ -55,7 +57,7 @@ with present.controls():
         other = state.bound(col_b.selectbox, "Model B", "cmp_model", widget_key="cmp_model",
                             options=[m for m in model_choices() if m != loaded.name], format_func=model_label)
         col_a.caption(f"Model A: {model_label(loaded.name)} (the sidebar's model)")
-        picks = {"A": ("model", loaded.name), "B": ("model", other)}
+        picks: dict[str, Pick] = {"A": ("model", loaded.name, None), "B": ("model", other, None)}
     else:
         picks = {}
         for side, col in (("A", col_a), ("B", col_b)):
@@ -108,7 +110,7 @@ def warnings(task, models: list[str], masked: bool) -> list[str]:
 key = None
 if task is not None:
     key = result_key(loaded, "compare", task_fingerprint(task), int(shots), int(n), int(state.get("seed")),
-                     *((pick[1], pick[2].file_id if len(pick) > 2 and pick[2] else None) for pick in picks.values()),
+                     *((pick[1], pick[2].file_id if pick[2] else None) for pick in picks.values()),
                      tuple(sorted(active.neurons)) if active else ())
     shown_name = model_label(loaded.name)
     label = (f"{task.name}, {shots}-shot, {n} prompts, seed {state.get('seed')}: "
@@ -130,6 +132,7 @@ if clicked and task is not None:
                 runs[run_label] = evaluate_task(model, task, int(shots), int(n), seed=int(state.get("seed")), mask=mask,
                                             progress=progress, cache=ResultsCache())
         masked = any(pick[0] == "mask" and pick[1] != "no mask" for pick in picks.values())
+        assert key is not None  # made above whenever there is a task
         keep("cmp_runs", key, {"runs": runs, "warnings": warnings(task, [m.name for m in models.values()], masked)},
              label)
 

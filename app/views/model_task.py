@@ -5,7 +5,7 @@ import streamlit as st
 from analysis.errors import PrunescopeError
 from analysis.hosting import public_mode
 from analysis.models import model_choices
-from analysis.models.loader import describe_choice
+from analysis.models.loader import decode_text, describe_choice
 from components import present, state
 from components.layout import wrapping_columns
 from components.markup import echo
@@ -48,4 +48,4 @@ if task is not None:
         st.code(prompt.text + f"  ⟶ gold: {prompt.gold}", language=None)
         st.caption(f"{len(ids)} tokens; demonstration answers (a wrong answer equal to one of them is a copy "
                    f"error): {', '.join(echo(o) for o in prompt.demo_outputs) or 'none'}")
-        st.html(token_chips([loaded.tokenizer.decode([i]) for i in ids], ids))
+        st.html(token_chips([decode_text(loaded.tokenizer, [i]) for i in ids], ids))

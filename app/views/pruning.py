@@ -4,6 +4,8 @@ size, paired by prompt, with intervals and a verdict sentence."""
 
 import json
 import time
+from collections.abc import Sequence
+from typing import Literal, TypedDict
 
 import streamlit as st
 
@@ -80,7 +82,7 @@ def k_options(limit: int, current: int) -> list[int]:
     return sorted({int(k) for k in stops if k <= limit} | {limit, current})
 
 
-def valid_choice(name: str, options) -> None:
+def valid_choice(name: Literal["score_target", "score_prompts"], options: Sequence[str]) -> None:
     """A link may carry any text: reset a choice setting that is not one of ``options``, saying so."""
     if state.get(name) not in options:
         st.error(f"{name.replace('score_', '')}={echo(state.get(name))} is not one of "
@@ -147,6 +149,7 @@ with present.controls("Mask"):
 mask, rejected = None, False
 with guarded("mask"):
     rejected = True  # until the mask is read and fits the model: a rejected mask is never applied
+    candidate: NeuronMask | None
     if upload is not None:
         state.put("mask", "")  # not the previous upload's mask either
         candidate = NeuronMask.from_bytes(upload.getvalue(), f"mask file {upload.name}")
@@ -174,9 +177,19 @@ if mask is not None and not present.requested():  # on a slide the Prune row nam
     if state.get("mask") and st.button("Use the top-k copying mask instead", key="mask_clear"):
         state.put("mask", "")
         st.rerun()
-    st.download_button("Save mask (JSON)", lambda: json.dumps(mask.to_json(), indent=1),
+    saved: NeuronMask = mask  # the file is made on a click (deferred): from a name that is never None
+    st.download_button("Save mask (JSON)", lambda: json.dumps(saved.to_json(), indent=1),
                        f"mask-{loaded.name.replace('/', '_')}-{len(mask)}.json", "application/json",
                        key="mask_save", icon=":material/download:")
+
+
+class EvalSettings(TypedDict):
+    """prune_eval's settings shared by the page's unpruned and pruned runs."""
+
+    shots: list[int]
+    n: int
+    seed: int
+    cache: ResultsCache
 
 
 AUTO_RUN_PROMPTS = 400  # uncached prompts the page runs without a click (its defaults need 160 when not shipped)
@@ -198,7 +211,7 @@ def live_panel() -> None:
     # the toggle gets its own row (in a narrow column it read "P..."); on a slide the tasks hide behind a button
     # in that row
     toggle_row = present.toolbar_row() if presenting else None
-    with toggle_row.popover("Tasks", icon=":material/tune:") if presenting else st.container():
+    with toggle_row.popover("Tasks", icon=":material/tune:") if toggle_row is not None else st.container():
         c_tasks, c_ctrl = wrapping_columns([4, 1], "prune_task_row", [300, 150])
         chosen = state.bound(c_tasks.multiselect, "Tasks", "prune_tasks", widget_key="prune_tasks",
                              options=list(offered))
@@ -209,7 +222,8 @@ def live_panel() -> None:
     if "prune_on" not in st.session_state:  # a link may open the page with pruning on
         st.session_state["prune_on"] = bool(state.get("prune"))
     shots, n, seed = int(state.get("shots")), int(state.get("n")), int(state.get("seed"))
-    with toggle_row if presenting else st.container(horizontal=True, vertical_alignment="center", gap="medium"):
+    with toggle_row if toggle_row is not None else st.container(horizontal=True, vertical_alignment="center",
+                                                                gap="medium"):
         pruned = st.toggle("Prune", key="prune_on", disabled=mask is None or not len(mask), width="content",
                            help="Zero the mask's neurons and re-evaluate the tasks")
         if presenting and mask is not None:
@@ -224,12 +238,12 @@ def live_panel() -> None:
     if not tasks:
         st.info("Pick at least one task.")
         return
-    settings = {"shots": [shots], "n": n, "seed": seed, "cache": cache}
-    has_mask = mask is not None and len(mask) > 0
+    settings: EvalSettings = {"shots": [shots], "n": n, "seed": seed, "cache": cache}
+    active = mask if mask is not None and len(mask) > 0 else None  # the mask when it prunes anything
     # the pruned runs (unpruned, pruned, then the controls: one job, one bar) go through a background job, the
     # same one that speculates them while Prune is off (components/speculation.py)
-    key = ("prune-eval", loaded.fingerprint(), tuple(sorted(mask.neurons)) if has_mask else (), tuple(chosen),
-           shots, n, seed, int(controls))
+    key = ("prune-eval", loaded.fingerprint(), tuple(sorted(active.neurons)) if active is not None else (),
+           tuple(chosen), shots, n, seed, int(controls))
 
     def pruned_runs(restart: bool):
         # with $PRUNESCOPE_RAY set, the job's evaluations run on that cluster (the pool starts in the job's
@@ -239,7 +253,7 @@ def live_panel() -> None:
             **settings), len(tasks) * (2 + int(controls)) * n, restart=restart,
             cost_s=speculation.estimate_s(loaded, missing[True] + missing.get(False, 0), "eval"))
 
-    uncached = uncached_prompts(loaded, prune_eval_plan(loaded, mask if has_mask else None, tasks, [shots],
+    uncached = uncached_prompts(loaded, prune_eval_plan(loaded, active, tasks, [shots],
                                                         int(controls)), n, seed, cache)
     missing = {True: uncached.get(BASELINE, 0),  # prompts to compute: unpruned (True), the rest (False)
                False: sum(count for name, count in uncached.items() if name != BASELINE)}
@@ -254,7 +268,7 @@ def live_panel() -> None:
     result = None
     with guarded("evaluation"):
         started = time.monotonic()
-        if pruned and has_mask:
+        if pruned and active is not None:
             result = speculation.wait_for(pruned_runs(restart=True), "Evaluating", "prompts", on_cancel=prune_off)
         else:
             with run_progress("Evaluating", "prompts") as progress:
@@ -264,16 +278,16 @@ def live_panel() -> None:
     if result is None:
         return
     # the unpruned numbers are cached now: speculate the pruned ones (unless that is a big job nobody asked for)
-    if not pruned and has_mask and missing.get(False, 0) <= SPECULATE_PROMPTS:
+    if not pruned and active is not None and missing.get(False, 0) <= SPECULATE_PROMPTS:
         with speculation_line.container():
             speculation.status_line(pruned_runs(restart=False), "Pruned runs ready: switching Prune on shows them "
                                     "at once", "Pruned runs")
     view = show_result(result, pruned, shots, len(mask) if mask is not None else 0)
-    if pruned and has_mask and not present.requested():
-        general = general_text_panel(loaded, mask, int(controls))
+    if pruned and active is not None and not present.requested():
+        general = general_text_panel(loaded, active, int(controls))
         view["findings"] += [general] if general else []
-        view["figures"].update(shot_sweep_panel(loaded, mask, tasks, n, seed, int(controls)))
-        view["tables"].update(baselines_panel(loaded, mask, result, tasks, shots, n, seed))
+        view["figures"].update(shot_sweep_panel(loaded, active, tasks, n, seed, int(controls)))
+        view["tables"].update(baselines_panel(loaded, active, result, tasks, shots, n, seed))
     st.session_state["prune_summary"] = view["tables"]["Summary"]
     report_button("Copying neurons and pruning", view["figures"], view["tables"],
                   {"model": loaded.describe(), "mask size": len(mask) if mask else 0,
@@ -301,10 +315,11 @@ if scores is not None:
         sweep_work = len({0, *K_GRID}) * (1 + len(dev_tasks)) * SWEEP_N  # evaluated prompts, at most
         speculation.cost_note(loaded, sweep_work, "eval", f"{sweep_work:,} prompts")
         sweep_clicked = st.button("Run k-sweep", key="sweep_run")
+        sweep_scores = scores  # the job runs later, on a worker thread: from a name that is never None
         with guarded("k-sweep"):
             swept = speculation.follow("job_k_sweep", sweep_key, "k-sweep", lambda progress: k_sweep(
-                loaded, scores, K_GRID, dev_tasks, per_layer=per_layer, layers=layers, cache=cache, progress=progress,
-                pool=env_pool(loaded.name)), start=sweep_clicked, speed=(loaded, "eval", sweep_work))
+                loaded, sweep_scores, K_GRID, dev_tasks, per_layer=per_layer, layers=layers, cache=cache,
+                progress=progress, pool=env_pool(loaded.name)), start=sweep_clicked, speed=(loaded, "eval", sweep_work))
             if swept is not None:
                 keep("sweep", sweep_key, swept, f"{'top k per layer' if per_layer else 'top k overall'}, layers "
                                                 f"{'{}-{}'.format(*layers) if layers else 'all'}, "

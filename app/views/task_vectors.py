@@ -3,6 +3,7 @@ the zero-shot prompt with the k-shot task vector patched in at each layer, unpru
 best only when it beats the unpatched zero-shot answers in a paired test."""
 
 import dataclasses
+from collections.abc import Callable
 
 import pandas as pd
 import streamlit as st
@@ -10,6 +11,7 @@ import streamlit as st
 from analysis.cache import ResultsCache, task_fingerprint
 from analysis.evaluation.task_vectors import stored_task_vectors, task_vector_work, task_vectors
 from analysis.models.builtin import model_label
+from analysis.tasks.task import Task
 from components import present, speculation, state
 from components.charts_pruning import task_vector_chart
 from components.export import chart, report_button, table
@@ -51,8 +53,9 @@ with present.controls():
 
 key = None
 if task is not None:
-    if FORMATS[prompt_format]:
-        task = dataclasses.replace(task, template=FORMATS[prompt_format])
+    template = FORMATS[prompt_format]
+    if template:
+        task = dataclasses.replace(task, template=template)
     conditions = {"unpruned": None, **({"pruned": mask} if with_mask and mask is not None else {})}
     seed = int(state.get("seed"))
     key = result_key(loaded, "task-vectors", task_fingerprint(task), int(shots), int(n), int(dummies), seed,
@@ -60,8 +63,10 @@ if task is not None:
     label = (f"{task.name}, {shots}-shot, {n} queries, {dummies} dummies, {prompt_format} format, "
              f"{' and '.join(conditions)}, {model_label(loaded.name)}")
 
+    chosen: Task = task  # the closures below run with this task
+
     def stored_results() -> dict | None:
-        got = {name: stored_task_vectors(loaded, task, int(shots), int(n), int(dummies), seed=seed,
+        got = {name: stored_task_vectors(loaded, chosen, int(shots), int(n), int(dummies), seed=seed,
                                          mask=condition_mask) for name, condition_mask in conditions.items()}
         return None if None in got.values() else got
 
@@ -69,12 +74,14 @@ if task is not None:
         stored = memo(key, stored_results)
         if stored is None:  # a click starts a job (the conditions one after the other, one bar); reruns follow it
 
-            def run_all(progress) -> dict:
+            def run_all(progress: Callable[[int, int], None]) -> dict:
                 stages = len(conditions)
-                return {name: task_vectors(loaded, task, int(shots), int(n), int(dummies), seed=seed,
-                                           mask=condition_mask, cache=ResultsCache(),
-                                           progress=lambda done, total, i=i: progress(i * total + done,
-                                                                                       stages * total))
+
+                def stage(i: int) -> Callable[[int, int], None]:  # one bar over the conditions, one after the other
+                    return lambda done, total: progress(i * total + done, stages * total)
+
+                return {name: task_vectors(loaded, chosen, int(shots), int(n), int(dummies), seed=seed,
+                                           mask=condition_mask, cache=ResultsCache(), progress=stage(i))
                         for i, (name, condition_mask) in enumerate(conditions.items())}
 
             work = len(conditions) * task_vector_work(loaded, int(n), int(dummies))
