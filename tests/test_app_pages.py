@@ -106,6 +106,32 @@ def test_pruning_toggle_changes_the_numbers(monkeypatch):
     assert "prune" not in at.query_params
 
 
+def test_switching_prune_on_follows_the_background_run_instead_of_asking(monkeypatch):
+    """At a new mask the pruned runs (640 uncached prompts, above what runs unasked) are already being computed
+    in the background: switching Prune on follows that job to its numbers instead of asking to run them."""
+    import threading
+
+    from analysis.evaluation import conditions
+
+    release, original = threading.Event(), conditions._run
+
+    def held(loaded, task, shots, n, seed, masks, *args):
+        if any(m is not None for m in masks):  # the pruned runs wait until the test lets them go
+            release.wait(TIMEOUT)
+        return original(loaded, task, shots, n, seed, masks, *args)
+
+    monkeypatch.setattr(conditions, "_run", held)
+    at = _start("toy-transformer", monkeypatch, "views/pruning.py", mask=",".join(f"1.{i}" for i in range(40)))
+    job = at.session_state["speculative_job"]
+    assert job.running and job.key[2] == tuple((1, i) for i in range(40))
+    at.toggle(key="prune_on").set_value(True)
+    threading.Timer(2.0, release.set).start()
+    _ok(at.run())
+    assert not [i.value for i in at.info if i.value.startswith("This runs")]
+    assert job.state == "done"
+    assert "Pruned" in json.dumps([c.proto.spec for c in at.get("plotly_chart") if c.key == "prune_bars"])
+
+
 def test_pruning_page_bad_inputs_show_errors(monkeypatch):
     at = _start("toy-transformer", monkeypatch, "views/pruning.py", mask="0.1,9.4")
     assert any("layer 9 does not exist" in e.value for e in at.error)

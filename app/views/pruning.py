@@ -258,7 +258,9 @@ def live_panel() -> None:
     missing = {True: uncached.get(BASELINE, 0),  # prompts to compute: unpruned (True), the rest (False)
                False: sum(count for name, count in uncached.items() if name != BASELINE)}
     needed = missing[True] + (missing.get(False, 0) if pruned else 0)
-    if needed > AUTO_RUN_PROMPTS and st.session_state.get("prune_approved") != key:  # say the cost first
+    background = speculation.session_job()  # already computing these prompts: follow it, no question asked
+    computing = background is not None and background.key == key and background.running
+    if needed > AUTO_RUN_PROMPTS and not computing and st.session_state.get("prune_approved") != key:  # the cost
         st.info(f"This runs {needed:,} prompts that are not cached ({cost(loaded, needed)}) before showing numbers.",
                 icon=":material/hourglass_top:")
         if st.button(f"Run {needed:,} prompts", key="prune_approve", type="primary"):
