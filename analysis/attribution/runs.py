@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
 
 from analysis.attribution.neuron_ig import NeuronIGResult, neuron_ig
 from analysis.attribution.quadrature import Quadrature, check_quadrature
@@ -10,21 +12,49 @@ from analysis.attribution.targets import TargetKind, prepare_inputs
 from analysis.bounds import check
 from analysis.cache import ResultsCache, task_fingerprint
 from analysis.models.loader import LoadedModel
+from analysis.requests import Request
 from analysis.runner import Runner
 from analysis.tasks.task import Task
 
 IG_VERSION = "neuron-ig/1"
 
 
-def _parts(loaded: LoadedModel, task: Task, target: str, n: int, shots: int, seed: int, steps: int,
-           quadrature: str) -> dict:
-    """What an attribution's cache key is made of."""
-    return {"model": loaded.fingerprint(), "task": task_fingerprint(task), "target": target, "n": n,
-            "shots": shots, "seed": seed, "steps": steps, "quadrature": quadrature}
+@dataclass(frozen=True)
+class Attribution(Request[NeuronIGResult]):
+    """One all-layer neuron IG run over a task's prompts (:func:`attribute_task`) as a request."""
 
+    task: Task
+    target: TargetKind
+    n: int
+    shots: int
+    seed: int = 0
+    steps: int = 4
+    quadrature: Quadrature = "adaptive"
 
-def _checked(n: int, shots: int, steps: int, seed: int) -> tuple[int, int, int, int]:
-    return check("ig_n", n), check("shots", shots), check("steps", steps), check("seed", seed)
+    kind: ClassVar[str] = "neuron-ig"
+    version: ClassVar[str] = IG_VERSION
+
+    def __post_init__(self) -> None:
+        for name, bound in (("n", "ig_n"), ("shots", "shots"), ("steps", "steps"), ("seed", "seed")):
+            object.__setattr__(self, name, check(bound, getattr(self, name)))
+
+    def parts(self, loaded: LoadedModel) -> dict:
+        return {"model": loaded.fingerprint(), "task": task_fingerprint(self.task), "target": self.target,
+                "n": self.n, "shots": self.shots, "seed": self.seed, "steps": self.steps,
+                "quadrature": self.quadrature}
+
+    def compute(self, loaded: LoadedModel, progress: Callable[[int, int], None] | None,
+                pool: Runner | None) -> NeuronIGResult:
+        items = prepare_inputs(loaded, self.task.sample_prompts(self.shots, self.n, self.seed), self.target,
+                               self.task.delimiter)
+        if pool is None:
+            return neuron_ig(loaded, items, steps=self.steps, quadrature=self.quadrature, progress=progress)
+        per_prompt, clean, delta = pool.neuron_ig(items, self.steps, self.quadrature, progress=progress)
+        return NeuronIGResult(per_prompt, list(items), items[0].target.kind, self.steps,
+                              check_quadrature(self.quadrature), clean, meta={"method": "fast"}, delta=delta)
+
+    def work(self, loaded: LoadedModel) -> int:
+        return self.n
 
 
 def attribute_task(loaded: LoadedModel, task: Task, target: TargetKind, n: int, shots: int, seed: int = 0,
@@ -62,23 +92,7 @@ def attribute_task(loaded: LoadedModel, task: Task, target: TargetKind, n: int, 
         >>> ig.per_prompt.shape, ig.quadrature
         (torch.Size([2, 4, 384]), 'adaptive')
     """
-    n, shots, steps, seed = _checked(n, shots, steps, seed)
-
-    def compute() -> NeuronIGResult:
-        items = prepare_inputs(loaded, task.sample_prompts(shots, n, seed), target, task.delimiter)
-        if pool is None:
-            return neuron_ig(loaded, items, steps=steps, quadrature=quadrature, progress=progress)
-        per_prompt, clean, delta = pool.neuron_ig(items, steps, quadrature, progress=progress)
-        return NeuronIGResult(per_prompt, list(items), items[0].target.kind, steps, check_quadrature(quadrature), clean,
-                              meta={"method": "fast"}, delta=delta)
-
-    if cache is None:
-        return compute()
-    result, hit = cache.get_or_compute("neuron-ig", IG_VERSION, _parts(loaded, task, target, n, shots, seed, steps,
-                                                                        quadrature), compute)
-    if hit and progress:
-        progress(n, n)
-    return result
+    return Attribution(task, target, n, shots, seed, steps, quadrature).run(loaded, cache, progress, pool)
 
 
 def stored_attribution(loaded: LoadedModel, task: Task, target: TargetKind, n: int, shots: int, seed: int = 0,
@@ -87,7 +101,4 @@ def stored_attribution(loaded: LoadedModel, task: Task, target: TargetKind, n: i
     """What :func:`attribute_task` with these settings would return, when ``cache`` (default: the user's
     cache, then the results shipped with the project) holds it; None otherwise. Nothing is computed: a page
     shows earlier results at once without starting a long job."""
-    n, shots, steps, seed = _checked(n, shots, steps, seed)
-    cache = cache if cache is not None else ResultsCache()
-    return cache.get("neuron-ig", cache.key("neuron-ig", IG_VERSION, _parts(loaded, task, target, n, shots, seed,
-                                                                            steps, quadrature)))
+    return Attribution(task, target, n, shots, seed, steps, quadrature).stored(loaded, cache)

@@ -16,25 +16,28 @@ with ``p_cf`` measured after the same whitespace.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from analysis.attribution.targets import clean_logits
-from analysis.bounds import check
 from analysis.cache import ResultsCache
+from analysis.errors import PrunescopeError
 from analysis.evaluation.icl import (
-    EVAL_VERSION,
     EvalResult,
+    Evaluation,
     answer_text,
-    classify_records,
     encode_prompts,
-    eval_parts,
     eval_result,
     generate_batch,
     prompt_batches,
 )
 from analysis.models.loader import LoadedModel
 from analysis.tasks.task import Prompt, Task
+
+if TYPE_CHECKING:
+    from analysis.runner import Runner
 
 CONTENT_FREE = ("N/A", "[MASK]", "BLANK")
 TOP_TOKENS = 100
@@ -101,24 +104,25 @@ def calibrated_answers(loaded: LoadedModel, prompts: Sequence[Prompt], task: Tas
     return answers
 
 
+@dataclass(frozen=True)
+class CalibratedEvaluation(Evaluation):
+    """:class:`Evaluation`'s prompts answered with contextual calibration, cached under its own key."""
+
+    def parts(self, loaded: LoadedModel) -> dict:
+        return {**super().parts(loaded), "calibration": CALIBRATION_VERSION}
+
+    def compute(self, loaded: LoadedModel, progress: Callable[[int, int], None] | None,
+                pool: Runner | None) -> EvalResult:
+        if self.mask is not None:
+            raise PrunescopeError("contextual calibration is a baseline of the unpruned model: no mask")
+        prompts = self.task.sample_prompts(self.shots, self.n, self.seed)
+        answers = calibrated_answers(loaded, prompts, self.task, self.batch_size, progress)
+        return eval_result(loaded, self.task, self.shots, self.seed, prompts, answers, None)
+
+
 def evaluate_calibrated(loaded: LoadedModel, task: Task, shots: int, n: int, seed: int = 0,
                         cache: ResultsCache | None = None,
                         progress: Callable[[int, int], None] | None = None) -> EvalResult:
     """:func:`analysis.evaluation.icl.evaluate_task`'s prompts (same ``n`` and ``seed``), answered with
     contextual calibration; cached under its own key."""
-    n, shots, seed = check("n", n), check("shots", shots), check("seed", seed)
-
-    def compute() -> EvalResult:
-        prompts = task.sample_prompts(shots, n, seed)
-        return eval_result(loaded, task, shots, seed, prompts, calibrated_answers(loaded, prompts, task,
-                                                                                  progress=progress), None)
-
-    if cache is None:
-        return compute()
-    parts = {**eval_parts(loaded, task, shots, n, seed, None), "calibration": CALIBRATION_VERSION}
-    result, hit = cache.get_or_compute("eval", EVAL_VERSION, parts, compute)
-    if hit and progress:
-        progress(n, n)
-    result.model, result.task = loaded.name, task.name
-    result.records = classify_records(result.records, task.case_sensitive, task.fold_accents)
-    return result
+    return CalibratedEvaluation(task, shots, n, seed).run(loaded, cache, progress)

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, ClassVar, cast
 
 import pandas as pd
 import torch
@@ -35,10 +35,12 @@ from analysis.cache import ResultsCache, task_fingerprint
 from analysis.errors import PromptTooLongError, PrunescopeError
 from analysis.models.loader import LoadedModel
 from analysis.pruning.mask import NeuronMask
+from analysis.requests import Request
 from analysis.tasks.task import Prompt, Task, normalize_answer
 
 if TYPE_CHECKING:
     from analysis.models.protocols import CausalLM
+    from analysis.runner import Runner
 
 Progress = Callable[[int, int], None]
 # rate name -> outcome it counts (the order every table and chart uses)
@@ -154,35 +156,54 @@ def evaluate_task(loaded: LoadedModel, task: Task, shots: int, n: int, seed: int
         >>> list(result.records.columns[:4]), result.n
         (['prompt_index', 'prompt', 'query', 'gold'], 4)
     """
-    n, shots, seed = check("n", n), check("shots", shots), check("seed", seed)
-    if cache is None:
-        return _evaluate(loaded, task, shots, n, seed, mask, batch_size, progress)
-    parts = eval_parts(loaded, task, shots, n, seed, mask)
-    result, hit = cache.get_or_compute("eval", EVAL_VERSION, parts, lambda: _evaluate(
-        loaded, task, shots, n, seed, mask, batch_size, progress))
-    if hit and progress:
-        progress(n, n)
-    result.model, result.task = loaded.name, task.name
-    result.records = classify_records(result.records, task.case_sensitive, task.fold_accents)
-    return result
+    return Evaluation(task, shots, n, seed, mask, batch_size).run(loaded, cache, progress)
 
 
-def eval_parts(loaded, task, shots, n, seed, mask) -> dict:
-    """What an evaluation's cache key is made of."""
-    return {"model": loaded.fingerprint(), "task": task_fingerprint(task), "shots": shots, "n": n, "seed": seed,
-            "mask": sorted(mask.neurons) if mask else []}
+@dataclass(frozen=True)
+class Evaluation(Request[EvalResult]):
+    """One evaluation (:func:`evaluate_task`) as a request: its cache key, whether it is stored, its work."""
+
+    task: Task
+    shots: int
+    n: int
+    seed: int = 0
+    mask: NeuronMask | None = None
+    batch_size: int = field(default=16, compare=False)  # how, not what: the answers do not depend on it
+
+    kind: ClassVar[str] = "eval"
+    version: ClassVar[str] = EVAL_VERSION
+
+    def __post_init__(self) -> None:
+        for name, bound in (("n", "n"), ("shots", "shots"), ("seed", "seed")):
+            object.__setattr__(self, name, check(bound, getattr(self, name)))
+
+    def parts(self, loaded: LoadedModel) -> dict:
+        return {"model": loaded.fingerprint(), "task": task_fingerprint(self.task), "shots": self.shots,
+                "n": self.n, "seed": self.seed, "mask": sorted(self.mask.neurons) if self.mask else []}
+
+    def compute(self, loaded: LoadedModel, progress: Progress | None, pool: Runner | None) -> EvalResult:
+        return _evaluate(loaded, self.task, self.shots, self.n, self.seed, self.mask, self.batch_size, progress)
+
+    def work(self, loaded: LoadedModel) -> int:
+        return self.n
+
+    def received(self, loaded: LoadedModel, result: EvalResult) -> EvalResult:
+        """Outcomes are derived from the stored answers on every read (module docstring)."""
+        result.model, result.task = loaded.name, self.task.name
+        result.records = classify_records(result.records, self.task.case_sensitive, self.task.fold_accents)
+        return result
 
 
 def store_evaluation(loaded: LoadedModel, task: Task, shots: int, n: int, seed: int, mask: NeuronMask | None,
                      result: EvalResult, cache: ResultsCache) -> None:
     """Put a result computed elsewhere (a Ray actor) under the key :func:`evaluate_task` reads."""
-    cache.put("eval", cache.key("eval", EVAL_VERSION, eval_parts(loaded, task, shots, n, seed, mask)), result)
+    Evaluation(task, shots, n, seed, mask).store(loaded, cache, result)
 
 
 def is_evaluated(loaded: LoadedModel, task: Task, shots: int, n: int, seed: int, mask: NeuronMask | None,
                  cache: ResultsCache) -> bool:
     """Whether :func:`evaluate_task` would read this request from ``cache`` (nothing is run)."""
-    return cache.has("eval", EVAL_VERSION, eval_parts(loaded, task, shots, n, seed, mask))
+    return Evaluation(task, shots, n, seed, mask).is_stored(loaded, cache)
 
 
 def _evaluate(loaded, task, shots, n, seed, mask, batch_size, progress) -> EvalResult:

@@ -21,8 +21,9 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
+from typing import TYPE_CHECKING, ClassVar
 
 import pandas as pd
 import torch
@@ -34,7 +35,11 @@ from analysis.evaluation.icl import classify, generate_answers, plan_batches
 from analysis.evaluation.paired import mcnemar_exact
 from analysis.models.loader import LoadedModel
 from analysis.pruning.mask import NeuronMask
+from analysis.requests import Request
 from analysis.tasks.task import Prompt, Task
+
+if TYPE_CHECKING:
+    from analysis.runner import Runner
 
 ALPHA = 0.05  # family-wise level of "beats zero-shot"
 
@@ -123,20 +128,7 @@ def task_vectors(loaded: LoadedModel, task: Task, shots: int = 4, n: int = 40, d
         >>> result.verdict().startswith(("layer", "no layer"))
         True
     """
-    shots, n, dummy_queries, seed = _checked(task, shots, n, dummy_queries, seed)
-
-    def run() -> TaskVectorResult:
-        return _task_vector_run(loaded, task, shots, n, dummy_queries, seed, mask, batch_size, progress)
-
-    if cache is None:
-        return run()
-    result, hit = cache.get_or_compute("task-vectors", TASK_VECTOR_VERSION,
-                                       _parts(loaded, task, shots, n, dummy_queries, seed, mask), run)
-    if hit and progress:
-        total = task_vector_work(loaded, n, dummy_queries)
-        progress(total, total)
-    result.task = task.name
-    return result
+    return TaskVectors(task, shots, n, dummy_queries, seed, mask, batch_size).run(loaded, cache, progress)
 
 
 def stored_task_vectors(loaded: LoadedModel, task: Task, shots: int = 4, n: int = 40, dummy_queries: int = 2,
@@ -144,35 +136,54 @@ def stored_task_vectors(loaded: LoadedModel, task: Task, shots: int = 4, n: int 
                         cache: ResultsCache | None = None) -> TaskVectorResult | None:
     """What :func:`task_vectors` would return, when ``cache`` (default: the user's cache, then the shipped
     results) holds it; None otherwise (nothing is computed)."""
-    shots, n, dummy_queries, seed = _checked(task, shots, n, dummy_queries, seed)
-    cache = cache if cache is not None else ResultsCache()
-    result = cache.get("task-vectors", cache.key("task-vectors", TASK_VECTOR_VERSION,
-                                                 _parts(loaded, task, shots, n, dummy_queries, seed, mask)))
-    if result is not None:
-        result.task = task.name
-    return result
+    return TaskVectors(task, shots, n, dummy_queries, seed, mask).stored(loaded, cache)
 
 
-def _checked(task: Task, shots: int, n: int, dummy_queries: int, seed: int) -> tuple[int, int, int, int]:
-    """The settings within their bounds, else a one-line error."""
-    if shots < 1 or dummy_queries < 1:
-        raise PrunescopeError(f"task vectors need shots >= 1 and dummy queries >= 1 (got {shots}, {dummy_queries})")
-    n, seed, shots, dummy_queries = check("tv_n", n), check("seed", seed), check("shots", shots), \
-        check("dummies", dummy_queries)
-    if len(task.pairs) < shots + 2:
-        raise PrunescopeError(f"task {task.name!r} has {len(task.pairs)} pairs; task vectors need shots + 2 "
-                              f"= {shots + 2} (a query, {shots} demonstrations and a dummy query)")
-    return shots, n, dummy_queries, seed
+@dataclass(frozen=True)
+class TaskVectors(Request[TaskVectorResult]):
+    """One task-vector run (:func:`task_vectors`) as a request."""
 
+    task: Task
+    shots: int = 4
+    n: int = 40
+    dummy_queries: int = 2
+    seed: int = 0
+    mask: NeuronMask | None = None
+    batch_size: int = field(default=16, compare=False)  # how, not what
 
-def _parts(loaded: LoadedModel, task: Task, shots: int, n: int, dummy_queries: int, seed: int,
-           mask: NeuronMask | None) -> dict:
-    """What a task-vector run's cache key is made of."""
-    parts = {"model": loaded.fingerprint(), "task": task_fingerprint(task), "shots": shots, "n": n,
-             "dummy_queries": dummy_queries, "seed": seed, "mask": sorted(mask.neurons) if mask else []}
-    if task.fold_accents:  # its outcomes are stored, not derived on read as an evaluation's are
-        parts["fold_accents"] = True
-    return parts
+    kind: ClassVar[str] = "task-vectors"
+    version: ClassVar[str] = TASK_VECTOR_VERSION
+
+    def __post_init__(self) -> None:
+        if self.shots < 1 or self.dummy_queries < 1:
+            raise PrunescopeError(f"task vectors need shots >= 1 and dummy queries >= 1 (got {self.shots}, "
+                                  f"{self.dummy_queries})")
+        for name, bound in (("n", "tv_n"), ("seed", "seed"), ("shots", "shots"), ("dummy_queries", "dummies")):
+            object.__setattr__(self, name, check(bound, getattr(self, name)))
+        if len(self.task.pairs) < self.shots + 2:
+            raise PrunescopeError(f"task {self.task.name!r} has {len(self.task.pairs)} pairs; task vectors need "
+                                  f"shots + 2 = {self.shots + 2} (a query, {self.shots} demonstrations and a dummy "
+                                  "query)")
+
+    def parts(self, loaded: LoadedModel) -> dict:
+        parts = {"model": loaded.fingerprint(), "task": task_fingerprint(self.task), "shots": self.shots,
+                 "n": self.n, "dummy_queries": self.dummy_queries, "seed": self.seed,
+                 "mask": sorted(self.mask.neurons) if self.mask else []}
+        if self.task.fold_accents:  # its outcomes are stored, not derived on read as an evaluation's are
+            parts["fold_accents"] = True
+        return parts
+
+    def compute(self, loaded: LoadedModel, progress: Callable[[int, int], None] | None,
+                pool: Runner | None) -> TaskVectorResult:
+        return _task_vector_run(loaded, self.task, self.shots, self.n, self.dummy_queries, self.seed, self.mask,
+                                self.batch_size, progress)
+
+    def work(self, loaded: LoadedModel) -> int:
+        return task_vector_work(loaded, self.n, self.dummy_queries)
+
+    def received(self, loaded: LoadedModel, result: TaskVectorResult) -> TaskVectorResult:
+        result.task = self.task.name
+        return result
 
 
 def task_vector_prompts(task: Task, shots: int, n: int, dummy_queries: int, seed: int = 0):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 import pandas as pd
 
@@ -28,6 +29,7 @@ from analysis.export import safe_csv
 from analysis.models.loader import LoadedModel
 from analysis.pruning.copying import random_mask_like
 from analysis.pruning.mask import NeuronMask
+from analysis.requests import model_key
 from analysis.runner import EvalRequest, Runner
 from analysis.tasks.task import Task
 
@@ -283,6 +285,39 @@ def prune_eval_plan(loaded: LoadedModel, mask: NeuronMask | None, tasks: Sequenc
     conditions = [(BASELINE, None)] + ([] if mask is None else [(PRUNED, mask)] + [
         (f"{RANDOM_PREFIX}{control_seed}", control) for control_seed, control in enumerate(controls)])
     return [PlannedEvaluation(task, k, name, m) for task in tasks for k in shots for name, m in conditions]
+
+
+@dataclass(frozen=True)
+class PruneEval:
+    """A pruning comparison (:func:`prune_eval`) as a request: the key a page or job knows it by, its plan of
+    evaluations, what of it is not cached, its work in prompts. Not stored as a whole: its evaluations are."""
+
+    mask: NeuronMask | None
+    tasks: tuple[Task, ...]
+    shots: tuple[int, ...]
+    n: int
+    random_controls: int
+    seed: int = 0
+
+    unit: ClassVar[str] = "prompts"
+
+    def key(self, loaded: LoadedModel) -> tuple:
+        return model_key(loaded, "prune-eval", self)
+
+    def plan(self, loaded: LoadedModel) -> list[PlannedEvaluation]:
+        return prune_eval_plan(loaded, self.mask, self.tasks, self.shots, self.random_controls)
+
+    def uncached(self, loaded: LoadedModel, cache: ResultsCache) -> dict[str, int]:
+        """Prompts not in ``cache``, per condition name (``baseline``, ``pruned``, ``random-<seed>``)."""
+        return uncached_prompts(loaded, self.plan(loaded), self.n, self.seed, cache)
+
+    def work(self, loaded: LoadedModel) -> int:
+        return len(self.plan(loaded)) * self.n
+
+    def run(self, loaded: LoadedModel, cache: ResultsCache | None = None,
+            progress: Callable[[int, int], None] | None = None, pool: Runner | None = None) -> PruneEvalResult:
+        return prune_eval(loaded, self.mask, self.tasks, self.shots, self.n, self.random_controls, self.seed,
+                          cache=cache, progress=progress, pool=pool)
 
 
 def uncached_prompts(loaded: LoadedModel, plan: Sequence[PlannedEvaluation], n: int, seed: int,

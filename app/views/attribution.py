@@ -2,10 +2,10 @@
 
 import streamlit as st
 
-from analysis.attribution import QUADRATURES, TARGETS, attribute_task
+from analysis.attribution import QUADRATURES, TARGETS
 from analysis.attribution.neuron_ig import COMPLETENESS_WARN, completeness_summary
 from analysis.attribution.quadrature import cost_units
-from analysis.attribution.runs import stored_attribution
+from analysis.attribution.runs import Attribution
 from analysis.attribution.summary import top_neurons
 from analysis.attribution.targets import copy_target_problem
 from analysis.cache import ResultsCache, task_fingerprint
@@ -51,8 +51,8 @@ with present.controls():
 
 key = None
 if task is not None:
-    args = (loaded, task, target, int(n), int(shots), int(state.get("seed")), int(steps), rule)
-    key = results.result_key(loaded, "neuron-ig", task_fingerprint(task), *args[2:])
+    request = Attribution(task, target, int(n), int(shots), int(state.get("seed")), int(steps), rule)
+    key = request.key(loaded)
     label = f"{task.name}, {shots}-shot, {model_label(loaded.name)}"
 
     def with_top(result):
@@ -63,13 +63,12 @@ if task is not None:
                 "label": label}
 
     with guarded("attribution"):  # a cached result (on disk or shipped) is shown at once, read once per session
-        found = memo(key, lambda: with_top(stored_attribution(*args)))
+        found = memo(key, lambda: with_top(request.stored(loaded)))
         if found is None:  # a click starts a job; while it runs every rerun follows it
             result = speculation.follow("job_attribution", key, f"IG {target} on {task.name}", lambda progress:
-                                        attribute_task(*args, cache=ResultsCache(), progress=progress,
-                                                       pool=env_pool(loaded.name)),
+                                        request.run(loaded, ResultsCache(), progress, env_pool(loaded.name)),
                                         start=clicked, speed=(loaded, "ig", cost_units(int(n), int(steps), rule)),
-                                        total=int(n))
+                                        total=request.work(loaded))
             if result is not None:
                 found = memo(key, lambda: with_top(result))
         if found is not None:

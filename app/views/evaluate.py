@@ -3,13 +3,13 @@
 import pandas as pd
 import streamlit as st
 
-from analysis.cache import ResultsCache, task_fingerprint
+from analysis.cache import ResultsCache
 from analysis.evaluation import evaluate_task
+from analysis.evaluation.icl import Evaluation
 from components import present, state
 from components.charts import outcome_bar_chart
 from components.export import chart, report_button, table
 from components.layout import wrapping_columns
-from components.results import result_key
 from components.widgets import cost_note, guarded, require_model, run_progress, task_picker
 
 RUNS_KEY = "eval_runs"  # list of {"summary": dict, "records": DataFrame}, oldest first
@@ -46,14 +46,14 @@ if run_clicked and task is not None:
         result = evaluate_task(loaded, task, int(shots), int(n), seed=int(seed), progress=progress,
                                cache=ResultsCache())
         runs.append({"summary": {**result.summary(), "seed": result.seed}, "records": result.records,
-                     "key": result_key(loaded, "evaluate", task_fingerprint(task), int(shots), int(n), int(seed))})
+                     "key": Evaluation(task, int(shots), int(n), int(seed)).key(loaded)})
         del runs[:-MAX_RUNS]
 
 if runs:
     latest = runs[-1]["summary"]
     st.subheader(f"{latest['task']}, {latest['shots']}-shot, {latest['n']} prompts, seed {latest['seed']} on "
                  f"{latest['model']}")
-    current = result_key(loaded, "evaluate", task_fingerprint(task), int(shots), int(n), int(seed)) if task else None
+    current = Evaluation(task, int(shots), int(n), int(seed)).key(loaded) if task else None
     if current != runs[-1].get("key"):  # another model (weights or dtype), task or setting
         st.info("These are the numbers of the last run; the settings above have changed since: click Evaluate "
                 "for them.", icon=":material/history:")

@@ -5,7 +5,7 @@ size, paired by prompt, with intervals and a verdict sentence."""
 import json
 import time
 from collections.abc import Sequence
-from typing import Literal, TypedDict
+from typing import Literal
 
 import streamlit as st
 
@@ -25,7 +25,7 @@ from analysis.pruning.copying import (
     mask_neurons_table,
     parse_layer_range,
 )
-from analysis.pruning.evaluate import prune_eval, prune_eval_plan, uncached_prompts
+from analysis.pruning.evaluate import PruneEval
 from analysis.tasks import icl_task_names
 from components import present, speculation, state
 from components.baselines_view import baselines_panel
@@ -183,15 +183,6 @@ if mask is not None and not present.requested():  # on a slide the Prune row nam
                        key="mask_save", icon=":material/download:")
 
 
-class EvalSettings(TypedDict):
-    """prune_eval's settings shared by the page's unpruned and pruned runs."""
-
-    shots: list[int]
-    n: int
-    seed: int
-    cache: ResultsCache
-
-
 AUTO_RUN_PROMPTS = 400  # uncached prompts the page runs without a click (its defaults need 160 when not shipped)
 SPECULATE_PROMPTS = 1200  # uncached pruned-run prompts computed in the background unasked (defaults: 640)
 
@@ -238,23 +229,20 @@ def live_panel() -> None:
     if not tasks:
         st.info("Pick at least one task.")
         return
-    settings: EvalSettings = {"shots": [shots], "n": n, "seed": seed, "cache": cache}
     active = mask if mask is not None and len(mask) > 0 else None  # the mask when it prunes anything
     # the pruned runs (unpruned, pruned, then the controls: one job, one bar) go through a background job, the
     # same one that speculates them while Prune is off (components/speculation.py)
-    key = ("prune-eval", loaded.fingerprint(), tuple(sorted(active.neurons)) if active is not None else (),
-           tuple(chosen), shots, n, seed, int(controls))
+    request = PruneEval(active, tuple(tasks), (shots,), n, int(controls), seed)
+    key = request.key(loaded)
 
     def pruned_runs(restart: bool):
         # with $PRUNESCOPE_RAY set, the job's evaluations run on that cluster (the pool starts in the job's
         # thread, so the page never waits for it); the page only polls the job
-        return speculation.ensure_job(key, lambda progress: prune_eval(
-            loaded, mask, tasks, random_controls=int(controls), progress=progress, pool=env_pool(loaded.name),
-            **settings), len(tasks) * (2 + int(controls)) * n, restart=restart,
+        return speculation.ensure_job(key, lambda progress: request.run(
+            loaded, cache, progress, env_pool(loaded.name)), request.work(loaded), restart=restart,
             cost_s=speculation.estimate_s(loaded, missing[True] + missing.get(False, 0), "eval"))
 
-    uncached = uncached_prompts(loaded, prune_eval_plan(loaded, active, tasks, [shots],
-                                                        int(controls)), n, seed, cache)
+    uncached = request.uncached(loaded, cache)
     missing = {True: uncached.get(BASELINE, 0),  # prompts to compute: unpruned (True), the rest (False)
                False: sum(count for name, count in uncached.items() if name != BASELINE)}
     needed = missing[True] + (missing.get(False, 0) if pruned else 0)
@@ -274,7 +262,7 @@ def live_panel() -> None:
             result = speculation.wait_for(pruned_runs(restart=True), "Evaluating", "prompts", on_cancel=prune_off)
         else:
             with run_progress("Evaluating", "prompts") as progress:
-                result = prune_eval(loaded, None, tasks, progress=progress, **settings)
+                result = PruneEval(None, tuple(tasks), (shots,), n, 0, seed).run(loaded, cache, progress)
         if result is not None and needed:
             measured_speed(loaded, needed, time.monotonic() - started)
     if result is None:

@@ -8,16 +8,15 @@ from collections.abc import Callable
 import pandas as pd
 import streamlit as st
 
-from analysis.cache import ResultsCache, task_fingerprint
-from analysis.evaluation.task_vectors import stored_task_vectors, task_vector_work, task_vectors
+from analysis.cache import ResultsCache
+from analysis.evaluation.task_vectors import TaskVectors, task_vector_work
 from analysis.models.builtin import model_label
-from analysis.tasks.task import Task
 from components import present, speculation, state
 from components.charts_pruning import task_vector_chart
 from components.export import chart, report_button, table
 from components.layout import wrapping_columns
 from components.masking import active_mask
-from components.results import keep, result_key, shown
+from components.results import keep, shown
 from components.widgets import guarded, memo, require_model, task_picker
 
 FORMATS = {"the task's own": None, "Input: / Output: lines": "Input: {x}\nOutput: {y}\n"}
@@ -58,16 +57,14 @@ if task is not None:
         task = dataclasses.replace(task, template=template)
     conditions = {"unpruned": None, **({"pruned": mask} if with_mask and mask is not None else {})}
     seed = int(state.get("seed"))
-    key = result_key(loaded, "task-vectors", task_fingerprint(task), int(shots), int(n), int(dummies), seed,
-                     tuple(tuple(sorted(m.neurons)) if m else () for m in conditions.values()))
+    requests = {name: TaskVectors(task, int(shots), int(n), int(dummies), seed, condition_mask)
+                for name, condition_mask in conditions.items()}
+    key = tuple(request.key(loaded) for request in requests.values())
     label = (f"{task.name}, {shots}-shot, {n} queries, {dummies} dummies, {prompt_format} format, "
              f"{' and '.join(conditions)}, {model_label(loaded.name)}")
 
-    chosen: Task = task  # the closures below run with this task
-
     def stored_results() -> dict | None:
-        got = {name: stored_task_vectors(loaded, chosen, int(shots), int(n), int(dummies), seed=seed,
-                                         mask=condition_mask) for name, condition_mask in conditions.items()}
+        got = {name: request.stored(loaded) for name, request in requests.items()}
         return None if None in got.values() else got
 
     with guarded("task vectors"):  # stored results (on disk or shipped) show at once, read once per session
@@ -80,11 +77,10 @@ if task is not None:
                 def stage(i: int) -> Callable[[int, int], None]:  # one bar over the conditions, one after the other
                     return lambda done, total: progress(i * total + done, stages * total)
 
-                return {name: task_vectors(loaded, chosen, int(shots), int(n), int(dummies), seed=seed,
-                                           mask=condition_mask, cache=ResultsCache(), progress=stage(i))
-                        for i, (name, condition_mask) in enumerate(conditions.items())}
+                return {name: request.run(loaded, ResultsCache(), stage(i))
+                        for i, (name, request) in enumerate(requests.items())}
 
-            work = len(conditions) * task_vector_work(loaded, int(n), int(dummies))
+            work = sum(request.work(loaded) for request in requests.values())
             results = speculation.follow("job_task_vectors", key, f"Task vectors, {' and '.join(conditions)}",
                                          run_all, start=clicked, speed=(loaded, "eval", work))
             if results is not None:
