@@ -21,10 +21,12 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from analysis.errors import PrunescopeError
-from analysis.runner import EvalRequest, Progress, Runner
+from analysis.runner import Progress, Runner
 
 if TYPE_CHECKING:
     import torch
+
+    from analysis.evaluation.icl import Evaluation
 
 RAY_ENV = "PRUNESCOPE_RAY"  # the app's long jobs run on this cluster (or "local") when it is set
 RESTARTS = 3  # an actor that dies is restarted this often, and its shard retried
@@ -149,10 +151,10 @@ class ModelPool:
                 progress(index)
         return results
 
-    def evaluate(self, requests: Sequence[EvalRequest], progress: Progress | None = None) -> list[Any]:
-        """EvalResults for ``requests`` of (task, shots, n, seed, mask or None), one shard each."""
-        shards = [(task, shots, n, seed, None if mask is None else sorted(mask.neurons))
-                  for task, shots, n, seed, mask in requests]
+    def evaluate(self, requests: Sequence[Evaluation], progress: Progress | None = None) -> list[Any]:
+        """EvalResults for the Evaluation ``requests``, one shard each."""
+        shards = [(r.task, r.shots, r.n, r.seed, None if r.mask is None else sorted(r.mask.neurons))
+                  for r in requests]
         return self.map("evaluate", shards, _counted(progress, len(shards)))
 
     def neuron_ig(self, inputs: Sequence, steps: int, quadrature: str, progress: Progress | None = None,

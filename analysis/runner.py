@@ -15,19 +15,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     import torch
 
-    from analysis.evaluation.icl import EvalResult
-    from analysis.pruning.mask import NeuronMask
+    from analysis.evaluation.icl import EvalResult, Evaluation
     from analysis.tasks.task import Task
 
 Progress = Callable[[int, int], None]
-# one evaluation: (task, shots, n, seed, mask or None)
-EvalRequest = tuple["Task", int, int, int, "NeuronMask | None"]
 
 
 class Runner(Protocol):
     """A pool of model replicas (each holding the caller's model) that runs shards of a method."""
 
-    def evaluate(self, requests: Sequence[EvalRequest], progress: Progress | None = None) -> list[EvalResult]:
+    def evaluate(self, requests: Sequence[Evaluation], progress: Progress | None = None) -> list[EvalResult]:
         """One EvalResult per request, in order (``progress`` in requests)."""
         ...
 

@@ -26,7 +26,7 @@ import torch
 
 from analysis.cache import ResultsCache
 from analysis.errors import PrunescopeError
-from analysis.evaluation.icl import evaluate_task
+from analysis.evaluation.icl import Evaluation
 from analysis.evaluation.paired import AVERAGE, LEVEL, compare
 from analysis.models.loader import LoadedModel
 from analysis.pruning.copying import copying_splits, select_top_k
@@ -106,14 +106,13 @@ def k_sweep(loaded: LoadedModel, scores: torch.Tensor, ks: Sequence[int] = K_GRI
         raise PrunescopeError("the k-sweep needs at least one k >= 1 within the model's neurons")
     tasks = [copying_splits()[1], *(builtin_tasks()[name] for name in dev_tasks)]
     masks = {k: select_top_k(scores, k, per_layer, layers) for k in ks}
-    requests = [(task, shots, n, DEV_SEED, masks[k] if k else None) for k in ks for task in tasks]
+    requests = [Evaluation(task, shots, n, DEV_SEED, masks[k] if k else None) for k in ks for task in tasks]
     total = len(requests) * n
     if pool is None:  # progress in prompts over the whole sweep, after every batch (where a Cancel stops it)
         results, done = [], 0
-        for task, k_shots, k_n, seed, mask in requests:
+        for request in requests:
             step = None if progress is None else (lambda d, _t, start=done: progress(start + d, total))
-            results.append(evaluate_task(loaded, task, k_shots, k_n, seed=seed, mask=mask, cache=cache,
-                                         progress=step))
+            results.append(request.run(loaded, cache, step))
             done += n
     else:
         from analysis.pruning.evaluate import evaluate_distributed
@@ -121,9 +120,9 @@ def k_sweep(loaded: LoadedModel, scores: torch.Tensor, ks: Sequence[int] = K_GRI
         results = evaluate_distributed(loaded, pool, requests, cache,
                                        None if progress is None else (lambda d: progress(d * n, total)))
     frames = []
-    for (task, _, _, _, _), k, result in zip(requests, [k for k in ks for _ in tasks], results):
+    for request, k, result in zip(requests, [k for k in ks for _ in tasks], results):
         rec = result.records
-        frames.append(pd.DataFrame({"task": task.name, "shots": shots, "prompt_index": rec["prompt_index"],
+        frames.append(pd.DataFrame({"task": request.task.name, "shots": shots, "prompt_index": rec["prompt_index"],
                                     "query": rec["query"], "condition": f"k={k}", "outcome": rec["outcome"],
                                     "k": k, "mask_size": len(masks[k])}))
     records = pd.concat(frames, ignore_index=True)

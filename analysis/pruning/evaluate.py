@@ -13,7 +13,7 @@ import pandas as pd
 from analysis.bounds import check
 from analysis.cache import ResultsCache
 from analysis.evaluation.conditions import evaluate_conditions
-from analysis.evaluation.icl import EvalResult, evaluate_task, is_evaluated, store_evaluation
+from analysis.evaluation.icl import EvalResult, Evaluation, evaluate_task, is_evaluated
 from analysis.evaluation.paired import (
     AVERAGE,
     BASELINE,
@@ -30,7 +30,7 @@ from analysis.models.loader import LoadedModel
 from analysis.pruning.copying import random_mask_like
 from analysis.pruning.mask import NeuronMask
 from analysis.requests import model_key
-from analysis.runner import EvalRequest, Runner
+from analysis.runner import Runner
 from analysis.tasks.task import Task
 
 # the --records columns: enough to audit every outcome label (the gold answer and the demonstrations' outputs,
@@ -251,7 +251,7 @@ def prune_eval(loaded: LoadedModel, mask: NeuronMask | None, tasks: Sequence[Tas
             if progress:
                 progress(done, total)
     else:
-        results = evaluate_distributed(loaded, pool, [(task, k, n, seed, m) for task, k, _, m in jobs], cache,
+        results = evaluate_distributed(loaded, pool, [Evaluation(task, k, n, seed, m) for task, k, _, m in jobs], cache,
                                        None if progress is None else (lambda d: progress(d * n, total)))
     frames = [condition_records(result, task.name, k, condition)
               for (task, k, condition, _), result in zip(jobs, results)]
@@ -335,16 +335,16 @@ def control_masks(loaded: LoadedModel, mask: NeuronMask, count: int) -> list[Neu
     return [random_mask_like(mask, loaded.adapter.neuron_counts(), seed) for seed in range(count)]
 
 
-def evaluate_distributed(loaded: LoadedModel, pool: Runner, requests: Sequence[EvalRequest],
+def evaluate_distributed(loaded: LoadedModel, pool: Runner, requests: Sequence[Evaluation],
                          cache: ResultsCache | None, progress: Callable[[int], None] | None = None
                          ) -> list[EvalResult]:
-    """EvalResults for (task, shots, n, seed, mask) requests: cached ones read here, the rest on the pool's
-    actors, then stored under the keys a serial run uses (so a later serial run, or the app, reads them)."""
+    """EvalResults for ``requests``: cached ones read here, the rest on the pool's actors, then stored under
+    the keys a serial run uses (so a later serial run, or the app, reads them)."""
     results: list[EvalResult | None] = [None] * len(requests)
     missing = []
-    for i, (task, k, n, seed, m) in enumerate(requests):
-        if cache is not None and is_evaluated(loaded, task, k, n, seed, m, cache):
-            results[i] = evaluate_task(loaded, task, k, n, seed=seed, mask=m, cache=cache)
+    for i, request in enumerate(requests):
+        if cache is not None and request.is_stored(loaded, cache):
+            results[i] = request.run(loaded, cache)
         else:
             missing.append(i)
     cached = len(requests) - len(missing)
@@ -354,11 +354,9 @@ def evaluate_distributed(loaded: LoadedModel, pool: Runner, requests: Sequence[E
             progress(cached + finished)
 
     for i, result in zip(missing, pool.evaluate([requests[i] for i in missing], step)):
-        task, k, n, seed, m = requests[i]
         if cache is not None:
-            store_evaluation(loaded, task, k, n, seed, m, result, cache)
-        result.model, result.task = loaded.name, task.name
-        results[i] = result
+            requests[i].store(loaded, cache, result)
+        results[i] = requests[i].received(loaded, result)
     done = [result for result in results if result is not None]
     assert len(done) == len(results), "every request was read from the cache or evaluated on the pool"
     return done
