@@ -95,7 +95,7 @@ TABLE: dict[str, Setting] = _table(
     number("layer", 0),
     number("k", DEMO["k"]),
     text("mask", "", limit=60_000),
-    number("per_layer", 0, bound=FLAG),  # top k per layer
+    number("per_layer", 0, bound=FLAG),  # top k per layer (the demo's mask: off, over all layers)
     text("layers", "", limit=16),  # a layer range, e.g. 10-20; '' = all
     number("score_n", SCORING["n"], "ig_n"),
     number("score_shots", SCORING["shots"], bound=Bound(1, 8, "copying-score demonstrations")),
