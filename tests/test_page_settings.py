@@ -67,3 +67,14 @@ def test_a_layer_beyond_the_model_is_clamped_in_the_link_on_every_page(monkeypat
         assert at.query_params["layer"] in ("3", ["3"]) and not at.error, page
     kept = _app(monkeypatch, page="model", layer="2")
     assert kept.session_state["setting_layer"] == 2 and kept.query_params["layer"] in ("2", ["2"])
+
+
+def test_a_fresh_session_shows_every_settings_default_on_every_page(monkeypatch):
+    """No link: every setting a page binds or reads holds its table entry's default, and the address bar
+    carries no setting (it lists only what differs from the table)."""
+    for page in ("model", "evaluate", "attribution", "pruning", "attention", "task-vectors", "compare"):
+        at = _app(monkeypatch, page=page)
+        shown = {name: at.session_state[f"setting_{name}"] for name in TABLE
+                 if f"setting_{name}" in at.session_state}
+        assert shown == {name: TABLE[name].default for name in shown}, page
+        assert set(at.query_params) <= {"page", "model"} and not at.error, (page, dict(at.query_params))
