@@ -41,8 +41,7 @@ with present.controls():
     n = state.bound(col_n.number_input, "Queries", "tv_n", widget_key="tv_n")
     dummies = state.bound(col_dummies.number_input, "Dummy queries", "tv_dummies", widget_key="tv_dummies",
                           help="dummy queries whose states are averaged into each query's vector")
-    prompt_format = state.bound(st.radio, "Prompt format", "tv_format", widget_key="tv_format",
-                                horizontal=True)
+    prompt_format = state.bound(st.radio, "Prompt format", "tv_format", widget_key="tv_format", horizontal=True)
     with_mask = state.bound(st.checkbox, f"Also with the mask ({len(mask)} neurons, {source})" if mask is not None
                             else source, "tv_masked", widget_key="tv_masked", disabled=mask is None)
     runs = 1 + bool(with_mask and mask is not None)
