@@ -1,8 +1,9 @@
-"""The range of every numeric setting and the length of every text setting, defined once.
+"""The range of every numeric quantity the library checks, defined once and keyed by quantity.
 
-The app's widgets draw their limits from here, a link's values are clamped to them (and written back to the
-address bar), the CLI's argument types check them, and the library's entry points refuse anything outside them
-with one line. A hosted demo relies on this: ``?n=1000000000000`` in a link must not reach a loop.
+The library's entry points refuse anything outside them with one line and the CLI's argument types check them;
+the app's linked settings (components/settings.py) name the quantity whose range they keep to, so its widgets
+and links use the same ranges. A hosted demo relies on this: ``?n=1000000000000`` in a link must not reach a
+loop.
 """
 
 from __future__ import annotations
@@ -50,24 +51,15 @@ BOUNDS: dict[str, Bound] = {
     "seed": Bound(0, MAX_SEED, "the prompt-sampling seed"),
     "layer": Bound(0, 1023, "a layer index; the model's own layer count is checked where the model is known"),
     "k": Bound(0, 10_000_000, "neurons to prune; the model's own neuron count is checked too"),
-    "per_layer": Bound(0, 1, "top k per layer: 0 or 1"),
-    "prune": Bound(0, 1, "the Prune toggle: 0 or 1"),
-    "score_n": Bound(1, 256, "copying-score prompts"),
-    "score_shots": Bound(1, 8, "copying-score demonstrations"),
-    "score_steps": Bound(1, 256, "IG steps"),
     "ig_n": Bound(1, 256, "attribution prompts"),
     "steps": Bound(1, 256, "IG steps"),
     "controls": Bound(0, 50, "random-mask controls"),
     "tv_n": Bound(1, 500, "task-vector queries"),
     "dummies": Bound(1, 8, "dummy queries per task vector"),
     "faith_n": Bound(1, 200, "faithfulness prompts"),
-    "tv_masked": Bound(0, 1, "task vectors also with the mask: 0 or 1"),
     "minutes": Bound(0.1, 24 * 60, "minutes of toy training", integer=False),
     "max_steps": Bound(1, 1_000_000, "toy training steps"),
 }
-# text settings a link may carry: at most this many characters (the rest is cut off)
-TEXT_LIMITS: dict[str, int] = {"text": 600, "mask": 60_000, "layers": 16, "task": 120, "upload": 60, "form": 40,
-                               "reduce": 400, "beside": 200, "score_target": 40, "score_prompts": 40}
 
 
 def clamp(name: str, value: int) -> int:

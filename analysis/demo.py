@@ -1,9 +1,9 @@
-"""The app's default settings, and the results a hosted demo ships precomputed for them.
+"""The app's defaults that a hosted demo ships precomputed results for, and the precomputation.
 
-The app opens on these settings (components/state.py reads them), so precomputing exactly these requests for
-the default model (``python -m analysis precompute-demo``) puts their cache entries under
-``assets/precomputed/``; :class:`analysis.cache.ResultsCache` reads that folder when its own has no entry, so
-a fresh CPU host answers the first clicks at once.
+The app opens on these settings (components/settings.py builds its linked settings from them), so precomputing
+exactly these requests for the default model (``python -m analysis precompute-demo``) puts their cache entries
+under ``assets/precomputed/``; :class:`analysis.cache.ResultsCache` reads that folder when its own has no
+entry, so a fresh CPU host answers the first clicks at once.
 """
 
 from __future__ import annotations
@@ -38,28 +38,13 @@ class Scoring(TypedDict):
 
 
 class Settings(TypedDict):
-    """Every setting a link restores (components/state.py)."""
+    """The shared settings the demo precomputes (the app's other linked settings: components/settings.py)."""
 
     task: str
-    upload: str
     shots: int
     n: int
     seed: int
-    layer: int
     k: int
-    mask: str
-    per_layer: int
-    layers: str
-    score_n: int
-    score_shots: int
-    score_steps: int
-    score_target: str
-    score_prompts: str
-    prune: int
-    text: str
-    form: str
-    reduce: str
-    beside: str
 
 
 class AttributionDefaults(TypedDict):
@@ -76,14 +61,9 @@ class TaskVectorDefaults(TypedDict):
 
 # copying scores on the pruning page: IG run (n, shots, steps), target (copy | copy-prob), prompts (all | copied)
 SCORING: Scoring = {"n": 32, "shots": 4, "steps": 4, "target": "copy", "prompts": "all"}
-# every setting a link restores (the copying-score and selection settings too: with k they define the mask;
-# "upload" is the file name of an uploaded task, which a link can name but not carry)
-SETTINGS: Settings = {
-    "task": "antonyms", "upload": "", "shots": 4, "n": 40, "seed": 0, "layer": 0, "k": 20, "mask": "",
-    "per_layer": 0, "layers": "", "score_n": SCORING["n"], "score_shots": SCORING["shots"],
-    "score_steps": SCORING["steps"], "score_target": SCORING["target"], "score_prompts": SCORING["prompts"],
-    # the pruning toggle, and the attention page's view ("" = the model family's default)
-    "prune": 0, "text": "a:3 b:5 c:1 d:7 | b:5 a:", "form": "", "reduce": "mean", "beside": ""}
+# the shared settings precomputed: the task, its prompts, and k (with SCORING, the default mask: top k over all
+# layers)
+SETTINGS: Settings = {"task": "antonyms", "shots": 4, "n": 40, "seed": 0, "k": 20}
 PRUNE_TASKS = (f"{COPYING_TASK}[heldout]", *DEV_TASKS)  # the pruning page's default tasks (held-out copying split)
 PRUNE_CONTROLS = 3  # random-mask seeds on the pruning page (its minimum too: one seed shows no spread)
 ATTRIBUTION: AttributionDefaults = {"target": "copy", "n": 8, "steps": 4, "quadrature": "adaptive"}  # its page

@@ -2,7 +2,8 @@
 
 Streamlit drops a widget's state when a page that does not draw it runs, so the settings that several pages
 use (task, shots, n, seed, layer, k, mask) live in plain session-state keys and the widgets are *bound* to
-them (:func:`bound`). On a session's first run, the URL's query parameters fill those keys
+them (:func:`bound`); components/settings.py lists every such setting (link name, default, range, choices,
+length). On a session's first run, the URL's query parameters fill those keys
 (:func:`restore_from_query`); every run writes the current ones back (:func:`sync_query`), so the address bar
 is always a link to what is on screen, and :func:`share_link` shows it with a copy button.
 """
@@ -16,25 +17,10 @@ from urllib.parse import urlencode
 
 import streamlit as st
 
-from analysis.bounds import BOUNDS, TEXT_LIMITS
-from analysis.demo import ATTRIBUTION, PRUNE_CONTROLS, PRUNE_TASKS, SETTINGS, TASK_VECTORS
 from components.markup import echo
+from components.settings import DEFAULTS, TABLE
+from components.settings import options as options_of
 
-# Each page's own settings, linked like the shared ones, so a link reproduces what a page showed and a page keeps
-# its settings while the visitor is on another one (a running job is found again under them); name -> default.
-# Lists (multiselects) are comma-joined text.
-PAGE_DEFAULTS: dict[str, Any] = {
-    "ig_target": ATTRIBUTION["target"], "ig_n": ATTRIBUTION["n"], "ig_steps": ATTRIBUTION["steps"],
-    "ig_rule": ATTRIBUTION["quadrature"], "ig_scale": "clip",
-    "tv_n": TASK_VECTORS["n"], "tv_dummies": TASK_VECTORS["dummies"], "tv_format": "the task's own", "tv_masked": 1,
-    "faith_task": "antonyms", "faith_n": 10, "rel_methods": "raw,rollout,gradattn,gxi",
-    "prune_tasks": ",".join(PRUNE_TASKS), "prune_controls": PRUNE_CONTROLS,
-    "sweep_tasks": "",  # the k-sweep's dev tasks; '' = the scoring target's default (analysis/pruning/autok.py)
-    "cmp_mode": "two masks", "cmp_model": "", "cmp_mask_A": "no mask", "cmp_mask_B": "active mask"}
-BOUND_OF = {"ig_steps": "steps", "tv_dummies": "dummies", "prune_controls": "controls"}  # else its own name
-
-# query parameter -> default value (its type is the parameter's type); the demo's results are precomputed for these
-DEFAULTS: dict[str, Any] = {**SETTINGS, **PAGE_DEFAULTS}
 PREFIX = "setting_"  # session-state key of a setting
 RESTORED = "_query_restored"
 PAGE_PARAM = "page"
@@ -69,20 +55,6 @@ def put(name: str, value: Any) -> None:
     st.session_state[key(name)] = value
 
 
-def _parse(name: str, text: str) -> Any:
-    """A link's text as the setting's type, within its bounds (analysis/bounds.py): a number out of range is
-    clamped, a non-number is the default, a text is cut at its length limit."""
-    default = DEFAULTS[name]
-    if isinstance(default, int):
-        try:
-            value = int(text.strip()[:24])
-        except ValueError:
-            return default
-        bound_name = BOUND_OF.get(name, name)
-        return BOUNDS[bound_name].clamp(value) if bound_name in BOUNDS else value
-    return text[:TEXT_LIMITS.get(name, 200)]
-
-
 def restore_from_query() -> dict[str, str]:
     """On the session's first run only: copy known query parameters into the settings (and the model picker's
     keys); returns the parameters it saw (``page`` included) so the caller can switch page."""
@@ -92,7 +64,7 @@ def restore_from_query() -> dict[str, str]:
     params = {name: st.query_params[name] for name in st.query_params}
     for name, text in params.items():
         if name in DEFAULTS:
-            put(name, _parse(name, text))
+            put(name, TABLE[name].parse(text))
     return params
 
 
@@ -141,14 +113,15 @@ def _valid_choice(name: str, value: Any, options: list, default: Any) -> Any:
 
 def bound(widget: Callable[..., Any], label: str, name: str, widget_key: str | None = None, **kwargs) -> Any:
     """Draw ``widget(label, ...)`` bound to the setting ``name``: it starts from the setting and writes back to
-    it, on any page. Numbers keep to the setting's range, choices (selectbox, radio) to their options, a
+    it, on any page. Numbers keep to the setting's range, choices (selectbox, radio) to their options (the
+    table's fixed ones unless the page passes ``options``), a
     multiselect's picks (kept as comma-joined text) to its options; a link's value outside them is replaced,
     with one red line."""
     widget_key = widget_key or f"_w_{name}"
     value = get(name)
     kind = getattr(widget, "__name__", "")
     if kind in ("selectbox", "radio"):
-        options = list(kwargs.pop("options"))
+        options = list(kwargs.pop("options") if "options" in kwargs else options_of(name))
         st.session_state[widget_key] = _valid_choice(name, value, options, DEFAULTS.get(name))
         value = widget(label, options, key=widget_key, on_change=lambda: put(name, st.session_state[widget_key]),
                        **kwargs)
@@ -165,11 +138,11 @@ def bound(widget: Callable[..., Any], label: str, name: str, widget_key: str | N
                        on_change=lambda: put(name, ",".join(st.session_state[widget_key])), **kwargs)
         put(name, ",".join(value))
         return value
-    bound_name = BOUND_OF.get(name, name)
-    if bound_name in BOUNDS and kind == "number_input":  # the one range (a page may narrow it: shots >= 1 where
-        # prompts need demonstrations, layer < the model's layer count)
-        kwargs["min_value"] = max(kwargs.get("min_value", BOUNDS[bound_name].low), BOUNDS[bound_name].low)
-        kwargs["max_value"] = min(kwargs.get("max_value", BOUNDS[bound_name].high), BOUNDS[bound_name].high)
+    setting_bound = TABLE[name].bound
+    if setting_bound is not None and kind == "number_input":  # the one range (a page may narrow it: shots >= 1
+        # where prompts need demonstrations, layer < the model's layer count)
+        kwargs["min_value"] = max(kwargs.get("min_value", setting_bound.low), setting_bound.low)
+        kwargs["max_value"] = min(kwargs.get("max_value", setting_bound.high), setting_bound.high)
     if kind in ("checkbox", "toggle"):  # kept as 0/1 (links, defaults), shown as bool
         st.session_state[widget_key] = bool(value)
         value = widget(label, key=widget_key, on_change=lambda: put(name, int(st.session_state[widget_key])),

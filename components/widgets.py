@@ -26,7 +26,7 @@ from analysis.hosting import check_offered, offered_models, public_mode, scrub
 from analysis.jobs import duration
 from analysis.models import LoadedModel, load_model, model_choices, model_label
 from analysis.tasks import Task, builtin_tasks, parse_task_bytes
-from components import state
+from components import settings, state
 from components.charts import visible_token
 from components.markup import echo, plain
 
@@ -209,7 +209,7 @@ def task_picker() -> Task | None:
     tasks = builtin_tasks()
     options = [*tasks, UPLOAD_OPTION]
     if state.get("task") not in options:
-        state.put("task", state.DEFAULTS["task"])
+        state.put("task", settings.default("task"))
     choice = state.bound(st.selectbox, "Task", "task", options=options,
                          format_func=lambda n: n if n == UPLOAD_OPTION else f"{n} — {tasks[n].description}")
     if choice != UPLOAD_OPTION:

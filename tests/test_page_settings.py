@@ -8,7 +8,8 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-from components.state import DEFAULTS, PAGE_DEFAULTS
+from components.settings import TABLE
+from components.state import DEFAULTS
 
 MAIN = Path(__file__).resolve().parents[1] / "app" / "main.py"
 
@@ -32,7 +33,7 @@ def test_a_link_sets_the_attribution_pages_own_settings(monkeypatch):
 def test_hostile_page_settings_are_clamped_or_refused_in_one_line(monkeypatch):
     at = _app(monkeypatch, page="attribution", ig_steps="100000", ig_rule="<script>", ig_n="-4")
     assert at.number_input(key="ig_steps").value == 256 and at.number_input(key="ig_n").value == 1
-    assert at.selectbox(key="ig_rule").value == PAGE_DEFAULTS["ig_rule"]
+    assert at.selectbox(key="ig_rule").value == DEFAULTS["ig_rule"]
     assert [e.value for e in at.error] == ["ig_rule=`<script>` is not one of the choices here; using adaptive"]
     tasks = _app(monkeypatch, page="pruning", prune_tasks="antonyms,nope,next-letter")
     assert tasks.multiselect(key="prune_tasks").value == ["antonyms", "next-letter"]
@@ -51,13 +52,10 @@ def test_page_settings_survive_another_page_and_reach_the_link(monkeypatch):
 
 
 def test_every_page_setting_has_a_default_and_a_range_or_choices():
-    from analysis.bounds import BOUNDS
-    from components.state import BOUND_OF
-
-    for name, default in PAGE_DEFAULTS.items():
-        assert DEFAULTS[name] == default
-        if isinstance(default, int):
-            assert BOUND_OF.get(name, name) in BOUNDS, f"{name} has no range in analysis/bounds.py"
+    for name, entry in TABLE.items():
+        assert DEFAULTS[name] == entry.default
+        if isinstance(entry.default, int):
+            assert entry.bound is not None, f"{name} has no range in components/settings.py"
 
 
 def test_a_layer_beyond_the_model_is_clamped_in_the_link_on_every_page(monkeypatch):
@@ -69,3 +67,14 @@ def test_a_layer_beyond_the_model_is_clamped_in_the_link_on_every_page(monkeypat
         assert at.query_params["layer"] in ("3", ["3"]) and not at.error, page
     kept = _app(monkeypatch, page="model", layer="2")
     assert kept.session_state["setting_layer"] == 2 and kept.query_params["layer"] in ("2", ["2"])
+
+
+def test_a_fresh_session_shows_every_settings_default_on_every_page(monkeypatch):
+    """No link: every setting a page binds or reads holds its table entry's default, and the address bar
+    carries no setting (it lists only what differs from the table)."""
+    for page in ("model", "evaluate", "attribution", "pruning", "attention", "task-vectors", "compare"):
+        at = _app(monkeypatch, page=page)
+        shown = {name: at.session_state[f"setting_{name}"] for name in TABLE
+                 if f"setting_{name}" in at.session_state}
+        assert shown == {name: TABLE[name].default for name in shown}, page
+        assert set(at.query_params) <= {"page", "model"} and not at.error, (page, dict(at.query_params))

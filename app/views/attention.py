@@ -9,14 +9,13 @@ import streamlit as st
 
 from analysis.attention import FORMS, attention_maps
 from analysis.attribution.tokens import LRP_FAMILIES, METHODS, token_relevance
-from analysis.bounds import TEXT_LIMITS
 from analysis.device import dtype_name
 from analysis.distributed import env_pool
 from analysis.evaluation.faithfulness import faithfulness
 from analysis.families import family_of
 from analysis.models import model_choices, model_label
 from analysis.tasks import builtin_tasks
-from components import present, speculation, state
+from components import present, settings, speculation, state
 from components.charts import attention_heatmap, visible_token
 from components.charts_pruning import relevance_chart
 from components.export import chart, report_button, table
@@ -63,7 +62,7 @@ if len(state.get("text")) > MAX_TEXT:
     st.error(f"the text has {len(state.get('text'))} characters; keeping the first {MAX_TEXT}")
     state.put("text", state.get("text")[:MAX_TEXT])
 with present.controls():
-    text = state.bound(st.text_area, "Text", "text", widget_key="attn_text", max_chars=TEXT_LIMITS["text"])
+    text = state.bound(st.text_area, "Text", "text", widget_key="attn_text", max_chars=settings.limit("text"))
     col_form, col_reduce, col_layer, col_other = wrapping_columns(4, "attn_controls", 180)
     form = family_of(loaded).check_form(choose(col_form, "Form", "form", FORMS[loaded.family],
                                                FORMS[loaded.family][0], {f for forms in FORMS.values() for f in forms}))

@@ -2,7 +2,6 @@
 
 import streamlit as st
 
-from analysis.attribution import QUADRATURES, TARGETS
 from analysis.attribution.neuron_ig import COMPLETENESS_WARN, completeness_summary
 from analysis.attribution.quadrature import cost_units
 from analysis.attribution.runs import Attribution
@@ -29,13 +28,13 @@ with present.controls():
     col_task, col_target = wrapping_columns([3, 1], "ig_task", [300, 160])
     with col_task:
         task = task_picker()
-    target = state.bound(col_target.selectbox, "Target", "ig_target", widget_key="ig_target", options=TARGETS,
+    target = state.bound(col_target.selectbox, "Target", "ig_target", widget_key="ig_target",
                          help="gold: log p(gold); copy: logit(copied) - logit(gold); confidence: top logit")
     col_n, col_shots, col_steps, col_rule = wrapping_columns(4, "ig_settings", 150)
     n = state.bound(col_n.number_input, "Prompts", "ig_n", widget_key="ig_n")
     shots = state.bound(col_shots.number_input, "Shots", "shots", min_value=1, step=1)
     steps = state.bound(col_steps.number_input, "Steps", "ig_steps", widget_key="ig_steps")
-    rule = state.bound(col_rule.selectbox, "Quadrature", "ig_rule", widget_key="ig_rule", options=QUADRATURES)
+    rule = state.bound(col_rule.selectbox, "Quadrature", "ig_rule", widget_key="ig_rule")
     what = f"{int(n)} prompts x " + ("the adaptive rule" if rule == "adaptive" else f"{int(steps)} steps")
     speculation.cost_note(loaded, cost_units(int(n), int(steps), rule), "ig", what)
     problem = None
@@ -82,7 +81,7 @@ if shown:
     st.caption(f"Model run in {dtype_name(loaded.dtype)} on {loaded.placement}; attributions accumulated in "
                f"{dtype_name(result.per_prompt.dtype)}.")
     with present.controls("Colour scale"):
-        scale = state.bound(st.radio, "Colour scale", "ig_scale", widget_key="ig_scale", options=list(HEATMAP_SCALES),
+        scale = state.bound(st.radio, "Colour scale", "ig_scale", widget_key="ig_scale",
                             format_func=HEATMAP_SCALES.get, horizontal=True,
                             help="one strong neuron can wash a linear map out; the hover shows raw scores")
     heat = neuron_heatmap(result.scores.tolist(), title="mean attribution per neuron", scale=scale)

@@ -19,6 +19,7 @@ from components.export import chart, report_button, table
 from components.layout import wrapping_columns
 from components.masking import active_mask
 from components.results import keep, result_key, shown
+from components.settings import CMP_MASKS
 from components.widgets import (
     cached_model,
     cost_note,
@@ -36,8 +37,7 @@ present.caption("The same prompts (task, shots, n, seed) through two models, or 
 
 loaded = require_model()
 Pick = tuple[str, str, UploadedFile | None]  # ("model", name, None) or ("mask", choice, its uploaded file)
-MASK_OPTIONS = ("no mask", "active mask", "random mask of the same size", "upload")
-FROM_ACTIVE = MASK_OPTIONS[1:3]  # the options built from the active mask (the link's, the pruning page's, top k)
+FROM_ACTIVE = CMP_MASKS[1:3]  # the options built from the active mask (the link's, the pruning page's, top k)
 active, mask_problem = None, ""
 try:
     active = active_mask(loaded)[0]
@@ -45,8 +45,7 @@ except PrunescopeError as exc:  # e.g. a link's mask=1.2x: said once below, wher
     mask_problem = one_line(exc)
 
 with present.controls():
-    mode = state.bound(st.radio, "Compare", "cmp_mode", widget_key="cmp_mode", options=["two masks", "two models"],
-                       horizontal=True)
+    mode = state.bound(st.radio, "Compare", "cmp_mode", widget_key="cmp_mode", horizontal=True)
     col_task, col_shots, col_n = wrapping_columns([3, 1, 1], "cmp_task", [300, 140, 140])
     with col_task:
         task = task_picker()
@@ -61,8 +60,7 @@ with present.controls():
     else:
         picks = {}
         for side, col in (("A", col_a), ("B", col_b)):
-            choice = state.bound(col.selectbox, f"Mask {side}", f"cmp_mask_{side}", widget_key=f"cmp_mask_{side}",
-                                 options=MASK_OPTIONS)
+            choice = state.bound(col.selectbox, f"Mask {side}", f"cmp_mask_{side}", widget_key=f"cmp_mask_{side}")
             upload = col.file_uploader(f"Mask {side} file", type=["json"], key=f"cmp_up_{side}") \
                 if choice == "upload" else None
             picks[side] = ("mask", choice, upload)

@@ -4,15 +4,13 @@ size, paired by prompt, with intervals and a verdict sentence."""
 
 import json
 import time
-from collections.abc import Sequence
 from typing import Literal
 
 import streamlit as st
 
 from analysis.attribution.quadrature import cost_units
-from analysis.attribution.targets import COPY_TARGETS
 from analysis.cache import ResultsCache
-from analysis.demo import PRUNE_CONTROLS, SETTINGS, pruning_tasks
+from analysis.demo import PRUNE_CONTROLS, pruning_tasks
 from analysis.device import dtype_name
 from analysis.distributed import env_pool
 from analysis.evaluation.paired import BASELINE
@@ -20,14 +18,13 @@ from analysis.models.builtin import model_label
 from analysis.pruning import NeuronMask
 from analysis.pruning.autok import K_GRID, SWEEP_N, default_dev_tasks, k_sweep
 from analysis.pruning.copying import (
-    SCORE_PROMPTS,
     copying_scores,
     mask_neurons_table,
     parse_layer_range,
 )
 from analysis.pruning.evaluate import PruneEval
 from analysis.tasks import icl_task_names
-from components import present, speculation, state
+from components import present, settings, speculation, state
 from components.baselines_view import baselines_panel
 from components.charts import neuron_heatmap
 from components.charts_pruning import k_sweep_chart
@@ -82,19 +79,20 @@ def k_options(limit: int, current: int) -> list[int]:
     return sorted({int(k) for k in stops if k <= limit} | {limit, current})
 
 
-def valid_choice(name: Literal["score_target", "score_prompts"], options: Sequence[str]) -> None:
-    """A link may carry any text: reset a choice setting that is not one of ``options``, saying so."""
+def valid_choice(name: Literal["score_target", "score_prompts"]) -> None:
+    """A link may carry any text: reset a choice setting that is not one of its options, saying so."""
+    options = settings.options(name)
     if state.get(name) not in options:
         st.error(f"{name.replace('score_', '')}={echo(state.get(name))} is not one of "
-                 f"{', '.join(options)}; using {SETTINGS[name]}")
-        state.put(name, SETTINGS[name])
+                 f"{', '.join(options)}; using {settings.default(name)}")
+        state.put(name, settings.default(name))
 
 
 loaded = require_model()
 cache = ResultsCache()
 counts = loaded.adapter.neuron_counts()
-valid_choice("score_target", COPY_TARGETS)
-valid_choice("score_prompts", SCORE_PROMPTS)
+valid_choice("score_target")
+valid_choice("score_prompts")
 
 with present.controls("Copying scores"):
     c_n, c_shots, c_steps, c_target, c_prompts = wrapping_columns([1, 1, 1, 2, 2], "score_settings",
@@ -102,9 +100,8 @@ with present.controls("Copying scores"):
     state.bound(c_n.number_input, "Scoring prompts", "score_n")
     state.bound(c_shots.number_input, "Scoring shots", "score_shots")
     state.bound(c_steps.number_input, "IG steps", "score_steps")
-    state.bound(c_target.selectbox, "Target", "score_target", options=COPY_TARGETS, format_func=TARGET_LABELS.get)
-    state.bound(c_prompts.selectbox, "Prompts", "score_prompts", options=SCORE_PROMPTS,
-                format_func=PROMPT_LABELS.get)
+    state.bound(c_target.selectbox, "Target", "score_target", format_func=TARGET_LABELS.get)
+    state.bound(c_prompts.selectbox, "Prompts", "score_prompts", format_func=PROMPT_LABELS.get)
     speculation.cost_note(loaded, cost_units(int(state.get("score_n")), int(state.get("score_steps")), "adaptive"),
                           "ig", f"{state.get('score_n')} prompts of IG (adaptive rule)")
     compute = st.button("Compute copying scores", type="primary", key="score_run")
@@ -283,7 +280,7 @@ def live_panel() -> None:
                   {"model": loaded.describe(), "mask size": len(mask) if mask else 0,
                    "mask": mask.to_text() if mask else "", "random masks": int(controls)}, view["findings"],
                   settings=("shots", "n", "seed", "k", "per_layer", "layers", "prune",
-                            *(name for name in state.DEFAULTS if name.startswith("score_"))))
+                            *(name for name in settings.TABLE if name.startswith("score_"))))
 
 
 def guarded_panel() -> None:

@@ -17,9 +17,8 @@ from components.export import chart, report_button, table
 from components.layout import wrapping_columns
 from components.masking import active_mask
 from components.results import keep, shown
+from components.settings import TV_FORMATS
 from components.widgets import guarded, memo, require_model, task_picker
-
-FORMATS = {"the task's own": None, "Input: / Output: lines": "Input: {x}\nOutput: {y}\n"}
 
 st.header("Task vectors")
 present.toolbar()
@@ -41,8 +40,7 @@ with present.controls():
     n = state.bound(col_n.number_input, "Queries", "tv_n", widget_key="tv_n")
     dummies = state.bound(col_dummies.number_input, "Dummy queries", "tv_dummies", widget_key="tv_dummies",
                           help="dummy queries whose states are averaged into each query's vector")
-    prompt_format = state.bound(st.radio, "Prompt format", "tv_format", widget_key="tv_format", options=list(FORMATS),
-                                horizontal=True)
+    prompt_format = state.bound(st.radio, "Prompt format", "tv_format", widget_key="tv_format", horizontal=True)
     with_mask = state.bound(st.checkbox, f"Also with the mask ({len(mask)} neurons, {source})" if mask is not None
                             else source, "tv_masked", widget_key="tv_masked", disabled=mask is None)
     runs = 1 + bool(with_mask and mask is not None)
@@ -52,7 +50,7 @@ with present.controls():
 
 key = None
 if task is not None:
-    template = FORMATS[prompt_format]
+    template = TV_FORMATS[prompt_format]
     if template:
         task = dataclasses.replace(task, template=template)
     conditions = {"unpruned": None, **({"pruned": mask} if with_mask and mask is not None else {})}
