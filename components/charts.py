@@ -56,20 +56,37 @@ def outcome_bar_chart(summaries: Sequence[dict], title: str | None = None) -> go
     return fig
 
 
-def attention_heatmap(attn, tokens: Sequence[str], title: str = "") -> go.Figure:
-    """A T x T attention map (rows: output positions, columns: source tokens) with token labels.
+def token_font(count: int) -> int:
+    """Tick label size (px) that keeps every one of ``count`` token labels (12 up to 40 tokens, down to 8)."""
+    return 12 if count <= 40 else 10 if count <= 80 else 8
 
-    Implicit attention is signed, so the colour scale is diverging and centred on zero; the hover shows the
-    (output, source) token pair and the value.
-    """
+
+def token_axis(labels: Sequence[str], **extra) -> dict:
+    """A category axis that labels every token (Plotly would drop labels beyond about 40), in a font that fits."""
+    return dict(tickmode="array", tickvals=list(labels), ticktext=list(labels),
+                tickfont=dict(size=token_font(len(labels))), **extra)
+
+
+def attention_heatmap(attn, tokens: Sequence[str], title: str = "") -> go.Figure:
+    """A T x T attention map (rows: output positions, columns: source tokens) with every token labelled.
+
+    Non-negative maps (softmax probabilities) get a sequential scale from 0 to their largest weight; signed
+    maps (implicit attention) a diverging one centred on zero. The hover shows the (output, source) token pair
+    and the value."""
     values = [[float(v) for v in row] for row in attn]
     limit = max((abs(v) for row in values for v in row), default=1.0) or 1.0
+    signed = any(v < 0 for row in values for v in row)
     labels = [f"{i}:{visible_token(t)}"[:24] for i, t in enumerate(tokens)]
+    scale = dict(colorscale="RdBu", reversescale=True, zmid=0, zmin=-limit, zmax=limit) if signed else \
+        dict(colorscale="Blues", zmin=0, zmax=limit)
     fig = go.Figure(go.Heatmap(
-        z=values, x=labels, y=labels, colorscale="RdBu", reversescale=True, zmid=0, zmin=-limit, zmax=limit,
+        z=values, x=labels, y=labels, **scale,
+        colorbar=dict(title=dict(text="attention (signed)" if signed else "attention weight", side="right")),
         hovertemplate="output %{y}<br>source %{x}<br>%{z:.4g}<extra></extra>"))
-    fig.update_layout(title=title, yaxis_autorange="reversed", xaxis_tickangle=-60, height=620,
-                      xaxis_title="source token", yaxis_title="output position",
+    font = token_font(len(labels))
+    fig.update_layout(title=title, height=max(620, 220 + (font + 3) * len(labels)),
+                      xaxis=token_axis(labels, title="source token", tickangle=-60 if len(labels) <= 40 else -90),
+                      yaxis=token_axis(labels, title="output position", autorange="reversed"),
                       margin=dict(l=10, r=10, t=50, b=10))
     return fig
 

@@ -8,7 +8,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from components.charts import visible_token
+from components.charts import token_axis, token_font, visible_token
 
 # In the figure's top margin, right of the title, clear of the subplot titles and the rotated task names.
 TOP_RIGHT_LEGEND = dict(orientation="h", yref="container", y=0.99, yanchor="top", x=1, xanchor="right")
@@ -196,15 +196,17 @@ def task_vector_chart(curves: Mapping[str, Sequence[float]], zero_shot: Mapping[
 
 
 def relevance_chart(tokens: Sequence[str], scores: Mapping[str, Sequence[float]], title: str = "") -> go.Figure:
-    """Token relevance per method as a methods x tokens heatmap, each row scaled by its max |value| (methods
-    have different units); hover shows the raw value."""
+    """Token relevance per method as a methods x tokens heatmap, each row scaled by its own max |value| (methods
+    have different units; the colour bar says so), every token labelled; the hover shows the raw value."""
     names = list(scores)
     raw = [[float(v) for v in scores[m]] for m in names]
     scaled = [[v / (max(abs(x) for x in row) or 1.0) for v in row] for row in raw]
     labels = [f"{i}:{visible_token(t)}"[:20] for i, t in enumerate(tokens)]
     fig = go.Figure(go.Heatmap(z=scaled, x=labels, y=names, customdata=raw, colorscale="RdBu", reversescale=True,
                                zmid=0, zmin=-1, zmax=1,
+                               colorbar=dict(title=dict(text="relevance ÷<br>row's max |value|", side="right")),
                                hovertemplate="%{y}<br>%{x}<br>%{customdata:.4g}<extra></extra>"))
-    fig.update_layout(title=title, xaxis_tickangle=-60, height=140 + 40 * len(names),
-                      margin=dict(l=10, r=10, t=40, b=10))
+    fig.update_layout(title=title, height=140 + 40 * len(names) + 5 * token_font(len(labels)),
+                      xaxis=token_axis(labels, tickangle=-60 if len(labels) <= 40 else -90),
+                      yaxis_title="method", margin=dict(l=10, r=10, t=40, b=10))
     return fig

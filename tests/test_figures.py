@@ -1,0 +1,53 @@
+"""The figure builders say what their colours and axes mean and keep every label readable: softmax attention
+on a sequential scale from 0, every token labelled, colour bars titled."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from components.charts import attention_heatmap, neuron_heatmap
+from components.charts_pruning import relevance_chart
+
+TOKENS = [f" w{i}" if i % 5 else "\n" for i in range(60)]
+
+
+def _softmax(size: int, seed: int = 0) -> np.ndarray:
+    weights = np.tril(np.random.default_rng(seed).random((size, size)))
+    return weights / weights.sum(1, keepdims=True)
+
+
+def test_softmax_attention_is_sequential_from_zero_and_signed_maps_diverge():
+    probabilities = attention_heatmap(_softmax(6).tolist(), TOKENS[:6]).data[0]
+    assert probabilities.zmin == 0 and probabilities.zmax == pytest.approx(1.0) and probabilities.zmid is None
+    assert probabilities.colorscale[0][1] != probabilities.colorscale[-1][1] and not probabilities.reversescale
+    assert probabilities.colorscale[0][1].lower() in ("rgb(247,251,255)", "#f7fbff")  # Blues, white at 0
+    assert probabilities.colorbar.title.text == "attention weight"
+    signed = attention_heatmap([[0.5, 0.0], [-2.0, 1.0]], ["a", "b"]).data[0]
+    assert (signed.zmin, signed.zmid, signed.zmax) == (-2.0, 0, 2.0)
+    assert signed.colorbar.title.text == "attention (signed)"
+
+
+@pytest.mark.parametrize("count", [12, 45, 60, 120])
+def test_every_token_keeps_its_label(count):
+    """Plotly drops category labels it thinks crowded (beyond about 40 tokens only every other one showed)."""
+    tokens = TOKENS[:count] if count <= 60 else TOKENS * 2
+    labels = [f"{i}:{t.replace(' ', '␣').replace(chr(10), '⏎')}" for i, t in enumerate(tokens)]
+    attention = attention_heatmap(_softmax(count).tolist(), tokens)
+    relevance = relevance_chart(tokens, {"gxi": list(range(count)), "rollout": [1.0] * count})
+    for axis in (attention.layout.xaxis, attention.layout.yaxis, relevance.layout.xaxis):
+        assert axis.tickmode == "array" and list(axis.tickvals) == labels and list(axis.ticktext) == labels
+        assert 8 <= axis.tickfont.size <= 12
+    font = attention.layout.yaxis.tickfont.size
+    assert attention.layout.height >= count * (font + 2) + 100  # every row's label has its own height
+    assert abs(attention.layout.xaxis.tickangle) == (60 if count <= 40 else 90)  # upright columns when crowded
+
+
+def test_colour_bars_say_what_the_colour_is_and_relevance_says_rows_are_scaled():
+    relevance = relevance_chart(["a", "b"], {"ig": [2.0, -4.0], "rollout": [0.1, 0.3]})
+    assert "row's max |value|" in relevance.data[0].colorbar.title.text
+    assert [list(row) for row in relevance.data[0].z] == [[0.5, -1.0], [pytest.approx(1 / 3), 1.0]]
+    scores = np.random.default_rng(1).normal(size=(3, 8)).tolist()
+    for scale in ("clip", "per-layer", "signed-log", "max"):
+        assert neuron_heatmap(scores, scale=scale).data[0].colorbar.title.text
+
