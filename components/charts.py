@@ -99,7 +99,8 @@ def visible_token(token: str) -> str:
     return str(token).translate(VISIBLE_WHITESPACE)
 
 
-HEATMAP_SCALES = {"clip": "robust (clip at the 99.5th percentile of |score|)", "per-layer": "per layer (row max = 1)",
+HEATMAP_SCALES = {"clip": "robust (clip at the median layer's 99.5th percentile of |score|)",
+                  "per-layer": "per layer (row max = 1)",
                   "signed-log": "signed log", "max": "linear, full range"}
 
 
@@ -108,10 +109,10 @@ def neuron_heatmap(scores, max_columns: int = 256, title: str = "", scale: str =
     """Layers x neurons attribution heatmap. Wide layers are binned into at most ``max_columns`` columns, each
     showing its strongest (largest |score|) neuron; the x axis and the hover give real neuron indices.
 
-    ``scale`` (one outlier must not wash the map out): ``clip`` colours at +-the ``percentile`` of |score| over
-    all neurons and says so; ``per-layer`` divides each layer by its largest |score|; ``signed-log`` shows
-    sign(s) log10(1 + |s|/t) with t the median nonzero |score| (linear below t); ``max`` the full range. The hover
-    always shows the raw score."""
+    ``scale`` (one outlier, or one loud layer, must not wash the map out): ``clip`` colours at +- the median
+    over layers of each layer's ``percentile`` of |score| and says so in the colour bar; ``per-layer`` divides
+    each layer by its largest |score|; ``signed-log`` shows sign(s) log10(1 + |s|/t) with t the median nonzero
+    |score| (linear below t); ``max`` the full range. The hover always shows the raw score."""
     if scale not in HEATMAP_SCALES:
         raise ValueError(f"unknown heatmap scale {scale!r}; choose one of {', '.join(HEATMAP_SCALES)}")
     rows = [[float(v) for v in layer] for layer in scores]
@@ -129,11 +130,14 @@ def neuron_heatmap(scores, max_columns: int = 256, title: str = "", scale: str =
         neuron_ids.append(ids)
     magnitudes = np.abs(np.asarray(rows, dtype=float)).ravel()
     z, limit, bar_title, note = raw, float(magnitudes.max(initial=0.0)) or 1.0, "IG score", ""
-    if scale == "clip":
-        limit = float(np.percentile(magnitudes, percentile)) if magnitudes.size else 1.0
+    if scale == "clip":  # each layer's own percentile, then their median: a loud layer is clipped, not the rest
+        layers = [float(np.percentile(np.abs(row), percentile)) for row in rows if row]
+        limit = float(np.median(layers)) if layers else 1.0
         limit = limit or float(magnitudes.max(initial=0.0)) or 1.0
         clipped = int((magnitudes > limit).sum())
-        note = f"colours clipped at ±{limit:.3g} ({percentile:g}th percentile of |score|; {clipped} neurons beyond)"
+        bar_title = f"IG score<br>clipped at ±{limit:.2g}"
+        note = (f"colours clipped at ±{limit:.3g} (the median layer's {percentile:g}th percentile of |score|; "
+                f"{clipped} neurons beyond)")
     elif scale == "per-layer":
         z = [[v / (max(abs(x) for x in row) or 1.0) for v in row] for row in raw]
         limit, bar_title, note = 1.0, "score / layer max", "each layer scaled by its largest |score|"
@@ -149,7 +153,7 @@ def neuron_heatmap(scores, max_columns: int = 256, title: str = "", scale: str =
         z=z, x=columns, customdata=custom, colorscale="RdBu", reversescale=True, zmid=0, zmin=-limit, zmax=limit,
         colorbar=dict(title=dict(text=bar_title, side="right")),
         hovertemplate="layer %{y}<br>neuron %{customdata[0]}<br>score %{customdata[1]:.3g}<extra></extra>"))
-    axis = "neuron" if size == 1 else f"neuron (bins of {size} from the index shown; each cell its strongest)"
+    axis = "neuron" if size == 1 else f"neurons (max |IG| of each {size}, from the index shown)"
     fig.update_layout(title=title + (f"<br><sup>{note}</sup>" if note else ""), xaxis_title=axis,
                       yaxis_title="layer", height=520, margin=dict(l=10, r=10, t=60, b=10))
     return fig

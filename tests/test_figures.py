@@ -1,5 +1,5 @@
 """The figure builders say what their colours and axes mean and keep every label readable: softmax attention
-on a sequential scale from 0, every token labelled, colour bars titled."""
+on a sequential scale from 0, every token labelled, colour bars titled, the robust heatmap scale."""
 
 from __future__ import annotations
 
@@ -50,4 +50,21 @@ def test_colour_bars_say_what_the_colour_is_and_relevance_says_rows_are_scaled()
     scores = np.random.default_rng(1).normal(size=(3, 8)).tolist()
     for scale in ("clip", "per-layer", "signed-log", "max"):
         assert neuron_heatmap(scores, scale=scale).data[0].colorbar.title.text
+
+
+def test_the_default_heatmap_scale_survives_one_loud_layer():
+    """Layer 0 forty times louder than the rest no longer washes the other 29 layers out."""
+    rng = np.random.default_rng(0)
+    scores = rng.normal(0, 1e-3, (30, 1536))
+    scores[0] *= 40
+    fig = neuron_heatmap(scores.tolist())
+    heat = fig.data[0]
+    typical = np.median([np.percentile(np.abs(row), 99.5) for row in scores[1:]])
+    assert heat.zmax == pytest.approx(typical, rel=0.05)  # the quiet layers' range, not layer 0's
+    rest = np.abs(np.asarray(heat.z[1:])) / heat.zmax
+    assert np.median(rest) > 0.3  # the other layers' colours are visible, not all white
+    assert heat.colorbar.title.text == f"IG score<br>clipped at ±{heat.zmax:.2g}"
+    assert "median layer's 99.5th percentile" in fig.layout.title.text
+    assert fig.layout.xaxis.title.text.startswith("neurons (max |IG| of each 6")  # 1536 folded into 256 columns
+    assert len(heat.x) == 256
 
