@@ -1,5 +1,6 @@
 """The figure builders say what their colours and axes mean and keep every label readable: softmax attention
-on a sequential scale from 0, every token labelled, colour bars titled, the robust heatmap scale."""
+on a sequential scale from 0, every token labelled, colour bars titled, the robust heatmap scale, the forest's
+two intervals apart, the task-vector labels off the curves."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import numpy as np
 import pytest
 
 from components.charts import attention_heatmap, neuron_heatmap
-from components.charts_pruning import relevance_chart
+from components.charts_pruning import change_forest, relevance_chart, spread, task_vector_chart
+from tests.test_report import TASKS, _paired_summary
 
 TOKENS = [f" w{i}" if i % 5 else "\n" for i in range(60)]
 
@@ -68,3 +70,27 @@ def test_the_default_heatmap_scale_survives_one_loud_layer():
     assert fig.layout.xaxis.title.text.startswith("neurons (max |IG| of each 6")  # 1536 folded into 256 columns
     assert len(heat.x) == 256
 
+
+def test_the_forests_two_intervals_sit_apart():
+    fig = change_forest(_paired_summary())
+    for panel in ("x", "x2", "x3"):
+        unpruned, random = (next(t for t in fig.data if t.name == name and t.xaxis == panel)
+                            for name in ("vs unpruned", "vs random masks"))
+        assert list(unpruned.y) == pytest.approx([row - 0.17 for row in range(len(TASKS))])
+        assert list(random.y) == pytest.approx([row + 0.17 for row in range(len(TASKS))])
+        assert list(unpruned.text) == TASKS  # the hover names the task
+    assert list(fig.layout.yaxis.ticktext) == TASKS and list(fig.layout.yaxis.tickvals) == list(range(len(TASKS)))
+    assert fig.layout.yaxis.autorange == "reversed"  # the first task on top, each "vs unpruned" above "vs random"
+
+
+def test_task_vector_labels_sit_in_the_margin_apart_from_each_other():
+    curves = {"unpruned": [0.2, 0.9, 0.3], "pruned": [0.25, 0.5, 0.7]}
+    fig = task_vector_chart(curves, {"unpruned": 0.2, "pruned": 0.25}, icl={"unpruned": 0.7, "pruned": 0.6})
+    notes = fig.layout.annotations
+    assert len(notes) == 4 and all(n.xref == "paper" and n.x == 1 and n.xanchor == "left" for n in notes)
+    heights = sorted(n.y for n in notes)
+    assert min(np.diff(heights)) >= 0.12 - 1e-9 and 0 <= heights[0] and heights[-1] <= 1.02
+    longest = max(len(part) for n in notes for part in n.text.split("<br>"))
+    assert fig.layout.margin.r >= 0.55 * notes[0].font.size * longest  # the labels fit right of the plot
+    assert fig.layout.legend.orientation == "h" and fig.layout.legend.y < 0.1  # the legend below, not there
+    assert spread([0.2, 0.25]) == pytest.approx([0.165, 0.285]) and spread([0.0, 0.0]) == pytest.approx([0, 0.12])
