@@ -153,3 +153,22 @@ def test_the_attention_pages_report_keeps_its_labels(monkeypatch):
     assert attention["layout"]["xaxis"]["automargin"] and attention["layout"]["yaxis"]["automargin"]
     longest = max(len(label) for label in attention["data"][0]["y"])
     assert attention["layout"]["margin"]["l"] >= 6 * longest  # the token labels beside the map fit
+
+
+def test_a_slides_charts_have_large_dark_tick_labels(monkeypatch):
+    """In presentation mode the charts the page sends carry explicit 16 px dark tick labels: Streamlit's theme
+    draws small light-grey ones wherever the figure leaves them unset."""
+    import json
+
+    monkeypatch.setenv("PRUNESCOPE_MODEL", "toy-transformer")
+    at = AppTest.from_file(str(MAIN), default_timeout=TIMEOUT)
+    at.query_params.update({"page": "attention", "present": "1"})
+    _ok(at.run())
+    specs = {c.key: json.loads(c.proto.spec) for c in at.get("plotly_chart")}
+    assert {"attn_chart", "rel_chart"} <= set(specs)
+    for key in ("attn_chart", "rel_chart"):
+        layout = specs[key]["layout"]
+        for axis in ("xaxis", "yaxis"):
+            assert layout[axis]["tickfont"] == {"size": 16, "color": "#18181b"}, (key, axis)
+        assert specs[key]["data"][0]["colorbar"]["tickfont"]["size"] == 16
+    assert specs["attn_chart"]["data"][0]["zmin"] == 0  # softmax weights: a scale from 0, not -1..1

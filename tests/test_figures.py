@@ -1,6 +1,7 @@
 """The figure builders say what their colours and axes mean and keep every label readable: softmax attention
 on a sequential scale from 0, every token labelled, colour bars titled, the robust heatmap scale, the forest's
-two intervals apart, the task-vector labels off the curves."""
+two intervals apart, the task-vector labels off the curves, and slides in large
+dark text."""
 
 from __future__ import annotations
 
@@ -94,3 +95,22 @@ def test_task_vector_labels_sit_in_the_margin_apart_from_each_other():
     assert fig.layout.margin.r >= 0.55 * notes[0].font.size * longest  # the labels fit right of the plot
     assert fig.layout.legend.orientation == "h" and fig.layout.legend.y < 0.1  # the legend below, not there
     assert spread([0.2, 0.25]) == pytest.approx([0.165, 0.285]) and spread([0.0, 0.0]) == pytest.approx([0, 0.12])
+
+
+def test_a_slides_figures_have_large_dark_labels():
+    from components.charts_pruning import pruning_bars
+    from components.present import SLIDE_INK, slide_figure
+
+    figures = [pruning_bars(_paired_summary()), change_forest(_paired_summary()),
+               neuron_heatmap(np.ones((30, 64)).tolist()), attention_heatmap(_softmax(6).tolist(), TOKENS[:6])]
+    for figure in figures:
+        slide = slide_figure(figure)
+        axes = [*slide.select_xaxes(), *slide.select_yaxes()]
+        assert axes and all(a.tickfont.size >= 16 and a.tickfont.color == SLIDE_INK for a in axes)
+        assert all(a.title.font.size >= 16 for a in axes if a.title.text)
+        assert slide.layout.legend.font.size >= 16 and slide.layout.height >= 440
+        for trace in slide.data:
+            if trace.type == "heatmap":
+                assert trace.colorbar.tickfont.size >= 16 and trace.colorbar.tickfont.color == SLIDE_INK
+    crowded = slide_figure(attention_heatmap(_softmax(60).tolist(), TOKENS))
+    assert crowded.layout.xaxis.tickfont.size == 10 and crowded.layout.xaxis.tickfont.color == SLIDE_INK
