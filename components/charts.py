@@ -56,20 +56,37 @@ def outcome_bar_chart(summaries: Sequence[dict], title: str | None = None) -> go
     return fig
 
 
-def attention_heatmap(attn, tokens: Sequence[str], title: str = "") -> go.Figure:
-    """A T x T attention map (rows: output positions, columns: source tokens) with token labels.
+def token_font(count: int) -> int:
+    """Tick label size (px) that keeps every one of ``count`` token labels (12 up to 40 tokens, down to 8)."""
+    return 12 if count <= 40 else 10 if count <= 80 else 8
 
-    Implicit attention is signed, so the colour scale is diverging and centred on zero; the hover shows the
-    (output, source) token pair and the value.
-    """
+
+def token_axis(labels: Sequence[str], **extra) -> dict:
+    """A category axis that labels every token (Plotly would drop labels beyond about 40), in a font that fits."""
+    return dict(tickmode="array", tickvals=list(labels), ticktext=list(labels),
+                tickfont=dict(size=token_font(len(labels))), **extra)
+
+
+def attention_heatmap(attn, tokens: Sequence[str], title: str = "") -> go.Figure:
+    """A T x T attention map (rows: output positions, columns: source tokens) with every token labelled.
+
+    Non-negative maps (softmax probabilities) get a sequential scale from 0 to their largest weight; signed
+    maps (implicit attention) a diverging one centred on zero. The hover shows the (output, source) token pair
+    and the value."""
     values = [[float(v) for v in row] for row in attn]
     limit = max((abs(v) for row in values for v in row), default=1.0) or 1.0
+    signed = any(v < 0 for row in values for v in row)
     labels = [f"{i}:{visible_token(t)}"[:24] for i, t in enumerate(tokens)]
+    scale = dict(colorscale="RdBu", reversescale=True, zmid=0, zmin=-limit, zmax=limit) if signed else \
+        dict(colorscale="Blues", zmin=0, zmax=limit)
     fig = go.Figure(go.Heatmap(
-        z=values, x=labels, y=labels, colorscale="RdBu", reversescale=True, zmid=0, zmin=-limit, zmax=limit,
+        z=values, x=labels, y=labels, **scale,
+        colorbar=dict(title=dict(text="attention (signed)" if signed else "attention weight", side="right")),
         hovertemplate="output %{y}<br>source %{x}<br>%{z:.4g}<extra></extra>"))
-    fig.update_layout(title=title, yaxis_autorange="reversed", xaxis_tickangle=-60, height=620,
-                      xaxis_title="source token", yaxis_title="output position",
+    font = token_font(len(labels))
+    fig.update_layout(title=title, height=max(620, 220 + (font + 3) * len(labels)),
+                      xaxis=token_axis(labels, title="source token", tickangle=-60 if len(labels) <= 40 else -90),
+                      yaxis=token_axis(labels, title="output position", autorange="reversed"),
                       margin=dict(l=10, r=10, t=50, b=10))
     return fig
 
@@ -82,7 +99,8 @@ def visible_token(token: str) -> str:
     return str(token).translate(VISIBLE_WHITESPACE)
 
 
-HEATMAP_SCALES = {"clip": "robust (clip at the 99.5th percentile of |score|)", "per-layer": "per layer (row max = 1)",
+HEATMAP_SCALES = {"clip": "robust (clip at the median layer's 99.5th percentile of |score|)",
+                  "per-layer": "per layer (row max = 1)",
                   "signed-log": "signed log", "max": "linear, full range"}
 
 
@@ -91,10 +109,10 @@ def neuron_heatmap(scores, max_columns: int = 256, title: str = "", scale: str =
     """Layers x neurons attribution heatmap. Wide layers are binned into at most ``max_columns`` columns, each
     showing its strongest (largest |score|) neuron; the x axis and the hover give real neuron indices.
 
-    ``scale`` (one outlier must not wash the map out): ``clip`` colours at +-the ``percentile`` of |score| over
-    all neurons and says so; ``per-layer`` divides each layer by its largest |score|; ``signed-log`` shows
-    sign(s) log10(1 + |s|/t) with t the median nonzero |score| (linear below t); ``max`` the full range. The hover
-    always shows the raw score."""
+    ``scale`` (one outlier, or one loud layer, must not wash the map out): ``clip`` colours at +- the median
+    over layers of each layer's ``percentile`` of |score| and says so in the colour bar; ``per-layer`` divides
+    each layer by its largest |score|; ``signed-log`` shows sign(s) log10(1 + |s|/t) with t the median nonzero
+    |score| (linear below t); ``max`` the full range. The hover always shows the raw score."""
     if scale not in HEATMAP_SCALES:
         raise ValueError(f"unknown heatmap scale {scale!r}; choose one of {', '.join(HEATMAP_SCALES)}")
     rows = [[float(v) for v in layer] for layer in scores]
@@ -112,11 +130,14 @@ def neuron_heatmap(scores, max_columns: int = 256, title: str = "", scale: str =
         neuron_ids.append(ids)
     magnitudes = np.abs(np.asarray(rows, dtype=float)).ravel()
     z, limit, bar_title, note = raw, float(magnitudes.max(initial=0.0)) or 1.0, "IG score", ""
-    if scale == "clip":
-        limit = float(np.percentile(magnitudes, percentile)) if magnitudes.size else 1.0
+    if scale == "clip":  # each layer's own percentile, then their median: a loud layer is clipped, not the rest
+        layers = [float(np.percentile(np.abs(row), percentile)) for row in rows if row]
+        limit = float(np.median(layers)) if layers else 1.0
         limit = limit or float(magnitudes.max(initial=0.0)) or 1.0
         clipped = int((magnitudes > limit).sum())
-        note = f"colours clipped at ±{limit:.3g} ({percentile:g}th percentile of |score|; {clipped} neurons beyond)"
+        bar_title = f"IG score<br>clipped at ±{limit:.2g}"
+        note = (f"colours clipped at ±{limit:.3g} (the median layer's {percentile:g}th percentile of |score|; "
+                f"{clipped} neurons beyond)")
     elif scale == "per-layer":
         z = [[v / (max(abs(x) for x in row) or 1.0) for v in row] for row in raw]
         limit, bar_title, note = 1.0, "score / layer max", "each layer scaled by its largest |score|"
@@ -132,7 +153,7 @@ def neuron_heatmap(scores, max_columns: int = 256, title: str = "", scale: str =
         z=z, x=columns, customdata=custom, colorscale="RdBu", reversescale=True, zmid=0, zmin=-limit, zmax=limit,
         colorbar=dict(title=dict(text=bar_title, side="right")),
         hovertemplate="layer %{y}<br>neuron %{customdata[0]}<br>score %{customdata[1]:.3g}<extra></extra>"))
-    axis = "neuron" if size == 1 else f"neuron (bins of {size} from the index shown; each cell its strongest)"
+    axis = "neuron" if size == 1 else f"neurons (max |IG| of each {size}, from the index shown)"
     fig.update_layout(title=title + (f"<br><sup>{note}</sup>" if note else ""), xaxis_title=axis,
                       yaxis_title="layer", height=520, margin=dict(l=10, r=10, t=60, b=10))
     return fig

@@ -8,7 +8,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from components.charts import visible_token
+from components.charts import token_axis, token_font, visible_token
 
 # In the figure's top margin, right of the title, clear of the subplot titles and the rotated task names.
 TOP_RIGHT_LEGEND = dict(orientation="h", yref="container", y=0.99, yanchor="top", x=1, xanchor="right")
@@ -17,6 +17,7 @@ CONDITIONS = (("baseline", "Unpruned", "#6b7280"), ("pruned", "Pruned", "#c2410c
               ("random", "Random masks (mean)", "#2563eb"))
 PANELS = (("accuracy", "Accuracy"), ("copy_error_rate", "Copy errors"), ("echo_rate", "Echoes"))
 COMPARISONS = (("baseline", "vs unpruned", "#c2410c"), ("random", "vs random masks", "#2563eb"))
+FOREST_OFFSET = 0.17  # rows apart: each task's "vs unpruned" interval above its "vs random masks" one
 
 
 def pruning_bars(summary: pd.DataFrame, title: str = "") -> go.Figure:
@@ -65,7 +66,8 @@ def interval_bars(value: pd.Series, low: pd.Series, high: pd.Series, thickness: 
 def change_forest(summary: pd.DataFrame, title: str = "") -> go.Figure:
     """The paired changes themselves: per task (and the average), pruned minus unpruned and pruned minus the
     random controls, in percentage points with 95 % intervals, around a line at zero. An interval crossing
-    zero is no evidence of an effect, whatever the bars suggest."""
+    zero is no evidence of an effect, whatever the bars suggest. The two intervals of a task sit just above and
+    below its row (``FOREST_OFFSET``), so neither hides the other."""
     panels = [(m, name) for m, name in PANELS if f"d_{m}_vs_baseline" in summary]
     fig = make_subplots(rows=1, cols=max(len(panels), 1), subplot_titles=[f"Change in {name.lower()}"
                                                                           for _, name in panels],
@@ -79,19 +81,22 @@ def change_forest(summary: pd.DataFrame, title: str = "") -> go.Figure:
                 continue
             delta = 100 * summary[column].astype(float)
             low, high = 100 * summary[f"{column}_lo"], 100 * summary[f"{column}_hi"]
+            shift = FOREST_OFFSET if against == "random" else -FOREST_OFFSET  # the y axis runs downwards
             fig.add_trace(go.Scatter(
-                x=delta, y=labels, mode="markers", name=name, legendgroup=name, showlegend=col == 1,
+                x=delta, y=[row + shift for row in range(len(labels))], text=labels, mode="markers", name=name,
+                legendgroup=name, showlegend=col == 1,
                 marker=dict(color=colour, size=9, symbol="diamond" if against == "random" else "circle"),
                 error_x=interval_bars(delta, low, high, thickness=2),
                 customdata=summary[[f"{column}_lo", f"{column}_hi", f"{column}_p"]].to_numpy(),
-                hovertemplate=f"{name}<br>%{{y}}: %{{x:+.1f}} points<br>95 % CI %{{customdata[0]:.1%}} to "
+                hovertemplate=f"{name}<br>%{{text}}: %{{x:+.1f}} points<br>95 % CI %{{customdata[0]:.1%}} to "
                               f"%{{customdata[1]:.1%}}, p = %{{customdata[2]:.3f}}<extra></extra>"),
                 row=1, col=col)
         fig.add_vline(x=0, line_color="#18181b", line_width=1, row=1, col=col)
     fig.update_xaxes(title_text="points", zeroline=False)
-    fig.update_yaxes(autorange="reversed")
-    fig.update_layout(title=title, height=130 + 34 * len(labels), margin=dict(t=80, b=40, l=10, r=10),
-                      legend=TOP_RIGHT_LEGEND, scattermode="group")
+    fig.update_yaxes(autorange="reversed", tickmode="array", tickvals=list(range(len(labels))), ticktext=labels,
+                     zeroline=False)
+    fig.update_layout(title=title, height=130 + 40 * len(labels), margin=dict(t=80, b=40, l=10, r=10),
+                      legend=TOP_RIGHT_LEGEND)
     return fig
 
 
@@ -179,32 +184,65 @@ def task_vector_chart(curves: Mapping[str, Sequence[float]], zero_shot: Mapping[
                                      name=f"{name}: beats zero-shot", marker=dict(symbol="star", size=13, color=colour),
                                      hovertemplate=f"{name}<br>layer %{{x}}: %{{y:.1%}}, beats zero-shot"
                                                    "<extra></extra>"))
-    # Reference lines; conditions with the same value share one line and one label (no overprinted labels).
-    for reference, dash, label, position in ((zero_shot, "dot", "zero-shot without a vector", "top right"),
-                                             (icl, "dash", "k-shot ICL", "bottom right")):
+    # Reference lines, labelled in the right margin beside their height (never over the curves); conditions with
+    # the same value share one line and one label, and labels too close to each other are pushed apart.
+    labels: list[tuple[float, str, str]] = []
+    for reference, dash, label in ((zero_shot, "dot", "zero-shot without a vector"), (icl, "dash", "k-shot ICL")):
         shared: dict[float, list[str]] = {}
         for name in curves:
             if reference and name in reference:
                 shared.setdefault(round(float(reference[name]), 9), []).append(name)
         for value, names in shared.items():
-            fig.add_hline(y=value, line_dash=dash, line_color=colours[list(curves).index(names[0]) % len(colours)],
-                          annotation_text=f"{' and '.join(names)}, {label}", annotation_position=position)
+            colour = colours[list(curves).index(names[0]) % len(colours)]
+            fig.add_hline(y=value, line_dash=dash, line_color=colour)
+            labels.append((value, f"{' and '.join(names)},<br>{label}", colour))
+    labels.sort()
+    for (_, text, colour), y in zip(labels, spread([value for value, _, _ in labels])):
+        fig.add_annotation(text=text, xref="paper", x=1, xanchor="left", xshift=8, y=y, yanchor="middle",
+                           align="left", showarrow=False, font=dict(color=colour, size=LABEL_FONT))
+    width = max((len(part) for _, text, _ in labels for part in text.split("<br>")), default=0)
     fig.update_layout(title=title, xaxis_title="layer patched (input of block L)",
-                      yaxis=dict(title="accuracy", range=[0, 1.02], tickformat=".0%"), height=420,
-                      margin=dict(t=50, b=40, l=40, r=10))
+                      yaxis=dict(title="accuracy", range=[0, 1.02], tickformat=".0%"), height=440,
+                      margin=dict(t=50, b=90, l=40, r=16 + int(0.6 * LABEL_FONT * width)),
+                      legend=dict(orientation="h", yref="container", y=0.01, yanchor="bottom", x=0))
     return fig
 
 
+LABEL_FONT = 13  # px, the reference lines' labels
+LABEL_GAP = 0.12  # accuracy units between two stacked two-line labels (about 36 px of a 440 px chart)
+
+
+def spread(values: Sequence[float], gap: float = LABEL_GAP, low: float = 0.0, top: float = 1.02) -> list[float]:
+    """Label heights for ``values`` (sorted ascending), at least ``gap`` apart, within ``low``..``top`` where they
+    fit: labels too close to each other form a group centred on their values' mean."""
+    groups: list[list[float]] = []
+    for value in values:
+        groups.append([value])
+        while len(groups) > 1 and _centre(groups[-1]) - (len(groups[-1]) - 1) * gap / 2 \
+                < _centre(groups[-2]) + (len(groups[-2]) + 1) * gap / 2:
+            last = groups.pop()
+            groups[-1] += last
+    placed = [_centre(g) + (i - (len(g) - 1) / 2) * gap for g in groups for i in range(len(g))]
+    shift = max(0.0, low - min(placed, default=low)) or min(0.0, top - max(placed, default=top))
+    return [y + shift for y in placed]
+
+
+def _centre(group: list[float]) -> float:
+    return sum(group) / len(group)
+
+
 def relevance_chart(tokens: Sequence[str], scores: Mapping[str, Sequence[float]], title: str = "") -> go.Figure:
-    """Token relevance per method as a methods x tokens heatmap, each row scaled by its max |value| (methods
-    have different units); hover shows the raw value."""
+    """Token relevance per method as a methods x tokens heatmap, each row scaled by its own max |value| (methods
+    have different units; the colour bar says so), every token labelled; the hover shows the raw value."""
     names = list(scores)
     raw = [[float(v) for v in scores[m]] for m in names]
     scaled = [[v / (max(abs(x) for x in row) or 1.0) for v in row] for row in raw]
     labels = [f"{i}:{visible_token(t)}"[:20] for i, t in enumerate(tokens)]
     fig = go.Figure(go.Heatmap(z=scaled, x=labels, y=names, customdata=raw, colorscale="RdBu", reversescale=True,
                                zmid=0, zmin=-1, zmax=1,
+                               colorbar=dict(title=dict(text="relevance ÷<br>row's max |value|", side="right")),
                                hovertemplate="%{y}<br>%{x}<br>%{customdata:.4g}<extra></extra>"))
-    fig.update_layout(title=title, xaxis_tickangle=-60, height=140 + 40 * len(names),
-                      margin=dict(l=10, r=10, t=40, b=10))
+    fig.update_layout(title=title, height=140 + 40 * len(names) + 5 * token_font(len(labels)),
+                      xaxis=token_axis(labels, tickangle=-60 if len(labels) <= 40 else -90),
+                      yaxis_title="method", margin=dict(l=10, r=10, t=40, b=10))
     return fig

@@ -24,9 +24,8 @@ def chart(figure: go.Figure, key: str, name: str | None = None) -> None:
     config = {"displaylogo": False,
               "toImageButtonOptions": {"format": "png", "filename": _slug(name or key), "scale": 2}}
     height = present.figure_height()
-    if height:  # a slide: larger text, and at least the slide's figure height (a tall map keeps its own)
-        figure = go.Figure(figure)
-        figure.update_layout(height=max(height, figure.layout.height or 0), font=dict(size=17))
+    if height:  # a slide: large dark text, and at least the slide's figure height (a tall map keeps its own)
+        figure = present.slide_figure(figure, height)
     st.plotly_chart(figure, key=key, config=config)
 
 

@@ -8,12 +8,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import plotly.graph_objects as go
 import streamlit as st
 
 PARAM = "present"
 KEY = "presentation_mode"
 TOOLBAR_KEY = "_present_toolbar"  # this run's toolbar container (reset before every page)
 FIGURE_HEIGHT = 440  # px: below a title, the toolbar and two verdict lines, above the fold at 900 px
+# A slide's figure text, explicit on every axis, colour bar, legend and subplot title: Streamlit's theme sets
+# small light-grey tick labels that a figure-wide font leaves alone, unreadable on a projector.
+SLIDE_FONT = 17  # px: titles and axis titles
+SLIDE_TICKS = 16  # px: tick labels, legend, colour bars
+SLIDE_INK = "#18181b"
+SLIDE_LABELS = 24  # an axis with more labels than this keeps its builder's tick size
 
 STYLE = """<style>
 html, body, [data-testid="stAppViewContainer"] { font-size: 20px; }
@@ -88,6 +95,22 @@ def controls(label: str = "Controls") -> Iterator[None]:
                 yield
     else:
         yield
+
+
+def slide_figure(figure: go.Figure, height: int = FIGURE_HEIGHT) -> go.Figure:
+    """A copy of ``figure`` for a slide: at least ``height`` px tall (a tall map keeps its own), large dark text."""
+    fig = go.Figure(figure)
+    ticks, titles = dict(size=SLIDE_TICKS, color=SLIDE_INK), dict(size=SLIDE_FONT, color=SLIDE_INK)
+    fig.update_layout(height=max(height, fig.layout.height or 0), font=titles, legend_font=ticks,
+                      title_font=dict(size=SLIDE_FONT + 3, color=SLIDE_INK))
+    for axis in [*fig.select_xaxes(), *fig.select_yaxes()]:  # many token labels keep their fitted size
+        crowded = axis.tickfont.size and len(axis.tickvals or ()) > SLIDE_LABELS
+        axis.update(tickfont=dict(size=axis.tickfont.size if crowded else SLIDE_TICKS, color=SLIDE_INK),
+                    title_font=titles)
+    fig.update_traces(colorbar=dict(tickfont=ticks, title_font=ticks), selector=dict(type="heatmap"))
+    for note in fig.layout.annotations:  # a label its builder sized and coloured (and spaced) stays as it is
+        note.font.update(size=note.font.size or SLIDE_TICKS, color=note.font.color or SLIDE_INK)
+    return fig
 
 
 def figure_height(normal: int | None = None) -> int | None:

@@ -72,7 +72,8 @@ def _isolated_cache(tmp_path_factory):
 # A test marked slow on its own (test_browser.py's) keeps that marker beside its module's tier.
 TIERS = {
     # pure functions and files: no model, no app
-    "unit": ["test_hosting_files.py", "test_import_graph.py", "test_paired.py", "test_report.py", "test_settings.py",
+    "unit": ["test_figures.py", "test_hosting_files.py", "test_import_graph.py", "test_paired.py", "test_report.py",
+             "test_settings.py",
              "test_significance.py", "test_stability.py", "test_task_files.py", "test_tasks.py"],
     # tiny random-weight models (the fixtures above) or the shipped toy checkpoints, end to end
     "integration": [

@@ -121,3 +121,54 @@ def test_no_csv_is_written_around_the_helper(folder):
     for path in (ROOT / folder).rglob("*.py"):
         if path != ROOT / "analysis" / "export.py":
             assert ".to_csv(" not in path.read_text(encoding="utf-8"), path
+
+
+def test_the_attention_pages_report_keeps_its_labels(monkeypatch):
+    """The attention page's "HTML report" download, as a visitor gets it: its figures were built inside the app
+    (Streamlit's placeholder template, margins its frontend widens) and must carry a real template and margins
+    for their token labels."""
+    import json
+
+    from streamlit.runtime.media_file_manager import MediaFileManager
+
+    from tests.test_report import _figure_specs
+
+    downloads = {}
+    real = MediaFileManager.add_deferred
+
+    def spy(self, data, mimetype, coordinates, file_name=None, **kwargs):
+        downloads[file_name] = data
+        return real(self, data, mimetype, coordinates, file_name=file_name, **kwargs)
+
+    monkeypatch.setattr(MediaFileManager, "add_deferred", spy)
+    monkeypatch.setenv("PRUNESCOPE_MODEL", "toy-transformer")
+    at = AppTest.from_file(str(MAIN), default_timeout=TIMEOUT)
+    at.switch_page("views/attention.py")
+    _ok(at.run())
+    tokens = at.session_state["attn_last"]["tokens"]
+    report = downloads["prunescope-implicit-attention.html"]()
+    attention = _figure_specs(report)[0]
+    assert len(attention["data"][0]["x"]) == len(tokens) > 5
+    assert "#000001" not in json.dumps(attention["layout"]["template"])  # not Streamlit's placeholders
+    assert attention["layout"]["xaxis"]["automargin"] and attention["layout"]["yaxis"]["automargin"]
+    longest = max(len(label) for label in attention["data"][0]["y"])
+    assert attention["layout"]["margin"]["l"] >= 6 * longest  # the token labels beside the map fit
+
+
+def test_a_slides_charts_have_large_dark_tick_labels(monkeypatch):
+    """In presentation mode the charts the page sends carry explicit 16 px dark tick labels: Streamlit's theme
+    draws small light-grey ones wherever the figure leaves them unset."""
+    import json
+
+    monkeypatch.setenv("PRUNESCOPE_MODEL", "toy-transformer")
+    at = AppTest.from_file(str(MAIN), default_timeout=TIMEOUT)
+    at.query_params.update({"page": "attention", "present": "1"})
+    _ok(at.run())
+    specs = {c.key: json.loads(c.proto.spec) for c in at.get("plotly_chart")}
+    assert {"attn_chart", "rel_chart"} <= set(specs)
+    for key in ("attn_chart", "rel_chart"):
+        layout = specs[key]["layout"]
+        for axis in ("xaxis", "yaxis"):
+            assert layout[axis]["tickfont"] == {"size": 16, "color": "#18181b"}, (key, axis)
+        assert specs[key]["data"][0]["colorbar"]["tickfont"]["size"] == 16
+    assert specs["attn_chart"]["data"][0]["zmin"] == 0  # softmax weights: a scale from 0, not -1..1

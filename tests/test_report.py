@@ -115,3 +115,86 @@ def test_shot_sweep_chart_plots_the_average_change_per_shot_with_its_interval():
     assert list(unpruned.error_y.arrayminus) == pytest.approx([3.0, 3.0, 3.0])
     assert [t.name for t in fig.data] == ["vs unpruned", "vs random masks"]
     assert list(fig.layout.xaxis.ticktext) == ["1", "4", "16"]
+
+
+TASKS = ["vowel-count[heldout]", "antonyms", "first-letter", "copy-required tasks", "other tasks", "average"]
+TOKENS = ["<bos>", *(f" word{i}" if i % 4 else "\n" for i in range(1, 45))]  # 45 tokens
+GLYPH_PX = 6  # a 12 px label's glyphs are at least this wide on average: a margin narrower than that cuts it
+
+
+def _paired_summary() -> pd.DataFrame:
+    """A prune-eval summary with realistic task names and paired changes (as ``PruneEvalResult.summary()``)."""
+    rows = []
+    for i, task in enumerate(TASKS):
+        row = {"task": task, "shots": 4, "n": 40, "queries": 40}
+        for j, metric in enumerate(("accuracy", "copy_error_rate", "echo_rate")):
+            for group, value in (("baseline", 0.5), ("pruned", 0.45 + 0.02 * i), ("random", 0.5 - 0.01 * j)):
+                row.update({f"{group}_{metric}": value, f"{group}_{metric}_lo": value - 0.07,
+                            f"{group}_{metric}_hi": value + 0.08})
+            for against, delta in (("baseline", 0.02 * i - 0.05), ("random", 0.01 * j - 0.02)):
+                name = f"d_{metric}_vs_{against}"
+                row.update({name: delta, f"{name}_lo": delta - 0.04, f"{name}_hi": delta + 0.05, f"{name}_p": 0.2,
+                            f"{name}_p_holm": 0.6})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def app_template(monkeypatch):
+    """Figures built as in the app: importing streamlit makes its placeholder template plotly's default."""
+    import plotly.io as pio
+    import streamlit  # noqa: F401 - registers the "streamlit" template
+
+    monkeypatch.setattr(pio.templates, "default", "streamlit")
+
+
+def _left_needed(labels, title: bool) -> float:
+    return GLYPH_PX * max(len(str(label)) for label in labels) + (12 if title else 0)
+
+
+def test_report_figures_keep_tick_labels_and_margins_that_fit_them(app_template):
+    """A report of figures made inside the app (Streamlit's template, whose placeholders only the app fills in,
+    and 10 px margins the app's theme widened) had no token labels, "0 0 0 0" for per-layer ticks, task names cut
+    to "t]" and "ns", and the heatmap's axis title over its last row."""
+    import numpy as np
+
+    from components.charts import attention_heatmap, layer_totals_bar, neuron_heatmap
+    from components.charts_pruning import change_forest
+
+    rng = np.random.default_rng(0)
+    attention = np.tril(rng.random((len(TOKENS), len(TOKENS))))
+    scores = rng.normal(0, 1e-3, (30, 1536)) + 0.02 * rng.normal(size=1536) * (np.arange(30) == 0)[:, None]
+    figures = {"attention": attention_heatmap((attention / attention.sum(1, keepdims=True)).tolist(), TOKENS),
+               "heat": neuron_heatmap(scores.tolist(), title="mean attribution per neuron"),
+               "totals": layer_totals_bar(scores.tolist()),
+               "forest": change_forest(_paired_summary(), "paired changes")}
+    assert figures["attention"].layout.template.layout.colorway[0] == "#000001"  # built with the app's template
+    text = html_report("Everything", figures, {"Summary": _paired_summary()})
+    specs = dict(zip(figures, _figure_specs(text)))
+    for name, spec in specs.items():
+        assert "#000001" not in json.dumps(spec["layout"]["template"]), name  # a real template, not placeholders
+        axes = [key for key in spec["layout"] if key.startswith(("xaxis", "yaxis"))]
+        assert axes and all(spec["layout"][key]["automargin"] for key in axes), name
+
+    attention_spec = specs["attention"]
+    labels = [f"{i}:{t.replace(' ', '␣').replace(chr(10), '⏎')}" for i, t in enumerate(TOKENS)]
+    assert attention_spec["data"][0]["x"] == labels and attention_spec["data"][0]["y"] == labels
+    margin = attention_spec["layout"]["margin"]
+    assert margin["l"] >= _left_needed(labels, title=True)  # "44:␣word44" and "output position" beside it
+    assert margin["b"] >= GLYPH_PX * len("44:␣word44") * np.sin(np.radians(60)) + 12
+
+    heat = specs["heat"]["layout"]
+    assert heat["yaxis"]["title"]["text"] == "layer" and heat["margin"]["l"] >= _left_needed(["29"], title=True)
+    assert heat["margin"]["b"] >= 12 + 12 + 12  # tick labels, then the axis title below them, not over a row
+
+    totals = specs["totals"]
+    sums = totals["data"][1]["y"]
+    assert totals["layout"]["margin"]["l"] >= _left_needed([f"{max(sums):.2f}"], title=True)  # not "0 0 0 0"
+
+    forest = specs["forest"]
+    shown = forest["layout"]["yaxis"].get("ticktext") or forest["data"][0]["y"]
+    assert set(TASKS) <= set(shown)
+    assert forest["layout"]["margin"]["l"] >= _left_needed(TASKS, title=False)  # "vowel-count[heldout]" whole
+
+    table = text.split("<h2>Summary</h2>", 1)[1]
+    assert table.startswith("<div class='table'>") and ".table{overflow-x:auto" in text  # scrolls, in the page

@@ -106,8 +106,8 @@ if right is not None:
         other_title = f"{other.name} layer {other_layer} ({describe(other_maps.kinds[0], other_maps.form)})"
         figures[other_title] = attention_heatmap(other_maps.attn[0].tolist(), other_maps.tokens, other_title)
         chart(figures[other_title], "attn_other_chart", "attention-comparison")
-    st.caption("Each map has its own colour scale (± its largest |value|): compare where the weight goes, not "
-               "the colours' strength across the two.")
+    st.caption("Each map has its own colour scale (0 to its largest weight, or ± its largest |value| for a signed "
+               "map): compare where the weight goes, not the colours' strength across the two.")
 
 st.subheader("Token relevance")
 methods = [m for m in METHODS if m != "lrp" or loaded.family in LRP_FAMILIES]
