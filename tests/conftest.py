@@ -74,7 +74,7 @@ TIERS = {
     # pure functions and files: no model, no app
     "unit": ["test_figures.py", "test_hosting_files.py", "test_import_graph.py", "test_paired.py", "test_report.py",
              "test_settings.py",
-             "test_significance.py", "test_stability.py", "test_task_files.py", "test_tasks.py"],
+             "test_significance.py", "test_stability.py", "test_task_files.py", "test_tasks.py", "test_wording.py"],
     # tiny random-weight models (the fixtures above) or the shipped toy checkpoints, end to end
     "integration": [
         "test_adaptive_ig.py", "test_api.py", "test_attention_maps.py", "test_baselines.py", "test_cache.py",
