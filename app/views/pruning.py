@@ -13,6 +13,7 @@ from analysis.cache import ResultsCache
 from analysis.demo import PRUNE_CONTROLS, pruning_tasks
 from analysis.device import dtype_name
 from analysis.distributed import env_pool
+from analysis.errors import PrunescopeError
 from analysis.evaluation.paired import BASELINE
 from analysis.models.builtin import model_label
 from analysis.pruning import NeuronMask
@@ -32,7 +33,14 @@ from components.export import chart, report_button, table
 from components.general_view import general_text_panel
 from components.layout import wrapping_columns
 from components.markup import echo
-from components.masking import remember, scoring_settings, stored_copying_scores, top_k_mask, top_k_stability
+from components.masking import (
+    link_mask,
+    remember,
+    scoring_settings,
+    stored_copying_scores,
+    top_k_mask,
+    top_k_stability,
+)
 from components.pruning_view import mask_table, show_result
 from components.results import keep, result_key, shown
 from components.shot_sweep_view import shot_sweep_panel
@@ -132,7 +140,11 @@ with present.controls("Mask"):
                              disabled=scores is None, help="select only in this range, e.g. 10-20; empty: all")
     layers = None
     with guarded("layer range"):
-        layers = parse_layer_range(layer_text, loaded.n_layers)
+        try:
+            layers = parse_layer_range(layer_text, loaded.n_layers)
+        except PrunescopeError:
+            state.reject("layers")  # said in one line; the link leaves it out
+            raise
     span = loaded.n_layers if layers is None else layers[1] - layers[0] + 1
     limit = counts[0] if per_layer else span * counts[0]
     if state.get("k") > limit:  # e.g. a link made on a bigger model
@@ -153,8 +165,7 @@ with guarded("mask"):
         candidate.validate(counts, f"mask file {upload.name}")
         state.put("mask", candidate.to_text())
     elif state.get("mask"):
-        candidate = NeuronMask.from_text(state.get("mask"), "mask in the link")
-        candidate.validate(counts, "mask in the link")
+        candidate = link_mask(loaded)
     else:
         candidate = top_k_mask(loaded, scores) if scores is not None else None
     mask, rejected = candidate, False
