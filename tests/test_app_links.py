@@ -3,6 +3,7 @@ Copy link, the Compare page as a slide shows its stored result, a toy model's at
 
 from __future__ import annotations
 
+import json
 from urllib.parse import parse_qs
 
 from streamlit.testing.v1 import AppTest
@@ -60,3 +61,26 @@ def test_a_toy_models_attention_says_it_was_trained_on_synthetic_data(monkeypatc
     assert [c.value for c in at.caption if "trained only on" in c.value] == [notes[0].replace(
         "toy-mamba and toy-transformer were", "toy-mamba was")]
     assert synthetic_note(["HuggingFaceTB/SmolLM2-135M-Instruct", "default"]) is None
+
+
+def test_compare_as_a_slide_shows_the_stored_comparison(monkeypatch):
+    """On a slide the Compare button hides behind Controls, and the page showed only its heading although the
+    comparison was stored (shipped, for the real models' defaults): stored results now show at once, with
+    plain labels ('B: active mask (2 neurons)', not 'B (toy-transformer (active mask, 2 neurons))')."""
+    from components import present
+
+    link = dict(page="compare", task="to-upper", shots="2", n="6", mask="0.1,1.5")
+    at = _open(monkeypatch, **link)  # computed once in another session (a click): stored on disk
+    at.button(key="cmp_run").click()
+    _ok(at.run())
+    runs = at.session_state["cmp_runs"]["value"]["runs"]
+    assert list(runs) == ["A: no mask", "B: active mask (2 neurons)"]
+    slide = _open(monkeypatch, **link, present="1")
+    assert slide.session_state[present.KEY] and not slide.button(key="cmp_run").value  # nothing clicked
+    [bars] = [c for c in slide.get("plotly_chart") if c.key == "cmp_chart"]
+    figure = json.loads(bars.proto.spec)
+    assert figure["layout"]["height"] == present.FIGURE_HEIGHT
+    accuracy = next(t for t in figure["data"] if t["name"] == "Accuracy")
+    assert accuracy["y"] == [r.accuracy for r in runs.values()]
+    sentences = [i.value for i in slide.info if i.value.startswith("B (")]
+    assert len(sentences) == 1 and sentences[0].startswith("B (active mask, 2 neurons) against A (no mask): ")
