@@ -84,3 +84,28 @@ def test_compare_as_a_slide_shows_the_stored_comparison(monkeypatch):
     assert accuracy["y"] == [r.accuracy for r in runs.values()]
     sentences = [i.value for i in slide.info if i.value.startswith("B (")]
     assert len(sentences) == 1 and sentences[0].startswith("B (active mask, 2 neurons) against A (no mask): ")
+
+
+def test_pruning_results_come_before_the_folded_controls(monkeypatch):
+    """At 1024x768 the scoring and mask controls filled the first screen and the bar panels' slanted task names
+    ran into each other: with scores the controls fold into expanders above the verdict and numbers, and the
+    task names run straight down in a figure tall enough for them; the forest has few x ticks per panel."""
+    from components.charts_pruning import FOREST_TICKS, TICK_CHAR_PX, change_forest
+
+    at = _start("toy-transformer", monkeypatch, "views/pruning.py", shots=2, n=4, score_n=4, score_steps=2)
+    assert at.expander[0].label == "Copying scores and mask" and at.expander[0].proto.expanded
+    at.button(key="score_run").click()
+    _ok(at.run())  # the scores are computed in this run, under the open expander; the next run folds it
+    _ok(at.run())
+    folded = {e.label: e.proto.expanded for e in at.expander}
+    assert folded["Copying scores and mask"] is False and folded["Tasks and random masks"] is False
+    labels = [e.label for e in at.main if getattr(e, "label", None)]
+    assert labels.index("Copying scores and mask") < labels.index("Accuracy, unpruned")
+    assert at.number_input(key="_w_score_n").value == 4  # still drawn (folded): the same settings
+    [bars] = [json.loads(c.proto.spec) for c in at.get("plotly_chart") if c.key == "prune_bars"]
+    assert {bars["layout"][axis]["tickangle"] for axis in ("xaxis", "xaxis2", "xaxis3")} == {-90}
+    assert bars["layout"]["height"] == 320 + TICK_CHAR_PX * len("vowel-count[heldout]")
+    forest = change_forest(at.session_state["prune_summary"].assign(
+        **{f"d_{m}_vs_{a}{s}": 0.0 for m in ("accuracy", "copy_error_rate", "echo_rate")
+           for a in ("baseline", "random") for s in ("", "_lo", "_hi", "_p")}))
+    assert {axis.nticks for axis in forest.select_xaxes()} == {FOREST_TICKS}
