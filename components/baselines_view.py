@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from analysis.cache import ResultsCache
+from analysis.evaluation.verdicts import signed_points
 from analysis.models import LoadedModel
 from analysis.pruning import NeuronMask
 from analysis.pruning.baselines import BASELINES, METHOD_LABELS, evaluate_baselines, method_table
@@ -42,7 +43,8 @@ def baselines_panel(loaded: LoadedModel, mask: NeuronMask, result: PruneEvalResu
             methods = method_table(pd.concat([result.records, extra], ignore_index=True), result.resamples)
             shown = pd.DataFrame({"method": methods["method"], **{
                 f"{name} change, points [95 % CI]": [
-                    f"{100 * row[f'd_{m}']:+.1f} [{100 * row[f'd_{m}_lo']:+.1f}, {100 * row[f'd_{m}_hi']:+.1f}]"
+                    f"{signed_points(row[f'd_{m}'])} [{signed_points(row[f'd_{m}_lo'])}, "
+                    f"{signed_points(row[f'd_{m}_hi'])}]"
                     for _, row in methods.iterrows()]
                 for m, name in OUTCOMES}})
             st.caption("Each method against the unpruned model on the same prompts, task average, paired by "

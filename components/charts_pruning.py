@@ -17,6 +17,8 @@ CONDITIONS = (("baseline", "Unpruned", "#6b7280"), ("pruned", "Pruned", "#c2410c
               ("random", "Random masks (mean)", "#2563eb"))
 PANELS = (("accuracy", "Accuracy"), ("copy_error_rate", "Copy errors"), ("echo_rate", "Echoes"))
 COMPARISONS = (("baseline", "vs unpruned", "#c2410c"), ("random", "vs random masks", "#2563eb"))
+TICK_CHAR_PX = 6  # px per character of a vertical 12 px tick label (the default tasks: 440 px, as before)
+FOREST_TICKS = 4  # at most this many x ticks per forest panel: more ran into the next panel's at 1024 px ("1−1")
 FOREST_OFFSET = 0.17  # rows apart: each task's "vs unpruned" interval above its "vs random masks" one
 
 
@@ -52,8 +54,12 @@ def pruning_bars(summary: pd.DataFrame, title: str = "") -> go.Figure:
                 x=tasks, y=values.tolist(), name=name, legendgroup=name, showlegend=col == 1, marker_color=colour,
                 error_y=error, customdata=custom, hovertemplate=hover + "<extra></extra>"), row=1, col=col)
     fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
-    fig.update_layout(barmode="group", title=title, height=440, margin=dict(t=80, b=70, l=40, r=10),
-                      legend=TOP_RIGHT_LEGEND)
+    # task names run straight down: slanted, a long one ran under the next panel's names at narrow widths
+    # ("averagevowel-count[heldout]" at 1024 px); the figure grows by the longest name so the bars keep their room
+    longest = max((len(str(t)) for t in tasks), default=0)
+    fig.update_xaxes(tickangle=-90, automargin=True)
+    fig.update_layout(barmode="group", title=title, height=320 + TICK_CHAR_PX * longest,
+                      margin=dict(t=80, b=20, l=40, r=10), legend=TOP_RIGHT_LEGEND)
     return fig
 
 
@@ -71,7 +77,7 @@ def change_forest(summary: pd.DataFrame, title: str = "") -> go.Figure:
     panels = [(m, name) for m, name in PANELS if f"d_{m}_vs_baseline" in summary]
     fig = make_subplots(rows=1, cols=max(len(panels), 1), subplot_titles=[f"Change in {name.lower()}"
                                                                           for _, name in panels],
-                        shared_yaxes=True, horizontal_spacing=0.04)
+                        shared_yaxes=True, horizontal_spacing=0.07)
     labels = [f"{t} ({s}-shot)" if summary["shots"].nunique() > 1 else str(t)
               for t, s in zip(summary["task"], summary["shots"])]
     for col, (metric, _) in enumerate(panels, start=1):
@@ -92,7 +98,7 @@ def change_forest(summary: pd.DataFrame, title: str = "") -> go.Figure:
                               f"%{{customdata[1]:.1%}}, p = %{{customdata[2]:.3f}}<extra></extra>"),
                 row=1, col=col)
         fig.add_vline(x=0, line_color="#18181b", line_width=1, row=1, col=col)
-    fig.update_xaxes(title_text="points", zeroline=False)
+    fig.update_xaxes(title_text="points", zeroline=False, nticks=FOREST_TICKS)
     fig.update_yaxes(autorange="reversed", tickmode="array", tickvals=list(range(len(labels))), ticktext=labels,
                      zeroline=False)
     fig.update_layout(title=title, height=130 + 40 * len(labels), margin=dict(t=80, b=40, l=10, r=10),

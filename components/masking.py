@@ -11,6 +11,7 @@ import streamlit as st
 from analysis.attribution.targets import CopyTarget
 from analysis.cache import ResultsCache
 from analysis.demo import SCORING
+from analysis.errors import PrunescopeError
 from analysis.models import LoadedModel
 from analysis.pruning import NeuronMask, copying
 from analysis.pruning.copying import CopyingScores, ScorePrompts, parse_layer_range, select_top_k
@@ -60,13 +61,22 @@ def remember(loaded: LoadedModel, mask: NeuronMask | None) -> None:
     st.session_state[ACTIVE_KEY] = {"model": loaded.name, "mask": mask}
 
 
+def link_mask(loaded: LoadedModel) -> NeuronMask:
+    """The link's mask (the ``mask`` setting); a malformed or out-of-range one raises PrunescopeError and is
+    left out of the link from then on (:func:`state.reject`)."""
+    try:
+        mask = NeuronMask.from_text(state.get("mask"), "mask in the link")
+        mask.validate(loaded.adapter.neuron_counts(), "mask in the link")
+    except PrunescopeError:
+        state.reject("mask")
+        raise
+    return mask
+
+
 def active_mask(loaded: LoadedModel) -> tuple[NeuronMask | None, str]:
     """(mask or None, where it came from); raises PrunescopeError for a malformed or out-of-range link mask."""
-    text = state.get("mask")
-    if text:
-        mask = NeuronMask.from_text(text, "mask in the link")
-        mask.validate(loaded.adapter.neuron_counts(), "mask in the link")
-        return mask, "from the link"
+    if state.get("mask"):
+        return link_mask(loaded), "from the link"
     active = st.session_state.get(ACTIVE_KEY)
     if active and active["model"] == loaded.name and active["mask"] is not None:
         return active["mask"], "set on the pruning page"

@@ -60,7 +60,7 @@ def show_metrics(cell: Cell, pruned: bool) -> None:
         change = cell.vs_baseline[metric]
         row.metric(label, f"{cell.rates['pruned'][metric].value:.1%}", f"{signed_points(change.delta)} points",
                    delta_color=colour if excludes_zero(change.ci95) else "off",
-                   delta_arrow="auto" if change.delta else "off",
+                   delta_arrow="off" if signed_points(change.delta) == "0.0" else "auto",  # no arrow on 0.0
                    delta_description=interval_text(change.ci95).removeprefix("95 % "), width=width,
                    help=f"change vs unpruned, paired by prompt: {interval_text(change.ci95)} points, "
                         f"{format_p(change.p)} (sign-flip test over queries); grey when the interval includes zero")

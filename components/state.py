@@ -23,6 +23,7 @@ from components.settings import options as options_of
 
 PREFIX = "setting_"  # session-state key of a setting
 RESTORED = "_query_restored"
+REJECTED = "_rejected_settings"  # setting -> the value a page rejected (kept out of the link while it stays)
 PAGE_PARAM = "page"
 MODEL_PARAM = "model"
 
@@ -68,6 +69,18 @@ def restore_from_query() -> dict[str, str]:
     return params
 
 
+def reject(name: str) -> None:
+    """The page said it cannot use the setting's current value (a malformed mask, a bad layer range): the
+    address bar and Copy link leave it out until the value changes; the page goes on showing it."""
+    st.session_state.setdefault(REJECTED, {})[name] = get(name)
+
+
+def rejected(name: str) -> bool:
+    """Whether the setting still holds the value a page rejected."""
+    kept = st.session_state.get(REJECTED, {})
+    return name in kept and kept[name] == get(name)
+
+
 def fit_to_model(n_layers: int) -> None:
     """Keep the layer setting within the loaded model's layers on every page, not only where a widget shows
     it, so the address bar and Copy link never hold a layer the pages do not use (``layer=1023`` on a 4-layer
@@ -77,11 +90,12 @@ def fit_to_model(n_layers: int) -> None:
 
 
 def sync_query(page: str, model_spec: str | None, extra: dict[str, str] | None = None) -> None:
-    """Write the page, the model, the settings that differ from their defaults and ``extra`` into the URL."""
+    """Write the page, the model, the settings that differ from their defaults (less a rejected value) and
+    ``extra`` into the URL."""
     wanted = {PAGE_PARAM: page, **(extra or {})}
     if model_spec:
         wanted[MODEL_PARAM] = model_spec
-    wanted.update({name: str(get(name)) for name in DEFAULTS if get(name) != DEFAULTS[name]})
+    wanted.update({name: str(get(name)) for name in DEFAULTS if get(name) != DEFAULTS[name] and not rejected(name)})
     if dict(st.query_params) != wanted:
         st.query_params.from_dict(wanted)
 

@@ -74,7 +74,7 @@ TIERS = {
     # pure functions and files: no model, no app
     "unit": ["test_figures.py", "test_hosting_files.py", "test_import_graph.py", "test_paired.py", "test_report.py",
              "test_settings.py",
-             "test_significance.py", "test_stability.py", "test_task_files.py", "test_tasks.py"],
+             "test_significance.py", "test_stability.py", "test_task_files.py", "test_tasks.py", "test_wording.py"],
     # tiny random-weight models (the fixtures above) or the shipped toy checkpoints, end to end
     "integration": [
         "test_adaptive_ig.py", "test_api.py", "test_attention_maps.py", "test_baselines.py", "test_cache.py",
@@ -87,8 +87,8 @@ TIERS = {
         "test_scheduler.py", "test_task_vectors.py", "test_tiny_models.py", "test_token_relevance.py",
         "test_toy.py", "test_toy_checkpoints.py"],
     # the app's pages through Streamlit's AppTest, or a real browser
-    "ui": ["test_app.py", "test_app_hosting.py", "test_app_pages.py", "test_app_scheduler.py", "test_browser.py",
-           "test_builtin_models.py", "test_export.py", "test_ig_delta.py", "test_markup.py",
+    "ui": ["test_app.py", "test_app_hosting.py", "test_app_links.py", "test_app_pages.py", "test_app_scheduler.py",
+           "test_browser.py", "test_builtin_models.py", "test_export.py", "test_ig_delta.py", "test_markup.py",
            "test_page_settings.py"],
     # the real built-in models (SmolLM2-135M, Gemma 3 270M), a Ray cluster or a notebook kernel
     "slow": ["test_default_model.py", "test_gemma3_model.py", "test_notebook.py", "test_ray.py", "test_ray_app.py",

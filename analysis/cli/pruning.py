@@ -24,6 +24,7 @@ from analysis.cli.common import (
     shots_list,
 )
 from analysis.errors import PrunescopeError
+from analysis.evaluation.verdicts import signed_points
 from analysis.export import safe_csv
 
 if TYPE_CHECKING:
@@ -205,9 +206,9 @@ def sweep_text(sweep) -> str:
     for row in sweep.averages().itertuples():
         line = f"  k={row.k:<4} acc {row.accuracy:.3f} copy {row.copy_error_rate:.3f} echo {row.echo_rate:.3f}"
         if row.k:
-            line += (f"  d_acc {100 * row.d_accuracy:+.1f} [{100 * row.d_accuracy_lo:+.1f}, "
-                     f"{100 * row.d_accuracy_hi:+.1f}]  d_copy {100 * row.d_copy_error_rate:+.1f} "
-                     f"[{100 * row.d_copy_error_rate_lo:+.1f}, {100 * row.d_copy_error_rate_hi:+.1f}]")
+            line += (f"  d_acc {signed_points(row.d_accuracy)} [{signed_points(row.d_accuracy_lo)}, "
+                     f"{signed_points(row.d_accuracy_hi)}]  d_copy {signed_points(row.d_copy_error_rate)} "
+                     f"[{signed_points(row.d_copy_error_rate_lo)}, {signed_points(row.d_copy_error_rate_hi)}]")
         lines.append(line)
     return "\n".join(lines)
 
@@ -322,8 +323,8 @@ def methods_text(table) -> str:
 
     lines = []
     for row in table.itertuples():
-        parts = [f"{short} {100 * getattr(row, f'd_{m}'):+.1f} [{100 * getattr(row, f'd_{m}_lo'):+.1f}, "
-                 f"{100 * getattr(row, f'd_{m}_hi'):+.1f}] {format_p(getattr(row, f'd_{m}_p'))}"
+        parts = [f"{short} {signed_points(getattr(row, f'd_{m}'))} [{signed_points(getattr(row, f'd_{m}_lo'))}, "
+                 f"{signed_points(getattr(row, f'd_{m}_hi'))}] {format_p(getattr(row, f'd_{m}_p'))}"
                  for m, short in (("accuracy", "acc"), ("copy_error_rate", "copy"), ("echo_rate", "echo"))]
         lines.append(f"  {row.method}, {row.shots}-shot: " + "; ".join(parts))
     return "\n".join(lines)
@@ -341,7 +342,7 @@ def change_table(summary) -> pd.DataFrame:
         low, high = row[f"{column}_lo"], row[f"{column}_hi"]
         holm = row.get(f"{column}_p_holm")
         adjusted = "" if holm is None or pd.isna(holm) else f" (Holm {format_p(holm).removeprefix('p ')})"
-        return (f"{100 * row[column]:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] "
+        return (f"{signed_points(row[column])} [{signed_points(low)}, {signed_points(high)}] "
                 f"{format_p(row[f'{column}_p'])}{adjusted}")
 
     rows = []

@@ -31,6 +31,7 @@ from analysis.evaluation.paired import (
     percentile_interval,
 )
 from analysis.evaluation.significance import sign_flip_p
+from analysis.evaluation.verdicts import signed
 from analysis.models.loader import LoadedModel
 from analysis.paths import ASSETS_DIR
 from analysis.pruning.mask import NeuronMask
@@ -117,7 +118,8 @@ class GeneralComparison:
             text += f"; random masks of the same size {_change(self.random_vs_baseline, plural=True)}"
         if self.vs_random is not None:
             low, high = self.vs_random.ci95
-            text += f"; pruned minus random: {self.vs_random.delta:+.3f} (95 % CI {low:+.3f} to {high:+.3f})"
+            text += (f"; pruned minus random: {signed(self.vs_random.delta, 3)} (95 % CI {signed(low, 3)} to "
+                     f"{signed(high, 3)})")
         return text + "."
 
 
@@ -129,9 +131,10 @@ def _change(estimate: Estimate, plural: bool = False) -> str:
     if low > 0 or high < 0:
         head = f"{'raise' if estimate.delta > 0 else 'lower'}{ending} the loss by {abs(estimate.delta):.3f}"
     else:
-        head = f"change{ending} the loss by {estimate.delta:+.3f}"
+        head = f"change{ending} the loss by {signed(estimate.delta, 3)}"
     test = "" if estimate.p is None else f", {format_p(estimate.p)}"
-    return (f"{head} nats/token (95 % CI {low:+.3f} to {high:+.3f}; perplexity x{np.exp(estimate.delta):.3f}"
+    return (f"{head} nats/token (95 % CI {signed(low, 3)} to {signed(high, 3)}; "
+            f"perplexity x{np.exp(estimate.delta):.3f}"
             f"{test})")
 
 

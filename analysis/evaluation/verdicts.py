@@ -20,10 +20,16 @@ REFERENCES = {"baseline": "the unpruned model", "random": "random masks of the s
 DEPENDS = "depends on the task"
 
 
+def signed(value: float, digits: int = 1) -> str:
+    """``value`` with its sign at ``digits`` decimals, and no signed zero: '+3.1', '-0.4', '0.0' (a change
+    that rounds to zero has no direction)."""
+    text = f"{value:+.{digits}f}"
+    return text[1:] if float(text) == 0 else text
+
+
 def signed_points(value: float) -> str:
-    """A change in points with its sign, and no '-0.0': '+3.1', '-0.4', '0.0'."""
-    text = f"{100 * value:+.1f}"
-    return "0.0" if text in ("+0.0", "-0.0") else text
+    """A change (a rate difference) in points with its sign, and no '-0.0': '+3.1', '-0.4', '0.0'."""
+    return signed(100 * value)
 
 
 def interval_text(ci95: tuple[float, float]) -> str:

@@ -72,12 +72,32 @@ TRAINING_TASKS = ("to-upper", "to-lower", "next-letter", "prev-letter", "list-fi
                   "vowel-count")
 
 
+# what every toy learnt from, in words (the corpus of :func:`corpus_lines`)
+TRAINING_DATA = ("a synthetic corpus of key:value recall lines (like 'q:7 b:2 | b:2 q:7'), copying lines and "
+                 "few-shot lines of the built-in tasks")
+
+
+def is_toy(model_name: str) -> bool:
+    """Whether ``model_name`` is one of the shipped toy checkpoints (assets/models/<name>/training.json)."""
+    toy = ASSETS_DIR / "models" / model_name
+    return toy.parent.name == "models" and (toy / "training.json").is_file()
+
+
 def trained_on(model_name: str, task_name: str) -> bool:
     """Whether ``model_name`` is a toy checkpoint whose training corpus holds prompts of the built-in task
     ``task_name`` (a split such as ``vowel-count[heldout]`` counts as its task)."""
-    toy = ASSETS_DIR / "models" / model_name
-    return toy.parent.name == "models" and (toy / "training.json").is_file() \
-        and task_name.split("[")[0] in TRAINING_TASKS
+    return is_toy(model_name) and task_name.split("[")[0] in TRAINING_TASKS
+
+
+def synthetic_note(model_names: list[str]) -> str | None:
+    """One sentence for the toys among ``model_names``: what they were trained on, so their attention on
+    natural text is read as such; None when none is a toy."""
+    toys = [name for name in dict.fromkeys(model_names) if is_toy(name)]
+    if not toys:
+        return None
+    subject = " and ".join(toys) + (" were" if len(toys) > 1 else " was")
+    return (f"{subject} trained only on {TRAINING_DATA} (analysis/models/toy.py): on natural text the maps show "
+            "what that corpus taught, not how a language model reads.")
 
 
 def corpus_lines(seed: int, n_lines: int) -> list[str]:

@@ -28,6 +28,7 @@ from analysis.cache import ResultsCache
 from analysis.errors import PrunescopeError
 from analysis.evaluation.icl import Evaluation
 from analysis.evaluation.paired import AVERAGE, LEVEL, compare
+from analysis.evaluation.verdicts import signed_points
 from analysis.models.loader import LoadedModel
 from analysis.pruning.copying import copying_splits, select_top_k
 from analysis.runner import Runner
@@ -165,18 +166,19 @@ def choose_k(table: pd.DataFrame, n: int) -> tuple[int, str]:
                   "wide; smaller effects cannot be seen")
     if qualifying.empty:
         return 0, (f"No k beats the unpruned model beyond noise, so no neurons are selected. The best, k="
-                   f"{int(best_guess.k)}, changes accuracy by {100 * best_guess.d_accuracy:+.1f} points (95 % CI "
-                   f"{100 * best_guess.d_accuracy_lo:+.1f} to {100 * best_guess.d_accuracy_hi:+.1f}) and copy "
-                   f"errors by {100 * best_guess.d_copy_error_rate:+.1f}; {resolution}.")
+                   f"{int(best_guess.k)}, changes accuracy by {signed_points(best_guess.d_accuracy)} points "
+                   f"(95 % CI {signed_points(best_guess.d_accuracy_lo)} to {signed_points(best_guess.d_accuracy_hi)}) "
+                   f"and copy errors by {signed_points(best_guess.d_copy_error_rate)}; {resolution}.")
     best = qualifying.loc[qualifying.d_accuracy.idxmax()]
     others = avg[avg.k != best.k]
     runner = others.loc[others.d_accuracy.idxmax()] if len(others) else None
     separated = runner is None or runner.d_accuracy_hi < best.d_accuracy_lo
     versus = "" if runner is None else (
         f" It is {'clearly ahead of' if separated else 'not separable from'} the runner-up k={int(runner.k)} "
-        f"({100 * runner.d_accuracy:+.1f} points, CI {100 * runner.d_accuracy_lo:+.1f} to "
-        f"{100 * runner.d_accuracy_hi:+.1f}).")
-    return int(best.k), (f"k={int(best.k)} gains {100 * best.d_accuracy:+.1f} accuracy points over the unpruned "
-                         f"model (95 % CI {100 * best.d_accuracy_lo:+.1f} to {100 * best.d_accuracy_hi:+.1f}; "
+        f"({signed_points(runner.d_accuracy)} points, CI {signed_points(runner.d_accuracy_lo)} to "
+        f"{signed_points(runner.d_accuracy_hi)}).")
+    return int(best.k), (f"k={int(best.k)} gains {signed_points(best.d_accuracy)} accuracy points over the "
+                         f"unpruned model (95 % CI {signed_points(best.d_accuracy_lo)} to "
+                         f"{signed_points(best.d_accuracy_hi)}; "
                          f"above zero at the Bonferroni level over {len(avg)} candidates) with copy errors "
-                         f"{100 * best.d_copy_error_rate:+.1f} points.{versus} ({resolution}.)")
+                         f"{signed_points(best.d_copy_error_rate)} points.{versus} ({resolution}.)")

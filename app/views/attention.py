@@ -14,6 +14,7 @@ from analysis.distributed import env_pool
 from analysis.evaluation.faithfulness import faithfulness
 from analysis.families import family_of
 from analysis.models import model_choices, model_label
+from analysis.models.toy import synthetic_note
 from analysis.tasks import builtin_tasks
 from components import present, settings, speculation, state
 from components.charts import attention_heatmap, visible_token
@@ -108,6 +109,8 @@ if right is not None:
         chart(figures[other_title], "attn_other_chart", "attention-comparison")
     st.caption("Each map has its own colour scale (0 to its largest weight, or ± its largest |value| for a signed "
                "map): compare where the weight goes, not the colours' strength across the two.")
+if toy_note := synthetic_note([loaded.name, *([other_spec] if right is not None else [])]):
+    st.caption(toy_note)  # a slide shows it too: it says how to read the maps
 
 st.subheader("Token relevance")
 methods = [m for m in METHODS if m != "lrp" or loaded.family in LRP_FAMILIES]

@@ -7,6 +7,7 @@ from streamlit.runtime.uploaded_file_manager import UploadedFile
 from analysis.cache import ResultsCache, task_fingerprint
 from analysis.errors import PrunescopeError
 from analysis.evaluation import evaluate_task
+from analysis.evaluation.icl import is_evaluated
 from analysis.evaluation.paired import compare
 from analysis.evaluation.verdicts import verdict
 from analysis.models import model_choices, model_label
@@ -84,12 +85,23 @@ def resolve_mask(choice: str, upload) -> NeuronMask | None:
     return mask if choice == "active mask" else random_mask_like(mask, loaded.adapter.neuron_counts(), 0)
 
 
-def paired_sentence(a, b, label_a: str, label_b: str) -> str:
+def side_names(side: str, model_name: str, pick: Pick, mask: NeuronMask | None) -> tuple[str, str]:
+    """(the run's label, the side's name in the sentence): 'B: active mask (20 neurons)' and 'active mask, 20
+    neurons' for a mask; 'B: toy-mamba' and 'toy-mamba' for a model."""
+    if pick[0] == "model":
+        return f"{side}: {model_name}", model_name
+    what = "uploaded mask" if pick[1] == "upload" else pick[1]
+    if mask is None:
+        return f"{side}: {what}", what
+    return f"{side}: {what} ({len(mask)} neurons)", f"{what}, {len(mask)} neurons"
+
+
+def paired_sentence(a, b, name_a: str, name_b: str) -> str:
     """B against A on the same prompts: the paired changes with intervals, as one generated sentence."""
     frames = [r.records.assign(task=r.task, shots=r.shots, condition=name) for name, r in (("A", a), ("B", b))]
     [cell] = [c for c in compare(pd.concat(frames), treatment="B", baseline="A") if c.task != "average"]
-    sentence = verdict(cell.vs_baseline, f"A ({label_a.removeprefix('A: ')})", subject="B")
-    return f"B ({label_b.removeprefix('B: ')}) against" + sentence.removeprefix("Against")
+    sentence = verdict(cell.vs_baseline, f"A ({name_a})", subject="B")
+    return f"B ({name_b}) against" + sentence.removeprefix("Against")
 
 
 def warnings(task, models: list[str], masked: bool) -> list[str]:
@@ -114,25 +126,49 @@ if task is not None:
     label = (f"{task.name}, {shots}-shot, {n} prompts, seed {state.get('seed')}: "
              + (f"{shown_name} vs {picks['B'][1]}" if mode == "two models" else f"two masks on {shown_name}"))
 
-if clicked and task is not None:
-    runs, models = {}, {}
-    with guarded("comparison"):
-        for side, pick in picks.items():
-            model, mask = loaded, None
-            if pick[0] == "model":
-                model = cached_model(pick[1], "auto", "auto")
-            else:
+
+
+def evaluate_picks(stored_only: bool) -> dict | None:
+    """Both sides on the same prompts: evaluated (a click), or with ``stored_only`` read when both are stored
+    (on disk, or shipped for the page's defaults) and need no second model, else None."""
+    assert task is not None
+    runs, names, models, cache = {}, {}, {}, ResultsCache()
+    seed = int(state.get("seed"))
+    for side, pick in picks.items():
+        model, mask = loaded, None
+        if pick[0] == "model":
+            if stored_only:
+                return None
+            model = cached_model(pick[1], "auto", "auto")
+        else:
+            try:
                 mask = resolve_mask(pick[1], pick[2])
-            models[side] = model
-            run_label = f"{side}: {model.name}" + (f" ({pick[1]}, {len(mask or ())} neurons)"
-                                                   if pick[0] == "mask" else "")
-            with run_progress(f"Evaluating {side}", "prompts") as progress:
-                runs[run_label] = evaluate_task(model, task, int(shots), int(n), seed=int(state.get("seed")), mask=mask,
-                                            progress=progress, cache=ResultsCache())
-        masked = any(pick[0] == "mask" and pick[1] != "no mask" for pick in picks.values())
-        assert key is not None  # made above whenever there is a task
-        keep("cmp_runs", key, {"runs": runs, "warnings": warnings(task, [m.name for m in models.values()], masked)},
-             label)
+            except PrunescopeError:
+                if stored_only:  # said when Compare is clicked
+                    return None
+                raise
+        if stored_only and not is_evaluated(model, task, int(shots), int(n), seed, mask, cache):
+            return None
+        models[side] = model
+        run_label, names[side] = side_names(side, model.name, pick, mask)
+        if stored_only:
+            runs[run_label] = evaluate_task(model, task, int(shots), int(n), seed=seed, mask=mask, cache=cache)
+            continue
+        with run_progress(f"Evaluating {side}", "prompts") as progress:
+            runs[run_label] = evaluate_task(model, task, int(shots), int(n), seed=seed, mask=mask,
+                                            progress=progress, cache=cache)
+    masked = any(pick[0] == "mask" and pick[1] != "no mask" for pick in picks.values())
+    return {"runs": runs, "names": names, "warnings": warnings(task, [m.name for m in models.values()], masked)}
+
+
+if task is not None and key is not None:
+    with guarded("comparison"):
+        # a click evaluates; stored results for these settings show at once (also on a slide, where Compare
+        # sits behind the Controls button)
+        fresh = st.session_state.get("cmp_runs", {}).get("key") != key
+        result = evaluate_picks(False) if clicked else evaluate_picks(True) if fresh and not blocked else None
+        if result is not None:
+            keep("cmp_runs", key, result, label)
 
 kept = shown("cmp_runs", key, "comparison", "click Compare")
 if kept:
@@ -142,7 +178,7 @@ if kept:
         st.warning(note, icon=":material/warning:")
     summaries = [{**r.summary(), "label": label} for label, r in runs.items()]
     (label_a, a), (label_b, b) = runs.items()
-    sentence = paired_sentence(a, b, label_a, label_b)
+    sentence = paired_sentence(a, b, kept["names"]["A"], kept["names"]["B"])
     st.info(sentence, icon=":material/balance:")
     figure = outcome_bar_chart(summaries, f"{summaries[0]['task']}, {summaries[0]['shots']}-shot")
     chart(figure, "cmp_chart", "comparison")

@@ -13,6 +13,7 @@ from analysis.cache import ResultsCache
 from analysis.demo import PRUNE_CONTROLS, pruning_tasks
 from analysis.device import dtype_name
 from analysis.distributed import env_pool
+from analysis.errors import PrunescopeError
 from analysis.evaluation.paired import BASELINE
 from analysis.models.builtin import model_label
 from analysis.pruning import NeuronMask
@@ -32,7 +33,14 @@ from components.export import chart, report_button, table
 from components.general_view import general_text_panel
 from components.layout import wrapping_columns
 from components.markup import echo
-from components.masking import remember, scoring_settings, stored_copying_scores, top_k_mask, top_k_stability
+from components.masking import (
+    link_mask,
+    remember,
+    scoring_settings,
+    stored_copying_scores,
+    top_k_mask,
+    top_k_stability,
+)
 from components.pruning_view import mask_table, show_result
 from components.results import keep, result_key, shown
 from components.shot_sweep_view import shot_sweep_panel
@@ -94,76 +102,92 @@ counts = loaded.adapter.neuron_counts()
 valid_choice("score_target")
 valid_choice("score_prompts")
 
-with present.controls("Copying scores"):
-    c_n, c_shots, c_steps, c_target, c_prompts = wrapping_columns([1, 1, 1, 2, 2], "score_settings",
-                                                                  [110, 110, 110, 190, 190])
-    state.bound(c_n.number_input, "Scoring prompts", "score_n")
-    state.bound(c_shots.number_input, "Scoring shots", "score_shots")
-    state.bound(c_steps.number_input, "IG steps", "score_steps")
-    state.bound(c_target.selectbox, "Target", "score_target", format_func=TARGET_LABELS.get)
-    state.bound(c_prompts.selectbox, "Prompts", "score_prompts", format_func=PROMPT_LABELS.get)
-    speculation.cost_note(loaded, cost_units(int(state.get("score_n")), int(state.get("score_steps")), "adaptive"),
-                          "ig", f"{state.get('score_n')} prompts of IG (adaptive rule)")
-    compute = st.button("Compute copying scores", type="primary", key="score_run")
+# The scoring and mask controls fill the first screen at 1024x768: once scores exist they fold into one
+# expander, so the verdict and the headline numbers come right after the header (a slide has its buttons).
+try:
+    unscored = stored_copying_scores(loaded, **scoring_settings()) is None
+except PrunescopeError:
+    unscored = True  # said below, by the block that reads them
+settings_open = unscored or bool(state.get("mask")) or st.session_state.get("mask_upload") is not None
+with (st.container() if present.requested() else
+      st.expander("Copying scores and mask", expanded=settings_open, icon=":material/tune:")):
+    with present.controls("Copying scores"):
+        c_n, c_shots, c_steps, c_target, c_prompts = wrapping_columns([1, 1, 1, 2, 2], "score_settings",
+                                                                      [110, 110, 110, 190, 190])
+        state.bound(c_n.number_input, "Scoring prompts", "score_n")
+        state.bound(c_shots.number_input, "Scoring shots", "score_shots")
+        state.bound(c_steps.number_input, "IG steps", "score_steps")
+        state.bound(c_target.selectbox, "Target", "score_target", format_func=TARGET_LABELS.get)
+        state.bound(c_prompts.selectbox, "Prompts", "score_prompts", format_func=PROMPT_LABELS.get)
+        speculation.cost_note(loaded, cost_units(int(state.get("score_n")), int(state.get("score_steps")), "adaptive"),
+                              "ig", f"{state.get('score_n')} prompts of IG (adaptive rule)")
+        compute = st.button("Compute copying scores", type="primary", key="score_run")
 
-params = scoring_settings()
-scored = None
-with guarded("copying scores"):
-    scored = stored_copying_scores(loaded, **params)  # cached (or shipped) results show at once
-    if scored is None:  # a click starts a job; while it runs every rerun follows it (components/speculation.py)
-        scored = speculation.follow(
-            "job_copying_scores", ("copying-scores", loaded.fingerprint(), *sorted(params.items())),
-            "IG of the copy target", lambda progress: copying_scores(
-                loaded, **params, cache=cache, progress=progress, pool=env_pool(loaded.name)),
-            start=compute, speed=(loaded, "ig", cost_units(params["n"], params["steps"], "adaptive")),
-            total=params["n"])
-if scored is None:
-    st.info("No copying scores for these settings yet: compute them (progress is shown; the result is cached on "
-            "disk), or load a saved mask below.")
-elif not present.requested():
-    st.caption(f"Scores from {scored.n_used} of {params['n']} prompts ({PROMPT_LABELS[params['prompts']]}); model "
-               f"in {dtype_name(loaded.dtype)}, IG accumulated in {dtype_name(scored.scores.dtype)}.")
-scores = None if scored is None else scored.scores
+    params = scoring_settings()
+    scored = None
+    with guarded("copying scores"):
+        scored = stored_copying_scores(loaded, **params)  # cached (or shipped) results show at once
+        if scored is None:  # a click starts a job; while it runs every rerun follows it (components/speculation.py)
+            scored = speculation.follow(
+                "job_copying_scores", ("copying-scores", loaded.fingerprint(), *sorted(params.items())),
+                "IG of the copy target", lambda progress: copying_scores(
+                    loaded, **params, cache=cache, progress=progress, pool=env_pool(loaded.name)),
+                start=compute, speed=(loaded, "ig", cost_units(params["n"], params["steps"], "adaptive")),
+                total=params["n"])
+    if scored is None:
+        st.info("No copying scores for these settings yet: compute them (progress is shown; the result is cached on "
+                "disk), or load a saved mask below.")
+    elif not present.requested():
+        st.caption(f"Scores from {scored.n_used} of {params['n']} prompts ({PROMPT_LABELS[params['prompts']]}); model "
+                   f"in {dtype_name(loaded.dtype)}, IG accumulated in {dtype_name(scored.scores.dtype)}.")
+    scores = None if scored is None else scored.scores
 
-with present.controls("Mask"):
-    c_k, c_layer, c_range, c_file = wrapping_columns([2, 1, 1, 3], "mask_settings", [190, 120, 100, 250])
-    per_layer = bool(state.bound(c_layer.checkbox, "top k per layer", "per_layer", disabled=scores is None))
-    layer_text = state.bound(c_range.text_input, "Layers", "layers", placeholder=f"0-{loaded.n_layers - 1}",
-                             disabled=scores is None, help="select only in this range, e.g. 10-20; empty: all")
-    layers = None
-    with guarded("layer range"):
-        layers = parse_layer_range(layer_text, loaded.n_layers)
-    span = loaded.n_layers if layers is None else layers[1] - layers[0] + 1
-    limit = counts[0] if per_layer else span * counts[0]
-    if state.get("k") > limit:  # e.g. a link made on a bigger model
-        st.error(f"k={state.get('k')} is out of range: the model has {limit} neurons"
-                 + (" per layer" if per_layer else "") + f"; using k={limit}")
-        state.put("k", limit)
-    k = state.bound(c_k.select_slider, "k (neurons to prune)", "k", options=k_options(limit, state.get("k")),
-                    disabled=scores is None, help="the k highest copying scores; any k also works in the link")
-    upload = c_file.file_uploader("…or load a mask (JSON)", type=["json"], key="mask_upload")
+    with present.controls("Mask"):
+        c_k, c_layer, c_range, c_file = wrapping_columns([2, 1, 1, 3], "mask_settings", [190, 120, 100, 250])
+        per_layer = bool(state.bound(c_layer.checkbox, "top k per layer", "per_layer", disabled=scores is None))
+        layer_text = state.bound(c_range.text_input, "Layers", "layers", placeholder=f"0-{loaded.n_layers - 1}",
+                                 disabled=scores is None, help="select only in this range, e.g. 10-20; empty: all")
+        layers = None
+        with guarded("layer range"):
+            try:
+                layers = parse_layer_range(layer_text, loaded.n_layers)
+            except PrunescopeError:
+                state.reject("layers")  # said in one line; the link leaves it out
+                raise
+        span = loaded.n_layers if layers is None else layers[1] - layers[0] + 1
+        limit = counts[0] if per_layer else span * counts[0]
+        if state.get("k") > limit:  # e.g. a link made on a bigger model
+            st.error(f"k={state.get('k')} is out of range: the model has {limit} neurons"
+                     + (" per layer" if per_layer else "") + f"; using k={limit}")
+            state.put("k", limit)
+        k = state.bound(c_k.select_slider, "k (neurons to prune)", "k", options=k_options(limit, state.get("k")),
+                        disabled=scores is None, help="the k highest copying scores; any k also works in the link")
+        upload = c_file.file_uploader("…or load a mask (JSON)", type=["json"], key="mask_upload")
 
-mask, rejected = None, False
-with guarded("mask"):
-    rejected = True  # until the mask is read and fits the model: a rejected mask is never applied
-    candidate: NeuronMask | None
-    if upload is not None:
-        state.put("mask", "")  # not the previous upload's mask either
-        candidate = NeuronMask.from_bytes(upload.getvalue(), f"mask file {upload.name}")
-        candidate.validate(counts, f"mask file {upload.name}")
-        state.put("mask", candidate.to_text())
-    elif state.get("mask"):
-        candidate = NeuronMask.from_text(state.get("mask"), "mask in the link")
-        candidate.validate(counts, "mask in the link")
-    else:
-        candidate = top_k_mask(loaded, scores) if scores is not None else None
-    mask, rejected = candidate, False
-remember(loaded, mask)
-if rejected:
-    st.caption("No mask is active: the one above was rejected, so nothing is pruned.")
+    mask, rejected = None, False
+    with guarded("mask"):
+        rejected = True  # until the mask is read and fits the model: a rejected mask is never applied
+        candidate: NeuronMask | None
+        if upload is not None:
+            state.put("mask", "")  # not the previous upload's mask either
+            candidate = NeuronMask.from_bytes(upload.getvalue(), f"mask file {upload.name}")
+            candidate.validate(counts, f"mask file {upload.name}")
+            state.put("mask", candidate.to_text())
+        elif state.get("mask"):
+            candidate = link_mask(loaded)
+        else:
+            candidate = top_k_mask(loaded, scores) if scores is not None else None
+        mask, rejected = candidate, False
+    remember(loaded, mask)
+    if rejected:
+        st.caption("No mask is active: the one above was rejected, so nothing is pruned.")
 source = "uploaded" if upload is not None else "from the link" if state.get("mask") else "top-k copying"
 if mask is not None and not present.requested():  # on a slide the Prune row names the mask
     st.caption(f"Mask: {len(mask)} neurons ({source}) in layers {sorted(mask.by_layer()) or '—'}")
+
+
+def mask_details(mask: NeuronMask) -> None:
+    """Below the results: the mask's stability, its neurons, the way back to top k, and its file."""
     stability = top_k_stability(loaded, scored, mask) if scored is not None and source == "top-k copying" else None
     if stability is not None:
         st.caption(f"Stability: {stability.describe(mask)}.", help="A mask that changes when a few scoring prompts "
@@ -196,10 +220,11 @@ def live_panel() -> None:
     controls join the page's toolbar row, which a fragment may not write to."""
     offered = pruning_tasks()
     presenting = present.requested()
-    # the toggle gets its own row (in a narrow column it read "P..."); on a slide the tasks hide behind a button
-    # in that row
+    # the toggle gets its own row (in a narrow column it read "P..."); the tasks fold into an expander (a button in
+    # that row on a slide), so the results start near the top at 1024x768
     toggle_row = present.toolbar_row() if presenting else None
-    with toggle_row.popover("Tasks", icon=":material/tune:") if toggle_row is not None else st.container():
+    with toggle_row.popover("Tasks", icon=":material/tune:") if toggle_row is not None else \
+            st.expander("Tasks and random masks", icon=":material/checklist:"):
         c_tasks, c_ctrl = wrapping_columns([4, 1], "prune_task_row", [300, 150])
         chosen = state.bound(c_tasks.multiselect, "Tasks", "prune_tasks", widget_key="prune_tasks",
                              options=list(offered))
@@ -290,6 +315,8 @@ def guarded_panel() -> None:
 
 
 (live_panel if present.requested() else st.fragment(guarded_panel))()
+if mask is not None and not present.requested():
+    mask_details(mask)
 
 if scores is not None:
     with st.expander("Copying scores per neuron and the k-sweep", expanded=False):
