@@ -78,5 +78,9 @@ def test_the_readme_science_tables_measured_the_masks_the_app_ships(model):
     from analysis.demo import mask_file_name
     from analysis.pruning import NeuronMask
 
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
     shipped = NeuronMask.load(ROOT / "assets" / "precomputed" / mask_file_name(model))
-    assert f"`{shipped.digest()}`" in (ROOT / "README.md").read_text(encoding="utf-8")
+    assert f"`{shipped.digest()}`" in readme
+    echo = NeuronMask.load(ROOT / "assets" / "precomputed" / f"echo-mask-{model}-k20.json")  # the echo-mask column
+    assert f"`{echo.digest()}`" in readme and len(echo) == 20
+    assert (echo.meta["target"], echo.meta["task"], echo.meta["shots"]) == ("echo", "english-spanish", 1)
