@@ -1,8 +1,8 @@
 """Does pruning copying neurons help in-context learning, more than pruning random neurons? Measured per model.
 
-    python bench/copying_bench.py [--models default,gemma3-270m] [--options default,copied] [--score-n 64]
+    python bench/copying_bench.py [--models default,gemma3-270m] [--options default,copied,echo] [--score-n 64]
                                   [--sweep-n 80] [--k K] [--n 80] [--shots 1,2] [--controls 5] [--tasks ...]
-                                  [--quick]
+                                  [--baselines magnitude,instruction,calibration] [--quick]
 
 The README's tables: ``--score-n 32 --k 20``, whose default-options masks are the masks the app ships (each
 row names its mask's digest; tests/test_shipped_results.py checks the README's digests against the shipped
@@ -12,16 +12,20 @@ On a shared CPU run it with OMP_NUM_THREADS=1: oversubscribed threads made it 5-
 
 For each built-in real model and each scoring option set (``default``: target copy, all prompts; ``copied``:
 target copy, only the prompts the model copies on; with ``--options ...,paper`` also the probability of the
-copied answer on those prompts, the paper's target), the copying scores come from the copying task's fit
-split, k is chosen by the held-out auto sweep (analysis/pruning/autok.py), and the mask is evaluated on ICL
-tasks *not* used for choosing k, at each shot count, against the unpruned model and ``--controls`` random
-masks of the same size, paired by prompt with 95 % intervals. When the sweep selects nothing, the app's
-default k (20) is evaluated instead and marked so, and the table still shows what pruning does. Everything
-is cached on disk; a rerun is fast.
+copied answer on those prompts, the paper's target; ``echo``: logit(the query repeated) - logit(gold) on
+1-shot english-spanish prompts, whose k-sweep chooses on the echo-heavy dev tasks), the copying scores come
+from the copying task's fit split, k is chosen by the held-out auto sweep (analysis/pruning/autok.py), and the
+mask is evaluated on ICL tasks *not* used for choosing k, at each shot count, against the unpruned model and
+``--controls`` random masks of the same size, paired by prompt with 95 % intervals. When the sweep selects
+nothing, the app's default k (20) is evaluated instead and marked so, and the table still shows what pruning
+does. Everything is cached on disk; a rerun is fast. With ``--baselines``, the default options' mask is also
+compared with magnitude pruning, an instruction prompt and contextual calibration on the same prompts (the
+README's "Echo masks and training-free baselines" table: ``--options default,echo --score-n 32 --k 20
+--controls 3 --baselines magnitude,instruction,calibration``).
 
-The table: one row per (model, options, shots) with the averages over the tasks; then one last line per
-model, for the default options with tasks and shot counts pooled:
-``model=<m> d_acc=<..> ci=[..] d_copy=<..> ci=[..] vs_random_d_acc=<..> ci=[..]`` (changes in points).
+The table: one row per (model, options, shots) with the averages over the tasks; then one last line per model,
+for the default options with tasks and shot counts pooled: ``model=<m> d_acc=<..> ci=[..] d_copy=<..> ci=[..]
+vs_random_d_acc=<..> ci=[..]`` (changes in points).
 """
 
 from __future__ import annotations
@@ -30,27 +34,34 @@ import argparse
 import gc
 import sys
 
+import pandas as pd
 from tqdm import tqdm
 
 from analysis.cache import ResultsCache
 from analysis.cli.common import quiet_libraries
+from analysis.cli.pruning import methods_text
 from analysis.demo import SETTINGS
 from analysis.errors import PrunescopeError
 from analysis.evaluation.paired import compare, format_p
+from analysis.evaluation.verdicts import signed_points
 from analysis.models import load_model
-from analysis.pruning.autok import DEV_TASKS, k_sweep
+from analysis.pruning.autok import DEV_TASKS, default_dev_tasks, k_sweep
+from analysis.pruning.baselines import check_baselines, evaluate_baselines, method_table
 from analysis.pruning.copying import copying_scores, select_top_k
 from analysis.pruning.evaluate import prune_eval
 from analysis.tasks import builtin_tasks, icl_task_names
 
 OPTIONS = {"default": {"target": "copy", "prompts": "all"},
            "copied": {"target": "copy", "prompts": "copied"},
-           "paper": {"target": "copy-prob", "prompts": "copied"}}
+           "paper": {"target": "copy-prob", "prompts": "copied"},
+           # the echo masks the README compares (shipped as assets/precomputed/echo-mask-<model>-k20.json)
+           "echo": {"target": "echo", "prompts": "all", "task": "english-spanish", "shots": 1}}
 EVAL_TASKS = ("country-capital", "singular-plural", "english-french", "present-gerund", "to-upper", "list-first")
 
 
 def points(estimate) -> str:
-    return f"{100 * estimate.delta:+.1f} [{100 * estimate.ci95[0]:+.1f}, {100 * estimate.ci95[1]:+.1f}]"
+    low, high = estimate.ci95
+    return f"{signed_points(estimate.delta)} [{signed_points(low)}, {signed_points(high)}]"
 
 
 def pooled(result):
@@ -69,10 +80,11 @@ def run_model(name: str, args, cache: ResultsCache) -> list[str]:
     tasks = [builtin_tasks()[t] for t in args.tasks]
     rows, last = [], None
     for label in args.options:
-        options = OPTIONS[label]
+        options = dict(OPTIONS[label])
+        score_shots = options.pop("shots", 4)
         bar = tqdm(desc=f"{name} {label}: IG", unit="prompt", leave=False, file=sys.stderr)
         try:
-            scored = copying_scores(loaded, n=args.score_n, shots=4, steps=args.steps,
+            scored = copying_scores(loaded, n=args.score_n, shots=score_shots, steps=args.steps,
                                     quadrature=args.quadrature, cache=cache,
                                     progress=advance(bar), **options)
         except PrunescopeError as exc:  # e.g. 'copied' on a model that never copies on these prompts
@@ -82,7 +94,8 @@ def run_model(name: str, args, cache: ResultsCache) -> list[str]:
         finally:
             bar.close()
         bar = tqdm(desc=f"{name} {label}: k-sweep", unit="prompt", leave=False, file=sys.stderr)
-        sweep = k_sweep(loaded, scored.scores, n=args.sweep_n, cache=cache, progress=advance(bar))
+        sweep = k_sweep(loaded, scored.scores, n=args.sweep_n, dev_tasks=default_dev_tasks(options["target"]),
+                        cache=cache, progress=advance(bar))
         bar.close()
         k = args.k or sweep.chosen or SETTINGS["k"]
         note = " (fixed)" if args.k else "" if sweep.chosen else " (app default; auto-k selects none)"
@@ -94,6 +107,13 @@ def run_model(name: str, args, cache: ResultsCache) -> list[str]:
         result = prune_eval(loaded, mask, tasks, args.shots, args.n, args.controls, cache=cache,
                             progress=advance(bar))
         bar.close()
+        if args.baselines and label == "default":  # the training-free baselines on the very same prompts
+            bar = tqdm(desc=f"{name}: baselines", unit="prompt", leave=False, file=sys.stderr)
+            extra = evaluate_baselines(loaded, mask, tasks, args.shots, args.n, 0, args.baselines, cache=cache,
+                                       progress=advance(bar))
+            bar.close()
+            print(f"[{name}] methods on the same prompts, task average, change vs unpruned in points [95 % CI]:")
+            print(methods_text(method_table(pd.concat([result.records, extra], ignore_index=True))), flush=True)
         for cell in result.ordered_cells():
             if cell.task != "average":
                 continue
@@ -113,10 +133,11 @@ def run_model(name: str, args, cache: ResultsCache) -> list[str]:
             cell = pooled(result)
             acc, copy = cell.vs_baseline["accuracy"], cell.vs_baseline["copy_error_rate"]
             rand = cell.vs_random["accuracy"]
-            last = (f"model={name} k={k}{'' if sweep.chosen else '_fallback'} d_acc={100 * acc.delta:+.1f} "
-                    f"ci=[{100 * acc.ci95[0]:+.1f},{100 * acc.ci95[1]:+.1f}] d_copy={100 * copy.delta:+.1f} "
-                    f"ci=[{100 * copy.ci95[0]:+.1f},{100 * copy.ci95[1]:+.1f}] vs_random_d_acc={100 * rand.delta:+.1f} "
-                    f"ci=[{100 * rand.ci95[0]:+.1f},{100 * rand.ci95[1]:+.1f}]")
+            last = (f"model={name} k={k}{'' if sweep.chosen else '_fallback'} d_acc={signed_points(acc.delta)} "
+                    f"ci=[{signed_points(acc.ci95[0])},{signed_points(acc.ci95[1])}] "
+                    f"d_copy={signed_points(copy.delta)} ci=[{signed_points(copy.ci95[0])},"
+                    f"{signed_points(copy.ci95[1])}] vs_random_d_acc={signed_points(rand.delta)} "
+                    f"ci=[{signed_points(rand.ci95[0])},{signed_points(rand.ci95[1])}]")
     del loaded
     gc.collect()
     return rows + ([f"LAST {last}"] if last else [])
@@ -138,10 +159,13 @@ def main() -> None:
     parser.add_argument("--controls", type=int, default=5)
     parser.add_argument("--tasks", default=",".join(EVAL_TASKS), help="evaluation tasks, or 'all' (every ICL task "
                                                                       "the sweep does not use)")
+    parser.add_argument("--baselines", default="", help="also the training-free baselines beside the default "
+                                                         "options' mask: magnitude,instruction,calibration")
     parser.add_argument("--quick", action="store_true", help="tiny settings, to check the script runs")
     args = parser.parse_args()
     quiet_libraries()
     args.options = [o for o in args.options.split(",") if o]
+    args.baselines = check_baselines([b for b in args.baselines.split(",") if b])
     args.shots = [int(s) for s in args.shots.split(",")]
     names = [t for t in icl_task_names() if t not in DEV_TASKS] if args.tasks == "all" else args.tasks.split(",")
     if overlap := set(names) & set(DEV_TASKS):
