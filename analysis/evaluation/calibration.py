@@ -27,11 +27,9 @@ from analysis.errors import PrunescopeError
 from analysis.evaluation.icl import (
     EvalResult,
     Evaluation,
-    answer_text,
     encode_prompts,
     eval_result,
-    generate_batch,
-    prompt_batches,
+    generate_answers,
 )
 from analysis.models.loader import LoadedModel
 from analysis.tasks.task import Prompt, Task
@@ -87,21 +85,9 @@ def forced_start(loaded: LoadedModel, task: Task, prompt: Prompt, ids: list[int]
 def calibrated_answers(loaded: LoadedModel, prompts: Sequence[Prompt], task: Task, batch_size: int = 16,
                        progress: Callable[[int, int], None] | None = None) -> list[str]:
     """The answers with contextual calibration of the first answer token (module docstring), in order."""
-    encoded, budget = encode_prompts(loaded, prompts, task)
+    encoded, _ = encode_prompts(loaded, prompts, task)
     starts = [forced_start(loaded, task, prompt, ids) for prompt, ids in zip(prompts, encoded)]
-    inputs = [ids + start for ids, start in zip(encoded, starts)]
-    answers = [""] * len(prompts)
-    done = 0
-    for batch in prompt_batches(loaded, inputs, batch_size):
-        with loaded.session(None):
-            texts = generate_batch(loaded, [inputs[i] for i in batch], budget - min(len(starts[i]) for i in batch),
-                                   task.delimiter, kept=[len(starts[i]) for i in batch])
-        for i, text in zip(batch, texts):
-            answers[i] = answer_text(text, task.delimiter)
-        done += len(batch)
-        if progress:
-            progress(done, len(prompts))
-    return answers
+    return generate_answers(loaded, prompts, task, batch_size=batch_size, progress=progress, starts=starts)
 
 
 @dataclass(frozen=True)

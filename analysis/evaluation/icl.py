@@ -233,18 +233,23 @@ def answer_token_budget(loaded: LoadedModel, task: Task, slack: int = 2) -> int:
 
 def generate_answers(loaded: LoadedModel, prompts: Sequence[Prompt], task: Task, mask: NeuronMask | None = None,
                      batch_size: int = 16, progress: Progress | None = None,
-                     intervention: Callable[[], AbstractContextManager] | None = None) -> list[str]:
-    """Greedy answers (text before the delimiter, trimmed) for ``prompts``, in their order.
+                     intervention: Callable[[], AbstractContextManager] | None = None,
+                     starts: Sequence[Sequence[int]] | None = None) -> list[str]:
+    """Greedy answers (text before the delimiter, trimmed) for ``prompts``, in their order; with ``starts``,
+    each answer begins with its prompt's given tokens (chosen before generation, e.g. by calibration).
 
     ``intervention`` returns a context manager (e.g. hooks) entered around each batch's generation, under the
     model lock. The lock, the mask and the intervention are taken per batch, so other sessions interleave.
     """
     encoded, budget = encode_prompts(loaded, prompts, task)
+    forced = [list(start) for start in starts] if starts is not None else [[] for _ in prompts]
+    encoded = [ids + start for ids, start in zip(encoded, forced)]
     answers: list[str] = [""] * len(prompts)
     done = 0
     for batch in prompt_batches(loaded, encoded, batch_size):
         with loaded.session(mask), (intervention() if intervention else nullcontext()):
-            texts = generate_batch(loaded, [encoded[i] for i in batch], budget, task.delimiter)
+            texts = generate_batch(loaded, [encoded[i] for i in batch], budget - min(len(forced[i]) for i in batch),
+                                   task.delimiter, kept=[len(forced[i]) for i in batch] if starts is not None else None)
         for i, text in zip(batch, texts):
             answers[i] = answer_text(text, task.delimiter)
         done += len(batch)
