@@ -28,6 +28,7 @@ from analysis.attribution import neuron_ig
 from analysis.attribution.targets import prepare_inputs
 from analysis.attribution.tokens import token_relevance
 from analysis.evaluation import evaluate_task
+from analysis.evaluation.calibration import evaluate_calibrated
 from analysis.evaluation.faithfulness import faithfulness
 from analysis.evaluation.general import passage_losses, shipped_passages
 from analysis.evaluation.task_vectors import task_vectors
@@ -89,6 +90,7 @@ def jobs(transformer, mamba) -> dict[str, tuple]:
     return {
         "evaluation": (transformer, lambda m: evaluate_task(m, TASK, 2, 8, seed=1).records),
         "masked evaluation": (transformer, lambda m: evaluate_task(m, TASK, 2, 8, seed=1, mask=half_mask(m)).records),
+        "calibrated evaluation": (transformer, lambda m: evaluate_calibrated(m, TASK, 2, 6, seed=1).records),
         "neuron IG": (transformer, ig),
         "task vectors": (transformer, lambda m: task_vectors(m, TASK, shots=2, n=4, dummy_queries=1).table),
         "softmax attention": (transformer, lambda m: attention_maps(m, TEXT).attn),

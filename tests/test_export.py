@@ -62,11 +62,9 @@ def test_library_records_csv_defuses_task_items(tiny_loaded):
     assert all(r["prompt"].startswith("'") for r in page_rows)
 
 
-def test_a_table_download_defuses_an_uploaded_tasks_formulas(monkeypatch):
-    """What a visitor downloads from the Evaluate page's table (the deferred CSV of ``components.export.table``)."""
+def spy_downloads(monkeypatch) -> dict:
+    """File name -> the deferred download's callable, for every download a page offers in this test."""
     from streamlit.runtime.media_file_manager import MediaFileManager
-
-    from components.widgets import UPLOAD_OPTION
 
     downloads = {}
     real = MediaFileManager.add_deferred
@@ -76,6 +74,14 @@ def test_a_table_download_defuses_an_uploaded_tasks_formulas(monkeypatch):
         return real(self, data, mimetype, coordinates, file_name=file_name, **kwargs)
 
     monkeypatch.setattr(MediaFileManager, "add_deferred", spy)
+    return downloads
+
+
+def test_a_table_download_defuses_an_uploaded_tasks_formulas(monkeypatch):
+    """What a visitor downloads from the Evaluate page's table (the deferred CSV of ``components.export.table``)."""
+    from components.widgets import UPLOAD_OPTION
+
+    downloads = spy_downloads(monkeypatch)
     monkeypatch.setenv("PRUNESCOPE_MODEL", "toy-transformer")
     at = AppTest.from_file(str(MAIN), default_timeout=TIMEOUT)
     at.session_state["setting_shots"], at.session_state["setting_n"] = 1, len(FORMULAS)
@@ -129,18 +135,9 @@ def test_the_attention_pages_report_keeps_its_labels(monkeypatch):
     for their token labels."""
     import json
 
-    from streamlit.runtime.media_file_manager import MediaFileManager
-
     from tests.test_report import _figure_specs
 
-    downloads = {}
-    real = MediaFileManager.add_deferred
-
-    def spy(self, data, mimetype, coordinates, file_name=None, **kwargs):
-        downloads[file_name] = data
-        return real(self, data, mimetype, coordinates, file_name=file_name, **kwargs)
-
-    monkeypatch.setattr(MediaFileManager, "add_deferred", spy)
+    downloads = spy_downloads(monkeypatch)
     monkeypatch.setenv("PRUNESCOPE_MODEL", "toy-transformer")
     at = AppTest.from_file(str(MAIN), default_timeout=TIMEOUT)
     at.switch_page("views/attention.py")
