@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from analysis.errors import PrunescopeError, UnsupportedArchitectureError
-from analysis.implicit_attention import griffin, mamba, rwkv, softmax
+from analysis.implicit_attention import griffin, hybrid, mamba, rwkv, softmax
 from analysis.implicit_attention.ops import (
     FORM_NAMES,
     Capture,
@@ -34,10 +34,13 @@ from analysis.implicit_attention.ops import (
     SoftmaxMaps,
 )
 from analysis.models.adapters import (
+    GraniteMoeHybridAdapter,
     GriffinAdapter,
+    JambaAdapter,
     Mamba2Adapter,
     MambaAdapter,
     ModelAdapter,
+    NemotronHAdapter,
     RwkvAdapter,
     TransformerAdapter,
     adapter_class_for,
@@ -123,6 +126,9 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("mamba2", Mamba2Adapter, mamba.MAMBA2_OPS),
     Family("rwkv", RwkvAdapter, rwkv.RWKV_OPS),
     Family("griffin", GriffinAdapter, griffin.GRIFFIN_OPS),
+    Family("jamba", JambaAdapter, hybrid.JAMBA_OPS),
+    Family("granitemoehybrid", GraniteMoeHybridAdapter, hybrid.GRANITE_OPS),
+    Family("nemotron_h", NemotronHAdapter, hybrid.NEMOTRON_H_OPS),
 )}
 
 

@@ -87,9 +87,11 @@ def test_completeness_at_64_steps(tiny_loaded, model_type):
     loaded = tiny_loaded(model_type)
     item = prepare_inputs(loaded, copying_prompts(1), "gold")[0]
     result = neuron_ig(loaded, [item], steps=64, quadrature="gauss-legendre")
+    kinds = loaded.adapter.site_kinds()  # a MoE router above a layer makes F jump where its top-k flips on the
+    smooth = [layer for layer in range(loaded.n_layers) if "moe" not in kinds[layer + 1:]]  # path: no IG sees it
     with torch.no_grad():
         f_clean = float(result.f_clean[0])
-        for layer in range(loaded.n_layers):
+        for layer in smooth:
             f_zero = float(site_scaled_target(loaded, item, layer, torch.tensor(0.0)))
             delta = f_clean - f_zero
             assert abs(delta) > 1e-3

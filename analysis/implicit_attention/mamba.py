@@ -88,6 +88,7 @@ class MambaInternals(Internals):
     conv_bias: torch.Tensor | None  # [d]
     head_dim: int = 1  # channels per head (Mamba: 1)
     observed: dict[str, torch.Tensor] = field(default_factory=dict)  # real-forward tensors, [T, .]
+    mixer_path: str = "mixer"  # the mixer's path in its block (Jamba/Granite hybrids: "mamba")
 
     @property
     def n_heads(self) -> int:
@@ -126,9 +127,16 @@ def capture_mamba(loaded: Loaded, input_ids: torch.Tensor, layers: list[int] | N
     model_type = loaded.model.config.model_type
     if model_type not in ("mamba", "mamba2"):
         raise PrunescopeError(f"implicit attention of Mamba needs a mamba or mamba2 model, not {model_type!r}")
+    return capture_mixers(loaded, input_ids, {layer: (model_type, "mixer") for layer in check_layers(loaded, layers)})
+
+
+def capture_mixers(loaded: Loaded, input_ids: torch.Tensor, mixers: dict[int, tuple[str, str]]
+                   ) -> dict[int, MambaInternals]:
+    """:func:`capture_mamba` for the Mamba mixers of any model, hybrids included: ``mixers`` maps a layer to
+    its mixer's kind ("mamba": Mamba-1, with Jamba's optional dt/B/C norms; "mamba2") and its path in the
+    block ("mixer", or "mamba" in Jamba and Granite hybrids)."""
     ids = prompt_ids(input_ids, loaded.device)
-    layers = check_layers(loaded, layers)
-    raw: dict[int, dict[str, torch.Tensor]] = {layer: {} for layer in layers}
+    raw: dict[int, dict[str, torch.Tensor]] = {layer: {} for layer in mixers}
 
     def save(store, key, kind):
         def hook(module, args, kwargs, output=None):
@@ -138,25 +146,26 @@ def capture_mamba(loaded: Loaded, input_ids: torch.Tensor, layers: list[int] | N
         return hook
 
     names = {"mamba": [("in_proj", "out"), ("x_proj", "in"), ("x_proj", "out"), ("out_proj", "in")],
-             "mamba2": [("in_proj", "out"), ("norm", "norm"), ("out_proj", "in")]}[model_type]
+             "mamba2": [("in_proj", "out"), ("norm", "norm"), ("out_proj", "in")]}
     with loaded.session(), unfused(loaded.model):
         with hook_scope(loaded.model) as add:
-            for layer in layers:
-                mixer = loaded.adapter.block(layer).mixer
+            for layer, (kind, path) in mixers.items():
+                mixer = loaded.adapter.block(layer).get_submodule(path)
                 add(mixer, save(raw[layer], "mixer_out", "out"), with_kwargs=True)
-                for name, kind in names:
-                    add(getattr(mixer, name), save(raw[layer], f"{name}_{kind}", kind), pre=kind != "out",
+                for name, io in names[kind]:
+                    add(getattr(mixer, name), save(raw[layer], f"{name}_{io}", io), pre=io != "out",
                         with_kwargs=True)
             loaded.model(input_ids=ids, use_cache=False)
-        missing = [key for layer in layers for key in ("in_proj_out", "out_proj_in", "mixer_out")
+        missing = [key for layer in mixers for key in ("in_proj_out", "out_proj_in", "mixer_out")
                    if key not in raw[layer]]
         if missing:  # e.g. a fused kernel path that bypasses the submodules
             raise PrunescopeError(f"the forward pass never reached {missing[0]}: run the model in eval mode")
-        build = _internals_mamba if model_type == "mamba" else _internals_mamba2
         internals = {}
-        for layer in layers:  # reads the mixer's parameters: in memory even when a device map put them on disk
+        for layer, (kind, path) in mixers.items():  # reads parameters: in memory even when offloaded to disk
             with onloaded(loaded.adapter.block(layer)):
-                internals[layer] = build(loaded.adapter.block(layer).mixer, layer, raw[layer])
+                build = _internals_mamba if kind == "mamba" else _internals_mamba2
+                internals[layer] = replace(build(loaded.adapter.block(layer).get_submodule(path), layer, raw[layer]),
+                                           mixer_path=path)
         return internals
 
 
@@ -182,6 +191,8 @@ def _internals_mamba(mixer, layer: int, raw: dict) -> MambaInternals:
     d, n, rank = mixer.intermediate_size, mixer.ssm_state_size, mixer.time_step_rank
     x, z = raw["in_proj_out"][0].split([d, d], dim=-1)
     dt_low, B, C = raw["x_proj_out"][0].split([rank, n, n], dim=-1)
+    if hasattr(mixer, "dt_layernorm"):  # Jamba normalises dt, B and C (the same modules, the same ops)
+        dt_low, B, C = mixer.dt_layernorm(dt_low), mixer.b_layernorm(B), mixer.c_layernorm(C)
     # HF: dt_proj.weight @ dt_low (no module call), then + bias in fp32 and softplus; no clamping in Mamba-1
     delta = F.softplus((dt_low @ mixer.dt_proj.weight.T).float() + mixer.dt_proj.bias.float())
     return MambaInternals(
@@ -293,7 +304,7 @@ def mamba_reduced(internals: MambaInternals, form: str, reduction: Reduction,
 def mamba_relevance_target(block: nn.Module, inn: MambaInternals, form: str) -> RelevanceTarget:
     """s6: u = SSM input, y = alpha u (+ D u) = out_proj input / SiLU(z); unified: u = x branch, y = out_proj
     input."""
-    out_proj = block.get_submodule("mixer.out_proj")
+    out_proj = block.get_submodule(f"{inn.mixer_path}.out_proj")
     if form == "s6":
         return RelevanceTarget(out_proj, "input", inn.u, gate=F.silu(inn.z), group=inn.head_dim)
     return RelevanceTarget(out_proj, "input", inn.x)
@@ -303,8 +314,8 @@ def mamba2_relevance_target(block: nn.Module, inn: MambaInternals, form: str) ->
     """s6: y = the SSD output entering the gated norm (one matrix per head); unified: y = its y * SiLU(gate),
     made a graph tensor by computing it in a pre-hook and calling the norm with gate=None."""
     if form == "s6":
-        return RelevanceTarget(block.get_submodule("mixer.norm"), "input", inn.u, group=inn.head_dim)
-    return RelevanceTarget(block.get_submodule("mixer.norm"), "gated", inn.x)
+        return RelevanceTarget(block.get_submodule(f"{inn.mixer_path}.norm"), "input", inn.u, group=inn.head_dim)
+    return RelevanceTarget(block.get_submodule(f"{inn.mixer_path}.norm"), "gated", inn.x)
 
 
 # the registry's entries (analysis/families.py): Mamba and Mamba-2 differ only in where dF/dy is read

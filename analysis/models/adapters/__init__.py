@@ -1,11 +1,14 @@
 """One adapter per architecture family (see base.py for the interface, families.py for the families and the
 list the loader picks from). The family registry, analysis/families.py, names them; they never import it."""
 
-from analysis.models.adapters.base import Layout, ModelAdapter, NeuronSite, PrefixState
+from analysis.models.adapters.base import Layout, ModelAdapter, NeuronSite, PrefixState, SiteChoice
 from analysis.models.adapters.families import (
+    GraniteMoeHybridAdapter,
     GriffinAdapter,
+    JambaAdapter,
     Mamba2Adapter,
     MambaAdapter,
+    NemotronHAdapter,
     RwkvAdapter,
     TransformerAdapter,
     adapter_class_for,
@@ -13,7 +16,9 @@ from analysis.models.adapters.families import (
     registered_adapters,
     supported_architectures,
 )
+from analysis.models.adapters.hybrids import HybridAdapter
 
-__all__ = ["GriffinAdapter", "Layout", "Mamba2Adapter", "MambaAdapter", "ModelAdapter", "NeuronSite",
-           "PrefixState", "RwkvAdapter", "TransformerAdapter", "adapter_class_for", "make_adapter",
-           "registered_adapters", "supported_architectures"]
+__all__ = ["GraniteMoeHybridAdapter", "GriffinAdapter", "HybridAdapter", "JambaAdapter", "Layout", "Mamba2Adapter",
+           "MambaAdapter", "ModelAdapter", "NemotronHAdapter", "NeuronSite", "PrefixState", "RwkvAdapter",
+           "SiteChoice", "TransformerAdapter", "adapter_class_for", "make_adapter", "registered_adapters",
+           "supported_architectures"]

@@ -13,6 +13,7 @@ import torch
 
 from analysis.errors import UnsupportedArchitectureError
 from analysis.models.adapters.base import Layout, ModelAdapter, PrefixState, repeat_cache
+from analysis.models.adapters.hybrids import GraniteMoeHybridAdapter, JambaAdapter, NemotronHAdapter
 
 if TYPE_CHECKING:
     from transformers.models.recurrent_gemma.modeling_recurrent_gemma import RecurrentGemmaModel
@@ -42,7 +43,7 @@ class TransformerAdapter(ModelAdapter):
 
 class MambaAdapter(ModelAdapter):
     family = "mamba"
-    layouts = {"mamba": Layout("backbone.layers", "mixer.out_proj", "input", "mixer.out_proj")}
+    layouts = {"mamba": Layout("backbone.layers", "mixer.out_proj", "input", "mixer.out_proj", "mixer")}
     state_updated_in_place = True
 
     def _cache_from(self, output):
@@ -54,7 +55,7 @@ class MambaAdapter(ModelAdapter):
 
 class Mamba2Adapter(MambaAdapter):
     family = "mamba2"
-    layouts = {"mamba2": Layout("backbone.layers", "mixer.out_proj", "input", "mixer.out_proj")}
+    layouts = {"mamba2": Layout("backbone.layers", "mixer.out_proj", "input", "mixer.out_proj", "mixer")}
     # the step sizes are a [batch, tokens, heads] tensor with few heads: its last elements go through PyTorch's
     # scalar tail loop (softplus, exp), whose last bit can differ from the vectorised body's, and which elements
     # fall there depends on the batch's height; so conditions are not stacked in one batch (conditions.py)
@@ -142,7 +143,7 @@ class GriffinAdapter(ModelAdapter):
 
 
 ADAPTERS: tuple[type[ModelAdapter], ...] = (TransformerAdapter, MambaAdapter, Mamba2Adapter, RwkvAdapter,
-                                             GriffinAdapter)
+                                             GriffinAdapter, JambaAdapter, GraniteMoeHybridAdapter, NemotronHAdapter)
 
 
 def registered_adapters() -> tuple[type[ModelAdapter], ...]:
