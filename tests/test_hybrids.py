@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from analysis.attention import attention_maps
 from analysis.attribution import neuron_ig, prepare_inputs
+from analysis.attribution.tokens import METHODS, gradient_weighted_maps, token_relevance
+from analysis.errors import PrunescopeError
 from analysis.implicit_attention.common import Reduction
 from analysis.implicit_attention.hybrid import capture_hybrid, hybrid_softmax_maps
 from analysis.implicit_attention.mamba import mamba_loop_matrices, mamba_matrices, mamba_reconstruct, n_channels
@@ -18,6 +22,7 @@ from analysis.models.hooks import hook_scope
 from analysis.models.tiny import build_tiny_model
 from analysis.pruning.mask import NeuronMask
 from tests.test_neuron_ig import captum_layer_ig, copying_prompts, rel_err
+from tests.test_token_relevance import _brute_force
 
 HYBRIDS = ("jamba", "granitemoehybrid", "nemotron_h")
 TEXT = "The cat is big. Q: What is the capital of France?\nA: Paris"
@@ -162,3 +167,66 @@ def test_softmax_maps_rebuild_the_attention_output(tiny_loaded, model_type):
     values = seen["v"].reshape(-1, kv_heads, dim).repeat_interleave(4 // kv_heads, dim=1)
     rebuilt = torch.einsum("hij,jhd->ihd", torch.stack(heads), values).reshape(ids.shape[1], -1)
     assert float((rebuilt - seen["o"]).norm() / seen["o"].norm()) < 1e-5
+
+
+def test_granite_logits_are_scaled_like_the_model(tmp_path):
+    loaded = load_model(str(build_tiny_model("granitemoehybrid", tmp_path / "m", logits_scaling=4.0)), device="cpu")
+    ids = _ids(loaded)
+    with loaded.lock, torch.no_grad():
+        hidden = loaded.adapter.base_model(input_ids=ids).last_hidden_state
+        torch.testing.assert_close(loaded.adapter.logits(hidden), loaded.model(ids).logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_type", HYBRIDS)
+def test_token_relevance_every_method_but_lrp(tiny_loaded, model_type):
+    """Every method runs through the mixed layers (Nemotron-H's MLP and MoE blocks: identity maps); LRP is refused
+    in one line."""
+    loaded = tiny_loaded(model_type)
+    length = _ids(loaded).shape[1]
+    for method in METHODS:
+        if method == "lrp":
+            with pytest.raises(PrunescopeError, match="transformer"):
+                token_relevance(loaded, TEXT, method)
+            continue
+        scores = token_relevance(loaded, TEXT, method, steps=4).scores
+        assert scores.shape == (length,) and torch.isfinite(scores).all() and scores.abs().max() > 0, method
+
+
+@pytest.mark.parametrize("model_type,form", [("jamba", "s6"), ("nemotron_h", "unified")])
+def test_gradattn_of_a_hybrid_mamba_layer_equals_differentiable_matrices(tiny_loaded, model_type, form):
+    """dF/dA * A of the Mamba layer, from the registry's relevance target, against injecting A into the forward."""
+    loaded, layer, target = tiny_loaded(model_type), 0, 5
+    ids = _ids(loaded)
+    inn = capture_hybrid(loaded, ids, [layer])[layer]
+    mixer = loaded.adapter.block(layer).get_submodule(inn.mixer_path)
+    mats = mamba_matrices(inn, form)
+    if form == "s6":  # Mamba-1: out_proj input = (alpha u + D u) * SiLU(z)
+        module = mixer.out_proj
+        rebuild = lambda a: (torch.einsum("cij,jc->ci", a, inn.u) * F.silu(inn.z).T).T  # noqa: E731
+    else:  # Mamba-2 unified: the gated tensor y * SiLU(z) entering the norm, injected as y + delta / SiLU(z)
+        module = mixer.norm
+        rebuild = lambda a: torch.einsum("cij,jc->ic", a, inn.x) / F.silu(inn.z)  # noqa: E731
+    expected = _brute_force(loaded, module, rebuild, mats, target, ids)
+    got = gradient_weighted_maps(loaded, ids, target, layers=[layer], form=form)[0]
+    assert expected.max() > 0
+    torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-5 * float(expected.abs().max()))
+
+
+@pytest.mark.parametrize("model_type,kinds", [
+    ("jamba", ["implicit", "softmax", "implicit"]), ("granitemoehybrid", ["implicit", "softmax", "implicit"]),
+    ("nemotron_h", ["implicit", "position-wise", "softmax", "position-wise"])])
+def test_one_view_labels_each_layer_kind(tiny_loaded, model_type, kinds):
+    """attention_maps shows every layer, labelled; a block that mixes no tokens gets the identity, the others the
+    maps of their own kind (implicit: the captured Mamba matrices reduced; softmax: the hooked probabilities)."""
+    loaded = tiny_loaded(model_type)
+    maps = attention_maps(loaded, TEXT, form="s6")
+    assert maps.kinds == kinds
+    ids = _ids(loaded)
+    captured = capture_hybrid(loaded, ids)
+    for k, kind in enumerate(kinds):
+        if kind == "position-wise":
+            assert torch.equal(maps.attn[k], torch.eye(ids.shape[1]))
+        elif kind == "softmax":
+            torch.testing.assert_close(maps.attn[k], hybrid_softmax_maps(loaded, ids, [k], Reduction())[k])
+        else:
+            torch.testing.assert_close(maps.attn[k], mamba_matrices(captured[k], "s6").mean(0))

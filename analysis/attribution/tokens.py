@@ -283,7 +283,8 @@ def _require_lrp(loaded: LoadedModel) -> None:
 # -- gradient-weighted attention -------------------------------------------------------------------------------
 def gradient_weighted_maps(loaded: LoadedModel, input_ids: torch.Tensor, target: int,
                            layers: list[int] | None = None, form: str | None = None) -> torch.Tensor:
-    """[len(layers), T, T]: per layer ``(mean_c dF/dA[c] * A[c])^+`` (channels, or heads for softmax layers)."""
+    """[len(layers), T, T]: per layer ``(mean_c dF/dA[c] * A[c])^+`` (channels, or heads for softmax layers);
+    the identity for a block that mixes no tokens."""
     entry = family_of(loaded)
     form = entry.check_form(form)
     layers = list(range(loaded.n_layers)) if layers is None else sorted({int(i) for i in layers})
@@ -292,6 +293,8 @@ def gradient_weighted_maps(loaded: LoadedModel, input_ids: torch.Tensor, target:
         raise PrunescopeError(f"layer {bad[0]} does not exist (the model has {loaded.n_layers})")
     with loaded.lock:
         maps = _softmax_weighted(loaded, input_ids, target, layers) if entry.has_softmax_layers else {}
+        for i in set(loaded.adapter.position_wise_layers()).intersection(layers):  # they mix no tokens
+            maps[i] = torch.eye(input_ids.shape[1], device=input_ids.device)
         implicit = [i for i in layers if i not in maps]
         if implicit:
             maps.update(_implicit_weighted(loaded, entry, input_ids, target, implicit, form))

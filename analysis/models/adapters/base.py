@@ -82,6 +82,7 @@ class NeuronSite:
     io: SiteIO
     width: int
     kind: str = "mlp"  # the layer's kind for labels (SiteChoice.kind)
+    width_from: str = ""  # path of the module that reads the neurons (its input width is the neuron count)
 
 
 @dataclass
@@ -124,7 +125,9 @@ class ModelAdapter:
                                                f"of the neuron sites {[c.path for c in self.layout.choices]}")
         width_module = block.get_submodule(choice.width_from)
         width = getattr(width_module, "in_features", None) or width_module.weight.shape[0]  # GPT-2 Conv1D
-        return NeuronSite(layer, f"{self.layout.layers}.{layer}.{choice.path}", choice.io, int(width), choice.kind)
+        block_path = f"{self.layout.layers}.{layer}"
+        return NeuronSite(layer, f"{block_path}.{choice.path}", choice.io, int(width), choice.kind,
+                          f"{block_path}.{choice.width_from}")
 
     @property
     def n_layers(self) -> int:
@@ -153,6 +156,11 @@ class ModelAdapter:
 
     def neuron_counts(self) -> list[int]:
         return [s.width for s in self._sites]
+
+    def position_wise_layers(self) -> list[int]:
+        """Layers whose block mixes no tokens (an MLP or MoE block of its own, as in Nemotron-H): their attention
+        map is the identity. None in families whose every block has attention or a recurrence."""
+        return []
 
     def site_kinds(self) -> list[str]:
         """Each layer's kind of neuron site ("mlp", "moe", "mixer", "attention-out", ...), for labels."""

@@ -8,8 +8,9 @@ attention heads' output entering ``o_proj``. The site's ``kind`` labels the laye
 
 Continuation runs the model's own forward with its mixed cache (``DynamicCache`` holding attention keys and
 values beside Mamba conv and SSM states): the prefix's cache is forked per row (:func:`repeat_cache`). Blocks
-below the start layer are replaced by pass-throughs instead of being cut from the list, because these models
-pick each block's mask by its index (Jamba's ``config.layer_types`` is a read-only property).
+below the start layer are cut from the list as for every family; each block keeps its mask (Granite reads
+``config.layer_types[i]``, sliced with the list; Nemotron-H reads its block's ``block_type``; Jamba derives its
+types from ``attn_layer_offset``, shifted with the cut).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-from torch import nn
 
 from analysis.models.adapters.base import Layout, ModelAdapter, SiteChoice
 
@@ -28,20 +28,6 @@ MOE_SITE = "experts.neurons"  # the ExpertNeurons identity under a MoE layer's e
 def _mlp(down_proj: str) -> SiteChoice:
     """A dense MLP's site: its down projection's input."""
     return SiteChoice(down_proj, "input", down_proj, "mlp")
-
-
-class _PassThrough(nn.Module):
-    """A skipped block: returns its hidden states unchanged; keeps the plain attributes the model's loop reads
-    from its blocks (Nemotron-H's ``block_type``)."""
-
-    def __init__(self, block: nn.Module):
-        super().__init__()
-        for name, value in vars(block).items():
-            if not name.startswith("_") and isinstance(value, (str, int, float, bool)) and name != "training":
-                setattr(self, name, value)
-
-    def forward(self, hidden_states, *args, **kwargs):
-        return hidden_states
 
 
 class HybridAdapter(ModelAdapter):
@@ -71,24 +57,14 @@ class HybridAdapter(ModelAdapter):
         return [i for i, b in enumerate(self._blocks)
                 if getattr(b, "self_attn", None) is not None or hasattr(getattr(b, "mixer", None), "o_proj")]
 
+    def position_wise_layers(self) -> list[int]:
+        mixing = set(self.mamba_layers()) | set(self.attention_layers())
+        return [i for i in range(self.n_layers) if i not in mixing]
+
     def _continue_kwargs(self, cache, prefix_len, c, rows, device):
         return {"past_key_values": cache,
                 "attention_mask": torch.ones(rows, prefix_len + c, dtype=torch.long, device=device),
                 "position_ids": torch.arange(prefix_len, prefix_len + c, device=device).expand(rows, -1)}
-
-    @contextmanager
-    def _truncated(self, start_layer: int) -> Iterator[None]:
-        """Blocks below ``start_layer`` become pass-throughs (every block keeps its index, so its mask)."""
-        if not start_layer:
-            yield
-            return
-        layers = getattr(self._layers_parent, self._layers_attr)
-        skipped = nn.ModuleList([_PassThrough(b) for b in self._blocks[:start_layer]] + self._blocks[start_layer:])
-        setattr(self._layers_parent, self._layers_attr, skipped)
-        try:
-            yield
-        finally:
-            setattr(self._layers_parent, self._layers_attr, layers)
 
 
 class JambaAdapter(HybridAdapter):
@@ -98,15 +74,34 @@ class JambaAdapter(HybridAdapter):
     layouts = {"jamba": Layout("model.layers", f"feed_forward.{MOE_SITE}", "input", f"feed_forward.{MOE_SITE}",
                                "moe", also=(_mlp("feed_forward.down_proj"),))}
 
+    @contextmanager
+    def _truncated(self, start_layer: int) -> Iterator[None]:
+        """Jamba's ``config.layer_types`` is a read-only property: block i is attention where
+        ``i % attn_layer_period == attn_layer_offset``, so after cutting ``start_layer`` blocks the offset moves
+        back by as many."""
+        config = self.base_model.config
+        offset = config.attn_layer_offset
+        config.attn_layer_offset = (offset - start_layer) % config.attn_layer_period
+        try:
+            with super()._truncated(start_layer):
+                yield
+        finally:
+            config.attn_layer_offset = offset
+
 
 class GraniteMoeHybridAdapter(HybridAdapter):
     """Granite 4.0 hybrid: a Mamba-2 mixer (``mamba``) or attention, then a MoE layer plus a shared MLP (or the
     shared MLP alone); the site is the MoE's routed experts where there is one, else the shared MLP."""
 
     family = "granitemoehybrid"
+    indexes_layer_types = True  # its forward reads config.layer_types[i]
     layouts = {"granitemoehybrid": Layout("model.layers", f"block_sparse_moe.{MOE_SITE}", "input",
                                           f"block_sparse_moe.{MOE_SITE}", "moe",
                                           also=(_mlp("shared_mlp.output_linear"),))}
+
+    def logits(self, hidden, token_ids=None):
+        """Granite divides its LM head's output by ``logits_scaling``."""
+        return super().logits(hidden, token_ids) / self.model.config.logits_scaling
 
 
 class NemotronHAdapter(HybridAdapter):
