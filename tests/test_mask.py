@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from analysis.errors import PrunescopeError
+from analysis.models.experts import ExpertNeurons
 from analysis.models.tiny import TINY_FAMILIES
 from analysis.pruning import NeuronMask
 
@@ -25,9 +26,13 @@ def weight_edited_reference(loaded):
     model = copy.deepcopy(loaded.model)
     for layer, indices in MASK.by_layer().items():
         site = loaded.adapter.site(layer)
-        reader = model.get_submodule(f"{loaded.adapter.layout.layers}.{layer}.{loaded.adapter.layout.width_from}")
+        reader = model.get_submodule(site.width_from)
         with torch.no_grad():
-            if hasattr(reader, "in_features"):
+            if isinstance(reader, ExpertNeurons):  # MoE: neuron e * I + c is column c of expert e's down_proj
+                experts = model.get_submodule(site.width_from.rpartition(".")[0])
+                for index in indices:
+                    experts.down_proj[index // experts.intermediate_dim][:, index % experts.intermediate_dim] = 0
+            elif hasattr(reader, "in_features"):
                 reader.weight[:, indices] = 0  # nn.Linear: weight is [out, in]
             else:
                 reader.weight[indices, :] = 0  # GPT-2 Conv1D: weight is [in, out]

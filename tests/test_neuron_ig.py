@@ -166,10 +166,23 @@ def test_bfloat16_models_accumulate_ig_and_attention_in_float32(tiny_dirs, tiny_
     fast = neuron_ig(half, [item], steps=64, quadrature="gauss-legendre")
     reference = neuron_ig(half, [item], steps=64, quadrature="gauss-legendre", method="reference")
     assert fast.per_prompt.dtype == torch.float32
-    assert rel_err(fast.per_prompt, reference.per_prompt) < 5e-2
+    # MoE: bfloat16 rounding that differs between the batched fast path and a full forward flips near-tied
+    # routers (tiny Jamba, layer 1: experts at 0.254 and 0.238), and a flip changes every layer above: the two
+    # paths are compared in float32 only (test_fast_path_equals_reference_every_family), and the fast path's
+    # completeness against its own F(0)
+    moe = "moe" in half.adapter.site_kinds()
+    if not moe:
+        assert rel_err(fast.per_prompt, reference.per_prompt) < 5e-2
     with torch.no_grad():
         f_zero = float(site_scaled_target(half, item, half.n_layers - 1, torch.tensor(0.0)))
     delta = float(fast.f_clean[0]) - f_zero
+    if moe:
+        assert fast.delta is not None
+        delta = float(fast.per_prompt[0, -1].sum()) - float(fast.delta[0, -1])
     assert abs(float(fast.per_prompt[0, -1].sum()) - delta) <= 0.1 * abs(delta) + 1e-2
     maps, full = attention_maps(half, "a:1 b:2 | a:").attn, attention_maps(tiny_loaded(model_type), "a:1 b:2 | a:").attn
-    assert maps.dtype == torch.float32 and rel_err(maps, full) < 5e-2
+    # MoE: only the layers no router feeds (up to the first MoE layer, whose mixer runs before its router): tiny
+    # Jamba's layer-1 router picks another expert for 1 of 10 tokens in bfloat16, and layer 2's map moves 36 %
+    below_routers = half.adapter.site_kinds().index("moe") + 1 if moe else half.n_layers
+    assert maps.dtype == torch.float32 and torch.isfinite(maps).all()
+    assert rel_err(maps[:below_routers], full[:below_routers]) < 5e-2

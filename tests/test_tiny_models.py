@@ -18,6 +18,9 @@ EXPECTED_CLASS = {
     "rwkv": "RwkvForCausalLM",
     "recurrent_gemma": "RecurrentGemmaForCausalLM",
     "gemma3_text": "Gemma3ForCausalLM",
+    "jamba": "JambaForCausalLM",
+    "granitemoehybrid": "GraniteMoeHybridForCausalLM",
+    "nemotron_h": "NemotronHForCausalLM",
 }
 PROMPT = "apple -> APPLE\nFrance -> Paris\ncat ->"
 UNICODE_TEXT = "héllo -> HÉLLO\n 2, 3 çà ñ 日本 🙂\t!"
