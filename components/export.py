@@ -31,8 +31,8 @@ def chart(figure: go.Figure, key: str, name: str | None = None, pickable: bool =
         st.plotly_chart(figure, key=key, config=config)
         return []
     event = st.plotly_chart(figure, key=key, config=config, on_select="rerun", selection_mode="points")
-    selection = (event or {}).get("selection") or {}  # a PlotlyState is a dict with attribute access
-    return list(selection.get("points") or [])
+    found: dict = dict(event or {})  # a PlotlyState is a dict with attribute access
+    return list((found.get("selection") or {}).get("points") or [])
 
 
 def table(frame: pd.DataFrame, name: str, **dataframe_kwargs) -> None:

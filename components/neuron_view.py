@@ -15,7 +15,7 @@ from analysis.models import LoadedModel
 from analysis.pruning import NeuronMask
 from components import present, state
 from components.charts import visible_token
-from components.charts_neuron import neuron_activation_over_tokens, neuron_ig_per_prompt
+from components.charts_attribution import neuron_activation_over_tokens, neuron_ig_per_prompt
 from components.export import chart, table
 from components.masking import active_mask
 from components.widgets import guarded, memo

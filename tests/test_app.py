@@ -349,3 +349,34 @@ def test_neuron_view_picks_zooms_and_adds_to_the_mask(app):
     app.text_input(key="_w_ig_neuron").set_value("9:9").run()
     assert [e.value for e in app.error] == ["neuron '9:9': the model has layers 0-1"]
     assert not app.exception
+
+
+def test_per_answer_token_view_on_a_click(app):
+    """The attribution page's per-answer-token view: nothing until the click, then one heatmap row per answer
+    token with the library's scores (NaN after each row's own position drawn blank)."""
+    from analysis.attribution.answer_tokens import attribute_answer
+
+    app.switch_page("views/attribution.py").run()
+    app.selectbox(key="_w_task").set_value("vowel-count")
+    app.number_input(key="ig_n").set_value(2)
+    app.number_input(key="_w_shots").set_value(2)
+    app.button(key="ig_run").click().run()
+    assert not app.exception and not app.error, ([e.value for e in app.exception], [e.value for e in app.error])
+    assert app.session_state["ig_result"], [i.value for i in app.info]
+    charts = len(app.get("plotly_chart"))
+    app.selectbox(key="answer_method").set_value("gxi")
+    app.radio(key="answer_source").set_value("gold")
+    app.button(key="answer_run").click().run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    assert len(app.get("plotly_chart")) == charts + 1
+    figure = json.loads(app.get("plotly_chart")[-1].proto.spec)
+    result = app.session_state["ig_result"]["value"]["result"]
+    item = result.inputs[0]
+    loaded = app.session_state["_memo"]  # the page's memo holds the same attribution
+    expected = next(v for k, v in loaded.items() if k[0] == "answer-attribution")
+    assert len(figure["data"][0]["y"]) == len(expected.answer_ids) >= 1
+    first = [v for v in figure["data"][0]["z"][0] if v is not None]
+    assert first == pytest.approx(expected.scores[0, :expected.prompt_length].tolist(), rel=1e-6)
+    assert expected.source == "gold" and expected.tokens[expected.prompt_length:] == expected.answer_tokens
+    assert attribute_answer  # the library call the view makes (checked against autograd in test_answer_tokens)
+    assert item.prompt.gold.strip() in "".join(expected.answer_tokens)

@@ -186,6 +186,9 @@ def _integrated_gradients(loaded: LoadedModel, input_ids: torch.Tensor, target: 
     return attributions.detach()[0].sum(-1), float(delta[0])
 
 
+integrated_gradients = _integrated_gradients  # public name for per-answer-token attribution (answer_tokens.py)
+
+
 # -- attention implementations: probe (probabilities in the graph) and conservative (detached) -----------------
 def _eager(module, query, key, value, attention_mask, scaling=None, dropout=0.0, detach=False, **kwargs):
     """Eager attention for any head layout (GQA/MQA: kv heads repeated), as the models' own eager code."""

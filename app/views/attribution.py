@@ -13,7 +13,7 @@ from analysis.distributed import env_pool
 from analysis.errors import PrunescopeError
 from analysis.models.builtin import model_label
 from analysis.pruning.copying import parse_layer_range
-from components import neuron_view, present, results, speculation, state
+from components import answer_view, neuron_view, present, results, speculation, state
 from components.charts import HEATMAP_SCALES, layer_totals_bar, neuron_heatmap, visible_token
 from components.export import chart, report_button, table
 from components.layout import wrapping_columns
@@ -123,6 +123,7 @@ if shown:
     st.caption("Top neurons by mean |attribution|, with the prompt token where each fires most")
     table(shown["top"], "top-neurons")
     neuron_figures = neuron_view.show(loaded, result, key or (), neuron)
+    neuron_figures |= answer_view.show(loaded, result, key or (), task.delimiter if task is not None else "\n")
     report_button("Neuron attribution", {"Mean attribution per neuron": heat, "Total per layer": totals,
                                          **neuron_figures},
                   {"Top neurons": shown["top"]},

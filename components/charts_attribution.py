@@ -1,12 +1,16 @@
-"""Figures of the neuron view: one neuron's IG across prompts and its activation over a prompt's tokens.
-Pure functions of a :class:`~analysis.attribution.neuron_view.NeuronProfile`; no streamlit here."""
+"""Figures of the attribution page's views: one neuron's IG across prompts and its activation over a prompt's
+tokens (the neuron view), and the relevance of every earlier token for each answer token. Pure functions of
+library results; no streamlit here."""
 
 from __future__ import annotations
 
+import math
+
 import plotly.graph_objects as go
 
+from analysis.attribution.answer_tokens import AnswerAttribution
 from analysis.attribution.neuron_view import NeuronProfile
-from components.charts import token_axis, visible_token
+from components.charts import token_axis, token_font, visible_token
 
 
 def neuron_ig_per_prompt(profile: NeuronProfile) -> go.Figure:
@@ -40,4 +44,28 @@ def neuron_activation_over_tokens(profile: NeuronProfile, prompt: int) -> go.Fig
                             "(last bar: the answer position)",
                       xaxis=token_axis(tokens, tickangle=-60 if len(tokens) <= 40 else -90),
                       yaxis_title="activation", height=340, margin=dict(l=10, r=10, t=50, b=10))
+    return fig
+
+
+def answer_attribution_heatmap(result: AnswerAttribution, last: int = 60) -> go.Figure:
+    """Rows: answer tokens; columns: the tokens before them (prompt, then the answer), the last ``last`` of
+    them (earlier ones are said in the axis title); blank where a token comes after the row's. Each row is its
+    own explanation, so the colour scale is shared and signed (red raises the answer token's logit)."""
+    width = result.scores.shape[1]
+    start = max(0, width - last)
+    columns = [f"{i}:{visible_token(t)}"[:24] for i, t in enumerate(result.tokens[:width])][start:]
+    rows = [f"{s}:{visible_token(t)}"[:24] for s, t in enumerate(result.answer_tokens)]
+    z = [[None if math.isnan(v) else v for v in row[start:]] for row in result.scores.tolist()]
+    limit = max((abs(v) for row in z for v in row if v is not None), default=1.0) or 1.0
+    fig = go.Figure(go.Heatmap(
+        z=z, x=columns, y=rows, colorscale="RdBu", reversescale=True, zmid=0, zmin=-limit, zmax=limit,
+        colorbar=dict(title=dict(text=f"{result.method} relevance", side="right")),
+        hovertemplate="answer token %{y}<br>source %{x}<br>%{z:.3g}<extra></extra>"))
+    shown = "" if not start else f" (the last {last} of {width}; earlier tokens left out)"
+    fig.update_layout(
+        title=f"Which tokens each answer token rests on ({result.method}, {result.source} answer)",
+        xaxis=token_axis(columns, title=f"source token{shown}", tickangle=-60 if len(columns) <= 40 else -90),
+        yaxis=dict(tickmode="array", tickvals=rows, ticktext=rows, autorange="reversed", title="answer token",
+                   tickfont=dict(size=token_font(len(rows)))),
+        height=260 + 28 * len(rows), margin=dict(l=10, r=10, t=50, b=10))
     return fig
