@@ -1,0 +1,119 @@
+"""Conservative LRP through the recurrent families (MambaLRP rules, analysis/implicit_attention/conservative.py):
+relevance is conserved (the scores sum to F; with random biases, to F minus the biases' share, computed
+separately), the replaced forwards compute the model's own logits, LRP differs from gradient x input, the
+rules' gradients are the ones documented, and a replacement that does not reproduce its module is refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from analysis.attribution.conservation import lrp_conservation
+from analysis.attribution.tokens import conservative_propagation, token_relevance, top_prediction
+from analysis.errors import PrunescopeError
+from analysis.families import FAMILIES
+from analysis.implicit_attention import conservative
+from analysis.implicit_attention.conservative import half_product, linearised
+from analysis.models import load_model
+
+TEXT = "a:3 b:5 c:1 d:7 | b:5 a:"
+RECURRENT = ["mamba", "mamba2", "rwkv", "recurrent_gemma"]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _ids(loaded):
+    return torch.tensor([loaded.tokenizer(TEXT).input_ids])
+
+
+def _logit(loaded, target):
+    with loaded.lock, torch.no_grad():
+        return float(loaded.model(_ids(loaded), use_cache=False).logits[0, -1, target])
+
+
+@pytest.mark.parametrize("model_type", RECURRENT)
+def test_relevance_sums_to_the_logit(tiny_loaded, model_type):
+    """The tiny models' biases on the relevance path are all zero (the time-step and gate biases are not, but
+    only feed detached factors), so the LRP scores sum to F itself (measured: < 2e-7 relative); plain
+    gradient x input does not (sums 0.0016 .. 1.02 against F ~ 7)."""
+    loaded = tiny_loaded(model_type)
+    lrp = token_relevance(loaded, TEXT, "lrp")
+    assert lrp_conservation(loaded, TEXT, lrp.target_id).bias_share == 0
+    gxi = token_relevance(loaded, TEXT, "gxi", target_id=lrp.target_id).scores
+    logit = _logit(loaded, lrp.target_id)  # the model's own logit (Griffin: soft-capped)
+    assert abs(float(lrp.scores.sum()) - logit) <= 1e-5 * abs(logit)
+    assert abs(float(gxi.sum()) - logit) > 0.5  # not conserved without the rules
+    assert not torch.allclose(lrp.scores, gxi, atol=1e-3)  # and not trivially gradient x input
+
+
+@pytest.fixture(scope="module")
+def with_biases(tiny_dirs):
+    """model_type -> a private copy of the tiny model with every bias drawn N(0, 0.3^2)."""
+    def load(model_type):
+        loaded = load_model(tiny_dirs[model_type], device="cpu")
+        generator = torch.Generator().manual_seed(1)
+        with loaded.lock, torch.no_grad():
+            for name, p in loaded.model.named_parameters():
+                if name.endswith("bias"):
+                    p.copy_(0.3 * torch.randn(p.shape, generator=generator))
+        return loaded
+    return load
+
+
+@pytest.mark.parametrize("model_type", RECURRENT)
+def test_with_biases_relevance_plus_the_biases_share_is_the_logit(with_biases, model_type):
+    """F = sum_t R_t + sum_b <dF/db, b> (measured: |error| < 2e-7 relative), the bias share being large."""
+    loaded = with_biases(model_type)
+    target = top_prediction(loaded, _ids(loaded))
+    budget = lrp_conservation(loaded, TEXT, target)
+    assert budget.logit == pytest.approx(_logit(loaded, target), rel=1e-5)
+    assert abs(budget.bias_share) > 0.02 * abs(budget.logit)  # the identity is not just the zero-bias case
+    assert abs(budget.error) < 1e-5, budget
+    scores = token_relevance(loaded, TEXT, "lrp", target_id=target).scores
+    assert float(scores.sum()) == pytest.approx(budget.relevance, rel=1e-5)
+    assert not any(p.requires_grad for p in loaded.model.parameters())  # restored
+
+
+@pytest.mark.parametrize("model_type", RECURRENT)
+def test_the_replaced_forwards_compute_the_models_logits_and_are_restored(tiny_loaded, model_type):
+    loaded = tiny_loaded(model_type)
+    model, rules = loaded.model, FAMILIES[loaded.family].lrp
+    assert rules
+    named = [m for m in model.modules() if type(m).__name__ in rules]
+    assert named and {type(m).__name__ for m in named} == set(rules)  # every rule applies to this model
+    with loaded.lock, torch.no_grad():
+        before = model(_ids(loaded), use_cache=False).logits
+        with conservative_propagation(loaded):
+            assert all("forward" in m.__dict__ for m in named)
+            inside = model(_ids(loaded), use_cache=False).logits
+        assert not any("forward" in m.__dict__ for m in model.modules())
+        after = model(_ids(loaded), use_cache=False).logits
+    torch.testing.assert_close(inside, before, rtol=1e-5, atol=1e-5)
+    assert torch.equal(after, before)
+
+
+def test_the_rules_gradients():
+    x = torch.tensor([-2.0, -0.5, 0.0, 0.7, 3.0], dtype=torch.float64, requires_grad=True)
+    out = linearised(F.silu, x)
+    torch.testing.assert_close(out, F.silu(x))
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    torch.testing.assert_close(grad, torch.sigmoid(x).detach(), rtol=0, atol=1e-6)  # MambaLRP: sigmoid detached
+    a = torch.tensor([1.5, -2.0], dtype=torch.float64, requires_grad=True)
+    b = torch.tensor([0.5, 3.0], dtype=torch.float64, requires_grad=True)
+    product = half_product(a, b)
+    assert torch.equal(product, a * b)
+    ga, gb = torch.autograd.grad(product.sum(), [a, b])
+    torch.testing.assert_close(a * ga + b * gb, (a * b).detach())  # each factor gets half: conserved
+    torch.testing.assert_close(a * ga, 0.5 * (a * b).detach())
+
+
+def test_a_rule_that_does_not_reproduce_its_module_is_refused(tiny_loaded, monkeypatch):
+    loaded = tiny_loaded("mamba")
+    wrong = conservative.Rule(lambda mixer: (lambda hidden_states, **kw: 2 * mixer(hidden_states)),
+                              conservative.MAMBA["MambaMixer"].probe)
+    monkeypatch.setitem(FAMILIES["mamba"].lrp, "MambaMixer", wrong)
+    with pytest.raises(PrunescopeError, match="conservative MambaMixer does not reproduce") as raised:
+        token_relevance(loaded, TEXT, "lrp")
+    assert len(str(raised.value).splitlines()) == 1
+    assert not any("forward" in m.__dict__ for m in loaded.model.modules())
