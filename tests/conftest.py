@@ -81,9 +81,10 @@ TIERS = {
         "test_calibration.py", "test_cli.py", "test_concurrency.py", "test_continuation.py",
         "test_copying_options.py", "test_demo.py", "test_evaluation.py", "test_faithfulness.py", "test_gemma3.py",
         "test_general.py", "test_hook_scope.py", "test_implicit_mamba.py", "test_implicit_rwkv_griffin.py",
-        "test_jobs.py", "test_joined.py", "test_lrp_recurrent.py", "test_mask.py", "test_models.py", "test_multiuser.py",
+        "test_jobs.py", "test_joined.py", "test_mask.py", "test_models.py", "test_multiuser.py",
         "test_neuron_ig.py", "test_offload.py", "test_one_batch.py", "test_pruning.py", "test_registry.py",
         "test_requests.py",
+        "test_lrp_recurrent.py",
         "test_scheduler.py", "test_task_vectors.py", "test_tiny_models.py", "test_token_relevance.py",
         "test_toy.py", "test_toy_checkpoints.py"],
     # the app's pages through Streamlit's AppTest, or a real browser

@@ -54,9 +54,11 @@ class Rule:
 # -- the shared rules ----------------------------------------------------------------------------------------
 def linearised(act: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """f(x) (with f(0) = 0) as ``x * (f(x) / x)`` with the factor detached, so gradient x input gives back
-    f(x); at x = 0 the factor is f(1e-6) / 1e-6, about f'(0) (SiLU: sigmoid(0) = 1/2)."""
-    safe = torch.where(x == 0, torch.full_like(x, 1e-6), x)
-    return x * (act(safe) / safe).detach()
+    f(x); at x = 0 the factor is f(1e-6) / 1e-6, about f'(0) (SiLU: sigmoid(0) = 1/2). In float32, then cast
+    back: in bfloat16 the value is then f(x) rounded once, as transformers' activations give it."""
+    wide = x.float()
+    safe = torch.where(wide == 0, torch.full_like(wide, 1e-6), wide)
+    return (wide * (act(safe) / safe).detach()).to(x.dtype)
 
 
 def half_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
