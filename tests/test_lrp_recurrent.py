@@ -10,12 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from analysis.attribution.conservation import lrp_conservation
-from analysis.attribution.tokens import conservative_propagation, token_relevance, top_prediction
+from analysis.attribution.tokens import conservative_propagation, target_logit, token_relevance, top_prediction
 from analysis.errors import PrunescopeError
 from analysis.families import FAMILIES
 from analysis.implicit_attention import conservative
 from analysis.implicit_attention.conservative import half_product, linearised
+from analysis.implicit_attention.mamba import capture_mamba, mamba_loop_matrices
 from analysis.models import load_model
+from analysis.models.hooks import hook_scope
 
 TEXT = "a:3 b:5 c:1 d:7 | b:5 a:"
 RECURRENT = ["mamba", "mamba2", "rwkv", "recurrent_gemma"]
@@ -101,6 +103,47 @@ def test_the_replaced_forwards_compute_the_models_logits_and_are_restored(tiny_l
         after = model(_ids(loaded), use_cache=False).logits
     torch.testing.assert_close(inside, before, rtol=1e-5, atol=1e-5)
     assert torch.equal(after, before)
+
+
+def test_mambas_relevance_flows_through_its_implicit_attention(tiny_loaded):
+    """Against the float64 loop's matrices (independent of the rules): given Delta, B, C the SSM is the linear
+    map u -> (alpha + D) u, and the uniform rule hands the SSM half of the gated product's relevance, so with
+    g = dF/d(out_proj input) the relevance reaching u is u * (alpha + D)^T (SiLU(z) g / 2), and the one
+    reaching the conv's input x (through conv + SiLU, sigmoid detached) is x * M^T (g / 2), M being the
+    unified matrices diag(SiLU z) (alpha + D) diag(sigmoid c) Toeplitz(conv)."""
+    loaded = tiny_loaded("mamba")
+    ids, layer = _ids(loaded), 1
+    mixer, target = loaded.adapter.block(layer).mixer, top_prediction(loaded, _ids(loaded))
+    inn = capture_mamba(loaded, ids, [layer])[layer]
+    channels = torch.arange(inn.n_channels)
+    alpha, unified = (mamba_loop_matrices(inn, form, channels).double() for form in ("s6", "unified"))
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(name, output=False):
+        def hook(module, args, *out):
+            tensor = out[0] if output else args[0]
+            if tensor.requires_grad:  # not the replacement checks' probes
+                seen[name] = tensor
+                tensor.retain_grad()
+        return hook
+
+    with loaded.lock, hook_scope(loaded.model) as add, torch.enable_grad():
+        add(mixer.in_proj, keep("in_proj", output=True))
+        add(mixer.x_proj, keep("u"), pre=True)
+        add(mixer.out_proj, keep("gated"), pre=True)
+        with conservative_propagation(loaded):
+            embeds = loaded.model.get_input_embeddings()(ids).detach().requires_grad_(True)
+            target_logit(loaded, embeds, target, linear_cap=True).sum().backward()
+    d, z = inn.n_channels, inn.z.double()
+    weights = 0.5 * seen["gated"].grad[0].double()  # [T, d]: the SSM branch's half of the relevance
+    u, got_u = seen["u"].detach()[0].double(), (seen["u"].grad * seen["u"])[0].double()
+    expected_u = u * (torch.einsum("cij,ic->jc", alpha, F.silu(z) * weights) + inn.D.double() * F.silu(z) * weights)
+    torch.testing.assert_close(got_u, expected_u, rtol=1e-4, atol=1e-5 * float(expected_u.abs().max()))
+    x = seen["in_proj"].detach()[0, :, :d].double()
+    got_x = (seen["in_proj"].grad[0, :, :d] * seen["in_proj"].detach()[0, :, :d]).double()
+    expected_x = x * torch.einsum("cim,ic->mc", unified, weights)
+    torch.testing.assert_close(got_x, expected_x, rtol=1e-4, atol=1e-5 * float(expected_x.abs().max()))
+    assert float(expected_x.abs().max()) > 0
 
 
 def test_the_rules_gradients():
