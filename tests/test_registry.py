@@ -48,7 +48,9 @@ def test_every_family_has_every_field(name):
     assert entry.has_softmax_layers is (name in ("transformer", "griffin", *HYBRIDS))
     if entry.has_softmax_layers:
         assert callable(entry.ops.softmax_maps)
-    assert entry.supports_lrp is (name == "transformer")
+    assert entry.supports_lrp is (name not in HYBRIDS)  # MambaLRP rules for the recurrent ones; hybrids: none yet
+    if entry.supports_lrp:
+        assert bool(entry.lrp) is (name != "transformer")  # transformers: softmax and norms only, no mixer rules
 
 
 def test_transformer_layouts_include_gemma3_text():
@@ -76,7 +78,7 @@ def test_forms_and_lrp_families_come_from_the_registry():
     assert {n: default_form(n) for n in FAMILIES} == {"transformer": "softmax", "mamba": "s6", "mamba2": "s6",
                                                       "rwkv": "unified", "griffin": "unified",
                                                       **dict.fromkeys(HYBRIDS, "s6")}
-    assert LRP_FAMILIES == ("transformer",)
+    assert LRP_FAMILIES == ("transformer", "mamba", "mamba2", "rwkv", "griffin")
 
 
 def test_griffin_recurrent_layers_have_one_definition(tiny_loaded):

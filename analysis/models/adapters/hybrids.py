@@ -99,9 +99,9 @@ class GraniteMoeHybridAdapter(HybridAdapter):
                                           f"block_sparse_moe.{MOE_SITE}", "moe",
                                           also=(_mlp("shared_mlp.output_linear"),))}
 
-    def logits(self, hidden, token_ids=None):
+    def logits(self, hidden, token_ids=None, linear_cap=False):
         """Granite divides its LM head's output by ``logits_scaling``."""
-        return super().logits(hidden, token_ids) / self.model.config.logits_scaling
+        return super().logits(hidden, token_ids, linear_cap) / self.model.config.logits_scaling
 
 
 class NemotronHAdapter(HybridAdapter):
