@@ -26,7 +26,7 @@ from tests.test_token_relevance import _brute_force
 
 HYBRIDS = ("jamba", "granitemoehybrid", "nemotron_h")
 TEXT = "The cat is big. Q: What is the capital of France?\nA: Paris"
-KINDS = {"jamba": ["moe"] * 3, "granitemoehybrid": ["moe"] * 3, "nemotron_h": ["mixer", "moe", "attention-out", "mlp"]}
+KINDS = {"jamba": ["moe"] * 2, "granitemoehybrid": ["moe"] * 2, "nemotron_h": ["mixer", "moe", "attention-out", "mlp"]}
 MOE_LAYER = {"jamba": 0, "granitemoehybrid": 1, "nemotron_h": 1}
 
 
@@ -53,7 +53,7 @@ def test_jamba_dense_and_moe_layers_get_their_own_sites(tmp_path):
     """expert_layer_period 2: dense MLP (16 channels) in even layers, 4 experts x 16 in odd ones."""
     loaded = load_model(str(build_tiny_model("jamba", tmp_path / "m", expert_layer_period=2, expert_layer_offset=1)),
                         device="cpu")
-    assert loaded.adapter.site_kinds() == ["mlp", "moe", "mlp"] and loaded.adapter.neuron_counts() == [16, 64, 16]
+    assert loaded.adapter.site_kinds() == ["mlp", "moe"] and loaded.adapter.neuron_counts() == [16, 64]
     assert loaded.adapter.site(0).path == "model.layers.0.feed_forward.down_proj"
     assert loaded.adapter.site(1).path == "model.layers.1.feed_forward.experts.neurons"
 
@@ -111,7 +111,7 @@ def test_moe_neuron_ig_equals_captum_and_is_complete(tiny_loaded, model_type):
     """IG over every site kind (Nemotron-H: mixer, MoE, attention-out, MLP) equals captum's; it sums to
     F(a) - F(0) within 5 % at 64 Gauss-Legendre nodes at every layer with no MoE router above it. Below a
     router, F jumps along the path where the router's top-k flips, and no path integral sees a jump: Jamba's
-    layer 0 on this prompt is such a layer (F moves by 3.07 between two of 201 evenly spaced path points)."""
+    layer 0 on this prompt is such a layer (F moves by 2.75 between two of 201 evenly spaced path points)."""
     loaded = tiny_loaded(model_type)
     item = prepare_inputs(loaded, copying_prompts(1), "copy")[0]
     ref = neuron_ig(loaded, [item], steps=7, quadrature="gauss-legendre", method="reference").per_prompt[0]
@@ -122,7 +122,7 @@ def test_moe_neuron_ig_equals_captum_and_is_complete(tiny_loaded, model_type):
     result = neuron_ig(loaded, [item], steps=64, quadrature="gauss-legendre")
     assert result.delta is not None
     error = (result.delta[0].double() / (result.per_prompt[0].double().sum(-1) - result.delta[0].double())).abs()
-    smooth = {"jamba": [2], "nemotron_h": [1, 2, 3]}[model_type]
+    smooth = {"jamba": [1], "nemotron_h": [1, 2, 3]}[model_type]
     assert (error[smooth] <= 0.05).all()
     if model_type == "jamba":
         assert error[0] > 0.5  # the jump
@@ -213,7 +213,7 @@ def test_gradattn_of_a_hybrid_mamba_layer_equals_differentiable_matrices(tiny_lo
 
 
 @pytest.mark.parametrize("model_type,kinds", [
-    ("jamba", ["implicit", "softmax", "implicit"]), ("granitemoehybrid", ["implicit", "softmax", "implicit"]),
+    ("jamba", ["implicit", "softmax"]), ("granitemoehybrid", ["implicit", "softmax"]),
     ("nemotron_h", ["implicit", "position-wise", "softmax", "position-wise"])])
 def test_one_view_labels_each_layer_kind(tiny_loaded, model_type, kinds):
     """attention_maps shows every layer, labelled; a block that mixes no tokens gets the identity, the others the

@@ -146,16 +146,16 @@ def tiny_config(model_type: str, vocab_size: int, **overrides) -> PretrainedConf
             max_position_embeddings=MAX_POSITIONS, tie_word_embeddings=True,
         ),
         # hybrids: every layer 64 neurons (neuron IG needs equal widths): 4 experts x 16 channels per MoE layer
-        "jamba": dict(  # Mamba-1 / attention / Mamba-1, each followed by a MoE layer (expert_layer_period 1)
-            hidden_size=32, intermediate_size=16, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+        "jamba": dict(  # Mamba-1 / attention, each followed by a MoE layer (expert_layer_period 1)
+            hidden_size=32, intermediate_size=16, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             num_experts=4, num_experts_per_tok=2, expert_layer_period=1, expert_layer_offset=0,
-            attn_layer_period=3, attn_layer_offset=1, mamba_d_state=4, mamba_d_conv=4, mamba_expand=2,
+            attn_layer_period=2, attn_layer_offset=1, mamba_d_state=4, mamba_d_conv=4, mamba_expand=2,
             mamba_dt_rank=4, max_position_embeddings=MAX_POSITIONS, tie_word_embeddings=False,
         ),
-        "granitemoehybrid": dict(  # Mamba-2 / attention / Mamba-2, each with a MoE layer and a shared MLP
-            hidden_size=32, intermediate_size=16, shared_intermediate_size=32, num_hidden_layers=3,
+        "granitemoehybrid": dict(  # Mamba-2 / attention, each with a MoE layer and a shared MLP
+            hidden_size=32, intermediate_size=16, shared_intermediate_size=32, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
-            layer_types=["mamba", "attention", "mamba"], mamba_n_heads=4, mamba_d_head=16, mamba_n_groups=1,
+            layer_types=["mamba", "attention"], mamba_n_heads=4, mamba_d_head=16, mamba_n_groups=1,
             mamba_d_state=8, mamba_d_conv=4, mamba_expand=2, mamba_chunk_size=16, position_embedding_type="rope",
             max_position_embeddings=MAX_POSITIONS, tie_word_embeddings=False,
         ),
