@@ -108,6 +108,7 @@ TIERS = {
         "test_offload.py",
         "test_one_batch.py",
         "test_pruning.py",
+        "test_queries.py",
         "test_registry.py",
         "test_requests.py",
         "test_scheduler.py",
