@@ -13,6 +13,7 @@ from analysis.attention import attention_maps
 from analysis.attribution import neuron_ig, prepare_inputs
 from analysis.attribution.tokens import METHODS, gradient_weighted_maps, token_relevance
 from analysis.errors import PrunescopeError
+from analysis.head_grid import head_grid
 from analysis.implicit_attention.common import Reduction
 from analysis.implicit_attention.hybrid import capture_hybrid, hybrid_softmax_maps
 from analysis.implicit_attention.mamba import mamba_loop_matrices, mamba_matrices, mamba_reconstruct, n_channels
@@ -230,3 +231,17 @@ def test_one_view_labels_each_layer_kind(tiny_loaded, model_type, kinds):
             torch.testing.assert_close(maps.attn[k], hybrid_softmax_maps(loaded, ids, [k], Reduction())[k])
         else:
             torch.testing.assert_close(maps.attn[k], mamba_matrices(captured[k], "s6").mean(0))
+
+
+def test_head_grid_shows_every_layer_kind(tiny_loaded):
+    """Nemotron-H's grid: Mamba-2 heads (s6), attention heads, and one identity cell per position-wise block."""
+    loaded = tiny_loaded("nemotron_h")
+    grid = head_grid(loaded, TEXT)
+    assert grid.kinds == ["implicit", "position-wise", "softmax", "position-wise"]
+    assert [len(row) for row in grid.cells] == [4, 1, 4, 1] and grid.labels[1] == ["map 0"]
+    length = _ids(loaded).shape[1]
+    assert torch.equal(grid.cells[1][0], torch.eye(length)) and torch.equal(grid.cells[3][0], torch.eye(length))
+    inn = capture_hybrid(loaded, _ids(loaded), [0])[0]
+    torch.testing.assert_close(torch.stack(grid.cells[0]), mamba_matrices(inn, "s6"))
+    heads = hybrid_softmax_maps(loaded, _ids(loaded), [2], Reduction("channels", (3,)))[2]
+    torch.testing.assert_close(grid.cells[2][3], heads)
