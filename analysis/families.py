@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from analysis.errors import PrunescopeError, UnsupportedArchitectureError
-from analysis.implicit_attention import griffin, mamba, rwkv, softmax
+from analysis.implicit_attention import griffin, mamba, mamba_hybrid, rwkv, softmax
 from analysis.implicit_attention.ops import (
     FORM_NAMES,
     Capture,
@@ -35,6 +35,7 @@ from analysis.implicit_attention.ops import (
 )
 from analysis.models.adapters import (
     GriffinAdapter,
+    HybridMamba2Adapter,
     Mamba2Adapter,
     MambaAdapter,
     ModelAdapter,
@@ -77,6 +78,19 @@ class Family:
     def implicit_layers(self) -> Callable[[Any], list[int]]:
         """``adapter -> [layer]``: the layers with implicit attention."""
         return self.ops.implicit_layers
+
+    def implicit_layers_for(self, adapter: Any, form: Form) -> list[int]:
+        """The layers shown with implicit attention under ``form``: the implicit layers, less those that also
+        have softmax attention when the form is "softmax" (a hybrid layer with both kinds shows the asked one)."""
+        implicit = self.ops.implicit_layers(adapter)
+        if form != "softmax" or self.ops.softmax_layers is None:
+            return implicit
+        both = set(self.ops.softmax_layers(adapter))
+        return [i for i in implicit if i not in both]
+
+    def implicit_form(self, form: Form) -> Form:
+        """The form implicit layers are shown in: ``form``, or the first implicit one for "softmax"."""
+        return form if form != "softmax" else next((f for f in self.forms if f != "softmax"), form)
 
     @property
     def has_softmax_layers(self) -> bool:
@@ -123,6 +137,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("mamba2", Mamba2Adapter, mamba.MAMBA2_OPS),
     Family("rwkv", RwkvAdapter, rwkv.RWKV_OPS),
     Family("griffin", GriffinAdapter, griffin.GRIFFIN_OPS),
+    Family("mamba2_hybrid", HybridMamba2Adapter, mamba_hybrid.HYBRID_MAMBA2_OPS),
 )}
 
 

@@ -7,6 +7,8 @@ agree)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, cast
 
 import torch
@@ -42,7 +44,9 @@ class TransformerAdapter(ModelAdapter):
 
 class MambaAdapter(ModelAdapter):
     family = "mamba"
-    layouts = {"mamba": Layout("backbone.layers", "mixer.out_proj", "input", "mixer.out_proj")}
+    # Falcon-Mamba is Mamba-1 with RMS-normalised B, C and dt (its capture reads them from the norms)
+    layouts = {t: Layout("backbone.layers", "mixer.out_proj", "input", "mixer.out_proj")
+               for t in ("mamba", "falcon_mamba")}
     state_updated_in_place = True
 
     def _cache_from(self, output):
@@ -141,8 +145,57 @@ class GriffinAdapter(ModelAdapter):
         return torch.tanh(out / cap) * cap if cap else out
 
 
+class HybridMamba2Adapter(ModelAdapter):
+    """Mamba-2 mixers beside softmax attention and an MLP in every block: Bamba (a layer has one or the other,
+    ``block.mamba`` or ``block.self_attn``) and Falcon-H1 (both side by side in every layer, with muP
+    multipliers). One transformers hybrid cache holds every layer's conv/SSM states and keys/values."""
+
+    family = "mamba2_hybrid"
+    layouts = {t: Layout("model.layers", "feed_forward.down_proj", "input", "feed_forward.down_proj")
+               for t in ("bamba", "falcon_h1")}
+    state_updated_in_place = True  # the cache's conv and SSM states are copied into in place
+    batch_invariant = False  # the Mamba-2 step sizes' scalar tail loop, as for Mamba2Adapter
+
+    def ssm_layers(self) -> list[int]:
+        """Layers with a Mamba-2 mixer (``block.mamba``)."""
+        return [i for i, b in enumerate(self._blocks) if hasattr(b, "mamba")]
+
+    def attention_layers(self) -> list[int]:
+        """Layers with softmax attention (``block.self_attn``); Falcon-H1's have a mixer too."""
+        return [i for i, b in enumerate(self._blocks) if hasattr(b, "self_attn")]
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return super().embed(input_ids) * getattr(self.model.config, "embedding_multiplier", 1.0)
+
+    def logits(self, hidden, token_ids=None):
+        return super().logits(hidden, token_ids) * getattr(self.model.config, "lm_head_multiplier", 1.0)
+
+    def _continue_kwargs(self, cache, prefix_len, c, rows, device):
+        # Bamba numbers positions from 0 whatever the cache holds: give them
+        positions = torch.arange(prefix_len, prefix_len + c, device=device).expand(rows, -1)
+        return {"past_key_values": cache, "position_ids": positions}
+
+    @contextmanager
+    def _truncated(self, start_layer: int) -> Iterator[None]:
+        """Bamba picks each block's mask by ``config.layers_block_type[i]``, a property of
+        ``attn_layer_indices``: shift those indices with the cut block list (Falcon-H1's are all "hybrid")."""
+        config = self.base_model.config
+        indices = getattr(config, "attn_layer_indices", None)
+        with super()._truncated(start_layer):
+            if not start_layer or not indices:
+                yield
+                return
+            layers = config.num_hidden_layers
+            config.attn_layer_indices = [i - start_layer for i in indices if i >= start_layer]
+            config.num_hidden_layers = layers - start_layer
+            try:
+                yield
+            finally:
+                config.attn_layer_indices, config.num_hidden_layers = indices, layers
+
+
 ADAPTERS: tuple[type[ModelAdapter], ...] = (TransformerAdapter, MambaAdapter, Mamba2Adapter, RwkvAdapter,
-                                             GriffinAdapter)
+                                             GriffinAdapter, HybridMamba2Adapter)
 
 
 def registered_adapters() -> tuple[type[ModelAdapter], ...]:
