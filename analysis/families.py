@@ -41,6 +41,7 @@ from analysis.models.adapters import (
     ModelAdapter,
     RwkvAdapter,
     TransformerAdapter,
+    Zamba2Adapter,
     adapter_class_for,
     supported_architectures,
 )
@@ -138,6 +139,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("rwkv", RwkvAdapter, rwkv.RWKV_OPS),
     Family("griffin", GriffinAdapter, griffin.GRIFFIN_OPS),
     Family("mamba2_hybrid", HybridMamba2Adapter, mamba_hybrid.HYBRID_MAMBA2_OPS),
+    Family("zamba2", Zamba2Adapter, mamba_hybrid.HYBRID_MAMBA2_OPS),
 )}
 
 

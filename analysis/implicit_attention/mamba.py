@@ -9,6 +9,11 @@ through hooks on each layer's mixer:
 * Mamba-2: ``in_proj`` output (gate z, xBC before the conv, raw dt), ``norm`` (gated RMSNorm) inputs
   (y, the SSD output with the D skip, and the gate), ``out_proj`` input and the mixer output.
 
+The same capture serves the variants: Falcon-Mamba (Mamba-1 whose dt, B and C go through weightless RMS
+norms: read from the norms' outputs), and the Mamba-2 mixers of the hybrids (``block.mamba``): Bamba, and
+Falcon-H1, whose ``in_proj`` output is scaled by its muP vector (applied here) and which, without
+``mamba_rms_norm``, gates as Mamba-1 does: ``out_proj(y * SiLU(z))`` (``MambaInternals.gated_at``).
+
 transformers 5.23 never *calls* ``conv1d`` or ``dt_proj`` as modules (it uses their weights in
 ``F.conv1d`` / a matmul), so no hook can see their outputs: the conv pre-activation, Delta and (Mamba-2)
 B and C are recomputed from the captured tensors with the layer's own weights, exactly as the HF torch path
@@ -21,9 +26,9 @@ produced (:func:`mamba_reconstruct`). Forms (per channel d / head h, j <= i, 0 a
   (heads share the B/C of their group), ``y_h = alpha_h @ x_h + D_h x_h``.
 * ``"unified"``: per d_inner channel, ``M[i,m] = SiLU(z_i) sum_j (alpha + D I)[i,j] sigmoid(c_j) K[j,m]``
   with K the causal depthwise-conv Toeplitz matrix and c the conv pre-activation (SiLU(c) = c sigmoid(c)
-  as a data-dependent diagonal); ``M @ x`` plus the conv-bias term gives the gated tensor. For Mamba that
-  is the ``out_proj`` input; for Mamba-2 it is ``y * SiLU(z)``, the gated tensor inside ``norm`` just
-  before its RMS normalisation, which is not linear in x and is left out.
+  as a data-dependent diagonal); ``M @ x`` plus the conv-bias term gives the gated tensor. For Mamba (and
+  Falcon-H1 without its norm) that is the ``out_proj`` input; for Mamba-2 it is ``y * SiLU(z)``, the gated
+  tensor inside ``norm`` just before its RMS normalisation, which is not linear in x and is left out.
 
 :data:`MAMBA_OPS` and :data:`MAMBA2_OPS` are the two families' entries for the registry (analysis/families.py
 names them; nothing here imports the registry).
@@ -59,6 +64,7 @@ from analysis.implicit_attention.mamba_tree import (
     per_channel_scratch_bytes,
 )
 from analysis.implicit_attention.ops import FamilyOps, RelevanceTarget, all_layers
+from analysis.models.adapters.families import MIXER_PATHS, first_submodule_path
 from analysis.models.hooks import hook_scope
 from analysis.models.loader import onloaded
 
@@ -121,12 +127,9 @@ def unfused(model: torch.nn.Module) -> Iterator[None]:
             module.training = training
 
 
-_MIXER_PATHS = ("mixer", "mamba")  # where a block keeps its Mamba mixer: Mamba, Falcon-Mamba / Bamba, Falcon-H1
-
-
 def mixer_path(block: nn.Module) -> str | None:
     """The path of a block's Mamba / Mamba-2 mixer (None: the block has none, e.g. a Bamba attention layer)."""
-    return next((path for path in _MIXER_PATHS if isinstance(getattr(block, path, None), nn.Module)), None)
+    return first_submodule_path(block, MIXER_PATHS)
 
 
 def _hooked(mixer: nn.Module) -> list[tuple[str, str]]:
@@ -330,12 +333,13 @@ def mamba_relevance_target(block: nn.Module, inn: MambaInternals, form: str) -> 
     its y * SiLU(gate), made a graph tensor by computing it in a pre-hook and calling the norm with gate=None."""
     mixer = block.get_submodule(inn.mixer_path)
     if inn.gated_at == "out_proj":
+        out_proj = mixer.get_submodule("out_proj")
         if form == "s6":
-            return RelevanceTarget(mixer.out_proj, "input", inn.u, gate=F.silu(inn.z), group=inn.head_dim)
-        return RelevanceTarget(mixer.out_proj, "input", inn.x)
+            return RelevanceTarget(out_proj, "input", inn.u, gate=F.silu(inn.z), group=inn.head_dim)
+        return RelevanceTarget(out_proj, "input", inn.x)
     if form == "s6":
-        return RelevanceTarget(mixer.norm, "input", inn.u, group=inn.head_dim)
-    return RelevanceTarget(mixer.norm, "gated", inn.x)
+        return RelevanceTarget(mixer.get_submodule("norm"), "input", inn.u, group=inn.head_dim)
+    return RelevanceTarget(mixer.get_submodule("norm"), "gated", inn.x)
 
 
 # the registry's entries (analysis/families.py): one capture and one set of functions for every Mamba kind;
@@ -387,9 +391,9 @@ def mamba_loop_matrices(internals: MambaInternals, form: str, channels: torch.Te
 
 @torch.no_grad()
 def mamba_reconstruct(internals: MambaInternals, form: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(matrices applied to the layer's inputs, the real forward's tensor), both [T, d]. s6: Mamba -> the
-    out_proj input (alpha u + D u) * SiLU(z); Mamba-2 -> the SSD output y entering the gated norm.
-    unified: M x + conv-bias term -> Mamba's out_proj input / Mamba-2's y * SiLU(z)."""
+    """(matrices applied to the layer's inputs, the real forward's tensor), both [T, d]. s6: gated at out_proj
+    (Mamba, Falcon-Mamba, Falcon-H1) -> the out_proj input (alpha u + D u) * SiLU(z); gated in the norm
+    (Mamba-2, Bamba) -> the SSD output y entering it. unified: M x + conv-bias term -> the gated tensor."""
     inn, form = internals, _form(form)
     length = inn.length
     if form == "s6":

@@ -1,12 +1,14 @@
-"""The Mamba-2 hybrids (Bamba, Falcon-H1): implicit attention of their Mamba-2 mixers (the capture and forms
-of :mod:`analysis.implicit_attention.mamba`) and softmax maps of their attention.
+"""The Mamba-2 hybrids (Bamba, Falcon-H1, Zamba2): implicit attention of their Mamba-2 mixers (the capture
+and forms of :mod:`analysis.implicit_attention.mamba`) and softmax maps of their attention.
 
 Bamba's layers have a mixer or attention; every Falcon-H1 layer has both side by side (their outputs are
-added). A layer shows the kind the chosen form asks for when it has it, else the kind it has: ``s6`` and
-``unified`` show each Mamba-2 mixer (and Bamba's attention layers as softmax maps), ``softmax`` shows each
-attention module (and Bamba's Mamba-2 layers in the ``s6`` form); each map is labelled with its kind.
+added); Zamba2's hybrid layers run a shared transformer block, then their mixer. A layer shows the kind the
+chosen form asks for when it has it, else the kind it has: ``s6`` and ``unified`` show each Mamba-2 mixer
+(and Bamba's attention layers as softmax maps), ``softmax`` shows each attention module (and the layers
+without attention in the ``s6`` form); each map is labelled with its kind.
 
-:data:`HYBRID_MAMBA2_OPS` is the family's entry for the registry (analysis/families.py names it).
+:data:`HYBRID_MAMBA2_OPS` is the entry of both families (mamba2_hybrid, zamba2) for the registry
+(analysis/families.py names it).
 """
 
 from __future__ import annotations
@@ -28,9 +30,9 @@ if TYPE_CHECKING:
 def hybrid_softmax_maps(loaded: Loaded, input_ids: torch.Tensor, layers: list[int], reduction: Reduction
                         ) -> dict[int, torch.Tensor]:
     """[T, T] softmax maps, reduced over heads, of the attention modules among ``layers``."""
-    with_attention = set(cast(HybridMamba2Adapter, loaded.adapter).attention_layers())
-    return attention_module_maps(loaded, input_ids, {i: "self_attn" for i in layers if i in with_attention},
-                                 reduction)
+    adapter = cast(HybridMamba2Adapter, loaded.adapter)
+    paths = {i: adapter.attention_path(i) for i in layers}
+    return attention_module_maps(loaded, input_ids, {i: path for i, path in paths.items() if path}, reduction)
 
 
 HYBRID_MAMBA2_OPS = replace(MAMBA2_OPS, forms=("s6", "unified", "softmax"),

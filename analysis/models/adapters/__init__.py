@@ -9,12 +9,13 @@ from analysis.models.adapters.families import (
     MambaAdapter,
     RwkvAdapter,
     TransformerAdapter,
+    Zamba2Adapter,
     adapter_class_for,
     make_adapter,
     registered_adapters,
     supported_architectures,
 )
 
-__all__ = ["GriffinAdapter", "HybridMamba2Adapter", "Layout", "Mamba2Adapter", "MambaAdapter", "ModelAdapter", "NeuronSite",
-           "PrefixState", "RwkvAdapter", "TransformerAdapter", "adapter_class_for", "make_adapter",
-           "registered_adapters", "supported_architectures"]
+__all__ = ["GriffinAdapter", "HybridMamba2Adapter", "Layout", "Mamba2Adapter", "MambaAdapter", "ModelAdapter",
+           "NeuronSite", "PrefixState", "RwkvAdapter", "TransformerAdapter", "Zamba2Adapter", "adapter_class_for",
+           "make_adapter", "registered_adapters", "supported_architectures"]
