@@ -163,10 +163,10 @@ def tiny_config(model_type: str, vocab_size: int, **overrides) -> PretrainedConf
             attention_out_multiplier=0.7, ssm_in_multiplier=1.2, ssm_out_multiplier=0.6,
             ssm_multipliers=[0.9, 1.1, 1.2, 0.8, 1.3], mlp_multipliers=[1.1, 0.9], tie_word_embeddings=False,
         ),
-        "zamba2": dict(  # hybrid (one shared transformer block, then Mamba-2), Mamba-2, hybrid (the same block)
+        "zamba2": dict(  # hybrid (the shared transformer block, then Mamba-2), Mamba-2, Mamba-2
             hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4,
             n_mamba_heads=4, mamba_headdim=16, mamba_ngroups=1, mamba_d_state=8, mamba_expand=2, mamba_d_conv=4,
-            chunk_size=16, layers_block_type=["hybrid", "mamba", "hybrid"], num_mem_blocks=1,
+            chunk_size=16, layers_block_type=["hybrid", "mamba", "mamba"], num_mem_blocks=1,
             use_shared_attention_adapter=False, use_mem_rope=True, max_position_embeddings=MAX_POSITIONS,
             tie_word_embeddings=False,
         ),
