@@ -91,9 +91,10 @@ def test_hybrid_layers_show_the_kind_the_form_asks_for(tiny_loaded, model_type, 
 
 
 @pytest.fixture(scope="module")
-def shared_zamba2(tmp_path_factory):
-    """A tiny Zamba2 whose layers 0 and 2 both run its one shared transformer block (the default tiny Zamba2
-    has one hybrid layer: a random model with two is too rough for the IG battery's fixed quadrature)."""
+def tied_zamba2(tmp_path_factory):
+    """A tiny Zamba2 whose layers 0 and 2 both run its one transformer block (a module per layer, weights tied;
+    the default tiny Zamba2 has one hybrid layer: a random model with two is too rough for the IG battery's
+    fixed quadrature)."""
     from analysis.models import load_model
     from analysis.models.tiny import build_tiny_model
 
@@ -102,23 +103,24 @@ def shared_zamba2(tmp_path_factory):
     return load_model(str(path), device="cpu")
 
 
-def test_a_shared_attention_block_is_credited_to_each_layer_that_runs_it(shared_zamba2):
-    """Zamba2's layers 0 and 2 run one shared transformer block: each gets the probabilities of its own call
-    (asked together or alone), and the two differ (different inputs)."""
-    loaded = shared_zamba2
-    block = loaded.adapter.block(0).shared_transformer
-    assert block is loaded.adapter.block(2).shared_transformer
+def test_a_tied_attention_block_gives_each_layer_its_own_call(tied_zamba2):
+    """Zamba2's layers 0 and 2 run one transformer block (tied weights): each gets the probabilities of its own
+    call (asked together or alone, equal to the block's own output there), and the two differ."""
+    loaded = tied_zamba2
+    first, second = (loaded.adapter.block(i).shared_transformer.self_attn for i in (0, 2))
+    assert first.q_proj.weight is second.q_proj.weight
     both = attention_maps(loaded, TEXT, form="softmax", layers=[0, 2]).attn
     alone = [attention_maps(loaded, TEXT, form="softmax", layers=[i]).attn[0] for i in (0, 2)]
     torch.testing.assert_close(both, torch.stack(alone))
     assert not torch.allclose(both[0], both[1], atol=1e-3)
     calls = []
-    handle = block.self_attn.register_forward_hook(lambda m, a, out: calls.append(out[1][0].mean(0)))
+    handles = [m.register_forward_hook(lambda m, a, out: calls.append(out[1][0].mean(0))) for m in (first, second)]
     try:
         with loaded.lock, torch.no_grad(), eager_attention(loaded):
             loaded.model(torch.tensor([loaded.tokenizer(TEXT).input_ids]), use_cache=False)
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     torch.testing.assert_close(both, torch.stack(calls))
 
 

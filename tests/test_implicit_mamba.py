@@ -138,8 +138,7 @@ def test_variants_read_what_their_mixers_compute(captured):
     h1 = captured("falcon_h1")[0]
     assert h1.gated_at == "out_proj" and "ssm_out" not in h1.observed and h1.mixer_path == "mamba"
     assert captured("bamba")[2].gated_at == "norm" == captured("mamba2")[0].gated_at
-    assert [inn.mixer_path for inn in captured("zamba2").values()] == ["mamba_decoder.mamba", "mamba",
-                                                                        "mamba_decoder.mamba"]
+    assert [inn.mixer_path for inn in captured("zamba2").values()] == ["mamba_decoder.mamba", "mamba", "mamba"]
 
 
 def test_capture_rejects_bad_input_and_removes_hooks(tiny_loaded):

@@ -309,28 +309,12 @@ def _softmax_weighted(loaded: LoadedModel, input_ids: torch.Tensor, target: int,
     with attention_mode(loaded, PROBE) as records, torch.enable_grad():
         embeds = _embeds(loaded, input_ids).requires_grad_(True)
         value = target_logit(loaded, embeds, target).sum()
-    chosen = [(layer, p) for layer, p in _by_layer(loaded, records) if layer in layers]
+    layer_of = {id(m): i for i in range(loaded.n_layers) for m in loaded.adapter.block(i).modules()}
+    chosen = [(layer_of[id(m)], p) for m, p in records if layer_of.get(id(m)) in layers]
     if not chosen:
         return {}
     grads = torch.autograd.grad(value, [p for _, p in chosen])
     return {i: (g[0].float() * p[0].detach().float()).mean(0) for (i, p), g in zip(chosen, grads)}
-
-
-def _by_layer(loaded: LoadedModel, records: list[tuple[nn.Module, torch.Tensor]]
-              ) -> list[tuple[int | None, torch.Tensor]]:
-    """Each recorded attention call's layer: the block holding its module, and for a module shared by several
-    blocks (Zamba2's shared transformer) its k-th call is the k-th of those blocks in order."""
-    owners: dict[int, list[int]] = {}
-    for i in range(loaded.n_layers):
-        for module in loaded.adapter.block(i).modules():
-            owners.setdefault(id(module), []).append(i)
-    calls: dict[int, int] = {}
-    result: list[tuple[int | None, torch.Tensor]] = []
-    for module, probs in records:
-        held, k = owners.get(id(module), []), calls.get(id(module), 0)
-        calls[id(module)] = k + 1
-        result.append((held[k] if k < len(held) else None, probs))
-    return result
 
 
 def _implicit_weighted(loaded: LoadedModel, entry: Family, input_ids: torch.Tensor, target: int, layers: list[int],

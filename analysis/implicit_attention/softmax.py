@@ -37,28 +37,19 @@ def attention_module_maps(loaded: Loaded, input_ids: torch.Tensor, attention: di
                           ) -> dict[int, torch.Tensor]:
     """[T, T] softmax maps, reduced over heads, of the layers in ``attention`` (layer -> path of its attention
     module in the block, which returns ``(output, probabilities)``), from one eager forward with hooks. For
-    hybrids, whose ``output_attentions`` lists only their attention layers; a module shared by several layers
-    (Zamba2's) is credited to the block that is running."""
+    hybrids, whose ``output_attentions`` lists only their attention layers."""
     chosen = {i: attention[i] for i in check_layers(loaded, attention) if i in attention}
     ids = prompt_ids(input_ids, loaded.device)
     maps: dict[int, torch.Tensor] = {}
-    running: list[int] = [-1]  # the block now running
 
-    def enter(layer):
-        def fn(_module, _args):
-            running[0] = layer
+    def hook(layer):
+        def fn(_module, _args, output):
+            maps[layer] = _reduce_heads(output[1][0].detach().float(), reduction)
         return fn
 
-    def record(_module, _args, output):
-        if running[0] in chosen:
-            maps[running[0]] = _reduce_heads(output[1][0].detach().float(), reduction)
-
     with eager_attention(loaded), hook_scope(loaded.model) as add, torch.no_grad():
-        for i in range(loaded.n_layers):
-            add(loaded.adapter.block(i), enter(i), pre=True)
-        modules = [loaded.adapter.block(i).get_submodule(path) for i, path in chosen.items()]
-        for module in {id(m): m for m in modules}.values():  # a shared module once
-            add(module, record)
+        for i, path in chosen.items():
+            add(loaded.adapter.block(i).get_submodule(path), hook(i))
         loaded.model(input_ids=ids, use_cache=False)
     return maps
 

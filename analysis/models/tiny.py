@@ -168,7 +168,7 @@ def tiny_config(model_type: str, vocab_size: int, **overrides) -> PretrainedConf
             n_mamba_heads=4, mamba_headdim=16, mamba_ngroups=1, mamba_d_state=8, mamba_expand=2, mamba_d_conv=4,
             chunk_size=16, layers_block_type=["hybrid", "mamba", "mamba"], num_mem_blocks=1,
             use_shared_attention_adapter=False, use_mem_rope=True, max_position_embeddings=MAX_POSITIONS,
-            tie_word_embeddings=False,
+            tie_word_embeddings=True,  # transformers ties the hybrid layers' shared blocks only with this
         ),
     }  # fmt: skip
     if model_type not in per_family:

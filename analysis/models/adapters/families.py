@@ -214,6 +214,10 @@ class Zamba2Adapter(HybridMamba2Adapter):
     family = "zamba2"
     layouts = {"zamba2": Layout("model.layers", "mamba.out_proj", "input", "mamba.out_proj")}
     supports_joins = False
+    # transformers 5.23's one-token Mamba-2 step ignores Zamba2's lower step-size limit (time_step_min) that
+    # its multi-token scan applies: continuations re-run two tokens, so they go through the scan as the
+    # full forward does
+    continuation_tokens = 2
 
     def layer_chunk_multiple(self) -> int:
         return self.n_layers
