@@ -47,7 +47,9 @@ def test_every_family_has_every_field(name):
     assert entry.has_softmax_layers is (name in ("transformer", "griffin", "mamba2_hybrid", "zamba2"))
     if entry.has_softmax_layers:
         assert callable(entry.ops.softmax_maps)
-    assert entry.supports_lrp is (name == "transformer")
+    assert entry.supports_lrp is (name not in ("mamba2_hybrid", "zamba2"))  # MambaLRP rules for the recurrent
+    if entry.lrp is not None:
+        assert bool(entry.lrp) is (name != "transformer")  # transformers: softmax and norms only, no mixer rules
 
 
 def test_transformer_layouts_include_gemma3_text():
@@ -75,7 +77,7 @@ def test_forms_and_lrp_families_come_from_the_registry():
     assert {n: default_form(n) for n in FAMILIES} == {"transformer": "softmax", "mamba": "s6", "mamba2": "s6",
                                                       "rwkv": "unified", "griffin": "unified", "mamba2_hybrid": "s6",
                                                       "zamba2": "s6"}
-    assert LRP_FAMILIES == ("transformer",)
+    assert LRP_FAMILIES == ("transformer", "mamba", "mamba2", "rwkv", "griffin")
 
 
 def test_griffin_recurrent_layers_have_one_definition(tiny_loaded):

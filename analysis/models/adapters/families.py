@@ -140,10 +140,8 @@ class GriffinAdapter(ModelAdapter):
         positions = torch.arange(prefix_len, prefix_len + c, device=device).expand(rows, -1)
         return {"past_key_values": kv, "position_ids": positions}
 
-    def logits(self, hidden, token_ids=None):
-        out = super().logits(hidden, token_ids)
-        cap = self.model.config.logits_soft_cap
-        return torch.tanh(out / cap) * cap if cap else out
+    def logit_soft_cap(self) -> float | None:
+        return self.model.config.logits_soft_cap
 
 
 class HybridMamba2Adapter(ModelAdapter):
@@ -176,8 +174,8 @@ class HybridMamba2Adapter(ModelAdapter):
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return super().embed(input_ids) * getattr(self.model.config, "embedding_multiplier", 1.0)
 
-    def logits(self, hidden, token_ids=None):
-        return super().logits(hidden, token_ids) * getattr(self.model.config, "lm_head_multiplier", 1.0)
+    def logits(self, hidden, token_ids=None, linear_cap=False):
+        return super().logits(hidden, token_ids, linear_cap) * getattr(self.model.config, "lm_head_multiplier", 1.0)
 
     def _continue_kwargs(self, cache, prefix_len, c, rows, device):
         # Bamba numbers positions from 0 whatever the cache holds: give them
