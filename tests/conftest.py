@@ -94,6 +94,7 @@ TIERS = {
         "test_faithfulness.py",
         "test_gemma3.py",
         "test_general.py",
+        "test_head_grid.py",
         "test_hook_scope.py",
         "test_implicit_mamba.py",
         "test_implicit_rwkv_griffin.py",
