@@ -1,6 +1,7 @@
 """Mamba implicit attention, vectorised vs a position-by-position loop, on a Mamba-130m-shaped random model.
 
     python bench/attn_bench.py [--lengths 64,128,256] [--long 512] [--layers 24] [--repeats 3]
+                               [--model-type mamba|falcon_mamba]
 
 24 layers, hidden 768, d_inner 1536, state 16 (random weights: the cost does not depend on them); all
 layers, s6 form, mean over channels. For each length the layers' internals are captured once (one forward
@@ -15,6 +16,8 @@ added to both. The long length runs capture + vectorised path alone in a child
 process whose peak resident memory (model included) is reported.
 The first line describes the machine: CPU model, torch threads, cache size and what subnormal floats cost
 there (the vectorised path avoids them; on Intel cores they cost a microcode assist each).
+``--model-type falcon_mamba``: the same shape with Falcon-Mamba's RMS-normalised dt, B and C (its capture reads
+them from the norms; the matrices then go through the same paths).
 Last line: ``ratio_T256=<paths ratio> peak_mem_T512_gb=<y>``.
 """
 
@@ -35,8 +38,8 @@ from analysis.implicit_attention.common import Reduction
 from analysis.implicit_attention.mamba import capture_mamba, mamba_loop_matrices, mamba_reduced
 
 
-def build(layers: int):
-    from transformers import MambaConfig, MambaForCausalLM
+def build(layers: int, model_type: str = "mamba"):
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     from analysis.models.adapters import make_adapter
     from analysis.models.loader import LoadedModel
@@ -44,11 +47,11 @@ def build(layers: int):
 
     torch.manual_seed(0)
     tokenizer = build_tokenizer()
-    config = MambaConfig(vocab_size=len(tokenizer), hidden_size=768, num_hidden_layers=layers, state_size=16,
-                         expand=2, conv_kernel=4)
-    model = MambaForCausalLM(config).eval().requires_grad_(False)
-    return LoadedModel("mamba-130m-shaped", "random", model, tokenizer, make_adapter(model), torch.device("cpu"),
-                       torch.float32)
+    config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), hidden_size=768, num_hidden_layers=layers,
+                                  state_size=16, expand=2, conv_kernel=4)
+    model = AutoModelForCausalLM.from_config(config).eval().requires_grad_(False)
+    return LoadedModel(f"{model_type}-130m-shaped", "random", model, tokenizer, make_adapter(model),
+                       torch.device("cpu"), torch.float32)
 
 
 def vectorised(internals):
@@ -81,20 +84,20 @@ def _alternating(paths, *args, repeats: int):
     return results, best
 
 
-def _long_child(layers: int, length: int, queue) -> None:
+def _long_child(layers: int, length: int, model_type: str, queue) -> None:
     torch.set_num_threads(torch.get_num_threads())
-    loaded = build(layers)
+    loaded = build(layers, model_type)
     ids = torch.randint(0, len(loaded.tokenizer), (length,))
     start = time.perf_counter()
     vectorised(capture_mamba(loaded, ids))
     queue.put((time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30))
 
 
-def _run_long(layers: int, length: int) -> tuple[float, float]:
+def _run_long(layers: int, length: int, model_type: str) -> tuple[float, float]:
     """Seconds and peak resident GB of capture + vectorised path at ``length``, in a fresh child process."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    child = context.Process(target=_long_child, args=(layers, length, queue))
+    child = context.Process(target=_long_child, args=(layers, length, model_type, queue))
     child.start()
     while True:
         try:
@@ -143,13 +146,14 @@ def main() -> None:
     parser.add_argument("--long", type=int, default=512)
     parser.add_argument("--layers", type=int, default=24)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per path and length (best is kept)")
+    parser.add_argument("--model-type", default="mamba", choices=("mamba", "falcon_mamba"))
     args = parser.parse_args()
-    loaded = build(args.layers)
+    loaded = build(args.layers, args.model_type)
     print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs; torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}, "
           f"last-level cache {last_level_cache_bytes() >> 20} MiB (chunks of {CACHE_BYTES >> 20} MiB), "
           f"subnormal results {subnormal_penalty():.1f}x slower")
-    print(f"model: {args.layers} layers, hidden 768, d_inner 1536, state 16")
+    print(f"model: {args.model_type}, {args.layers} layers, hidden 768, d_inner 1536, state 16")
     warm = capture_mamba(loaded, torch.arange(8))  # first calls pay one-off costs (thread pools, BLAS setup)
     vectorised(warm), loop(warm)
     ratios = {}
@@ -164,7 +168,7 @@ def main() -> None:
               f"max rel diff {diff:.1e}")
     peak_gb = float("nan")
     if args.long > 0:
-        long_s, peak_gb = _run_long(args.layers, args.long)
+        long_s, peak_gb = _run_long(args.layers, args.long, args.model_type)
         print(f"T={args.long}: capture + vectorised {long_s:.2f} s, peak resident memory {peak_gb:.2f} GB "
               "(model included)")
     print(f"ratio_T256={ratios.get(256, float('nan')):.1f} peak_mem_T{args.long}_gb={peak_gb:.2f}")

@@ -12,7 +12,8 @@ from analysis.models.tiny import TINY_FAMILIES, build_tiny_model
 
 FAMILY_OF = {"llama": "transformer", "gpt2": "transformer", "gpt_neox": "transformer", "opt": "transformer",
              "mamba": "mamba", "mamba2": "mamba2", "rwkv": "rwkv", "recurrent_gemma": "griffin",
-             "gemma3_text": "transformer"}
+             "gemma3_text": "transformer", "falcon_mamba": "mamba", "bamba": "mamba2_hybrid",
+             "falcon_h1": "mamba2_hybrid", "zamba2": "zamba2"}
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,10 @@ EXPECTED_CLASS = {
     "mamba2": "Mamba2ForCausalLM",
     "rwkv": "RwkvForCausalLM",
     "recurrent_gemma": "RecurrentGemmaForCausalLM",
+    "falcon_mamba": "FalconMambaForCausalLM",
+    "bamba": "BambaForCausalLM",
+    "falcon_h1": "FalconH1ForCausalLM",
+    "zamba2": "Zamba2ForCausalLM",
     "gemma3_text": "Gemma3ForCausalLM",
 }
 PROMPT = "apple -> APPLE\nFrance -> Paris\ncat ->"

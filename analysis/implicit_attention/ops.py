@@ -70,6 +70,9 @@ class FamilyOps(Generic[InternalsT]):
     matrices: Matrices[InternalsT] | None = None
     relevance_target: RelevanceTargetOf[InternalsT] | None = None
     softmax_maps: SoftmaxMaps | None = None
+    # layers with softmax attention, for families where a layer may have both kinds (Falcon-H1): the
+    # "softmax" form shows those, the others the implicit ones; None: every layer that is not implicit
+    softmax_layers: Callable[[Any], list[int]] | None = None
 
 
 def all_layers(adapter: ModelAdapter) -> list[int]:

@@ -4,16 +4,18 @@ list the loader picks from). The family registry, analysis/families.py, names th
 from analysis.models.adapters.base import Layout, ModelAdapter, NeuronSite, PrefixState
 from analysis.models.adapters.families import (
     GriffinAdapter,
+    HybridMamba2Adapter,
     Mamba2Adapter,
     MambaAdapter,
     RwkvAdapter,
     TransformerAdapter,
+    Zamba2Adapter,
     adapter_class_for,
     make_adapter,
     registered_adapters,
     supported_architectures,
 )
 
-__all__ = ["GriffinAdapter", "Layout", "Mamba2Adapter", "MambaAdapter", "ModelAdapter", "NeuronSite",
-           "PrefixState", "RwkvAdapter", "TransformerAdapter", "adapter_class_for", "make_adapter",
-           "registered_adapters", "supported_architectures"]
+__all__ = ["GriffinAdapter", "HybridMamba2Adapter", "Layout", "Mamba2Adapter", "MambaAdapter", "ModelAdapter",
+           "NeuronSite", "PrefixState", "RwkvAdapter", "TransformerAdapter", "Zamba2Adapter", "adapter_class_for",
+           "make_adapter", "registered_adapters", "supported_architectures"]

@@ -7,12 +7,15 @@ agree)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, cast
 
 import torch
+from torch import nn
 
 from analysis.errors import UnsupportedArchitectureError
-from analysis.models.adapters.base import Layout, ModelAdapter, PrefixState, repeat_cache
+from analysis.models.adapters.base import Layout, ModelAdapter, NeuronSite, PrefixState, repeat_cache
 
 if TYPE_CHECKING:
     from transformers.models.recurrent_gemma.modeling_recurrent_gemma import RecurrentGemmaModel
@@ -42,7 +45,9 @@ class TransformerAdapter(ModelAdapter):
 
 class MambaAdapter(ModelAdapter):
     family = "mamba"
-    layouts = {"mamba": Layout("backbone.layers", "mixer.out_proj", "input", "mixer.out_proj")}
+    # Falcon-Mamba is Mamba-1 with RMS-normalised B, C and dt (its capture reads them from the norms)
+    layouts = {t: Layout("backbone.layers", "mixer.out_proj", "input", "mixer.out_proj")
+               for t in ("mamba", "falcon_mamba")}
     state_updated_in_place = True
 
     def _cache_from(self, output):
@@ -139,8 +144,110 @@ class GriffinAdapter(ModelAdapter):
         return self.model.config.logits_soft_cap
 
 
+class HybridMamba2Adapter(ModelAdapter):
+    """Mamba-2 mixers beside softmax attention and an MLP in every block: Bamba (a layer has one or the other,
+    ``block.mamba`` or ``block.self_attn``) and Falcon-H1 (both side by side in every layer, with muP
+    multipliers). One transformers hybrid cache holds every layer's conv/SSM states and keys/values."""
+
+    family = "mamba2_hybrid"
+    layouts: dict[str, Layout] = {t: Layout("model.layers", "feed_forward.down_proj", "input", "feed_forward.down_proj")
+                                  for t in ("bamba", "falcon_h1")}
+    state_updated_in_place = True  # the cache's conv and SSM states are copied into in place
+    batch_invariant = False  # the Mamba-2 step sizes' scalar tail loop, as for Mamba2Adapter
+
+    def mixer_path(self, layer: int) -> str | None:
+        """Path of the block's Mamba-2 mixer (None: an attention layer of Bamba)."""
+        return first_submodule_path(self._blocks[layer], MIXER_PATHS)
+
+    def attention_path(self, layer: int) -> str | None:
+        """Path of the block's softmax attention module (None: a Mamba-2 layer of Bamba or Zamba2)."""
+        return first_submodule_path(self._blocks[layer], ATTENTION_PATHS)
+
+    def ssm_layers(self) -> list[int]:
+        """Layers with a Mamba-2 mixer."""
+        return [i for i in range(len(self._blocks)) if self.mixer_path(i)]
+
+    def attention_layers(self) -> list[int]:
+        """Layers with softmax attention; Falcon-H1's and Zamba2's hybrid layers have a mixer too."""
+        return [i for i in range(len(self._blocks)) if self.attention_path(i)]
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return super().embed(input_ids) * getattr(self.model.config, "embedding_multiplier", 1.0)
+
+    def logits(self, hidden, token_ids=None, linear_cap=False):
+        return super().logits(hidden, token_ids, linear_cap) * getattr(self.model.config, "lm_head_multiplier", 1.0)
+
+    def _continue_kwargs(self, cache, prefix_len, c, rows, device):
+        # Bamba numbers positions from 0 whatever the cache holds: give them
+        positions = torch.arange(prefix_len, prefix_len + c, device=device).expand(rows, -1)
+        return {"past_key_values": cache, "position_ids": positions}
+
+    @contextmanager
+    def _truncated(self, start_layer: int) -> Iterator[None]:
+        """Bamba picks each block's mask by ``config.layers_block_type[i]``, a property of
+        ``attn_layer_indices``: shift those indices with the cut block list (Falcon-H1's are all "hybrid")."""
+        config = self.base_model.config
+        indices = getattr(config, "attn_layer_indices", None)
+        with super()._truncated(start_layer):
+            if not start_layer or not indices:
+                yield
+                return
+            layers = config.num_hidden_layers
+            config.attn_layer_indices = [i - start_layer for i in indices if i >= start_layer]
+            config.num_hidden_layers = layers - start_layer
+            try:
+                yield
+            finally:
+                config.attn_layer_indices, config.num_hidden_layers = indices, layers
+
+
+class Zamba2Adapter(HybridMamba2Adapter):
+    """Zamba2: Mamba-2 layers, some of them ("hybrid") first running a transformer block (attention and MLP)
+    that is *shared* by several layers and reads the input embeddings beside the residual stream. Its neuron
+    site is each layer's mixer (the shared MLP's channels belong to no one layer): ``out_proj``'s input, at
+    ``mamba`` or, in a hybrid layer, ``mamba_decoder.mamba``. The forward passes each block its position in
+    the loop and concatenates batch-sized embeddings in the shared block, so continuations start at layer 0
+    and run every row from there."""
+
+    family = "zamba2"
+    layouts = {"zamba2": Layout("model.layers", "mamba.out_proj", "input", "mamba.out_proj")}
+    supports_joins = False
+    # transformers 5.23's one-token Mamba-2 step ignores Zamba2's lower step-size limit (time_step_min) that
+    # its multi-token scan applies: continuations re-run two tokens, so they go through the scan as the
+    # full forward does
+    continuation_tokens = 2
+
+    def layer_chunk_multiple(self) -> int:
+        return self.n_layers
+
+    def _site_path(self, layer: int) -> str:
+        return f"{self.mixer_path(layer)}.out_proj"
+
+    def _make_site(self, layer: int) -> NeuronSite:
+        width = self._blocks[layer].get_submodule(self._site_path(layer)).in_features
+        return NeuronSite(layer, f"{self.layout.layers}.{layer}.{self._site_path(layer)}", self.layout.io, int(width))
+
+    def site_module(self, layer: int) -> nn.Module:
+        return self._blocks[layer].get_submodule(self._site_path(layer))
+
+
+MIXER_PATHS = ("mixer", "mamba", "mamba_decoder.mamba")  # a block's Mamba mixer, by family (mamba.py's capture)
+ATTENTION_PATHS = ("self_attn", "shared_transformer.self_attn")  # a hybrid block's softmax attention
+
+
+def first_submodule_path(block: nn.Module, paths: tuple[str, ...]) -> str | None:
+    """The first of ``paths`` that names a submodule of ``block``."""
+    for path in paths:
+        try:
+            block.get_submodule(path)
+        except AttributeError:
+            continue
+        return path
+    return None
+
+
 ADAPTERS: tuple[type[ModelAdapter], ...] = (TransformerAdapter, MambaAdapter, Mamba2Adapter, RwkvAdapter,
-                                             GriffinAdapter)
+                                             GriffinAdapter, HybridMamba2Adapter, Zamba2Adapter)
 
 
 def registered_adapters() -> tuple[type[ModelAdapter], ...]:
