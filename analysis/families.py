@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from analysis.errors import PrunescopeError, UnsupportedArchitectureError
-from analysis.implicit_attention import griffin, mamba, rwkv, softmax
+from analysis.implicit_attention import griffin, lfm2, mamba, rwkv, softmax
 from analysis.implicit_attention.ops import (
     FORM_NAMES,
     Capture,
@@ -35,6 +35,7 @@ from analysis.implicit_attention.ops import (
 )
 from analysis.models.adapters import (
     GriffinAdapter,
+    Lfm2Adapter,
     Mamba2Adapter,
     MambaAdapter,
     ModelAdapter,
@@ -123,6 +124,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("mamba2", Mamba2Adapter, mamba.MAMBA2_OPS),
     Family("rwkv", RwkvAdapter, rwkv.RWKV_OPS),
     Family("griffin", GriffinAdapter, griffin.GRIFFIN_OPS),
+    Family("lfm2", Lfm2Adapter, lfm2.LFM2_OPS),
 )}
 
 

@@ -18,6 +18,7 @@ EXPECTED_CLASS = {
     "rwkv": "RwkvForCausalLM",
     "recurrent_gemma": "RecurrentGemmaForCausalLM",
     "gemma3_text": "Gemma3ForCausalLM",
+    "lfm2": "Lfm2ForCausalLM",
 }
 PROMPT = "apple -> APPLE\nFrance -> Paris\ncat ->"
 UNICODE_TEXT = "héllo -> HÉLLO\n 2, 3 çà ñ 日本 🙂\t!"

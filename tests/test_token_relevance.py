@@ -169,9 +169,11 @@ def _brute_force(loaded, module, rebuild, matrices, target, ids, pre=True):
 
 
 @pytest.mark.parametrize("model_type,form", [("mamba", "s6"), ("mamba", "unified"), ("mamba2", "s6"),
-                                             ("mamba2", "unified"), ("rwkv", "unified"), ("recurrent_gemma", "rglru")])
+                                             ("mamba2", "unified"), ("rwkv", "unified"), ("recurrent_gemma", "rglru"),
+                                             ("lfm2", "unified"), ("lfm2", "conv")])
 def test_gradattn_implicit_equals_differentiable_matrices(tiny_loaded, model_type, form):
     from analysis.implicit_attention.griffin import capture_griffin, griffin_matrices
+    from analysis.implicit_attention.lfm2 import capture_lfm2, lfm2_matrices, lfm2_source
     from analysis.implicit_attention.mamba import capture_mamba, mamba_matrices
     from analysis.implicit_attention.rwkv import capture_rwkv, rwkv_matrices
 
@@ -197,6 +199,10 @@ def test_gradattn_implicit_equals_differentiable_matrices(tiny_loaded, model_typ
         inn = capture_rwkv(loaded, ids, [layer])[layer]
         mats, module = rwkv_matrices(inn, form), block.attention.output
         rebuild = lambda a: torch.einsum("cij,jc->ic", a, inn.value)  # noqa: E731
+    elif model_type == "lfm2":  # conv layer 0: y = out_proj input (no conv bias)
+        inn = capture_lfm2(loaded, ids, [layer])[layer]
+        mats, module, source = lfm2_matrices(inn, form), block.conv.out_proj, lfm2_source(inn, form)
+        rebuild = lambda a: torch.einsum("cij,jc->ic", a, source)  # noqa: E731
     else:
         layer = 0
         inn = capture_griffin(loaded, ids, [layer])[layer]

@@ -9,10 +9,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from analysis.errors import PrunescopeError
-from analysis.implicit_attention.common import Reduction, eager_attention
+from analysis.implicit_attention.common import Reduction, eager_attention, prompt_ids
 from analysis.implicit_attention.ops import FamilyOps, no_layers
+from analysis.models.hooks import hook_scope
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from torch import nn
+
     from analysis.models.protocols import Loaded
 
 
@@ -30,6 +35,27 @@ def softmax_attention(loaded: Loaded, input_ids: torch.Tensor) -> list[torch.Ten
     if not out.attentions or out.attentions[0] is None:
         raise PrunescopeError(f"{loaded.model.config.model_type} does not return attention probabilities")
     return [a[0].float() for a in out.attentions]
+
+
+def hooked_softmax_maps(loaded: Loaded, input_ids: torch.Tensor, modules: Mapping[int, nn.Module],
+                        reduction: Reduction) -> dict[int, torch.Tensor]:
+    """Hybrids' attention layers: layer -> [T, T] probabilities read from ``modules`` (each an attention module
+    returning ``(output, probabilities [1, heads, T, T])`` under eager attention), reduced over heads; one
+    forward (batch 1, no cache), the attention implementation switched back afterwards."""
+    ids = prompt_ids(input_ids, loaded.device)
+    maps: dict[int, torch.Tensor] = {}
+
+    def hook(layer):
+        def fn(_module, _args, output):
+            maps[layer] = _reduce_heads(output[1][0].detach().float(), reduction)
+        return fn
+
+    with eager_attention(loaded), hook_scope(loaded.model) as add:
+        for layer, module in modules.items():
+            add(module, hook(layer))
+        with torch.no_grad():
+            loaded.model(input_ids=ids, use_cache=False)
+    return maps
 
 
 def _reduce_heads(probs: torch.Tensor, reduction: Reduction) -> torch.Tensor:

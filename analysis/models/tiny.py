@@ -23,6 +23,7 @@ TINY_FAMILIES: tuple[str, ...] = (
     "rwkv",
     "recurrent_gemma",
     "gemma3_text",
+    "lfm2",
 )
 
 SPECIAL_TOKEN = "<|endoftext|>"
@@ -141,6 +142,11 @@ def tiny_config(model_type: str, vocab_size: int, **overrides) -> PretrainedConf
             num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8, sliding_window=4,
             layer_types=["sliding_attention", "sliding_attention", "full_attention"],
             max_position_embeddings=MAX_POSITIONS, tie_word_embeddings=True,
+        ),
+        "lfm2": dict(  # conv, attention, conv; the MLP width as given (no auto-adjust to a multiple of 256)
+            hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+            num_key_value_heads=2, conv_L_cache=3, layer_types=["conv", "full_attention", "conv"],
+            block_auto_adjust_ff_dim=False, max_position_embeddings=MAX_POSITIONS, tie_word_embeddings=True,
         ),
     }  # fmt: skip
     if model_type not in per_family:

@@ -4,6 +4,7 @@ list the loader picks from). The family registry, analysis/families.py, names th
 from analysis.models.adapters.base import Layout, ModelAdapter, NeuronSite, PrefixState
 from analysis.models.adapters.families import (
     GriffinAdapter,
+    Lfm2Adapter,
     Mamba2Adapter,
     MambaAdapter,
     RwkvAdapter,
@@ -14,6 +15,6 @@ from analysis.models.adapters.families import (
     supported_architectures,
 )
 
-__all__ = ["GriffinAdapter", "Layout", "Mamba2Adapter", "MambaAdapter", "ModelAdapter", "NeuronSite",
+__all__ = ["GriffinAdapter", "Layout", "Lfm2Adapter", "Mamba2Adapter", "MambaAdapter", "ModelAdapter", "NeuronSite",
            "PrefixState", "RwkvAdapter", "TransformerAdapter", "adapter_class_for", "make_adapter",
            "registered_adapters", "supported_architectures"]

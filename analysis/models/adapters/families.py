@@ -141,8 +141,22 @@ class GriffinAdapter(ModelAdapter):
         return torch.tanh(out / cap) * cap if cap else out
 
 
+class Lfm2Adapter(TransformerAdapter):
+    """LFM2: gated short-convolution layers and softmax-attention layers, each with a SwiGLU MLP (``w1``, ``w3``,
+    down projection ``w2``). Its cache holds key/values for the attention layers and a conv state per conv layer
+    (``repeat_cache`` copies those); the forward picks each block's mask by ``config.layer_types[i]``."""
+
+    family = "lfm2"
+    layouts = {"lfm2": Layout("model.layers", "feed_forward.w2", "input", "feed_forward.w2")}
+
+    def conv_layers(self) -> list[int]:
+        """Layers whose operator is the gated short convolution (the others are softmax attention): the one test
+        of it, used by the family registry's implicit layers and the LFM2 attention module."""
+        return [i for i, b in enumerate(self._blocks) if not b.is_attention_layer]
+
+
 ADAPTERS: tuple[type[ModelAdapter], ...] = (TransformerAdapter, MambaAdapter, Mamba2Adapter, RwkvAdapter,
-                                             GriffinAdapter)
+                                             GriffinAdapter, Lfm2Adapter)
 
 
 def registered_adapters() -> tuple[type[ModelAdapter], ...]:
