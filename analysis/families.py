@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from analysis.errors import PrunescopeError, UnsupportedArchitectureError
-from analysis.implicit_attention import griffin, lfm2, mamba, rwkv, softmax
+from analysis.implicit_attention import griffin, lfm2, mamba, rwkv, softmax, xlstm
 from analysis.implicit_attention.ops import (
     FORM_NAMES,
     Capture,
@@ -41,6 +41,7 @@ from analysis.models.adapters import (
     ModelAdapter,
     RwkvAdapter,
     TransformerAdapter,
+    XlstmAdapter,
     adapter_class_for,
     supported_architectures,
 )
@@ -125,6 +126,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("rwkv", RwkvAdapter, rwkv.RWKV_OPS),
     Family("griffin", GriffinAdapter, griffin.GRIFFIN_OPS),
     Family("lfm2", Lfm2Adapter, lfm2.LFM2_OPS),
+    Family("xlstm", XlstmAdapter, xlstm.XLSTM_OPS),
 )}
 
 

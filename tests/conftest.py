@@ -12,7 +12,7 @@ from analysis.models.tiny import TINY_FAMILIES, build_tiny_model
 
 FAMILY_OF = {"llama": "transformer", "gpt2": "transformer", "gpt_neox": "transformer", "opt": "transformer",
              "mamba": "mamba", "mamba2": "mamba2", "rwkv": "rwkv", "recurrent_gemma": "griffin",
-             "gemma3_text": "transformer", "lfm2": "lfm2"}
+             "gemma3_text": "transformer", "lfm2": "lfm2", "xlstm": "xlstm"}
 
 
 @pytest.fixture(scope="session")

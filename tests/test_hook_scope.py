@@ -154,6 +154,7 @@ def _captures():
     from analysis.implicit_attention.lfm2 import capture_lfm2
     from analysis.implicit_attention.mamba import capture_mamba
     from analysis.implicit_attention.rwkv import capture_rwkv
+    from analysis.implicit_attention.xlstm import capture_xlstm
 
     def relevance(loaded):
         return token_relevance(loaded, "the cat is big and the dog", "gradattn")
@@ -161,7 +162,7 @@ def _captures():
     return [("mamba", capture_mamba), ("mamba2", capture_mamba), ("rwkv", capture_rwkv),
             ("recurrent_gemma", capture_griffin), ("recurrent_gemma", griffin_attention_maps),
             ("mamba", relevance), ("rwkv", relevance), ("recurrent_gemma", relevance), ("lfm2", capture_lfm2),
-            ("lfm2", relevance)]
+            ("lfm2", relevance), ("xlstm", capture_xlstm), ("xlstm", relevance)]
 
 
 @pytest.mark.parametrize("case", range(len(_captures())))

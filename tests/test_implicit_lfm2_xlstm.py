@@ -1,9 +1,15 @@
-"""Exact implicit attention of LFM2's gated short convolutions on a tiny random model: the banded matrices
-reproduce the layer's out_proj input and, through out_proj, the real operator output; they equal a float64
-position-by-position loop; reductions never build per-channel matrices; attention layers get softmax maps,
-labelled as such in the hybrid view; continuation forks the conv states of the cache."""
+"""Exact implicit attention of LFM2's gated short convolutions and of xLSTM's mLSTM on tiny random models.
+
+LFM2: the banded matrices reproduce the layer's out_proj input and, through out_proj, the real operator output;
+they equal a float64 position-by-position loop; reductions never build per-channel matrices; attention layers
+get softmax maps, labelled as such in the hybrid view; continuation forks the conv states of the cache.
+xLSTM: the per-head gated attention with its normaliser reproduces the mLSTM output (before the norm and the
+output gate) and the unified form the out_proj input (after both), from the chunkwise and the recurrent kernel
+alike, on both branches of the normaliser; the matrices equal HF's stabilised recurrence run in float64."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -19,6 +25,14 @@ from analysis.implicit_attention.lfm2 import (
     lfm2_reduced,
     lfm2_softmax_maps,
 )
+from analysis.implicit_attention.xlstm import (
+    capture_xlstm,
+    xlstm_loop_matrices,
+    xlstm_matrices,
+    xlstm_reconstruct,
+    xlstm_reduced,
+)
+from analysis.models import load_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 PROMPT = "Q: What is the capital of France?\nA: Paris\nThe cat is red. hot -> cold"
@@ -100,3 +114,97 @@ def test_lfm2_continuations_fork_the_conv_states(lfm2):
     assert all(torch.equal(a, b) for a, b in zip(before, after))
     torch.testing.assert_close(first, second, rtol=0, atol=0)
     torch.testing.assert_close(first[1, -1], full[0, -1], rtol=1e-5, atol=1e-5)
+
+
+# -- xLSTM -------------------------------------------------------------------------------------------------------
+XLSTM_FORMS = ("mlstm", "unified")
+
+
+@pytest.fixture(scope="module")
+def xlstm(tiny_loaded, tiny_dirs):
+    """The tiny model as built (input-gate bias -10: the normaliser's exp(-m) branch everywhere) and a copy with
+    that bias raised by 10, where |q . n| wins in most rows."""
+    plain = tiny_loaded("xlstm")
+    raised = load_model(tiny_dirs["xlstm"], device="cpu")
+    with raised.lock, torch.no_grad():
+        for i in range(raised.n_layers):
+            raised.adapter.block(i).mlstm_layer.igate_preact.bias.add_(10.0)
+    return {name: (loaded, capture_xlstm(loaded, _ids(loaded))) for name, loaded in
+            (("plain", plain), ("raised", raised))}
+
+
+def _dot_branch_share(it) -> float:
+    """Share of (head, row) whose normaliser is |q . n| rather than exp(-m), recomputed from the recurrence."""
+    wins = total = 0
+    for head in range(it.n_heads):
+        b = torch.cumsum(it.log_f[:, head].double(), 0)
+        for i in range(it.length):
+            log_d = b[i] - b[:i + 1] + it.i_pre[:i + 1, head].double()
+            m = max(float(b[i]), float(log_d.max()))
+            dots = it.query[i, head].double() @ it.key[:i + 1, head].double().T / math.sqrt(it.query.shape[-1])
+            wins += abs(float((dots * torch.exp(log_d - m)).sum())) > math.exp(-m)
+            total += 1
+    return wins / total
+
+
+@pytest.mark.parametrize("form", XLSTM_FORMS)
+@pytest.mark.parametrize("variant", ["plain", "raised"])
+def test_xlstm_matrices_rebuild_the_layer_and_equal_the_recurrence(xlstm, variant, form):
+    loaded, internals = xlstm[variant]
+    assert sorted(internals) == [0, 1] and internals[0].length > 2 * loaded.model.config.chunk_size  # both kernels
+    for layer, it in internals.items():
+        rebuilt, observed = xlstm_reconstruct(it, form)
+        assert _rel(rebuilt, observed) < 1e-4, (layer, _rel(rebuilt, observed))
+        tail = slice(it.length - it.length % loaded.model.config.chunk_size, None)  # the recurrent kernel's rows
+        assert _rel(rebuilt[tail], observed[tail]) < 1e-4
+        if form == "unified":  # through out_proj: the real layer output
+            with loaded.lock, torch.no_grad():
+                out = loaded.adapter.block(layer).mlstm_layer.out_proj(rebuilt)
+            assert _rel(out, it.output) < 1e-4
+        full = xlstm_matrices(it, form)
+        assert full.shape == ((it.n_heads if form == "mlstm" else it.n_channels), it.length, it.length)
+        loop = xlstm_loop_matrices(it, form)
+        assert float((full - loop).abs().max() / loop.abs().max()) < 1e-5
+        assert torch.all(torch.triu(full, diagonal=1) == 0) and full.abs().sum() > 0
+    share = _dot_branch_share(internals[0])
+    assert share == 0.0 if variant == "plain" else share > 0.5
+
+
+@pytest.mark.parametrize("form", XLSTM_FORMS)
+def test_xlstm_reductions(xlstm, form):
+    it = xlstm["raised"][1][1]
+    full = xlstm_matrices(it, form)
+    last = full.shape[0] - 1
+    expected = {"mean": full.mean(0), "absmean": full.abs().mean(0), f"channels:0,2,{last}": full[[0, 2, last]].mean(0)}
+    for text, want in expected.items():
+        for budget in (1, 1 << 30):
+            got = xlstm_reduced(it, form, Reduction.parse(text), budget)
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6 * float(want.abs().max()))
+    torch.testing.assert_close(xlstm_matrices(it, form, torch.tensor([2, last])), full[[2, last]])
+
+
+def test_xlstm_unified_is_the_mlstm_form_scaled_per_row(xlstm):
+    it = xlstm["raised"][1][0]
+    per_head = xlstm_matrices(it, "mlstm").repeat_interleave(it.head_dim, dim=0)
+    torch.testing.assert_close(xlstm_matrices(it, "unified"), per_head * it.row_scales().T[:, :, None])
+
+
+def test_xlstm_continuations_fork_the_states(xlstm):
+    """From one prefix, continuations from block 0 and from block 1 (its states read as the truncated forward
+    counts blocks) agree with the full forward and leave the prefix's states as they were."""
+    loaded, _ = xlstm["raised"]
+    ids = _ids(loaded)
+    adapter = loaded.adapter
+    with torch.no_grad(), loaded.lock:
+        full = adapter.base_model(input_ids=ids, use_cache=False).last_hidden_state
+        inputs = {}
+        with adapter.hook_block_inputs(lambda layer, hidden: inputs.setdefault(layer, hidden.clone())):
+            adapter.base_model(input_ids=ids, use_cache=False)
+        prefix = adapter.run_prefix(ids[:, :-1])
+        before = {k: [s.clone() for s in v] for k, v in prefix.cache.rnn_state.items()}
+        first = adapter.continue_from(prefix, ids[:, -1:], 2)
+        later = adapter.continue_from(prefix, ids[:, -1:], 2, start_layer=1,
+                                     block_input=inputs[1][:, -1:].expand(2, -1, -1))
+    assert all(torch.equal(a, b) for k in before for a, b in zip(before[k], prefix.cache.rnn_state[k]))
+    torch.testing.assert_close(first[1, -1], full[0, -1], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(later[0, -1], full[0, -1], rtol=1e-4, atol=1e-4)

@@ -19,13 +19,13 @@ from analysis.models.tiny import TINY_FAMILIES
 
 FAMILY_OF = {"llama": "transformer", "gpt2": "transformer", "gpt_neox": "transformer", "opt": "transformer",
              "mamba": "mamba", "mamba2": "mamba2", "rwkv": "rwkv", "recurrent_gemma": "griffin",
-             "gemma3_text": "transformer", "lfm2": "lfm2"}
+             "gemma3_text": "transformer", "lfm2": "lfm2", "xlstm": "xlstm"}
 IMPLICIT_FNS = ("capture", "reduced", "matrices", "relevance_target")
 TEXT = "a:3 b:5 c:1 d:7 | b:5 a:"
 
 
 def test_registry_names_every_adapter_once():
-    assert list(FAMILIES) == ["transformer", "mamba", "mamba2", "rwkv", "griffin", "lfm2"]
+    assert list(FAMILIES) == ["transformer", "mamba", "mamba2", "rwkv", "griffin", "lfm2", "xlstm"]
     assert tuple(f.adapter for f in FAMILIES.values()) == registered_adapters()
 
 
@@ -68,9 +68,11 @@ def test_every_tiny_model_resolves_to_its_family(tiny_loaded, model_type):
 def test_forms_and_lrp_families_come_from_the_registry():
     assert FORMS == forms() == {n: f.forms for n, f in FAMILIES.items()}
     assert FORMS == {"transformer": ("softmax",), "mamba": ("s6", "unified"), "mamba2": ("s6", "unified"),
-                     "rwkv": ("unified", "wkv"), "griffin": ("unified", "rglru"), "lfm2": ("unified", "conv")}
+                     "rwkv": ("unified", "wkv"), "griffin": ("unified", "rglru"), "lfm2": ("unified", "conv"),
+                     "xlstm": ("mlstm", "unified")}
     assert {n: default_form(n) for n in FAMILIES} == {"transformer": "softmax", "mamba": "s6", "mamba2": "s6",
-                                                      "rwkv": "unified", "griffin": "unified", "lfm2": "unified"}
+                                                      "rwkv": "unified", "griffin": "unified", "lfm2": "unified",
+                                                      "xlstm": "mlstm"}
     assert LRP_FAMILIES == ("transformer",)
 
 
@@ -91,7 +93,7 @@ def test_check_form_is_a_one_line_error():
 def test_unknown_family_is_a_one_line_error(call):
     with pytest.raises(UnsupportedArchitectureError, match=r"^unknown architecture family 'bert'; supported: "
                                                            r"transformer \(llama.*griffin \(recurrent_gemma\)"
-                                                           r".*; lfm2 \(lfm2\)$"):
+                                                           r".*; lfm2 \(lfm2\); xlstm \(xlstm\)$"):
         call()
 
 
@@ -112,6 +114,8 @@ def test_unknown_model_type_gives_the_loaders_error():
     ("recurrent_gemma", "rglru", "temporal_block.rg_lru", False, 1),
     ("recurrent_gemma", "unified", "temporal_block.linear_out", False, 1),
     ("lfm2", "unified", "conv.out_proj", False, 1), ("lfm2", "conv", "conv.out_proj", False, 1),
+    ("xlstm", "mlstm", "mlstm_layer.multihead_norm", False, "head_dim"),
+    ("xlstm", "unified", "mlstm_layer.out_proj", False, 1),
 ])
 def test_relevance_targets(tiny_loaded, model_type, form, module, gated, group):
     """Each form's target: the hooked module, its source u [T, C] and the gate that turns the hooked gradient

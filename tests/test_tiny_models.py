@@ -19,6 +19,7 @@ EXPECTED_CLASS = {
     "recurrent_gemma": "RecurrentGemmaForCausalLM",
     "gemma3_text": "Gemma3ForCausalLM",
     "lfm2": "Lfm2ForCausalLM",
+    "xlstm": "xLSTMForCausalLM",
 }
 PROMPT = "apple -> APPLE\nFrance -> Paris\ncat ->"
 UNICODE_TEXT = "héllo -> HÉLLO\n 2, 3 çà ñ 日本 🙂\t!"

@@ -9,6 +9,7 @@ from analysis.models.adapters.families import (
     MambaAdapter,
     RwkvAdapter,
     TransformerAdapter,
+    XlstmAdapter,
     adapter_class_for,
     make_adapter,
     registered_adapters,
@@ -16,5 +17,5 @@ from analysis.models.adapters.families import (
 )
 
 __all__ = ["GriffinAdapter", "Layout", "Lfm2Adapter", "Mamba2Adapter", "MambaAdapter", "ModelAdapter", "NeuronSite",
-           "PrefixState", "RwkvAdapter", "TransformerAdapter", "adapter_class_for", "make_adapter",
+           "PrefixState", "RwkvAdapter", "TransformerAdapter", "XlstmAdapter", "adapter_class_for", "make_adapter",
            "registered_adapters", "supported_architectures"]
