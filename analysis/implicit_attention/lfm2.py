@@ -38,7 +38,7 @@ from analysis.implicit_attention.common import (
     prompt_ids,
 )
 from analysis.implicit_attention.ops import FamilyOps, RelevanceTarget
-from analysis.implicit_attention.softmax import hooked_softmax_maps
+from analysis.implicit_attention.softmax import attention_module_maps
 from analysis.models.adapters import Lfm2Adapter
 from analysis.models.hooks import hook_scope
 from analysis.models.loader import onloaded
@@ -203,9 +203,8 @@ def lfm2_softmax_maps(loaded: Loaded, input_ids: torch.Tensor, layers: list[int]
     """[T, T] softmax probabilities of each requested *attention* layer (conv layers skipped), reduced over
     heads; one eager forward."""
     conv = set(lfm2_conv_layers(loaded))
-    chosen = [i for i in check_layers(loaded, layers) if i not in conv]
-    modules = {i: loaded.adapter.block(i).get_submodule("self_attn") for i in chosen}
-    return hooked_softmax_maps(loaded, input_ids, modules, reduction) if modules else {}
+    attention = {i: "self_attn" for i in check_layers(loaded, layers) if i not in conv}
+    return attention_module_maps(loaded, input_ids, attention, reduction) if attention else {}
 
 
 def lfm2_relevance_target(block: nn.Module, inn: Lfm2Internals, form: str) -> RelevanceTarget:

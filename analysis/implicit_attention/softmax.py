@@ -9,15 +9,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from analysis.errors import PrunescopeError
-from analysis.implicit_attention.common import Reduction, eager_attention, prompt_ids
+from analysis.implicit_attention.common import Reduction, check_layers, eager_attention, prompt_ids
 from analysis.implicit_attention.ops import FamilyOps, no_layers
 from analysis.models.hooks import hook_scope
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-
-    from torch import nn
-
     from analysis.models.protocols import Loaded
 
 
@@ -37,24 +33,33 @@ def softmax_attention(loaded: Loaded, input_ids: torch.Tensor) -> list[torch.Ten
     return [a[0].float() for a in out.attentions]
 
 
-def hooked_softmax_maps(loaded: Loaded, input_ids: torch.Tensor, modules: Mapping[int, nn.Module],
-                        reduction: Reduction) -> dict[int, torch.Tensor]:
-    """Hybrids' attention layers: layer -> [T, T] probabilities read from ``modules`` (each an attention module
-    returning ``(output, probabilities [1, heads, T, T])`` under eager attention), reduced over heads; one
-    forward (batch 1, no cache), the attention implementation switched back afterwards."""
+def attention_module_maps(loaded: Loaded, input_ids: torch.Tensor, attention: dict[int, str], reduction: Reduction
+                          ) -> dict[int, torch.Tensor]:
+    """[T, T] softmax maps, reduced over heads, of the layers in ``attention`` (layer -> path of its attention
+    module in the block, which returns ``(output, probabilities)``), from one eager forward with hooks. For
+    hybrids, whose ``output_attentions`` lists only their attention layers; a module shared by several layers
+    (Zamba2's) is credited to the block that is running."""
+    chosen = {i: attention[i] for i in check_layers(loaded, attention) if i in attention}
     ids = prompt_ids(input_ids, loaded.device)
     maps: dict[int, torch.Tensor] = {}
+    running: list[int] = [-1]  # the block now running
 
-    def hook(layer):
-        def fn(_module, _args, output):
-            maps[layer] = _reduce_heads(output[1][0].detach().float(), reduction)
+    def enter(layer):
+        def fn(_module, _args):
+            running[0] = layer
         return fn
 
-    with eager_attention(loaded), hook_scope(loaded.model) as add:
-        for layer, module in modules.items():
-            add(module, hook(layer))
-        with torch.no_grad():
-            loaded.model(input_ids=ids, use_cache=False)
+    def record(_module, _args, output):
+        if running[0] in chosen:
+            maps[running[0]] = _reduce_heads(output[1][0].detach().float(), reduction)
+
+    with eager_attention(loaded), hook_scope(loaded.model) as add, torch.no_grad():
+        for i in range(loaded.n_layers):
+            add(loaded.adapter.block(i), enter(i), pre=True)
+        modules = [loaded.adapter.block(i).get_submodule(path) for i, path in chosen.items()]
+        for module in {id(m): m for m in modules}.values():  # a shared module once
+            add(module, record)
+        loaded.model(input_ids=ids, use_cache=False)
     return maps
 
 
