@@ -116,6 +116,24 @@ def test_lfm2_continuations_fork_the_conv_states(lfm2):
     torch.testing.assert_close(first[1, -1], full[0, -1], rtol=1e-5, atol=1e-5)
 
 
+def test_lfm2_conv_bias_term_and_padding(lfm2, tmp_path):
+    """With conv (and in_proj) biases the matrices plus the C * bias term still rebuild the layer, and a padded
+    position no longer enters the conv as zero, so batches are not left-padded; the default has no bias."""
+    from analysis.models.tiny import build_tiny_model
+
+    assert lfm2[0].adapter.supports_left_padding and lfm2[1][0].conv_bias is None
+    loaded = load_model(build_tiny_model("lfm2", tmp_path / "biased", conv_bias=True), device="cpu")
+    assert not loaded.adapter.supports_left_padding
+    with loaded.lock, torch.no_grad():
+        for layer in (0, 2):
+            loaded.adapter.block(layer).conv.conv.bias.normal_()
+    for it in capture_lfm2(loaded, _ids(loaded)).values():
+        assert float(it.conv_bias.abs().max()) > 0.1
+        for form in LFM2_FORMS:
+            rebuilt, observed = lfm2_reconstruct(it, form)
+            assert _rel(rebuilt, observed) < 1e-4
+
+
 # -- xLSTM -------------------------------------------------------------------------------------------------------
 XLSTM_FORMS = ("mlstm", "unified")
 

@@ -221,11 +221,11 @@ def xlstm_loop_matrices(internals: XlstmInternals, form: str = "mlstm", channels
     """Reference: HF's stabilised recurrent step (max state m, scaled f and i, C and n, the normaliser) run
     position by position in float64 on one-hot values (one per source position), per head."""
     name, idx = _form(form), _indices(internals, form, channels).cpu()
-    heads = idx if name == "mlstm" else idx // internals.head_dim
+    heads, inverse = torch.unique(idx if name == "mlstm" else idx // internals.head_dim, return_inverse=True)
     q, k = internals.query.cpu().double(), internals.key.cpu().double()
     log_f, i_pre = internals.log_f.cpu().double(), internals.i_pre.cpu().double()
     T, dqk = internals.length, q.shape[-1]
-    out = torch.zeros(len(idx), T, T, dtype=torch.float64)
+    out = torch.zeros(len(heads), T, T, dtype=torch.float64)
     for row, head in enumerate(heads.tolist()):
         memory, norm, m = torch.zeros(dqk, T, dtype=torch.float64), torch.zeros(dqk, dtype=torch.float64), 0.0
         for t in range(T):
@@ -237,6 +237,7 @@ def xlstm_loop_matrices(internals: XlstmInternals, form: str = "mlstm", channels
             scaled = q[t, head] / math.sqrt(dqk)
             out[row, t] = scaled @ memory / (max(abs(float(scaled @ norm)), math.exp(-m_new)) + internals.eps)
             m = m_new
+    out = out[inverse]
     if name == "unified":
         out = out * internals.row_scales().cpu().double()[:, idx].T[:, :, None]
     return out.float().to(internals.value.device)

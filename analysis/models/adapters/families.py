@@ -153,6 +153,12 @@ class Lfm2Adapter(TransformerAdapter):
     family = "lfm2"
     layouts = {"lfm2": Layout("model.layers", "feed_forward.w2", "input", "feed_forward.w2")}
 
+    def __init__(self, model):
+        super().__init__(model)
+        # a padded position's input is zeroed before in_proj; with biases its B * x is not 0, and the conv
+        # carries it into the next tokens (LFM2 checkpoints have none)
+        self.supports_left_padding = not model.config.conv_bias
+
     def conv_layers(self) -> list[int]:
         """Layers whose operator is the gated short convolution (the others are softmax attention): the one test
         of it, used by the family registry's implicit layers and the LFM2 attention module."""
