@@ -139,10 +139,8 @@ class GriffinAdapter(ModelAdapter):
         positions = torch.arange(prefix_len, prefix_len + c, device=device).expand(rows, -1)
         return {"past_key_values": kv, "position_ids": positions}
 
-    def logits(self, hidden, token_ids=None):
-        out = super().logits(hidden, token_ids)
-        cap = self.model.config.logits_soft_cap
-        return torch.tanh(out / cap) * cap if cap else out
+    def logit_soft_cap(self) -> float | None:
+        return self.model.config.logits_soft_cap
 
 
 class Lfm2Adapter(TransformerAdapter):
@@ -211,10 +209,8 @@ class XlstmAdapter(ModelAdapter):
             finally:
                 self.first_block_run = 0
 
-    def logits(self, hidden, token_ids=None):
-        out = super().logits(hidden, token_ids)
-        cap = self.model.config.output_logit_soft_cap
-        return torch.tanh(out / cap) * cap if cap else out
+    def logit_soft_cap(self) -> float | None:
+        return self.model.config.output_logit_soft_cap  # the LM soft-caps its logits under this name
 
 
 def _empty_state_in_input_dtype(forward, *, query, key, value, c_initial=None, n_initial=None, m_initial=None,
