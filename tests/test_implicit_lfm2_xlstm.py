@@ -226,3 +226,27 @@ def test_xlstm_continuations_fork_the_states(xlstm):
     assert all(torch.equal(a, b) for k in before for a, b in zip(before[k], prefix.cache.rnn_state[k]))
     torch.testing.assert_close(first[1, -1], full[0, -1], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(later[0, -1], full[0, -1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("model_type,form", [("lfm2", "unified"), ("xlstm", "mlstm"), ("xlstm", "unified")])
+def test_head_grid_cells_are_the_familys_own_matrices(tiny_loaded, model_type, form):
+    """Each grid cell of an implicit layer is its own matrix (xLSTM's mlstm form: one per head, labelled so) or
+    the mean of its channel group; LFM2's attention row has one cell per softmax head."""
+    from analysis.head_grid import _split, head_grid
+
+    loaded = tiny_loaded(model_type)
+    grid = head_grid(loaded, PROMPT, form=form)
+    capture = capture_lfm2 if model_type == "lfm2" else capture_xlstm
+    matrices = lfm2_matrices if model_type == "lfm2" else xlstm_matrices
+    internals = capture(loaded, _ids(loaded))
+    for k, layer in enumerate(grid.layers):
+        if layer not in internals:  # LFM2's attention layer
+            assert grid.kinds[k] == "softmax" and len(grid.cells[k]) == loaded.model.config.num_attention_heads
+            continue
+        n = internals[layer].n_matrices(form)
+        every = matrices(internals[layer], form, torch.arange(n))
+        parts = _split(n, 32, 16)
+        unit = "head" if form == "mlstm" else "channel"
+        assert len(grid.cells[k]) == len(parts) and grid.labels[k][0].startswith(unit)
+        for cell, channels in zip(grid.cells[k], parts, strict=True):
+            torch.testing.assert_close(cell, every[list(channels)].mean(dim=0), atol=1e-6, rtol=1e-4)

@@ -89,6 +89,9 @@ class XlstmInternals(Internals):
     def head_dim(self) -> int:
         return self.n_channels // self.n_heads
 
+    def n_matrices(self, form: str) -> int:
+        return n_channels(self, form)  # heads (mlstm) or value channels (unified)
+
     def row_scales(self) -> torch.Tensor:
         """[T, v]: o[i, c] w_c rstd[i, head(c)], what the norm and the gate multiply row i of channel c by."""
         T = self.length
