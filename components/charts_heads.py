@@ -64,26 +64,30 @@ def head_grid_figure(grid: HeadGrid, sink: bool = False, picked: tuple[int, int]
     tokens = grid.tokens[1:] if sink else grid.tokens
     pooled = len(tokens) > size
     fig.update_layout(
-        title=title, height=max(320, 130 + len(cells) * max(24, min(48, 900 // max(width, 1)))),
+        title=dict(text=f"{title}<br><sup>{_axis_note(tokens, pooled, sink, grid.tokens)}</sup>", y=1,
+                   yanchor="top", yref="container", pad=dict(t=16)), height=max(360, 150 + len(cells) * max(24, min(48, 900 // max(width, 1)))),
         xaxis=dict(tickvals=[h * step + centre for h in range(width)], ticktext=head_labels, side="top",
-                   showgrid=False, zeroline=False, title=_axis_note(tokens, pooled, sink, grid.tokens)),
+                   tickangle=0 if max(map(len, head_labels), default=0) * width <= 100 else -45, showgrid=False,
+                   zeroline=False),
         yaxis=dict(tickvals=[r * step + centre for r in range(len(cells))], ticktext=row_labels,
                    autorange="reversed", showgrid=False, zeroline=False, scaleanchor="x"),
-        margin=dict(l=10, r=10, t=80 if title else 50, b=40), plot_bgcolor="white")
+        margin=dict(l=10, r=10, t=130, b=20), plot_bgcolor="white")
     return fig
 
 
 def _column_labels(labels: Sequence[Sequence[str]], width: int) -> list[str]:
-    """A column's label where every layer calls it the same, else its position ('#3')."""
+    """A column's short label where every layer calls it the same ('h3', 'c0-95'), else its position ('#3');
+    the hover names each cell in full."""
     out = []
     for h in range(width):
         names = {row[h] for row in labels if h < len(row)}
-        out.append(names.pop() if len(names) == 1 else f"#{h}")
+        name = names.pop() if len(names) == 1 else None
+        out.append(f"{name[0]}{name.split()[-1]}" if name else f"#{h}")
     return out
 
 
 def _axis_note(tokens: Sequence[str], pooled: bool, sink: bool, all_tokens: Sequence[str]) -> str:
-    note = f"each cell: output rows x source columns, {len(tokens)} tokens"
+    note = f"columns: h = head, c = channels (their mean); a cell: output rows x source columns, {len(tokens)} tokens"
     if pooled:
         note += f" averaged into {THUMB} bins a side"
     if sink:

@@ -357,7 +357,7 @@ def test_head_grid_opens_a_head_and_the_sink_leaves_the_first_token_out(monkeypa
     _ok(at.run())
     assert len(_figure(at, "attn_chart")["data"][0]["x"]) == tokens - 1
     assert len(_figure(at, "rel_chart")["data"][0]["x"]) == tokens - 1
-    assert "attention sink" in _figure(at, "heads_chart")["layout"]["xaxis"]["title"]["text"]
+    assert "attention sink" in _figure(at, "heads_chart")["layout"]["title"]["text"]
     params = {k: (v[0] if isinstance(v, list) else v) for k, v in dict(at.query_params).items()}
     assert params["heads"] == "1" and params["sink"] == "1" and params["reduce"] == "channels:3"
 

@@ -111,4 +111,4 @@ def test_figure_tiles_each_cell_scaled_and_clickable(toy):
     expected = without_sink(grid.cells[0][0])
     assert first.tolist() == pytest.approx((expected[0] / expected.abs().max()).tolist(), abs=1e-4)
     assert marks["customdata"][heads + 2] == [1, 2] and marks["selectedpoints"] == [heads + 2]
-    assert "left out (attention sink)" in figure["layout"]["xaxis"]["title"]["text"]
+    assert "left out (attention sink)" in figure["layout"]["title"]["text"]
