@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from analysis.errors import PrunescopeError, UnsupportedArchitectureError
-from analysis.implicit_attention import conservative, griffin, mamba, mamba_hybrid, rwkv, softmax
+from analysis.implicit_attention import conservative, griffin, lfm2, mamba, mamba_hybrid, rwkv, softmax, xlstm
 from analysis.implicit_attention.conservative import Rule
 from analysis.implicit_attention.ops import (
     FORM_NAMES,
@@ -38,11 +38,13 @@ from analysis.implicit_attention.ops import (
 from analysis.models.adapters import (
     GriffinAdapter,
     HybridMamba2Adapter,
+    Lfm2Adapter,
     Mamba2Adapter,
     MambaAdapter,
     ModelAdapter,
     RwkvAdapter,
     TransformerAdapter,
+    XlstmAdapter,
     Zamba2Adapter,
     adapter_class_for,
     supported_architectures,
@@ -147,6 +149,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("griffin", GriffinAdapter, griffin.GRIFFIN_OPS, lrp=conservative.GRIFFIN),
     Family("mamba2_hybrid", HybridMamba2Adapter, mamba_hybrid.HYBRID_MAMBA2_OPS),
     Family("zamba2", Zamba2Adapter, mamba_hybrid.HYBRID_MAMBA2_OPS),
+    Family("lfm2", Lfm2Adapter, lfm2.LFM2_OPS),
+    Family("xlstm", XlstmAdapter, xlstm.XLSTM_OPS),
 )}
 
 

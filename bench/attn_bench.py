@@ -19,6 +19,11 @@ there (the vectorised path avoids them; on Intel cores they cost a microcode ass
 ``--model-type falcon_mamba``: the same shape with Falcon-Mamba's RMS-normalised dt, B and C (its capture reads
 them from the norms; the matrices then go through the same paths).
 Last line: ``ratio_T256=<paths ratio> peak_mem_T512_gb=<y>``.
+
+Before it, one line per newer recurrence kind (``--kinds``, default all; ``--kinds none`` skips them) at the
+first of ``--lengths``' longest length: LFM2's gated short convolution (hidden 1024, 3 taps, as LFM2-350M;
+unified form) and xLSTM's mLSTM (hidden 512, 4 heads, q/k 256, v 512, chunks of 64; mlstm form), each on a
+random two-layer model, mean map of layer 0 from the vectorised path against its float64 loop reference.
 """
 
 from __future__ import annotations
@@ -140,6 +145,60 @@ def subnormal_penalty(numel: int = 1 << 22, repeats: int = 10) -> float:
     return times[1] / times[0]
 
 
+def _lfm2_kind():
+    from transformers import Lfm2Config, Lfm2ForCausalLM
+
+    from analysis.implicit_attention import lfm2
+
+    config = Lfm2Config(vocab_size=512, hidden_size=1024, intermediate_size=2048, num_hidden_layers=2,
+                        num_attention_heads=16, num_key_value_heads=8, layer_types=["conv", "full_attention"],
+                        block_auto_adjust_ff_dim=False)
+    model = Lfm2ForCausalLM(config)
+    return model, "lfm2 gated conv (hidden 1024, 3 taps, unified)", lfm2.capture_lfm2, \
+        lambda it: lfm2.lfm2_reduced(it, "unified", Reduction("mean")), \
+        lambda it, idx: lfm2.lfm2_loop_matrices(it, "unified", idx), lambda it: it.n_channels
+
+
+def _xlstm_kind():
+    from transformers import xLSTMConfig, xLSTMForCausalLM
+
+    from analysis.implicit_attention import xlstm
+
+    config = xLSTMConfig(vocab_size=512, hidden_size=512, num_hidden_layers=2, num_heads=4, chunk_size=64)
+    model = xLSTMForCausalLM(config)
+    return model, "xlstm mLSTM (hidden 512, 4 heads, chunks of 64, mlstm)", xlstm.capture_xlstm, \
+        lambda it: xlstm.xlstm_reduced(it, "mlstm", Reduction("mean")), \
+        lambda it, idx: xlstm.xlstm_loop_matrices(it, "mlstm", idx), lambda it: it.n_heads
+
+
+KINDS = {"lfm2": _lfm2_kind, "xlstm": _xlstm_kind}
+
+
+def kind_line(name: str, length: int, repeats: int, chunk: int = 128) -> str:
+    """One recurrence kind: capture layer 0 once, then its mean map by the vectorised path and by the loop."""
+    from analysis.models.adapters import make_adapter
+    from analysis.models.loader import LoadedModel
+    from analysis.models.tiny import build_tokenizer
+
+    torch.manual_seed(0)
+    model, title, capture, fast, slow_matrices, count = KINDS[name]()
+    model = model.eval().requires_grad_(False)
+    loaded = LoadedModel(name, "random", model, build_tokenizer(), make_adapter(model), torch.device("cpu"),
+                         torch.float32)
+    ids = torch.randint(0, 512, (length,), generator=torch.Generator().manual_seed(length))
+    internals, capture_s = _timed(capture, loaded, ids, [0])
+    it, width = internals[0], count(internals[0])
+
+    def slow(it):
+        return sum(slow_matrices(it, torch.arange(s, min(s + chunk, width))).sum(0)
+                   for s in range(0, width, chunk)) / width
+
+    (a, b), (fast_s, slow_s) = _alternating((fast, slow), it, repeats=repeats)
+    diff = float((a - b).abs().max() / b.abs().max())
+    return (f"{title}, T={length}: capture {capture_s:.2f} s, vectorised {fast_s:.3f} s, loop {slow_s:.2f} s, "
+            f"ratio {slow_s / fast_s:.0f}, max rel diff {diff:.1e}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", default="64,128,256")
@@ -147,6 +206,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=24)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per path and length (best is kept)")
     parser.add_argument("--model-type", default="mamba", choices=("mamba", "falcon_mamba"))
+    parser.add_argument("--kinds", default=",".join(KINDS), help="newer recurrence kinds to time, or none")
     args = parser.parse_args()
     loaded = build(args.layers, args.model_type)
     print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs; torch {torch.__version__}, "
@@ -171,6 +231,8 @@ def main() -> None:
         long_s, peak_gb = _run_long(args.layers, args.long, args.model_type)
         print(f"T={args.long}: capture + vectorised {long_s:.2f} s, peak resident memory {peak_gb:.2f} GB "
               "(model included)")
+    for name in (k for k in args.kinds.split(",") if k in KINDS):
+        print(kind_line(name, max(int(t) for t in args.lengths.split(",")), args.repeats))
     print(f"ratio_T256={ratios.get(256, float('nan')):.1f} peak_mem_T{args.long}_gb={peak_gb:.2f}")
 
 

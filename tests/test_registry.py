@@ -20,13 +20,14 @@ from analysis.models.tiny import TINY_FAMILIES
 FAMILY_OF = {"llama": "transformer", "gpt2": "transformer", "gpt_neox": "transformer", "opt": "transformer",
              "mamba": "mamba", "mamba2": "mamba2", "rwkv": "rwkv", "recurrent_gemma": "griffin",
              "gemma3_text": "transformer", "falcon_mamba": "mamba", "bamba": "mamba2_hybrid",
-             "falcon_h1": "mamba2_hybrid", "zamba2": "zamba2"}
+             "falcon_h1": "mamba2_hybrid", "zamba2": "zamba2", "lfm2": "lfm2", "xlstm": "xlstm"}
 IMPLICIT_FNS = ("capture", "reduced", "matrices", "relevance_target")
 TEXT = "a:3 b:5 c:1 d:7 | b:5 a:"
 
 
 def test_registry_names_every_adapter_once():
-    assert list(FAMILIES) == ["transformer", "mamba", "mamba2", "rwkv", "griffin", "mamba2_hybrid", "zamba2"]
+    assert list(FAMILIES) == ["transformer", "mamba", "mamba2", "rwkv", "griffin", "mamba2_hybrid", "zamba2", "lfm2",
+                              "xlstm"]
     assert tuple(f.adapter for f in FAMILIES.values()) == registered_adapters()
 
 
@@ -44,12 +45,14 @@ def test_every_family_has_every_field(name):
     for field in IMPLICIT_FNS:  # implicit families: every function set; others: none
         function = getattr(entry.ops, field)
         assert callable(function) if implicit else function is None, field
-    assert entry.has_softmax_layers is (name in ("transformer", "griffin", "mamba2_hybrid", "zamba2"))
+    assert entry.has_softmax_layers is (name in ("transformer", "griffin", "mamba2_hybrid", "zamba2", "lfm2"))
     if entry.has_softmax_layers:
         assert callable(entry.ops.softmax_maps)
-    assert entry.supports_lrp is (name not in ("mamba2_hybrid", "zamba2"))  # MambaLRP rules for the recurrent
-    if entry.lrp is not None:
-        assert bool(entry.lrp) is (name != "transformer")  # transformers: softmax and norms only, no mixer rules
+    if name in ("mamba2_hybrid", "zamba2", "lfm2", "xlstm"):  # no conservative rules for these mixers yet
+        assert not entry.supports_lrp and entry.lrp is None
+        return
+    assert entry.supports_lrp and entry.lrp is not None  # MambaLRP rules for the recurrent families
+    assert bool(entry.lrp) is (name != "transformer")  # transformers: softmax and norms only, no mixer rules
 
 
 def test_transformer_layouts_include_gemma3_text():
@@ -64,7 +67,7 @@ def test_every_tiny_model_resolves_to_its_family(tiny_loaded, model_type):
     assert family_of(loaded) is entry and family_for(model_type) is entry
     assert type(loaded.adapter) is entry.adapter
     layers = entry.implicit_layers(loaded.adapter)
-    want = {"transformer": [], "griffin": [0, 2]}.get(entry.name, list(range(loaded.n_layers)))
+    want = {"transformer": [], "griffin": [0, 2], "lfm2": [0, 2]}.get(entry.name, list(range(loaded.n_layers)))
     want = [0, 2] if model_type == "bamba" else want  # its layer 1 is attention
     assert layers == want
 
@@ -73,10 +76,11 @@ def test_forms_and_lrp_families_come_from_the_registry():
     assert FORMS == forms() == {n: f.forms for n, f in FAMILIES.items()}
     assert FORMS == {"transformer": ("softmax",), "mamba": ("s6", "unified"), "mamba2": ("s6", "unified"),
                      "rwkv": ("unified", "wkv"), "griffin": ("unified", "rglru"),
-                     "mamba2_hybrid": ("s6", "unified", "softmax"), "zamba2": ("s6", "unified", "softmax")}
+                     "mamba2_hybrid": ("s6", "unified", "softmax"), "zamba2": ("s6", "unified", "softmax"),
+                     "lfm2": ("unified", "conv"), "xlstm": ("mlstm", "unified")}
     assert {n: default_form(n) for n in FAMILIES} == {"transformer": "softmax", "mamba": "s6", "mamba2": "s6",
                                                       "rwkv": "unified", "griffin": "unified", "mamba2_hybrid": "s6",
-                                                      "zamba2": "s6"}
+                                                      "zamba2": "s6", "lfm2": "unified", "xlstm": "mlstm"}
     assert LRP_FAMILIES == ("transformer", "mamba", "mamba2", "rwkv", "griffin")
 
 
@@ -97,7 +101,8 @@ def test_check_form_is_a_one_line_error():
 def test_unknown_family_is_a_one_line_error(call):
     with pytest.raises(UnsupportedArchitectureError, match=r"^unknown architecture family 'bert'; supported: "
                                                            r"transformer \(llama.*griffin \(recurrent_gemma\); "
-                                                           r"mamba2_hybrid \(bamba, falcon_h1\); zamba2 \(zamba2\)$"):
+                                                           r"mamba2_hybrid \(bamba, falcon_h1\); zamba2 \(zamba2\); "
+                                                           r"lfm2 \(lfm2\); xlstm \(xlstm\)$"):
         call()
 
 
@@ -121,6 +126,9 @@ def test_unknown_model_type_gives_the_loaders_error():
     ("rwkv", "unified", "attention.output", False, 1), ("rwkv", "wkv", "attention.output", True, 1),
     ("recurrent_gemma", "rglru", "temporal_block.rg_lru", False, 1),
     ("recurrent_gemma", "unified", "temporal_block.linear_out", False, 1),
+    ("lfm2", "unified", "conv.out_proj", False, 1), ("lfm2", "conv", "conv.out_proj", False, 1),
+    ("xlstm", "mlstm", "mlstm_layer.multihead_norm", False, "head_dim"),
+    ("xlstm", "unified", "mlstm_layer.out_proj", False, 1),
 ])
 def test_relevance_targets(tiny_loaded, model_type, form, module, gated, group):
     """Each form's target: the hooked module, its source u [T, C] and the gate that turns the hooked gradient

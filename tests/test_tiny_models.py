@@ -22,6 +22,8 @@ EXPECTED_CLASS = {
     "falcon_h1": "FalconH1ForCausalLM",
     "zamba2": "Zamba2ForCausalLM",
     "gemma3_text": "Gemma3ForCausalLM",
+    "lfm2": "Lfm2ForCausalLM",
+    "xlstm": "xLSTMForCausalLM",
 }
 PROMPT = "apple -> APPLE\nFrance -> Paris\ncat ->"
 UNICODE_TEXT = "héllo -> HÉLLO\n 2, 3 çà ñ 日本 🙂\t!"

@@ -172,11 +172,14 @@ def _brute_force(loaded, module, rebuild, matrices, target, ids, pre=True):
 @pytest.mark.parametrize("model_type,form", [("mamba", "s6"), ("mamba", "unified"), ("mamba2", "s6"),
                                              ("mamba2", "unified"), ("rwkv", "unified"), ("recurrent_gemma", "rglru"),
                                              ("bamba", "unified"), ("falcon_h1", "s6"), ("falcon_h1", "unified"),
-                                             ("zamba2", "s6")])
+                                             ("zamba2", "s6"), ("lfm2", "unified"), ("lfm2", "conv"),
+                                             ("xlstm", "mlstm"), ("xlstm", "unified")])
 def test_gradattn_implicit_equals_differentiable_matrices(tiny_loaded, model_type, form):
     from analysis.implicit_attention.griffin import capture_griffin, griffin_matrices
+    from analysis.implicit_attention.lfm2 import capture_lfm2, lfm2_matrices, lfm2_source
     from analysis.implicit_attention.mamba import capture_mamba, mamba_matrices
     from analysis.implicit_attention.rwkv import capture_rwkv, rwkv_matrices
+    from analysis.implicit_attention.xlstm import capture_xlstm, xlstm_matrices, xlstm_source
 
     loaded = tiny_loaded(model_type)
     ids, target, layer = _ids(loaded), 5, 0
@@ -208,6 +211,19 @@ def test_gradattn_implicit_equals_differentiable_matrices(tiny_loaded, model_typ
         inn = capture_rwkv(loaded, ids, [layer])[layer]
         mats, module = rwkv_matrices(inn, form), block.attention.output
         rebuild = lambda a: torch.einsum("cij,jc->ic", a, inn.value)  # noqa: E731
+    elif model_type == "lfm2":  # conv layer 0: y = out_proj input (no conv bias)
+        inn = capture_lfm2(loaded, ids, [layer])[layer]
+        mats, module, source = lfm2_matrices(inn, form), block.conv.out_proj, lfm2_source(inn, form)
+        rebuild = lambda a: torch.einsum("cij,jc->ic", a, source)  # noqa: E731
+    elif model_type == "xlstm":  # mlstm: y = the norm's input [T, heads, dv]; unified: y = out_proj's input
+        inn = capture_xlstm(loaded, ids, [layer])[layer]
+        mats, mlstm, source = xlstm_matrices(inn, form), block.mlstm_layer, xlstm_source(inn, form)
+        if form == "mlstm":
+            module, v = mlstm.multihead_norm, source.reshape(inn.length, inn.n_heads, inn.head_dim)
+            rebuild = lambda a: torch.einsum("hij,jhp->ihp", a, v)  # noqa: E731
+        else:
+            module = mlstm.out_proj
+            rebuild = lambda a: torch.einsum("cij,jc->ic", a, source)  # noqa: E731
     else:
         layer = 0
         inn = capture_griffin(loaded, ids, [layer])[layer]

@@ -27,6 +27,8 @@ TINY_FAMILIES: tuple[str, ...] = (
     "bamba",
     "falcon_h1",
     "zamba2",
+    "lfm2",
+    "xlstm",
 )
 
 SPECIAL_TOKEN = "<|endoftext|>"
@@ -169,6 +171,16 @@ def tiny_config(model_type: str, vocab_size: int, **overrides) -> PretrainedConf
             chunk_size=16, layers_block_type=["hybrid", "mamba", "mamba"], num_mem_blocks=1,
             use_shared_attention_adapter=False, use_mem_rope=True, max_position_embeddings=MAX_POSITIONS,
             tie_word_embeddings=True,  # transformers ties the hybrid layers' shared blocks only with this
+        ),
+        "lfm2": dict(  # conv, attention, conv; the MLP width as given (no auto-adjust to a multiple of 256)
+            hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+            num_key_value_heads=2, conv_L_cache=3, layer_types=["conv", "full_attention", "conv"],
+            block_auto_adjust_ff_dim=False, max_position_embeddings=MAX_POSITIONS, tie_word_embeddings=True,
+        ),
+        "xlstm": dict(  # q/k and v widths 2 x hidden = 64, a multiple of 64 as xLSTMCache's state shapes assume;
+            # chunks of 8 tokens, so a prompt runs through the chunkwise kernel and the recurrent one for its tail
+            hidden_size=32, num_hidden_layers=2, num_heads=4, qk_dim_factor=2.0, v_dim_factor=2.0,
+            ffn_proj_factor=2.0, ffn_round_up_to_multiple_of=64, chunk_size=8, tie_word_embeddings=False,
         ),
     }  # fmt: skip
     if model_type not in per_family:

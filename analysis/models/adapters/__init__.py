@@ -5,10 +5,12 @@ from analysis.models.adapters.base import Layout, ModelAdapter, NeuronSite, Pref
 from analysis.models.adapters.families import (
     GriffinAdapter,
     HybridMamba2Adapter,
+    Lfm2Adapter,
     Mamba2Adapter,
     MambaAdapter,
     RwkvAdapter,
     TransformerAdapter,
+    XlstmAdapter,
     Zamba2Adapter,
     adapter_class_for,
     make_adapter,
@@ -16,6 +18,6 @@ from analysis.models.adapters.families import (
     supported_architectures,
 )
 
-__all__ = ["GriffinAdapter", "HybridMamba2Adapter", "Layout", "Mamba2Adapter", "MambaAdapter", "ModelAdapter",
-           "NeuronSite", "PrefixState", "RwkvAdapter", "TransformerAdapter", "Zamba2Adapter", "adapter_class_for",
-           "make_adapter", "registered_adapters", "supported_architectures"]
+__all__ = ["GriffinAdapter", "HybridMamba2Adapter", "Layout", "Lfm2Adapter", "Mamba2Adapter", "MambaAdapter",
+           "ModelAdapter", "NeuronSite", "PrefixState", "RwkvAdapter", "TransformerAdapter", "XlstmAdapter",
+           "Zamba2Adapter", "adapter_class_for", "make_adapter", "registered_adapters", "supported_architectures"]
