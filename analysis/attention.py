@@ -105,13 +105,13 @@ def _compute(loaded: Loaded, entry: Family, input_ids: torch.Tensor, form: Form,
     """Maps and kinds of ``layers``: the family's implicit layers from its capture and reduced maps, the rest
     from its softmax attention; a block with neither (an MLP or MoE block of its own) mixes no tokens, so its
     map is the identity."""
-    implicit = set(entry.implicit_layers(loaded.adapter))
+    implicit = set(entry.implicit_layers_for(loaded.adapter, form))
     chosen = [i for i in layers if i in implicit]
     maps: dict[int, torch.Tensor] = {}
     kinds: dict[int, LayerKind] = {}
     if chosen:
         internals, reduced = entry.require("capture")(loaded, input_ids, chosen), entry.require("reduced")
-        maps = {i: reduced(internals[i], form, reduction, budget) for i in chosen}
+        maps = {i: reduced(internals[i], entry.implicit_form(form), reduction, budget) for i in chosen}
         kinds = dict.fromkeys(maps, IMPLICIT)
     position_wise = set(loaded.adapter.position_wise_layers())
     rest = [i for i in layers if i not in maps and i not in position_wise]

@@ -26,10 +26,12 @@ def weight_edited_reference(loaded):
     model = copy.deepcopy(loaded.model)
     for layer, indices in MASK.by_layer().items():
         site = loaded.adapter.site(layer)
-        reader = model.get_submodule(site.width_from)
+        # an input site is its own reader (Zamba2's path differs per layer); an output site is read by width_from
+        reader = model.get_submodule(site.path if site.io == "input" else
+                                     f"{loaded.adapter.layout.layers}.{layer}.{loaded.adapter.layout.width_from}")
         with torch.no_grad():
             if isinstance(reader, ExpertNeurons):  # MoE: neuron e * I + c is column c of expert e's down_proj
-                experts = model.get_submodule(site.width_from.rpartition(".")[0])
+                experts = model.get_submodule(site.path.rpartition(".")[0])
                 for index in indices:
                     experts.down_proj[index // experts.intermediate_dim][:, index % experts.intermediate_dim] = 0
             elif hasattr(reader, "in_features"):

@@ -19,15 +19,17 @@ from analysis.models.tiny import TINY_FAMILIES
 
 FAMILY_OF = {"llama": "transformer", "gpt2": "transformer", "gpt_neox": "transformer", "opt": "transformer",
              "mamba": "mamba", "mamba2": "mamba2", "rwkv": "rwkv", "recurrent_gemma": "griffin",
-             "gemma3_text": "transformer", "jamba": "jamba", "granitemoehybrid": "granitemoehybrid",
-             "nemotron_h": "nemotron_h"}
+             "gemma3_text": "transformer", "falcon_mamba": "mamba", "bamba": "mamba2_hybrid",
+             "falcon_h1": "mamba2_hybrid", "zamba2": "zamba2", "lfm2": "lfm2", "xlstm": "xlstm",
+             "jamba": "jamba", "granitemoehybrid": "granitemoehybrid", "nemotron_h": "nemotron_h"}
 HYBRIDS = ("jamba", "granitemoehybrid", "nemotron_h")
 IMPLICIT_FNS = ("capture", "reduced", "matrices", "relevance_target")
 TEXT = "a:3 b:5 c:1 d:7 | b:5 a:"
 
 
 def test_registry_names_every_adapter_once():
-    assert list(FAMILIES) == ["transformer", "mamba", "mamba2", "rwkv", "griffin", *HYBRIDS]
+    assert list(FAMILIES) == ["transformer", "mamba", "mamba2", "rwkv", "griffin", "mamba2_hybrid", "zamba2", "lfm2",
+                              "xlstm", *HYBRIDS]
     assert tuple(f.adapter for f in FAMILIES.values()) == registered_adapters()
 
 
@@ -45,12 +47,14 @@ def test_every_family_has_every_field(name):
     for field in IMPLICIT_FNS:  # implicit families: every function set; others: none
         function = getattr(entry.ops, field)
         assert callable(function) if implicit else function is None, field
-    assert entry.has_softmax_layers is (name in ("transformer", "griffin", *HYBRIDS))
+    assert entry.has_softmax_layers is (name in ("transformer", "griffin", "mamba2_hybrid", "zamba2", "lfm2", *HYBRIDS))
     if entry.has_softmax_layers:
         assert callable(entry.ops.softmax_maps)
-    assert entry.supports_lrp is (name not in HYBRIDS)  # MambaLRP rules for the recurrent ones; hybrids: none yet
-    if entry.supports_lrp:
-        assert bool(entry.lrp) is (name != "transformer")  # transformers: softmax and norms only, no mixer rules
+    if name in ("mamba2_hybrid", "zamba2", "lfm2", "xlstm", *HYBRIDS):  # no conservative rules for these mixers yet
+        assert not entry.supports_lrp and entry.lrp is None
+        return
+    assert entry.supports_lrp and entry.lrp is not None  # MambaLRP rules for the recurrent families
+    assert bool(entry.lrp) is (name != "transformer")  # transformers: softmax and norms only, no mixer rules
 
 
 def test_transformer_layouts_include_gemma3_text():
@@ -65,8 +69,9 @@ def test_every_tiny_model_resolves_to_its_family(tiny_loaded, model_type):
     assert family_of(loaded) is entry and family_for(model_type) is entry
     assert type(loaded.adapter) is entry.adapter
     layers = entry.implicit_layers(loaded.adapter)
-    want = {"transformer": [], "griffin": [0, 2], "jamba": [0], "granitemoehybrid": [0],
+    want = {"transformer": [], "griffin": [0, 2], "lfm2": [0, 2], "jamba": [0], "granitemoehybrid": [0],
             "nemotron_h": [0]}.get(entry.name, list(range(loaded.n_layers)))
+    want = [0, 2] if model_type == "bamba" else want  # its layer 1 is attention
     assert layers == want
 
 
@@ -74,9 +79,12 @@ def test_forms_and_lrp_families_come_from_the_registry():
     assert FORMS == forms() == {n: f.forms for n, f in FAMILIES.items()}
     assert FORMS == {"transformer": ("softmax",), "mamba": ("s6", "unified"), "mamba2": ("s6", "unified"),
                      "rwkv": ("unified", "wkv"), "griffin": ("unified", "rglru"),
+                     "mamba2_hybrid": ("s6", "unified", "softmax"), "zamba2": ("s6", "unified", "softmax"),
+                     "lfm2": ("unified", "conv"), "xlstm": ("mlstm", "unified"),
                      **dict.fromkeys(HYBRIDS, ("s6", "unified"))}
     assert {n: default_form(n) for n in FAMILIES} == {"transformer": "softmax", "mamba": "s6", "mamba2": "s6",
-                                                      "rwkv": "unified", "griffin": "unified",
+                                                      "rwkv": "unified", "griffin": "unified", "mamba2_hybrid": "s6",
+                                                      "zamba2": "s6", "lfm2": "unified", "xlstm": "mlstm",
                                                       **dict.fromkeys(HYBRIDS, "s6")}
     assert LRP_FAMILIES == ("transformer", "mamba", "mamba2", "rwkv", "griffin")
 
@@ -97,7 +105,11 @@ def test_check_form_is_a_one_line_error():
 @pytest.mark.parametrize("call", [lambda: family("bert"), lambda: default_form("bert")])
 def test_unknown_family_is_a_one_line_error(call):
     with pytest.raises(UnsupportedArchitectureError, match=r"^unknown architecture family 'bert'; supported: "
-                                                           r"transformer \(llama.*nemotron_h \(nemotron_h\)$"):
+                                                           r"transformer \(llama.*griffin \(recurrent_gemma\); "
+                                                           r"mamba2_hybrid \(bamba, falcon_h1\); zamba2 \(zamba2\); "
+                                                           r"lfm2 \(lfm2\); xlstm \(xlstm\); jamba \(jamba\); "
+                                                           r"granitemoehybrid \(granitemoehybrid\); "
+                                                           r"nemotron_h \(nemotron_h\)$"):
         call()
 
 
@@ -114,9 +126,16 @@ def test_unknown_model_type_gives_the_loaders_error():
 @pytest.mark.parametrize("model_type,form,module,gated,group", [
     ("mamba", "s6", "mixer.out_proj", True, 1), ("mamba", "unified", "mixer.out_proj", False, 1),
     ("mamba2", "s6", "mixer.norm", False, "head_dim"), ("mamba2", "unified", "mixer.norm", False, 1),
+    ("falcon_mamba", "s6", "mixer.out_proj", True, 1), ("bamba", "s6", "mamba.norm", False, "head_dim"),
+    ("bamba", "unified", "mamba.norm", False, 1), ("falcon_h1", "s6", "mamba.out_proj", True, "head_dim"),
+    ("falcon_h1", "unified", "mamba.out_proj", False, 1),
+    ("zamba2", "s6", "mamba_decoder.mamba.norm", False, "head_dim"),
     ("rwkv", "unified", "attention.output", False, 1), ("rwkv", "wkv", "attention.output", True, 1),
     ("recurrent_gemma", "rglru", "temporal_block.rg_lru", False, 1),
     ("recurrent_gemma", "unified", "temporal_block.linear_out", False, 1),
+    ("lfm2", "unified", "conv.out_proj", False, 1), ("lfm2", "conv", "conv.out_proj", False, 1),
+    ("xlstm", "mlstm", "mlstm_layer.multihead_norm", False, "head_dim"),
+    ("xlstm", "unified", "mlstm_layer.out_proj", False, 1),
     ("jamba", "s6", "mamba.out_proj", True, 1), ("granitemoehybrid", "s6", "mamba.norm", False, "head_dim"),
     ("nemotron_h", "unified", "mixer.norm", False, 1),
 ])
@@ -129,7 +148,8 @@ def test_relevance_targets(tiny_loaded, model_type, form, module, gated, group):
     block = loaded.adapter.block(layer)
     spot = entry.ops.relevance_target(block, inn, form)
     assert isinstance(spot, RelevanceTarget) and spot.module is block.get_submodule(module)
-    assert spot.how == ("gated" if form == "unified" and module.endswith("norm") else
+    gated_norm = ("mamba2", "bamba", "granitemoehybrid", "nemotron_h")
+    assert spot.how == ("gated" if form == "unified" and model_type in gated_norm else
                         "output" if form == "rglru" else "input")
     assert spot.source.shape[0] == len(loaded.tokenizer(TEXT).input_ids)
     assert spot.group == (inn.head_dim if group == "head_dim" else group)
@@ -137,7 +157,7 @@ def test_relevance_targets(tiny_loaded, model_type, form, module, gated, group):
         assert spot.group > 1
     if not gated:
         assert spot.gate is None
-    elif model_type in ("mamba", "jamba"):
+    elif model_type in ("mamba", "falcon_mamba", "falcon_h1", "jamba"):
         torch.testing.assert_close(spot.gate, torch.nn.functional.silu(inn.z))
     else:
         torch.testing.assert_close(spot.gate, torch.sigmoid(inn.receptance))

@@ -5,12 +5,16 @@ from analysis.models.adapters.base import Layout, ModelAdapter, NeuronSite, Pref
 from analysis.models.adapters.families import (
     GraniteMoeHybridAdapter,
     GriffinAdapter,
+    HybridMamba2Adapter,
     JambaAdapter,
+    Lfm2Adapter,
     Mamba2Adapter,
     MambaAdapter,
     NemotronHAdapter,
     RwkvAdapter,
     TransformerAdapter,
+    XlstmAdapter,
+    Zamba2Adapter,
     adapter_class_for,
     make_adapter,
     registered_adapters,
@@ -18,7 +22,7 @@ from analysis.models.adapters.families import (
 )
 from analysis.models.adapters.hybrids import HybridAdapter
 
-__all__ = ["GraniteMoeHybridAdapter", "GriffinAdapter", "HybridAdapter", "JambaAdapter", "Layout", "Mamba2Adapter",
-           "MambaAdapter", "ModelAdapter", "NemotronHAdapter", "NeuronSite", "PrefixState", "RwkvAdapter",
-           "SiteChoice", "TransformerAdapter", "adapter_class_for", "make_adapter", "registered_adapters",
-           "supported_architectures"]
+__all__ = ["GraniteMoeHybridAdapter", "GriffinAdapter", "HybridAdapter", "HybridMamba2Adapter", "JambaAdapter",
+           "Layout", "Lfm2Adapter", "Mamba2Adapter", "MambaAdapter", "ModelAdapter", "NemotronHAdapter",
+           "NeuronSite", "PrefixState", "RwkvAdapter", "SiteChoice", "TransformerAdapter", "XlstmAdapter",
+           "Zamba2Adapter", "adapter_class_for", "make_adapter", "registered_adapters", "supported_architectures"]

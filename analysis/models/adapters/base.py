@@ -82,7 +82,6 @@ class NeuronSite:
     io: SiteIO
     width: int
     kind: str = "mlp"  # the layer's kind for labels (SiteChoice.kind)
-    width_from: str = ""  # path of the module that reads the neurons (its input width is the neuron count)
 
 
 @dataclass
@@ -125,9 +124,7 @@ class ModelAdapter:
                                                f"of the neuron sites {[c.path for c in self.layout.choices]}")
         width_module = block.get_submodule(choice.width_from)
         width = getattr(width_module, "in_features", None) or width_module.weight.shape[0]  # GPT-2 Conv1D
-        block_path = f"{self.layout.layers}.{layer}"
-        return NeuronSite(layer, f"{block_path}.{choice.path}", choice.io, int(width), choice.kind,
-                          f"{block_path}.{choice.width_from}")
+        return NeuronSite(layer, f"{self.layout.layers}.{layer}.{choice.path}", choice.io, int(width), choice.kind)
 
     @property
     def n_layers(self) -> int:
@@ -200,6 +197,11 @@ class ModelAdapter:
             for layer in range(self.n_layers) if layers is None else layers:
                 add(self._blocks[layer], _block_hook(fn, layer), pre=True, with_kwargs=True)
             yield
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Input embeddings of ``input_ids`` as the model's forward would feed them to its first block when
+        given ``inputs_embeds`` instead (Falcon-H1 scales them in its forward only for ``input_ids``)."""
+        return self.model.get_input_embeddings()(input_ids)
 
     # -- continuation (IG fast path) -------------------------------------------------------------------
     def logits(self, hidden: torch.Tensor, token_ids: torch.Tensor | None = None,
