@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from analysis.errors import PrunescopeError, UnsupportedArchitectureError
-from analysis.implicit_attention import griffin, mamba, rwkv, softmax
+from analysis.implicit_attention import delta_families, griffin, mamba, rwkv, softmax
 from analysis.implicit_attention.ops import (
     FORM_NAMES,
     Capture,
@@ -34,7 +34,9 @@ from analysis.implicit_attention.ops import (
     SoftmaxMaps,
 )
 from analysis.models.adapters import (
+    GatedDeltaNetAdapter,
     GriffinAdapter,
+    KimiDeltaAdapter,
     Mamba2Adapter,
     MambaAdapter,
     ModelAdapter,
@@ -123,6 +125,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("mamba2", Mamba2Adapter, mamba.MAMBA2_OPS),
     Family("rwkv", RwkvAdapter, rwkv.RWKV_OPS),
     Family("griffin", GriffinAdapter, griffin.GRIFFIN_OPS),
+    Family("gated_deltanet", GatedDeltaNetAdapter, delta_families.GATED_DELTANET_OPS),
+    Family("kimi_delta", KimiDeltaAdapter, delta_families.KIMI_DELTA_OPS),
 )}
 
 

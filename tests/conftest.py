@@ -12,7 +12,7 @@ from analysis.models.tiny import TINY_FAMILIES, build_tiny_model
 
 FAMILY_OF = {"llama": "transformer", "gpt2": "transformer", "gpt_neox": "transformer", "opt": "transformer",
              "mamba": "mamba", "mamba2": "mamba2", "rwkv": "rwkv", "recurrent_gemma": "griffin",
-             "gemma3_text": "transformer"}
+             "gemma3_text": "transformer", "qwen3_next": "gated_deltanet", "kimi_linear": "kimi_delta"}
 
 
 @pytest.fixture(scope="session")
@@ -80,7 +80,8 @@ TIERS = {
         "test_adaptive_ig.py", "test_api.py", "test_attention_maps.py", "test_baselines.py", "test_cache.py",
         "test_calibration.py", "test_cli.py", "test_concurrency.py", "test_continuation.py",
         "test_copying_options.py", "test_demo.py", "test_evaluation.py", "test_faithfulness.py", "test_gemma3.py",
-        "test_general.py", "test_hook_scope.py", "test_implicit_mamba.py", "test_implicit_rwkv_griffin.py",
+        "test_general.py", "test_hook_scope.py", "test_implicit_delta_rule.py", "test_implicit_mamba.py",
+        "test_implicit_rwkv_griffin.py",
         "test_jobs.py", "test_joined.py", "test_mask.py", "test_models.py", "test_multiuser.py",
         "test_neuron_ig.py", "test_offload.py", "test_one_batch.py", "test_pruning.py", "test_registry.py",
         "test_requests.py",

@@ -19,13 +19,13 @@ from analysis.models.tiny import TINY_FAMILIES
 
 FAMILY_OF = {"llama": "transformer", "gpt2": "transformer", "gpt_neox": "transformer", "opt": "transformer",
              "mamba": "mamba", "mamba2": "mamba2", "rwkv": "rwkv", "recurrent_gemma": "griffin",
-             "gemma3_text": "transformer"}
+             "gemma3_text": "transformer", "qwen3_next": "gated_deltanet", "kimi_linear": "kimi_delta"}
 IMPLICIT_FNS = ("capture", "reduced", "matrices", "relevance_target")
 TEXT = "a:3 b:5 c:1 d:7 | b:5 a:"
 
 
 def test_registry_names_every_adapter_once():
-    assert list(FAMILIES) == ["transformer", "mamba", "mamba2", "rwkv", "griffin"]
+    assert list(FAMILIES) == ["transformer", "mamba", "mamba2", "rwkv", "griffin", "gated_deltanet", "kimi_delta"]
     assert tuple(f.adapter for f in FAMILIES.values()) == registered_adapters()
 
 
@@ -43,7 +43,7 @@ def test_every_family_has_every_field(name):
     for field in IMPLICIT_FNS:  # implicit families: every function set; others: none
         function = getattr(entry.ops, field)
         assert callable(function) if implicit else function is None, field
-    assert entry.has_softmax_layers is (name in ("transformer", "griffin"))
+    assert entry.has_softmax_layers is (name in ("transformer", "griffin", "gated_deltanet", "kimi_delta"))
     if entry.has_softmax_layers:
         assert callable(entry.ops.softmax_maps)
     assert entry.supports_lrp is (name == "transformer")
@@ -61,16 +61,19 @@ def test_every_tiny_model_resolves_to_its_family(tiny_loaded, model_type):
     assert family_of(loaded) is entry and family_for(model_type) is entry
     assert type(loaded.adapter) is entry.adapter
     layers = entry.implicit_layers(loaded.adapter)
-    want = {"transformer": [], "griffin": [0, 2]}.get(entry.name, list(range(loaded.n_layers)))
+    want = {"transformer": [], "griffin": [0, 2], "gated_deltanet": [0, 2], "kimi_delta": [0, 2]}.get(
+        entry.name, list(range(loaded.n_layers)))
     assert layers == want
 
 
 def test_forms_and_lrp_families_come_from_the_registry():
     assert FORMS == forms() == {n: f.forms for n, f in FAMILIES.items()}
     assert FORMS == {"transformer": ("softmax",), "mamba": ("s6", "unified"), "mamba2": ("s6", "unified"),
-                     "rwkv": ("unified", "wkv"), "griffin": ("unified", "rglru")}
+                     "rwkv": ("unified", "wkv"), "griffin": ("unified", "rglru"),
+                     "gated_deltanet": ("delta", "unified"), "kimi_delta": ("kda", "unified")}
     assert {n: default_form(n) for n in FAMILIES} == {"transformer": "softmax", "mamba": "s6", "mamba2": "s6",
-                                                      "rwkv": "unified", "griffin": "unified"}
+                                                      "rwkv": "unified", "griffin": "unified",
+                                                      "gated_deltanet": "delta", "kimi_delta": "kda"}
     assert LRP_FAMILIES == ("transformer",)
 
 
@@ -90,7 +93,7 @@ def test_check_form_is_a_one_line_error():
 @pytest.mark.parametrize("call", [lambda: family("bert"), lambda: default_form("bert")])
 def test_unknown_family_is_a_one_line_error(call):
     with pytest.raises(UnsupportedArchitectureError, match=r"^unknown architecture family 'bert'; supported: "
-                                                           r"transformer \(llama.*griffin \(recurrent_gemma\)$"):
+                                                           r"transformer \(llama.*griffin \(recurrent_gemma\)(; [^;]+)*$"):
         call()
 
 

@@ -20,7 +20,7 @@ def softmax_maps(loaded: Loaded, input_ids: torch.Tensor, layers: list[int], red
                  ) -> dict[int, torch.Tensor]:
     """A transformer's [T, T] softmax maps of ``layers``, reduced over heads."""
     probs = softmax_attention(loaded, input_ids)
-    return {i: _reduce_heads(probs[i], reduction) for i in layers}
+    return {i: reduce_heads(probs[i], reduction) for i in layers}
 
 
 def softmax_attention(loaded: Loaded, input_ids: torch.Tensor) -> list[torch.Tensor]:
@@ -32,7 +32,7 @@ def softmax_attention(loaded: Loaded, input_ids: torch.Tensor) -> list[torch.Ten
     return [a[0].float() for a in out.attentions]
 
 
-def _reduce_heads(probs: torch.Tensor, reduction: Reduction) -> torch.Tensor:
+def reduce_heads(probs: torch.Tensor, reduction: Reduction) -> torch.Tensor:
     selected = probs[reduction.selected(probs.shape[0])]
     return (selected.abs() if reduction.kind == "absmean" else selected).mean(dim=0)
 

@@ -3,7 +3,9 @@ list the loader picks from). The family registry, analysis/families.py, names th
 
 from analysis.models.adapters.base import Layout, ModelAdapter, NeuronSite, PrefixState
 from analysis.models.adapters.families import (
+    GatedDeltaNetAdapter,
     GriffinAdapter,
+    KimiDeltaAdapter,
     Mamba2Adapter,
     MambaAdapter,
     RwkvAdapter,
@@ -14,6 +16,6 @@ from analysis.models.adapters.families import (
     supported_architectures,
 )
 
-__all__ = ["GriffinAdapter", "Layout", "Mamba2Adapter", "MambaAdapter", "ModelAdapter", "NeuronSite",
-           "PrefixState", "RwkvAdapter", "TransformerAdapter", "adapter_class_for", "make_adapter",
-           "registered_adapters", "supported_architectures"]
+__all__ = ["GatedDeltaNetAdapter", "GriffinAdapter", "KimiDeltaAdapter", "Layout", "Mamba2Adapter", "MambaAdapter",
+           "ModelAdapter", "NeuronSite", "PrefixState", "RwkvAdapter", "TransformerAdapter", "adapter_class_for",
+           "make_adapter", "registered_adapters", "supported_architectures"]

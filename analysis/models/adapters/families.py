@@ -141,8 +141,30 @@ class GriffinAdapter(ModelAdapter):
         return torch.tanh(out / cap) * cap if cap else out
 
 
+class GatedDeltaNetAdapter(TransformerAdapter):
+    """Qwen3-Next: Gated DeltaNet layers beside gated softmax attention, dense MLPs as the neuron site where
+    the config has them. One transformers cache holds both kinds of layer: keys and values, and conv and
+    recurrent states that a cached step overwrites in place (forked per row by ``repeat_cache``)."""
+
+    family = "gated_deltanet"
+    layouts = {"qwen3_next": _GATED_MLP}
+    state_updated_in_place = True
+
+    def linear_layers(self) -> list[int]:
+        """Layers whose token mixer is recurrent (``block_type == "linear_attention"``); the others are
+        softmax attention."""
+        return [i for i, b in enumerate(self._blocks) if getattr(b, "block_type", None) == "linear_attention"]
+
+
+class KimiDeltaAdapter(GatedDeltaNetAdapter):
+    """Kimi Linear: Kimi Delta Attention layers beside multi-head latent attention (MLA); the cache as above."""
+
+    family = "kimi_delta"
+    layouts = {"kimi_linear": _GATED_MLP}
+
+
 ADAPTERS: tuple[type[ModelAdapter], ...] = (TransformerAdapter, MambaAdapter, Mamba2Adapter, RwkvAdapter,
-                                             GriffinAdapter)
+                                             GriffinAdapter, GatedDeltaNetAdapter, KimiDeltaAdapter)
 
 
 def registered_adapters() -> tuple[type[ModelAdapter], ...]:
