@@ -40,6 +40,7 @@ from analysis.implicit_attention.ops import FamilyOps
 from analysis.implicit_attention.softmax import reduce_heads
 from analysis.models.adapters import GatedDeltaNetAdapter, KimiDeltaAdapter
 from analysis.models.hooks import hook_scope
+from analysis.models.loader import onloaded
 
 if TYPE_CHECKING:
     from analysis.models.protocols import Loaded
@@ -64,8 +65,11 @@ def capture_blocks(model: nn.Module, blocks: list[nn.Module], input_ids: torch.T
             hooks(add, blocks[i], stores[i])
         with torch.no_grad():
             model(input_ids=input_ids, use_cache=False)
-        with torch.no_grad():
-            return {i: build(blocks[i], i, stores[i]) for i in chosen}
+        result = {}
+        for i in chosen:
+            with torch.no_grad(), onloaded(blocks[i]):  # its parameters, also where a device map put it on disk
+                result[i] = build(blocks[i], i, stores[i])
+        return result
 
 
 def _output(store: Store, name: str):
