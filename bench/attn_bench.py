@@ -15,6 +15,10 @@ added to both. The long length runs capture + vectorised path alone in a child
 process whose peak resident memory (model included) is reported.
 The first line describes the machine: CPU model, torch threads, cache size and what subnormal floats cost
 there (the vectorised path avoids them; on Intel cores they cost a microcode assist each).
+Then one line per delta-rule / linear-attention recurrence (``--recurrences``; 0 skips them): one layer of
+real head shapes (random weights, decay ~0.05 a step), its core form, mean over heads, through the vectorised path
+(:func:`linear_reduced`: one triangular solve per head) and the fp64 position loop of the tests, at the
+longest of ``--lengths``.
 Last line: ``ratio_T256=<paths ratio> peak_mem_T512_gb=<y>``.
 """
 
@@ -32,7 +36,22 @@ import torch
 
 from analysis.implicit_attention.block_tree import CACHE_BYTES, last_level_cache_bytes
 from analysis.implicit_attention.common import Reduction
+from analysis.implicit_attention.delta_families import bare_model_internals
+from analysis.implicit_attention.delta_rule import linear_loop_matrices, linear_reduced
 from analysis.implicit_attention.mamba import capture_mamba, mamba_loop_matrices, mamba_reduced
+
+# one recurrent layer of each new kind at its published head shapes (hidden sizes cut to keep the MLPs small)
+RECURRENCES = {
+    "delta rule (Qwen3-Next: 16 key / 32 value heads, d_k = d_v = 128)": ("qwen3_next", dict(
+        hidden_size=1024, intermediate_size=1024, linear_num_key_heads=16, linear_num_value_heads=32,
+        linear_key_head_dim=128, linear_value_head_dim=128, num_experts=0)),
+    "KDA (Kimi Linear: 32 heads, d = 128, channel-wise decay)": ("kimi_linear", dict(
+        hidden_size=1024, intermediate_size=1024, linear_num_heads=32, linear_head_dim=128,
+        mlp_layer_types=["dense"])),
+    "lightning (MiniMax: 64 heads, d = 128)": ("minimax", dict(
+        hidden_size=1024, intermediate_size=256, num_attention_heads=64, head_dim=128, num_local_experts=1,
+        block_size=256)),
+}
 
 
 def build(layers: int):
@@ -63,6 +82,28 @@ def loop(internals, chunk: int = 256):
                     for s in range(0, width, chunk))
         maps.append(total / width)
     return torch.stack(maps)
+
+
+def recurrence_line(name: str, model_type: str, overrides: dict, length: int, repeats: int) -> str:
+    """Vectorised vs loop seconds of one recurrent layer's core-form mean map at ``length``."""
+    from transformers import AutoModelForCausalLM
+
+    from analysis.models.tiny import tiny_config
+
+    torch.manual_seed(0)
+    config = tiny_config(model_type, 512, **{**overrides, "num_hidden_layers": 1, "layer_types": ["linear_attention"]})
+    model = AutoModelForCausalLM.from_config(config).eval().requires_grad_(False)
+    for name_, param in model.named_parameters():  # transformers' init decays by up to e^-20 a step: ~0.05 here
+        if name_.endswith("A_log"):
+            param.data.fill_(-3.0)
+    ids = torch.randint(0, 512, (1, length), generator=torch.Generator().manual_seed(length))
+    inn, capture_s = _timed(lambda: bare_model_internals(model, ids)[0])
+    fast_path = lambda i: linear_reduced(i, i.kind, Reduction("mean"))  # noqa: E731
+    slow_path = lambda i: linear_loop_matrices(i, i.kind).mean(0)  # noqa: E731
+    (fast, slow), (fast_s, slow_s) = _alternating((fast_path, slow_path), inn, repeats=repeats)
+    diff = float((fast - slow).abs().max() / slow.abs().max())
+    return (f"{name} T={length}: capture {capture_s:.2f} s, vectorised {fast_s:.3f} s, loop {slow_s:.3f} s, "
+            f"ratio {slow_s / fast_s:.1f}, max rel diff {diff:.1e}")
 
 
 def _timed(fn, *args):
@@ -143,6 +184,7 @@ def main() -> None:
     parser.add_argument("--long", type=int, default=512)
     parser.add_argument("--layers", type=int, default=24)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per path and length (best is kept)")
+    parser.add_argument("--recurrences", type=int, default=1, help="0: skip the delta-rule / lightning lines")
     args = parser.parse_args()
     loaded = build(args.layers)
     print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs; torch {torch.__version__}, "
@@ -167,6 +209,10 @@ def main() -> None:
         long_s, peak_gb = _run_long(args.layers, args.long)
         print(f"T={args.long}: capture + vectorised {long_s:.2f} s, peak resident memory {peak_gb:.2f} GB "
               "(model included)")
+    if args.recurrences:
+        longest = max(int(t) for t in args.lengths.split(","))
+        for name, (model_type, overrides) in RECURRENCES.items():
+            print(recurrence_line(name, model_type, overrides, longest, args.repeats))
     print(f"ratio_T256={ratios.get(256, float('nan')):.1f} peak_mem_T{args.long}_gb={peak_gb:.2f}")
 
 

@@ -198,13 +198,21 @@ def _capture(hooks: Hooks, build: Build):
 
 capture_qwen3_next = _capture(_qwen3_next_hooks, _qwen3_next_build)
 capture_kimi_linear = _capture(_kimi_hooks, _kimi_build)
-capture_minimax = _capture(_minimax_hooks, _minimax_build)  # no registry entry (see the module docstring)
 
 
-def minimax_internals(model: nn.Module, input_ids: torch.Tensor) -> dict[int, LinearInternals]:
-    """MiniMax's lightning layers captured from a bare transformers model (it has no adapter yet)."""
+SPECS: dict[str, tuple[Hooks, Build]] = {"qwen3_next": (_qwen3_next_hooks, _qwen3_next_build),
+                                         "kimi_linear": (_kimi_hooks, _kimi_build),
+                                         "minimax": (_minimax_hooks, _minimax_build)}
+
+
+def bare_model_internals(model: nn.Module, input_ids: torch.Tensor) -> dict[int, LinearInternals]:
+    """Every recurrent layer of a bare transformers model (no adapter: MiniMax, benchmarks), one forward."""
+    model_type = str(getattr(model.config, "model_type", ""))
+    if model_type not in SPECS:
+        raise PrunescopeError(f"{model_type!r} has no delta-rule or lightning layers; use one of {', '.join(SPECS)}")
+    hooks, build = SPECS[model_type]
     blocks = list(cast(nn.ModuleList, model.get_submodule("model.layers")))
-    return capture_blocks(model, blocks, input_ids, range(len(blocks)), _minimax_hooks, _minimax_build)
+    return capture_blocks(model, blocks, input_ids, range(len(blocks)), hooks, build)
 
 
 def hybrid_softmax_maps(loaded: Loaded, input_ids: torch.Tensor, layers: list[int], reduction: Reduction

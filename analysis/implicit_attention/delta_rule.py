@@ -17,8 +17,11 @@ the new values are u = (I + Lkk)^-1 diag(beta) v and the output o = Lqk u: o_i =
 
     A = Lqk (I + Lkk)^-1 diag(beta)      (one [T, T] matrix per head, shared by its d_v value channels)
 
-computed by one unit-lower-triangular solve per head in float64 (no [T, T, d_k, d_v] buffer; KDA's
-channel-wise decay is summed over key channels one at a time, an O(H T^2) buffer). Lightning attention has
+computed by one unit-lower-triangular solve per head in float64 (no [T, T, d_k, d_v] buffer). KDA's
+channel-wise decay goes by blocks of rows, one matrix product each: exp(G_i - G_j) = exp(G_i - G_r)
+exp(G_r - G_j) with r the block's first row, the block ending before the decay from r spreads past e^300
+in any channel, so neither factor leaves float64's range (a product of two factors loses no precision;
+the entries above the diagonal, where the second factor may be large, are zeroed). Lightning attention has
 no delta correction: ``beta`` is None and A = Lqk with g = -slope per step, so A[i, j] = q_i.k_j exp(-s (i-j)).
 
 Forms: the family's core form (``"delta"``, ``"kda"``, ``"lightning"``: A per head, maps the values entering
@@ -52,6 +55,7 @@ from analysis.implicit_attention.common import (
 from analysis.implicit_attention.ops import RelevanceTarget
 
 UNIFIED = "unified"
+KDA_SPAN = 300.0  # largest log-decay spread within one block of KDA's rows (float64 overflows at e^709)
 
 
 @dataclass
@@ -110,9 +114,15 @@ def _decayed_products(a: torch.Tensor, b: torch.Tensor, log_decay: torch.Tensor,
     if cum.dim() == 2:
         return (a @ b.transpose(1, 2)) * decay(cum)
     out = a.new_zeros(a.shape[0], length, length)
-    for c in range(a.shape[2]):  # over key channels: O(H T^2) memory, never [H, T, T, d_k]
-        out += a[:, :, None, c] * b[:, None, :, c] * decay(cum[:, :, c])
-    return out
+    start = 0
+    while start < length:  # rows in blocks whose decay stays within float64's range: one matrix product each
+        spread = (cum[:, start:start + 1] - cum[:, start:]).amax(dim=(0, 2))  # [T - start], non-decreasing
+        end = start + int(torch.searchsorted(spread, KDA_SPAN, right=True))
+        ref = cum[:, start:start + 1]  # G at the block's first row: exp(G_i - ref) <= 1, exp(ref - G_j) <= e^SPAN
+        out[:, start:end, :end] = (a[:, start:end] * torch.exp(cum[:, start:end] - ref)) @ \
+            (b[:, :end] * torch.exp(ref - cum[:, :end])).transpose(1, 2)
+        start = end
+    return out.masked_fill_(~keep, 0)
 
 
 def recurrence_matrices(q: torch.Tensor, k: torch.Tensor, beta: torch.Tensor | None,
