@@ -46,7 +46,11 @@ def test_every_family_has_every_field(name):
     assert entry.has_softmax_layers is (name in ("transformer", "griffin", "gated_deltanet", "kimi_delta"))
     if entry.has_softmax_layers:
         assert callable(entry.ops.softmax_maps)
-    assert entry.supports_lrp is (name == "transformer")
+    if name in ("gated_deltanet", "kimi_delta"):  # no conservative rules through the delta rule yet
+        assert not entry.supports_lrp and entry.lrp is None
+        return
+    assert entry.supports_lrp and entry.lrp is not None  # MambaLRP rules for the recurrent ones
+    assert bool(entry.lrp) is (name != "transformer")  # transformers: softmax and norms only, no mixer rules
 
 
 def test_transformer_layouts_include_gemma3_text():
@@ -74,7 +78,7 @@ def test_forms_and_lrp_families_come_from_the_registry():
     assert {n: default_form(n) for n in FAMILIES} == {"transformer": "softmax", "mamba": "s6", "mamba2": "s6",
                                                       "rwkv": "unified", "griffin": "unified",
                                                       "gated_deltanet": "delta", "kimi_delta": "kda"}
-    assert LRP_FAMILIES == ("transformer",)
+    assert LRP_FAMILIES == ("transformer", "mamba", "mamba2", "rwkv", "griffin")
 
 
 def test_griffin_recurrent_layers_have_one_definition(tiny_loaded):
