@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, cast
 import torch
 
 from analysis.errors import UnsupportedArchitectureError
-from analysis.models.adapters.base import Layout, ModelAdapter, PrefixState, repeat_cache
+from analysis.models.adapters.base import Layout, ModelAdapter, NeuronSite, PrefixState, repeat_cache
 
 if TYPE_CHECKING:
     from transformers.models.recurrent_gemma.modeling_recurrent_gemma import RecurrentGemmaModel
@@ -140,13 +140,22 @@ class GriffinAdapter(ModelAdapter):
 
 
 class GatedDeltaNetAdapter(TransformerAdapter):
-    """Qwen3-Next: Gated DeltaNet layers beside gated softmax attention, dense MLPs as the neuron site where
-    the config has them. One transformers cache holds both kinds of layer: keys and values, and conv and
-    recurrent states that a cached step overwrites in place (forked per row by ``repeat_cache``)."""
+    """Qwen3-Next: Gated DeltaNet layers beside gated softmax attention, dense MLPs as the neuron site (a
+    sparse-MoE feed-forward, as in the released checkpoints, is refused until MoE neuron sites exist). One
+    transformers cache holds both kinds of layer: keys and values, and conv and recurrent states that a cached
+    step overwrites in place (forked per row by ``repeat_cache``)."""
 
     family = "gated_deltanet"
     layouts = {"qwen3_next": _GATED_MLP}
     state_updated_in_place = True
+
+    def _make_site(self, layer: int) -> NeuronSite:
+        mlp = self._blocks[layer].get_submodule("mlp")
+        if not hasattr(mlp, "down_proj"):
+            raise UnsupportedArchitectureError(
+                f"{self.model_type} layer {layer} has a sparse-MoE feed-forward ({type(mlp).__name__}); prunescope "
+                f"supports {self.model_type} with dense MLPs only (no MoE neuron site yet)")
+        return super()._make_site(layer)
 
     def linear_layers(self) -> list[int]:
         """Layers whose token mixer is recurrent (``block_type == "linear_attention"``); the others are
