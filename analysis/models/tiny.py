@@ -154,7 +154,7 @@ def tiny_config(model_type: str, vocab_size: int, **overrides) -> PretrainedConf
         "kimi_linear": dict(  # dense MLPs in every layer; MLA (multi-head latent attention) in the middle one
             hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
             num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=4, qk_nope_head_dim=8,
-            v_head_dim=8, linear_num_heads=4, linear_head_dim=8, linear_conv_kernel_dim=4,
+            v_head_dim=8, linear_num_heads=2, linear_head_dim=8, linear_conv_kernel_dim=4,
             layer_types=["linear_attention", "full_attention", "linear_attention"],
             mlp_layer_types=["dense"] * 3, max_position_embeddings=MAX_POSITIONS, tie_word_embeddings=False,
         ),
