@@ -93,6 +93,7 @@ TIERS = {
         "test_faithfulness.py",
         "test_gemma3.py",
         "test_general.py",
+        "test_head_grid.py",
         "test_hook_scope.py",
         "test_implicit_delta_rule.py",
         "test_implicit_mamba.py",

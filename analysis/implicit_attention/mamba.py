@@ -93,6 +93,9 @@ class MambaInternals(Internals):
     def n_heads(self) -> int:
         return self.delta.shape[1]
 
+    def n_matrices(self, form: str) -> int:
+        return n_channels(self, form)
+
 
 def _form(form: str) -> MambaForm:
     return check_form(form, FORMS, use="s6 (ssm), or unified")

@@ -13,10 +13,11 @@ from analysis.device import dtype_name
 from analysis.distributed import env_pool
 from analysis.evaluation.faithfulness import faithfulness
 from analysis.families import family_of
+from analysis.head_grid import without_sink
 from analysis.models import model_choices, model_label
 from analysis.models.toy import synthetic_note
 from analysis.tasks import builtin_tasks
-from components import present, settings, speculation, state
+from components import head_grid_view, present, settings, speculation, state
 from components.charts import attention_heatmap, visible_token
 from components.charts_pruning import relevance_chart
 from components.export import chart, report_button, table
@@ -74,6 +75,13 @@ with present.controls():
     other_spec = choose(col_other, "Beside it", "beside", others, default_other, {loaded.name},
                         format_func=model_label,
                         help="a second model's attention on the same text (its last layer by default)")
+    col_sink, col_heads = wrapping_columns(2, "attn_toggles", 260)
+    sink = bool(state.bound(col_sink.toggle, "Leave out the first token (attention sink)", "sink",
+                            widget_key="attn_sink", help="most heads put their weight on the first token "
+                            "(<bos>); without its row and column the colours show where the rest goes (maps and "
+                            "token relevance)"))
+    state.bound(col_heads.toggle, "Every head (layers x heads grid)", "heads", widget_key="attn_heads",
+                help="every layer's heads, or channel groups, as thumbnails; click one to open it here")
 
 if not text.strip():  # one line, instead of one per panel that needs the text
     st.error("the text is empty: type or paste a text to look at")
@@ -83,6 +91,14 @@ if not text.strip():  # one line, instead of one per panel that needs the text
 def describe(*parts: str) -> str:
     """'softmax, mean' rather than 'softmax, softmax, mean': each part once, in order."""
     return ", ".join(dict.fromkeys(p for p in parts if p))
+
+
+def map_figure(maps, title: str):
+    """The map's heatmap, without the first token's row and column when the sink toggle is on."""
+    if sink:
+        return attention_heatmap(without_sink(maps.attn[0]).tolist(), maps.tokens[1:],
+                                 f"{title}, first token {visible_token(maps.tokens[0])!r} left out")
+    return attention_heatmap(maps.attn[0].tolist(), maps.tokens, title)
 
 
 figures, tables = {}, {}
@@ -95,7 +111,7 @@ with left, guarded("attention map"):
                 lambda: attention_maps(loaded, text, form=form, reduce=reduce, layers=[int(layer)]))
     kind = maps.kinds[0]
     title = f"{model_label(loaded.name)} layer {int(layer)} ({describe(kind, maps.form, maps.reduce)})"
-    figures[title] = attention_heatmap(maps.attn[0].tolist(), maps.tokens, title)
+    figures[title] = map_figure(maps, title)
     chart(figures[title], "attn_chart", "attention")
     st.session_state["attn_last"] = {"layer": int(layer), "kind": kind, "tokens": maps.tokens}
 if right is not None:
@@ -105,10 +121,11 @@ if right is not None:
         other_maps = memo(("attn", other.fingerprint(), text, None, "mean", other_layer),
                           lambda: attention_maps(other, text, layers=[other_layer]))
         other_title = f"{other.name} layer {other_layer} ({describe(other_maps.kinds[0], other_maps.form)})"
-        figures[other_title] = attention_heatmap(other_maps.attn[0].tolist(), other_maps.tokens, other_title)
+        figures[other_title] = map_figure(other_maps, other_title)
         chart(figures[other_title], "attn_other_chart", "attention-comparison")
     st.caption("Each map has its own colour scale (0 to its largest weight, or ± its largest |value| for a signed "
                "map): compare where the weight goes, not the colours' strength across the two.")
+figures |= head_grid_view.show(loaded, text, form, sink)
 if toy_note := synthetic_note([loaded.name, *([other_spec] if right is not None else [])]):
     st.caption(toy_note)  # a slide shows it too: it says how to read the maps
 
@@ -125,8 +142,10 @@ if chosen:
         first = next(iter(results.values()))
         target = loaded.tokenizer.decode([first.target_id])
         rel_title = f"relevance for the predicted next token {target!r} ({dtype_name(loaded.dtype)} model)"
-        figures[rel_title] = relevance_chart(first.tokens, {m: r.scores.tolist() for m, r in results.items()},
-                                             rel_title)
+        skip = 1 if sink and len(first.tokens) > 1 else 0  # the sink toggle leaves the first token out here too
+        figures[rel_title] = relevance_chart(first.tokens[skip:], {m: r.scores.tolist()[skip:]
+                                                                   for m, r in results.items()},
+                                             rel_title + (", first token left out" if skip else ""))
         chart(figures[rel_title], "rel_chart", "token-relevance")
         if "ig" in results and results["ig"].delta is not None:
             st.caption(f"ig completeness error (sum of scores − (F(x) − F(baseline))): {results['ig'].delta:.3g}")
