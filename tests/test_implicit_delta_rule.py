@@ -12,6 +12,7 @@ from analysis.attention import attention_maps
 from analysis.attribution.tokens import METHODS, gradient_weighted_maps, token_relevance
 from analysis.errors import PrunescopeError, UnsupportedArchitectureError
 from analysis.families import family_of
+from analysis.head_grid import head_grid
 from analysis.implicit_attention.common import Reduction
 from analysis.implicit_attention.delta_families import bare_model_internals, hybrid_softmax_maps
 from analysis.implicit_attention.delta_rule import (
@@ -227,3 +228,17 @@ def test_token_relevance_every_method_and_lrp_refused(tiny_loaded, model_type):
         assert result.scores.abs().max() > 0, method
     with pytest.raises(PrunescopeError, match=r"^lrp \(conservative propagation\) supports transformer, .*models"):
         token_relevance(loaded, TEXT, "lrp")
+
+
+@pytest.mark.parametrize("model_type", list(KINDS))
+def test_head_grid_cells_are_heads_of_both_kinds(tiny_loaded, model_type):
+    """Core form: one cell per value head (the recurrence's own matrix); unified: one per value channel."""
+    loaded = tiny_loaded(model_type)
+    inn = _capture(loaded, TEXT)[2]
+    grid = head_grid(loaded, TEXT)
+    assert grid.kinds == ["implicit", "softmax", "implicit"] and grid.form == KINDS[model_type]
+    assert grid.labels[2] == [f"head {h}" for h in range(inn.n_heads)]
+    assert len(grid.cells[1]) == loaded.model.config.num_attention_heads
+    torch.testing.assert_close(torch.stack(grid.cells[2]), linear_matrices(inn, inn.kind))
+    unified = head_grid(loaded, TEXT, form="unified", layers=[2])
+    assert unified.labels[0] == [f"channel {c}" for c in range(inn.n_channels)]

@@ -87,6 +87,9 @@ class LinearInternals(Internals):
     def head_dim(self) -> int:
         return self.n_channels // self.n_heads
 
+    def n_matrices(self, form: str) -> int:
+        return n_matrices(self, form)
+
     @property
     def source(self) -> torch.Tensor:
         """What the unified form's matrices multiply: the values before the conv, or the values."""
