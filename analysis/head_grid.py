@@ -88,9 +88,10 @@ def _matrix_counts(loaded: LoadedModel, overview: AttentionMaps) -> dict[int, tu
     implicit = [layer for layer, kind in zip(overview.layers, overview.kinds, strict=True) if kind != SOFTMAX]
     if implicit:
         ids = torch.tensor([overview.input_ids], device=loaded.device)
-        internals = family_of(loaded).require("capture")(loaded, ids, implicit)
-        for layer in implicit:
-            n = internals[layer].n_matrices(overview.form)
+        entry = family_of(loaded)
+        internals, form = entry.require("capture")(loaded, ids, implicit), entry.implicit_form(overview.form)
+        for layer in implicit:  # a hybrid's implicit layers under "softmax" are shown in its implicit form
+            n = internals[layer].n_matrices(form)
             counts[layer] = (n, "head" if n < internals[layer].n_channels else "channel")
     heads = getattr(loaded.model.config.get_text_config(), "num_attention_heads", None)
     for layer in set(overview.layers) - set(counts):

@@ -65,7 +65,8 @@ def head_grid_figure(grid: HeadGrid, sink: bool = False, picked: tuple[int, int]
     pooled = len(tokens) > size
     fig.update_layout(
         title=dict(text=f"{title}<br><sup>{_axis_note(tokens, pooled, sink, grid.tokens)}</sup>", y=1,
-                   yanchor="top", yref="container", pad=dict(t=16)), height=max(360, 150 + len(cells) * max(24, min(48, 900 // max(width, 1)))),
+                   yanchor="top", yref="container", pad=dict(t=16)),
+        height=max(360, 150 + len(cells) * max(24, min(48, 900 // max(width, 1)))),
         xaxis=dict(tickvals=[h * step + centre for h in range(width)], ticktext=head_labels, side="top",
                    tickangle=0 if max(map(len, head_labels), default=0) * width <= 100 else -45, showgrid=False,
                    zeroline=False),

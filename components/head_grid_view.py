@@ -8,8 +8,9 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from analysis.families import Form
-from analysis.head_grid import HeadGrid, head_grid
+from analysis.head_grid import HeadGrid
 from analysis.models import LoadedModel, model_label
+from analysis.queries import HeadGridQuery
 from components import state
 from components.charts_heads import head_grid_figure
 from components.export import chart
@@ -50,8 +51,8 @@ def show(loaded: LoadedModel, text: str, form: Form, sink: bool) -> dict[str, go
         return {}
     figures: dict[str, go.Figure] = {}
     with guarded("head grid"):
-        grid = memo(("heads", loaded.fingerprint(), text, form),
-                    lambda: head_grid(loaded, text, form=form))
+        query = HeadGridQuery(text, form)
+        grid = memo(query.key(loaded), lambda: query.run(loaded))
         title = f"{model_label(loaded.name)}: every layer's heads ({grid.form})"
         figure = head_grid_figure(grid, sink=sink, title=title,
                                   picked=shown_cell(grid, int(state.get("layer")), str(state.get("reduce"))))

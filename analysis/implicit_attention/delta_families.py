@@ -11,7 +11,8 @@ parameters and functions (its modeling module's ``l2norm``: Qwen3-Next's and Kim
 and every form is checked against tensors the real forward produced (``linear_reconstruct``).
 
 Softmax-attention layers have no implicit matrices: the captures skip them and :func:`hybrid_softmax_maps`
-returns their real probabilities (eager attention, the output of the block's ``self_attn``).
+returns their real probabilities (eager attention, the output of the block's ``self_attn``, through
+:func:`~analysis.implicit_attention.softmax.attention_module_maps`).
 
 MiniMax builds a sparse-MoE block in every layer (no dense setting), so it has a capture here (tested) but no
 registry entry: its neuron site waits for the MoE sites, and its cache keeps the lightning states in a list
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from analysis.errors import PrunescopeError
-from analysis.implicit_attention.common import Reduction, check_layers, eager_attention, prompt_ids
+from analysis.implicit_attention.common import Reduction, check_layers, prompt_ids
 from analysis.implicit_attention.delta_rule import (
     LinearInternals,
     linear_matrices,
@@ -37,7 +38,7 @@ from analysis.implicit_attention.delta_rule import (
     relevance_target_at,
 )
 from analysis.implicit_attention.ops import FamilyOps
-from analysis.implicit_attention.softmax import reduce_heads
+from analysis.implicit_attention.softmax import attention_module_maps
 from analysis.models.adapters import GatedDeltaNetAdapter, KimiDeltaAdapter
 from analysis.models.hooks import hook_scope
 from analysis.models.loader import onloaded
@@ -218,22 +219,9 @@ def bare_model_internals(model: nn.Module, input_ids: torch.Tensor) -> dict[int,
 def hybrid_softmax_maps(loaded: Loaded, input_ids: torch.Tensor, layers: list[int], reduction: Reduction
                         ) -> dict[int, torch.Tensor]:
     """[T, T] softmax probabilities of each requested softmax-attention layer (the recurrent ones are
-    skipped), reduced over heads, from one forward with eager attention (switched back afterwards)."""
-    chosen = [i for i in check_layers(loaded, layers) if not is_linear(loaded.adapter.block(i))]
-    ids = prompt_ids(input_ids, loaded.device)
-    maps: dict[int, torch.Tensor] = {}
-
-    def hook(layer):
-        def fn(_module, _args, output):
-            maps[layer] = reduce_heads(output[1][0].detach().float(), reduction)
-        return fn
-
-    with eager_attention(loaded), hook_scope(loaded.model) as add:
-        for i in chosen:
-            add(loaded.adapter.block(i).get_submodule("self_attn"), hook(i))
-        with torch.no_grad():
-            loaded.model(input_ids=ids, use_cache=False)
-    return maps
+    skipped), reduced over heads, from one eager forward (the block's ``self_attn`` output)."""
+    attention = {i: "self_attn" for i in check_layers(loaded, layers) if not is_linear(loaded.adapter.block(i))}
+    return attention_module_maps(loaded, input_ids, attention, reduction) if attention else {}
 
 
 GATED_DELTANET_OPS = FamilyOps(

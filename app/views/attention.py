@@ -7,15 +7,15 @@ from functools import partial
 import pandas as pd
 import streamlit as st
 
-from analysis.attention import FORMS, attention_maps
-from analysis.attribution.tokens import LRP_FAMILIES, METHODS, token_relevance
+from analysis.attention import FORMS
+from analysis.attribution.tokens import LRP_FAMILIES, METHODS
 from analysis.device import dtype_name
 from analysis.distributed import env_pool
-from analysis.evaluation.faithfulness import faithfulness
 from analysis.families import family_of
 from analysis.head_grid import without_sink
 from analysis.models import model_choices, model_label
 from analysis.models.toy import synthetic_note
+from analysis.queries import FaithfulnessQuery, MapsQuery, RelevanceQuery
 from analysis.tasks import builtin_tasks
 from components import head_grid_view, present, settings, speculation, state
 from components.charts import attention_heatmap, visible_token
@@ -23,7 +23,7 @@ from components.charts_pruning import relevance_chart
 from components.export import chart, report_button, table
 from components.layout import wrapping_columns
 from components.markup import echo
-from components.results import keep, result_key, shown
+from components.results import keep, shown
 from components.widgets import cached_model, guarded, memo, require_model
 
 NO_COMPARISON = "none"
@@ -107,8 +107,8 @@ MAP_MIN_WIDTH = 420  # px: below this an attention map's token labels crowd its 
 left, right = wrapping_columns(2, "attn_pair", MAP_MIN_WIDTH, gap="medium") if other_spec != NO_COMPARISON \
     else (st.container(), None)
 with left, guarded("attention map"):
-    maps = memo(("attn", loaded.fingerprint(), text, form, reduce, int(layer)),
-                lambda: attention_maps(loaded, text, form=form, reduce=reduce, layers=[int(layer)]))
+    query = MapsQuery(text, form, reduce, (int(layer),))
+    maps = memo(query.key(loaded), lambda: query.run(loaded))
     kind = maps.kinds[0]
     title = f"{model_label(loaded.name)} layer {int(layer)} ({describe(kind, maps.form, maps.reduce)})"
     figures[title] = map_figure(maps, title)
@@ -118,8 +118,8 @@ if right is not None:
     with right, guarded(f"attention of {other_spec}"):
         other = cached_model(other_spec, "auto", "auto")
         other_layer = min(int(layer), other.n_layers - 1)
-        other_maps = memo(("attn", other.fingerprint(), text, None, "mean", other_layer),
-                          lambda: attention_maps(other, text, layers=[other_layer]))
+        other_query = MapsQuery(text, layers=(other_layer,))
+        other_maps = memo(other_query.key(other), lambda: other_query.run(other))
         other_title = f"{other.name} layer {other_layer} ({describe(other_maps.kinds[0], other_maps.form)})"
         figures[other_title] = map_figure(other_maps, other_title)
         chart(figures[other_title], "attn_other_chart", "attention-comparison")
@@ -137,8 +137,8 @@ chosen = state.bound(st.multiselect, "Methods", "rel_methods", widget_key="rel_m
                      help="relevance of each token for the model's top next-token prediction")
 if chosen:
     with guarded("token relevance"):
-        results = {m: memo(("relevance", loaded.fingerprint(), text, m, form),
-                           partial(token_relevance, loaded, text, m, form=form)) for m in chosen}
+        queries = {m: RelevanceQuery(text, m, form) for m in chosen}
+        results = {m: memo(q.key(loaded), partial(q.run, loaded)) for m, q in queries.items()}
         first = next(iter(results.values()))
         target = loaded.tokenizer.decode([first.target_id])
         rel_title = f"relevance for the predicted next token {target!r} ({dtype_name(loaded.dtype)} model)"
@@ -165,11 +165,12 @@ with present.controls("Faithfulness settings"):
     faith_work = int(faith_n) * (len(chosen) + 1)  # per prompt: each method, and the random orders
     speculation.cost_note(loaded, faith_work, "faith", f"{int(faith_n)} prompts x {len(chosen)} methods and random")
     run = c_run.button("Run faithfulness", key="faith_run", disabled=not chosen)
-faith_key = result_key(loaded, "faithfulness", task_name, int(faith_n), tuple(chosen))
+faith_query = FaithfulnessQuery(task_name, int(faith_n), tuple(chosen))
+faith_key = faith_query.key(loaded)
 with guarded("faithfulness test"):  # a click starts a job; while it runs every rerun follows it
-    faith = speculation.follow("job_faithfulness", faith_key, "Faithfulness", lambda progress: faithfulness(
-        loaded, builtin_tasks()[task_name], chosen, int(faith_n), shots=2, progress=progress,
-        pool=env_pool(loaded.name)), start=run, total=int(faith_n), speed=(loaded, "faith", faith_work))
+    faith = speculation.follow("job_faithfulness", faith_key, "Faithfulness", lambda progress: faith_query.run(
+        loaded, progress=progress, pool=env_pool(loaded.name)), start=run, total=int(faith_n),
+        speed=(loaded, "faith", faith_work))
     if faith is not None:
         keep("faith_table", faith_key, faith, f"{task_name}, {int(faith_n)} prompts, {', '.join(chosen)}, "
                                               f"{model_label(loaded.name)}")
