@@ -21,7 +21,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from analysis.errors import PrunescopeError, UnsupportedArchitectureError
-from analysis.implicit_attention import conservative, griffin, lfm2, mamba, mamba_hybrid, rwkv, softmax, xlstm
+from analysis.implicit_attention import (
+    conservative,
+    delta_families,
+    griffin,
+    lfm2,
+    mamba,
+    mamba_hybrid,
+    rwkv,
+    softmax,
+    xlstm,
+)
 from analysis.implicit_attention.conservative import Rule
 from analysis.implicit_attention.ops import (
     FORM_NAMES,
@@ -36,8 +46,10 @@ from analysis.implicit_attention.ops import (
     SoftmaxMaps,
 )
 from analysis.models.adapters import (
+    GatedDeltaNetAdapter,
     GriffinAdapter,
     HybridMamba2Adapter,
+    KimiDeltaAdapter,
     Lfm2Adapter,
     Mamba2Adapter,
     MambaAdapter,
@@ -151,6 +163,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("zamba2", Zamba2Adapter, mamba_hybrid.HYBRID_MAMBA2_OPS),
     Family("lfm2", Lfm2Adapter, lfm2.LFM2_OPS),
     Family("xlstm", XlstmAdapter, xlstm.XLSTM_OPS),
+    Family("gated_deltanet", GatedDeltaNetAdapter, delta_families.GATED_DELTANET_OPS),
+    Family("kimi_delta", KimiDeltaAdapter, delta_families.KIMI_DELTA_OPS),
 )}
 
 

@@ -24,6 +24,8 @@ EXPECTED_CLASS = {
     "gemma3_text": "Gemma3ForCausalLM",
     "lfm2": "Lfm2ForCausalLM",
     "xlstm": "xLSTMForCausalLM",
+    "qwen3_next": "Qwen3NextForCausalLM",
+    "kimi_linear": "KimiLinearForCausalLM",
 }
 PROMPT = "apple -> APPLE\nFrance -> Paris\ncat ->"
 UNICODE_TEXT = "héllo -> HÉLLO\n 2, 3 çà ñ 日本 🙂\t!"

@@ -3,8 +3,10 @@ list the loader picks from). The family registry, analysis/families.py, names th
 
 from analysis.models.adapters.base import Layout, ModelAdapter, NeuronSite, PrefixState
 from analysis.models.adapters.families import (
+    GatedDeltaNetAdapter,
     GriffinAdapter,
     HybridMamba2Adapter,
+    KimiDeltaAdapter,
     Lfm2Adapter,
     Mamba2Adapter,
     MambaAdapter,
@@ -18,6 +20,7 @@ from analysis.models.adapters.families import (
     supported_architectures,
 )
 
-__all__ = ["GriffinAdapter", "HybridMamba2Adapter", "Layout", "Lfm2Adapter", "Mamba2Adapter", "MambaAdapter",
-           "ModelAdapter", "NeuronSite", "PrefixState", "RwkvAdapter", "TransformerAdapter", "XlstmAdapter",
-           "Zamba2Adapter", "adapter_class_for", "make_adapter", "registered_adapters", "supported_architectures"]
+__all__ = ["GatedDeltaNetAdapter", "GriffinAdapter", "HybridMamba2Adapter", "KimiDeltaAdapter", "Layout",
+           "Lfm2Adapter", "Mamba2Adapter", "MambaAdapter", "ModelAdapter", "NeuronSite", "PrefixState", "RwkvAdapter",
+           "TransformerAdapter", "XlstmAdapter", "Zamba2Adapter", "adapter_class_for", "make_adapter",
+           "registered_adapters", "supported_architectures"]
