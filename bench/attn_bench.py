@@ -23,7 +23,10 @@ Last line: ``ratio_T256=<paths ratio> peak_mem_T512_gb=<y>``.
 Before it, one line per newer recurrence kind (``--kinds``, default all; ``--kinds none`` skips them) at the
 first of ``--lengths``' longest length: LFM2's gated short convolution (hidden 1024, 3 taps, as LFM2-350M;
 unified form) and xLSTM's mLSTM (hidden 512, 4 heads, q/k 256, v 512, chunks of 64; mlstm form), each on a
-random two-layer model, mean map of layer 0 from the vectorised path against its float64 loop reference.
+random two-layer model, mean map of layer 0 from the vectorised path against its float64 loop reference;
+and the delta-rule / linear-attention recurrences (``delta``, ``kda``, ``lightning``): one layer at the published
+head shapes (random weights, decay ~0.05 a step), core form, mean over heads, through the vectorised path
+(:func:`linear_reduced`: one triangular solve per head) and the fp64 position loop of the tests.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ import torch
 
 from analysis.implicit_attention.block_tree import CACHE_BYTES, last_level_cache_bytes
 from analysis.implicit_attention.common import Reduction
+from analysis.implicit_attention.delta_families import bare_model_internals
+from analysis.implicit_attention.delta_rule import linear_loop_matrices, linear_reduced
 from analysis.implicit_attention.mamba import capture_mamba, mamba_loop_matrices, mamba_reduced
 
 
@@ -172,6 +177,19 @@ def _xlstm_kind():
 
 
 KINDS = {"lfm2": _lfm2_kind, "xlstm": _xlstm_kind}
+# one recurrent layer of each delta-rule / linear-attention kind at its published head shapes (hidden sizes cut
+# to keep the MLPs small): bench name -> (title, model type, config overrides)
+RECURRENCES = {
+    "delta": ("delta rule (Qwen3-Next: 16 key / 32 value heads, d_k = d_v = 128)", "qwen3_next", dict(
+        hidden_size=1024, intermediate_size=1024, linear_num_key_heads=16, linear_num_value_heads=32,
+        linear_key_head_dim=128, linear_value_head_dim=128, num_experts=0)),
+    "kda": ("KDA (Kimi Linear: 32 heads, d = 128, channel-wise decay)", "kimi_linear", dict(
+        hidden_size=1024, intermediate_size=1024, linear_num_heads=32, linear_head_dim=128,
+        mlp_layer_types=["dense"])),
+    "lightning": ("lightning (MiniMax: 64 heads, d = 128)", "minimax", dict(
+        hidden_size=1024, intermediate_size=256, num_attention_heads=64, head_dim=128, num_local_experts=1,
+        block_size=256)),
+}
 
 
 def kind_line(name: str, length: int, repeats: int, chunk: int = 128) -> str:
@@ -199,6 +217,30 @@ def kind_line(name: str, length: int, repeats: int, chunk: int = 128) -> str:
             f"ratio {slow_s / fast_s:.0f}, max rel diff {diff:.1e}")
 
 
+def recurrence_line(name: str, length: int, repeats: int) -> str:
+    """Vectorised vs loop seconds of one delta-rule / lightning layer's core-form mean map at ``length`` (a bare
+    transformers model: MiniMax has no adapter)."""
+    from transformers import AutoModelForCausalLM
+
+    from analysis.models.tiny import tiny_config
+
+    title, model_type, overrides = RECURRENCES[name]
+    torch.manual_seed(0)
+    config = tiny_config(model_type, 512, **{**overrides, "num_hidden_layers": 1, "layer_types": ["linear_attention"]})
+    model = AutoModelForCausalLM.from_config(config).eval().requires_grad_(False)
+    for param_name, param in model.named_parameters():  # transformers' init decays by up to e^-20 a step
+        if param_name.endswith("A_log"):
+            param.data.fill_(-3.0)
+    ids = torch.randint(0, 512, (1, length), generator=torch.Generator().manual_seed(length))
+    inn, capture_s = _timed(lambda: bare_model_internals(model, ids)[0])
+    fast_path = lambda i: linear_reduced(i, i.kind, Reduction("mean"))  # noqa: E731
+    slow_path = lambda i: linear_loop_matrices(i, i.kind).mean(0)  # noqa: E731
+    (fast, slow), (fast_s, slow_s) = _alternating((fast_path, slow_path), inn, repeats=repeats)
+    diff = float((fast - slow).abs().max() / slow.abs().max())
+    return (f"{title}, T={length}: capture {capture_s:.2f} s, vectorised {fast_s:.3f} s, loop {slow_s:.2f} s, "
+            f"ratio {slow_s / fast_s:.0f}, max rel diff {diff:.1e}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", default="64,128,256")
@@ -206,7 +248,8 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=24)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per path and length (best is kept)")
     parser.add_argument("--model-type", default="mamba", choices=("mamba", "falcon_mamba"))
-    parser.add_argument("--kinds", default=",".join(KINDS), help="newer recurrence kinds to time, or none")
+    parser.add_argument("--kinds", default=",".join([*KINDS, *RECURRENCES]),
+                        help="newer recurrence kinds to time, or none")
     args = parser.parse_args()
     loaded = build(args.layers, args.model_type)
     print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs; torch {torch.__version__}, "
@@ -231,8 +274,12 @@ def main() -> None:
         long_s, peak_gb = _run_long(args.layers, args.long, args.model_type)
         print(f"T={args.long}: capture + vectorised {long_s:.2f} s, peak resident memory {peak_gb:.2f} GB "
               "(model included)")
-    for name in (k for k in args.kinds.split(",") if k in KINDS):
-        print(kind_line(name, max(int(t) for t in args.lengths.split(",")), args.repeats))
+    longest = max(int(t) for t in args.lengths.split(","))
+    for name in args.kinds.split(","):
+        if name in KINDS:
+            print(kind_line(name, longest, args.repeats))
+        elif name in RECURRENCES:
+            print(recurrence_line(name, longest, args.repeats))
     print(f"ratio_T256={ratios.get(256, float('nan')):.1f} peak_mem_T{args.long}_gb={peak_gb:.2f}")
 
 

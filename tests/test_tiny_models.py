@@ -24,6 +24,8 @@ EXPECTED_CLASS = {
     "gemma3_text": "Gemma3ForCausalLM",
     "lfm2": "Lfm2ForCausalLM",
     "xlstm": "xLSTMForCausalLM",
+    "qwen3_next": "Qwen3NextForCausalLM",
+    "kimi_linear": "KimiLinearForCausalLM",
     "jamba": "JambaForCausalLM",
     "granitemoehybrid": "GraniteMoeHybridForCausalLM",
     "nemotron_h": "NemotronHForCausalLM",

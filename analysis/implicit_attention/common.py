@@ -136,6 +136,16 @@ def reduce_in_chunks(matrices: Callable[[torch.Tensor], torch.Tensor], n_channel
     return total / len(selected)
 
 
+def fold_causal_conv(alpha: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``alpha @ Toeplitz(conv)`` for a depthwise causal conv ``c_j = sum_k weight[:, k] x_{j-(K-1)+k}``:
+    ``out[c, t, s] = sum_d alpha[c, t, s + d] * weight[c, K - 1 - d]`` (a loop over taps, not positions)."""
+    taps, length = weight.shape[1], alpha.shape[-1]
+    out = torch.zeros_like(alpha)
+    for d in range(min(taps, length)):
+        out[:, :, :length - d] += alpha[:, :, d:] * weight[:, taps - 1 - d, None, None]
+    return out
+
+
 @contextmanager
 def eager_attention(loaded: Loaded) -> Iterator[None]:
     """Run the model with the eager attention implementation (the only one returning probabilities), under

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from analysis.models.protocols import Loaded
 
 # every attention-map form of every family (each family's own are its ops' ``forms``)
-Form = Literal["softmax", "s6", "unified", "wkv", "rglru", "conv", "mlstm"]
+Form = Literal["softmax", "s6", "unified", "wkv", "rglru", "conv", "mlstm", "delta", "kda", "lightning"]
 FORM_NAMES: tuple[Form, ...] = get_args(Form)
 # where gradattn reads dF/dy: the input or output of a module, or y = norm input * SiLU(gate) in a pre-hook
 RelevanceHow = Literal["input", "output", "gated"]

@@ -29,6 +29,8 @@ TINY_FAMILIES: tuple[str, ...] = (
     "zamba2",
     "lfm2",
     "xlstm",
+    "qwen3_next",
+    "kimi_linear",
     "jamba",
     "granitemoehybrid",
     "nemotron_h",
@@ -184,6 +186,26 @@ def tiny_config(model_type: str, vocab_size: int, **overrides) -> PretrainedConf
             # chunks of 8 tokens, so a prompt runs through the chunkwise kernel and the recurrent one for its tail
             hidden_size=32, num_hidden_layers=2, num_heads=4, qk_dim_factor=2.0, v_dim_factor=2.0,
             ffn_proj_factor=2.0, ffn_round_up_to_multiple_of=64, chunk_size=8, tie_word_embeddings=False,
+        ),
+        "qwen3_next": dict(  # dense MLPs (no experts); 4 value heads on 2 key heads, as the real model groups them
+            hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=8, linear_num_key_heads=2, linear_num_value_heads=4,
+            linear_key_head_dim=8, linear_value_head_dim=8, linear_conv_kernel_dim=4, num_experts=0,
+            layer_types=["linear_attention", "full_attention", "linear_attention"],
+            max_position_embeddings=MAX_POSITIONS, tie_word_embeddings=False,
+        ),
+        "kimi_linear": dict(  # dense MLPs in every layer; MLA (multi-head latent attention) in the middle one
+            hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+            num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=4, qk_nope_head_dim=8,
+            v_head_dim=8, linear_num_heads=2, linear_head_dim=8, linear_conv_kernel_dim=4,
+            layer_types=["linear_attention", "full_attention", "linear_attention"],
+            mlp_layer_types=["dense"] * 3, max_position_embeddings=MAX_POSITIONS, tie_word_embeddings=False,
+        ),
+        "minimax": dict(  # not in TINY_FAMILIES: every MiniMax layer is sparse MoE (no family entry yet)
+            hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=8, num_local_experts=2, num_experts_per_tok=1, block_size=4,
+            layer_types=["linear_attention", "full_attention", "linear_attention"],
+            max_position_embeddings=MAX_POSITIONS, tie_word_embeddings=False,
         ),
         # hybrids: every layer 64 neurons (neuron IG needs equal widths): 4 experts x 16 channels per MoE layer
         "jamba": dict(  # Mamba-1 / attention, each followed by a MoE layer (expert_layer_period 1)

@@ -3,10 +3,12 @@ list the loader picks from). The family registry, analysis/families.py, names th
 
 from analysis.models.adapters.base import Layout, ModelAdapter, NeuronSite, PrefixState, SiteChoice
 from analysis.models.adapters.families import (
+    GatedDeltaNetAdapter,
     GraniteMoeHybridAdapter,
     GriffinAdapter,
     HybridMamba2Adapter,
     JambaAdapter,
+    KimiDeltaAdapter,
     Lfm2Adapter,
     Mamba2Adapter,
     MambaAdapter,
@@ -22,7 +24,8 @@ from analysis.models.adapters.families import (
 )
 from analysis.models.adapters.hybrids import HybridAdapter
 
-__all__ = ["GraniteMoeHybridAdapter", "GriffinAdapter", "HybridAdapter", "HybridMamba2Adapter", "JambaAdapter",
-           "Layout", "Lfm2Adapter", "Mamba2Adapter", "MambaAdapter", "ModelAdapter", "NemotronHAdapter",
-           "NeuronSite", "PrefixState", "RwkvAdapter", "SiteChoice", "TransformerAdapter", "XlstmAdapter",
-           "Zamba2Adapter", "adapter_class_for", "make_adapter", "registered_adapters", "supported_architectures"]
+__all__ = ["GatedDeltaNetAdapter", "GraniteMoeHybridAdapter", "GriffinAdapter", "HybridAdapter",
+           "HybridMamba2Adapter", "JambaAdapter", "KimiDeltaAdapter", "Layout", "Lfm2Adapter", "Mamba2Adapter",
+           "MambaAdapter", "ModelAdapter", "NemotronHAdapter", "NeuronSite", "PrefixState", "RwkvAdapter",
+           "SiteChoice", "TransformerAdapter", "XlstmAdapter", "Zamba2Adapter", "adapter_class_for", "make_adapter",
+           "registered_adapters", "supported_architectures"]

@@ -351,9 +351,41 @@ class _StatesFromStart(Mapping):
         return len(self._states)
 
 
+class GatedDeltaNetAdapter(TransformerAdapter):
+    """Qwen3-Next: Gated DeltaNet layers beside gated softmax attention, dense MLPs as the neuron site (a
+    sparse-MoE feed-forward, as in the released checkpoints, is refused until MoE neuron sites exist). One
+    transformers cache holds both kinds of layer: keys and values, and conv and recurrent states that a cached
+    step overwrites in place (forked per row by ``repeat_cache``)."""
+
+    family = "gated_deltanet"
+    layouts = {"qwen3_next": _GATED_MLP}
+    state_updated_in_place = True
+
+    def _make_site(self, layer: int) -> NeuronSite:
+        mlp = self._blocks[layer].get_submodule("mlp")
+        if not hasattr(mlp, "down_proj"):
+            raise UnsupportedArchitectureError(
+                f"{self.model_type} layer {layer} has a sparse-MoE feed-forward ({type(mlp).__name__}); prunescope "
+                f"supports {self.model_type} with dense MLPs only (no MoE neuron site yet)")
+        return super()._make_site(layer)
+
+    def linear_layers(self) -> list[int]:
+        """Layers whose token mixer is recurrent (``block_type == "linear_attention"``); the others are
+        softmax attention."""
+        return [i for i, b in enumerate(self._blocks) if getattr(b, "block_type", None) == "linear_attention"]
+
+
+class KimiDeltaAdapter(GatedDeltaNetAdapter):
+    """Kimi Linear: Kimi Delta Attention layers beside multi-head latent attention (MLA); the cache as above."""
+
+    family = "kimi_delta"
+    layouts = {"kimi_linear": _GATED_MLP}
+
+
 ADAPTERS: tuple[type[ModelAdapter], ...] = (TransformerAdapter, MambaAdapter, Mamba2Adapter, RwkvAdapter,
                                              GriffinAdapter, HybridMamba2Adapter, Zamba2Adapter, Lfm2Adapter,
-                                             XlstmAdapter, JambaAdapter, GraniteMoeHybridAdapter, NemotronHAdapter)
+                                             XlstmAdapter, GatedDeltaNetAdapter, KimiDeltaAdapter, JambaAdapter,
+                                             GraniteMoeHybridAdapter, NemotronHAdapter)
 
 
 def registered_adapters() -> tuple[type[ModelAdapter], ...]:
