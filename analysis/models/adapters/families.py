@@ -18,6 +18,7 @@ from torch import nn
 
 from analysis.errors import UnsupportedArchitectureError
 from analysis.models.adapters.base import Layout, ModelAdapter, NeuronSite, PrefixState, repeat_cache
+from analysis.models.adapters.hybrids import GraniteMoeHybridAdapter, JambaAdapter, NemotronHAdapter
 
 if TYPE_CHECKING:
     from transformers.models.recurrent_gemma.modeling_recurrent_gemma import RecurrentGemmaModel
@@ -48,7 +49,7 @@ class TransformerAdapter(ModelAdapter):
 class MambaAdapter(ModelAdapter):
     family = "mamba"
     # Falcon-Mamba is Mamba-1 with RMS-normalised B, C and dt (its capture reads them from the norms)
-    layouts = {t: Layout("backbone.layers", "mixer.out_proj", "input", "mixer.out_proj")
+    layouts = {t: Layout("backbone.layers", "mixer.out_proj", "input", "mixer.out_proj", "mixer")
                for t in ("mamba", "falcon_mamba")}
     state_updated_in_place = True
 
@@ -61,7 +62,7 @@ class MambaAdapter(ModelAdapter):
 
 class Mamba2Adapter(MambaAdapter):
     family = "mamba2"
-    layouts = {"mamba2": Layout("backbone.layers", "mixer.out_proj", "input", "mixer.out_proj")}
+    layouts = {"mamba2": Layout("backbone.layers", "mixer.out_proj", "input", "mixer.out_proj", "mixer")}
     # the step sizes are a [batch, tokens, heads] tensor with few heads: its last elements go through PyTorch's
     # scalar tail loop (softplus, exp), whose last bit can differ from the vectorised body's, and which elements
     # fall there depends on the batch's height; so conditions are not stacked in one batch (conditions.py)
@@ -227,7 +228,8 @@ class Zamba2Adapter(HybridMamba2Adapter):
 
     def _make_site(self, layer: int) -> NeuronSite:
         width = self._blocks[layer].get_submodule(self._site_path(layer)).in_features
-        return NeuronSite(layer, f"{self.layout.layers}.{layer}.{self._site_path(layer)}", self.layout.io, int(width))
+        return NeuronSite(layer, f"{self.layout.layers}.{layer}.{self._site_path(layer)}", self.layout.io, int(width),
+                          "mixer")
 
     def site_module(self, layer: int) -> nn.Module:
         return self._blocks[layer].get_submodule(self._site_path(layer))
@@ -382,7 +384,8 @@ class KimiDeltaAdapter(GatedDeltaNetAdapter):
 
 ADAPTERS: tuple[type[ModelAdapter], ...] = (TransformerAdapter, MambaAdapter, Mamba2Adapter, RwkvAdapter,
                                              GriffinAdapter, HybridMamba2Adapter, Zamba2Adapter, Lfm2Adapter,
-                                             XlstmAdapter, GatedDeltaNetAdapter, KimiDeltaAdapter)
+                                             XlstmAdapter, GatedDeltaNetAdapter, KimiDeltaAdapter, JambaAdapter,
+                                             GraniteMoeHybridAdapter, NemotronHAdapter)
 
 
 def registered_adapters() -> tuple[type[ModelAdapter], ...]:
