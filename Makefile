@@ -37,10 +37,14 @@ browser:
 	  if [ "$$S" != none ] && $$S apt-get update -qq && $$S env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	     --no-install-recommends chromium; then :; else echo "note: chromium not installed; the browser test will skip"; fi; }
 
+# pytest runs on TEST_WORKERS processes (pytest-xdist), each test module on one of them (--dist loadfile keeps a
+# module's fixtures in one process); each process takes its share of the cores (tests/conftest.py).
+# TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= 2
 test: setup browser
 	$(PY) -m ruff check analysis components app tests bench
 	$(PY) -m mypy analysis components app
-	$(PY) -m pytest
+	$(PY) -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 # The unit tier only (pure functions; every test module's tier is in tests/conftest.py): under two minutes,
 # a quick check while editing. `make test` still runs every tier.

@@ -18,6 +18,20 @@ FAMILY_OF = {"llama": "transformer", "gpt2": "transformer", "gpt_neox": "transfo
              "jamba": "jamba", "granitemoehybrid": "granitemoehybrid", "nemotron_h": "nemotron_h"}
 
 
+def _share_the_cores() -> None:
+    """Under pytest-xdist, each worker process takes its share of the cores for torch's intra-op threads (two
+    workers of two threads each on two cores spin against each other)."""
+    import os
+
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+_share_the_cores()
+
+
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory) -> dict[str, str]:
     """model_type -> directory of a saved tiny random model (built once per test session)."""

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from analysis.attention import attention_maps
 from analysis.attribution.tokens import METHODS, gradient_weighted_maps, token_relevance
-from analysis.errors import PrunescopeError, UnsupportedArchitectureError
+from analysis.errors import PrunescopeError
 from analysis.families import family_of
 from analysis.head_grid import head_grid
 from analysis.implicit_attention.common import Reduction
@@ -26,7 +26,9 @@ from analysis.implicit_attention.delta_rule import (
 )
 from analysis.implicit_attention.ops import RelevanceTarget
 from analysis.models import load_model
+from analysis.models.hooks import hook_scope
 from analysis.models.tiny import _reinit, build_tiny_model, tiny_config
+from analysis.pruning import NeuronMask
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -204,16 +206,41 @@ def test_relevance_targets_and_bad_input(tiny_loaded, model_type, module):
                                (one.q[:, 0] * one.k[:, 0]).sum(-1) * one.beta[:, 0])
 
 
-@pytest.mark.parametrize("model_type,moe", [
-    ("qwen3_next", dict(num_experts=2, num_experts_per_tok=1, moe_intermediate_size=8)),
-    ("kimi_linear", dict(mlp_layer_types=["dense", "sparse", "dense"], num_experts=2, num_experts_per_tok=1,
-                         moe_intermediate_size=8))])
-def test_sparse_moe_feed_forward_is_a_one_line_error(tmp_path, model_type, moe):
-    """The released checkpoints' MoE layers have no neuron site here yet: refused at load, naming the layer."""
-    build_tiny_model(model_type, tmp_path, **moe)
-    with pytest.raises(UnsupportedArchitectureError, match=rf"^{model_type} layer \d has a sparse-MoE feed-forward "
-                                                           r"\(\w+\); prunescope supports .* dense MLPs only"):
-        load_model(tmp_path, device="cpu")
+@pytest.mark.parametrize("model_type,moe,kinds", [
+    ("qwen3_next", dict(num_experts=8, num_experts_per_tok=1, moe_intermediate_size=8), ["moe"] * 3),
+    ("kimi_linear", dict(mlp_layer_types=["dense", "sparse", "dense"], num_experts=8, num_experts_per_tok=1,
+                         moe_intermediate_size=8), ["mlp", "moe", "mlp"])])
+def test_sparse_moe_feed_forwards_are_the_routed_experts_channels(tmp_path, model_type, moe, kinds):
+    """The released checkpoints' sparse-MoE layers: the site is the routed experts' channels (E x I neurons,
+    the shared expert outside them), outputs are transformers' eager experts bit for bit, and zeroing one
+    neuron moves the logits only through its expert (a neuron of an expert no token was routed to, nothing)."""
+    loaded = load_model(str(build_tiny_model(model_type, tmp_path, **moe)), device="cpu")
+    assert loaded.adapter.site_kinds() == kinds and not loaded.adapter.batch_invariant
+    layer = kinds.index("moe")
+    assert loaded.adapter.site(layer).path == f"model.layers.{layer}.mlp.experts.neurons"
+    assert loaded.adapter.neuron_counts()[layer] == 8 * 8
+    ids = torch.tensor([loaded.tokenizer("b:5 | b:").input_ids])
+    with loaded.lock, torch.no_grad():
+        ours, own = loaded.model(ids).logits, loaded.model.config._experts_implementation
+        loaded.model.set_experts_implementation("eager")
+        try:
+            assert torch.equal(loaded.model(ids).logits, ours)
+        finally:
+            loaded.model.set_experts_implementation(own)
+    seen = {}
+    experts = loaded.adapter.block(layer).mlp.experts
+    with loaded.lock, hook_scope(loaded.model) as add, torch.no_grad():
+        add(experts, lambda _m, args, _out: seen.update(index=args[1]))
+        loaded.model(ids)
+    routed = set(seen["index"].flatten().tolist())
+    with loaded.session(NeuronMask.from_pairs([(layer, e * 8 + c) for e in routed for c in range(8)])), \
+            torch.no_grad():
+        moved = loaded.model(ids).logits
+    assert not torch.equal(moved, ours)
+    unused = sorted(set(range(8)) - routed)
+    assert unused  # one of 8 experts per token on a short prompt: some expert gets none
+    with loaded.session(NeuronMask.from_pairs([(layer, unused[0] * 8 + c) for c in range(8)])), torch.no_grad():
+        assert torch.equal(loaded.model(ids).logits, ours)
 
 
 @pytest.mark.parametrize("model_type", list(KINDS))

@@ -11,9 +11,13 @@ from functools import partial
 
 import torch
 
-from analysis.errors import UnsupportedArchitectureError
-from analysis.models.adapters.base import Layout, ModelAdapter, NeuronSite
-from analysis.models.adapters.transformer import _GATED_MLP, TransformerAdapter
+from analysis.models.adapters.base import Layout, ModelAdapter, SiteChoice
+from analysis.models.adapters.transformer import TransformerAdapter
+
+MOE_SITE = "mlp.experts.neurons"  # a sparse-MoE layer's routed experts' channels (analysis/models/experts.py)
+# a MoE layer's experts where the block has them, else the dense MLP's down projection input
+_MOE_OR_MLP = Layout("model.layers", MOE_SITE, "input", MOE_SITE, "moe",
+                     also=(SiteChoice("mlp.down_proj", "input", "mlp.down_proj", "mlp"),))
 
 
 class Lfm2Adapter(TransformerAdapter):
@@ -118,22 +122,20 @@ class _StatesFromStart(Mapping):
 
 
 class GatedDeltaNetAdapter(TransformerAdapter):
-    """Qwen3-Next: Gated DeltaNet layers beside gated softmax attention, dense MLPs as the neuron site (a
-    sparse-MoE feed-forward, as in the released checkpoints, is refused until MoE neuron sites exist). One
-    transformers cache holds both kinds of layer: keys and values, and conv and recurrent states that a cached
-    step overwrites in place (forked per row by ``repeat_cache``)."""
+    """Qwen3-Next: Gated DeltaNet layers beside gated softmax attention. The neuron site is a sparse-MoE layer's
+    routed experts' channels (``mlp.experts.neurons``, as in the released checkpoints; the shared expert beside
+    them is not part of it) or a dense MLP's intermediate. One transformers cache holds both kinds of layer:
+    keys and values, and conv and recurrent states that a cached step overwrites in place (forked per row by
+    ``repeat_cache``)."""
 
     family = "gated_deltanet"
-    layouts = {"qwen3_next": _GATED_MLP}
+    layouts = {"qwen3_next": _MOE_OR_MLP}
     state_updated_in_place = True
 
-    def _make_site(self, layer: int) -> NeuronSite:
-        mlp = self._blocks[layer].get_submodule("mlp")
-        if not hasattr(mlp, "down_proj"):
-            raise UnsupportedArchitectureError(
-                f"{self.model_type} layer {layer} has a sparse-MoE feed-forward ({type(mlp).__name__}); prunescope "
-                f"supports {self.model_type} with dense MLPs only (no MoE neuron site yet)")
-        return super()._make_site(layer)
+    def __init__(self, model):
+        super().__init__(model)
+        # experts multiply as many rows as were routed to them: a row's bits may depend on its batch
+        self.batch_invariant = "moe" not in self.site_kinds()
 
     def linear_layers(self) -> list[int]:
         """Layers whose token mixer is recurrent (``block_type == "linear_attention"``); the others are
@@ -142,7 +144,8 @@ class GatedDeltaNetAdapter(TransformerAdapter):
 
 
 class KimiDeltaAdapter(GatedDeltaNetAdapter):
-    """Kimi Linear: Kimi Delta Attention layers beside multi-head latent attention (MLA); the cache as above."""
+    """Kimi Linear: Kimi Delta Attention layers beside multi-head latent attention (MLA); MoE or dense
+    feed-forwards (the released model's first layer is dense); the cache as above."""
 
     family = "kimi_delta"
-    layouts = {"kimi_linear": _GATED_MLP}
+    layouts = {"kimi_linear": _MOE_OR_MLP}
