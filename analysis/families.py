@@ -3,9 +3,10 @@ and what each has.
 
 Every per-family dispatch asks this registry: the adapter (layout, continuation), the attention-map forms and
 functions (capture, reduced maps, per-channel matrices, softmax maps), where token relevance reads dF/dA,
-which layers are implicit, and capabilities (softmax layers, LRP). An entry names its family's adapter and the
-typed :class:`~analysis.implicit_attention.ops.FamilyOps` that the family's module exports. Adding a family =
-its adapter, its module with an ops object, and one entry in :data:`FAMILIES` (README, "Adding an
+which layers are implicit, and capabilities (softmax layers; LRP, by the family's conservative rules). An
+entry names its family's adapter, the typed :class:`~analysis.implicit_attention.ops.FamilyOps` that the
+family's module exports and its LRP rules (:mod:`analysis.implicit_attention.conservative`). Adding a family
+= its adapter, its module with an ops object, and one entry in :data:`FAMILIES` (README, "Adding an
 architecture family").
 
 The registry sits on top: it imports the family modules and the adapters by name, and none of them imports
@@ -15,12 +16,13 @@ checker follows.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from analysis.errors import PrunescopeError, UnsupportedArchitectureError
-from analysis.implicit_attention import griffin, mamba, rwkv, softmax
+from analysis.implicit_attention import conservative, griffin, mamba, rwkv, softmax
+from analysis.implicit_attention.conservative import Rule
 from analysis.implicit_attention.ops import (
     FORM_NAMES,
     Capture,
@@ -56,13 +58,18 @@ Function = Literal["capture", "reduced", "matrices", "relevance_target", "softma
 @dataclass(frozen=True)
 class Family:
     """One architecture family: its name, its adapter class, the ops of its family module (forms, implicit
-    layers and the functions of :class:`FamilyOps`, signatures there) and whether conservative propagation
-    (LRP: transformers, softmax and norms detached) supports it."""
+    layers and the functions of :class:`FamilyOps`, signatures there) and its conservative-propagation (LRP)
+    rules: module class -> :class:`~analysis.implicit_attention.conservative.Rule`, the forwards LRP replaces
+    besides the softmax attention and norms it detaches in every family (None: no LRP)."""
 
     name: str
     adapter: type[ModelAdapter]
     ops: FamilyOps[Any]
-    supports_lrp: bool = False
+    lrp: Mapping[str, Rule] | None = None
+
+    @property
+    def supports_lrp(self) -> bool:
+        return self.lrp is not None
 
     @property
     def model_types(self) -> tuple[str, ...]:
@@ -118,11 +125,11 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
-    Family("transformer", TransformerAdapter, softmax.TRANSFORMER_OPS, supports_lrp=True),
-    Family("mamba", MambaAdapter, mamba.MAMBA_OPS),
-    Family("mamba2", Mamba2Adapter, mamba.MAMBA2_OPS),
-    Family("rwkv", RwkvAdapter, rwkv.RWKV_OPS),
-    Family("griffin", GriffinAdapter, griffin.GRIFFIN_OPS),
+    Family("transformer", TransformerAdapter, softmax.TRANSFORMER_OPS, lrp=conservative.TRANSFORMER),
+    Family("mamba", MambaAdapter, mamba.MAMBA_OPS, lrp=conservative.MAMBA),
+    Family("mamba2", Mamba2Adapter, mamba.MAMBA2_OPS, lrp=conservative.MAMBA2),
+    Family("rwkv", RwkvAdapter, rwkv.RWKV_OPS, lrp=conservative.RWKV),
+    Family("griffin", GriffinAdapter, griffin.GRIFFIN_OPS, lrp=conservative.GRIFFIN),
 )}
 
 

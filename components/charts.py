@@ -105,17 +105,23 @@ HEATMAP_SCALES = {"clip": "robust (clip at the median layer's 99.5th percentile 
 
 
 def neuron_heatmap(scores, max_columns: int = 256, title: str = "", scale: str = "clip",
-                   percentile: float = 99.5) -> go.Figure:
+                   percentile: float = 99.5, layers: tuple[int, int] | None = None, pickable: bool = False,
+                   picked: tuple[int, int] | None = None) -> go.Figure:
     """Layers x neurons attribution heatmap. Wide layers are binned into at most ``max_columns`` columns, each
     showing its strongest (largest |score|) neuron; the x axis and the hover give real neuron indices.
 
     ``scale`` (one outlier, or one loud layer, must not wash the map out): ``clip`` colours at +- the median
     over layers of each layer's ``percentile`` of |score| and says so in the colour bar; ``per-layer`` divides
     each layer by its largest |score|; ``signed-log`` shows sign(s) log10(1 + |s|/t) with t the median nonzero
-    |score| (linear below t); ``max`` the full range. The hover always shows the raw score."""
+    |score| (linear below t); ``max`` the full range. The hover always shows the raw score.
+
+    ``layers``: an inclusive (first, last) range to show (a zoom; the scale is computed on those layers).
+    ``pickable``: an invisible marker on every cell, so a click selects a neuron (Plotly heatmaps report no
+    selection; the marker's customdata is [layer, neuron, score]); ``picked`` (layer, neuron) is ringed."""
     if scale not in HEATMAP_SCALES:
         raise ValueError(f"unknown heatmap scale {scale!r}; choose one of {', '.join(HEATMAP_SCALES)}")
-    rows = [[float(v) for v in layer] for layer in scores]
+    first, last = layers if layers is not None else (0, len(scores) - 1)
+    rows = [[float(v) for v in layer] for layer in scores][first:last + 1]
     width = len(rows[0]) if rows else 0
     size = max(1, -(-width // max_columns))
     raw, neuron_ids = [], []
@@ -131,8 +137,8 @@ def neuron_heatmap(scores, max_columns: int = 256, title: str = "", scale: str =
     magnitudes = np.abs(np.asarray(rows, dtype=float)).ravel()
     z, limit, bar_title, note = raw, float(magnitudes.max(initial=0.0)) or 1.0, "IG score", ""
     if scale == "clip":  # each layer's own percentile, then their median: a loud layer is clipped, not the rest
-        layers = [float(np.percentile(np.abs(row), percentile)) for row in rows if row]
-        limit = float(np.median(layers)) if layers else 1.0
+        per_layer = [float(np.percentile(np.abs(row), percentile)) for row in rows if row]
+        limit = float(np.median(per_layer)) if per_layer else 1.0
         limit = limit or float(magnitudes.max(initial=0.0)) or 1.0
         clipped = int((magnitudes > limit).sum())
         bar_title = f"IG score<br>clipped at ±{limit:.2g}"
@@ -149,13 +155,28 @@ def neuron_heatmap(scores, max_columns: int = 256, title: str = "", scale: str =
         bar_title, note = "sign·log10(1+|s|/t)", f"signed log, linear below t = {knee:.3g}"
     columns = list(range(0, width, size))  # each column's first neuron index
     custom = [[[i, r] for i, r in zip(ids, row)] for ids, row in zip(neuron_ids, raw)]
+    y = list(range(first, first + len(rows)))
+    hover = "layer %{y}<br>neuron %{customdata[0]}<br>score %{customdata[1]:.3g}<extra></extra>"
     fig = go.Figure(go.Heatmap(
-        z=z, x=columns, customdata=custom, colorscale="RdBu", reversescale=True, zmid=0, zmin=-limit, zmax=limit,
-        colorbar=dict(title=dict(text=bar_title, side="right")),
-        hovertemplate="layer %{y}<br>neuron %{customdata[0]}<br>score %{customdata[1]:.3g}<extra></extra>"))
+        z=z, x=columns, y=y, customdata=custom, colorscale="RdBu", reversescale=True, zmid=0, zmin=-limit,
+        zmax=limit, colorbar=dict(title=dict(text=bar_title, side="right")),
+        hovertemplate=hover, hoverinfo="skip" if pickable else None))
+    if pickable:
+        marks: list[tuple[int, int, int, float]] = [
+            (layer, column, ids[i], row[i]) for layer, ids, row in zip(y, neuron_ids, raw)
+            for i, column in enumerate(columns)]
+        fig.add_trace(go.Scatter(
+            x=[c[1] for c in marks], y=[c[0] for c in marks], mode="markers", showlegend=False,
+            customdata=[[c[0], c[2], c[3]] for c in marks],
+            marker=dict(size=9, symbol="square-open", color="#111827", opacity=0),
+            selected=dict(marker=dict(opacity=1)), unselected=dict(marker=dict(opacity=0)),
+            selectedpoints=[i for i, c in enumerate(marks) if (c[0], c[2]) == picked] if picked else None,
+            hovertemplate="layer %{y}<br>neuron %{customdata[1]}<br>score %{customdata[2]:.3g}<br>"
+                          "click: this neuron's view<extra></extra>"))
     axis = "neuron" if size == 1 else f"neurons (max |IG| of each {size}, from the index shown)"
     fig.update_layout(title=title + (f"<br><sup>{note}</sup>" if note else ""), xaxis_title=axis,
-                      yaxis_title="layer", height=520, margin=dict(l=10, r=10, t=60, b=10))
+                      yaxis_title="layer", height=520 if len(rows) > 8 else 200 + 40 * len(rows),
+                      margin=dict(l=10, r=10, t=60, b=10), clickmode="event+select", dragmode="zoom")
     return fig
 
 

@@ -19,14 +19,20 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "prunescope"
 
 
-def chart(figure: go.Figure, key: str, name: str | None = None) -> None:
-    """A Plotly chart whose camera button saves a 2x PNG named after the figure (tall in presentation mode)."""
+def chart(figure: go.Figure, key: str, name: str | None = None, pickable: bool = False) -> list[dict]:
+    """A Plotly chart whose camera button saves a 2x PNG named after the figure (tall in presentation mode).
+    ``pickable``: a click selects a point, and the selected points come back (else [])."""
     config = {"displaylogo": False,
               "toImageButtonOptions": {"format": "png", "filename": _slug(name or key), "scale": 2}}
     height = present.figure_height()
     if height:  # a slide: large dark text, and at least the slide's figure height (a tall map keeps its own)
         figure = present.slide_figure(figure, height)
-    st.plotly_chart(figure, key=key, config=config)
+    if not pickable:
+        st.plotly_chart(figure, key=key, config=config)
+        return []
+    event = st.plotly_chart(figure, key=key, config=config, on_select="rerun", selection_mode="points")
+    found: dict = dict(event or {})  # a PlotlyState is a dict with attribute access
+    return list((found.get("selection") or {}).get("points") or [])
 
 
 def table(frame: pd.DataFrame, name: str, **dataframe_kwargs) -> None:

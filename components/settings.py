@@ -114,6 +114,8 @@ TABLE: dict[str, Setting] = _table(
     number("ig_steps", ATTRIBUTION["steps"], "steps"),
     choice("ig_rule", ATTRIBUTION["quadrature"], QUADRATURES),
     choice("ig_scale", "clip", tuple(HEATMAP_SCALES)),
+    text("ig_zoom", "", limit=16),  # the heatmap's layer range at full resolution, e.g. 3-5; '' = all, folded
+    text("ig_neuron", "", limit=16),  # the neuron view's neuron, e.g. 12:345; '' = the strongest
     number("tv_n", TASK_VECTORS["n"]),
     number("tv_dummies", TASK_VECTORS["dummies"], "dummies"),
     choice("tv_format", "the task's own", tuple(TV_FORMATS)),

@@ -309,3 +309,74 @@ def test_an_upload_is_parsed_once_per_file_content(app, monkeypatch):
     assert calls == ["good.csv"]
     app.file_uploader(key="task_upload").set_value(("good.csv", GOOD_CSV + b"w9,9\n", "text/csv")).run()
     assert calls == ["good.csv", "good.csv"] and not app.exception
+
+
+def test_neuron_view_picks_zooms_and_adds_to_the_mask(app):
+    """The neuron view under the heatmap: the strongest neuron by default, a typed or clicked neuron, a zoom at
+    full resolution, one-click "add to mask", and a bad neuron as one red line."""
+    app.switch_page("views/attribution.py").run()
+    app.selectbox(key="_w_task").set_value("vowel-count")
+    app.number_input(key="ig_n").set_value(3)
+    app.number_input(key="_w_shots").set_value(2)
+    app.button(key="ig_run").click().run()
+    assert not app.exception, [e.value for e in app.exception]
+    result = app.session_state["ig_result"]["value"]["result"]
+    layer, neuron, _ = result.top_k(1)[0]
+    assert any(s.value == f"Neuron {layer}:{neuron}" for s in app.subheader)  # the strongest by default
+    top_prompts = app.dataframe[1].value
+    assert list(top_prompts.columns[:5]) == ["prompt", "peak", "peak_token", "at_answer", "ig"]
+    assert list(top_prompts["peak"]) == sorted(top_prompts["peak"], reverse=True) and len(top_prompts) == 3
+    assert list(top_prompts["ig"]) == pytest.approx(
+        [float(result.per_prompt[p, layer, neuron]) for p in top_prompts["prompt"]])
+
+    app.text_input(key="_w_ig_neuron").set_value("1:5").run()
+    assert any(s.value == "Neuron 1:5" for s in app.subheader) and not app.error
+    app.button(key="neuron_add").click().run()
+    assert app.session_state["setting_mask"] == "1.5"  # the pruning page's mask, in the link
+    assert any("the mask has 1 neurons" in s.value for s in app.success)
+
+    app.session_state["ig_heat"] = {"selection": {"points": [{"customdata": [0, 17, 0.1]}], "point_indices": [0],
+                                                  "box": [], "lasso": []}}
+    app.run()
+    assert app.session_state["setting_ig_neuron"] == "0:17"  # a click on the heatmap picks the neuron
+    assert any(s.value == "Neuron 0:17" for s in app.subheader)
+
+    app.text_input(key="_w_ig_zoom").set_value("1-1").run()
+    heat = app.get("plotly_chart")[0].proto.spec
+    figure = json.loads(heat)
+    assert figure["data"][0]["y"] == [1] and len(figure["data"][0]["x"]) == 64  # every neuron of layer 1
+
+    app.text_input(key="_w_ig_neuron").set_value("9:9").run()
+    assert [e.value for e in app.error] == ["neuron '9:9': the model has layers 0-1"]
+    assert not app.exception
+
+
+def test_per_answer_token_view_on_a_click(app):
+    """The attribution page's per-answer-token view: nothing until the click, then one heatmap row per answer
+    token with the library's scores (NaN after each row's own position drawn blank)."""
+    from analysis.attribution.answer_tokens import attribute_answer
+
+    app.switch_page("views/attribution.py").run()
+    app.selectbox(key="_w_task").set_value("vowel-count")
+    app.number_input(key="ig_n").set_value(2)
+    app.number_input(key="_w_shots").set_value(2)
+    app.button(key="ig_run").click().run()
+    assert not app.exception and not app.error, ([e.value for e in app.exception], [e.value for e in app.error])
+    assert app.session_state["ig_result"], [i.value for i in app.info]
+    charts = len(app.get("plotly_chart"))
+    app.selectbox(key="answer_method").set_value("gxi")
+    app.radio(key="answer_source").set_value("gold")
+    app.button(key="answer_run").click().run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    assert len(app.get("plotly_chart")) == charts + 1
+    figure = json.loads(app.get("plotly_chart")[-1].proto.spec)
+    result = app.session_state["ig_result"]["value"]["result"]
+    item = result.inputs[0]
+    loaded = app.session_state["_memo"]  # the page's memo holds the same attribution
+    expected = next(v for k, v in loaded.items() if k[0] == "answer-attribution")
+    assert len(figure["data"][0]["y"]) == len(expected.answer_ids) >= 1
+    first = [v for v in figure["data"][0]["z"][0] if v is not None]
+    assert first == pytest.approx(expected.scores[0, :expected.prompt_length].tolist(), rel=1e-6)
+    assert expected.source == "gold" and expected.tokens[expected.prompt_length:] == expected.answer_tokens
+    assert attribute_answer  # the library call the view makes (checked against autograd in test_answer_tokens)
+    assert item.prompt.gold.strip() in "".join(expected.answer_tokens)

@@ -204,15 +204,15 @@ def test_deep_link_restores_page_model_and_settings():
 
 
 def test_attention_page_beside_a_transformer_with_relevance_and_faithfulness(monkeypatch):
-    at = _start("toy-rwkv", monkeypatch, "views/attention.py")
+    at = _start("toy-rwkv", monkeypatch, "views/attention.py", rel_methods="raw,rollout,gradattn,gxi,lrp")
     keys = {c.key for c in at.get("plotly_chart")}
     assert {"attn_chart", "attn_other_chart", "rel_chart"} <= keys
-    assert "lrp" not in at.multiselect(key="rel_methods").options
+    assert "lrp" in at.multiselect(key="rel_methods").value  # RWKV's conservative rules (MambaLRP-style)
     at.number_input(key="faith_n").set_value(2)
     at.button(key="faith_run").click()
     _ok(at.run())
     table = at.session_state["faith_table"]["value"]
-    assert set(table.method) == {"raw", "rollout", "gradattn", "gxi", "random"}
+    assert set(table.method) == {"raw", "rollout", "gradattn", "gxi", "lrp", "random"}
     tables_with_result = len(at.dataframe)
     at.number_input(key="faith_n").set_value(3)  # another prompt count: the old table is not shown under it
     _ok(at.run())

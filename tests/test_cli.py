@@ -267,8 +267,12 @@ def test_relevance_and_faithfulness(capsys, tiny_dirs, tmp_path):
     data = json.loads(out.read_text())
     assert len(data["scores"]) == len(data["tokens"]) == len(data["input_ids"]) and "most relevant" in stdout
     code, _, err = run(capsys, "relevance", "--model", tiny_dirs["mamba"], "--text", "abc", "--method", "lrp",
+                       "--out", str(out))  # conservative propagation through the SSM (MambaLRP)
+    assert code == 0, err
+    assert json.loads(out.read_text())["method"] == "lrp"
+    code, _, err = run(capsys, "relevance", "--model", tiny_dirs["mamba"], "--text", "abc", "--method", "saliency",
                        "--out", str(out))
-    assert code == 2 and "lrp" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "saliency" in err and len(err.strip().splitlines()) == 1
     code, stdout, err = run(capsys, "faithfulness", "--model", tiny_dirs["llama"], "--task", "antonyms",
                             "--methods", "gxi,raw", "--n", "2", "--json")
     assert code == 0, err

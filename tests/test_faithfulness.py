@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import analysis.evaluation.faithfulness as faithfulness_module
 from analysis.attribution.tokens import top_prediction
 from analysis.errors import PrunescopeError
 from analysis.evaluation.faithfulness import (
@@ -87,9 +88,14 @@ def test_faithfulness_table(tiny_loaded):
         frame.set_index(["method", "order"]))
 
 
-def test_unsupported_method_is_a_note(tiny_loaded):
+def test_lrp_on_a_recurrent_family_and_an_unsupported_method_as_a_note(tiny_loaded, monkeypatch):
     loaded = tiny_loaded("mamba")
     task = Task(name="upper", pairs=tuple((w, w.upper()) for w in ("cat", "dog", "sun", "red")))
+    frame = faithfulness(loaded, task, ["lrp"], n=1)  # Mamba has LRP rules (MambaLRP)
+    lrp = frame[frame["method"] == "lrp"]
+    assert len(lrp) == 2 and (lrp["n"] == 1).all() and lrp["auc_mean"].between(0, 1).all()
+    assert (lrp["note"] == "").all()
+    monkeypatch.setattr(faithfulness_module, "LRP_FAMILIES", ("transformer",))  # a family without LRP
     frame = faithfulness(loaded, task, ["lrp"], n=1)
     lrp = frame[frame["method"] == "lrp"]
     assert len(lrp) == 2 and (lrp["n"] == 0).all() and lrp["auc_mean"].isna().all()

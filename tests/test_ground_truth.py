@@ -155,8 +155,9 @@ def test_a_run_on_the_toy_transformer_agrees_with_its_parts(tmp_path):
     assert request_again.stored(loaded, cache).equals(first) and first.equals(table)
 
 
-def test_unsupported_methods_and_bad_input(tiny_loaded, capsys):
-    table = ground_truth(tiny_loaded("mamba"), ["lrp", "gxi"], n=2, families=["recall"], style="toy")
+def test_unsupported_methods_and_bad_input(tiny_loaded, capsys, monkeypatch):
+    monkeypatch.setattr("analysis.evaluation.faithfulness.LRP_FAMILIES", ("transformer",))  # every family has
+    table = ground_truth(tiny_loaded("mamba"), ["lrp", "gxi"], n=2, families=["recall"], style="toy")  # LRP now
     row = table.set_index("method").loc["lrp"]
     assert row.n == 0 and "lrp" in row.note and np.isnan(row.top1)
     for bad in ({"families": ("nope",)}, {"methods": ("nope",)}, {"style": "prose"}, {"n": 0}):

@@ -46,7 +46,8 @@ def test_every_family_has_every_field(name):
     assert entry.has_softmax_layers is (name in ("transformer", "griffin"))
     if entry.has_softmax_layers:
         assert callable(entry.ops.softmax_maps)
-    assert entry.supports_lrp is (name == "transformer")
+    assert entry.supports_lrp and entry.lrp is not None  # every family: MambaLRP rules for the recurrent ones
+    assert bool(entry.lrp) is (name != "transformer")  # transformers: softmax and norms only, no mixer rules
 
 
 def test_transformer_layouts_include_gemma3_text():
@@ -71,7 +72,7 @@ def test_forms_and_lrp_families_come_from_the_registry():
                      "rwkv": ("unified", "wkv"), "griffin": ("unified", "rglru")}
     assert {n: default_form(n) for n in FAMILIES} == {"transformer": "softmax", "mamba": "s6", "mamba2": "s6",
                                                       "rwkv": "unified", "griffin": "unified"}
-    assert LRP_FAMILIES == ("transformer",)
+    assert LRP_FAMILIES == ("transformer", "mamba", "mamba2", "rwkv", "griffin")
 
 
 def test_griffin_recurrent_layers_have_one_definition(tiny_loaded):

@@ -1,6 +1,7 @@
 """Normalisations with their scale detached, for conservative propagation (LRP, arXiv 2202.07304): the same
 forward values, but autograd treats each norm's 1/sigma as a constant. Used by
-:func:`analysis.attribution.tokens.conservative_propagation`, which swaps them in and checks each one."""
+:func:`analysis.attribution.tokens.conservative_propagation`, which swaps them in and checks each one (and the
+family's mixer replacements, :mod:`analysis.implicit_attention.conservative`) against the module."""
 
 from __future__ import annotations
 
@@ -29,18 +30,28 @@ def layer_norm_forward(module: nn.LayerNorm):
     dims = tuple(range(-len(module.normalized_shape), 0))
 
     def forward(x):
-        centred = x - x.mean(dims, keepdim=True)
-        out = centred * torch.rsqrt(x.var(dims, unbiased=False, keepdim=True).detach() + module.eps)
-        out = out * module.weight if module.weight is not None else out
-        return out + module.bias if module.bias is not None else out
+        wide = x.float()  # as torch's layer_norm computes a bfloat16 input: in float32, rounded once
+        centred = wide - wide.mean(dims, keepdim=True)
+        out = centred * torch.rsqrt(wide.var(dims, unbiased=False, keepdim=True).detach() + module.eps)
+        out = out * module.weight.float() if module.weight is not None else out
+        return (out + module.bias.float() if module.bias is not None else out).to(x.dtype)
     return forward
 
 
 @torch.no_grad()
-def check_same(module, forward, name: str) -> None:
-    """Refuse a replacement whose output differs from the module's on a probe input (an unknown norm)."""
-    weight = next(module.parameters())
-    shape = getattr(module, "normalized_shape", None) or tuple(weight.shape)
-    probe = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0)).to(weight.device, weight.dtype)
-    if not torch.allclose(forward(probe).float(), module(probe).float(), rtol=1e-3, atol=1e-3):
-        raise PrunescopeError(f"lrp does not know how to detach the normalisation {name}")
+def check_same(module, forward, name: str, probe=None) -> None:
+    """Refuse a replacement whose output differs from the module's on a random input: a norm's own shape, or
+    what ``probe(module, generator)`` gives as (args, kwargs) (a family's LRP rule, which names the module)."""
+    generator = torch.Generator().manual_seed(0)
+    if probe is None:
+        weight = next(module.parameters())
+        shape = getattr(module, "normalized_shape", None) or tuple(weight.shape)
+        args, kwargs = (torch.randn(2, *shape, generator=generator).to(weight.device, weight.dtype),), {}
+    else:
+        args, kwargs = probe(module, generator)
+    ours, theirs = forward(*args, **kwargs), module(*args, **kwargs)
+    ours, theirs = (o[0] if isinstance(o, tuple) else o for o in (ours, theirs))
+    tolerance = max(1e-3, 8 * torch.finfo(theirs.dtype).eps)  # bfloat16: a few roundings apart (0.06)
+    if not torch.allclose(ours.float(), theirs.float(), rtol=tolerance, atol=tolerance):
+        raise PrunescopeError(f"lrp does not know how to detach the normalisation {name}" if probe is None else
+                              f"lrp's conservative {name} does not reproduce the module's output")

@@ -20,15 +20,20 @@ Methods (``METHODS``), all batch 1, ``use_cache=False``, under ``loaded.lock``:
   3e-5), so the sum misses by 10-150% at 64 steps and more steps do not reliably help. Models whose norms
   never see ~0 on the path (GPT-2: position embeddings) are accurate to < 0.1% at 64 steps.
 * ``gxi``: gradient x input on the input embeddings, summed over the hidden dimension.
-* ``lrp`` (transformers only): conservative propagation (Ali et al. 2022, arXiv 2202.07304) as gradient x
-  input with the softmax probabilities and every norm's 1/sigma detached (:func:`conservative_propagation`).
-  Other nonlinearities (gated MLPs, GELU) keep their ordinary gradient.
+* ``lrp``: conservative propagation (Ali et al. 2022, arXiv 2202.07304) as gradient x input with the softmax
+  probabilities, every norm's 1/sigma and a final logit soft cap's ratio detached
+  (:func:`conservative_propagation`). Recurrent families also replace their mixers' forwards by their
+  registry entry's rules (MambaLRP, Jafari et al. 2024: the data-dependent gates and coefficients detached,
+  activations linearised, gated products split half and half; :mod:`analysis.implicit_attention.conservative`),
+  so relevance is conserved there: the scores sum to F minus the bias terms' share
+  (:func:`analysis.attribution.conservation.lrp_conservation`). Transformers' MLP nonlinearities (gated MLPs,
+  GELU) keep their ordinary gradient, so their sum is not conserved.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
@@ -41,6 +46,7 @@ from analysis.attribution.norms import check_same, layer_norm_forward, rms_forwa
 from analysis.errors import PromptTooLongError, PrunescopeError
 from analysis.families import FAMILIES, Family, Form, family_of
 from analysis.implicit_attention.common import Reduction, reduce_in_chunks
+from analysis.implicit_attention.conservative import Rule
 from analysis.models.hooks import hook_scope
 from analysis.models.loader import LoadedModel, decode_text, onloaded
 
@@ -71,7 +77,7 @@ def token_relevance(loaded: LoadedModel, text: str, method: str, target_id: int 
         text: the input text.
         method: ``raw`` (attention to the last position), ``rollout``, ``gradattn`` (gradient-weighted
             attention, implicit for attention-free families), ``ig`` (embedding IG), ``gxi`` (gradient x input)
-            or ``lrp`` (conservative LRP, 2202.07304; transformers only).
+            or ``lrp`` (conservative LRP, 2202.07304 and MambaLRP; families with LRP rules).
         target_id: the token whose logit is explained (default: the top prediction).
         layers, form: the attention layers and map form of raw / rollout / gradattn.
         steps: IG's Riemann steps.
@@ -113,7 +119,7 @@ def token_relevance(loaded: LoadedModel, text: str, method: str, target_id: int 
             scores, delta = _integrated_gradients(loaded, input_ids, target, int(steps))
         else:
             with conservative_propagation(loaded) if method == "lrp" else nullcontext():
-                scores = gradient_x_input(loaded, input_ids, target)
+                scores = gradient_x_input(loaded, input_ids, target, linear_cap=method == "lrp")
     tokens = [decode_text(loaded.tokenizer, [i]) for i in ids]
     return TokenRelevance(scores.detach().float().cpu(), tokens, ids, method, target, delta)
 
@@ -144,10 +150,12 @@ def top_prediction(loaded: LoadedModel, input_ids: torch.Tensor) -> int:
         return int(loaded.adapter.logits(hidden[:, -1]).argmax(-1)[0])
 
 
-def target_logit(loaded: LoadedModel, embeds: torch.Tensor, target: int) -> torch.Tensor:
-    """F for input embeddings [B, T, H] -> [B]: the target's logit at the last position (only that logit)."""
+def target_logit(loaded: LoadedModel, embeds: torch.Tensor, target: int, linear_cap: bool = False) -> torch.Tensor:
+    """F for input embeddings [B, T, H] -> [B]: the target's logit at the last position (only that logit);
+    ``linear_cap``: a soft cap's ratio detached (LRP)."""
     hidden = loaded.adapter.base_model(inputs_embeds=embeds, use_cache=False).last_hidden_state
-    return loaded.adapter.logits(hidden[:, -1], torch.tensor([target], device=embeds.device))[:, 0].float()
+    ids = torch.tensor([target], device=embeds.device)
+    return loaded.adapter.logits(hidden[:, -1], ids, linear_cap=linear_cap)[:, 0].float()
 
 
 def _embeds(loaded: LoadedModel, input_ids: torch.Tensor) -> torch.Tensor:
@@ -164,11 +172,12 @@ def rollout(maps: torch.Tensor) -> torch.Tensor:
 
 
 # -- input-gradient methods ------------------------------------------------------------------------------------
-def gradient_x_input(loaded: LoadedModel, input_ids: torch.Tensor, target: int) -> torch.Tensor:
+def gradient_x_input(loaded: LoadedModel, input_ids: torch.Tensor, target: int, linear_cap: bool = False
+                     ) -> torch.Tensor:
     """[T] sum over the hidden dim of dF/de * e at the input embeddings e."""
     with loaded.lock, torch.enable_grad():
         embeds = _embeds(loaded, input_ids).requires_grad_(True)
-        (grad,) = torch.autograd.grad(target_logit(loaded, embeds, target).sum(), embeds)
+        (grad,) = torch.autograd.grad(target_logit(loaded, embeds, target, linear_cap).sum(), embeds)
     return (grad * embeds).detach()[0].sum(-1)
 
 
@@ -184,6 +193,9 @@ def _integrated_gradients(loaded: LoadedModel, input_ids: torch.Tensor, target: 
         attributions, delta = ig.attribute(embeds, baselines=torch.zeros_like(embeds), n_steps=steps,
                                            internal_batch_size=batch, return_convergence_delta=True)
     return attributions.detach()[0].sum(-1), float(delta[0])
+
+
+integrated_gradients = _integrated_gradients  # public name for per-answer-token attribution (answer_tokens.py)
 
 
 # -- attention implementations: probe (probabilities in the graph) and conservative (detached) -----------------
@@ -239,17 +251,20 @@ def attention_mode(loaded: LoadedModel, name: str) -> Iterator[list]:
 
 @contextmanager
 def conservative_propagation(loaded: LoadedModel) -> Iterator[None]:
-    """Inside: softmax probabilities and each norm's 1/sigma are constants for autograd (same forward values,
-    up to float rounding). Norms: ``nn.LayerNorm`` and Llama- or Gemma-style RMSNorm; each
-    replacement is checked against the module on a probe input, and any other norm class is an error.
-    Everything (attention implementation, module forwards) is restored on exit."""
-    _require_lrp(loaded)
+    """Inside: softmax probabilities and each norm's 1/sigma are constants for autograd, and the modules the
+    family's LRP rules name run their conservative forwards (same forward values, up to float rounding).
+    Norms: ``nn.LayerNorm`` and Llama- or Gemma-style RMSNorm; each replacement is checked against the module
+    on a random probe input, and any other norm class is an error. Everything (attention implementation,
+    module forwards) is restored on exit."""
+    rules = _require_lrp(loaded)
     with loaded.lock:
         patched = []
         try:
             for module in loaded.model.modules():
-                name = type(module).__name__
-                if isinstance(module, nn.LayerNorm):
+                name, probe = type(module).__name__, None
+                if name in rules:
+                    forward, probe = rules[name].forward(module), rules[name].probe
+                elif isinstance(module, nn.LayerNorm):
                     forward = layer_norm_forward(module)
                 elif "rmsnorm" in name.lower() and (hasattr(module, "variance_epsilon") or hasattr(module, "eps")):
                     forward = rms_forward(module)
@@ -258,14 +273,14 @@ def conservative_propagation(loaded: LoadedModel) -> Iterator[None]:
                 else:
                     continue
                 with onloaded(module):  # a norm a device map put on disk: its weight in memory for the check
-                    check_same(module, forward, name)
+                    check_same(module, forward, name, probe)
                 # under a device map, accelerate's hook owns ``forward`` and calls ``_old_forward`` after loading
                 # the weights: replace that one, so the hook keeps working
                 attribute = "_old_forward" if hasattr(module, "_hf_hook") and hasattr(module, "_old_forward") \
                     else "forward"
                 patched.append((module, attribute, module.__dict__.get(attribute)))
                 setattr(module, attribute, forward)
-            with attention_mode(loaded, CONSERVATIVE):
+            with attention_mode(loaded, CONSERVATIVE) if family_of(loaded).has_softmax_layers else nullcontext():
                 yield
         finally:
             for module, attribute, previous in reversed(patched):
@@ -274,10 +289,13 @@ def conservative_propagation(loaded: LoadedModel) -> Iterator[None]:
                     setattr(module, attribute, previous)
 
 
-def _require_lrp(loaded: LoadedModel) -> None:
-    if loaded.family not in LRP_FAMILIES:
+def _require_lrp(loaded: LoadedModel) -> Mapping[str, Rule]:
+    """The family's LRP rules (module class -> rule), or a one-line error for a family without LRP."""
+    rules = family_of(loaded).lrp
+    if rules is None:
         raise PrunescopeError(f"lrp (conservative propagation) supports {', '.join(LRP_FAMILIES)} models, "
                               f"not {loaded.family}")
+    return rules
 
 
 # -- gradient-weighted attention -------------------------------------------------------------------------------

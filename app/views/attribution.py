@@ -10,12 +10,16 @@ from analysis.attribution.targets import copy_target_problem
 from analysis.cache import ResultsCache, task_fingerprint
 from analysis.device import dtype_name
 from analysis.distributed import env_pool
+from analysis.errors import PrunescopeError
 from analysis.models.builtin import model_label
-from components import present, results, speculation, state
+from analysis.pruning.copying import parse_layer_range
+from components import answer_view, neuron_view, present, results, speculation, state
 from components.charts import HEATMAP_SCALES, layer_totals_bar, neuron_heatmap, visible_token
 from components.export import chart, report_button, table
 from components.layout import wrapping_columns
 from components.widgets import guarded, memo, require_model, task_picker
+
+FULL_RESOLUTION_LAYERS = 8  # a zoom this narrow shows every neuron, not the strongest of each bin
 
 st.header("Neuron attribution")
 present.toolbar()
@@ -84,9 +88,24 @@ if shown:
         scale = state.bound(st.radio, "Colour scale", "ig_scale", widget_key="ig_scale",
                             format_func=HEATMAP_SCALES.get, horizontal=True,
                             help="one strong neuron can wash a linear map out; the hover shows raw scores")
-    heat = neuron_heatmap(result.scores.tolist(), title="mean attribution per neuron", scale=scale)
+        zoom_text = state.bound(st.text_input, "Zoom to layers", "ig_zoom", placeholder=f"0-{loaded.n_layers - 1}",
+                                help=f"a layer range, e.g. 3-5; up to {FULL_RESOLUTION_LAYERS} layers show every "
+                                     "neuron (the full map folds wide layers)")
+    zoom = None
+    with guarded("zoom"):
+        try:
+            zoom = parse_layer_range(zoom_text, loaded.n_layers)
+        except PrunescopeError:
+            state.reject("ig_zoom")
+            raise
+    full = zoom is not None and zoom[1] - zoom[0] < FULL_RESOLUTION_LAYERS
+    neuron = neuron_view.picked_neuron(loaded, result)
+    heat = neuron_heatmap(result.scores.tolist(), title="mean attribution per neuron", scale=scale, layers=zoom,
+                          max_columns=result.scores.shape[1] if full else 256, pickable=not present.requested(),
+                          picked=neuron)
     totals = layer_totals_bar(result.scores.tolist())
-    chart(heat, "ig_heat", "neuron-attribution")
+    neuron = neuron_view.take_pick(chart(heat, "ig_heat", "neuron-attribution", pickable=not present.requested())
+                                   ) or neuron
     chart(totals, "ig_layers", "attribution-per-layer")
     st.caption("Per layer: signed sum (bars) and sum of magnitudes (line). Where a normalisation follows the MLP "
                "(Gemma 3) the signed sum is near zero by construction; read the line.")
@@ -103,7 +122,11 @@ if shown:
             st.caption(note)
     st.caption("Top neurons by mean |attribution|, with the prompt token where each fires most")
     table(shown["top"], "top-neurons")
-    report_button("Neuron attribution", {"Mean attribution per neuron": heat, "Total per layer": totals},
+    neuron_figures = neuron_view.show(loaded, result, key or (), neuron)
+    neuron_figures |= answer_view.show(loaded, result, key or (), task.delimiter if task is not None else "\n")
+    report_button("Neuron attribution", {"Mean attribution per neuron": heat, "Total per layer": totals,
+                                         **neuron_figures},
                   {"Top neurons": shown["top"]},
                   {"model": loaded.describe(), "target": result.target, "prompts": len(result.inputs),
-                   "steps": result.steps, "quadrature": result.quadrature}, settings=("task", "shots", "seed"))
+                   "steps": result.steps, "quadrature": result.quadrature},
+                  settings=("task", "shots", "seed", "ig_neuron"))

@@ -158,16 +158,28 @@ class ModelAdapter:
             yield
 
     # -- continuation (IG fast path) -------------------------------------------------------------------
-    def logits(self, hidden: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """LM-head logits of final hidden states, for all tokens or only ``token_ids`` (cheaper)."""
+    def logits(self, hidden: torch.Tensor, token_ids: torch.Tensor | None = None,
+               linear_cap: bool = False) -> torch.Tensor:
+        """LM-head logits of final hidden states, for all tokens or only ``token_ids`` (cheaper). A soft cap
+        ``c tanh(x / c)`` is applied; with ``linear_cap`` as ``x`` times its ratio detached (the same values,
+        conservative for LRP)."""
         head = self.model.get_output_embeddings()
         weight = head.weight if token_ids is None else head.weight[token_ids]
         bias = getattr(head, "bias", None)
         if bias is not None and token_ids is not None:
             bias = bias[token_ids]
         out = nn.functional.linear(hidden.to(weight.dtype), weight, bias)  # Mamba's norm returns float32 in bf16
-        cap = getattr(self.model.config, "final_logit_softcapping", None)
-        return out if not cap else torch.tanh(out / cap) * cap
+        cap = self.logit_soft_cap()
+        if not cap:
+            return out
+        capped = torch.tanh(out / cap) * cap
+        if not linear_cap:
+            return capped
+        return out * torch.where(out == 0, 1.0, capped / torch.where(out == 0, 1.0, out)).detach()
+
+    def logit_soft_cap(self) -> float | None:
+        """The final logits' soft cap c (``c tanh(x / c)``), or None."""
+        return getattr(self.model.config, "final_logit_softcapping", None)
 
     def run_prefix(self, prefix_ids: torch.Tensor) -> PrefixState:
         """Run ``prefix_ids`` [1, P] once and keep what continuing after it needs."""

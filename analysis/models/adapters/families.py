@@ -135,10 +135,8 @@ class GriffinAdapter(ModelAdapter):
         positions = torch.arange(prefix_len, prefix_len + c, device=device).expand(rows, -1)
         return {"past_key_values": kv, "position_ids": positions}
 
-    def logits(self, hidden, token_ids=None):
-        out = super().logits(hidden, token_ids)
-        cap = self.model.config.logits_soft_cap
-        return torch.tanh(out / cap) * cap if cap else out
+    def logit_soft_cap(self) -> float | None:
+        return self.model.config.logits_soft_cap
 
 
 ADAPTERS: tuple[type[ModelAdapter], ...] = (TransformerAdapter, MambaAdapter, Mamba2Adapter, RwkvAdapter,
