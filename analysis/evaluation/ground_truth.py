@@ -139,7 +139,7 @@ def ground_truth(loaded: LoadedModel, methods: Sequence[str] = METHODS, n: int =
     Returns:
         A DataFrame, one row per (family, method), columns ``COLUMNS``: ``n`` prompts scored of ``attempted``
         (built and tokenised), each score's mean with its bootstrap interval (``_lo``, ``_hi``); a method
-        the family cannot run (``lrp`` outside transformers) has n = 0 and a ``note``.
+        the family cannot run (``lrp`` on a family without LRP rules) has n = 0 and a ``note``.
 
     Raises:
         PrunescopeError: an unknown method, family or style.
