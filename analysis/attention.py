@@ -103,13 +103,13 @@ def _compute(loaded: Loaded, entry: Family, input_ids: torch.Tensor, form: Form,
              layers: list[int], budget: int) -> tuple[dict[int, torch.Tensor], dict[int, LayerKind]]:
     """Maps and kinds of ``layers``: the family's implicit layers from its capture and reduced maps, the rest
     from its softmax attention."""
-    implicit = set(entry.implicit_layers(loaded.adapter))
+    implicit = set(entry.implicit_layers_for(loaded.adapter, form))
     chosen = [i for i in layers if i in implicit]
     maps: dict[int, torch.Tensor] = {}
     kinds: dict[int, LayerKind] = {}
     if chosen:
         internals, reduced = entry.require("capture")(loaded, input_ids, chosen), entry.require("reduced")
-        maps = {i: reduced(internals[i], form, reduction, budget) for i in chosen}
+        maps = {i: reduced(internals[i], entry.implicit_form(form), reduction, budget) for i in chosen}
         kinds = dict.fromkeys(maps, IMPLICIT)
     rest = [i for i in layers if i not in maps]
     if rest:

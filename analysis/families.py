@@ -21,7 +21,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from analysis.errors import PrunescopeError, UnsupportedArchitectureError
-from analysis.implicit_attention import conservative, griffin, mamba, rwkv, softmax
+from analysis.implicit_attention import (
+    conservative,
+    delta_families,
+    griffin,
+    lfm2,
+    mamba,
+    mamba_hybrid,
+    rwkv,
+    softmax,
+    xlstm,
+)
 from analysis.implicit_attention.conservative import Rule
 from analysis.implicit_attention.ops import (
     FORM_NAMES,
@@ -36,12 +46,18 @@ from analysis.implicit_attention.ops import (
     SoftmaxMaps,
 )
 from analysis.models.adapters import (
+    GatedDeltaNetAdapter,
     GriffinAdapter,
+    HybridMamba2Adapter,
+    KimiDeltaAdapter,
+    Lfm2Adapter,
     Mamba2Adapter,
     MambaAdapter,
     ModelAdapter,
     RwkvAdapter,
     TransformerAdapter,
+    XlstmAdapter,
+    Zamba2Adapter,
     adapter_class_for,
     supported_architectures,
 )
@@ -84,6 +100,19 @@ class Family:
     def implicit_layers(self) -> Callable[[Any], list[int]]:
         """``adapter -> [layer]``: the layers with implicit attention."""
         return self.ops.implicit_layers
+
+    def implicit_layers_for(self, adapter: Any, form: Form) -> list[int]:
+        """The layers shown with implicit attention under ``form``: the implicit layers, less those that also
+        have softmax attention when the form is "softmax" (a hybrid layer with both kinds shows the asked one)."""
+        implicit = self.ops.implicit_layers(adapter)
+        if form != "softmax" or self.ops.softmax_layers is None:
+            return implicit
+        both = set(self.ops.softmax_layers(adapter))
+        return [i for i in implicit if i not in both]
+
+    def implicit_form(self, form: Form) -> Form:
+        """The form implicit layers are shown in: ``form``, or the first implicit one for "softmax"."""
+        return form if form != "softmax" else next((f for f in self.forms if f != "softmax"), form)
 
     @property
     def has_softmax_layers(self) -> bool:
@@ -130,6 +159,12 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("mamba2", Mamba2Adapter, mamba.MAMBA2_OPS, lrp=conservative.MAMBA2),
     Family("rwkv", RwkvAdapter, rwkv.RWKV_OPS, lrp=conservative.RWKV),
     Family("griffin", GriffinAdapter, griffin.GRIFFIN_OPS, lrp=conservative.GRIFFIN),
+    Family("mamba2_hybrid", HybridMamba2Adapter, mamba_hybrid.HYBRID_MAMBA2_OPS),
+    Family("zamba2", Zamba2Adapter, mamba_hybrid.HYBRID_MAMBA2_OPS),
+    Family("lfm2", Lfm2Adapter, lfm2.LFM2_OPS),
+    Family("xlstm", XlstmAdapter, xlstm.XLSTM_OPS),
+    Family("gated_deltanet", GatedDeltaNetAdapter, delta_families.GATED_DELTANET_OPS),
+    Family("kimi_delta", KimiDeltaAdapter, delta_families.KIMI_DELTA_OPS),
 )}
 
 

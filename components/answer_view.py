@@ -6,10 +6,11 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from analysis.attribution.answer_tokens import ANSWER_METHODS, AnswerSource, attribute_answer
+from analysis.attribution.answer_tokens import ANSWER_METHODS, AnswerSource
 from analysis.attribution.neuron_ig import NeuronIGResult
 from analysis.attribution.tokens import LRP_FAMILIES
 from analysis.models import LoadedModel
+from analysis.queries import AnswerQuery
 from components.charts import visible_token
 from components.charts_attribution import answer_attribution_heatmap
 from components.export import chart
@@ -32,13 +33,13 @@ def show(loaded: LoadedModel, result: NeuronIGResult, result_key: tuple, delimit
                                        "family has it) or gradient-weighted attention rollout")
         source = right.radio("Answer", list(SOURCES), key="answer_source", format_func=SOURCES.get)
         item = result.inputs[int(prompt)]
-        key = ("answer-attribution", result_key, int(prompt), method, source)
+        query = AnswerQuery(result_key, int(prompt), method, source)
         clicked = st.button("Attribute the answer's tokens", key="answer_run")
         found = None
         with guarded("per-token attribution"):
             with st.spinner("one backward pass per answer token…"):  # memo keeps no None: none yet, no click
-                found = memo(key, (lambda: attribute_answer(loaded, item.text, method, source, gold=item.prompt.gold,
-                                                            delimiter=delimiter)) if clicked else lambda: None)
+                found = memo(query.key(loaded), (lambda: query.run(loaded, result, delimiter)) if clicked
+                             else lambda: None)
         if found is None:
             st.caption("Click to attribute each token of the answer to the tokens before it.")
             return {}

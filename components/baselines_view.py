@@ -7,12 +7,12 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from analysis.cache import ResultsCache
 from analysis.evaluation.verdicts import signed_points
 from analysis.models import LoadedModel
 from analysis.pruning import NeuronMask
-from analysis.pruning.baselines import BASELINES, METHOD_LABELS, evaluate_baselines, method_table
+from analysis.pruning.baselines import BASELINES, METHOD_LABELS, method_table
 from analysis.pruning.evaluate import PruneEvalResult
+from analysis.queries import BaselinesQuery
 from analysis.tasks.task import Task
 from components import speculation
 from components.export import table
@@ -32,12 +32,11 @@ def baselines_panel(loaded: LoadedModel, mask: NeuronMask, result: PruneEvalResu
         units = len(tasks) * len(chosen) * n
         speculation.cost_note(loaded, units, "eval", f"{units:,} prompts")
         clicked = st.button("Run the baselines", key="baselines_run")
-        key = ("baselines", loaded.fingerprint(), len(mask), tuple(t.name for t in tasks), shots, n, seed,
-               tuple(chosen))
+        query = BaselinesQuery(mask, tuple(tasks), shots, n, seed, tuple(chosen))
         with guarded("baselines"):
-            extra = speculation.follow("job_baselines", key, "Baselines", lambda progress: evaluate_baselines(
-                loaded, mask, tasks, [shots], n, seed, chosen, cache=ResultsCache(), progress=progress),
-                start=clicked, speed=(loaded, "eval", units), total=units)
+            extra = speculation.follow("job_baselines", query.key(loaded), "Baselines",
+                                       lambda progress: query.run(loaded, progress), start=clicked,
+                                       speed=(loaded, "eval", units), total=units)
             if extra is None:
                 return {}
             methods = method_table(pd.concat([result.records, extra], ignore_index=True), result.resamples)

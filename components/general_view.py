@@ -6,17 +6,13 @@ from __future__ import annotations
 
 import streamlit as st
 
-from analysis.cache import ResultsCache
 from analysis.evaluation.general import (
     PASSAGES,
-    GeneralComparison,
-    general_capability,
     shipped_passages,
-    stored_general_capability,
 )
 from analysis.models import LoadedModel
 from analysis.pruning import NeuronMask
-from analysis.pruning.evaluate import control_masks
+from analysis.queries import GeneralQuery
 from components import speculation
 from components.widgets import guarded, memo
 
@@ -25,22 +21,20 @@ def general_text_panel(loaded: LoadedModel, mask: NeuronMask, controls: int) -> 
     """The panel; returns its sentence for the report ('' while nothing is computed)."""
     st.subheader("General text")
     passages = shipped_passages()[:PASSAGES]
-    randoms = control_masks(loaded, mask, controls)
-    key = ("general-loss", loaded.fingerprint(), tuple(sorted(mask.neurons)), controls, len(passages))
-
-    def compute(progress=None) -> GeneralComparison:
-        return general_capability(loaded, mask, randoms, passages, ResultsCache(), progress)
+    query = GeneralQuery(mask, controls, tuple(passages))
+    key = query.key(loaded)
 
     with guarded("general text"):
-        found = memo(key, lambda: stored_general_capability(loaded, mask, randoms, passages))
+        found = memo(key, lambda: query.stored(loaded))
         if found is None:
             st.caption(f"Does the mask cost the model elsewhere? The next-token loss on {len(passages)} passages "
                        "of general prose (the Jargon File, public domain), unpruned vs pruned vs the random masks, "
                        "paired by passage.")
             units = (2 + controls) * len(passages)
             clicked = st.button("Compute the loss on general text", key="general_run")
-            result = speculation.follow("job_general", key, "General text", lambda progress: compute(progress),
-                                        start=clicked, unit="passages", total=units)
+            result = speculation.follow("job_general", key, "General text",
+                                        lambda progress: query.run(loaded, progress), start=clicked,
+                                        unit="passages", total=units)
             if result is not None:
                 found = memo(key, lambda: result)
         if found is not None:

@@ -9,13 +9,13 @@ from typing import Any, cast
 import streamlit as st
 
 from analysis.attribution.targets import CopyTarget
-from analysis.cache import ResultsCache
 from analysis.demo import SCORING
 from analysis.errors import PrunescopeError
 from analysis.models import LoadedModel
-from analysis.pruning import NeuronMask, copying
+from analysis.pruning import NeuronMask
 from analysis.pruning.copying import CopyingScores, ScorePrompts, parse_layer_range, select_top_k
-from analysis.pruning.stability import MaskStability, mask_stability
+from analysis.pruning.stability import MaskStability
+from analysis.queries import StabilityQuery, StoredScoresQuery
 from components import state
 from components.widgets import memo
 
@@ -35,9 +35,8 @@ def _like(default: object, value: object) -> object:
 def stored_copying_scores(loaded: LoadedModel, n: int, shots: int, steps: int, target: CopyTarget = "copy",
                           prompts: ScorePrompts = "all") -> CopyingScores | None:
     """Copying scores from the on-disk or shipped cache, or None; read once per session and settings."""
-    return memo(("copying-scores", loaded.fingerprint(), n, shots, steps, target, prompts),
-                lambda: copying.stored_copying_scores(loaded, n=n, shots=shots, steps=steps, target=target,
-                                                      prompts=prompts, cache=ResultsCache()))
+    query = StoredScoresQuery(n, shots, steps, target, prompts)
+    return memo(query.key(loaded), lambda: query.run(loaded))
 
 
 def top_k_mask(loaded: LoadedModel, scores) -> NeuronMask:
@@ -52,9 +51,8 @@ def top_k_stability(loaded: LoadedModel, scored: CopyingScores, mask: NeuronMask
     if scored.n_used < 2:
         return None
     per_layer, layers = bool(state.get("per_layer")), parse_layer_range(state.get("layers"), loaded.n_layers)
-    key = ("mask-stability", loaded.fingerprint(), tuple(sorted(scored.options.items())), tuple(scored.used),
-           tuple(sorted(mask.neurons)), per_layer, layers)
-    return memo(key, lambda: mask_stability(scored, mask, per_layer, layers))
+    query = StabilityQuery((tuple(sorted(scored.options.items())), tuple(scored.used)), mask, per_layer, layers)
+    return memo(query.key(loaded), lambda: query.run(loaded, scored))
 
 
 def remember(loaded: LoadedModel, mask: NeuronMask | None) -> None:

@@ -9,10 +9,11 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from analysis.attribution.neuron_ig import NeuronIGResult
-from analysis.attribution.neuron_view import NeuronProfile, neuron_profile, parse_neuron
+from analysis.attribution.neuron_view import NeuronProfile, parse_neuron
 from analysis.errors import PrunescopeError
 from analysis.models import LoadedModel
 from analysis.pruning import NeuronMask
+from analysis.queries import NeuronProfileQuery
 from components import present, state
 from components.charts import visible_token
 from components.charts_attribution import neuron_activation_over_tokens, neuron_ig_per_prompt
@@ -65,8 +66,8 @@ def show(loaded: LoadedModel, result: NeuronIGResult, result_key: tuple, picked:
                     help="click a cell of the heatmap, or type one, e.g. 12:345; empty: the strongest neuron")
     profile: NeuronProfile | None = None
     with guarded("neuron view"):
-        profile = memo(("neuron-profile", result_key, layer, neuron),
-                       lambda: neuron_profile(loaded, result, layer, neuron, MAX_PROFILE_PROMPTS))
+        query = NeuronProfileQuery(result_key, layer, neuron, MAX_PROFILE_PROMPTS)
+        profile = memo(query.key(loaded), lambda: query.run(loaded, result))
     if profile is None:
         return {}
     shown = len(profile.ig)

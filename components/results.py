@@ -1,25 +1,17 @@
 """What a page shows is keyed by everything that produced it: one helper for every page's displayed result.
 
-A page keeps its last result in the session under a *key*: the model's fingerprint (its weights and
-architecture), its dtype and every setting the result used. Under other settings the page says what the
-result was for and what to click, instead of showing numbers that belong to another model, dtype or setting
-(a previous model's k-sweep curve, an attribution under other steps).
+A page keeps its last result in the session under a *key*: its request's or query's key (the model's
+fingerprint, its dtype and every setting the result used: analysis/requests.py, analysis/queries.py). Under
+other settings the page says what the result was for and what to click, instead of showing numbers that
+belong to another model, dtype or setting (a previous model's k-sweep curve, an attribution under other
+steps).
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable
 from typing import Any
 
 import streamlit as st
-
-from analysis.device import dtype_name
-from analysis.models import LoadedModel
-
-
-def result_key(loaded: LoadedModel, kind: str, *settings: Hashable) -> tuple:
-    """The key of a result of ``kind`` computed on ``loaded`` with ``settings`` (every one it used)."""
-    return (kind, loaded.fingerprint(), dtype_name(loaded.dtype), *settings)
 
 
 def keep(slot: str, key: tuple, value: Any, label: str) -> None:

@@ -108,6 +108,8 @@ TABLE: dict[str, Setting] = _table(
     choice("form", "", limit=40),
     text("reduce", "mean", limit=400),
     choice("beside", ""),
+    number("heads", 0, bound=FLAG),  # the layers x heads grid of thumbnails
+    number("sink", 0, bound=FLAG),  # the first token (the attention sink) left out of maps and relevance
     # each page's own, so a page keeps them while the visitor is on another one (a running job is found again)
     choice("ig_target", ATTRIBUTION["target"], TARGETS),
     number("ig_n", ATTRIBUTION["n"]),

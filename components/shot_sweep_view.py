@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from analysis.cache import ResultsCache
 from analysis.distributed import env_pool
 from analysis.models import LoadedModel
 from analysis.pruning import NeuronMask
-from analysis.pruning.evaluate import prune_eval
+from analysis.queries import ShotSweepQuery
 from analysis.tasks.task import Task
 from components import speculation
 from components.charts_pruning import shot_sweep_chart
@@ -37,13 +36,10 @@ def shot_sweep_panel(loaded: LoadedModel, mask: NeuronMask, tasks: list[Task], n
         units = len(shots) * len(tasks) * (2 + controls) * n
         speculation.cost_note(loaded, units, "eval", f"{units:,} prompts")
         clicked = st.button("Run the shot sweep", key="shot_sweep_run")
-        key = ("shot-sweep", loaded.fingerprint(), tuple(sorted(mask.neurons)), tuple(t.name for t in tasks),
-               tuple(shots), n, seed, controls)
+        query = ShotSweepQuery(mask, tuple(tasks), tuple(shots), n, seed, controls)
         with guarded("shot sweep"):
-            result = speculation.follow("job_shot_sweep", key, "Shot sweep", lambda progress: prune_eval(
-                loaded, mask, tasks, shots=shots, n=n, random_controls=controls, seed=seed, cache=ResultsCache(),
-                progress=progress, pool=env_pool(loaded.name)), start=clicked, speed=(loaded, "eval", units),
-                total=units)
+            result = speculation.follow("job_shot_sweep", query.key(loaded), "Shot sweep", lambda progress: query.run(
+                loaded, progress, env_pool(loaded.name)), start=clicked, speed=(loaded, "eval", units), total=units)
             if result is None:
                 return {}
             summary = result.summary()

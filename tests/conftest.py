@@ -12,7 +12,9 @@ from analysis.models.tiny import TINY_FAMILIES, build_tiny_model
 
 FAMILY_OF = {"llama": "transformer", "gpt2": "transformer", "gpt_neox": "transformer", "opt": "transformer",
              "mamba": "mamba", "mamba2": "mamba2", "rwkv": "rwkv", "recurrent_gemma": "griffin",
-             "gemma3_text": "transformer"}
+             "gemma3_text": "transformer", "falcon_mamba": "mamba", "bamba": "mamba2_hybrid",
+             "falcon_h1": "mamba2_hybrid", "zamba2": "zamba2", "lfm2": "lfm2", "xlstm": "xlstm",
+             "qwen3_next": "gated_deltanet", "kimi_linear": "kimi_delta"}
 
 
 @pytest.fixture(scope="session")
@@ -94,7 +96,10 @@ TIERS = {
         "test_gemma3.py",
         "test_general.py",
         "test_ground_truth.py",
+        "test_head_grid.py",
         "test_hook_scope.py",
+        "test_implicit_delta_rule.py",
+        "test_implicit_lfm2_xlstm.py",
         "test_implicit_mamba.py",
         "test_implicit_rwkv_griffin.py",
         "test_jobs.py",
@@ -108,6 +113,7 @@ TIERS = {
         "test_offload.py",
         "test_one_batch.py",
         "test_pruning.py",
+        "test_queries.py",
         "test_registry.py",
         "test_requests.py",
         "test_scheduler.py",

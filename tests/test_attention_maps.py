@@ -7,7 +7,7 @@ import torch
 
 from analysis.attention import attention_maps
 from analysis.errors import PrunescopeError
-from analysis.implicit_attention.common import Reduction
+from analysis.implicit_attention.common import Reduction, eager_attention
 from analysis.implicit_attention.softmax import softmax_attention
 from analysis.models.tiny import TINY_FAMILIES
 
@@ -70,3 +70,75 @@ def test_bad_requests(tiny_loaded, model_type, kwargs, message):
         attention_maps(tiny_loaded(model_type), TEXT, **kwargs)
     with pytest.raises(PrunescopeError, match="the text is empty"):
         attention_maps(tiny_loaded(model_type), "   ")
+
+
+@pytest.mark.parametrize("model_type,kinds", [
+    ("bamba", {"s6": ["implicit", "softmax", "implicit"], "unified": ["implicit", "softmax", "implicit"],
+               "softmax": ["implicit", "softmax", "implicit"]}),
+    ("falcon_h1", {"s6": ["implicit", "implicit"], "unified": ["implicit", "implicit"],
+                   "softmax": ["softmax", "softmax"]}),
+    ("zamba2", {"s6": ["implicit", "implicit", "implicit"], "softmax": ["softmax", "implicit", "implicit"]}),
+])
+def test_hybrid_layers_show_the_kind_the_form_asks_for(tiny_loaded, model_type, kinds):
+    """A layer shows the form's kind when it has it, else the kind it has: Falcon-H1's layers (both kinds)
+    follow the form, Bamba's (one kind each) keep theirs; a Mamba-2 layer under "softmax" shows its s6 map."""
+    loaded = tiny_loaded(model_type)
+    for form, want in kinds.items():
+        maps = attention_maps(loaded, TEXT, form=form)
+        assert maps.kinds == want
+    s6 = attention_maps(loaded, TEXT, form="s6").attn
+    assert torch.equal(attention_maps(loaded, TEXT, form="softmax").attn[0], s6[0]) == (model_type == "bamba")
+
+
+@pytest.fixture(scope="module")
+def tied_zamba2(tmp_path_factory):
+    """A tiny Zamba2 whose layers 0 and 2 both run its one transformer block (a module per layer, weights tied;
+    the default tiny Zamba2 has one hybrid layer: a random model with two is too rough for the IG battery's
+    fixed quadrature)."""
+    from analysis.models import load_model
+    from analysis.models.tiny import build_tiny_model
+
+    path = build_tiny_model("zamba2", tmp_path_factory.mktemp("zamba2") / "m",
+                            layers_block_type=["hybrid", "mamba", "hybrid"])
+    return load_model(str(path), device="cpu")
+
+
+def test_a_tied_attention_block_gives_each_layer_its_own_call(tied_zamba2):
+    """Zamba2's layers 0 and 2 run one transformer block (tied weights): each gets the probabilities of its own
+    call (asked together or alone, equal to the block's own output there), and the two differ."""
+    loaded = tied_zamba2
+    first, second = (loaded.adapter.block(i).shared_transformer.self_attn for i in (0, 2))
+    assert first.q_proj.weight is second.q_proj.weight
+    both = attention_maps(loaded, TEXT, form="softmax", layers=[0, 2]).attn
+    alone = [attention_maps(loaded, TEXT, form="softmax", layers=[i]).attn[0] for i in (0, 2)]
+    torch.testing.assert_close(both, torch.stack(alone))
+    assert not torch.allclose(both[0], both[1], atol=1e-3)
+    calls = []
+    handles = [m.register_forward_hook(lambda m, a, out: calls.append(out[1][0].mean(0))) for m in (first, second)]
+    try:
+        with loaded.lock, torch.no_grad(), eager_attention(loaded):
+            loaded.model(torch.tensor([loaded.tokenizer(TEXT).input_ids]), use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    torch.testing.assert_close(both, torch.stack(calls))
+
+
+def test_hybrid_softmax_maps_reproduce_the_attention_output(tiny_loaded):
+    """Falcon-H1 (key multiplier 0.9, attention input multiplier 1.1): per-head probabilities from the hybrid
+    softmax maps times the layer's own values give o_proj's input."""
+    loaded = tiny_loaded("falcon_h1")
+    ids = torch.tensor([loaded.tokenizer(TEXT).input_ids])
+    attn, seen = loaded.model.model.layers[1].self_attn, {}
+    handles = [attn.v_proj.register_forward_hook(lambda m, a, out: seen.__setitem__("v", out[0])),
+               attn.o_proj.register_forward_pre_hook(lambda m, a: seen.__setitem__("o", a[0][0]))]
+    with loaded.lock, torch.no_grad():
+        loaded.model(ids)
+    for h in handles:
+        h.remove()
+    heads, kv_heads, dim = attn.config.num_attention_heads, attn.config.num_key_value_heads, attn.head_dim
+    values = seen["v"].reshape(-1, kv_heads, dim).repeat_interleave(heads // kv_heads, dim=1)
+    probs = torch.stack([attention_maps(loaded, TEXT, form="softmax", reduce=f"channels:{h}").attn[1]
+                         for h in range(heads)])
+    rebuilt = torch.einsum("hij,jhd->ihd", probs, values).reshape(len(ids[0]), heads * dim)
+    assert float((rebuilt - seen["o"]).norm() / seen["o"].norm()) < 1e-5

@@ -151,15 +151,18 @@ def test_continuation_raising_restores_the_block_list(tiny_loaded, model_type):
 def _captures():
     from analysis.attribution.tokens import token_relevance
     from analysis.implicit_attention.griffin import capture_griffin, griffin_attention_maps
+    from analysis.implicit_attention.lfm2 import capture_lfm2
     from analysis.implicit_attention.mamba import capture_mamba
     from analysis.implicit_attention.rwkv import capture_rwkv
+    from analysis.implicit_attention.xlstm import capture_xlstm
 
     def relevance(loaded):
         return token_relevance(loaded, "the cat is big and the dog", "gradattn")
 
     return [("mamba", capture_mamba), ("mamba2", capture_mamba), ("rwkv", capture_rwkv),
             ("recurrent_gemma", capture_griffin), ("recurrent_gemma", griffin_attention_maps),
-            ("mamba", relevance), ("rwkv", relevance), ("recurrent_gemma", relevance)]
+            ("mamba", relevance), ("rwkv", relevance), ("recurrent_gemma", relevance), ("lfm2", capture_lfm2),
+            ("lfm2", relevance), ("xlstm", capture_xlstm), ("xlstm", relevance)]
 
 
 @pytest.mark.parametrize("case", range(len(_captures())))

@@ -26,6 +26,9 @@ from analysis.models.tiny import build_tiny_model
 
 PROMPT = "The cat is big. Q: What is the capital of France?\nA: Paris"
 MODEL_TYPES = ("mamba", "mamba2")
+# every model type with Mamba / Mamba-2 mixers: Falcon-Mamba's normalised dt/B/C, Bamba's, Falcon-H1's and
+# Zamba2's hybrid layers (Falcon-H1: muP multipliers, gated at out_proj; Zamba2: mixers in two places)
+MIXER_TYPES = (*MODEL_TYPES, "falcon_mamba", "bamba", "falcon_h1", "zamba2")
 FORMS = ("s6", "unified")
 
 
@@ -53,10 +56,11 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("form", FORMS)
-@pytest.mark.parametrize("model_type", MODEL_TYPES)
+@pytest.mark.parametrize("model_type", MIXER_TYPES)
 def test_reconstruction_equals_real_forward(tiny_loaded, captured, model_type, form):
     layers = captured(model_type)
-    assert sorted(layers) == list(range(tiny_loaded(model_type).n_layers))
+    want = {"bamba": [0, 2]}.get(model_type, list(range(tiny_loaded(model_type).n_layers)))  # attention skipped
+    assert sorted(layers) == want
     for inn in layers.values():
         rebuilt, observed = mamba_reconstruct(inn, form)
         assert rebuilt.shape == observed.shape == (inn.length, inn.x.shape[1])
@@ -64,7 +68,7 @@ def test_reconstruction_equals_real_forward(tiny_loaded, captured, model_type, f
 
 
 @pytest.mark.parametrize("form", FORMS)
-@pytest.mark.parametrize("model_type", MODEL_TYPES)
+@pytest.mark.parametrize("model_type", MIXER_TYPES)
 def test_vectorised_equals_loop_reference_and_is_causal(captured, model_type, form):
     for inn in captured(model_type).values():
         full = mamba_matrices(inn, form)
@@ -83,9 +87,9 @@ def test_s6_is_per_channel_for_mamba_per_head_for_mamba2(captured):
 
 
 @pytest.mark.parametrize("form", FORMS)
-@pytest.mark.parametrize("model_type", MODEL_TYPES)
+@pytest.mark.parametrize("model_type", MIXER_TYPES)
 def test_reductions_match_full_tensor(captured, model_type, form):
-    inn = captured(model_type)[1]
+    inn = list(captured(model_type).values())[-1]
     full = mamba_matrices(inn, form)
     budget = 1 << 30
     expected = {"mean": full.mean(0), "absmean": full.abs().mean(0), "channels:1,3": full[[1, 3]].mean(0),
@@ -121,6 +125,20 @@ def test_bad_channels_and_forms_raise(captured, model_type):
             mamba_matrices(inn, form, torch.tensor([-1]))
     with pytest.raises(PrunescopeError):
         mamba_matrices(inn, "softmax")
+
+
+def test_variants_read_what_their_mixers_compute(captured):
+    """Falcon-Mamba's B and C are the RMS-normalised ones (unit mean square per position); Falcon-H1 (muP
+    multipliers other than 1: the reconstruction fails without them) gates before out_proj, with no norm;
+    Bamba gates in the norm like Mamba-2."""
+    falcon = captured("falcon_mamba")[0]
+    torch.testing.assert_close(falcon.B.pow(2).mean(-1), torch.ones(falcon.length), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(falcon.C.pow(2).mean(-1), torch.ones(falcon.length), rtol=1e-4, atol=1e-4)
+    assert captured("mamba")[0].B.pow(2).mean(-1).sub(1).abs().max() > 0.1  # plain Mamba's are not
+    h1 = captured("falcon_h1")[0]
+    assert h1.gated_at == "out_proj" and "ssm_out" not in h1.observed and h1.mixer_path == "mamba"
+    assert captured("bamba")[2].gated_at == "norm" == captured("mamba2")[0].gated_at
+    assert [inn.mixer_path for inn in captured("zamba2").values()] == ["mamba_decoder.mamba", "mamba", "mamba"]
 
 
 def test_capture_rejects_bad_input_and_removes_hooks(tiny_loaded):

@@ -25,7 +25,9 @@ def weight_edited_reference(loaded):
     model = copy.deepcopy(loaded.model)
     for layer, indices in MASK.by_layer().items():
         site = loaded.adapter.site(layer)
-        reader = model.get_submodule(f"{loaded.adapter.layout.layers}.{layer}.{loaded.adapter.layout.width_from}")
+        # an input site is its own reader (Zamba2's path differs per layer); an output site is read by width_from
+        reader = model.get_submodule(site.path if site.io == "input" else
+                                     f"{loaded.adapter.layout.layers}.{layer}.{loaded.adapter.layout.width_from}")
         with torch.no_grad():
             if hasattr(reader, "in_features"):
                 reader.weight[:, indices] = 0  # nn.Linear: weight is [out, in]

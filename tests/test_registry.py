@@ -19,13 +19,16 @@ from analysis.models.tiny import TINY_FAMILIES
 
 FAMILY_OF = {"llama": "transformer", "gpt2": "transformer", "gpt_neox": "transformer", "opt": "transformer",
              "mamba": "mamba", "mamba2": "mamba2", "rwkv": "rwkv", "recurrent_gemma": "griffin",
-             "gemma3_text": "transformer"}
+             "gemma3_text": "transformer", "falcon_mamba": "mamba", "bamba": "mamba2_hybrid",
+             "falcon_h1": "mamba2_hybrid", "zamba2": "zamba2", "lfm2": "lfm2", "xlstm": "xlstm",
+             "qwen3_next": "gated_deltanet", "kimi_linear": "kimi_delta"}
 IMPLICIT_FNS = ("capture", "reduced", "matrices", "relevance_target")
 TEXT = "a:3 b:5 c:1 d:7 | b:5 a:"
 
 
 def test_registry_names_every_adapter_once():
-    assert list(FAMILIES) == ["transformer", "mamba", "mamba2", "rwkv", "griffin"]
+    assert list(FAMILIES) == ["transformer", "mamba", "mamba2", "rwkv", "griffin", "mamba2_hybrid", "zamba2", "lfm2",
+                              "xlstm", "gated_deltanet", "kimi_delta"]
     assert tuple(f.adapter for f in FAMILIES.values()) == registered_adapters()
 
 
@@ -43,10 +46,15 @@ def test_every_family_has_every_field(name):
     for field in IMPLICIT_FNS:  # implicit families: every function set; others: none
         function = getattr(entry.ops, field)
         assert callable(function) if implicit else function is None, field
-    assert entry.has_softmax_layers is (name in ("transformer", "griffin"))
+    assert entry.has_softmax_layers is (name in ("transformer", "griffin", "mamba2_hybrid", "zamba2", "lfm2",
+                                                "gated_deltanet", "kimi_delta"))
     if entry.has_softmax_layers:
         assert callable(entry.ops.softmax_maps)
-    assert entry.supports_lrp and entry.lrp is not None  # every family: MambaLRP rules for the recurrent ones
+    # no conservative rules for these mixers yet
+    if name in ("mamba2_hybrid", "zamba2", "lfm2", "xlstm", "gated_deltanet", "kimi_delta"):
+        assert not entry.supports_lrp and entry.lrp is None
+        return
+    assert entry.supports_lrp and entry.lrp is not None  # MambaLRP rules for the recurrent families
     assert bool(entry.lrp) is (name != "transformer")  # transformers: softmax and norms only, no mixer rules
 
 
@@ -62,16 +70,23 @@ def test_every_tiny_model_resolves_to_its_family(tiny_loaded, model_type):
     assert family_of(loaded) is entry and family_for(model_type) is entry
     assert type(loaded.adapter) is entry.adapter
     layers = entry.implicit_layers(loaded.adapter)
-    want = {"transformer": [], "griffin": [0, 2]}.get(entry.name, list(range(loaded.n_layers)))
+    want = {"transformer": [], "griffin": [0, 2], "lfm2": [0, 2], "gated_deltanet": [0, 2],
+            "kimi_delta": [0, 2]}.get(entry.name, list(range(loaded.n_layers)))
+    want = [0, 2] if model_type == "bamba" else want  # its layer 1 is attention
     assert layers == want
 
 
 def test_forms_and_lrp_families_come_from_the_registry():
     assert FORMS == forms() == {n: f.forms for n, f in FAMILIES.items()}
     assert FORMS == {"transformer": ("softmax",), "mamba": ("s6", "unified"), "mamba2": ("s6", "unified"),
-                     "rwkv": ("unified", "wkv"), "griffin": ("unified", "rglru")}
+                     "rwkv": ("unified", "wkv"), "griffin": ("unified", "rglru"),
+                     "mamba2_hybrid": ("s6", "unified", "softmax"), "zamba2": ("s6", "unified", "softmax"),
+                     "lfm2": ("unified", "conv"), "xlstm": ("mlstm", "unified"),
+                     "gated_deltanet": ("delta", "unified"), "kimi_delta": ("kda", "unified")}
     assert {n: default_form(n) for n in FAMILIES} == {"transformer": "softmax", "mamba": "s6", "mamba2": "s6",
-                                                      "rwkv": "unified", "griffin": "unified"}
+                                                      "rwkv": "unified", "griffin": "unified", "mamba2_hybrid": "s6",
+                                                      "zamba2": "s6", "lfm2": "unified", "xlstm": "mlstm",
+                                                      "gated_deltanet": "delta", "kimi_delta": "kda"}
     assert LRP_FAMILIES == ("transformer", "mamba", "mamba2", "rwkv", "griffin")
 
 
@@ -91,7 +106,10 @@ def test_check_form_is_a_one_line_error():
 @pytest.mark.parametrize("call", [lambda: family("bert"), lambda: default_form("bert")])
 def test_unknown_family_is_a_one_line_error(call):
     with pytest.raises(UnsupportedArchitectureError, match=r"^unknown architecture family 'bert'; supported: "
-                                                           r"transformer \(llama.*griffin \(recurrent_gemma\)$"):
+                                                           r"transformer \(llama.*griffin \(recurrent_gemma\); "
+                                                           r"mamba2_hybrid \(bamba, falcon_h1\); zamba2 \(zamba2\); "
+                                                           r"lfm2 \(lfm2\); xlstm \(xlstm\); gated_deltanet "
+                                                           r"\(qwen3_next\); kimi_delta \(kimi_linear\)$"):
         call()
 
 
@@ -108,9 +126,16 @@ def test_unknown_model_type_gives_the_loaders_error():
 @pytest.mark.parametrize("model_type,form,module,gated,group", [
     ("mamba", "s6", "mixer.out_proj", True, 1), ("mamba", "unified", "mixer.out_proj", False, 1),
     ("mamba2", "s6", "mixer.norm", False, "head_dim"), ("mamba2", "unified", "mixer.norm", False, 1),
+    ("falcon_mamba", "s6", "mixer.out_proj", True, 1), ("bamba", "s6", "mamba.norm", False, "head_dim"),
+    ("bamba", "unified", "mamba.norm", False, 1), ("falcon_h1", "s6", "mamba.out_proj", True, "head_dim"),
+    ("falcon_h1", "unified", "mamba.out_proj", False, 1),
+    ("zamba2", "s6", "mamba_decoder.mamba.norm", False, "head_dim"),
     ("rwkv", "unified", "attention.output", False, 1), ("rwkv", "wkv", "attention.output", True, 1),
     ("recurrent_gemma", "rglru", "temporal_block.rg_lru", False, 1),
     ("recurrent_gemma", "unified", "temporal_block.linear_out", False, 1),
+    ("lfm2", "unified", "conv.out_proj", False, 1), ("lfm2", "conv", "conv.out_proj", False, 1),
+    ("xlstm", "mlstm", "mlstm_layer.multihead_norm", False, "head_dim"),
+    ("xlstm", "unified", "mlstm_layer.out_proj", False, 1),
 ])
 def test_relevance_targets(tiny_loaded, model_type, form, module, gated, group):
     """Each form's target: the hooked module, its source u [T, C] and the gate that turns the hooked gradient
@@ -121,7 +146,7 @@ def test_relevance_targets(tiny_loaded, model_type, form, module, gated, group):
     block = loaded.adapter.block(layer)
     spot = entry.ops.relevance_target(block, inn, form)
     assert isinstance(spot, RelevanceTarget) and spot.module is block.get_submodule(module)
-    assert spot.how == ("gated" if (model_type, form) == ("mamba2", "unified") else
+    assert spot.how == ("gated" if form == "unified" and model_type in ("mamba2", "bamba") else
                         "output" if form == "rglru" else "input")
     assert spot.source.shape[0] == len(loaded.tokenizer(TEXT).input_ids)
     assert spot.group == (inn.head_dim if group == "head_dim" else group)
@@ -129,7 +154,7 @@ def test_relevance_targets(tiny_loaded, model_type, form, module, gated, group):
         assert spot.group > 1
     if not gated:
         assert spot.gate is None
-    elif model_type == "mamba":
+    elif model_type in ("mamba", "falcon_mamba", "falcon_h1"):
         torch.testing.assert_close(spot.gate, torch.nn.functional.silu(inn.z))
     else:
         torch.testing.assert_close(spot.gate, torch.sigmoid(inn.receptance))

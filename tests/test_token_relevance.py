@@ -16,6 +16,7 @@ from analysis.attribution.tokens import (
     gradient_weighted_maps,
     prompt_ids,
     rollout,
+    target_logit,
     token_relevance,
     top_prediction,
 )
@@ -42,10 +43,14 @@ def _embeds(loaded, ids):
         return loaded.model.get_input_embeddings()(ids).detach()
 
 
-@pytest.mark.parametrize("model_type", ["llama", "mamba", "gemma3_text"])
+@pytest.mark.parametrize("model_type", ["llama", "mamba", "gemma3_text", "bamba", "falcon_h1", "zamba2"])
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_gives_finite_scores(tiny_loaded, model_type, method):
     loaded = tiny_loaded(model_type)
+    if method == "lrp" and model_type in ("bamba", "falcon_h1", "zamba2"):
+        with pytest.raises(PrunescopeError, match="transformer, mamba"):
+            token_relevance(loaded, TEXT, method)
+        return
     result = token_relevance(loaded, TEXT, method, steps=8)
     length = len(_ids(loaded)[0])
     assert result.scores.shape == (length,) and torch.isfinite(result.scores).all()
@@ -165,11 +170,16 @@ def _brute_force(loaded, module, rebuild, matrices, target, ids, pre=True):
 
 
 @pytest.mark.parametrize("model_type,form", [("mamba", "s6"), ("mamba", "unified"), ("mamba2", "s6"),
-                                             ("mamba2", "unified"), ("rwkv", "unified"), ("recurrent_gemma", "rglru")])
+                                             ("mamba2", "unified"), ("rwkv", "unified"), ("recurrent_gemma", "rglru"),
+                                             ("bamba", "unified"), ("falcon_h1", "s6"), ("falcon_h1", "unified"),
+                                             ("zamba2", "s6"), ("lfm2", "unified"), ("lfm2", "conv"),
+                                             ("xlstm", "mlstm"), ("xlstm", "unified")])
 def test_gradattn_implicit_equals_differentiable_matrices(tiny_loaded, model_type, form):
     from analysis.implicit_attention.griffin import capture_griffin, griffin_matrices
+    from analysis.implicit_attention.lfm2 import capture_lfm2, lfm2_matrices, lfm2_source
     from analysis.implicit_attention.mamba import capture_mamba, mamba_matrices
     from analysis.implicit_attention.rwkv import capture_rwkv, rwkv_matrices
+    from analysis.implicit_attention.xlstm import capture_xlstm, xlstm_matrices, xlstm_source
 
     loaded = tiny_loaded(model_type)
     ids, target, layer = _ids(loaded), 5, 0
@@ -180,9 +190,17 @@ def test_gradattn_implicit_equals_differentiable_matrices(tiny_loaded, model_typ
         mats, module = mamba_matrices(inn, form), block.mixer.out_proj
         gate = F.silu(inn.z).T if form == "s6" else 1.0
         rebuild = lambda a: (torch.einsum("cij,jc->ci", a, inn.u if form == "s6" else inn.x) * gate).T  # noqa: E731
-    elif model_type == "mamba2":
+    elif model_type == "falcon_h1":  # per head like Mamba-2, gated before out_proj like Mamba
         inn = capture_mamba(loaded, ids, [layer])[layer]
-        mats, module = mamba_matrices(inn, form), block.mixer.norm
+        mats, module, length = mamba_matrices(inn, form), block.mamba.out_proj, inn.length
+        u = inn.u.reshape(length, inn.n_heads, inn.head_dim)
+        if form == "s6":
+            rebuild = lambda a: torch.einsum("hij,jhp->ihp", a, u).reshape(length, -1) * F.silu(inn.z)  # noqa: E731
+        else:
+            rebuild = lambda a: torch.einsum("cij,jc->ic", a, inn.x)  # noqa: E731
+    elif model_type in ("mamba2", "bamba", "zamba2"):
+        inn = capture_mamba(loaded, ids, [layer])[layer]
+        mats, module = mamba_matrices(inn, form), block.get_submodule(inn.mixer_path).norm
         length = inn.length
         if form == "s6":  # per head: y_h = alpha_h @ x_h
             u = inn.u.reshape(length, inn.n_heads, inn.head_dim)
@@ -193,6 +211,19 @@ def test_gradattn_implicit_equals_differentiable_matrices(tiny_loaded, model_typ
         inn = capture_rwkv(loaded, ids, [layer])[layer]
         mats, module = rwkv_matrices(inn, form), block.attention.output
         rebuild = lambda a: torch.einsum("cij,jc->ic", a, inn.value)  # noqa: E731
+    elif model_type == "lfm2":  # conv layer 0: y = out_proj input (no conv bias)
+        inn = capture_lfm2(loaded, ids, [layer])[layer]
+        mats, module, source = lfm2_matrices(inn, form), block.conv.out_proj, lfm2_source(inn, form)
+        rebuild = lambda a: torch.einsum("cij,jc->ic", a, source)  # noqa: E731
+    elif model_type == "xlstm":  # mlstm: y = the norm's input [T, heads, dv]; unified: y = out_proj's input
+        inn = capture_xlstm(loaded, ids, [layer])[layer]
+        mats, mlstm, source = xlstm_matrices(inn, form), block.mlstm_layer, xlstm_source(inn, form)
+        if form == "mlstm":
+            module, v = mlstm.multihead_norm, source.reshape(inn.length, inn.n_heads, inn.head_dim)
+            rebuild = lambda a: torch.einsum("hij,jhp->ihp", a, v)  # noqa: E731
+        else:
+            module = mlstm.out_proj
+            rebuild = lambda a: torch.einsum("cij,jc->ic", a, source)  # noqa: E731
     else:
         layer = 0
         inn = capture_griffin(loaded, ids, [layer])[layer]
@@ -202,6 +233,49 @@ def test_gradattn_implicit_equals_differentiable_matrices(tiny_loaded, model_typ
     got = gradient_weighted_maps(loaded, ids, target, layers=[layer], form=form)[0]
     assert expected.max() > 0
     torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-5 * float(expected.abs().max()))
+
+
+def test_embeddings_fed_as_the_forward_feeds_them(tiny_loaded):
+    """Falcon-H1 scales its embeddings (x1.5 here) only when given input_ids: the attribution methods'
+    embeddings (the adapter's) carry the scale, so F(embeddings) is the model's logit."""
+    for model_type in ("falcon_h1", "llama"):
+        loaded = tiny_loaded(model_type)
+        ids = _ids(loaded)
+        with loaded.lock, torch.no_grad():
+            got = target_logit(loaded, loaded.adapter.embed(ids), 5)
+        torch.testing.assert_close(got[0], _logit(loaded, 5, input_ids=ids).detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_gradattn_of_a_layer_with_both_kinds_follows_the_form(tiny_loaded):
+    """A Falcon-H1 layer: gradattn's "softmax" form weighs its attention probabilities (rows of the weighted
+    map vanish where dF/dA does, unlike s6's), the s6 form its mixer's matrices."""
+    loaded = tiny_loaded("falcon_h1")
+    ids = _ids(loaded)
+    soft = gradient_weighted_maps(loaded, ids, 5, layers=[0, 1], form="softmax")
+    s6 = gradient_weighted_maps(loaded, ids, 5, layers=[0, 1], form="s6")
+    assert soft.shape == s6.shape == (2, ids.shape[1], ids.shape[1]) and soft.max() > 0 and s6.max() > 0
+    assert not torch.allclose(soft, s6)
+    with attention_mode(loaded, PROBE) as records, torch.enable_grad():
+        embeds = loaded.adapter.embed(ids).requires_grad_(True)
+        value = target_logit(loaded, embeds, 5).sum()
+    probs = [p for m, p in records if m is loaded.adapter.block(1).self_attn]
+    (grad,) = torch.autograd.grad(value, probs)
+    torch.testing.assert_close(soft[1], (grad[0] * probs[0][0].detach()).mean(0).clamp(min=0))
+
+
+def test_gradattn_of_tied_attention_blocks_is_per_layer(tmp_path):
+    """Zamba2's layers 0 and 2 run one transformer block (tied weights): each layer's weighted map equals the
+    one asked for alone, and the two differ."""
+    from analysis.models import load_model
+    from analysis.models.tiny import build_tiny_model
+
+    path = build_tiny_model("zamba2", tmp_path / "m", layers_block_type=["hybrid", "mamba", "hybrid"])
+    loaded = load_model(str(path), device="cpu")
+    ids = _ids(loaded)
+    both = gradient_weighted_maps(loaded, ids, 5, layers=[0, 2], form="softmax")
+    alone = torch.cat([gradient_weighted_maps(loaded, ids, 5, layers=[i], form="softmax") for i in (0, 2)])
+    torch.testing.assert_close(both, alone)
+    assert both[0].max() > 0 and not torch.allclose(both[0], both[1])
 
 
 def test_lrp_mechanism_and_restoration(tiny_loaded):

@@ -159,7 +159,7 @@ def target_logit(loaded: LoadedModel, embeds: torch.Tensor, target: int, linear_
 
 
 def _embeds(loaded: LoadedModel, input_ids: torch.Tensor) -> torch.Tensor:
-    return loaded.model.get_input_embeddings()(input_ids).detach()
+    return loaded.adapter.embed(input_ids).detach()
 
 
 def rollout(maps: torch.Tensor) -> torch.Tensor:
@@ -309,10 +309,12 @@ def gradient_weighted_maps(loaded: LoadedModel, input_ids: torch.Tensor, target:
     if bad:
         raise PrunescopeError(f"layer {bad[0]} does not exist (the model has {loaded.n_layers})")
     with loaded.lock:
-        maps = _softmax_weighted(loaded, input_ids, target, layers) if entry.has_softmax_layers else {}
+        shown_implicit = set(entry.implicit_layers_for(loaded.adapter, form))
+        softmax = [i for i in layers if i not in shown_implicit]  # a hybrid layer with both: the form's kind
+        maps = _softmax_weighted(loaded, input_ids, target, softmax) if entry.has_softmax_layers and softmax else {}
         implicit = [i for i in layers if i not in maps]
         if implicit:
-            maps.update(_implicit_weighted(loaded, entry, input_ids, target, implicit, form))
+            maps.update(_implicit_weighted(loaded, entry, input_ids, target, implicit, entry.implicit_form(form)))
         missing = [i for i in layers if i not in maps]
         if missing:
             raise PrunescopeError(f"{entry.name} layer {missing[0]} has no attention map to weigh")

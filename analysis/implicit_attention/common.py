@@ -39,6 +39,10 @@ class Internals:
     def n_channels(self) -> int:
         return getattr(self, self.tc_field).shape[1]
 
+    def n_matrices(self, form: str) -> int:
+        """How many [T, T] matrices the layer has in ``form`` (what a ``channels:`` reduction indexes)."""
+        return self.n_channels
+
 
 def check_form(form: str, forms: Mapping[str, F] | Sequence[F], family: str = "", use: str = "") -> F:
     """``form``'s own name among a family's ``forms`` (a tuple, or aliases mapped to names), else a one-line
@@ -62,19 +66,33 @@ class Reduction:
 
     @classmethod
     def parse(cls, text: str) -> Reduction:
-        """'mean' | 'absmean' | 'channels:3,17,40'."""
+        """'mean' | 'absmean' | 'channels:3,17,40' | 'channels:0-95' (a range, both ends included)."""
         if text == "mean":
             return cls("mean")
         if text == "absmean":
             return cls("absmean")
         if text.startswith("channels:"):
             try:
-                channels = tuple(int(c) for c in text.split(":", 1)[1].split(",") if c.strip())
+                channels = tuple(c for part in text.split(":", 1)[1].split(",") if part.strip()
+                                 for c in _index_range(part))
             except ValueError:
                 channels = ()
             if channels:
                 return cls("channels", channels)
-        raise PrunescopeError(f"unknown reduction {text!r}: use mean, absmean or channels:IDX[,IDX...]")
+        raise PrunescopeError(f"unknown reduction {text!r}: use mean, absmean or channels:IDX[,IDX...] "
+                              "(ranges as FIRST-LAST)")
+
+    def text(self) -> str:
+        """The reduction as :meth:`parse` reads it, contiguous channels as ranges ('channels:0-95')."""
+        if self.kind != "channels":
+            return self.kind
+        runs: list[list[int]] = []
+        for c in self.channels:
+            if runs and c == runs[-1][1] + 1:
+                runs[-1][1] = c
+            else:
+                runs.append([c, c])
+        return "channels:" + ",".join(f"{a}-{b}" if b > a else str(a) for a, b in runs)
 
     def selected(self, n_channels: int) -> torch.Tensor:
         """Indices of the channels this reduction averages over."""
@@ -84,6 +102,18 @@ class Reduction:
         if bad:
             raise PrunescopeError(f"channel {bad[0]} does not exist (the layer has {n_channels})")
         return torch.tensor(self.channels)
+
+
+MAX_RANGE = 1 << 16  # channels one range may name (a link is a stranger's text)
+
+
+def _index_range(part: str) -> range:
+    """'7' -> 7..7, '0-95' -> 0..95; a reversed or huge range is a ValueError."""
+    first, _, last = part.strip().partition("-")
+    start, stop = int(first), int(last or first)
+    if stop < start or stop - start >= MAX_RANGE:
+        raise ValueError(part)
+    return range(start, stop + 1)
 
 
 def reduce_in_chunks(matrices: Callable[[torch.Tensor], torch.Tensor], n_channels: int, length: int,
@@ -104,6 +134,16 @@ def reduce_in_chunks(matrices: Callable[[torch.Tensor], torch.Tensor], n_channel
         total = summed if total is None else total + summed
     assert total is not None, "a reduction selects at least one channel"  # selected() checks the channels
     return total / len(selected)
+
+
+def fold_causal_conv(alpha: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``alpha @ Toeplitz(conv)`` for a depthwise causal conv ``c_j = sum_k weight[:, k] x_{j-(K-1)+k}``:
+    ``out[c, t, s] = sum_d alpha[c, t, s + d] * weight[c, K - 1 - d]`` (a loop over taps, not positions)."""
+    taps, length = weight.shape[1], alpha.shape[-1]
+    out = torch.zeros_like(alpha)
+    for d in range(min(taps, length)):
+        out[:, :, :length - d] += alpha[:, :, d:] * weight[:, taps - 1 - d, None, None]
+    return out
 
 
 @contextmanager

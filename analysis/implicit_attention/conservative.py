@@ -13,9 +13,9 @@ Three rules, shared by all families:
 * a sigmoid gate or a coefficient computed from the data (Delta, B, C, exp(Delta A); RWKV's receptance and
   WKV weights; the RG-LRU's a_t, input gate and sqrt(1 - a_t^2)): detached, a constant of the layer.
 
-Per family (module class -> :class:`Rule`): Mamba's and Mamba-2's mixers (and Mamba-2's gated RMSNorm), RWKV's
-time and channel mixing, Griffin's recurrent block (with its RG-LRU) and MLP. Softmax attention (Griffin's
-local attention) and plain norms are detached by the caller for every family
+Per family (module class -> :class:`Rule`): Mamba's (and Falcon-Mamba's) and Mamba-2's mixers (and Mamba-2's
+gated RMSNorm), RWKV's time and channel mixing, Griffin's recurrent block (with its RG-LRU) and MLP. Softmax
+attention (Griffin's local attention) and plain norms are detached by the caller for every family
 (:func:`analysis.attribution.tokens.conservative_propagation`), which also checks each replacement against the
 real module on a random probe. The replacements run without a cache (``use_cache=False``), batch any size.
 :data:`LRP_RULES` is what the family registry names (analysis/families.py); nothing here imports it.
@@ -88,8 +88,8 @@ def _hidden_probe(width: Callable[[Any], int]) -> Callable[[Any, torch.Generator
 
 # -- Mamba, Mamba-2 ------------------------------------------------------------------------------------------
 def mamba_mixer(mixer: Any) -> Callable[..., torch.Tensor]:
-    """Mamba's mixer: SiLU(conv(x)) linearised; Delta, B, C (from ``x_proj``) detached, so the selective scan is
-    linear in its input u; ``y * SiLU(z)`` by the uniform rule."""
+    """Mamba's (and Falcon-Mamba's) mixer: SiLU(conv(x)) linearised; Delta, B, C (from ``x_proj``) detached, so
+    the selective scan is linear in its input u; ``y * SiLU(z)`` by the uniform rule."""
     def forward(hidden_states, cache_params=None, attention_mask=None, **kwargs):
         _no_cache("Mamba's mixer", cache_params)
         length, dtype = hidden_states.shape[1], hidden_states.dtype
@@ -99,6 +99,8 @@ def mamba_mixer(mixer: Any) -> Callable[..., torch.Tensor]:
         u = _masked(u.transpose(1, 2), attention_mask)  # [B, T, d]
         time_step, B, C = torch.split(mixer.x_proj(u).detach(), [mixer.time_step_rank, mixer.ssm_state_size,
                                                                  mixer.ssm_state_size], dim=-1)
+        if hasattr(mixer, "dt_layernorm"):  # Falcon-Mamba: dt, B and C RMS-normalised (detached factors too)
+            time_step, B, C = mixer.dt_layernorm(time_step), mixer.b_layernorm(B), mixer.c_layernorm(C)
         with onloaded(mixer.dt_proj):  # its weight is used outside its forward, as transformers does
             time_step = mixer.dt_proj.weight.detach() @ time_step.transpose(1, 2)
             bias = mixer.dt_proj.bias.detach().float()
@@ -222,6 +224,18 @@ def griffin_mlp(mlp: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     return forward
 
 
+def own_forward(module: Any) -> Callable[..., torch.Tensor]:
+    """The module's own forward: for modules that only compute detached factors (Falcon-Mamba's weightless
+    RMS norms of dt, B and C), which the generic norm rule must not take for a norm on the relevance path."""
+    return type(module).forward.__get__(module)
+
+
+def _buffer_probe(module: Any, generator: torch.Generator) -> tuple[tuple, dict]:
+    """A random [1, PROBE_LENGTH, width] input of a module whose only tensor is its ``weight`` buffer."""
+    weight = module.weight
+    return (torch.randn(1, PROBE_LENGTH, weight.shape[-1], generator=generator).to(weight.device, weight.dtype),), {}
+
+
 def _hidden_size(module: Any) -> int:
     return module.hidden_size
 
@@ -230,7 +244,9 @@ def _rwkv_width(module: Any) -> int:
     return module.time_mix_key.shape[-1]
 
 
-MAMBA: Mapping[str, Rule] = {"MambaMixer": Rule(mamba_mixer, _hidden_probe(_hidden_size))}
+MAMBA: Mapping[str, Rule] = {"MambaMixer": Rule(mamba_mixer, _hidden_probe(_hidden_size)),
+                             "FalconMambaMixer": Rule(mamba_mixer, _hidden_probe(_hidden_size)),
+                             "FalconMambaWeightlessRMSNorm": Rule(own_forward, _buffer_probe)}
 MAMBA2: Mapping[str, Rule] = {"Mamba2Mixer": Rule(mamba2_mixer, _hidden_probe(_hidden_size)),
                               "MambaRMSNormGated": Rule(gated_rms_norm, _gated_norm_probe)}
 RWKV: Mapping[str, Rule] = {"RwkvSelfAttention": Rule(rwkv_time_mixing, _hidden_probe(_rwkv_width)),

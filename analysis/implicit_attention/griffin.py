@@ -41,6 +41,7 @@ from analysis.implicit_attention.common import (
     check_form,
     check_layers,
     eager_attention,
+    fold_causal_conv,
     prompt_ids,
     reduce_in_chunks,
 )
@@ -174,15 +175,6 @@ def _rglru_matrices(internals: GriffinInternals, idx: torch.Tensor) -> torch.Ten
     return decay * _source_weight(internals, idx).T[:, None, :]
 
 
-def _fold_conv(alpha: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """alpha @ Toeplitz(conv): out[c, t, s] = sum_d alpha[c, t, s + d] * weight[c, K - 1 - d]."""
-    K, T = weight.shape[1], alpha.shape[-1]
-    out = torch.zeros_like(alpha)
-    for d in range(min(K, T)):  # over kernel taps, not positions
-        out[:, :, :T - d] += alpha[:, :, d:] * weight[:, K - 1 - d, None, None]
-    return out
-
-
 def griffin_matrices(internals: GriffinInternals, form: str = "unified",
                      channels: torch.Tensor | None = None) -> torch.Tensor:
     """[len(channels), T, T] matrices (row = output position, column = source; zero above the diagonal),
@@ -191,7 +183,7 @@ def griffin_matrices(internals: GriffinInternals, form: str = "unified",
     idx = _channels(internals, channels)
     alpha = _rglru_matrices(internals, idx)
     if form == "unified":
-        alpha = _fold_conv(alpha, internals.conv_weight[idx]) * internals.y_gate[:, idx].T[:, :, None]
+        alpha = fold_causal_conv(alpha, internals.conv_weight[idx]) * internals.y_gate[:, idx].T[:, :, None]
     return alpha
 
 

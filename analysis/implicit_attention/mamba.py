@@ -9,6 +9,11 @@ through hooks on each layer's mixer:
 * Mamba-2: ``in_proj`` output (gate z, xBC before the conv, raw dt), ``norm`` (gated RMSNorm) inputs
   (y, the SSD output with the D skip, and the gate), ``out_proj`` input and the mixer output.
 
+The same capture serves the variants: Falcon-Mamba (Mamba-1 whose dt, B and C go through weightless RMS
+norms: read from the norms' outputs), and the Mamba-2 mixers of the hybrids (``block.mamba``): Bamba, and
+Falcon-H1, whose ``in_proj`` output is scaled by its muP vector (applied here) and which, without
+``mamba_rms_norm``, gates as Mamba-1 does: ``out_proj(y * SiLU(z))`` (``MambaInternals.gated_at``).
+
 transformers 5.23 never *calls* ``conv1d`` or ``dt_proj`` as modules (it uses their weights in
 ``F.conv1d`` / a matmul), so no hook can see their outputs: the conv pre-activation, Delta and (Mamba-2)
 B and C are recomputed from the captured tensors with the layer's own weights, exactly as the HF torch path
@@ -21,9 +26,9 @@ produced (:func:`mamba_reconstruct`). Forms (per channel d / head h, j <= i, 0 a
   (heads share the B/C of their group), ``y_h = alpha_h @ x_h + D_h x_h``.
 * ``"unified"``: per d_inner channel, ``M[i,m] = SiLU(z_i) sum_j (alpha + D I)[i,j] sigmoid(c_j) K[j,m]``
   with K the causal depthwise-conv Toeplitz matrix and c the conv pre-activation (SiLU(c) = c sigmoid(c)
-  as a data-dependent diagonal); ``M @ x`` plus the conv-bias term gives the gated tensor. For Mamba that
-  is the ``out_proj`` input; for Mamba-2 it is ``y * SiLU(z)``, the gated tensor inside ``norm`` just
-  before its RMS normalisation, which is not linear in x and is left out.
+  as a data-dependent diagonal); ``M @ x`` plus the conv-bias term gives the gated tensor. For Mamba (and
+  Falcon-H1 without its norm) that is the ``out_proj`` input; for Mamba-2 it is ``y * SiLU(z)``, the gated
+  tensor inside ``norm`` just before its RMS normalisation, which is not linear in x and is left out.
 
 :data:`MAMBA_OPS` and :data:`MAMBA2_OPS` are the two families' entries for the registry (analysis/families.py
 names them; nothing here imports the registry).
@@ -33,7 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, overload
 
 import torch
@@ -59,6 +64,7 @@ from analysis.implicit_attention.mamba_tree import (
     per_channel_scratch_bytes,
 )
 from analysis.implicit_attention.ops import FamilyOps, RelevanceTarget, all_layers
+from analysis.models.adapters.families import MIXER_PATHS, first_submodule_path
 from analysis.models.hooks import hook_scope
 from analysis.models.loader import onloaded
 
@@ -73,7 +79,7 @@ class MambaInternals(Internals):
     """One layer's tensors from one forward pass (fp32 copies, batch dimension dropped; T positions,
     d = d_inner channels, H heads (Mamba: H = d), G groups, n states, K conv taps)."""
 
-    model_type: str  # "mamba" or "mamba2"
+    model_type: str  # the recurrence: "mamba" (Mamba-1, Falcon-Mamba) or "mamba2" (Mamba-2 and its hybrids)
     layer: int
     x: torch.Tensor  # [T, d] x branch of in_proj, before the conv
     z: torch.Tensor  # [T, d] gate branch of in_proj
@@ -87,11 +93,16 @@ class MambaInternals(Internals):
     conv_weight: torch.Tensor  # [d, K] (the x channels)
     conv_bias: torch.Tensor | None  # [d]
     head_dim: int = 1  # channels per head (Mamba: 1)
+    gated_at: str = "out_proj"  # where y * SiLU(z) is formed: out_proj's input, or inside the gated "norm"
     observed: dict[str, torch.Tensor] = field(default_factory=dict)  # real-forward tensors, [T, .]
+    mixer_path: str = "mixer"  # the mixer's path in its block
 
     @property
     def n_heads(self) -> int:
         return self.delta.shape[1]
+
+    def n_matrices(self, form: str) -> int:
+        return n_channels(self, form)
 
 
 def _form(form: str) -> MambaForm:
@@ -119,16 +130,36 @@ def unfused(model: torch.nn.Module) -> Iterator[None]:
             module.training = training
 
 
+def mixer_path(block: nn.Module) -> str | None:
+    """The path of a block's Mamba / Mamba-2 mixer (None: the block has none, e.g. a Bamba attention layer)."""
+    return first_submodule_path(block, MIXER_PATHS)
+
+
+def _hooked(mixer: nn.Module) -> list[tuple[str, str]]:
+    """(submodule, what) pairs the capture hooks: Mamba-1 (``x_proj``) reads the SSM input and dt/B/C at
+    ``x_proj``, and Falcon-Mamba's normalised dt/B/C at its weightless RMS norms; Mamba-2 reads the gated
+    norm's inputs when the mixer calls it (Falcon-H1 without ``mamba_rms_norm`` gates before ``out_proj``)."""
+    if hasattr(mixer, "x_proj"):
+        norms = [(name, "out") for name in ("dt_layernorm", "b_layernorm", "c_layernorm") if hasattr(mixer, name)]
+        return [("in_proj", "out"), ("x_proj", "in"), ("x_proj", "out"), ("out_proj", "in"), *norms]
+    if getattr(mixer, "mamba_rms_norm", True) and getattr(mixer.norm, "norm_before_gate", False):
+        raise PrunescopeError("implicit attention needs the Mamba-2 gate applied before the RMS norm "
+                              "(this model sets mamba_norm_before_gate)")
+    gated_norm = getattr(mixer, "mamba_rms_norm", True)
+    return [("in_proj", "out"), *([("norm", "norm")] if gated_norm else []), ("out_proj", "in")]
+
+
 def capture_mamba(loaded: Loaded, input_ids: torch.Tensor, layers: list[int] | None = None
                   ) -> dict[int, MambaInternals]:
-    """Run ``input_ids`` ([T] or [1, T]) once through the model with hooks on each requested layer's mixer
-    and return its internals (model types ``mamba`` and ``mamba2``)."""
-    model_type = loaded.model.config.model_type
-    if model_type not in ("mamba", "mamba2"):
-        raise PrunescopeError(f"implicit attention of Mamba needs a mamba or mamba2 model, not {model_type!r}")
+    """Run ``input_ids`` ([T] or [1, T]) once through the model with hooks on each requested layer's Mamba or
+    Mamba-2 mixer and return its internals; layers without a mixer (a hybrid's attention layers) are skipped."""
     ids = prompt_ids(input_ids, loaded.device)
-    layers = check_layers(loaded, layers)
-    raw: dict[int, dict[str, torch.Tensor]] = {layer: {} for layer in layers}
+    paths = {layer: mixer_path(loaded.adapter.block(layer)) for layer in check_layers(loaded, layers)}
+    if not any(paths.values()):
+        raise PrunescopeError(f"implicit attention of Mamba needs Mamba or Mamba-2 layers; "
+                              f"{loaded.model.config.model_type} has none among the layers asked for")
+    mixers = {layer: loaded.adapter.block(layer).get_submodule(path) for layer, path in paths.items() if path}
+    raw: dict[int, dict[str, torch.Tensor]] = {layer: {} for layer in mixers}
 
     def save(store, key, kind):
         def hook(module, args, kwargs, output=None):
@@ -137,26 +168,24 @@ def capture_mamba(loaded: Loaded, input_ids: torch.Tensor, layers: list[int] | N
                 store["norm_gate"] = (args[1] if len(args) > 1 else kwargs["gate"]).detach()
         return hook
 
-    names = {"mamba": [("in_proj", "out"), ("x_proj", "in"), ("x_proj", "out"), ("out_proj", "in")],
-             "mamba2": [("in_proj", "out"), ("norm", "norm"), ("out_proj", "in")]}[model_type]
     with loaded.session(), unfused(loaded.model):
         with hook_scope(loaded.model) as add:
-            for layer in layers:
-                mixer = loaded.adapter.block(layer).mixer
+            for layer, mixer in mixers.items():
                 add(mixer, save(raw[layer], "mixer_out", "out"), with_kwargs=True)
-                for name, kind in names:
+                for name, kind in _hooked(mixer):
                     add(getattr(mixer, name), save(raw[layer], f"{name}_{kind}", kind), pre=kind != "out",
                         with_kwargs=True)
             loaded.model(input_ids=ids, use_cache=False)
-        missing = [key for layer in layers for key in ("in_proj_out", "out_proj_in", "mixer_out")
+        missing = [key for layer in mixers for key in ("in_proj_out", "out_proj_in", "mixer_out")
                    if key not in raw[layer]]
         if missing:  # e.g. a fused kernel path that bypasses the submodules
             raise PrunescopeError(f"the forward pass never reached {missing[0]}: run the model in eval mode")
-        build = _internals_mamba if model_type == "mamba" else _internals_mamba2
         internals = {}
-        for layer in layers:  # reads the mixer's parameters: in memory even when a device map put them on disk
+        for layer, mixer in mixers.items():  # reads the mixer's parameters: in memory even when on disk
             with onloaded(loaded.adapter.block(layer)):
-                internals[layer] = build(loaded.adapter.block(layer).mixer, layer, raw[layer])
+                build = _internals_mamba if hasattr(mixer, "x_proj") else _internals_mamba2
+                internals[layer] = build(mixer, layer, raw[layer])
+                internals[layer].mixer_path = paths[layer] or ""
         return internals
 
 
@@ -182,31 +211,41 @@ def _internals_mamba(mixer, layer: int, raw: dict) -> MambaInternals:
     d, n, rank = mixer.intermediate_size, mixer.ssm_state_size, mixer.time_step_rank
     x, z = raw["in_proj_out"][0].split([d, d], dim=-1)
     dt_low, B, C = raw["x_proj_out"][0].split([rank, n, n], dim=-1)
+    if "b_layernorm_out" in raw:  # Falcon-Mamba: dt, B and C through weightless RMS norms
+        dt_low, B, C = (raw[f"{name}_layernorm_out"][0] for name in ("dt", "b", "c"))
     # HF: dt_proj.weight @ dt_low (no module call), then + bias in fp32 and softplus; no clamping in Mamba-1
     delta = F.softplus((dt_low @ mixer.dt_proj.weight.T).float() + mixer.dt_proj.bias.float())
     return MambaInternals(
         "mamba", layer, _f32(x), _f32(z), _f32(_conv(mixer, x)), _f32(raw["x_proj_in"][0]), _f32(delta),
         _f32(-torch.exp(mixer.A_log.float())), _f32(B), _f32(C), _f32(mixer.D), _f32(mixer.conv1d.weight[:, 0]),
-        _f32(mixer.conv1d.bias), 1,
-        {"out_proj_in": _f32(raw["out_proj_in"][0]), "mixer_out": _f32(raw["mixer_out"][0])})
+        _f32(mixer.conv1d.bias), 1, "out_proj",
+        {"gated": _f32(raw["out_proj_in"][0]), "out_proj_in": _f32(raw["out_proj_in"][0]),
+         "mixer_out": _f32(raw["mixer_out"][0])})
 
 
 def _internals_mamba2(mixer, layer: int, raw: dict) -> MambaInternals:
     d, heads, groups, n = mixer.intermediate_size, mixer.num_heads, mixer.n_groups, mixer.ssm_state_size
-    z, xbc, dt = raw["in_proj_out"][0].split([d, mixer.conv_dim, heads], dim=-1)
+    projected = raw["in_proj_out"][0]
+    if hasattr(mixer, "mup_vector"):  # Falcon-H1 scales in_proj's output by its muP multipliers
+        projected = projected * mixer.mup_vector[0, 0]
+    z, xbc, dt = projected.split([d, mixer.conv_dim, heads], dim=-1)
     conv = _conv(mixer, xbc)
     u, B, C = mixer.act(conv).split([d, groups * n, groups * n], dim=-1)
     lo, hi = mixer.time_step_limit  # HF clamps the softplus'ed dt to time_step_limit (default (0, inf))
     delta = torch.clamp(F.softplus(dt + mixer.dt_bias.to(dt.dtype)), min=lo, max=hi)
-    y, gate = raw["norm_norm"][0], raw["norm_gate"][0]
-    gated = y.float() * F.silu(gate.float())  # first line of MambaRMSNormGated, before the RMS scaling
+    observed = {"out_proj_in": _f32(raw["out_proj_in"][0]), "mixer_out": _f32(raw["mixer_out"][0])}
+    if "norm_norm" in raw:  # the gate is applied inside the norm
+        y, gate = raw["norm_norm"][0], raw["norm_gate"][0]
+        gated = y.float() * F.silu(gate.float())  # first line of MambaRMSNormGated, before the RMS scaling
+        observed |= {"ssm_out": _f32(y), "gated": _f32(gated)}
+    else:  # Falcon-H1 without mamba_rms_norm: out_proj(y * SiLU(z)), as Mamba-1
+        observed["gated"] = observed["out_proj_in"]
     return MambaInternals(
         "mamba2", layer, _f32(xbc[:, :d]), _f32(z), _f32(conv[:, :d]), _f32(u), _f32(delta),
         _f32(-torch.exp(mixer.A_log.float())), _f32(B.reshape(-1, groups, n)), _f32(C.reshape(-1, groups, n)),
         _f32(mixer.D), _f32(mixer.conv1d.weight[:d, 0]),
         _f32(None if mixer.conv1d.bias is None else mixer.conv1d.bias[:d]), mixer.head_dim,
-        {"ssm_out": _f32(y), "gated": _f32(gated), "out_proj_in": _f32(raw["out_proj_in"][0]),
-         "mixer_out": _f32(raw["mixer_out"][0])})
+        "norm" if "ssm_out" in observed else "out_proj", observed)
 
 
 # -- vectorised matrices -------------------------------------------------------------------------------------
@@ -291,26 +330,26 @@ def mamba_reduced(internals: MambaInternals, form: str, reduction: Reduction,
 
 
 def mamba_relevance_target(block: nn.Module, inn: MambaInternals, form: str) -> RelevanceTarget:
-    """s6: u = SSM input, y = alpha u (+ D u) = out_proj input / SiLU(z); unified: u = x branch, y = out_proj
-    input."""
-    out_proj = block.get_submodule("mixer.out_proj")
+    """Gated at out_proj (Mamba, Falcon-Mamba, Falcon-H1 without its RMS norm): s6 -> u = SSM input,
+    y = alpha u (+ D u) = out_proj input / SiLU(z); unified -> u = x branch, y = out_proj input. Gated in the
+    norm (Mamba-2, Bamba): s6 -> y = the SSD output entering the gated norm (one matrix per head); unified ->
+    its y * SiLU(gate), made a graph tensor by computing it in a pre-hook and calling the norm with gate=None."""
+    mixer = block.get_submodule(inn.mixer_path)
+    if inn.gated_at == "out_proj":
+        out_proj = mixer.get_submodule("out_proj")
+        if form == "s6":
+            return RelevanceTarget(out_proj, "input", inn.u, gate=F.silu(inn.z), group=inn.head_dim)
+        return RelevanceTarget(out_proj, "input", inn.x)
     if form == "s6":
-        return RelevanceTarget(out_proj, "input", inn.u, gate=F.silu(inn.z), group=inn.head_dim)
-    return RelevanceTarget(out_proj, "input", inn.x)
+        return RelevanceTarget(mixer.get_submodule("norm"), "input", inn.u, group=inn.head_dim)
+    return RelevanceTarget(mixer.get_submodule("norm"), "gated", inn.x)
 
 
-def mamba2_relevance_target(block: nn.Module, inn: MambaInternals, form: str) -> RelevanceTarget:
-    """s6: y = the SSD output entering the gated norm (one matrix per head); unified: y = its y * SiLU(gate),
-    made a graph tensor by computing it in a pre-hook and calling the norm with gate=None."""
-    if form == "s6":
-        return RelevanceTarget(block.get_submodule("mixer.norm"), "input", inn.u, group=inn.head_dim)
-    return RelevanceTarget(block.get_submodule("mixer.norm"), "gated", inn.x)
-
-
-# the registry's entries (analysis/families.py): Mamba and Mamba-2 differ only in where dF/dy is read
+# the registry's entries (analysis/families.py): one capture and one set of functions for every Mamba kind;
+# the hybrids' attention layers come from their softmax maps
 MAMBA_OPS = FamilyOps(forms=("s6", "unified"), implicit_layers=all_layers, capture=capture_mamba,
                       reduced=mamba_reduced, matrices=mamba_matrices, relevance_target=mamba_relevance_target)
-MAMBA2_OPS = replace(MAMBA_OPS, relevance_target=mamba2_relevance_target)
+MAMBA2_OPS = MAMBA_OPS
 
 
 # -- reference and checks ------------------------------------------------------------------------------------
@@ -355,18 +394,18 @@ def mamba_loop_matrices(internals: MambaInternals, form: str, channels: torch.Te
 
 @torch.no_grad()
 def mamba_reconstruct(internals: MambaInternals, form: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(matrices applied to the layer's inputs, the real forward's tensor), both [T, d]. s6: Mamba -> the
-    out_proj input (alpha u + D u) * SiLU(z); Mamba-2 -> the SSD output y entering the gated norm.
-    unified: M x + conv-bias term -> Mamba's out_proj input / Mamba-2's y * SiLU(z)."""
+    """(matrices applied to the layer's inputs, the real forward's tensor), both [T, d]. s6: gated at out_proj
+    (Mamba, Falcon-Mamba, Falcon-H1) -> the out_proj input (alpha u + D u) * SiLU(z); gated in the norm
+    (Mamba-2, Bamba) -> the SSD output y entering it. unified: M x + conv-bias term -> the gated tensor."""
     inn, form = internals, _form(form)
     length = inn.length
     if form == "s6":
         u = inn.u.reshape(length, inn.n_heads, inn.head_dim)
         y = (torch.einsum("hij,jhp->ihp", _alpha(inn, torch.arange(inn.n_heads)), u)
              + inn.D[:, None] * u).reshape(length, -1)
-        if inn.model_type == "mamba":
+        if inn.gated_at == "out_proj":
             return y * F.silu(inn.z), inn.observed["out_proj_in"]
         return y, inn.observed["ssm_out"]
     folded, bias = _unified(inn, torch.arange(inn.n_channels))
     rebuilt = torch.einsum("dim,md->id", folded, inn.x) + (0 if bias is None else bias)
-    return rebuilt, inn.observed["out_proj_in" if inn.model_type == "mamba" else "gated"]
+    return rebuilt, inn.observed["gated"]

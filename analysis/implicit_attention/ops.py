@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from analysis.models.protocols import Loaded
 
 # every attention-map form of every family (each family's own are its ops' ``forms``)
-Form = Literal["softmax", "s6", "unified", "wkv", "rglru"]
+Form = Literal["softmax", "s6", "unified", "wkv", "rglru", "conv", "mlstm", "delta", "kda", "lightning"]
 FORM_NAMES: tuple[Form, ...] = get_args(Form)
 # where gradattn reads dF/dy: the input or output of a module, or y = norm input * SiLU(gate) in a pre-hook
 RelevanceHow = Literal["input", "output", "gated"]
@@ -70,6 +70,9 @@ class FamilyOps(Generic[InternalsT]):
     matrices: Matrices[InternalsT] | None = None
     relevance_target: RelevanceTargetOf[InternalsT] | None = None
     softmax_maps: SoftmaxMaps | None = None
+    # layers with softmax attention, for families where a layer may have both kinds (Falcon-H1): the
+    # "softmax" form shows those, the others the implicit ones; None: every layer that is not implicit
+    softmax_layers: Callable[[Any], list[int]] | None = None
 
 
 def all_layers(adapter: ModelAdapter) -> list[int]:

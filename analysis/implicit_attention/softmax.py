@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from analysis.errors import PrunescopeError
-from analysis.implicit_attention.common import Reduction, eager_attention
+from analysis.implicit_attention.common import Reduction, check_layers, eager_attention, prompt_ids
 from analysis.implicit_attention.ops import FamilyOps, no_layers
+from analysis.models.hooks import hook_scope
 
 if TYPE_CHECKING:
     from analysis.models.protocols import Loaded
@@ -30,6 +31,27 @@ def softmax_attention(loaded: Loaded, input_ids: torch.Tensor) -> list[torch.Ten
     if not out.attentions or out.attentions[0] is None:
         raise PrunescopeError(f"{loaded.model.config.model_type} does not return attention probabilities")
     return [a[0].float() for a in out.attentions]
+
+
+def attention_module_maps(loaded: Loaded, input_ids: torch.Tensor, attention: dict[int, str], reduction: Reduction
+                          ) -> dict[int, torch.Tensor]:
+    """[T, T] softmax maps, reduced over heads, of the layers in ``attention`` (layer -> path of its attention
+    module in the block, which returns ``(output, probabilities)``), from one eager forward with hooks. For
+    hybrids, whose ``output_attentions`` lists only their attention layers."""
+    chosen = {i: attention[i] for i in check_layers(loaded, attention) if i in attention}
+    ids = prompt_ids(input_ids, loaded.device)
+    maps: dict[int, torch.Tensor] = {}
+
+    def hook(layer):
+        def fn(_module, _args, output):
+            maps[layer] = _reduce_heads(output[1][0].detach().float(), reduction)
+        return fn
+
+    with eager_attention(loaded), hook_scope(loaded.model) as add, torch.no_grad():
+        for i, path in chosen.items():
+            add(loaded.adapter.block(i).get_submodule(path), hook(i))
+        loaded.model(input_ids=ids, use_cache=False)
+    return maps
 
 
 def _reduce_heads(probs: torch.Tensor, reduction: Reduction) -> torch.Tensor:

@@ -23,6 +23,14 @@ TINY_FAMILIES: tuple[str, ...] = (
     "rwkv",
     "recurrent_gemma",
     "gemma3_text",
+    "falcon_mamba",
+    "bamba",
+    "falcon_h1",
+    "zamba2",
+    "lfm2",
+    "xlstm",
+    "qwen3_next",
+    "kimi_linear",
 )
 
 SPECIAL_TOKEN = "<|endoftext|>"
@@ -141,6 +149,60 @@ def tiny_config(model_type: str, vocab_size: int, **overrides) -> PretrainedConf
             num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8, sliding_window=4,
             layer_types=["sliding_attention", "sliding_attention", "full_attention"],
             max_position_embeddings=MAX_POSITIONS, tie_word_embeddings=True,
+        ),
+        "falcon_mamba": dict(  # Mamba-1 with RMS-normalised dt, B and C
+            hidden_size=32, num_hidden_layers=2, state_size=4, expand=2, conv_kernel=4, tie_word_embeddings=True,
+        ),
+        "bamba": dict(  # Mamba-2, attention, Mamba-2; a gated MLP in every layer
+            hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+            mamba_n_heads=4, mamba_d_head=16, mamba_n_groups=1, mamba_d_state=8, mamba_expand=2, mamba_d_conv=4,
+            mamba_chunk_size=16, attn_layer_indices=[1], max_position_embeddings=MAX_POSITIONS,
+            tie_word_embeddings=False,
+        ),
+        "falcon_h1": dict(  # Mamba-2 and attention side by side in both layers; muP multipliers other than 1
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            head_dim=8, mamba_n_heads=4, mamba_d_head=16, mamba_n_groups=1, mamba_d_state=8, mamba_expand=2,
+            mamba_d_ssm=None, mamba_d_conv=4, mamba_chunk_size=16, max_position_embeddings=MAX_POSITIONS,
+            embedding_multiplier=1.5, lm_head_multiplier=0.8, key_multiplier=0.9, attention_in_multiplier=1.1,
+            attention_out_multiplier=0.7, ssm_in_multiplier=1.2, ssm_out_multiplier=0.6,
+            ssm_multipliers=[0.9, 1.1, 1.2, 0.8, 1.3], mlp_multipliers=[1.1, 0.9], tie_word_embeddings=False,
+        ),
+        "zamba2": dict(  # hybrid (the shared transformer block, then Mamba-2), Mamba-2, Mamba-2
+            hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4,
+            n_mamba_heads=4, mamba_headdim=16, mamba_ngroups=1, mamba_d_state=8, mamba_expand=2, mamba_d_conv=4,
+            chunk_size=16, layers_block_type=["hybrid", "mamba", "mamba"], num_mem_blocks=1,
+            use_shared_attention_adapter=False, use_mem_rope=True, max_position_embeddings=MAX_POSITIONS,
+            tie_word_embeddings=True,  # transformers ties the hybrid layers' shared blocks only with this
+        ),
+        "lfm2": dict(  # conv, attention, conv; the MLP width as given (no auto-adjust to a multiple of 256)
+            hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+            num_key_value_heads=2, conv_L_cache=3, layer_types=["conv", "full_attention", "conv"],
+            block_auto_adjust_ff_dim=False, max_position_embeddings=MAX_POSITIONS, tie_word_embeddings=True,
+        ),
+        "xlstm": dict(  # q/k and v widths 2 x hidden = 64, a multiple of 64 as xLSTMCache's state shapes assume;
+            # chunks of 8 tokens, so a prompt runs through the chunkwise kernel and the recurrent one for its tail
+            hidden_size=32, num_hidden_layers=2, num_heads=4, qk_dim_factor=2.0, v_dim_factor=2.0,
+            ffn_proj_factor=2.0, ffn_round_up_to_multiple_of=64, chunk_size=8, tie_word_embeddings=False,
+        ),
+        "qwen3_next": dict(  # dense MLPs (no experts); 4 value heads on 2 key heads, as the real model groups them
+            hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=8, linear_num_key_heads=2, linear_num_value_heads=4,
+            linear_key_head_dim=8, linear_value_head_dim=8, linear_conv_kernel_dim=4, num_experts=0,
+            layer_types=["linear_attention", "full_attention", "linear_attention"],
+            max_position_embeddings=MAX_POSITIONS, tie_word_embeddings=False,
+        ),
+        "kimi_linear": dict(  # dense MLPs in every layer; MLA (multi-head latent attention) in the middle one
+            hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+            num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=4, qk_nope_head_dim=8,
+            v_head_dim=8, linear_num_heads=2, linear_head_dim=8, linear_conv_kernel_dim=4,
+            layer_types=["linear_attention", "full_attention", "linear_attention"],
+            mlp_layer_types=["dense"] * 3, max_position_embeddings=MAX_POSITIONS, tie_word_embeddings=False,
+        ),
+        "minimax": dict(  # not in TINY_FAMILIES: every MiniMax layer is sparse MoE (no family entry yet)
+            hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=8, num_local_experts=2, num_experts_per_tok=1, block_size=4,
+            layer_types=["linear_attention", "full_attention", "linear_attention"],
+            max_position_embeddings=MAX_POSITIONS, tie_word_embeddings=False,
         ),
     }  # fmt: skip
     if model_type not in per_family:

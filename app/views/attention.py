@@ -7,25 +7,26 @@ from functools import partial
 import pandas as pd
 import streamlit as st
 
-from analysis.attention import FORMS, attention_maps
-from analysis.attribution.tokens import LRP_FAMILIES, METHODS, token_relevance
+from analysis.attention import FORMS
+from analysis.attribution.tokens import LRP_FAMILIES, METHODS
 from analysis.cache import ResultsCache
 from analysis.device import dtype_name
 from analysis.distributed import env_pool
-from analysis.evaluation.faithfulness import faithfulness
 from analysis.evaluation.ground_truth import GroundTruth
 from analysis.families import family_of
+from analysis.head_grid import without_sink
 from analysis.models import model_choices, model_label
 from analysis.models.toy import synthetic_note
+from analysis.queries import FaithfulnessQuery, MapsQuery, RelevanceQuery
 from analysis.tasks import builtin_tasks
-from components import present, settings, speculation, state
+from components import head_grid_view, present, settings, speculation, state
 from components.charts import attention_heatmap, visible_token
 from components.charts_pruning import relevance_chart
 from components.export import chart, report_button, table
 from components.ground_truth_view import ground_truth_view
 from components.layout import wrapping_columns
 from components.markup import echo
-from components.results import keep, result_key, shown
+from components.results import keep, shown
 from components.widgets import cached_model, guarded, memo, require_model
 
 NO_COMPARISON = "none"
@@ -77,6 +78,13 @@ with present.controls():
     other_spec = choose(col_other, "Beside it", "beside", others, default_other, {loaded.name},
                         format_func=model_label,
                         help="a second model's attention on the same text (its last layer by default)")
+    col_sink, col_heads = wrapping_columns(2, "attn_toggles", 260)
+    sink = bool(state.bound(col_sink.toggle, "Leave out the first token (attention sink)", "sink",
+                            widget_key="attn_sink", help="most heads put their weight on the first token "
+                            "(<bos>); without its row and column the colours show where the rest goes (maps and "
+                            "token relevance)"))
+    state.bound(col_heads.toggle, "Every head (layers x heads grid)", "heads", widget_key="attn_heads",
+                help="every layer's heads, or channel groups, as thumbnails; click one to open it here")
 
 if not text.strip():  # one line, instead of one per panel that needs the text
     st.error("the text is empty: type or paste a text to look at")
@@ -88,30 +96,39 @@ def describe(*parts: str) -> str:
     return ", ".join(dict.fromkeys(p for p in parts if p))
 
 
+def map_figure(maps, title: str):
+    """The map's heatmap, without the first token's row and column when the sink toggle is on."""
+    if sink:
+        return attention_heatmap(without_sink(maps.attn[0]).tolist(), maps.tokens[1:],
+                                 f"{title}, first token {visible_token(maps.tokens[0])!r} left out")
+    return attention_heatmap(maps.attn[0].tolist(), maps.tokens, title)
+
+
 figures, tables = {}, {}
 MAP_MIN_WIDTH = 420  # px: below this an attention map's token labels crowd its cells
 # side by side on a wide screen, one above the other below about 1200 px (at 1024 px each map was 100 px wide)
 left, right = wrapping_columns(2, "attn_pair", MAP_MIN_WIDTH, gap="medium") if other_spec != NO_COMPARISON \
     else (st.container(), None)
 with left, guarded("attention map"):
-    maps = memo(("attn", loaded.fingerprint(), text, form, reduce, int(layer)),
-                lambda: attention_maps(loaded, text, form=form, reduce=reduce, layers=[int(layer)]))
+    query = MapsQuery(text, form, reduce, (int(layer),))
+    maps = memo(query.key(loaded), lambda: query.run(loaded))
     kind = maps.kinds[0]
     title = f"{model_label(loaded.name)} layer {int(layer)} ({describe(kind, maps.form, maps.reduce)})"
-    figures[title] = attention_heatmap(maps.attn[0].tolist(), maps.tokens, title)
+    figures[title] = map_figure(maps, title)
     chart(figures[title], "attn_chart", "attention")
     st.session_state["attn_last"] = {"layer": int(layer), "kind": kind, "tokens": maps.tokens}
 if right is not None:
     with right, guarded(f"attention of {other_spec}"):
         other = cached_model(other_spec, "auto", "auto")
         other_layer = min(int(layer), other.n_layers - 1)
-        other_maps = memo(("attn", other.fingerprint(), text, None, "mean", other_layer),
-                          lambda: attention_maps(other, text, layers=[other_layer]))
+        other_query = MapsQuery(text, layers=(other_layer,))
+        other_maps = memo(other_query.key(other), lambda: other_query.run(other))
         other_title = f"{other.name} layer {other_layer} ({describe(other_maps.kinds[0], other_maps.form)})"
-        figures[other_title] = attention_heatmap(other_maps.attn[0].tolist(), other_maps.tokens, other_title)
+        figures[other_title] = map_figure(other_maps, other_title)
         chart(figures[other_title], "attn_other_chart", "attention-comparison")
     st.caption("Each map has its own colour scale (0 to its largest weight, or ± its largest |value| for a signed "
                "map): compare where the weight goes, not the colours' strength across the two.")
+figures |= head_grid_view.show(loaded, text, form, sink)
 if toy_note := synthetic_note([loaded.name, *([other_spec] if right is not None else [])]):
     st.caption(toy_note)  # a slide shows it too: it says how to read the maps
 
@@ -123,13 +140,15 @@ chosen = state.bound(st.multiselect, "Methods", "rel_methods", widget_key="rel_m
                      help="relevance of each token for the model's top next-token prediction")
 if chosen:
     with guarded("token relevance"):
-        results = {m: memo(("relevance", loaded.fingerprint(), text, m, form),
-                           partial(token_relevance, loaded, text, m, form=form)) for m in chosen}
+        queries = {m: RelevanceQuery(text, m, form) for m in chosen}
+        results = {m: memo(q.key(loaded), partial(q.run, loaded)) for m, q in queries.items()}
         first = next(iter(results.values()))
         target = loaded.tokenizer.decode([first.target_id])
         rel_title = f"relevance for the predicted next token {target!r} ({dtype_name(loaded.dtype)} model)"
-        figures[rel_title] = relevance_chart(first.tokens, {m: r.scores.tolist() for m, r in results.items()},
-                                             rel_title)
+        skip = 1 if sink and len(first.tokens) > 1 else 0  # the sink toggle leaves the first token out here too
+        figures[rel_title] = relevance_chart(first.tokens[skip:], {m: r.scores.tolist()[skip:]
+                                                                   for m, r in results.items()},
+                                             rel_title + (", first token left out" if skip else ""))
         chart(figures[rel_title], "rel_chart", "token-relevance")
         if "ig" in results and results["ig"].delta is not None:
             st.caption(f"ig completeness error (sum of scores − (F(x) − F(baseline))): {results['ig'].delta:.3g}")
@@ -149,11 +168,12 @@ with present.controls("Faithfulness settings"):
     faith_work = int(faith_n) * (len(chosen) + 1)  # per prompt: each method, and the random orders
     speculation.cost_note(loaded, faith_work, "faith", f"{int(faith_n)} prompts x {len(chosen)} methods and random")
     run = c_run.button("Run faithfulness", key="faith_run", disabled=not chosen)
-faith_key = result_key(loaded, "faithfulness", task_name, int(faith_n), tuple(chosen))
+faith_query = FaithfulnessQuery(task_name, int(faith_n), tuple(chosen))
+faith_key = faith_query.key(loaded)
 with guarded("faithfulness test"):  # a click starts a job; while it runs every rerun follows it
-    faith = speculation.follow("job_faithfulness", faith_key, "Faithfulness", lambda progress: faithfulness(
-        loaded, builtin_tasks()[task_name], chosen, int(faith_n), shots=2, progress=progress,
-        pool=env_pool(loaded.name)), start=run, total=int(faith_n), speed=(loaded, "faith", faith_work))
+    faith = speculation.follow("job_faithfulness", faith_key, "Faithfulness", lambda progress: faith_query.run(
+        loaded, progress=progress, pool=env_pool(loaded.name)), start=run, total=int(faith_n),
+        speed=(loaded, "faith", faith_work))
     if faith is not None:
         keep("faith_table", faith_key, faith, f"{task_name}, {int(faith_n)} prompts, {', '.join(chosen)}, "
                                               f"{model_label(loaded.name)}")

@@ -6,13 +6,13 @@ from analysis.attribution.neuron_ig import COMPLETENESS_WARN, completeness_summa
 from analysis.attribution.quadrature import cost_units
 from analysis.attribution.runs import Attribution
 from analysis.attribution.summary import top_neurons
-from analysis.attribution.targets import copy_target_problem
-from analysis.cache import ResultsCache, task_fingerprint
+from analysis.cache import ResultsCache
 from analysis.device import dtype_name
 from analysis.distributed import env_pool
 from analysis.errors import PrunescopeError
 from analysis.models.builtin import model_label
 from analysis.pruning.copying import parse_layer_range
+from analysis.queries import CopyProblemQuery
 from components import answer_view, neuron_view, present, results, speculation, state
 from components.charts import HEATMAP_SCALES, layer_totals_bar, neuron_heatmap, visible_token
 from components.export import chart, report_button, table
@@ -45,9 +45,8 @@ with present.controls():
     if task is not None and target in ("copy", "copy-prob"):  # said before a click, not after (tokenizer only)
         picked = task  # a Task here: the lambda reads this name (mypy keeps no narrowing of a global in a lambda)
         with guarded("prompts"):
-            problem = memo(("copy-problem", loaded.name, task_fingerprint(task), target, int(n), int(shots),
-                            int(state.get("seed"))), lambda: copy_target_problem(
-                loaded, picked.sample_prompts(int(shots), int(n), int(state.get("seed")))) or "")
+            problem_query = CopyProblemQuery(picked, int(n), int(shots), int(state.get("seed")))
+            problem = memo(problem_query.key(loaded), lambda: problem_query.run(loaded))
         if problem:
             st.warning(f"{problem}; pick another target or task.", icon=":material/block:")
     clicked = st.button("Attribute", type="primary", disabled=task is None or bool(problem), key="ig_run")

@@ -14,12 +14,13 @@ from analysis.models import model_choices, model_label
 from analysis.models.toy import trained_on
 from analysis.pruning import NeuronMask
 from analysis.pruning.copying import COPYING_TASK, random_mask_like
+from analysis.queries import CompareQuery
 from components import present, state
 from components.charts import outcome_bar_chart
 from components.export import chart, report_button, table
 from components.layout import wrapping_columns
 from components.masking import active_mask
-from components.results import keep, result_key, shown
+from components.results import keep, shown
 from components.settings import CMP_MASKS
 from components.widgets import (
     cached_model,
@@ -119,9 +120,9 @@ def warnings(task, models: list[str], masked: bool) -> list[str]:
 
 key = None
 if task is not None:
-    key = result_key(loaded, "compare", task_fingerprint(task), int(shots), int(n), int(state.get("seed")),
-                     *((pick[1], pick[2].file_id if pick[2] else None) for pick in picks.values()),
-                     tuple(sorted(active.neurons)) if active else ())
+    key = CompareQuery(task_fingerprint(task), int(shots), int(n), int(state.get("seed")),
+                       tuple((pick[1], pick[2].file_id if pick[2] else None) for pick in picks.values()),
+                       tuple(sorted(active.neurons)) if active else ()).key(loaded)
     shown_name = model_label(loaded.name)
     label = (f"{task.name}, {shots}-shot, {n} prompts, seed {state.get('seed')}: "
              + (f"{shown_name} vs {picks['B'][1]}" if mode == "two models" else f"two masks on {shown_name}"))

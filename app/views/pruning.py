@@ -17,13 +17,13 @@ from analysis.errors import PrunescopeError
 from analysis.evaluation.paired import BASELINE
 from analysis.models.builtin import model_label
 from analysis.pruning import NeuronMask
-from analysis.pruning.autok import K_GRID, SWEEP_N, default_dev_tasks, k_sweep
+from analysis.pruning.autok import K_GRID, SWEEP_N, default_dev_tasks
 from analysis.pruning.copying import (
-    copying_scores,
     mask_neurons_table,
     parse_layer_range,
 )
 from analysis.pruning.evaluate import PruneEval
+from analysis.queries import KSweepQuery, ScoresQuery
 from analysis.tasks import icl_task_names
 from components import present, settings, speculation, state
 from components.baselines_view import baselines_panel
@@ -42,7 +42,7 @@ from components.masking import (
     top_k_stability,
 )
 from components.pruning_view import mask_table, show_result
-from components.results import keep, result_key, shown
+from components.results import keep, shown
 from components.shot_sweep_view import shot_sweep_panel
 from components.widgets import cost, guarded, measured_speed, require_model, run_progress
 
@@ -128,10 +128,10 @@ with (st.container() if present.requested() else
     with guarded("copying scores"):
         scored = stored_copying_scores(loaded, **params)  # cached (or shipped) results show at once
         if scored is None:  # a click starts a job; while it runs every rerun follows it (components/speculation.py)
+            scores_query = ScoresQuery(tuple(sorted(params.items())))
             scored = speculation.follow(
-                "job_copying_scores", ("copying-scores", loaded.fingerprint(), *sorted(params.items())),
-                "IG of the copy target", lambda progress: copying_scores(
-                    loaded, **params, cache=cache, progress=progress, pool=env_pool(loaded.name)),
+                "job_copying_scores", scores_query.key(loaded), "IG of the copy target", lambda progress:
+                scores_query.run(loaded, cache=cache, progress=progress, pool=env_pool(loaded.name)),
                 start=compute, speed=(loaded, "ig", cost_units(params["n"], params["steps"], "adaptive")),
                 total=params["n"])
     if scored is None:
@@ -325,15 +325,16 @@ if scores is not None:
                    "held-out copying split and the dev tasks below (2-shot, 80 prompts each, paired). A k is "
                    "chosen only when its accuracy gain is above zero beyond noise and copy errors do not rise.")
         dev_tasks = tuple(sweep_tasks(params["target"]))
-        sweep_key = result_key(loaded, "k-sweep", tuple(sorted(params.items())), per_layer, layers, dev_tasks)
+        sweep_query = KSweepQuery(tuple(sorted(params.items())), per_layer, layers, dev_tasks)
+        sweep_key = sweep_query.key(loaded)
         sweep_work = len({0, *K_GRID}) * (1 + len(dev_tasks)) * SWEEP_N  # evaluated prompts, at most
         speculation.cost_note(loaded, sweep_work, "eval", f"{sweep_work:,} prompts")
         sweep_clicked = st.button("Run k-sweep", key="sweep_run")
         sweep_scores = scores  # the job runs later, on a worker thread: from a name that is never None
         with guarded("k-sweep"):
-            swept = speculation.follow("job_k_sweep", sweep_key, "k-sweep", lambda progress: k_sweep(
-                loaded, sweep_scores, K_GRID, dev_tasks, per_layer=per_layer, layers=layers, cache=cache,
-                progress=progress, pool=env_pool(loaded.name)), start=sweep_clicked, speed=(loaded, "eval", sweep_work))
+            swept = speculation.follow("job_k_sweep", sweep_key, "k-sweep", lambda progress: sweep_query.run(
+                loaded, sweep_scores, cache=cache, progress=progress, pool=env_pool(loaded.name)),
+                start=sweep_clicked, speed=(loaded, "eval", sweep_work))
             if swept is not None:
                 keep("sweep", sweep_key, swept, f"{'top k per layer' if per_layer else 'top k overall'}, layers "
                                                 f"{'{}-{}'.format(*layers) if layers else 'all'}, "

@@ -157,6 +157,11 @@ class ModelAdapter:
                 add(self._blocks[layer], _block_hook(fn, layer), pre=True, with_kwargs=True)
             yield
 
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Input embeddings of ``input_ids`` as the model's forward would feed them to its first block when
+        given ``inputs_embeds`` instead (Falcon-H1 scales them in its forward only for ``input_ids``)."""
+        return self.model.get_input_embeddings()(input_ids)
+
     # -- continuation (IG fast path) -------------------------------------------------------------------
     def logits(self, hidden: torch.Tensor, token_ids: torch.Tensor | None = None,
                linear_cap: bool = False) -> torch.Tensor:
