@@ -23,9 +23,10 @@ from analysis.implicit_attention.common import DEFAULT_BUDGET_BYTES, Reduction, 
 from analysis.models.loader import LoadedModel, decode_text
 from analysis.models.protocols import Loaded
 
-LayerKind = Literal["implicit", "softmax"]  # where a layer's map comes from
+LayerKind = Literal["implicit", "softmax", "position-wise"]  # where a layer's map comes from
 IMPLICIT: LayerKind = "implicit"
 SOFTMAX: LayerKind = "softmax"
+POSITION_WISE: LayerKind = "position-wise"  # a block that mixes no tokens (Nemotron-H's MLP and MoE blocks)
 FORMS = forms()  # family -> its forms, the default first (from the registry, analysis/families.py)
 MAX_TOKENS = 4096
 
@@ -102,7 +103,8 @@ def _check_budget(length: int, n_layers: int, budget_bytes: int) -> None:
 def _compute(loaded: Loaded, entry: Family, input_ids: torch.Tensor, form: Form, reduction: Reduction,
              layers: list[int], budget: int) -> tuple[dict[int, torch.Tensor], dict[int, LayerKind]]:
     """Maps and kinds of ``layers``: the family's implicit layers from its capture and reduced maps, the rest
-    from its softmax attention."""
+    from its softmax attention; a block with neither (an MLP or MoE block of its own) mixes no tokens, so its
+    map is the identity."""
     implicit = set(entry.implicit_layers_for(loaded.adapter, form))
     chosen = [i for i in layers if i in implicit]
     maps: dict[int, torch.Tensor] = {}
@@ -111,9 +113,12 @@ def _compute(loaded: Loaded, entry: Family, input_ids: torch.Tensor, form: Form,
         internals, reduced = entry.require("capture")(loaded, input_ids, chosen), entry.require("reduced")
         maps = {i: reduced(internals[i], entry.implicit_form(form), reduction, budget) for i in chosen}
         kinds = dict.fromkeys(maps, IMPLICIT)
-    rest = [i for i in layers if i not in maps]
+    position_wise = set(loaded.adapter.position_wise_layers())
+    rest = [i for i in layers if i not in maps and i not in position_wise]
     if rest:
         softmax = entry.require("softmax_maps")(loaded, input_ids, rest, reduction)
         maps.update(softmax)
         kinds.update(dict.fromkeys(softmax, SOFTMAX))
+    for i in position_wise.intersection(layers):
+        maps[i], kinds[i] = torch.eye(input_ids.shape[1]), POSITION_WISE
     return maps, kinds

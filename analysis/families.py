@@ -25,6 +25,7 @@ from analysis.implicit_attention import (
     conservative,
     delta_families,
     griffin,
+    hybrid,
     lfm2,
     mamba,
     mamba_hybrid,
@@ -47,13 +48,16 @@ from analysis.implicit_attention.ops import (
 )
 from analysis.models.adapters import (
     GatedDeltaNetAdapter,
+    GraniteMoeHybridAdapter,
     GriffinAdapter,
     HybridMamba2Adapter,
+    JambaAdapter,
     KimiDeltaAdapter,
     Lfm2Adapter,
     Mamba2Adapter,
     MambaAdapter,
     ModelAdapter,
+    NemotronHAdapter,
     RwkvAdapter,
     TransformerAdapter,
     XlstmAdapter,
@@ -165,6 +169,9 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("xlstm", XlstmAdapter, xlstm.XLSTM_OPS),
     Family("gated_deltanet", GatedDeltaNetAdapter, delta_families.GATED_DELTANET_OPS),
     Family("kimi_delta", KimiDeltaAdapter, delta_families.KIMI_DELTA_OPS),
+    Family("jamba", JambaAdapter, hybrid.JAMBA_OPS),
+    Family("granitemoehybrid", GraniteMoeHybridAdapter, hybrid.GRANITE_OPS),
+    Family("nemotron_h", NemotronHAdapter, hybrid.NEMOTRON_H_OPS),
 )}
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from analysis.attention import SOFTMAX, AttentionMaps, LayerKind, attention_maps
+from analysis.attention import IMPLICIT, POSITION_WISE, AttentionMaps, LayerKind, attention_maps
 from analysis.errors import PrunescopeError
 from analysis.families import Form, family_of
 from analysis.implicit_attention.common import Reduction
@@ -83,9 +83,10 @@ def without_sink(attn: torch.Tensor, first: int = 1) -> torch.Tensor:
 def _matrix_counts(loaded: LoadedModel, overview: AttentionMaps) -> dict[int, tuple[int, str]]:
     """Layer -> how many matrices it has and what one is: heads of a softmax layer (the text config's
     attention heads); an implicit layer's own count, "head" where a matrix spans several channels (Mamba-2's
-    s6 form), else "channel"."""
-    counts: dict[int, tuple[int, str]] = {}
-    implicit = [layer for layer, kind in zip(overview.layers, overview.kinds, strict=True) if kind != SOFTMAX]
+    s6 form), else "channel"; a block that mixes no tokens (Nemotron-H's MLP and MoE): one identity "map"."""
+    kinds = dict(zip(overview.layers, overview.kinds, strict=True))
+    counts: dict[int, tuple[int, str]] = {layer: (1, "map") for layer, kind in kinds.items() if kind == POSITION_WISE}
+    implicit = [layer for layer, kind in kinds.items() if kind == IMPLICIT]
     if implicit:
         ids = torch.tensor([overview.input_ids], device=loaded.device)
         entry = family_of(loaded)

@@ -14,7 +14,8 @@ FAMILY_OF = {"llama": "transformer", "gpt2": "transformer", "gpt_neox": "transfo
              "mamba": "mamba", "mamba2": "mamba2", "rwkv": "rwkv", "recurrent_gemma": "griffin",
              "gemma3_text": "transformer", "falcon_mamba": "mamba", "bamba": "mamba2_hybrid",
              "falcon_h1": "mamba2_hybrid", "zamba2": "zamba2", "lfm2": "lfm2", "xlstm": "xlstm",
-             "qwen3_next": "gated_deltanet", "kimi_linear": "kimi_delta"}
+             "qwen3_next": "gated_deltanet", "kimi_linear": "kimi_delta",
+             "jamba": "jamba", "granitemoehybrid": "granitemoehybrid", "nemotron_h": "nemotron_h"}
 
 
 @pytest.fixture(scope="session")
@@ -98,6 +99,7 @@ TIERS = {
         "test_ground_truth.py",
         "test_head_grid.py",
         "test_hook_scope.py",
+        "test_hybrids.py",
         "test_implicit_delta_rule.py",
         "test_implicit_lfm2_xlstm.py",
         "test_implicit_mamba.py",

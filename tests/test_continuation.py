@@ -29,6 +29,9 @@ def test_continue_from_equals_the_full_forward_pass(tiny_loaded, model_type):
     c = adapter.continuation_tokens
     hidden, block_inputs = _full_pass(loaded, ids)
     expected = hidden[:, -c:]
+    # a cached recurrent step and the chunked scan round differently: an absolute bound on the hidden states' scale
+    # (tiny Nemotron-H: 1.7e-5 on values up to 2.6, the model's own cached forward the same)
+    tol = {"rtol": 1e-4, "atol": 1e-5 * max(1.0, float(expected.abs().max()))}
     def block_list():
         return getattr(adapter._layers_parent, adapter._layers_attr), getattr(loaded.model.config, "layer_types", None)
 
@@ -38,7 +41,7 @@ def test_continue_from_equals_the_full_forward_pass(tiny_loaded, model_type):
         for rows in (1, 3):
             out = adapter.continue_from(prefix, ids[:, -c:], rows)
             assert out.shape == (rows, c, hidden.shape[-1])
-            torch.testing.assert_close(out, expected.expand(rows, -1, -1), rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(out, expected.expand(rows, -1, -1), **tol)
         starts = [s for s in range(1, adapter.n_layers) if s % adapter.layer_chunk_multiple() == 0]
         if not starts:  # RWKV rescales every `rescale_every` blocks: a start elsewhere would shift that
             with pytest.raises(ValueError, match="must start at a multiple of"):
@@ -47,7 +50,7 @@ def test_continue_from_equals_the_full_forward_pass(tiny_loaded, model_type):
         for start in starts:
             fed = block_inputs[start][:, -c:].expand(2, -1, -1) if start else None
             out = adapter.continue_from(prefix, ids[:, -c:], 2, start_layer=start, block_input=fed)
-            torch.testing.assert_close(out, expected.expand(2, -1, -1), rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(out, expected.expand(2, -1, -1), **tol)
         if starts[-1]:  # a different block input changes the result (the input is really used)
             wrong = torch.zeros_like(block_inputs[starts[-1]][:, -c:])
             out = adapter.continue_from(prefix, ids[:, -c:], 1, start_layer=starts[-1], block_input=wrong)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from analysis.errors import PrunescopeError
+from analysis.models.experts import ExpertNeurons
 from analysis.models.tiny import TINY_FAMILIES
 from analysis.pruning import NeuronMask
 
@@ -29,7 +30,11 @@ def weight_edited_reference(loaded):
         reader = model.get_submodule(site.path if site.io == "input" else
                                      f"{loaded.adapter.layout.layers}.{layer}.{loaded.adapter.layout.width_from}")
         with torch.no_grad():
-            if hasattr(reader, "in_features"):
+            if isinstance(reader, ExpertNeurons):  # MoE: neuron e * I + c is column c of expert e's down_proj
+                experts = model.get_submodule(site.path.rpartition(".")[0])
+                for index in indices:
+                    experts.down_proj[index // experts.intermediate_dim][:, index % experts.intermediate_dim] = 0
+            elif hasattr(reader, "in_features"):
                 reader.weight[:, indices] = 0  # nn.Linear: weight is [out, in]
             else:
                 reader.weight[indices, :] = 0  # GPT-2 Conv1D: weight is [in, out]

@@ -21,14 +21,16 @@ FAMILY_OF = {"llama": "transformer", "gpt2": "transformer", "gpt_neox": "transfo
              "mamba": "mamba", "mamba2": "mamba2", "rwkv": "rwkv", "recurrent_gemma": "griffin",
              "gemma3_text": "transformer", "falcon_mamba": "mamba", "bamba": "mamba2_hybrid",
              "falcon_h1": "mamba2_hybrid", "zamba2": "zamba2", "lfm2": "lfm2", "xlstm": "xlstm",
-             "qwen3_next": "gated_deltanet", "kimi_linear": "kimi_delta"}
+             "qwen3_next": "gated_deltanet", "kimi_linear": "kimi_delta",
+             "jamba": "jamba", "granitemoehybrid": "granitemoehybrid", "nemotron_h": "nemotron_h"}
+HYBRIDS = ("jamba", "granitemoehybrid", "nemotron_h")
 IMPLICIT_FNS = ("capture", "reduced", "matrices", "relevance_target")
 TEXT = "a:3 b:5 c:1 d:7 | b:5 a:"
 
 
 def test_registry_names_every_adapter_once():
     assert list(FAMILIES) == ["transformer", "mamba", "mamba2", "rwkv", "griffin", "mamba2_hybrid", "zamba2", "lfm2",
-                              "xlstm", "gated_deltanet", "kimi_delta"]
+                              "xlstm", "gated_deltanet", "kimi_delta", *HYBRIDS]
     assert tuple(f.adapter for f in FAMILIES.values()) == registered_adapters()
 
 
@@ -47,11 +49,11 @@ def test_every_family_has_every_field(name):
         function = getattr(entry.ops, field)
         assert callable(function) if implicit else function is None, field
     assert entry.has_softmax_layers is (name in ("transformer", "griffin", "mamba2_hybrid", "zamba2", "lfm2",
-                                                "gated_deltanet", "kimi_delta"))
+                                                "gated_deltanet", "kimi_delta", *HYBRIDS))
     if entry.has_softmax_layers:
         assert callable(entry.ops.softmax_maps)
     # no conservative rules for these mixers yet
-    if name in ("mamba2_hybrid", "zamba2", "lfm2", "xlstm", "gated_deltanet", "kimi_delta"):
+    if name in ("mamba2_hybrid", "zamba2", "lfm2", "xlstm", "gated_deltanet", "kimi_delta", *HYBRIDS):
         assert not entry.supports_lrp and entry.lrp is None
         return
     assert entry.supports_lrp and entry.lrp is not None  # MambaLRP rules for the recurrent families
@@ -71,7 +73,8 @@ def test_every_tiny_model_resolves_to_its_family(tiny_loaded, model_type):
     assert type(loaded.adapter) is entry.adapter
     layers = entry.implicit_layers(loaded.adapter)
     want = {"transformer": [], "griffin": [0, 2], "lfm2": [0, 2], "gated_deltanet": [0, 2],
-            "kimi_delta": [0, 2]}.get(entry.name, list(range(loaded.n_layers)))
+            "kimi_delta": [0, 2], "jamba": [0], "granitemoehybrid": [0],
+            "nemotron_h": [0]}.get(entry.name, list(range(loaded.n_layers)))
     want = [0, 2] if model_type == "bamba" else want  # its layer 1 is attention
     assert layers == want
 
@@ -82,11 +85,13 @@ def test_forms_and_lrp_families_come_from_the_registry():
                      "rwkv": ("unified", "wkv"), "griffin": ("unified", "rglru"),
                      "mamba2_hybrid": ("s6", "unified", "softmax"), "zamba2": ("s6", "unified", "softmax"),
                      "lfm2": ("unified", "conv"), "xlstm": ("mlstm", "unified"),
-                     "gated_deltanet": ("delta", "unified"), "kimi_delta": ("kda", "unified")}
+                     "gated_deltanet": ("delta", "unified"), "kimi_delta": ("kda", "unified"),
+                     **dict.fromkeys(HYBRIDS, ("s6", "unified"))}
     assert {n: default_form(n) for n in FAMILIES} == {"transformer": "softmax", "mamba": "s6", "mamba2": "s6",
                                                       "rwkv": "unified", "griffin": "unified", "mamba2_hybrid": "s6",
                                                       "zamba2": "s6", "lfm2": "unified", "xlstm": "mlstm",
-                                                      "gated_deltanet": "delta", "kimi_delta": "kda"}
+                                                      "gated_deltanet": "delta", "kimi_delta": "kda",
+                                                      **dict.fromkeys(HYBRIDS, "s6")}
     assert LRP_FAMILIES == ("transformer", "mamba", "mamba2", "rwkv", "griffin")
 
 
@@ -109,7 +114,10 @@ def test_unknown_family_is_a_one_line_error(call):
                                                            r"transformer \(llama.*griffin \(recurrent_gemma\); "
                                                            r"mamba2_hybrid \(bamba, falcon_h1\); zamba2 \(zamba2\); "
                                                            r"lfm2 \(lfm2\); xlstm \(xlstm\); gated_deltanet "
-                                                           r"\(qwen3_next\); kimi_delta \(kimi_linear\)$"):
+                                                           r"\(qwen3_next\); kimi_delta \(kimi_linear\); "
+                                                           r"jamba \(jamba\); "
+                                                           r"granitemoehybrid \(granitemoehybrid\); "
+                                                           r"nemotron_h \(nemotron_h\)$"):
         call()
 
 
@@ -136,6 +144,8 @@ def test_unknown_model_type_gives_the_loaders_error():
     ("lfm2", "unified", "conv.out_proj", False, 1), ("lfm2", "conv", "conv.out_proj", False, 1),
     ("xlstm", "mlstm", "mlstm_layer.multihead_norm", False, "head_dim"),
     ("xlstm", "unified", "mlstm_layer.out_proj", False, 1),
+    ("jamba", "s6", "mamba.out_proj", True, 1), ("granitemoehybrid", "s6", "mamba.norm", False, "head_dim"),
+    ("nemotron_h", "unified", "mixer.norm", False, 1),
 ])
 def test_relevance_targets(tiny_loaded, model_type, form, module, gated, group):
     """Each form's target: the hooked module, its source u [T, C] and the gate that turns the hooked gradient
@@ -146,15 +156,16 @@ def test_relevance_targets(tiny_loaded, model_type, form, module, gated, group):
     block = loaded.adapter.block(layer)
     spot = entry.ops.relevance_target(block, inn, form)
     assert isinstance(spot, RelevanceTarget) and spot.module is block.get_submodule(module)
-    assert spot.how == ("gated" if form == "unified" and model_type in ("mamba2", "bamba") else
+    gated_norm = ("mamba2", "bamba", "granitemoehybrid", "nemotron_h")
+    assert spot.how == ("gated" if form == "unified" and model_type in gated_norm else
                         "output" if form == "rglru" else "input")
     assert spot.source.shape[0] == len(loaded.tokenizer(TEXT).input_ids)
     assert spot.group == (inn.head_dim if group == "head_dim" else group)
-    if model_type == "mamba2" and form == "s6":
+    if group == "head_dim":
         assert spot.group > 1
     if not gated:
         assert spot.gate is None
-    elif model_type in ("mamba", "falcon_mamba", "falcon_h1"):
+    elif model_type in ("mamba", "falcon_mamba", "falcon_h1", "jamba"):
         torch.testing.assert_close(spot.gate, torch.nn.functional.silu(inn.z))
     else:
         torch.testing.assert_close(spot.gate, torch.sigmoid(inn.receptance))

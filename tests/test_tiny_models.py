@@ -26,6 +26,9 @@ EXPECTED_CLASS = {
     "xlstm": "xLSTMForCausalLM",
     "qwen3_next": "Qwen3NextForCausalLM",
     "kimi_linear": "KimiLinearForCausalLM",
+    "jamba": "JambaForCausalLM",
+    "granitemoehybrid": "GraniteMoeHybridForCausalLM",
+    "nemotron_h": "NemotronHForCausalLM",
 }
 PROMPT = "apple -> APPLE\nFrance -> Paris\ncat ->"
 UNICODE_TEXT = "héllo -> HÉLLO\n 2, 3 çà ñ 日本 🙂\t!"

@@ -301,7 +301,8 @@ def _require_lrp(loaded: LoadedModel) -> Mapping[str, Rule]:
 # -- gradient-weighted attention -------------------------------------------------------------------------------
 def gradient_weighted_maps(loaded: LoadedModel, input_ids: torch.Tensor, target: int,
                            layers: list[int] | None = None, form: str | None = None) -> torch.Tensor:
-    """[len(layers), T, T]: per layer ``(mean_c dF/dA[c] * A[c])^+`` (channels, or heads for softmax layers)."""
+    """[len(layers), T, T]: per layer ``(mean_c dF/dA[c] * A[c])^+`` (channels, or heads for softmax layers);
+    the identity for a block that mixes no tokens."""
     entry = family_of(loaded)
     form = entry.check_form(form)
     layers = list(range(loaded.n_layers)) if layers is None else sorted({int(i) for i in layers})
@@ -310,8 +311,11 @@ def gradient_weighted_maps(loaded: LoadedModel, input_ids: torch.Tensor, target:
         raise PrunescopeError(f"layer {bad[0]} does not exist (the model has {loaded.n_layers})")
     with loaded.lock:
         shown_implicit = set(entry.implicit_layers_for(loaded.adapter, form))
-        softmax = [i for i in layers if i not in shown_implicit]  # a hybrid layer with both: the form's kind
+        position_wise = set(loaded.adapter.position_wise_layers())  # they mix no tokens: the identity
+        softmax = [i for i in layers if i not in shown_implicit | position_wise]  # a layer with both: the form's
         maps = _softmax_weighted(loaded, input_ids, target, softmax) if entry.has_softmax_layers and softmax else {}
+        for i in position_wise.intersection(layers):
+            maps[i] = torch.eye(input_ids.shape[-1], device=input_ids.device)
         implicit = [i for i in layers if i not in maps]
         if implicit:
             maps.update(_implicit_weighted(loaded, entry, input_ids, target, implicit, entry.implicit_form(form)))

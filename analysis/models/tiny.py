@@ -31,6 +31,9 @@ TINY_FAMILIES: tuple[str, ...] = (
     "xlstm",
     "qwen3_next",
     "kimi_linear",
+    "jamba",
+    "granitemoehybrid",
+    "nemotron_h",
 )
 
 SPECIAL_TOKEN = "<|endoftext|>"
@@ -204,6 +207,27 @@ def tiny_config(model_type: str, vocab_size: int, **overrides) -> PretrainedConf
             layer_types=["linear_attention", "full_attention", "linear_attention"],
             max_position_embeddings=MAX_POSITIONS, tie_word_embeddings=False,
         ),
+        # hybrids: every layer 64 neurons (neuron IG needs equal widths): 4 experts x 16 channels per MoE layer
+        "jamba": dict(  # Mamba-1 / attention, each followed by a MoE layer (expert_layer_period 1)
+            hidden_size=32, intermediate_size=16, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            num_experts=4, num_experts_per_tok=2, expert_layer_period=1, expert_layer_offset=0,
+            attn_layer_period=2, attn_layer_offset=1, mamba_d_state=4, mamba_d_conv=4, mamba_expand=2,
+            mamba_dt_rank=4, max_position_embeddings=MAX_POSITIONS, tie_word_embeddings=False,
+        ),
+        "granitemoehybrid": dict(  # Mamba-2 / attention, each with a MoE layer and a shared MLP
+            hidden_size=32, intermediate_size=16, shared_intermediate_size=32, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
+            layer_types=["mamba", "attention"], mamba_n_heads=4, mamba_d_head=16, mamba_n_groups=1,
+            mamba_d_state=8, mamba_d_conv=4, mamba_expand=2, mamba_chunk_size=16, position_embedding_type="rope",
+            max_position_embeddings=MAX_POSITIONS, tie_word_embeddings=False,
+        ),
+        "nemotron_h": dict(  # one module per block: Mamba-2, MoE, attention, MLP
+            hidden_size=32, layers_block_type=["linear_attention", "moe", "full_attention", "mlp"],
+            num_attention_heads=4, num_key_value_heads=2, head_dim=16, intermediate_size=64, mamba_num_heads=4,
+            mamba_head_dim=16, n_groups=1, ssm_state_size=8, conv_kernel=4, chunk_size=16, n_routed_experts=4,
+            moe_intermediate_size=16, moe_shared_expert_intermediate_size=16, num_experts_per_tok=2,
+            max_position_embeddings=MAX_POSITIONS, tie_word_embeddings=False,
+        ),
     }  # fmt: skip
     if model_type not in per_family:
         raise ValueError(f"unknown tiny model type {model_type!r}; expected one of {TINY_FAMILIES}")
@@ -223,6 +247,14 @@ def _reinit(model: torch.nn.Module, gain: float = INIT_GAIN) -> None:
             module.weight.normal_(0.0, gain / module.in_features**0.5)
         elif isinstance(module, Conv1D):  # gpt2's transposed linear: weight is (in, out)
             module.weight.normal_(0.0, gain / module.weight.shape[0] ** 0.5)
+        for name in ("gate_up_proj", "up_proj", "down_proj"):  # MoE experts' 3D weights [experts, out, in]
+            weight = getattr(module, name, None)
+            if isinstance(weight, torch.nn.Parameter) and weight.dim() == 3:
+                weight.normal_(0.0, gain / weight.shape[-1] ** 0.5)
+        router = getattr(module, "weight", None)  # MoE routers keep a bare [experts, hidden] weight
+        if hasattr(module, "top_k") and not isinstance(module, torch.nn.Linear) and \
+                isinstance(router, torch.nn.Parameter) and router.dim() == 2:
+            router.normal_(0.0, gain / router.shape[-1] ** 0.5)
 
 
 def build_tiny_model(model_type: str, out_dir: str | Path, seed: int = 0, **config_overrides) -> Path:

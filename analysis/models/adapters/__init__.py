@@ -1,15 +1,18 @@
 """One adapter per architecture family (see base.py for the interface, families.py for the families and the
 list the loader picks from). The family registry, analysis/families.py, names them; they never import it."""
 
-from analysis.models.adapters.base import Layout, ModelAdapter, NeuronSite, PrefixState
+from analysis.models.adapters.base import Layout, ModelAdapter, NeuronSite, PrefixState, SiteChoice
 from analysis.models.adapters.families import (
     GatedDeltaNetAdapter,
+    GraniteMoeHybridAdapter,
     GriffinAdapter,
     HybridMamba2Adapter,
+    JambaAdapter,
     KimiDeltaAdapter,
     Lfm2Adapter,
     Mamba2Adapter,
     MambaAdapter,
+    NemotronHAdapter,
     RwkvAdapter,
     TransformerAdapter,
     XlstmAdapter,
@@ -19,8 +22,10 @@ from analysis.models.adapters.families import (
     registered_adapters,
     supported_architectures,
 )
+from analysis.models.adapters.hybrids import HybridAdapter
 
-__all__ = ["GatedDeltaNetAdapter", "GriffinAdapter", "HybridMamba2Adapter", "KimiDeltaAdapter", "Layout",
-           "Lfm2Adapter", "Mamba2Adapter", "MambaAdapter", "ModelAdapter", "NeuronSite", "PrefixState", "RwkvAdapter",
-           "TransformerAdapter", "XlstmAdapter", "Zamba2Adapter", "adapter_class_for", "make_adapter",
+__all__ = ["GatedDeltaNetAdapter", "GraniteMoeHybridAdapter", "GriffinAdapter", "HybridAdapter",
+           "HybridMamba2Adapter", "JambaAdapter", "KimiDeltaAdapter", "Layout", "Lfm2Adapter", "Mamba2Adapter",
+           "MambaAdapter", "ModelAdapter", "NemotronHAdapter", "NeuronSite", "PrefixState", "RwkvAdapter",
+           "SiteChoice", "TransformerAdapter", "XlstmAdapter", "Zamba2Adapter", "adapter_class_for", "make_adapter",
            "registered_adapters", "supported_architectures"]

@@ -2,9 +2,12 @@
 
 A *neuron site* is the activation tensor whose channels are a layer's "neurons" (docs/architecture.md):
 the MLP intermediate activation for transformers and Griffin, the gated inner channels entering
-``out_proj`` for Mamba/Mamba-2, the squared-ReLU key activation entering ``value`` for RWKV-4.
-Each site is named by a module path and whether it is that module's input or output, so every feature
-(masks, capture, attribution) goes through the single hook mechanism in :meth:`ModelAdapter.hook_sites`.
+``out_proj`` for Mamba/Mamba-2, the squared-ReLU key activation entering ``value`` for RWKV-4, the routed
+experts' intermediate channels of a MoE layer (analysis/models/experts.py). Each site is named by a module
+path and whether it is that module's input or output, so every feature (masks, capture, attribution) goes
+through the single hook mechanism in :meth:`ModelAdapter.hook_sites`. Hybrids whose blocks differ (a Mamba,
+attention, MLP or MoE block; a dense or sparse feed-forward) list further candidate sites in their
+:class:`Layout`: each block takes the first one it has, and its site carries that candidate's ``kind``.
 
 *Continuation* (the IG fast path): run a prompt's prefix once and keep its cache or recurrent state
 (:meth:`run_prefix`), then run the last token(s) for many rows at once, starting at any layer with a given
@@ -24,6 +27,8 @@ from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 import torch
 from torch import nn
 
+from analysis.errors import UnsupportedArchitectureError
+from analysis.models.experts import install_expert_neurons
 from analysis.models.hooks import hook_scope, model_lock
 
 if TYPE_CHECKING:
@@ -37,13 +42,32 @@ SITE_IOS: tuple[SiteIO, ...] = get_args(SiteIO)
 
 
 @dataclass(frozen=True)
+class SiteChoice:
+    """One candidate neuron site of a block (paths relative to the block) and the ``kind`` of layer it makes
+    (a label for legends: "mlp", "moe", "mixer", "attention-out", ...)."""
+
+    path: str
+    io: SiteIO
+    width_from: str
+    kind: str = "mlp"
+
+
+@dataclass(frozen=True)
 class Layout:
-    """Where a model type keeps its blocks and its neuron site (paths relative to a block)."""
+    """Where a model type keeps its blocks and its neuron site (paths relative to a block). ``also``: further
+    candidate sites, for hybrids whose blocks differ; a block's site is the first candidate (``site`` first)
+    whose modules it has."""
 
     layers: str
     site: str
     io: SiteIO  # the site module's input or output
     width_from: str  # a module whose input width is the neuron count
+    kind: str = "mlp"  # what kind of layer the main site makes
+    also: tuple[SiteChoice, ...] = ()
+
+    @property
+    def choices(self) -> tuple[SiteChoice, ...]:
+        return (SiteChoice(self.site, self.io, self.width_from, self.kind), *self.also)
 
 
 @dataclass(frozen=True)
@@ -57,6 +81,7 @@ class NeuronSite:
     path: str
     io: SiteIO
     width: int
+    kind: str = "mlp"  # the layer's kind for labels (SiteChoice.kind)
 
 
 @dataclass
@@ -87,13 +112,19 @@ class ModelAdapter:
         parent_path, _, self._layers_attr = self.layout.layers.rpartition(".")
         self._layers_parent = model.get_submodule(parent_path)
         self._blocks = list(getattr(self._layers_parent, self._layers_attr))
+        install_expert_neurons(model)  # MoE layers: their experts' channels become a hookable site
         self._sites = [self._make_site(i) for i in range(len(self._blocks))]
         self._base_params = set(inspect.signature(self.base_model.forward).parameters)
 
     def _make_site(self, layer: int) -> NeuronSite:
-        width_module = self._blocks[layer].get_submodule(self.layout.width_from)
+        block = self._blocks[layer]
+        choice = next((c for c in self.layout.choices if _has(block, c.path) and _has(block, c.width_from)), None)
+        if choice is None:
+            raise UnsupportedArchitectureError(f"{self.model_type} block {layer} ({type(block).__name__}) has none "
+                                               f"of the neuron sites {[c.path for c in self.layout.choices]}")
+        width_module = block.get_submodule(choice.width_from)
         width = getattr(width_module, "in_features", None) or width_module.weight.shape[0]  # GPT-2 Conv1D
-        return NeuronSite(layer, f"{self.layout.layers}.{layer}.{self.layout.site}", self.layout.io, int(width))
+        return NeuronSite(layer, f"{self.layout.layers}.{layer}.{choice.path}", choice.io, int(width), choice.kind)
 
     @property
     def n_layers(self) -> int:
@@ -117,10 +148,20 @@ class ModelAdapter:
         return self._sites[layer]
 
     def site_module(self, layer: int) -> nn.Module:
-        return self._blocks[layer].get_submodule(self.layout.site)
+        prefix = f"{self.layout.layers}.{layer}."  # the block's own path: the block list may be cut meanwhile
+        return self._blocks[layer].get_submodule(self._sites[layer].path.removeprefix(prefix))
 
     def neuron_counts(self) -> list[int]:
         return [s.width for s in self._sites]
+
+    def position_wise_layers(self) -> list[int]:
+        """Layers whose block mixes no tokens (an MLP or MoE block of its own, as in Nemotron-H): their attention
+        map is the identity. None in families whose every block has attention or a recurrence."""
+        return []
+
+    def site_kinds(self) -> list[str]:
+        """Each layer's kind of neuron site ("mlp", "moe", "mixer", "attention-out", ...), for labels."""
+        return [s.kind for s in self._sites]
 
     def max_context(self) -> int | None:
         """Longest prompt in tokens the model accepts, or None when only memory limits it."""
@@ -323,6 +364,14 @@ class ModelAdapter:
             return
         with self.hook_block_inputs(lambda _, hidden: block_input.to(hidden.dtype), layers=[layer]):
             yield
+
+
+def _has(block: nn.Module, path: str) -> bool:
+    try:
+        block.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
 
 
 def repeat_cache(cache, rows: int | Sequence[int]):
