@@ -53,15 +53,15 @@ _HOMES = {
     "k_sweep": "analysis.pruning.autok", "KSweep": "analysis.pruning.autok",
     "attention_maps": "analysis.attention", "AttentionMaps": "analysis.attention",
     "token_relevance": "analysis.attribution.tokens", "TokenRelevance": "analysis.attribution.tokens",
-    "faithfulness": "analysis.evaluation.faithfulness",
+    "faithfulness": "analysis.evaluation.faithfulness", "ground_truth": "analysis.evaluation.ground_truth",
     "task_vectors": "analysis.evaluation.task_vectors", "TaskVectorResult": "analysis.evaluation.task_vectors",
 }
 
 __all__ = ["PrunescopeError", "AttentionMaps", "CopyingScores", "EvalResult", "KSweep", "LoadedModel",
            "NeuronIGResult", "NeuronMask", "Prompt", "PruneEvalResult", "Task", "TaskVectorResult", "TokenRelevance",
            "attention_maps", "attribute_task", "builtin_tasks", "copying_scores", "evaluate_task", "faithfulness",
-           "get_task", "k_sweep", "load_model", "neuron_ig", "prepare_inputs", "prune_eval", "select_top_k",
-           "task_vectors", "token_relevance"]  # _HOMES' names, spelt out for linters
+           "get_task", "ground_truth", "k_sweep", "load_model", "neuron_ig", "prepare_inputs", "prune_eval",
+           "select_top_k", "task_vectors", "token_relevance"]  # _HOMES' names, spelt out for linters
 
 if TYPE_CHECKING:  # what type checkers and IDEs follow; at run time __getattr__ imports on first use
     from analysis.attention import AttentionMaps, attention_maps
@@ -70,6 +70,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs follow; at run time __getattr__
     from analysis.attribution.targets import prepare_inputs
     from analysis.attribution.tokens import TokenRelevance, token_relevance
     from analysis.evaluation.faithfulness import faithfulness
+    from analysis.evaluation.ground_truth import ground_truth
     from analysis.evaluation.icl import EvalResult, evaluate_task
     from analysis.evaluation.task_vectors import TaskVectorResult, task_vectors
     from analysis.models.loader import LoadedModel, load_model

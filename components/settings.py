@@ -124,6 +124,7 @@ TABLE: dict[str, Setting] = _table(
     number("tv_masked", 1, bound=FLAG),  # task vectors also with the mask
     choice("faith_task", "antonyms"),
     number("faith_n", 10),
+    number("gt_n", 10, "faith_n"),  # the ground-truth benchmark's prompts per family
     picks("rel_methods", "raw,rollout,gradattn,gxi"),
     picks("prune_tasks", ",".join(PRUNE_TASKS)),
     number("prune_controls", PRUNE_CONTROLS, "controls"),

@@ -110,6 +110,7 @@ TIERS = {
         "test_faithfulness.py",
         "test_gemma3.py",
         "test_general.py",
+        "test_ground_truth.py",
         "test_head_grid.py",
         "test_hook_scope.py",
         "test_hybrids.py",

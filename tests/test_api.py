@@ -17,11 +17,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 ENTRY_POINTS = ("load_model", "get_task", "evaluate_task", "attribute_task", "neuron_ig", "copying_scores",
                 "select_top_k", "prune_eval", "k_sweep", "attention_maps", "token_relevance", "faithfulness",
-                "task_vectors")
+                "task_vectors", "ground_truth")
 DOCTESTED = ("analysis", "analysis.models.loader", "analysis.tasks.builtin", "analysis.evaluation.icl",
              "analysis.pruning.mask", "analysis.attribution.runs", "analysis.attribution.neuron_ig",
              "analysis.pruning.copying", "analysis.pruning.evaluate", "analysis.pruning.autok", "analysis.attention",
-             "analysis.attribution.tokens", "analysis.evaluation.faithfulness", "analysis.evaluation.task_vectors")
+             "analysis.attribution.tokens", "analysis.evaluation.faithfulness", "analysis.evaluation.task_vectors",
+             "analysis.evaluation.ground_truth")
 
 
 def test_every_public_name_resolves_to_a_documented_object():

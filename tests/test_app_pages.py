@@ -413,3 +413,21 @@ def test_copy_link_equals_the_address_bar_after_every_change(monkeypatch):
     _ok(at.run())
     clamped = next(e.value for e in at.error if "out of range" in e.value).rsplit("using k=", 1)[1]
     assert address(at)["k"] == clamped and shown_link(at) == address(at)
+
+
+def test_attention_page_ground_truth_table(monkeypatch):
+    """The ground-truth table: nothing until Run (no error on the default view), then one row per method and
+    random with the family columns; the result is cached, so a fresh session shows it without a click."""
+    at = _start("toy-transformer", monkeypatch, "views/attention.py")
+    assert not at.error and "gt_table" not in at.session_state
+    at.multiselect(key="rel_methods").set_value(["raw", "gxi"])
+    at.number_input(key="gt_n").set_value(2)
+    at.button(key="gt_run").click()
+    _ok(at.run())
+    shown = at.session_state["gt_table"]["value"]
+    assert list(shown.method.unique()) == ["raw", "gxi", "random"] and set(shown.family) == {"recall", "copy",
+                                                                                             "induction"}
+    view = at.dataframe[-1].value
+    assert list(view.method) == ["raw", "gxi", "random"] and "copy top-1" in view.columns
+    again = _start("toy-transformer", monkeypatch, "views/attention.py", rel_methods="raw,gxi", gt_n=2)
+    assert again.session_state["gt_table"]["value"].equals(shown)  # read from the results cache

@@ -31,8 +31,15 @@ def register(commands) -> None:
     add_model_args(rel)
     rel.set_defaults(run=cmd_relevance)
 
-    fa = commands.add_parser("faithfulness", help="perturbation AUCs of relevance methods on a task")
-    fa.add_argument("--task", required=True)
+    fa = commands.add_parser("faithfulness", help="perturbation AUCs of relevance methods on a task, or "
+                                                  "their ground-truth scores (--ground-truth)")
+    fa.add_argument("--task", help="the task whose prompts are perturbed (not with --ground-truth)")
+    fa.add_argument("--ground-truth", action="store_true",
+                    help="score the methods against the known source of synthetic recall, copy and induction "
+                         "prompts (top-1 accuracy, rank, AUC; --n prompts per family)")
+    fa.add_argument("--families", default="recall,copy,induction", help="with --ground-truth: prompt families")
+    fa.add_argument("--style", choices=["toy", "words"], help="with --ground-truth: prompts of the toy corpus or "
+                                                              "natural words (default: toy for toy checkpoints)")
     fa.add_argument("--methods", default="raw,rollout,gradattn,ig,gxi", help="comma-separated methods")
     fa.add_argument("--n", type=bounded("faith_n"), default=20)
     fa.add_argument("--shots", type=bounded("shots"), default=2)
@@ -135,8 +142,12 @@ def cmd_faithfulness(args: argparse.Namespace) -> int:
     from analysis.evaluation.faithfulness import faithfulness
     from analysis.tasks import get_task
 
-    task = get_task(args.task, min_pairs=args.shots + 1)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.ground_truth:
+        return ground_truth_command(args, methods)
+    if not args.task:
+        raise PrunescopeError("faithfulness needs --task (or --ground-truth)")
+    task = get_task(args.task, min_pairs=args.shots + 1)
     loaded = load(args)
     with ray_pool(args) as pool:  # connected before the bar starts: a bad address is one clean line
         with progress_bar(f"faithfulness on {task.name}") as bar:
@@ -149,6 +160,31 @@ def cmd_faithfulness(args: argparse.Namespace) -> int:
         print(f"model {loaded.describe()}; task {task.name}; n={args.n}. most_first: lower AUC is more faithful; "
               "least_first: higher is")
         print(table.to_string(index=False, float_format="%.4f"))
+    return 0
+
+
+def ground_truth_command(args: argparse.Namespace, methods: list[str]) -> int:
+    """``faithfulness --ground-truth``: the ground-truth table, read from the results cache when stored."""
+    import json
+
+    from analysis.cache import ResultsCache
+    from analysis.cli.common import load
+    from analysis.evaluation.ground_truth import GroundTruth
+
+    if args.task:
+        raise PrunescopeError("--ground-truth builds its own prompts: drop --task")
+    families = tuple(f.strip() for f in args.families.split(",") if f.strip())
+    request = GroundTruth(tuple(methods), args.n, families, args.seed, args.style)
+    loaded = load(args)
+    with progress_bar("ground truth") as bar:
+        table = request.run(loaded, ResultsCache(), bar)
+    if args.json:
+        print(json.dumps({"model": loaded.name, "n_per_family": args.n, "rows": table.to_dict("records")}))
+    else:
+        print(f"model {loaded.describe()}; {args.n} prompts per family, scored where the model answers correctly "
+              "(n of attempted). top1/top1_cue: higher is better; rank: lower; auc (most relevant removed "
+              "first): lower; _lo/_hi: 95% bootstrap interval")
+        print(table.drop(columns=["note"]).to_string(index=False, float_format="%.3f"))
     return 0
 
 

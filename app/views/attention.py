@@ -1,5 +1,5 @@
 """Implicit attention page: one layer's (implicit) attention map for a text beside a transformer's real
-attention, token relevance by every method, and the perturbation-faithfulness table."""
+attention, token relevance by every method, the perturbation-faithfulness table and the ground-truth table."""
 
 from collections.abc import Sequence
 from functools import partial
@@ -9,8 +9,10 @@ import streamlit as st
 
 from analysis.attention import FORMS
 from analysis.attribution.tokens import LRP_FAMILIES, METHODS
+from analysis.cache import ResultsCache
 from analysis.device import dtype_name
 from analysis.distributed import env_pool
+from analysis.evaluation.ground_truth import GroundTruth
 from analysis.families import family_of
 from analysis.head_grid import without_sink
 from analysis.models import model_choices, model_label
@@ -21,6 +23,7 @@ from components import head_grid_view, present, settings, speculation, state
 from components.charts import attention_heatmap, visible_token
 from components.charts_pruning import relevance_chart
 from components.export import chart, report_button, table
+from components.ground_truth_view import ground_truth_view
 from components.layout import wrapping_columns
 from components.markup import echo
 from components.results import keep, shown
@@ -178,6 +181,33 @@ faith_table = shown("faith_table", faith_key, "faithfulness test", "run it again
 if faith_table is not None:
     table(faith_table, "faithfulness")
     tables["Faithfulness"] = faith_table
+st.subheader("Ground truth")
+st.caption("Synthetic key-value recall, copying and induction prompts whose answer comes from a known token: "
+           "top-1 = how often a method's most relevant token is that source (higher is better), rank = where "
+           "the source falls (1 = first), AUC as above; only prompts the model answers correctly count (n of "
+           "those built), with 95% bootstrap intervals over prompts.")
+with present.controls("Ground-truth settings"):
+    c_gt_n, c_gt_run = wrapping_columns([1, 1], "gt_controls", [140, 160])
+    gt_n = state.bound(c_gt_n.number_input, "Prompts per family", "gt_n", widget_key="gt_n")
+    gt_request = GroundTruth(tuple(chosen), int(gt_n))
+    gt_work = gt_request.work(loaded) * (len(chosen) + 1)
+    speculation.cost_note(loaded, gt_work, "faith", f"{gt_request.work(loaded)} prompts x {len(chosen)} methods "
+                                                    "and random")
+    gt_run = c_gt_run.button("Run ground truth", key="gt_run", disabled=not chosen)
+gt_key = gt_request.key(loaded)
+with guarded("ground-truth benchmark"):  # a stored result shows at once; a click starts a job
+    gt_found = memo(gt_key, lambda: gt_request.stored(loaded))
+    if gt_found is None:
+        gt_found = speculation.follow("job_ground_truth", gt_key, "Ground truth", lambda progress: gt_request.run(
+            loaded, ResultsCache(), progress), start=gt_run, total=gt_request.work(loaded),
+            speed=(loaded, "faith", gt_work))
+    if gt_found is not None:
+        keep("gt_table", gt_key, gt_found, f"{int(gt_n)} prompts per family, {', '.join(chosen)}, "
+                                           f"{model_label(loaded.name)}")
+gt_table = shown("gt_table", gt_key, "ground-truth run", "run it again")
+if gt_table is not None:
+    tables["Ground truth"] = ground_truth_view(gt_table)
+    table(tables["Ground truth"], "ground-truth")
 if figures:
     report_button("Implicit attention", figures, tables, {"model": loaded.describe(), "text": text, "form": form,
                                                          "reduction": reduce, "beside": other_spec},
