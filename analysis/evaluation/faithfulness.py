@@ -180,7 +180,7 @@ def faithfulness(loaded: LoadedModel, task, methods: Sequence[str], n: int, shot
 
     Returns:
         A DataFrame, one row per (method, order) with columns ``COLUMNS`` (methods in the given order,
-        ``random`` last); a method the family does not support (``lrp`` outside transformers) has NaN AUCs,
+        ``random`` last); a method the family does not support (``lrp`` on a family without rules) has NaN AUCs,
         n = 0 and a ``note``. ``df.attrs`` holds ``fractions``, the mean curves (``curves[(method, order)]``)
         and the per-prompt ``targets``.
 
