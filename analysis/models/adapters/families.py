@@ -190,7 +190,7 @@ class Zamba2Adapter(HybridMamba2Adapter):
     and run every row from there."""
 
     family = "zamba2"
-    layouts = {"zamba2": Layout("model.layers", "mamba.out_proj", "input", "mamba.out_proj")}
+    layouts = {t: Layout("model.layers", "mamba.out_proj", "input", "mamba.out_proj") for t in ("zamba", "zamba2")}
     supports_joins = False
     # transformers 5.23's one-token Mamba-2 step ignores Zamba2's lower step-size limit (time_step_min) that
     # its multi-token scan applies: continuations re-run two tokens, so they go through the scan as the
@@ -213,7 +213,8 @@ class Zamba2Adapter(HybridMamba2Adapter):
 
 
 MIXER_PATHS = ("mixer", "mamba", "mamba_decoder.mamba")  # a block's Mamba mixer, by family (mamba.py's capture)
-ATTENTION_PATHS = ("self_attn", "shared_transformer.self_attn")  # a hybrid block's softmax attention
+# a hybrid block's softmax attention (Zamba2's and Zamba's in their shared transformer blocks)
+ATTENTION_PATHS = ("self_attn", "shared_transformer.self_attn", "shared_transf.self_attn")
 
 
 def first_submodule_path(block: nn.Module, paths: tuple[str, ...]) -> str | None:
