@@ -112,7 +112,7 @@ def test_check_form_is_a_one_line_error():
 def test_unknown_family_is_a_one_line_error(call):
     with pytest.raises(UnsupportedArchitectureError, match=r"^unknown architecture family 'bert'; supported: "
                                                            r"transformer \(llama.*griffin \(recurrent_gemma\); "
-                                                           r"mamba2_hybrid \(bamba, falcon_h1\); zamba2 \(zamba2\); "
+                                                           r"mamba2_hybrid \(bamba, falcon_h1\); zamba2 \(zamba, zamba2\); "
                                                            r"lfm2 \(lfm2\); xlstm \(xlstm\); gated_deltanet "
                                                            r"\(qwen3_next\); kimi_delta \(kimi_linear\); "
                                                            r"jamba \(jamba\); "
@@ -138,6 +138,7 @@ def test_unknown_model_type_gives_the_loaders_error():
     ("bamba", "unified", "mamba.norm", False, 1), ("falcon_h1", "s6", "mamba.out_proj", True, "head_dim"),
     ("falcon_h1", "unified", "mamba.out_proj", False, 1),
     ("zamba2", "s6", "mamba_decoder.mamba.norm", False, "head_dim"),
+    ("zamba", "s6", "mamba.out_proj", True, 1), ("zamba", "unified", "mamba.out_proj", False, 1),
     ("rwkv", "unified", "attention.output", False, 1), ("rwkv", "wkv", "attention.output", True, 1),
     ("recurrent_gemma", "rglru", "temporal_block.rg_lru", False, 1),
     ("recurrent_gemma", "unified", "temporal_block.linear_out", False, 1),
@@ -165,7 +166,7 @@ def test_relevance_targets(tiny_loaded, model_type, form, module, gated, group):
         assert spot.group > 1
     if not gated:
         assert spot.gate is None
-    elif model_type in ("mamba", "falcon_mamba", "falcon_h1", "jamba"):
+    elif model_type in ("mamba", "falcon_mamba", "falcon_h1", "jamba", "zamba"):
         torch.testing.assert_close(spot.gate, torch.nn.functional.silu(inn.z))
     else:
         torch.testing.assert_close(spot.gate, torch.sigmoid(inn.receptance))

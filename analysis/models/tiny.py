@@ -178,12 +178,12 @@ def tiny_config(model_type: str, vocab_size: int, **overrides) -> PretrainedConf
             use_shared_attention_adapter=False, use_mem_rope=True, max_position_embeddings=MAX_POSITIONS,
             tie_word_embeddings=True,  # transformers ties the hybrid layers' shared blocks only with this
         ),
-        "zamba": dict(  # hybrid (the shared transformer block, then Mamba with 2 mamba heads), Mamba, hybrid:
-            # transformers 5.23 cannot build a Zamba with one hybrid layer (its tie pattern finds nothing to tie)
-            hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4,
-            n_mamba_heads=2, mamba_d_state=8, mamba_expand=2, mamba_d_conv=4,
-            layers_block_type=["hybrid", "mamba", "hybrid"],
-            max_position_embeddings=MAX_POSITIONS, tie_word_embeddings=True,
+        "zamba": dict(  # Mamba (2 mamba heads), then hybrid (the shared transformer block, then Mamba); untied:
+            # transformers 5.23 ties the hybrid layers' shared blocks only with tie_word_embeddings, and cannot
+            # build a tied Zamba with one hybrid layer (its tie pattern finds nothing to tie)
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+            n_mamba_heads=2, mamba_d_state=8, mamba_expand=2, mamba_d_conv=4, layers_block_type=["mamba", "hybrid"],
+            max_position_embeddings=MAX_POSITIONS, tie_word_embeddings=False,
         ),
         "lfm2": dict(  # conv, attention, conv; the MLP width as given (no auto-adjust to a multiple of 256)
             hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,

@@ -182,7 +182,7 @@ class HybridMamba2Adapter(ModelAdapter):
 
 
 class Zamba2Adapter(HybridMamba2Adapter):
-    """Zamba2: Mamba-2 layers, some of them ("hybrid") first running a transformer block (attention and MLP)
+    """Zamba2 and Zamba (v1, whose mixers are Mamba-1 split into mamba heads): Mamba-2 / Mamba layers, some of them ("hybrid") first running a transformer block (attention and MLP)
     that is *shared* by several layers and reads the input embeddings beside the residual stream. Its neuron
     site is each layer's mixer (the shared MLP's channels belong to no one layer): ``out_proj``'s input, at
     ``mamba`` or, in a hybrid layer, ``mamba_decoder.mamba``. The forward passes each block its position in
@@ -196,6 +196,11 @@ class Zamba2Adapter(HybridMamba2Adapter):
     # its multi-token scan applies: continuations re-run two tokens, so they go through the scan as the
     # full forward does
     continuation_tokens = 2
+
+    def __init__(self, model):
+        super().__init__(model)
+        if self.model_type == "zamba":  # Zamba's multi-token scan starts from a zero state whatever the cache
+            self.continuation_tokens = 1  # holds (transformers 5.23); its one-token step reads the state
 
     def layer_chunk_multiple(self) -> int:
         return self.n_layers
