@@ -112,7 +112,8 @@ def test_check_form_is_a_one_line_error():
 def test_unknown_family_is_a_one_line_error(call):
     with pytest.raises(UnsupportedArchitectureError, match=r"^unknown architecture family 'bert'; supported: "
                                                            r"transformer \(llama.*griffin \(recurrent_gemma\); "
-                                                           r"mamba2_hybrid \(bamba, falcon_h1\); zamba2 \(zamba, zamba2\); "
+                                                           r"mamba2_hybrid \(bamba, falcon_h1\); "
+                                                           r"zamba2 \(zamba, zamba2\); "
                                                            r"lfm2 \(lfm2\); xlstm \(xlstm\); gated_deltanet "
                                                            r"\(qwen3_next\); kimi_delta \(kimi_linear\); "
                                                            r"jamba \(jamba\); "

@@ -186,7 +186,7 @@ def capture_mamba(loaded: Loaded, input_ids: torch.Tensor, layers: list[int] | N
         internals = {}
         for layer, mixer in mixers.items():  # reads the mixer's parameters: in memory even when on disk
             with onloaded(loaded.adapter.block(layer)):
-                build = _internals_mamba if mixer.A_log.dim() > 1 else _internals_mamba2  # Mamba-1: A [d(, ), n]
+                build = _internals_mamba if hasattr(mixer, "x_proj") or is_multi_head(mixer) else _internals_mamba2
                 internals[layer] = build(mixer, layer, raw[layer])
                 internals[layer].mixer_path = paths[layer] or ""
         return internals

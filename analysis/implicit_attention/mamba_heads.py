@@ -14,6 +14,8 @@ own weights, in the model's dtype as the HF torch path does, and checked against
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,7 +32,7 @@ def split_branches(projected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return x, z
 
 
-def head_ssm_inputs(mixer: nn.Module, conv: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def head_ssm_inputs(mixer: Any, conv: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """From the conv pre-activation [T, d]: u [T, d], Delta [T, d] (bias, softplus), A [d, n], B and C
     [T, H, n] (one per mamba head), D [d]."""
     heads, rank, n = mixer.n_mamba_heads, mixer.time_step_rank, mixer.ssm_state_size

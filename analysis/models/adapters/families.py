@@ -182,9 +182,10 @@ class HybridMamba2Adapter(ModelAdapter):
 
 
 class Zamba2Adapter(HybridMamba2Adapter):
-    """Zamba2 and Zamba (v1, whose mixers are Mamba-1 split into mamba heads): Mamba-2 / Mamba layers, some of them ("hybrid") first running a transformer block (attention and MLP)
-    that is *shared* by several layers and reads the input embeddings beside the residual stream. Its neuron
-    site is each layer's mixer (the shared MLP's channels belong to no one layer): ``out_proj``'s input, at
+    """Zamba2 and Zamba (v1, whose mixers are Mamba-1 split into mamba heads): Mamba-2 / Mamba layers, some
+    of them ("hybrid") first running a transformer block (attention and MLP) that is *shared* by several
+    layers and reads the input embeddings beside the residual stream. Its neuron site is each layer's mixer
+    (the shared MLP's channels belong to no one layer): ``out_proj``'s input (the gated d_inner channels), at
     ``mamba`` or, in a hybrid layer, ``mamba_decoder.mamba``. The forward passes each block its position in
     the loop and concatenates batch-sized embeddings in the shared block, so continuations start at layer 0
     and run every row from there."""
