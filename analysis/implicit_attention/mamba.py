@@ -12,7 +12,8 @@ through hooks on each layer's mixer:
 The same capture serves the variants: Falcon-Mamba (Mamba-1 whose dt, B and C go through weightless RMS
 norms: read from the norms' outputs), and the Mamba-2 mixers of the hybrids (``block.mamba``): Bamba, and
 Falcon-H1, whose ``in_proj`` output is scaled by its muP vector (applied here) and which, without
-``mamba_rms_norm``, gates as Mamba-1 does: ``out_proj(y * SiLU(z))`` (``MambaInternals.gated_at``).
+``mamba_rms_norm``, gates as Mamba-1 does: ``out_proj(y * SiLU(z))`` (``MambaInternals.gated_at``). Zamba's
+Mamba-1 mixers split into heads with their own B and C are read from ``in_proj``/``out_proj`` (mamba_heads.py).
 
 transformers 5.23 never *calls* ``conv1d`` or ``dt_proj`` as modules (it uses their weights in
 ``F.conv1d`` / a matmul), so no hook can see their outputs: the conv pre-activation, Delta and (Mamba-2)
