@@ -201,7 +201,7 @@ RECURRENCES = {
         mlp_layer_types=["dense"])),
     "lightning": ("lightning (MiniMax: 64 heads, d = 128)", "minimax", dict(
         hidden_size=1024, intermediate_size=256, num_attention_heads=64, head_dim=128, num_local_experts=1,
-        block_size=256)),
+        num_experts_per_tok=1, block_size=256)),
 }
 
 
@@ -232,7 +232,7 @@ def kind_line(name: str, length: int, repeats: int, chunk: int = 128) -> str:
 
 def recurrence_line(name: str, length: int, repeats: int) -> str:
     """Vectorised vs loop seconds of one delta-rule / lightning layer's core-form mean map at ``length`` (a bare
-    transformers model: MiniMax has no adapter)."""
+    one-layer transformers model)."""
     from transformers import AutoModelForCausalLM
 
     from analysis.models.tiny import tiny_config

@@ -27,6 +27,7 @@ EXPECTED_CLASS = {
     "xlstm": "xLSTMForCausalLM",
     "qwen3_next": "Qwen3NextForCausalLM",
     "kimi_linear": "KimiLinearForCausalLM",
+    "minimax": "MiniMaxForCausalLM",
     "jamba": "JambaForCausalLM",
     "granitemoehybrid": "GraniteMoeHybridForCausalLM",
     "nemotron_h": "NemotronHForCausalLM",

@@ -32,6 +32,7 @@ TINY_FAMILIES: tuple[str, ...] = (
     "xlstm",
     "qwen3_next",
     "kimi_linear",
+    "minimax",
     "jamba",
     "granitemoehybrid",
     "nemotron_h",
@@ -209,10 +210,11 @@ def tiny_config(model_type: str, vocab_size: int, **overrides) -> PretrainedConf
             layer_types=["linear_attention", "full_attention", "linear_attention"],
             mlp_layer_types=["dense"] * 3, max_position_embeddings=MAX_POSITIONS, tie_word_embeddings=False,
         ),
-        "minimax": dict(  # not in TINY_FAMILIES: every MiniMax layer is sparse MoE (no family entry yet)
-            hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=8, num_local_experts=2, num_experts_per_tok=1, block_size=4,
-            layer_types=["linear_attention", "full_attention", "linear_attention"],
+        "minimax": dict(  # lightning attention then softmax attention, each with a MoE of 4 x 16 channels;
+            # blocks of 4 tokens, so a prompt spans several of transformers' lightning blocks
+            hidden_size=32, intermediate_size=16, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=8, num_local_experts=4, num_experts_per_tok=2, block_size=4,
+            layer_types=["linear_attention", "full_attention"],
             max_position_embeddings=MAX_POSITIONS, tie_word_embeddings=False,
         ),
         # hybrids: every layer 64 neurons (neuron IG needs equal widths): 4 experts x 16 channels per MoE layer

@@ -17,7 +17,13 @@ from torch import nn
 from analysis.errors import UnsupportedArchitectureError
 from analysis.models.adapters.base import Layout, ModelAdapter, NeuronSite, PrefixState, repeat_cache
 from analysis.models.adapters.hybrids import GraniteMoeHybridAdapter, JambaAdapter, NemotronHAdapter
-from analysis.models.adapters.linear import GatedDeltaNetAdapter, KimiDeltaAdapter, Lfm2Adapter, XlstmAdapter
+from analysis.models.adapters.linear import (
+    GatedDeltaNetAdapter,
+    KimiDeltaAdapter,
+    Lfm2Adapter,
+    MiniMaxAdapter,
+    XlstmAdapter,
+)
 from analysis.models.adapters.transformer import TransformerAdapter
 
 if TYPE_CHECKING:
@@ -236,7 +242,8 @@ def first_submodule_path(block: nn.Module, paths: tuple[str, ...]) -> str | None
 
 ADAPTERS: tuple[type[ModelAdapter], ...] = (TransformerAdapter, MambaAdapter, Mamba2Adapter, RwkvAdapter,
                                              GriffinAdapter, HybridMamba2Adapter, Zamba2Adapter, Lfm2Adapter,
-                                             XlstmAdapter, GatedDeltaNetAdapter, KimiDeltaAdapter, JambaAdapter,
+                                             XlstmAdapter, GatedDeltaNetAdapter, KimiDeltaAdapter, MiniMaxAdapter,
+                                             JambaAdapter,
                                              GraniteMoeHybridAdapter, NemotronHAdapter)
 
 
