@@ -20,8 +20,8 @@ from analysis.models.tiny import TINY_FAMILIES
 FAMILY_OF = {"llama": "transformer", "gpt2": "transformer", "gpt_neox": "transformer", "opt": "transformer",
              "mamba": "mamba", "mamba2": "mamba2", "rwkv": "rwkv", "recurrent_gemma": "griffin",
              "gemma3_text": "transformer", "falcon_mamba": "mamba", "bamba": "mamba2_hybrid",
-             "falcon_h1": "mamba2_hybrid", "zamba2": "zamba2", "lfm2": "lfm2", "xlstm": "xlstm",
-             "qwen3_next": "gated_deltanet", "kimi_linear": "kimi_delta", "minimax": "minimax",
+             "falcon_h1": "mamba2_hybrid", "zamba2": "zamba2", "zamba": "zamba2", "lfm2": "lfm2",
+             "xlstm": "xlstm", "qwen3_next": "gated_deltanet", "kimi_linear": "kimi_delta", "minimax": "minimax",
              "jamba": "jamba", "granitemoehybrid": "granitemoehybrid", "nemotron_h": "nemotron_h"}
 HYBRIDS = ("jamba", "granitemoehybrid", "nemotron_h")
 IMPLICIT_FNS = ("capture", "reduced", "matrices", "relevance_target")
@@ -113,7 +113,8 @@ def test_check_form_is_a_one_line_error():
 def test_unknown_family_is_a_one_line_error(call):
     with pytest.raises(UnsupportedArchitectureError, match=r"^unknown architecture family 'bert'; supported: "
                                                            r"transformer \(llama.*griffin \(recurrent_gemma\); "
-                                                           r"mamba2_hybrid \(bamba, falcon_h1\); zamba2 \(zamba2\); "
+                                                           r"mamba2_hybrid \(bamba, falcon_h1\); "
+                                                           r"zamba2 \(zamba, zamba2\); "
                                                            r"lfm2 \(lfm2\); xlstm \(xlstm\); gated_deltanet "
                                                            r"\(qwen3_next\); kimi_delta \(kimi_linear\); "
                                                            r"minimax \(minimax\); "
@@ -140,6 +141,7 @@ def test_unknown_model_type_gives_the_loaders_error():
     ("bamba", "unified", "mamba.norm", False, 1), ("falcon_h1", "s6", "mamba.out_proj", True, "head_dim"),
     ("falcon_h1", "unified", "mamba.out_proj", False, 1),
     ("zamba2", "s6", "mamba_decoder.mamba.norm", False, "head_dim"),
+    ("zamba", "s6", "mamba.out_proj", True, 1), ("zamba", "unified", "mamba.out_proj", False, 1),
     ("rwkv", "unified", "attention.output", False, 1), ("rwkv", "wkv", "attention.output", True, 1),
     ("recurrent_gemma", "rglru", "temporal_block.rg_lru", False, 1),
     ("recurrent_gemma", "unified", "temporal_block.linear_out", False, 1),
@@ -167,7 +169,7 @@ def test_relevance_targets(tiny_loaded, model_type, form, module, gated, group):
         assert spot.group > 1
     if not gated:
         assert spot.gate is None
-    elif model_type in ("mamba", "falcon_mamba", "falcon_h1", "jamba"):
+    elif model_type in ("mamba", "falcon_mamba", "falcon_h1", "jamba", "zamba"):
         torch.testing.assert_close(spot.gate, torch.nn.functional.silu(inn.z))
     else:
         torch.testing.assert_close(spot.gate, torch.sigmoid(inn.receptance))

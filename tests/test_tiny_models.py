@@ -21,6 +21,7 @@ EXPECTED_CLASS = {
     "bamba": "BambaForCausalLM",
     "falcon_h1": "FalconH1ForCausalLM",
     "zamba2": "Zamba2ForCausalLM",
+    "zamba": "ZambaForCausalLM",
     "gemma3_text": "Gemma3ForCausalLM",
     "lfm2": "Lfm2ForCausalLM",
     "xlstm": "xLSTMForCausalLM",
