@@ -21,6 +21,7 @@ from analysis.models.tiny import build_tiny_model
 from analysis.pruning.baselines import activation_magnitudes
 from analysis.pruning.copying import CopyingScores, normalized_copy_scores, select_top_k
 from analysis.pruning.stability import mask_stability
+from analysis.tasks import builtin_tasks
 from components.charts import layer_totals_bar, neuron_heatmap
 from components.neuron_view import rank_of
 from tests.test_neuron_ig import captum_layer_ig, copying_prompts, rel_err
@@ -73,6 +74,24 @@ def test_fast_path_equals_reference_and_captum_per_layer(ragged, rule, prompts):
         for layer, width in enumerate(WIDTHS):
             expected = captum_layer_ig(ragged, items[0], layer, 7, "gausslegendre")
             assert expected.shape == (width,) and rel_err(ref.per_prompt[0, layer, :width], expected) < 1e-4
+
+
+@pytest.mark.parametrize("model_type,overrides,widths", [
+    ("nemotron_h", dict(intermediate_size=48, mamba_num_heads=2), [32, 64, 64, 48]),  # mixer, MoE, attention, MLP
+    ("kimi_linear", dict(mlp_layer_types=["dense", "sparse", "dense"], num_experts=4, num_experts_per_tok=1,
+                         moe_intermediate_size=8), [64, 32, 64]),  # the narrow layer in the middle
+])
+def test_other_ragged_hybrids_fast_equals_reference(tmp_path, model_type, overrides, widths):
+    loaded = load_model(str(build_tiny_model(model_type, tmp_path, **overrides)), device="cpu")
+    assert loaded.adapter.neuron_counts() == widths
+    items = prepare_inputs(loaded, copying_prompts(1), "gold")
+    fast = neuron_ig(loaded, items, steps=5, quadrature="gauss-legendre", max_rows=8)
+    ref = neuron_ig(loaded, items, steps=5, quadrature="gauss-legendre", method="reference")
+    assert fast.widths == widths and fast.per_prompt.shape == (1, len(widths), 64)
+    for layer, width in enumerate(widths):
+        assert fast.per_prompt[0, layer, width:].isnan().all() and ref.per_prompt[0, layer, width:].isnan().all()
+        ours, reference = fast.per_prompt[0, layer, :width], ref.per_prompt[0, layer, :width]
+        assert reference.abs().max() > 0 and rel_err(ours, reference) < 1e-4
 
 
 def test_complete_where_no_router_sits_above(ragged):
@@ -153,9 +172,11 @@ def test_confidence_neurons_of_the_narrow_layer(ragged, result, monkeypatch):
     from analysis.pruning import confidence
 
     monkeypatch.setattr(confidence, "confidence_scores", lambda *args, **kwargs: (result.scores, 2))
-    picked = confidence.confidence_neurons(ragged, None, layer=0, percent=50)
+    task = builtin_tasks()["vowel-count"]
+    picked = confidence.confidence_neurons(ragged, task, layer=0, percent=50)
     assert sorted(picked.mask.neurons) == sorted((0, int(i)) for i in result.scores[0, :16].topk(8).indices)
-    assert len(confidence.confidence_neurons(ragged, None, layer=0, percent=100).mask) == 16
+    whole = confidence.confidence_neurons(ragged, task, layer=0, percent=100)
+    assert len(whole.mask) == 16 and whole.layer_scores.shape == (16,) and not whole.layer_scores.isnan().any()
 
 
 def test_cache_round_trip_keeps_widths_and_padding(ragged, result):
