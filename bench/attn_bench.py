@@ -22,7 +22,8 @@ Last line: ``ratio_T256=<paths ratio> peak_mem_T512_gb=<y>``.
 
 Before it, one line per newer recurrence kind (``--kinds``, default all; ``--kinds none`` skips them) at the
 first of ``--lengths``' longest length: LFM2's gated short convolution (hidden 1024, 3 taps, as LFM2-350M;
-unified form) and xLSTM's mLSTM (hidden 512, 4 heads, q/k 256, v 512, chunks of 64; mlstm form), each on a
+unified form), xLSTM's mLSTM (hidden 512, 4 heads, q/k 256, v 512, chunks of 64; mlstm form) and Zamba's
+multi-head Mamba (hidden 768, d_inner 1536 in 2 mamba heads with their own B and C, state 16; s6), each on a
 random two-layer model, mean map of layer 0 from the vectorised path against its float64 loop reference;
 and the delta-rule / linear-attention recurrences (``delta``, ``kda``, ``lightning``): one layer at the published
 head shapes (random weights, decay ~0.05 a step), core form, mean over heads, through the vectorised path
@@ -176,7 +177,19 @@ def _xlstm_kind():
         lambda it, idx: xlstm.xlstm_loop_matrices(it, "mlstm", idx), lambda it: it.n_heads
 
 
-KINDS = {"lfm2": _lfm2_kind, "xlstm": _xlstm_kind}
+def _zamba_kind():
+    from transformers import ZambaConfig, ZambaForCausalLM
+
+    config = ZambaConfig(vocab_size=512, hidden_size=768, intermediate_size=1024, num_hidden_layers=2,
+                         num_attention_heads=12, n_mamba_heads=2, mamba_d_state=16,
+                         layers_block_type=["mamba", "mamba"])
+    model = ZambaForCausalLM(config)
+    return model, "zamba multi-head Mamba (hidden 768, d_inner 1536, 2 mamba heads, state 16, s6)", capture_mamba, \
+        lambda it: mamba_reduced(it, "s6", Reduction("mean")), \
+        lambda it, idx: mamba_loop_matrices(it, "s6", idx), lambda it: it.n_heads
+
+
+KINDS = {"lfm2": _lfm2_kind, "xlstm": _xlstm_kind, "zamba": _zamba_kind}
 # one recurrent layer of each delta-rule / linear-attention kind at its published head shapes (hidden sizes cut
 # to keep the MLPs small): bench name -> (title, model type, config overrides)
 RECURRENCES = {
@@ -188,7 +201,7 @@ RECURRENCES = {
         mlp_layer_types=["dense"])),
     "lightning": ("lightning (MiniMax: 64 heads, d = 128)", "minimax", dict(
         hidden_size=1024, intermediate_size=256, num_attention_heads=64, head_dim=128, num_local_experts=1,
-        block_size=256)),
+        num_experts_per_tok=1, block_size=256)),
 }
 
 
@@ -219,7 +232,7 @@ def kind_line(name: str, length: int, repeats: int, chunk: int = 128) -> str:
 
 def recurrence_line(name: str, length: int, repeats: int) -> str:
     """Vectorised vs loop seconds of one delta-rule / lightning layer's core-form mean map at ``length`` (a bare
-    transformers model: MiniMax has no adapter)."""
+    one-layer transformers model)."""
     from transformers import AutoModelForCausalLM
 
     from analysis.models.tiny import tiny_config

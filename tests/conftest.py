@@ -13,8 +13,8 @@ from analysis.models.tiny import TINY_FAMILIES, build_tiny_model
 FAMILY_OF = {"llama": "transformer", "gpt2": "transformer", "gpt_neox": "transformer", "opt": "transformer",
              "mamba": "mamba", "mamba2": "mamba2", "rwkv": "rwkv", "recurrent_gemma": "griffin",
              "gemma3_text": "transformer", "falcon_mamba": "mamba", "bamba": "mamba2_hybrid",
-             "falcon_h1": "mamba2_hybrid", "zamba2": "zamba2", "lfm2": "lfm2", "xlstm": "xlstm",
-             "qwen3_next": "gated_deltanet", "kimi_linear": "kimi_delta",
+             "falcon_h1": "mamba2_hybrid", "zamba2": "zamba2", "zamba": "zamba2", "lfm2": "lfm2",
+             "xlstm": "xlstm", "qwen3_next": "gated_deltanet", "kimi_linear": "kimi_delta", "minimax": "minimax",
              "jamba": "jamba", "granitemoehybrid": "granitemoehybrid", "nemotron_h": "nemotron_h"}
 
 
@@ -123,6 +123,7 @@ TIERS = {
         "test_joined.py",
         "test_lrp_recurrent.py",
         "test_mask.py",
+        "test_minimax.py",
         "test_models.py",
         "test_multiuser.py",
         "test_neuron_ig.py",

@@ -78,6 +78,8 @@ def test_bad_requests(tiny_loaded, model_type, kwargs, message):
     ("falcon_h1", {"s6": ["implicit", "implicit"], "unified": ["implicit", "implicit"],
                    "softmax": ["softmax", "softmax"]}),
     ("zamba2", {"s6": ["implicit", "implicit", "implicit"], "softmax": ["softmax", "implicit", "implicit"]}),
+    ("zamba", {"s6": ["implicit", "implicit"], "unified": ["implicit", "implicit"],
+               "softmax": ["implicit", "softmax"]}),
 ])
 def test_hybrid_layers_show_the_kind_the_form_asks_for(tiny_loaded, model_type, kinds):
     """A layer shows the form's kind when it has it, else the kind it has: Falcon-H1's layers (both kinds)
@@ -87,27 +89,29 @@ def test_hybrid_layers_show_the_kind_the_form_asks_for(tiny_loaded, model_type, 
         maps = attention_maps(loaded, TEXT, form=form)
         assert maps.kinds == want
     s6 = attention_maps(loaded, TEXT, form="s6").attn
-    assert torch.equal(attention_maps(loaded, TEXT, form="softmax").attn[0], s6[0]) == (model_type == "bamba")
+    layer0_has_attention = model_type not in ("bamba", "zamba")  # theirs is a Mamba layer: s6 under softmax too
+    assert torch.equal(attention_maps(loaded, TEXT, form="softmax").attn[0], s6[0]) != layer0_has_attention
 
 
-@pytest.fixture(scope="module")
-def tied_zamba2(tmp_path_factory):
-    """A tiny Zamba2 whose layers 0 and 2 both run its one transformer block (a module per layer, weights tied;
-    the default tiny Zamba2 has one hybrid layer: a random model with two is too rough for the IG battery's
-    fixed quadrature)."""
+@pytest.fixture(scope="module", params=["zamba2", "zamba"])
+def tied_zamba(request, tmp_path_factory):
+    """A tiny Zamba2 / Zamba whose layers 0 and 2 both run its one transformer block (a module per layer,
+    weights tied; the default tiny ones have one hybrid layer: a random model with two is too rough for the IG
+    battery's fixed quadrature, and transformers ties them only with tie_word_embeddings)."""
     from analysis.models import load_model
     from analysis.models.tiny import build_tiny_model
 
-    path = build_tiny_model("zamba2", tmp_path_factory.mktemp("zamba2") / "m",
-                            layers_block_type=["hybrid", "mamba", "hybrid"])
+    path = build_tiny_model(request.param, tmp_path_factory.mktemp(request.param) / "m", num_hidden_layers=3,
+                            layers_block_type=["hybrid", "mamba", "hybrid"], tie_word_embeddings=True)
     return load_model(str(path), device="cpu")
 
 
-def test_a_tied_attention_block_gives_each_layer_its_own_call(tied_zamba2):
-    """Zamba2's layers 0 and 2 run one transformer block (tied weights): each gets the probabilities of its own
-    call (asked together or alone, equal to the block's own output there), and the two differ."""
-    loaded = tied_zamba2
-    first, second = (loaded.adapter.block(i).shared_transformer.self_attn for i in (0, 2))
+def test_a_tied_attention_block_gives_each_layer_its_own_call(tied_zamba):
+    """Zamba2's (Zamba's) layers 0 and 2 run one transformer block (tied weights): each gets the probabilities
+    of its own call (asked together or alone, equal to the block's own output there), and the two differ."""
+    loaded = tied_zamba
+    shared = "shared_transformer" if loaded.model.config.model_type == "zamba2" else "shared_transf"
+    first, second = (loaded.adapter.block(i).get_submodule(f"{shared}.self_attn") for i in (0, 2))
     assert first.q_proj.weight is second.q_proj.weight
     both = attention_maps(loaded, TEXT, form="softmax", layers=[0, 2]).attn
     alone = [attention_maps(loaded, TEXT, form="softmax", layers=[i]).attn[0] for i in (0, 2)]

@@ -116,17 +116,19 @@ def test_figure_tiles_each_cell_scaled_and_clickable(toy):
 
 @pytest.mark.parametrize(("model_type", "form", "kinds"), [
     ("bamba", "s6", ["implicit", "softmax", "implicit"]), ("zamba2", "softmax", ["softmax", "implicit", "implicit"]),
-    ("falcon_h1", "softmax", ["softmax", "softmax"]), ("falcon_h1", "unified", ["implicit", "implicit"])])
+    ("falcon_h1", "softmax", ["softmax", "softmax"]), ("falcon_h1", "unified", ["implicit", "implicit"]),
+    ("zamba", "softmax", ["implicit", "softmax"])])
 def test_hybrid_grids_keep_each_layers_kind_and_average_to_its_map(tiny_loaded, model_type, form, kinds):
     """Hybrids mix kinds in one grid (Bamba's attention layer under s6; Zamba2's Mamba-2 layers under softmax):
-    a softmax row has the config's attention heads, an implicit row its s6 heads (Falcon-H1's unified form: a
-    row per d_inner channel, 64, shown as 16 groups), and each row's cells average to the layer's map."""
+    a softmax row has the config's attention heads, an implicit row its s6 heads (Falcon-H1's unified form and
+    Zamba's Mamba-1 s6: a row per d_inner channel, 64, shown as 16 groups), and each row's cells average to
+    the layer's map."""
     loaded = tiny_loaded(model_type)
     grid, maps = head_grid(loaded, TEXT, form=form), attention_maps(loaded, TEXT, form=form)
     assert grid.layers == maps.layers and grid.kinds == maps.kinds == kinds
     config = loaded.model.config
     mamba_heads = getattr(config, "mamba_n_heads", None) or config.n_mamba_heads
     for k, kind in enumerate(grid.kinds):
-        implicit = 16 if form == "unified" else mamba_heads
+        implicit = 16 if form == "unified" or model_type == "zamba" else mamba_heads  # Zamba: s6 per channel
         assert len(grid.cells[k]) == (config.num_attention_heads if kind == "softmax" else implicit)
         torch.testing.assert_close(torch.stack(grid.cells[k]).mean(0), maps.attn[k], rtol=1e-5, atol=1e-6)

@@ -1,12 +1,11 @@
-"""Exact implicit attention of the delta-rule and lightning-attention layers (Qwen3-Next's Gated DeltaNet, Kimi
-Linear's KDA, MiniMax's lightning attention): each form against a float64 position loop and against the
+"""Exact implicit attention of the delta-rule layers (Qwen3-Next's Gated DeltaNet, Kimi Linear's KDA; MiniMax's
+lightning attention: tests/test_minimax.py): each form against a float64 position loop and against the
 tensors of the real transformers forward, reductions, the hybrids' softmax maps, gradattn and bad input."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
 from analysis.attention import attention_maps
 from analysis.attribution.tokens import METHODS, gradient_weighted_maps, token_relevance
@@ -14,7 +13,7 @@ from analysis.errors import PrunescopeError
 from analysis.families import family_of
 from analysis.head_grid import head_grid
 from analysis.implicit_attention.common import Reduction
-from analysis.implicit_attention.delta_families import bare_model_internals, hybrid_softmax_maps
+from analysis.implicit_attention.delta_families import hybrid_softmax_maps
 from analysis.implicit_attention.delta_rule import (
     KDA_SPAN,
     linear_loop_matrices,
@@ -27,7 +26,7 @@ from analysis.implicit_attention.delta_rule import (
 from analysis.implicit_attention.ops import RelevanceTarget
 from analysis.models import load_model
 from analysis.models.hooks import hook_scope
-from analysis.models.tiny import _reinit, build_tiny_model, tiny_config
+from analysis.models.tiny import build_tiny_model
 from analysis.pruning import NeuronMask
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -96,25 +95,6 @@ def test_channelwise_decay_beyond_float64_range_goes_by_blocks():
     fast, slow = recurrence_matrices(q, k, beta, log_decay), recurrence_loop(q, k, beta, log_decay)
     assert torch.isfinite(fast).all() and fast[:, -1, :5].abs().amax(1).min() > 1e-4
     assert _relative(fast, slow) < 1e-6
-
-
-def test_lightning_attention_reproduces_minimax_and_its_closed_form():
-    """MiniMax (no registry entry: every layer is sparse MoE) on a bare tiny model with 4-token blocks, so the
-    prompt spans three of transformers' blocks: A[i, j] = q_i.k_j exp(-s (i - j))."""
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(tiny_config("minimax", 64)).eval()
-    _reinit(model)
-    captured = bare_model_internals(model, torch.randint(1, 64, (1, 11)))
-    assert sorted(captured) == [0, 2]
-    for inn in captured.values():
-        for form in ("lightning", "unified"):
-            rebuilt, observed = linear_reconstruct(inn, form)
-            assert _relative(rebuilt, observed) < 1e-4
-            assert _relative(linear_matrices(inn, form), linear_loop_matrices(inn, form)) < 1e-5
-        slope = -inn.log_decay[:, :1, None].double()
-        gaps = torch.arange(inn.length)[:, None] - torch.arange(inn.length)[None, :]
-        closed = (inn.q.double() @ inn.k.double().transpose(1, 2)) * torch.exp(-slope * gaps) * (gaps >= 0)
-        assert _relative(linear_matrices(inn, "lightning"), closed.float()) < 1e-6
 
 
 @pytest.mark.parametrize("model_type", list(KINDS))

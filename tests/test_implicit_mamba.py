@@ -27,8 +27,9 @@ from analysis.models.tiny import build_tiny_model
 PROMPT = "The cat is big. Q: What is the capital of France?\nA: Paris"
 MODEL_TYPES = ("mamba", "mamba2")
 # every model type with Mamba / Mamba-2 mixers: Falcon-Mamba's normalised dt/B/C, Bamba's, Falcon-H1's and
-# Zamba2's hybrid layers (Falcon-H1: muP multipliers, gated at out_proj; Zamba2: mixers in two places)
-MIXER_TYPES = (*MODEL_TYPES, "falcon_mamba", "bamba", "falcon_h1", "zamba2")
+# Zamba2's hybrid layers (Falcon-H1: muP multipliers, gated at out_proj; Zamba2: mixers in two places), and
+# Zamba's Mamba-1 mixers split into mamba heads (B and C per head, x and z interleaved in in_proj)
+MIXER_TYPES = (*MODEL_TYPES, "falcon_mamba", "bamba", "falcon_h1", "zamba2", "zamba")
 FORMS = ("s6", "unified")
 
 
@@ -139,6 +140,19 @@ def test_variants_read_what_their_mixers_compute(captured):
     assert h1.gated_at == "out_proj" and "ssm_out" not in h1.observed and h1.mixer_path == "mamba"
     assert captured("bamba")[2].gated_at == "norm" == captured("mamba2")[0].gated_at
     assert [inn.mixer_path for inn in captured("zamba2").values()] == ["mamba_decoder.mamba", "mamba", "mamba"]
+
+
+def test_zamba_channels_use_their_mamba_heads_b_and_c(captured):
+    """Zamba: Mamba-1 channels (one s6 matrix each, gated at out_proj) whose B and C are their mamba head's;
+    giving each channel the other head's B and C moves the reconstruction far past its 1e-4 tolerance."""
+    layers = captured("zamba")
+    assert [inn.mixer_path for inn in layers.values()] == ["mamba", "mamba_decoder.mamba"]
+    for inn in layers.values():
+        assert inn.model_type == "mamba" and inn.gated_at == "out_proj" and inn.B.shape == (inn.length, 2, 8)
+        assert n_channels(inn, "s6") == n_channels(inn, "unified") == inn.x.shape[1] == 64
+        swapped = dataclasses.replace(inn, B=inn.B.flip(1), C=inn.C.flip(1))
+        rebuilt, observed = mamba_reconstruct(swapped, "s6")
+        assert _rel(rebuilt, observed) > 1e-3
 
 
 def test_capture_rejects_bad_input_and_removes_hooks(tiny_loaded):

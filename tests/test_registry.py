@@ -20,8 +20,8 @@ from analysis.models.tiny import TINY_FAMILIES
 FAMILY_OF = {"llama": "transformer", "gpt2": "transformer", "gpt_neox": "transformer", "opt": "transformer",
              "mamba": "mamba", "mamba2": "mamba2", "rwkv": "rwkv", "recurrent_gemma": "griffin",
              "gemma3_text": "transformer", "falcon_mamba": "mamba", "bamba": "mamba2_hybrid",
-             "falcon_h1": "mamba2_hybrid", "zamba2": "zamba2", "lfm2": "lfm2", "xlstm": "xlstm",
-             "qwen3_next": "gated_deltanet", "kimi_linear": "kimi_delta",
+             "falcon_h1": "mamba2_hybrid", "zamba2": "zamba2", "zamba": "zamba2", "lfm2": "lfm2",
+             "xlstm": "xlstm", "qwen3_next": "gated_deltanet", "kimi_linear": "kimi_delta", "minimax": "minimax",
              "jamba": "jamba", "granitemoehybrid": "granitemoehybrid", "nemotron_h": "nemotron_h"}
 HYBRIDS = ("jamba", "granitemoehybrid", "nemotron_h")
 IMPLICIT_FNS = ("capture", "reduced", "matrices", "relevance_target")
@@ -30,7 +30,7 @@ TEXT = "a:3 b:5 c:1 d:7 | b:5 a:"
 
 def test_registry_names_every_adapter_once():
     assert list(FAMILIES) == ["transformer", "mamba", "mamba2", "rwkv", "griffin", "mamba2_hybrid", "zamba2", "lfm2",
-                              "xlstm", "gated_deltanet", "kimi_delta", *HYBRIDS]
+                              "xlstm", "gated_deltanet", "kimi_delta", "minimax", *HYBRIDS]
     assert tuple(f.adapter for f in FAMILIES.values()) == registered_adapters()
 
 
@@ -49,11 +49,11 @@ def test_every_family_has_every_field(name):
         function = getattr(entry.ops, field)
         assert callable(function) if implicit else function is None, field
     assert entry.has_softmax_layers is (name in ("transformer", "griffin", "mamba2_hybrid", "zamba2", "lfm2",
-                                                "gated_deltanet", "kimi_delta", *HYBRIDS))
+                                                "gated_deltanet", "kimi_delta", "minimax", *HYBRIDS))
     if entry.has_softmax_layers:
         assert callable(entry.ops.softmax_maps)
     # no conservative rules for these mixers yet
-    if name in ("mamba2_hybrid", "zamba2", "lfm2", "xlstm", "gated_deltanet", "kimi_delta", *HYBRIDS):
+    if name in ("mamba2_hybrid", "zamba2", "lfm2", "xlstm", "gated_deltanet", "kimi_delta", "minimax", *HYBRIDS):
         assert not entry.supports_lrp and entry.lrp is None
         return
     assert entry.supports_lrp and entry.lrp is not None  # MambaLRP rules for the recurrent families
@@ -73,7 +73,7 @@ def test_every_tiny_model_resolves_to_its_family(tiny_loaded, model_type):
     assert type(loaded.adapter) is entry.adapter
     layers = entry.implicit_layers(loaded.adapter)
     want = {"transformer": [], "griffin": [0, 2], "lfm2": [0, 2], "gated_deltanet": [0, 2],
-            "kimi_delta": [0, 2], "jamba": [0], "granitemoehybrid": [0],
+            "kimi_delta": [0, 2], "minimax": [0], "jamba": [0], "granitemoehybrid": [0],
             "nemotron_h": [0]}.get(entry.name, list(range(loaded.n_layers)))
     want = [0, 2] if model_type == "bamba" else want  # its layer 1 is attention
     assert layers == want
@@ -86,11 +86,12 @@ def test_forms_and_lrp_families_come_from_the_registry():
                      "mamba2_hybrid": ("s6", "unified", "softmax"), "zamba2": ("s6", "unified", "softmax"),
                      "lfm2": ("unified", "conv"), "xlstm": ("mlstm", "unified"),
                      "gated_deltanet": ("delta", "unified"), "kimi_delta": ("kda", "unified"),
-                     **dict.fromkeys(HYBRIDS, ("s6", "unified"))}
+                     "minimax": ("lightning", "unified"), **dict.fromkeys(HYBRIDS, ("s6", "unified"))}
     assert {n: default_form(n) for n in FAMILIES} == {"transformer": "softmax", "mamba": "s6", "mamba2": "s6",
                                                       "rwkv": "unified", "griffin": "unified", "mamba2_hybrid": "s6",
                                                       "zamba2": "s6", "lfm2": "unified", "xlstm": "mlstm",
                                                       "gated_deltanet": "delta", "kimi_delta": "kda",
+                                                      "minimax": "lightning",
                                                       **dict.fromkeys(HYBRIDS, "s6")}
     assert LRP_FAMILIES == ("transformer", "mamba", "mamba2", "rwkv", "griffin")
 
@@ -112,9 +113,11 @@ def test_check_form_is_a_one_line_error():
 def test_unknown_family_is_a_one_line_error(call):
     with pytest.raises(UnsupportedArchitectureError, match=r"^unknown architecture family 'bert'; supported: "
                                                            r"transformer \(llama.*griffin \(recurrent_gemma\); "
-                                                           r"mamba2_hybrid \(bamba, falcon_h1\); zamba2 \(zamba2\); "
+                                                           r"mamba2_hybrid \(bamba, falcon_h1\); "
+                                                           r"zamba2 \(zamba, zamba2\); "
                                                            r"lfm2 \(lfm2\); xlstm \(xlstm\); gated_deltanet "
                                                            r"\(qwen3_next\); kimi_delta \(kimi_linear\); "
+                                                           r"minimax \(minimax\); "
                                                            r"jamba \(jamba\); "
                                                            r"granitemoehybrid \(granitemoehybrid\); "
                                                            r"nemotron_h \(nemotron_h\)$"):
@@ -138,6 +141,7 @@ def test_unknown_model_type_gives_the_loaders_error():
     ("bamba", "unified", "mamba.norm", False, 1), ("falcon_h1", "s6", "mamba.out_proj", True, "head_dim"),
     ("falcon_h1", "unified", "mamba.out_proj", False, 1),
     ("zamba2", "s6", "mamba_decoder.mamba.norm", False, "head_dim"),
+    ("zamba", "s6", "mamba.out_proj", True, 1), ("zamba", "unified", "mamba.out_proj", False, 1),
     ("rwkv", "unified", "attention.output", False, 1), ("rwkv", "wkv", "attention.output", True, 1),
     ("recurrent_gemma", "rglru", "temporal_block.rg_lru", False, 1),
     ("recurrent_gemma", "unified", "temporal_block.linear_out", False, 1),
@@ -165,7 +169,7 @@ def test_relevance_targets(tiny_loaded, model_type, form, module, gated, group):
         assert spot.group > 1
     if not gated:
         assert spot.gate is None
-    elif model_type in ("mamba", "falcon_mamba", "falcon_h1", "jamba"):
+    elif model_type in ("mamba", "falcon_mamba", "falcon_h1", "jamba", "zamba"):
         torch.testing.assert_close(spot.gate, torch.nn.functional.silu(inn.z))
     else:
         torch.testing.assert_close(spot.gate, torch.sigmoid(inn.receptance))

@@ -129,7 +129,7 @@ def test_task_vector_prompts_use_the_queries_demonstrations_and_fresh_dummies():
             assert d.demos == p.demos and d.query != p.query and d.query not in {x for x, _ in p.demos}
 
 
-@pytest.mark.parametrize("family", ["llama", "mamba", "rwkv", "jamba", "granitemoehybrid", "nemotron_h"])
+@pytest.mark.parametrize("family", ["llama", "mamba", "rwkv", "jamba", "granitemoehybrid", "nemotron_h", "minimax"])
 def test_patching_a_prompts_own_state_into_itself_reproduces_its_answer(tiny_loaded, family):
     loaded, task = tiny_loaded(family), builtin_tasks()[TASK]
     prompts = task.sample_prompts(2, 6, seed=3)
@@ -143,7 +143,7 @@ def test_patching_a_prompts_own_state_into_itself_reproduces_its_answer(tiny_loa
     assert swapped > 0  # rows are matched to their own vectors, not just to any vector
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2", "mamba", "jamba", "granitemoehybrid", "nemotron_h"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "mamba", "jamba", "granitemoehybrid", "nemotron_h", "minimax"])
 def test_patching_at_a_layer_changes_nothing_below_it(tiny_loaded, family):
     loaded, task = tiny_loaded(family), builtin_tasks()[TASK]
     encoded = [loaded.tokenizer(p.text).input_ids for p in task.sample_prompts(0, 40, seed=0)]

@@ -43,11 +43,11 @@ def _embeds(loaded, ids):
         return loaded.model.get_input_embeddings()(ids).detach()
 
 
-@pytest.mark.parametrize("model_type", ["llama", "mamba", "gemma3_text", "bamba", "falcon_h1", "zamba2"])
+@pytest.mark.parametrize("model_type", ["llama", "mamba", "gemma3_text", "bamba", "falcon_h1", "zamba2", "zamba"])
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_gives_finite_scores(tiny_loaded, model_type, method):
     loaded = tiny_loaded(model_type)
-    if method == "lrp" and model_type in ("bamba", "falcon_h1", "zamba2"):
+    if method == "lrp" and model_type in ("bamba", "falcon_h1", "zamba2", "zamba"):
         with pytest.raises(PrunescopeError, match="transformer, mamba"):
             token_relevance(loaded, TEXT, method)
         return
@@ -172,7 +172,8 @@ def _brute_force(loaded, module, rebuild, matrices, target, ids, pre=True):
 @pytest.mark.parametrize("model_type,form", [("mamba", "s6"), ("mamba", "unified"), ("mamba2", "s6"),
                                              ("mamba2", "unified"), ("rwkv", "unified"), ("recurrent_gemma", "rglru"),
                                              ("bamba", "unified"), ("falcon_h1", "s6"), ("falcon_h1", "unified"),
-                                             ("zamba2", "s6"), ("lfm2", "unified"), ("lfm2", "conv"),
+                                             ("zamba2", "s6"), ("zamba", "s6"), ("zamba", "unified"),
+                                             ("lfm2", "unified"), ("lfm2", "conv"),
                                              ("xlstm", "mlstm"), ("xlstm", "unified")])
 def test_gradattn_implicit_equals_differentiable_matrices(tiny_loaded, model_type, form):
     from analysis.implicit_attention.griffin import capture_griffin, griffin_matrices
@@ -185,9 +186,9 @@ def test_gradattn_implicit_equals_differentiable_matrices(tiny_loaded, model_typ
     ids, target, layer = _ids(loaded), 5, 0
     block = loaded.adapter.block(layer)
     pre = True
-    if model_type == "mamba":
+    if model_type in ("mamba", "zamba"):  # Zamba's layer 0: Mamba-1 channels, B and C per mamba head
         inn = capture_mamba(loaded, ids, [layer])[layer]
-        mats, module = mamba_matrices(inn, form), block.mixer.out_proj
+        mats, module = mamba_matrices(inn, form), block.get_submodule(inn.mixer_path).out_proj
         gate = F.silu(inn.z).T if form == "s6" else 1.0
         rebuild = lambda a: (torch.einsum("cij,jc->ci", a, inn.u if form == "s6" else inn.x) * gate).T  # noqa: E731
     elif model_type == "falcon_h1":  # per head like Mamba-2, gated before out_proj like Mamba

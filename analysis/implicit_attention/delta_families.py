@@ -14,9 +14,9 @@ Softmax-attention layers have no implicit matrices: the captures skip them and :
 returns their real probabilities (eager attention, the output of the block's ``self_attn``, through
 :func:`~analysis.implicit_attention.softmax.attention_module_maps`).
 
-MiniMax builds a sparse-MoE block in every layer (no dense setting), so it has a capture here (tested) but no
-registry entry: its neuron site waits for the MoE sites, and its cache keeps the lightning states in a list
-of its own (``MiniMaxCache.linear_cache``) that ``repeat_cache`` does not fork yet.
+MiniMax's lightning layers have no short conv: their values enter the recurrence straight from the
+projection (after the activation), so ``unified`` there is the core matrix with the gated RMS norm as a
+data-dependent diagonal.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from analysis.implicit_attention.delta_rule import (
 )
 from analysis.implicit_attention.ops import FamilyOps
 from analysis.implicit_attention.softmax import attention_module_maps
-from analysis.models.adapters import GatedDeltaNetAdapter, KimiDeltaAdapter
+from analysis.models.adapters import GatedDeltaNetAdapter, KimiDeltaAdapter, MiniMaxAdapter
 from analysis.models.hooks import hook_scope
 from analysis.models.loader import onloaded
 
@@ -199,6 +199,7 @@ def _capture(hooks: Hooks, build: Build):
 
 capture_qwen3_next = _capture(_qwen3_next_hooks, _qwen3_next_build)
 capture_kimi_linear = _capture(_kimi_hooks, _kimi_build)
+capture_minimax = _capture(_minimax_hooks, _minimax_build)
 
 
 SPECS: dict[str, tuple[Hooks, Build]] = {"qwen3_next": (_qwen3_next_hooks, _qwen3_next_build),
@@ -207,7 +208,7 @@ SPECS: dict[str, tuple[Hooks, Build]] = {"qwen3_next": (_qwen3_next_hooks, _qwen
 
 
 def bare_model_internals(model: nn.Module, input_ids: torch.Tensor) -> dict[int, LinearInternals]:
-    """Every recurrent layer of a bare transformers model (no adapter: MiniMax, benchmarks), one forward."""
+    """Every recurrent layer of a bare transformers model (no adapter: benchmarks), one forward."""
     model_type = str(getattr(model.config, "model_type", ""))
     if model_type not in SPECS:
         raise PrunescopeError(f"{model_type!r} has no delta-rule or lightning layers; use one of {', '.join(SPECS)}")
@@ -231,4 +232,8 @@ GATED_DELTANET_OPS = FamilyOps(
 KIMI_DELTA_OPS = FamilyOps(
     forms=("kda", "unified"), implicit_layers=KimiDeltaAdapter.linear_layers, capture=capture_kimi_linear,
     reduced=linear_reduced, matrices=linear_matrices, relevance_target=relevance_target_at("self_attn.o_proj"),
+    softmax_maps=hybrid_softmax_maps)
+MINIMAX_OPS = FamilyOps(
+    forms=("lightning", "unified"), implicit_layers=MiniMaxAdapter.linear_layers, capture=capture_minimax,
+    reduced=linear_reduced, matrices=linear_matrices, relevance_target=relevance_target_at("self_attn.out_proj"),
     softmax_maps=hybrid_softmax_maps)

@@ -12,7 +12,8 @@ through hooks on each layer's mixer:
 The same capture serves the variants: Falcon-Mamba (Mamba-1 whose dt, B and C go through weightless RMS
 norms: read from the norms' outputs), and the Mamba-2 mixers of the hybrids (``block.mamba``): Bamba, and
 Falcon-H1, whose ``in_proj`` output is scaled by its muP vector (applied here) and which, without
-``mamba_rms_norm``, gates as Mamba-1 does: ``out_proj(y * SiLU(z))`` (``MambaInternals.gated_at``).
+``mamba_rms_norm``, gates as Mamba-1 does: ``out_proj(y * SiLU(z))`` (``MambaInternals.gated_at``). Zamba's
+Mamba-1 mixers split into heads with their own B and C are read from ``in_proj``/``out_proj`` (mamba_heads.py).
 
 transformers 5.23 never *calls* ``conv1d`` or ``dt_proj`` as modules (it uses their weights in
 ``F.conv1d`` / a matmul), so no hook can see their outputs: the conv pre-activation, Delta and (Mamba-2)
@@ -56,6 +57,7 @@ from analysis.implicit_attention.common import (
     prompt_ids,
     reduce_in_chunks,
 )
+from analysis.implicit_attention.mamba_heads import head_ssm_inputs, is_multi_head, split_branches
 from analysis.implicit_attention.mamba_tree import (
     MambaForm,
     mamba_mean,
@@ -79,7 +81,7 @@ class MambaInternals(Internals):
     """One layer's tensors from one forward pass (fp32 copies, batch dimension dropped; T positions,
     d = d_inner channels, H heads (Mamba: H = d), G groups, n states, K conv taps)."""
 
-    model_type: str  # the recurrence: "mamba" (Mamba-1, Falcon-Mamba) or "mamba2" (Mamba-2 and its hybrids)
+    model_type: str  # the recurrence: "mamba" (Mamba-1, Falcon-Mamba, Zamba) or "mamba2" (Mamba-2, its hybrids)
     layer: int
     x: torch.Tensor  # [T, d] x branch of in_proj, before the conv
     z: torch.Tensor  # [T, d] gate branch of in_proj
@@ -87,7 +89,7 @@ class MambaInternals(Internals):
     u: torch.Tensor  # [T, d] SSM input SiLU(c) (Mamba: captured at x_proj; Mamba-2: recomputed)
     delta: torch.Tensor  # [T, H] time steps after bias, softplus (and Mamba-2's clamp)
     A: torch.Tensor  # Mamba [d, n]; Mamba-2 [H]
-    B: torch.Tensor  # Mamba [T, n]; Mamba-2 [T, G, n]
+    B: torch.Tensor  # Mamba [T, n]; Mamba-2 [T, G, n]; Zamba [T, mamba heads, n]
     C: torch.Tensor  # like B
     D: torch.Tensor  # [H]
     conv_weight: torch.Tensor  # [d, K] (the x channels)
@@ -139,6 +141,8 @@ def _hooked(mixer: nn.Module) -> list[tuple[str, str]]:
     """(submodule, what) pairs the capture hooks: Mamba-1 (``x_proj``) reads the SSM input and dt/B/C at
     ``x_proj``, and Falcon-Mamba's normalised dt/B/C at its weightless RMS norms; Mamba-2 reads the gated
     norm's inputs when the mixer calls it (Falcon-H1 without ``mamba_rms_norm`` gates before ``out_proj``)."""
+    if is_multi_head(mixer):  # Zamba: x_proj / dt_proj are per-head parameters, recomputed from in_proj
+        return [("in_proj", "out"), ("out_proj", "in")]
     if hasattr(mixer, "x_proj"):
         norms = [(name, "out") for name in ("dt_layernorm", "b_layernorm", "c_layernorm") if hasattr(mixer, name)]
         return [("in_proj", "out"), ("x_proj", "in"), ("x_proj", "out"), ("out_proj", "in"), *norms]
@@ -183,7 +187,7 @@ def capture_mamba(loaded: Loaded, input_ids: torch.Tensor, layers: list[int] | N
         internals = {}
         for layer, mixer in mixers.items():  # reads the mixer's parameters: in memory even when on disk
             with onloaded(loaded.adapter.block(layer)):
-                build = _internals_mamba if hasattr(mixer, "x_proj") else _internals_mamba2
+                build = _internals_mamba if hasattr(mixer, "x_proj") or is_multi_head(mixer) else _internals_mamba2
                 internals[layer] = build(mixer, layer, raw[layer])
                 internals[layer].mixer_path = paths[layer] or ""
         return internals
@@ -209,15 +213,21 @@ def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
 
 def _internals_mamba(mixer, layer: int, raw: dict) -> MambaInternals:
     d, n, rank = mixer.intermediate_size, mixer.ssm_state_size, mixer.time_step_rank
-    x, z = raw["in_proj_out"][0].split([d, d], dim=-1)
-    dt_low, B, C = raw["x_proj_out"][0].split([rank, n, n], dim=-1)
-    if "b_layernorm_out" in raw:  # Falcon-Mamba: dt, B and C through weightless RMS norms
-        dt_low, B, C = (raw[f"{name}_layernorm_out"][0] for name in ("dt", "b", "c"))
-    # HF: dt_proj.weight @ dt_low (no module call), then + bias in fp32 and softplus; no clamping in Mamba-1
-    delta = F.softplus((dt_low @ mixer.dt_proj.weight.T).float() + mixer.dt_proj.bias.float())
+    if is_multi_head(mixer):  # Zamba: B, C per mamba head ([T, H, n]), all recomputed (mamba_heads.py)
+        x, z = split_branches(raw["in_proj_out"][0])
+        conv = _conv(mixer, x)
+        u, delta, A, B, C, D = head_ssm_inputs(mixer, conv)
+    else:
+        x, z = raw["in_proj_out"][0].split([d, d], dim=-1)
+        conv, u, A, D = _conv(mixer, x), raw["x_proj_in"][0], -torch.exp(mixer.A_log.float()), mixer.D
+        dt_low, B, C = raw["x_proj_out"][0].split([rank, n, n], dim=-1)
+        if "b_layernorm_out" in raw:  # Falcon-Mamba: dt, B and C through weightless RMS norms
+            dt_low, B, C = (raw[f"{name}_layernorm_out"][0] for name in ("dt", "b", "c"))
+        # HF: dt_proj.weight @ dt_low (no module call), then + bias in fp32 and softplus; no clamping in Mamba-1
+        delta = F.softplus((dt_low @ mixer.dt_proj.weight.T).float() + mixer.dt_proj.bias.float())
     return MambaInternals(
-        "mamba", layer, _f32(x), _f32(z), _f32(_conv(mixer, x)), _f32(raw["x_proj_in"][0]), _f32(delta),
-        _f32(-torch.exp(mixer.A_log.float())), _f32(B), _f32(C), _f32(mixer.D), _f32(mixer.conv1d.weight[:, 0]),
+        "mamba", layer, _f32(x), _f32(z), _f32(conv), _f32(u), _f32(delta),
+        _f32(A), _f32(B), _f32(C), _f32(D), _f32(mixer.conv1d.weight[:, 0]),
         _f32(mixer.conv1d.bias), 1, "out_proj",
         {"gated": _f32(raw["out_proj_in"][0]), "out_proj_in": _f32(raw["out_proj_in"][0]),
          "mixer_out": _f32(raw["mixer_out"][0])})
@@ -362,14 +372,12 @@ def mamba_loop_matrices(internals: MambaInternals, form: str, channels: torch.Te
     idx = _channels(inn, form, channels)
     heads = idx if form == "s6" else idx // inn.head_dim
     length, dd, dev = inn.length, torch.float64, inn.x.device
-    if inn.model_type == "mamba":
-        a = inn.A[heads].double()
-        b = inn.B.double()[:, None, :].expand(-1, len(idx), -1)
-        c = inn.C.double()[:, None, :].expand_as(b)
-    else:
+    if inn.B.dim() == 2:  # Mamba-1: one B, C for every channel
+        b, c = (t.double()[:, None, :].expand(-1, len(idx), -1) for t in (inn.B, inn.C))
+    else:  # grouped: Mamba-2's heads share their group's, Zamba's channels their mamba head's
         groups = heads // (inn.n_heads // inn.B.shape[1])
         b, c = inn.B.double()[:, groups], inn.C.double()[:, groups]  # [T, c, n]
-        a = inn.A[heads].double()[:, None].expand(-1, b.shape[-1])
+    a = inn.A[heads].double() if inn.model_type == "mamba" else inn.A[heads].double()[:, None].expand_as(b[0])
     delta = inn.delta[:, heads].double()  # [T, c]
     coef = torch.zeros(len(idx), length, b.shape[-1], dtype=dd, device=dev)  # coefficient of u_j in h_i: [c, j, n]
     alpha = torch.zeros(len(idx), length, length, dtype=dd, device=dev)

@@ -41,17 +41,23 @@ def _pick(t: torch.Tensor, dim: int, idx: torch.Tensor) -> torch.Tensor:
     return t.index_select(dim, idx)
 
 
+def heads_bc(inn: MambaInternals, heads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """B and C seen by ``heads``, [T, len(heads), n] ([T, 1, n] when every head shares them: Mamba-1). Grouped
+    B/C ([T, G, n]: Mamba-2's groups, Zamba's per-mamba-head x_proj) serve G consecutive runs of heads."""
+    if inn.B.dim() == 2:
+        return inn.B[:, None, :], inn.C[:, None, :]
+    groups = heads // (inn.n_heads // inn.B.shape[1])
+    return _pick(inn.B, 1, groups), _pick(inn.C, 1, groups)
+
+
 def _mamba_terms(inn: MambaInternals, idx: torch.Tensor, form: MambaForm) -> Terms:
     """Mamba / Mamba-2 as :class:`Terms`: the ``form`` matrices of channels ``idx``."""
     heads = idx if form == "s6" else idx // inn.head_dim
     count = len(idx)
-    if inn.model_type == "mamba":
-        a = _pick(inn.A, 0, heads)
-        b, c = inn.B[:, None, :], inn.C[:, None, :]
-    else:
-        groups = heads // (inn.n_heads // inn.B.shape[1])
-        b, c = _pick(inn.B, 1, groups), _pick(inn.C, 1, groups)
-        a = _pick(inn.A, 0, heads)[:, None].expand(-1, b.shape[-1])
+    b, c = heads_bc(inn, heads)
+    a = _pick(inn.A, 0, heads)
+    if inn.model_type != "mamba":  # one scalar A per Mamba-2 head
+        a = a[:, None].expand(-1, b.shape[-1])
     delta = _pick(inn.delta, 1, heads).float()
     if form == "s6":
         left, c = None, c / count
@@ -85,7 +91,7 @@ def _fill_per_channel(tree: _Tree, inn: MambaInternals, heads: torch.Tensor) -> 
     length = inn.length
     a = _pick(inn.A, 0, heads).float()
     delta = _pick(inn.delta, 1, heads).float().T  # [c, T]
-    b, c = inn.B.float(), inn.C.float()  # [T, n]
+    b, c = (t.float().transpose(0, 1) for t in heads_bc(inn, heads))  # [c or 1, T, n]
     tree.totals[:, length:], tree.rows[:, length:], tree.cols[:, length:] = 1.0, 0.0, 0.0
     _decays(delta[..., None], a[:, None, :], tree.totals[:, :length])
     _flush(torch.mul(tree.totals[:, :length], _flushed(c), out=tree.rows[:, :length]))
@@ -98,7 +104,8 @@ def mamba_s6_matrices(inn: MambaInternals, heads: torch.Tensor) -> torch.Tensor:
     its n states: no [c, T, T, n] tensor and one exponential per (position, channel, state)."""
     length, (size, states, _) = inn.length, _sizes(inn, "s6")
     out = torch.zeros(len(heads), 1, size, size, device=inn.x.device)
-    out.diagonal(dim1=2, dim2=3)[:, 0, :length] = (inn.C * inn.B).sum(-1) * _pick(inn.delta, 1, heads).T
+    b, c = heads_bc(inn, heads)
+    out.diagonal(dim1=2, dim2=3)[:, 0, :length] = (c * b).sum(-1).T * _pick(inn.delta, 1, heads).T
     tree = _Tree(out, _Scratch(_Scratch.numel(len(heads), size, states, 1), out), states)
     _fill_per_channel(tree, inn, heads)
     tree.run()
@@ -114,7 +121,8 @@ def mamba_s6_abs_sum(inn: MambaInternals, heads: torch.Tensor, budget_bytes: int
     per_channel = per_channel_scratch_bytes(size, states)  # every buffer is per channel (G = channels)
     chunk = max(1, min(budget_bytes, CACHE_BYTES) // per_channel)
     out = torch.zeros(1, 1, size, size, device=inn.x.device)
-    out.diagonal(dim1=2, dim2=3)[0, 0, :length] = (inn.C * inn.B).sum(-1).abs() * _pick(inn.delta, 1, heads).sum(1)
+    b, c = heads_bc(inn, heads)
+    out.diagonal(dim1=2, dim2=3)[0, 0, :length] = ((c * b).sum(-1).abs() * _pick(inn.delta, 1, heads)).sum(1)
     tree = None
     for start in range(0, len(heads), chunk):
         part = heads[start:start + chunk]

@@ -27,10 +27,12 @@ TINY_FAMILIES: tuple[str, ...] = (
     "bamba",
     "falcon_h1",
     "zamba2",
+    "zamba",
     "lfm2",
     "xlstm",
     "qwen3_next",
     "kimi_linear",
+    "minimax",
     "jamba",
     "granitemoehybrid",
     "nemotron_h",
@@ -177,6 +179,13 @@ def tiny_config(model_type: str, vocab_size: int, **overrides) -> PretrainedConf
             use_shared_attention_adapter=False, use_mem_rope=True, max_position_embeddings=MAX_POSITIONS,
             tie_word_embeddings=True,  # transformers ties the hybrid layers' shared blocks only with this
         ),
+        "zamba": dict(  # Mamba (2 mamba heads), then hybrid (the shared transformer block, then Mamba); untied:
+            # transformers 5.23 ties the hybrid layers' shared blocks only with tie_word_embeddings, and cannot
+            # build a tied Zamba with one hybrid layer (its tie pattern finds nothing to tie)
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+            n_mamba_heads=2, mamba_d_state=8, mamba_expand=2, mamba_d_conv=4, layers_block_type=["mamba", "hybrid"],
+            max_position_embeddings=MAX_POSITIONS, tie_word_embeddings=False,
+        ),
         "lfm2": dict(  # conv, attention, conv; the MLP width as given (no auto-adjust to a multiple of 256)
             hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
             num_key_value_heads=2, conv_L_cache=3, layer_types=["conv", "full_attention", "conv"],
@@ -201,10 +210,11 @@ def tiny_config(model_type: str, vocab_size: int, **overrides) -> PretrainedConf
             layer_types=["linear_attention", "full_attention", "linear_attention"],
             mlp_layer_types=["dense"] * 3, max_position_embeddings=MAX_POSITIONS, tie_word_embeddings=False,
         ),
-        "minimax": dict(  # not in TINY_FAMILIES: every MiniMax layer is sparse MoE (no family entry yet)
-            hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=8, num_local_experts=2, num_experts_per_tok=1, block_size=4,
-            layer_types=["linear_attention", "full_attention", "linear_attention"],
+        "minimax": dict(  # lightning attention then softmax attention, each with a MoE of 4 x 16 channels;
+            # blocks of 4 tokens, so a prompt spans several of transformers' lightning blocks
+            hidden_size=32, intermediate_size=16, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=8, num_local_experts=4, num_experts_per_tok=2, block_size=4,
+            layer_types=["linear_attention", "full_attention"],
             max_position_embeddings=MAX_POSITIONS, tie_word_embeddings=False,
         ),
         # hybrids: every layer 64 neurons (neuron IG needs equal widths): 4 experts x 16 channels per MoE layer
@@ -247,7 +257,8 @@ def _reinit(model: torch.nn.Module, gain: float = INIT_GAIN) -> None:
             module.weight.normal_(0.0, gain / module.in_features**0.5)
         elif isinstance(module, Conv1D):  # gpt2's transposed linear: weight is (in, out)
             module.weight.normal_(0.0, gain / module.weight.shape[0] ** 0.5)
-        for name in ("gate_up_proj", "up_proj", "down_proj"):  # MoE experts' 3D weights [experts, out, in]
+        # MoE experts' 3D weights [experts, out, in]; Zamba's per-mamba-head x_proj / dt_proj [heads, out, in]
+        for name in ("gate_up_proj", "up_proj", "down_proj", "x_proj_weight", "dt_proj_weight"):
             weight = getattr(module, name, None)
             if isinstance(weight, torch.nn.Parameter) and weight.dim() == 3:
                 weight.normal_(0.0, gain / weight.shape[-1] ** 0.5)

@@ -34,8 +34,8 @@ MAX_TEXT = 20_000  # characters a link may carry into the text box (the model's 
 
 st.header("Implicit attention")
 present.toolbar()
-present.caption("Attention-free layers (Mamba, RWKV, Griffin, LFM2, xLSTM, the delta rule; hybrids too): the exact "
-                "implicit attention computed from each layer's own "
+present.caption("Attention-free layers (Mamba, RWKV, Griffin, LFM2, xLSTM, the delta rule, lightning attention; "
+                "hybrids too): the exact implicit attention computed from each layer's own "
                 "parameters and activations (arXiv 2403.01590, 2405.16504); transformers: the real softmax attention.")
 
 loaded = require_model()

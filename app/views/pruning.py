@@ -214,15 +214,9 @@ def prune_off() -> None:
     state.put("prune", 0)
 
 
-def live_panel() -> None:
-    """The tasks, the Prune toggle and the comparison. A fragment (re-runs alone when the tasks or controls
-    change: the model is never reloaded, cached evaluations return at once), except on a slide, where its
-    controls join the page's toolbar row, which a fragment may not write to."""
-    offered = pruning_tasks()
-    presenting = present.requested()
-    # the toggle gets its own row (in a narrow column it read "P..."); the tasks fold into an expander (a button in
-    # that row on a slide), so the results start near the top at 1024x768
-    toggle_row = present.toolbar_row() if presenting else None
+def task_controls(offered: dict, toggle_row) -> tuple[list[str], int]:
+    """The tasks and the number of random masks, folded into an expander (a button in the toolbar row on a
+    slide), so the results start near the top at 1024x768."""
     with toggle_row.popover("Tasks", icon=":material/tune:") if toggle_row is not None else \
             st.expander("Tasks and random masks", icon=":material/checklist:"):
         c_tasks, c_ctrl = wrapping_columns([4, 1], "prune_task_row", [300, 150])
@@ -232,9 +226,14 @@ def live_panel() -> None:
                                min_value=PRUNE_CONTROLS, max_value=10,
                                help="random masks of the same size and layer distribution (at least 3, so their "
                                     "spread shows)")
+    return chosen, int(controls)
+
+
+def prune_toggle(toggle_row, presenting: bool, shots: int, n: int, seed: int) -> bool:
+    """The Prune toggle on its own row (in a narrow column it read "P..."), bound to the ``prune`` setting; a
+    change reruns the whole app so that the address bar and Copy link follow."""
     if "prune_on" not in st.session_state:  # a link may open the page with pruning on
         st.session_state["prune_on"] = bool(state.get("prune"))
-    shots, n, seed = int(state.get("shots")), int(state.get("n")), int(state.get("seed"))
     with toggle_row if toggle_row is not None else st.container(horizontal=True, vertical_alignment="center",
                                                                 gap="medium"):
         pruned = st.toggle("Prune", key="prune_on", disabled=mask is None or not len(mask), width="content",
@@ -243,9 +242,52 @@ def live_panel() -> None:
             st.caption(f"{len(mask)} neurons ({source}) · {shots}-shot · {n} prompts per task")
         else:
             st.caption(f"{shots}-shot, {n} prompts per task, seed {seed} (change them on Model & task)")
-    if int(pruned) != state.get("prune"):  # the whole app reruns, so the address bar and Copy link follow
+    if int(pruned) != state.get("prune"):
         state.put("prune", int(pruned))
         st.rerun()
+    return bool(pruned)
+
+
+def approved(needed: int, computing: bool, key: tuple) -> bool:
+    """Whether to run ``needed`` uncached prompts now: at once when few or when the background job is already
+    computing them, else after a click on the button this shows."""
+    if needed <= AUTO_RUN_PROMPTS or computing or st.session_state.get("prune_approved") == key:
+        return True
+    st.info(f"This runs {needed:,} prompts that are not cached ({cost(loaded, needed)}) before showing numbers.",
+            icon=":material/hourglass_top:")
+    if st.button(f"Run {needed:,} prompts", key="prune_approve", type="primary"):
+        st.session_state["prune_approved"] = key
+        st.rerun()
+    return False
+
+
+def panels_and_report(result, pruned: bool, active: NeuronMask | None, tasks: list, controls: int) -> None:
+    """The comparison, the pruned model's extra panels (general text, shot sweep, baselines) and the report."""
+    shots, n, seed = int(state.get("shots")), int(state.get("n")), int(state.get("seed"))
+    view = show_result(result, pruned, shots, len(mask) if mask is not None else 0)
+    if pruned and active is not None and not present.requested():
+        general = general_text_panel(loaded, active, controls)
+        view["findings"] += [general] if general else []
+        view["figures"].update(shot_sweep_panel(loaded, active, tasks, n, seed, controls))
+        view["tables"].update(baselines_panel(loaded, active, result, tasks, shots, n, seed))
+    st.session_state["prune_summary"] = view["tables"]["Summary"]
+    report_button("Copying neurons and pruning", view["figures"], view["tables"],
+                  {"model": loaded.describe(), "mask size": len(mask) if mask else 0,
+                   "mask": mask.to_text() if mask else "", "random masks": controls}, view["findings"],
+                  settings=("shots", "n", "seed", "k", "per_layer", "layers", "prune",
+                            *(name for name in settings.TABLE if name.startswith("score_"))))
+
+
+def live_panel() -> None:
+    """The tasks, the Prune toggle and the comparison. A fragment (re-runs alone when the tasks or controls
+    change: the model is never reloaded, cached evaluations return at once), except on a slide, where its
+    controls join the page's toolbar row, which a fragment may not write to."""
+    offered = pruning_tasks()
+    presenting = present.requested()
+    toggle_row = present.toolbar_row() if presenting else None
+    chosen, controls = task_controls(offered, toggle_row)
+    shots, n, seed = int(state.get("shots")), int(state.get("n")), int(state.get("seed"))
+    pruned = prune_toggle(toggle_row, presenting, shots, n, seed)
     speculation_line = st.empty()
     tasks = [offered[name] for name in chosen]
     if not tasks:
@@ -254,28 +296,22 @@ def live_panel() -> None:
     active = mask if mask is not None and len(mask) > 0 else None  # the mask when it prunes anything
     # the pruned runs (unpruned, pruned, then the controls: one job, one bar) go through a background job, the
     # same one that speculates them while Prune is off (components/speculation.py)
-    request = PruneEval(active, tuple(tasks), (shots,), n, int(controls), seed)
+    request = PruneEval(active, tuple(tasks), (shots,), n, controls, seed)
     key = request.key(loaded)
+    uncached = request.uncached(loaded, cache)
+    missing = {True: uncached.get(BASELINE, 0),  # prompts to compute: unpruned (True), the rest (False)
+               False: sum(count for name, count in uncached.items() if name != BASELINE)}
 
     def pruned_runs(restart: bool):
         # with $PRUNESCOPE_RAY set, the job's evaluations run on that cluster (the pool starts in the job's
         # thread, so the page never waits for it); the page only polls the job
         return speculation.ensure_job(key, lambda progress: request.run(
             loaded, cache, progress, env_pool(loaded.name)), request.work(loaded), restart=restart,
-            cost_s=speculation.estimate_s(loaded, missing[True] + missing.get(False, 0), "eval"))
+            cost_s=speculation.estimate_s(loaded, missing[True] + missing[False], "eval"))
 
-    uncached = request.uncached(loaded, cache)
-    missing = {True: uncached.get(BASELINE, 0),  # prompts to compute: unpruned (True), the rest (False)
-               False: sum(count for name, count in uncached.items() if name != BASELINE)}
-    needed = missing[True] + (missing.get(False, 0) if pruned else 0)
+    needed = missing[True] + (missing[False] if pruned else 0)
     background = speculation.session_job()  # already computing these prompts: follow it, no question asked
-    computing = background is not None and background.key == key and background.running
-    if needed > AUTO_RUN_PROMPTS and not computing and st.session_state.get("prune_approved") != key:  # the cost
-        st.info(f"This runs {needed:,} prompts that are not cached ({cost(loaded, needed)}) before showing numbers.",
-                icon=":material/hourglass_top:")
-        if st.button(f"Run {needed:,} prompts", key="prune_approve", type="primary"):
-            st.session_state["prune_approved"] = key
-            st.rerun()
+    if not approved(needed, background is not None and background.key == key and background.running, key):
         return
     result = None
     with guarded("evaluation"):
@@ -290,22 +326,11 @@ def live_panel() -> None:
     if result is None:
         return
     # the unpruned numbers are cached now: speculate the pruned ones (unless that is a big job nobody asked for)
-    if not pruned and active is not None and missing.get(False, 0) <= SPECULATE_PROMPTS:
+    if not pruned and active is not None and missing[False] <= SPECULATE_PROMPTS:
         with speculation_line.container():
             speculation.status_line(pruned_runs(restart=False), "Pruned runs ready: switching Prune on shows them "
                                     "at once", "Pruned runs")
-    view = show_result(result, pruned, shots, len(mask) if mask is not None else 0)
-    if pruned and active is not None and not present.requested():
-        general = general_text_panel(loaded, active, int(controls))
-        view["findings"] += [general] if general else []
-        view["figures"].update(shot_sweep_panel(loaded, active, tasks, n, seed, int(controls)))
-        view["tables"].update(baselines_panel(loaded, active, result, tasks, shots, n, seed))
-    st.session_state["prune_summary"] = view["tables"]["Summary"]
-    report_button("Copying neurons and pruning", view["figures"], view["tables"],
-                  {"model": loaded.describe(), "mask size": len(mask) if mask else 0,
-                   "mask": mask.to_text() if mask else "", "random masks": int(controls)}, view["findings"],
-                  settings=("shots", "n", "seed", "k", "per_layer", "layers", "prune",
-                            *(name for name in settings.TABLE if name.startswith("score_"))))
+    panels_and_report(result, pruned, active, tasks, controls)
 
 
 def guarded_panel() -> None:

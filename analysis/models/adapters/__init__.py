@@ -12,6 +12,7 @@ from analysis.models.adapters.families import (
     Lfm2Adapter,
     Mamba2Adapter,
     MambaAdapter,
+    MiniMaxAdapter,
     NemotronHAdapter,
     RwkvAdapter,
     TransformerAdapter,
@@ -26,6 +27,6 @@ from analysis.models.adapters.hybrids import HybridAdapter
 
 __all__ = ["GatedDeltaNetAdapter", "GraniteMoeHybridAdapter", "GriffinAdapter", "HybridAdapter",
            "HybridMamba2Adapter", "JambaAdapter", "KimiDeltaAdapter", "Layout", "Lfm2Adapter", "Mamba2Adapter",
-           "MambaAdapter", "ModelAdapter", "NemotronHAdapter", "NeuronSite", "PrefixState", "RwkvAdapter",
-           "SiteChoice", "TransformerAdapter", "XlstmAdapter", "Zamba2Adapter", "adapter_class_for", "make_adapter",
-           "registered_adapters", "supported_architectures"]
+           "MambaAdapter", "MiniMaxAdapter", "ModelAdapter", "NemotronHAdapter", "NeuronSite", "PrefixState",
+           "RwkvAdapter", "SiteChoice", "TransformerAdapter", "XlstmAdapter", "Zamba2Adapter", "adapter_class_for",
+           "make_adapter", "registered_adapters", "supported_architectures"]

@@ -17,7 +17,13 @@ from torch import nn
 from analysis.errors import UnsupportedArchitectureError
 from analysis.models.adapters.base import Layout, ModelAdapter, NeuronSite, PrefixState, repeat_cache
 from analysis.models.adapters.hybrids import GraniteMoeHybridAdapter, JambaAdapter, NemotronHAdapter
-from analysis.models.adapters.linear import GatedDeltaNetAdapter, KimiDeltaAdapter, Lfm2Adapter, XlstmAdapter
+from analysis.models.adapters.linear import (
+    GatedDeltaNetAdapter,
+    KimiDeltaAdapter,
+    Lfm2Adapter,
+    MiniMaxAdapter,
+    XlstmAdapter,
+)
 from analysis.models.adapters.transformer import TransformerAdapter
 
 if TYPE_CHECKING:
@@ -182,20 +188,26 @@ class HybridMamba2Adapter(ModelAdapter):
 
 
 class Zamba2Adapter(HybridMamba2Adapter):
-    """Zamba2: Mamba-2 layers, some of them ("hybrid") first running a transformer block (attention and MLP)
-    that is *shared* by several layers and reads the input embeddings beside the residual stream. Its neuron
-    site is each layer's mixer (the shared MLP's channels belong to no one layer): ``out_proj``'s input, at
+    """Zamba2 and Zamba (v1, whose mixers are Mamba-1 split into mamba heads): Mamba-2 / Mamba layers, some
+    of them ("hybrid") first running a transformer block (attention and MLP) that is *shared* by several
+    layers and reads the input embeddings beside the residual stream. Its neuron site is each layer's mixer
+    (the shared MLP's channels belong to no one layer): ``out_proj``'s input (the gated d_inner channels), at
     ``mamba`` or, in a hybrid layer, ``mamba_decoder.mamba``. The forward passes each block its position in
     the loop and concatenates batch-sized embeddings in the shared block, so continuations start at layer 0
     and run every row from there."""
 
     family = "zamba2"
-    layouts = {"zamba2": Layout("model.layers", "mamba.out_proj", "input", "mamba.out_proj")}
+    layouts = {t: Layout("model.layers", "mamba.out_proj", "input", "mamba.out_proj") for t in ("zamba", "zamba2")}
     supports_joins = False
     # transformers 5.23's one-token Mamba-2 step ignores Zamba2's lower step-size limit (time_step_min) that
     # its multi-token scan applies: continuations re-run two tokens, so they go through the scan as the
     # full forward does
     continuation_tokens = 2
+
+    def __init__(self, model):
+        super().__init__(model)
+        if self.model_type == "zamba":  # Zamba's multi-token scan starts from a zero state whatever the cache
+            self.continuation_tokens = 1  # holds (transformers 5.23); its one-token step reads the state
 
     def layer_chunk_multiple(self) -> int:
         return self.n_layers
@@ -213,7 +225,8 @@ class Zamba2Adapter(HybridMamba2Adapter):
 
 
 MIXER_PATHS = ("mixer", "mamba", "mamba_decoder.mamba")  # a block's Mamba mixer, by family (mamba.py's capture)
-ATTENTION_PATHS = ("self_attn", "shared_transformer.self_attn")  # a hybrid block's softmax attention
+# a hybrid block's softmax attention (Zamba2's and Zamba's in their shared transformer blocks)
+ATTENTION_PATHS = ("self_attn", "shared_transformer.self_attn", "shared_transf.self_attn")
 
 
 def first_submodule_path(block: nn.Module, paths: tuple[str, ...]) -> str | None:
@@ -229,7 +242,8 @@ def first_submodule_path(block: nn.Module, paths: tuple[str, ...]) -> str | None
 
 ADAPTERS: tuple[type[ModelAdapter], ...] = (TransformerAdapter, MambaAdapter, Mamba2Adapter, RwkvAdapter,
                                              GriffinAdapter, HybridMamba2Adapter, Zamba2Adapter, Lfm2Adapter,
-                                             XlstmAdapter, GatedDeltaNetAdapter, KimiDeltaAdapter, JambaAdapter,
+                                             XlstmAdapter, GatedDeltaNetAdapter, KimiDeltaAdapter, MiniMaxAdapter,
+                                             JambaAdapter,
                                              GraniteMoeHybridAdapter, NemotronHAdapter)
 
 

@@ -1,17 +1,17 @@
 """Adapters of the linear-recurrence families whose blocks otherwise look like a transformer's: LFM2 (gated
-short convolutions beside attention), xLSTM (mLSTM blocks) and the delta-rule hybrids (Gated DeltaNet in
-Qwen3-Next, Kimi Delta Attention in Kimi Linear)."""
+short convolutions beside attention), xLSTM (mLSTM blocks), the delta-rule hybrids (Gated DeltaNet in
+Qwen3-Next, Kimi Delta Attention in Kimi Linear) and MiniMax (lightning attention beside softmax attention)."""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
 
 import torch
 
-from analysis.models.adapters.base import Layout, ModelAdapter, SiteChoice
+from analysis.models.adapters.base import Layout, ModelAdapter, SiteChoice, repeat_cache
 from analysis.models.adapters.transformer import TransformerAdapter
 
 MOE_SITE = "mlp.experts.neurons"  # a sparse-MoE layer's routed experts' channels (analysis/models/experts.py)
@@ -149,3 +149,27 @@ class KimiDeltaAdapter(GatedDeltaNetAdapter):
 
     family = "kimi_delta"
     layouts = {"kimi_linear": _MOE_OR_MLP}
+
+
+class MiniMaxAdapter(GatedDeltaNetAdapter):
+    """MiniMax: lightning-attention layers (decayed linear attention) beside softmax attention, a sparse-MoE
+    feed-forward in every layer (its routed experts' channels are the neurons). Its ``MiniMaxCache`` keeps
+    attention keys and values in its layers and each lightning layer's [B, H, d, d] state in a list of its own,
+    ``linear_cache``, which a cached step replaces (``ratio * S + k v^T``, a new tensor) rather than overwrites,
+    so a fork shares the prefix's states as expanded views, as it does keys and values."""
+
+    family = "minimax"
+    layouts = {"minimax": Layout("model.layers", MOE_SITE, "input", MOE_SITE, "moe")}
+    state_updated_in_place = False
+    # transformers 5.23 sizes a cached step's attention mask by the cache's first layer that is not marked
+    # linear; MiniMaxCache marks none, so with a lightning layer first (the released model) a decode step's mask
+    # spans one key and a left-padded row attends to its padding (prefill is exact; greedy decoding of one
+    # unpadded row equals full forwards)
+    supports_left_padding = False
+
+    def _repeat_cache(self, cache, rows: int | Sequence[int]):
+        forked = repeat_cache(cache, rows)
+        forked.linear_cache = [
+            state.expand(rows if isinstance(rows, int) else rows[layer], *state.shape[1:])
+            if isinstance(state, torch.Tensor) else state for layer, state in enumerate(cache.linear_cache)]
+        return forked
