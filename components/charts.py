@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -117,27 +118,34 @@ def neuron_heatmap(scores, max_columns: int = 256, title: str = "", scale: str =
 
     ``layers``: an inclusive (first, last) range to show (a zoom; the scale is computed on those layers).
     ``pickable``: an invisible marker on every cell, so a click selects a neuron (Plotly heatmaps report no
-    selection; the marker's customdata is [layer, neuron, score]); ``picked`` (layer, neuron) is ringed."""
+    selection; the marker's customdata is [layer, neuron, score]); ``picked`` (layer, neuron) is ringed.
+
+    NaN marks a neuron a narrower layer does not have (analysis/attribution/ragged.py): a bin holding only
+    such entries is blank, with no marker to click, and none of them counts in a scale."""
     if scale not in HEATMAP_SCALES:
         raise ValueError(f"unknown heatmap scale {scale!r}; choose one of {', '.join(HEATMAP_SCALES)}")
     first, last = layers if layers is not None else (0, len(scores) - 1)
     rows = [[float(v) for v in layer] for layer in scores][first:last + 1]
     width = len(rows[0]) if rows else 0
     size = max(1, -(-width // max_columns))
-    raw, neuron_ids = [], []
+    raw: list[list[float | None]] = []
+    neuron_ids: list[list[int | None]] = []
     for row in rows:
-        cells, ids = [], []
+        cells: list[float | None] = []
+        ids: list[int | None] = []
         for start in range(0, width, size):
             chunk = row[start:start + size]
-            offset = max(range(len(chunk)), key=lambda i: abs(chunk[i]))
-            cells.append(chunk[offset])
-            ids.append(start + offset)
+            real = [i for i in range(len(chunk)) if not math.isnan(chunk[i])]
+            offset = max(real, key=lambda i: abs(chunk[i])) if real else None
+            cells.append(None if offset is None else chunk[offset])
+            ids.append(None if offset is None else start + offset)
         raw.append(cells)
         neuron_ids.append(ids)
-    magnitudes = np.abs(np.asarray(rows, dtype=float)).ravel()
+    present = [[v for v in row if not math.isnan(v)] for row in rows]  # the neurons each layer has
+    magnitudes = np.abs(np.asarray([v for row in present for v in row], dtype=float))
     z, limit, bar_title, note = raw, float(magnitudes.max(initial=0.0)) or 1.0, "IG score", ""
     if scale == "clip":  # each layer's own percentile, then their median: a loud layer is clipped, not the rest
-        per_layer = [float(np.percentile(np.abs(row), percentile)) for row in rows if row]
+        per_layer = [float(np.percentile(np.abs(row), percentile)) for row in present if row]
         limit = float(np.median(per_layer)) if per_layer else 1.0
         limit = limit or float(magnitudes.max(initial=0.0)) or 1.0
         clipped = int((magnitudes > limit).sum())
@@ -145,13 +153,14 @@ def neuron_heatmap(scores, max_columns: int = 256, title: str = "", scale: str =
         note = (f"colours clipped at ±{limit:.3g} (the median layer's {percentile:g}th percentile of |score|; "
                 f"{clipped} neurons beyond)")
     elif scale == "per-layer":
-        z = [[v / (max(abs(x) for x in row) or 1.0) for v in row] for row in raw]
+        z = [[None if v is None else v / (max(abs(x) for x in row if x is not None) or 1.0) for v in row]
+             for row in raw]
         limit, bar_title, note = 1.0, "score / layer max", "each layer scaled by its largest |score|"
     elif scale == "signed-log":
         nonzero = magnitudes[magnitudes > 0]
         knee = float(np.median(nonzero)) if nonzero.size else 1.0
-        z = [[float(np.sign(v) * np.log10(1 + abs(v) / knee)) for v in row] for row in raw]
-        limit = max((abs(v) for row in z for v in row), default=1.0) or 1.0
+        z = [[None if v is None else float(np.sign(v) * np.log10(1 + abs(v) / knee)) for v in row] for row in raw]
+        limit = max((abs(v) for row in z for v in row if v is not None), default=1.0) or 1.0
         bar_title, note = "sign·log10(1+|s|/t)", f"signed log, linear below t = {knee:.3g}"
     columns = list(range(0, width, size))  # each column's first neuron index
     custom = [[[i, r] for i, r in zip(ids, row)] for ids, row in zip(neuron_ids, raw)]
@@ -162,9 +171,8 @@ def neuron_heatmap(scores, max_columns: int = 256, title: str = "", scale: str =
         zmax=limit, colorbar=dict(title=dict(text=bar_title, side="right")),
         hovertemplate=hover, hoverinfo="skip" if pickable else None))
     if pickable:
-        marks: list[tuple[int, int, int, float]] = [
-            (layer, column, ids[i], row[i]) for layer, ids, row in zip(y, neuron_ids, raw)
-            for i, column in enumerate(columns)]
+        marks = [(layer, column, ids[i], row[i]) for layer, ids, row in zip(y, neuron_ids, raw)
+                 for i, column in enumerate(columns) if ids[i] is not None]
         fig.add_trace(go.Scatter(
             x=[c[1] for c in marks], y=[c[0] for c in marks], mode="markers", showlegend=False,
             customdata=[[c[0], c[2], c[3]] for c in marks],
@@ -189,8 +197,8 @@ def layer_totals_bar(scores) -> go.Figure:
     signed sum vanishes even for a layer whose neurons matter a lot; the norm's epsilon moves that layer's
     whole effect into a sliver next to alpha = 0 that no quadrature node reaches.
     """
-    totals = [float(sum(layer)) for layer in scores]
-    magnitudes = [float(sum(abs(v) for v in layer)) for layer in scores]
+    totals = [float(sum(v for v in layer if not math.isnan(v))) for layer in scores]  # NaN: a neuron it lacks
+    magnitudes = [float(sum(abs(v) for v in layer if not math.isnan(v))) for layer in scores]
     layers = list(range(len(totals)))
     fig = go.Figure([
         go.Bar(x=layers, y=totals, name="signed sum", marker_color="#c2410c",

@@ -74,7 +74,7 @@ def show(loaded: LoadedModel, result: NeuronIGResult, result_key: tuple, picked:
     mean = float(result.scores[layer, neuron])
     st.caption(f"Mean IG {mean:.3g} over {len(result.inputs)} prompts"
                + (f" (the view reads the first {shown})" if shown < len(result.inputs) else "")
-               + f"; rank {rank_of(result, layer, neuron)} of {result.scores.numel()} by |mean IG|.")
+               + f"; rank {rank_of(result, layer, neuron)} of {sum(result.widths)} by |mean IG|.")
     if not present.requested():
         add_to_mask_button(loaded, layer, neuron)
     figures = {"IG of the neuron on each prompt": neuron_ig_per_prompt(profile)}
@@ -95,9 +95,9 @@ def show(loaded: LoadedModel, result: NeuronIGResult, result_key: tuple, picked:
 
 
 def rank_of(result: NeuronIGResult, layer: int, neuron: int) -> int:
-    """1-based rank of the neuron by |mean IG| among all neurons."""
+    """1-based rank of the neuron by |mean IG| among all neurons (NaN padding of narrower layers never ranks)."""
     scores = result.scores.abs()
-    return int((scores > scores[layer, neuron]).sum()) + 1
+    return int((scores > scores[layer, neuron]).sum()) + 1  # NaN > x is False
 
 
 def add_to_mask_button(loaded: LoadedModel, layer: int, neuron: int) -> None:

@@ -114,6 +114,7 @@ TIERS = {
         "test_head_grid.py",
         "test_hook_scope.py",
         "test_hybrids.py",
+        "test_ragged_ig.py",
         "test_implicit_delta_rule.py",
         "test_implicit_lfm2_xlstm.py",
         "test_implicit_mamba.py",

@@ -50,7 +50,7 @@ def test_magnitudes_equal_the_clean_activations_of_the_ig_fast_path(tiny_loaded,
         assert list(item.input_ids) == loaded.tokenizer(prompt.text).input_ids
         with loaded.lock:
             acts = clean_pass(loaded, item, {}, 320)[0].acts
-        expected += acts.abs().double() / len(prompts)
+        expected += torch.stack(acts).abs().double() / len(prompts)  # acts: one row per layer
     torch.testing.assert_close(magnitudes, expected, rtol=1e-5, atol=1e-6)
 
 

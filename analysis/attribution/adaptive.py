@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from analysis.attribution.passes import Prompt, clean_pass, gradient_pass
+from analysis.attribution.ragged import stack_layers
 from analysis.attribution.targets import AttributionInput
 from analysis.models.loader import LoadedModel
 
@@ -125,9 +126,9 @@ def _structured(f_cuts: torch.Tensor) -> bool:
 
 @dataclass
 class AdaptiveRun:
-    """One prompt's adaptive IG: ``ig`` [layers, neurons], F(a), F(0) per layer, each layer's final rule as
-    (nodes, weights), and each layer's gradient evaluations (the final rule's nodes and those of the rounds it
-    replaced)."""
+    """One prompt's adaptive IG: ``ig`` [layers, widest] (NaN-padded where layers differ), F(a), F(0) per
+    layer, each layer's final rule as (nodes, weights), and each layer's gradient evaluations (the final rule's
+    nodes and those of the rounds it replaced)."""
 
     ig: torch.Tensor
     f_clean: float
@@ -165,7 +166,7 @@ def adaptive_ig(loaded: LoadedModel, item: AttributionInput, steps: int, budget:
             break
         _integrate(loaded, prompt, plans, needs, known, budget)
     rules = [(torch.cat([p[1] for p in plan.pieces]), torch.cat([p[2] for p in plan.pieces])) for plan in plans]
-    return AdaptiveRun(torch.stack([plan.ig() for plan in plans]), prompt.f_clean,
+    return AdaptiveRun(stack_layers([plan.ig() for plan in plans]), prompt.f_clean,
                        torch.stack([plan.f_cuts[0] for plan in plans]), rules, [plan.evaluations for plan in plans])
 
 

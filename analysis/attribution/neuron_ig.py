@@ -14,6 +14,12 @@ composite rule checked interval by interval where it is not (SmolLM2's layer 0, 
 
 Completeness says ``sum_i IG_i = F(a) - F(0)``; every result carries its error per prompt and layer
 (:attr:`NeuronIGResult.delta`), so a page can warn when the quadrature is too coarse.
+
+Layers may differ in width (Jamba's dense MLPs of I channels beside MoE layers of E x I, Nemotron-H's mixer,
+attention, MLP and MoE blocks): the result is then padded to the widest layer with NaN, which marks a neuron the
+layer does not have (:attr:`NeuronIGResult.widths` lists the real counts; it is kept in ``meta`` only for such
+models, so equal-width results and their cache entries are as before). Every selection (:meth:`top_k`,
+:func:`analysis.select_top_k`, ...) skips NaN entries, and sums read them as 0 (:func:`zero_missing`).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from analysis.attribution.adaptive import adaptive_ig
 from analysis.attribution.passes import clean_pass, gradient_pass
 from analysis.attribution.quadrature import Quadrature, check_quadrature
 from analysis.attribution.quadrature import quadrature as quadrature_rule
+from analysis.attribution.ragged import ragged_meta, selectable, stack_layers, zero_missing
 from analysis.attribution.targets import AttributionInput, TargetKind
 from analysis.errors import PrunescopeError
 from analysis.models.loader import LoadedModel
@@ -55,8 +62,14 @@ class NeuronIGResult:
 
     @property
     def scores(self) -> torch.Tensor:
-        """Mean over prompts: [layers, neurons]."""
+        """Mean over prompts: [layers, neurons] (NaN where a narrower layer has no such neuron)."""
         return self.per_prompt.mean(dim=0)
+
+    @property
+    def widths(self) -> list[int]:
+        """Neurons per layer: ``meta["widths"]`` where layers differ, else the full width at every layer."""
+        _, n_layers, width = self.per_prompt.shape
+        return [int(w) for w in self.meta.get("widths") or [width] * n_layers]
 
     def completeness(self) -> dict | None:
         """How far ``sum_i IG_i`` is from ``F(a) - F(0)``, relative to it: :func:`completeness_summary`."""
@@ -67,8 +80,8 @@ class NeuronIGResult:
         by magnitude, or with ``signed`` by value (the neurons that raise F most; what a copying mask keeps,
         :func:`analysis.select_top_k`)."""
         scores = self.scores
-        k = max(0, min(int(k), scores.numel()))
-        order = (scores if signed else scores.abs()).flatten().topk(k).indices.tolist()
+        k = max(0, min(int(k), sum(self.widths)))
+        order = selectable(scores if signed else scores.abs()).flatten().topk(k).indices.tolist()
         width = scores.shape[1]
         return [(i // width, i % width, float(scores.flatten()[i])) for i in order]
 
@@ -94,7 +107,7 @@ def neuron_ig(loaded: LoadedModel, inputs: Sequence[AttributionInput], steps: in
         A :class:`NeuronIGResult` with the completeness error of every prompt and layer.
 
     Raises:
-        PrunescopeError: no inputs, an unknown method or rule, fewer than 1 step, layers of unequal width.
+        PrunescopeError: no inputs, an unknown method or rule, fewer than 1 step.
 
     Example::
 
@@ -110,9 +123,6 @@ def neuron_ig(loaded: LoadedModel, inputs: Sequence[AttributionInput], steps: in
         raise PrunescopeError(f"unknown IG method {method!r}: use {' or '.join(METHODS)}")
     if not inputs:
         raise PrunescopeError("no prompts to attribute (N = 0)")
-    widths = loaded.adapter.neuron_counts()
-    if len(set(widths)) != 1:
-        raise PrunescopeError("neuron IG needs the same neuron count in every layer")
     rule = check_quadrature(quadrature)
     fixed = None if rule == "adaptive" else quadrature_rule(rule, steps)
     if steps < 1:
@@ -138,15 +148,17 @@ def neuron_ig(loaded: LoadedModel, inputs: Sequence[AttributionInput], steps: in
             progress(i + 1, len(inputs))
     per_prompt = torch.stack(rows).float().cpu()
     f_clean = torch.tensor(clean)
-    meta = {"method": method, "evaluations_per_layer": sum(evaluations) / len(evaluations)}
+    meta = {"method": method, "evaluations_per_layer": sum(evaluations) / len(evaluations),
+            **ragged_meta(loaded)}
     return NeuronIGResult(per_prompt, list(inputs), inputs[0].target.kind, steps, rule, f_clean, meta=meta,
                           delta=completeness_delta(per_prompt, f_clean, torch.stack(zeros)))
 
 
 def completeness_delta(per_prompt: torch.Tensor, f_clean: torch.Tensor, f_zero: torch.Tensor) -> torch.Tensor:
-    """``sum_i IG[p, l, i] - (F_clean[p] - F_zero[p, l])`` as float32 [N, layers] (summed in float64)."""
+    """``sum_i IG[p, l, i] - (F_clean[p] - F_zero[p, l])`` as float32 [N, layers] (summed in float64; padding
+    of narrower layers counts 0)."""
     gap = f_clean.double()[:, None] - f_zero.double()
-    return (per_prompt.double().sum(dim=-1) - gap).float()
+    return (zero_missing(per_prompt.double()).sum(dim=-1) - gap).float()
 
 
 def completeness_summary(result: NeuronIGResult) -> dict | None:
@@ -157,7 +169,8 @@ def completeness_summary(result: NeuronIGResult) -> dict | None:
     if result.delta is None:
         return None
     delta = result.delta.double().abs()
-    gap = (result.per_prompt.double().sum(dim=-1) - result.delta.double()).abs()  # |F(a) - F(0)|, [N, layers]
+    # |F(a) - F(0)|, [N, layers]
+    gap = (zero_missing(result.per_prompt.double()).sum(dim=-1) - result.delta.double()).abs()
     per_layer = delta.sum(dim=0) / gap.sum(dim=0).clamp_min(1e-12)
     worst = int(per_layer.argmax())
     return {"median": float((delta / gap.clamp_min(1e-12)).median()), "worst_layer": worst,
@@ -171,15 +184,15 @@ def _last_row(activation: torch.Tensor) -> torch.Tensor:
 
 def _fast_fixed(loaded: LoadedModel, item: AttributionInput, alphas: torch.Tensor, weights: torch.Tensor,
                 max_rows: int) -> tuple[torch.Tensor, float, torch.Tensor]:
-    """(IG [layers, neurons], F(a), F(0) per layer) with one rule at every layer: F(0) from the clean pass
+    """(IG [layers, widest], F(a), F(0) per layer) with one rule at every layer: F(0) from the clean pass
     (no backward), the nodes' gradients from one gradient pass (or a few, within ``max_rows``)."""
     n_layers = loaded.adapter.n_layers
     zero = torch.zeros(1, dtype=torch.float64)
     prompt, values = clean_pass(loaded, item, {layer: zero for layer in range(n_layers)}, max_rows)
     grads = gradient_pass(loaded, prompt, {layer: alphas for layer in range(n_layers)}, max_rows)
     weights = weights.to(device=loaded.device, dtype=torch.float32)
-    ig = torch.stack([prompt.acts[layer].float() * (weights[:, None] * grads[layer][0]).sum(dim=0)
-                      for layer in range(n_layers)])
+    ig = stack_layers([prompt.acts[layer].float() * (weights[:, None] * grads[layer][0]).sum(dim=0)
+                       for layer in range(n_layers)])
     return ig.cpu(), prompt.f_clean, torch.cat([values[layer] for layer in range(n_layers)])
 
 
@@ -221,7 +234,7 @@ def _reference_one(loaded: LoadedModel, item: AttributionInput, rules: Sequence[
         zero = torch.tensor(0.0, dtype=loaded.dtype)
         f_zero = torch.tensor([float(site_scaled_target(loaded, item, layer, zero, activation))
                                for layer, activation in enumerate(acts)], dtype=torch.float64)
-    ig = torch.zeros(len(acts), acts[0].shape[-1])
+    rows = []
     for layer, (activation, (alphas, weights)) in enumerate(zip(acts, rules)):
         total = torch.zeros_like(activation, dtype=torch.float32)
         for alpha, weight in zip(alphas.tolist(), weights.tolist()):
@@ -230,5 +243,5 @@ def _reference_one(loaded: LoadedModel, item: AttributionInput, rules: Sequence[
                 f = site_scaled_target(loaded, item, layer, torch.tensor(1.0, dtype=loaded.dtype), point)
                 (grad,) = torch.autograd.grad(f, point)
             total += weight * grad.float()
-        ig[layer] = (activation.float() * total).cpu()
-    return ig, f_clean, f_zero
+        rows.append((activation.float() * total).cpu())
+    return stack_layers(rows), f_clean, f_zero

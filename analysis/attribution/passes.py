@@ -35,7 +35,7 @@ class Prompt:
     item: AttributionInput
     prefix: PrefixState
     ids: torch.Tensor  # the continuation tokens [1, c]
-    acts: torch.Tensor  # [layers, neurons]: each layer's clean site activation at the last position
+    acts: list[torch.Tensor]  # per layer: its clean site activation at the last position [neurons_l]
     block_inputs: list[torch.Tensor]  # per layer: the clean row's block input [1, c, H]
     f_clean: float
 
@@ -107,7 +107,7 @@ def clean_pass(loaded: LoadedModel, item: AttributionInput, probes: Mapping[int,
         for layer in sorted(joins):
             values[layer] = f[offset:offset + joins[layer]]
             offset += joins[layer]
-    prompt = Prompt(item, prefix, ids, torch.stack([acts[layer] for layer in range(adapter.n_layers)]),
+    prompt = Prompt(item, prefix, ids, [acts[layer] for layer in range(adapter.n_layers)],
                     [inputs[layer] for layer in range(adapter.n_layers)], f_clean)
     return prompt, values
 

@@ -8,6 +8,7 @@ from typing import ClassVar
 
 from analysis.attribution.neuron_ig import NeuronIGResult, neuron_ig
 from analysis.attribution.quadrature import Quadrature, check_quadrature
+from analysis.attribution.ragged import ragged_meta
 from analysis.attribution.targets import TargetKind, prepare_inputs
 from analysis.bounds import check
 from analysis.cache import ResultsCache, task_fingerprint
@@ -51,7 +52,8 @@ class Attribution(Request[NeuronIGResult]):
             return neuron_ig(loaded, items, steps=self.steps, quadrature=self.quadrature, progress=progress)
         per_prompt, clean, delta = pool.neuron_ig(items, self.steps, self.quadrature, progress=progress)
         return NeuronIGResult(per_prompt, list(items), items[0].target.kind, self.steps,
-                              check_quadrature(self.quadrature), clean, meta={"method": "fast"}, delta=delta)
+                              check_quadrature(self.quadrature), clean, meta={"method": "fast", **ragged_meta(loaded)},
+                              delta=delta)
 
     def work(self, loaded: LoadedModel) -> int:
         return self.n

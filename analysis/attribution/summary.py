@@ -6,6 +6,7 @@ import pandas as pd
 import torch
 
 from analysis.attribution.neuron_ig import NeuronIGResult
+from analysis.attribution.ragged import selectable
 from analysis.models.loader import LoadedModel, decode_text
 
 
@@ -13,7 +14,7 @@ def top_neurons(loaded: LoadedModel, result: NeuronIGResult, k: int = 20) -> pd.
     """The ``k`` neurons with the largest mean |attribution|, each with the prompt token (over all attributed
     prompts and positions) where its activation is largest."""
     scores = result.scores
-    flat = scores.abs().flatten().topk(min(k, scores.numel())).indices
+    flat = selectable(scores.abs()).flatten().topk(min(k, sum(result.widths))).indices
     picks = [(int(i) // scores.shape[1], int(i) % scores.shape[1]) for i in flat]
     best: dict[tuple[int, int], tuple[float, str]] = {}
     wanted: dict[int, list[int]] = {}

@@ -131,12 +131,14 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     assert result is not None  # compute_missing: computed when not cached
     target_ids = np.array([item.target.token_ids if args.target in COPY_TARGETS else item.target.token_ids[0]
                            for item in result.inputs], dtype=np.int64)
+    # NaN: a neuron a narrower layer lacks (widths: each layer's count)
     np.savez_compressed(args.out, scores=result.scores.numpy(), per_prompt=result.per_prompt.numpy(),
+                        widths=np.array(result.widths, dtype=np.int64),
                         prompts=np.array([item.text for item in result.inputs]), target_ids=target_ids,
                         f_clean=result.f_clean.numpy(), target=args.target, steps=args.steps,
                         quadrature=args.quadrature, model=loaded.name, task=task.name)
     # |IG| summed per layer: Gemma 2/3 normalise each MLP's output, so a layer's signed IG sums to about 0
-    layer_mass = result.per_prompt.abs().mean(dim=0).sum(dim=1)
+    layer_mass = result.per_prompt.abs().mean(dim=0).nansum(dim=1)
     print(f"wrote {args.out}: scores {tuple(result.scores.shape)}, {len(result.inputs)} prompts; "
           f"layer with the most attribution (sum of |IG|): {int(layer_mass.argmax())}")
     return 0

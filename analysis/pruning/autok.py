@@ -100,9 +100,10 @@ def k_sweep(loaded: LoadedModel, scores: torch.Tensor, ks: Sequence[int] = K_GRI
         >>> sweep.chosen in (0, 5), sorted(set(sweep.table.k))
         (True, [0, 5])
     """
-    width = scores.shape[1]
-    span = scores.shape[0] if layers is None else layers[1] - layers[0] + 1
-    ks = sorted({0, *(k for k in ks if k <= (width if per_layer else span * width))})
+    window = scores if layers is None else scores[layers[0]:layers[1] + 1]
+    counts = (~window.isnan()).sum(dim=1).tolist()  # the neurons each layer has (NaN: a narrower layer's padding)
+    limit = (min(counts) if per_layer else sum(counts)) if counts else scores.numel()  # bad range: select_top_k says
+    ks = sorted({0, *(k for k in ks if k <= limit)})
     if len(ks) < 2:
         raise PrunescopeError("the k-sweep needs at least one k >= 1 within the model's neurons")
     tasks = [copying_splits()[1], *(builtin_tasks()[name] for name in dev_tasks)]

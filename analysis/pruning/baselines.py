@@ -58,8 +58,8 @@ def activation_magnitudes(loaded: LoadedModel, prompts: Sequence[Prompt]) -> tor
         ids = torch.tensor([loaded.tokenizer(prompt.text).input_ids], device=loaded.device)
         with adapter.hook_sites(record), torch.no_grad():  # holds the model's lock
             adapter.base_model(input_ids=ids, use_cache=False)
-    # [layers, widest]; a narrower layer is padded with -inf, so no padding is ever among the top k
-    out = torch.full((len(totals), max(len(t) for t in totals)), float("-inf"), dtype=torch.float64)
+    # [layers, widest]; a narrower layer is padded with NaN, which select_top_k never picks (attribution/ragged.py)
+    out = torch.full((len(totals), max(len(t) for t in totals)), float("nan"), dtype=torch.float64)
     for layer, total in enumerate(totals):
         out[layer, :len(total)] = total / max(len(prompts), 1)
     return out

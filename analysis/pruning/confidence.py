@@ -64,11 +64,12 @@ def confidence_neurons(loaded: LoadedModel, task: Task, layer: int, percent: flo
     if not 0 < percent <= 100:
         raise PrunescopeError(f"percent must be in (0, 100] (got {percent})")
     scores, n_confident = confidence_scores(loaded, task, **kwargs)
-    count = max(1, math.ceil(scores.shape[1] * percent / 100))
-    top = scores[layer].topk(count).indices.tolist()
+    width = loaded.adapter.neuron_counts()[layer]  # scores beyond it: NaN padding of a narrower layer
+    count = max(1, math.ceil(width * percent / 100))
+    top = scores[layer, :width].topk(count).indices.tolist()
     mask = NeuronMask.from_pairs([(layer, i) for i in top], method="confidence-ig", task=task.name, layer=layer,
                                  percent=percent)
-    return ConfidenceNeurons(mask, scores[layer], scores, n_confident, kwargs.get("n", 64))
+    return ConfidenceNeurons(mask, scores[layer, :width], scores, n_confident, kwargs.get("n", 64))
 
 
 def _top_prob(loaded: LoadedModel, ids) -> float:

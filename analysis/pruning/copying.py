@@ -33,6 +33,7 @@ import torch
 
 from analysis.attribution.neuron_ig import NeuronIGResult
 from analysis.attribution.quadrature import Quadrature
+from analysis.attribution.ragged import selectable, zero_missing
 from analysis.attribution.runs import attribute_task, stored_attribution
 from analysis.attribution.targets import COPY_TARGETS, CopyTarget, clean_logits
 from analysis.cache import ResultsCache
@@ -74,8 +75,8 @@ def normalized_copy_scores(result: NeuronIGResult, used: Sequence[bool] | None =
     per_prompt = result.per_prompt
     if used is not None:
         per_prompt = per_prompt[torch.tensor(list(used), dtype=torch.bool)]
-    total = per_prompt.abs().sum(dim=(1, 2), keepdim=True).clamp_min(1e-12)
-    return (per_prompt / total).mean(dim=0)
+    total = zero_missing(per_prompt).abs().sum(dim=(1, 2), keepdim=True).clamp_min(1e-12)
+    return (per_prompt / total).mean(dim=0)  # NaN stays where a narrower layer has no such neuron
 
 
 def copying_scores(loaded: LoadedModel, n: int = 64, shots: int = 4, seed: int = 0, steps: int = 4,
@@ -197,7 +198,8 @@ def select_top_k(scores: torch.Tensor, k: int, per_layer: bool = False, layers: 
 
     Args:
         scores: [layers, neurons], e.g. :attr:`CopyingScores.scores` or :attr:`NeuronIGResult.scores`
-            (highest first: signed, so a neuron that lowers the target is never selected).
+            (highest first: signed, so a neuron that lowers the target is never selected); NaN marks a neuron
+            a narrower layer does not have (analysis/attribution/ragged.py), never selected.
         k: neurons overall, or in each layer with ``per_layer``; 0 gives an empty mask.
         per_layer: take the top ``k`` of every layer instead of overall.
         layers: an inclusive (first, last) layer range to select in (default: all).
@@ -220,12 +222,15 @@ def select_top_k(scores: torch.Tensor, k: int, per_layer: bool = False, layers: 
     if not 0 <= first <= last < n_layers:
         raise PrunescopeError(f"layer range {first}-{last} is outside the model's layers 0-{n_layers - 1}")
     span = last - first + 1
-    limit = width if per_layer else span * width
+    window = scores[first:last + 1]
+    counts = (~window.isnan()).sum(dim=1).tolist()  # the neurons each layer has
+    limit = min(counts) if per_layer else sum(counts)
     if not 0 <= k <= limit:
-        where = " per layer" if per_layer else (" in all" if span == n_layers else f" in layers {first}-{last}")
+        where = (" per layer" if len(set(counts)) == 1 else " in its narrowest layer") if per_layer else (
+            " in all" if span == n_layers else f" in layers {first}-{last}")
         raise PrunescopeError(f"k={k} is out of range: the model has {limit} neurons{where}"
                               + ("" if k >= 0 else "; k must be >= 0"))
-    window = scores[first:last + 1]
+    window = selectable(window)
     if per_layer:
         index = window.topk(k, dim=1).indices if k else torch.empty(span, 0, dtype=torch.long)
         pairs = [(first + layer, int(i)) for layer in range(span) for i in index[layer]]

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from analysis.attribution.ragged import zero_missing
 from analysis.errors import PrunescopeError
 from analysis.pruning.copying import CopyingScores, select_top_k
 from analysis.pruning.mask import NeuronMask
@@ -68,7 +69,7 @@ class MaskStability:
 def _normalized(scored: CopyingScores) -> torch.Tensor:
     """[used prompts, layers, neurons]: each used prompt's attributions over its total |attribution|."""
     per_prompt = scored.ig.per_prompt[torch.tensor(scored.used, dtype=torch.bool)].double()
-    return per_prompt / per_prompt.abs().sum(dim=(1, 2), keepdim=True).clamp_min(1e-12)
+    return per_prompt / zero_missing(per_prompt).abs().sum(dim=(1, 2), keepdim=True).clamp_min(1e-12)
 
 
 def mask_stability(scored: CopyingScores, mask: NeuronMask, per_layer: bool = False,
