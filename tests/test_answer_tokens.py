@@ -22,7 +22,7 @@ def bare_gxi(loaded, ids, target):
         embeds = loaded.model.get_input_embeddings()(torch.tensor([ids])).detach().requires_grad_(True)
         logit = loaded.model(inputs_embeds=embeds).logits[0, -1, target]
         (grad,) = torch.autograd.grad(logit, embeds)
-    return (grad * embeds)[0].sum(-1).detach(), float(logit)
+    return (grad * embeds)[0].sum(-1).detach(), float(logit.detach())
 
 
 @pytest.mark.parametrize("model_type", ["llama", "mamba"])
