@@ -161,7 +161,3 @@ def pytest_collection_modifyitems(config, items):
         raise pytest.UsageError(f"tests/conftest.py: give {', '.join(missing)} a tier in TIERS")
     for item in ours:
         item.add_marker(getattr(pytest.mark, TIER_OF[item.path.name]))
-    # the slowest tiers first: on several processes (pytest-xdist hands out whole modules in this order) the long
-    # modules start at once and the short ones fill the gaps, instead of one process finishing a long module alone
-    rank = {"slow": 0, "ui": 1, "integration": 2, "unit": 3}
-    items.sort(key=lambda item: rank[TIER_OF[item.path.name]] if item.path.parent == TESTS else 4)
