@@ -17,9 +17,7 @@ from analysis.implicit_attention.common import Reduction
 from analysis.implicit_attention.delta_families import hybrid_softmax_maps
 from analysis.implicit_attention.delta_rule import linear_loop_matrices, linear_matrices, linear_reconstruct
 from analysis.implicit_attention.ops import RelevanceTarget
-from analysis.models.hooks import hook_scope
-from analysis.pruning import NeuronMask
-from tests.test_implicit_delta_rule import _brute_force_gradattn, _relative
+from tests.test_implicit_delta_rule import _brute_force_gradattn, _relative, check_moe_neurons
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -84,25 +82,7 @@ def test_every_layer_is_moe_and_zeroing_routed_channels_moves_only_them(tiny_loa
     adapter = loaded.adapter
     assert adapter.site_kinds() == ["moe", "moe"] and adapter.neuron_counts() == [4 * 16] * 2
     assert adapter.site(1).path == "model.layers.1.mlp.experts.neurons" and not adapter.batch_invariant
-    ids = torch.tensor([loaded.tokenizer("b:5").input_ids])
-    with loaded.lock, torch.no_grad():
-        ours, own = loaded.model(ids).logits, loaded.model.config._experts_implementation
-        loaded.model.set_experts_implementation("eager")
-        try:
-            assert torch.equal(loaded.model(ids).logits, ours)
-        finally:
-            loaded.model.set_experts_implementation(own)
-    seen = {}
-    with loaded.lock, hook_scope(loaded.model) as add, torch.no_grad():
-        add(adapter.block(1).mlp.experts, lambda _m, args, _out: seen.update(index=args[1]))
-        loaded.model(ids)
-    routed = set(seen["index"].flatten().tolist())
-    with loaded.session(NeuronMask.from_pairs([(1, e * 16 + c) for e in routed for c in range(16)])), torch.no_grad():
-        assert not torch.equal(loaded.model(ids).logits, ours)
-    unused = sorted(set(range(4)) - routed)
-    if unused:  # a short prompt may route every token to the same two experts
-        with loaded.session(NeuronMask.from_pairs([(1, unused[0] * 16 + c) for c in range(16)])), torch.no_grad():
-            assert torch.equal(loaded.model(ids).logits, ours)
+    check_moe_neurons(loaded, 1, "b:5", experts=4, width=16)  # a short prompt may route to every expert
 
 
 def test_the_lightning_states_are_forked_per_row(tiny_loaded):
