@@ -37,13 +37,10 @@ def test_dispatcher_matches_the_family_module(tiny_loaded):
     assert maps.layers == [1] and maps.form == "unified"
 
 
-def test_transformer_attention_reproduces_the_attention_output(tiny_loaded):
-    """Per-head probabilities times the layer's own values give the input of o_proj (GQA included)."""
-    loaded = tiny_loaded("llama")
-    ids = torch.tensor([loaded.tokenizer(TEXT).input_ids])
-    probs = softmax_attention(loaded, ids)
+def _values_and_o_proj_input(loaded, attn, ids) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward of ``ids``: the layer's values per query head [T, heads, dim] (KV heads repeated, GQA) and
+    the input of its o_proj [T, heads * dim]."""
     seen = {}
-    attn = loaded.model.model.layers[1].self_attn
     handles = [attn.v_proj.register_forward_hook(lambda m, a, out: seen.__setitem__("v", out[0])),
                attn.o_proj.register_forward_pre_hook(lambda m, a: seen.__setitem__("o", a[0][0]))]
     with loaded.lock, torch.no_grad():
@@ -51,9 +48,19 @@ def test_transformer_attention_reproduces_the_attention_output(tiny_loaded):
     for h in handles:
         h.remove()
     heads, kv_heads, dim = attn.config.num_attention_heads, attn.config.num_key_value_heads, attn.head_dim
-    values = seen["v"].reshape(-1, kv_heads, dim).repeat_interleave(heads // kv_heads, dim=1)
+    return seen["v"].reshape(-1, kv_heads, dim).repeat_interleave(heads // kv_heads, dim=1), seen["o"]
+
+
+def test_transformer_attention_reproduces_the_attention_output(tiny_loaded):
+    """Per-head probabilities times the layer's own values give the input of o_proj (GQA included)."""
+    loaded = tiny_loaded("llama")
+    ids = torch.tensor([loaded.tokenizer(TEXT).input_ids])
+    probs = softmax_attention(loaded, ids)
+    attn = loaded.model.model.layers[1].self_attn
+    heads, dim = attn.config.num_attention_heads, attn.head_dim
+    values, o_input = _values_and_o_proj_input(loaded, attn, ids)
     rebuilt = torch.einsum("hij,jhd->ihd", probs[1], values).reshape(len(ids[0]), heads * dim)
-    assert float((rebuilt - seen["o"]).norm() / seen["o"].norm()) < 1e-5
+    assert float((rebuilt - o_input).norm() / o_input.norm()) < 1e-5
     mean = attention_maps(loaded, TEXT, reduce="channels:1,3").attn[1]
     torch.testing.assert_close(mean, probs[1][[1, 3]].mean(0))
 
@@ -133,16 +140,10 @@ def test_hybrid_softmax_maps_reproduce_the_attention_output(tiny_loaded):
     softmax maps times the layer's own values give o_proj's input."""
     loaded = tiny_loaded("falcon_h1")
     ids = torch.tensor([loaded.tokenizer(TEXT).input_ids])
-    attn, seen = loaded.model.model.layers[1].self_attn, {}
-    handles = [attn.v_proj.register_forward_hook(lambda m, a, out: seen.__setitem__("v", out[0])),
-               attn.o_proj.register_forward_pre_hook(lambda m, a: seen.__setitem__("o", a[0][0]))]
-    with loaded.lock, torch.no_grad():
-        loaded.model(ids)
-    for h in handles:
-        h.remove()
-    heads, kv_heads, dim = attn.config.num_attention_heads, attn.config.num_key_value_heads, attn.head_dim
-    values = seen["v"].reshape(-1, kv_heads, dim).repeat_interleave(heads // kv_heads, dim=1)
+    attn = loaded.model.model.layers[1].self_attn
+    heads, dim = attn.config.num_attention_heads, attn.head_dim
+    values, o_input = _values_and_o_proj_input(loaded, attn, ids)
     probs = torch.stack([attention_maps(loaded, TEXT, form="softmax", reduce=f"channels:{h}").attn[1]
                          for h in range(heads)])
     rebuilt = torch.einsum("hij,jhd->ihd", probs, values).reshape(len(ids[0]), heads * dim)
-    assert float((rebuilt - seen["o"]).norm() / seen["o"].norm()) < 1e-5
+    assert float((rebuilt - o_input).norm() / o_input.norm()) < 1e-5
