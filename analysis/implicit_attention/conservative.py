@@ -30,12 +30,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from transformers.activations import ACT2FN
+from transformers.integrations.moe import _default_apply_gate
 from transformers.models.mamba.modeling_mamba import mamba_selective_scan
 from transformers.models.mamba2.modeling_mamba2 import mamba2_chunk_scan
 from transformers.models.rwkv.modeling_rwkv import rwkv_linear_attention
 
 from analysis.errors import PrunescopeError
 from analysis.implicit_attention.griffin import _gates
+from analysis.models.experts import experts_loop
 from analysis.models.loader import onloaded
 
 PROBE_LENGTH = 6  # positions of the random input each replacement is checked on
@@ -216,12 +218,48 @@ def _recurrent_block_probe(block: Any, generator: torch.Generator) -> tuple[tupl
     return (x, torch.arange(PROBE_LENGTH, device=x.device)[None]), {"attention_mask": None, "use_cache": False}
 
 
-def griffin_mlp(mlp: Any) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Griffin's gated MLP: GELU(gate) linearised, its product with up by the uniform rule."""
+def gated_mlp(mlp: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A gated MLP ``down(act(gate(x)) * up(x))`` (Griffin's, Llama-style MLPs of the hybrids): the activation
+    linearised, its product with up by the uniform rule."""
     def forward(hidden_states):
         gate = linearised(mlp.act_fn, mlp.gate_proj(hidden_states))
         return mlp.down_proj(half_product(gate, mlp.up_proj(hidden_states)))
     return forward
+
+
+# -- mixture-of-experts --------------------------------------------------------------------------------------
+def routed_experts(experts: Any) -> Callable[..., torch.Tensor]:
+    """A transformers experts module (3D expert weights, :mod:`analysis.models.experts`): the routing weights
+    detached (gates computed from the data), each expert's activation linearised and ``act(gate) * up`` split by
+    the uniform rule; the same loop as the neuron site's, so the neurons stay hookable under LRP. Experts with
+    their own gating function (``_apply_gate`` overridden, e.g. a clamped one) are refused."""
+    if experts.has_gate and type(experts)._apply_gate is not _default_apply_gate:
+        raise PrunescopeError(f"lrp does not know the gating of {type(experts).__name__}")
+
+    def activate(projected: torch.Tensor) -> torch.Tensor:
+        if not experts.has_gate:
+            return linearised(experts.act_fn, projected)
+        gate, up = projected.chunk(2, dim=-1)
+        return half_product(linearised(experts.act_fn, gate), up)
+
+    def forward(hidden_states, top_k_index, top_k_weights):
+        return experts_loop(experts, hidden_states, top_k_index, top_k_weights.detach(), activate)
+    return forward
+
+
+def _experts_probe(experts: Any, generator: torch.Generator) -> tuple[tuple, dict]:
+    """PROBE_LENGTH random tokens, each routed to two distinct random experts with random weights."""
+    weight = experts.down_proj
+    hidden = torch.randn(PROBE_LENGTH, weight.shape[1] if not experts.is_transposed else weight.shape[2],
+                         generator=generator)
+    k = min(2, experts.num_experts)
+    index = torch.stack([torch.randperm(experts.num_experts, generator=generator)[:k] for _ in range(PROBE_LENGTH)])
+    weights = torch.rand(PROBE_LENGTH, k, generator=generator).softmax(-1)
+    device, dtype = weight.device, weight.dtype
+    return (hidden.to(device, dtype), index.to(device), weights.to(device, dtype)), {}
+
+
+EXPERTS_RULE = Rule(routed_experts, _experts_probe)  # name each experts class of a family's MoE with it
 
 
 def own_forward(module: Any) -> Callable[..., torch.Tensor]:
@@ -252,5 +290,5 @@ MAMBA2: Mapping[str, Rule] = {"Mamba2Mixer": Rule(mamba2_mixer, _hidden_probe(_h
 RWKV: Mapping[str, Rule] = {"RwkvSelfAttention": Rule(rwkv_time_mixing, _hidden_probe(_rwkv_width)),
                             "RwkvFeedForward": Rule(rwkv_channel_mixing, _hidden_probe(_rwkv_width))}
 GRIFFIN: Mapping[str, Rule] = {"RecurrentGemmaRecurrentBlock": Rule(griffin_recurrent_block, _recurrent_block_probe),
-                               "RecurrentGemmaMlp": Rule(griffin_mlp, _hidden_probe(_hidden_size))}
+                               "RecurrentGemmaMlp": Rule(gated_mlp, _hidden_probe(_hidden_size))}
 TRANSFORMER: Mapping[str, Rule] = {}  # softmax attention and norms only: the caller's generic part

@@ -17,6 +17,8 @@ ordinary MLP outside the experts module: its channels are not neurons of the MoE
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -64,6 +66,13 @@ def neuron_experts_forward(self, hidden_states: torch.Tensor, top_k_index: torch
                            top_k_weights: torch.Tensor) -> torch.Tensor:
     """The eager experts loop (transformers' reference ``forward`` of an experts class) with the routed
     intermediate [tokens, E * I] passing through ``self.neurons`` between the up and down projections."""
+    return experts_loop(self, hidden_states, top_k_index, top_k_weights, activate=None)
+
+
+def experts_loop(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor,
+                 activate: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
+    """:func:`neuron_experts_forward` with ``activate`` (an up projection's output -> the intermediate) in place
+    of the experts' own activation (``_apply_gate`` or ``act_fn``) when given: conservative propagation's hook."""
     experts, width = self.num_experts, self.intermediate_dim
     final = torch.zeros_like(hidden_states, dtype=torch.promote_types(hidden_states.dtype, top_k_weights.dtype))
     with torch.no_grad():
@@ -77,8 +86,11 @@ def neuron_experts_forward(self, hidden_states: torch.Tensor, top_k_index: torch
         if self.has_bias:
             up_bias = self.gate_up_proj_bias[e] if self.has_gate else self.up_proj_bias[e]
         projected = _linear(self, hidden_states[token_idx], up_weight, up_bias)
-        inner[token_idx, e * width:(e + 1) * width] = (self._apply_gate(projected) if self.has_gate
-                                                       else self.act_fn(projected))
+        if activate is not None:
+            inner[token_idx, e * width:(e + 1) * width] = activate(projected)
+        else:
+            inner[token_idx, e * width:(e + 1) * width] = (self._apply_gate(projected) if self.has_gate
+                                                           else self.act_fn(projected))
     inner = self.neurons(inner)
     for e, (top_k_pos, token_idx) in routed.items():
         out = _linear(self, inner[token_idx, e * width:(e + 1) * width], self.down_proj[e],
