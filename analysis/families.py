@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 from analysis.errors import PrunescopeError, UnsupportedArchitectureError
 from analysis.implicit_attention import (
     conservative,
+    conservative_m2h,
     delta_families,
     griffin,
     hybrid,
@@ -164,7 +165,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("mamba2", Mamba2Adapter, mamba.MAMBA2_OPS, lrp=conservative.MAMBA2),
     Family("rwkv", RwkvAdapter, rwkv.RWKV_OPS, lrp=conservative.RWKV),
     Family("griffin", GriffinAdapter, griffin.GRIFFIN_OPS, lrp=conservative.GRIFFIN),
-    Family("mamba2_hybrid", HybridMamba2Adapter, mamba_hybrid.HYBRID_MAMBA2_OPS),
+    Family("mamba2_hybrid", HybridMamba2Adapter, mamba_hybrid.HYBRID_MAMBA2_OPS, lrp=conservative_m2h.MAMBA2_HYBRID),
     Family("zamba2", Zamba2Adapter, mamba_hybrid.HYBRID_MAMBA2_OPS),
     Family("lfm2", Lfm2Adapter, lfm2.LFM2_OPS),
     Family("xlstm", XlstmAdapter, xlstm.XLSTM_OPS),
@@ -172,8 +173,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("kimi_delta", KimiDeltaAdapter, delta_families.KIMI_DELTA_OPS),
     Family("minimax", MiniMaxAdapter, delta_families.MINIMAX_OPS),
     Family("jamba", JambaAdapter, hybrid.JAMBA_OPS),
-    Family("granitemoehybrid", GraniteMoeHybridAdapter, hybrid.GRANITE_OPS),
-    Family("nemotron_h", NemotronHAdapter, hybrid.NEMOTRON_H_OPS),
+    Family("granitemoehybrid", GraniteMoeHybridAdapter, hybrid.GRANITE_OPS, lrp=conservative_m2h.GRANITE_MOE_HYBRID),
+    Family("nemotron_h", NemotronHAdapter, hybrid.NEMOTRON_H_OPS, lrp=conservative_m2h.NEMOTRON_H),
 )}
 
 
