@@ -122,6 +122,7 @@ TIERS = {
         "test_jobs.py",
         "test_joined.py",
         "test_lrp_recurrent.py",
+        "test_lrp_zj.py",
         "test_mask.py",
         "test_minimax.py",
         "test_models.py",
