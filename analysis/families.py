@@ -24,6 +24,7 @@ from analysis.errors import PrunescopeError, UnsupportedArchitectureError
 from analysis.implicit_attention import (
     conservative,
     conservative_m2h,
+    conservative_zj,
     delta_families,
     griffin,
     hybrid,
@@ -166,13 +167,13 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("rwkv", RwkvAdapter, rwkv.RWKV_OPS, lrp=conservative.RWKV),
     Family("griffin", GriffinAdapter, griffin.GRIFFIN_OPS, lrp=conservative.GRIFFIN),
     Family("mamba2_hybrid", HybridMamba2Adapter, mamba_hybrid.HYBRID_MAMBA2_OPS, lrp=conservative_m2h.MAMBA2_HYBRID),
-    Family("zamba2", Zamba2Adapter, mamba_hybrid.HYBRID_MAMBA2_OPS),
+    Family("zamba2", Zamba2Adapter, mamba_hybrid.HYBRID_MAMBA2_OPS, lrp=conservative_zj.ZAMBA2),
     Family("lfm2", Lfm2Adapter, lfm2.LFM2_OPS),
     Family("xlstm", XlstmAdapter, xlstm.XLSTM_OPS),
     Family("gated_deltanet", GatedDeltaNetAdapter, delta_families.GATED_DELTANET_OPS),
     Family("kimi_delta", KimiDeltaAdapter, delta_families.KIMI_DELTA_OPS),
     Family("minimax", MiniMaxAdapter, delta_families.MINIMAX_OPS),
-    Family("jamba", JambaAdapter, hybrid.JAMBA_OPS),
+    Family("jamba", JambaAdapter, hybrid.JAMBA_OPS, lrp=conservative_zj.JAMBA),
     Family("granitemoehybrid", GraniteMoeHybridAdapter, hybrid.GRANITE_OPS, lrp=conservative_m2h.GRANITE_MOE_HYBRID),
     Family("nemotron_h", NemotronHAdapter, hybrid.NEMOTRON_H_OPS, lrp=conservative_m2h.NEMOTRON_H),
 )}

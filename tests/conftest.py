@@ -123,6 +123,7 @@ TIERS = {
         "test_joined.py",
         "test_lrp_m2h.py",
         "test_lrp_recurrent.py",
+        "test_lrp_zj.py",
         "test_mask.py",
         "test_minimax.py",
         "test_models.py",
