@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 from analysis.errors import PrunescopeError, UnsupportedArchitectureError
 from analysis.implicit_attention import (
     conservative,
+    conservative_lx,
     conservative_m2h,
     conservative_zj,
     delta_families,
@@ -168,8 +169,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("griffin", GriffinAdapter, griffin.GRIFFIN_OPS, lrp=conservative.GRIFFIN),
     Family("mamba2_hybrid", HybridMamba2Adapter, mamba_hybrid.HYBRID_MAMBA2_OPS, lrp=conservative_m2h.MAMBA2_HYBRID),
     Family("zamba2", Zamba2Adapter, mamba_hybrid.HYBRID_MAMBA2_OPS, lrp=conservative_zj.ZAMBA2),
-    Family("lfm2", Lfm2Adapter, lfm2.LFM2_OPS),
-    Family("xlstm", XlstmAdapter, xlstm.XLSTM_OPS),
+    Family("lfm2", Lfm2Adapter, lfm2.LFM2_OPS, lrp=conservative_lx.LFM2),
+    Family("xlstm", XlstmAdapter, xlstm.XLSTM_OPS, lrp=conservative_lx.XLSTM),
     Family("gated_deltanet", GatedDeltaNetAdapter, delta_families.GATED_DELTANET_OPS),
     Family("kimi_delta", KimiDeltaAdapter, delta_families.KIMI_DELTA_OPS),
     Family("minimax", MiniMaxAdapter, delta_families.MINIMAX_OPS),
