@@ -149,3 +149,30 @@ def test_cost_units_count_the_adaptive_rule_as_its_measured_cost():
 
     assert cost_units(3, 4, "riemann") == 12 and cost_units(3, 4, "gauss-legendre") == 12
     assert cost_units(3, 4, "adaptive") == 3 * ADAPTIVE_COST_STEPS == 60
+
+
+def test_normalised_sites_take_one_round_and_match_a_dense_reference(tiny_loaded):
+    """Gemma 3's post-feedforward norm (analysis/attribution/normalised.py): every layer gets the one-round rule
+    (6 + 2 nodes in tau), complete to float rounding by construction (the part along y is exact) and per neuron
+    as the dense 128-node composite reference; the shares sum to 1; only models with such sites gain a key part."""
+    from analysis.attribution import normalised
+    from analysis.attribution.passes import clean_pass
+
+    loaded = tiny_loaded("gemma3_text")
+    items = prepare_inputs(loaded, copying_prompts(2), "copy")
+    result = neuron_ig(loaded, items)
+    assert result.meta["evaluations_per_layer"] == normalised.HEAD_NODES + normalised.TAIL_NODES
+    assert completeness_summary(result)["worst"] < 1e-5
+    dense = [adaptive.gauss_legendre(16, adaptive.CUTS[i], adaptive.CUTS[i + 1]) for i in range(len(adaptive.CUTS) - 1)]
+    rule = (torch.cat([nodes for nodes, _ in dense]), torch.cat([weights for _, weights in dense]))
+    with loaded.lock:
+        reference, _, _ = _reference_one(loaded, items[0], [rule] * loaded.n_layers)
+        prompt, _ = clean_pass(loaded, items[0], {}, 320)
+    assert rel_err(result.per_prompt[0], reference) < 1e-3
+    for layer in range(loaded.n_layers):
+        shares, alpha_star = normalised.site_shares(loaded.adapter.site_norm(layer), prompt.acts[layer])
+        assert abs(float(shares.sum()) - 1) < 1e-9 and 0 < alpha_star < 1
+    assert normalised.rule_parts(loaded.adapter, "adaptive") == {"rule": normalised.RULE_VERSION}
+    assert normalised.rule_parts(loaded.adapter, "riemann") == {}
+    llama = tiny_loaded("llama")  # SmolLM2's family: no normalised sites, its cache keys as before
+    assert llama.adapter.site_norm(0) is None and normalised.rule_parts(llama.adapter, "adaptive") == {}
