@@ -7,6 +7,8 @@ values is the float64 delta-rule operator applied to the gradient, and a broken 
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -100,9 +102,9 @@ def test_moe_with_biases_relevance_plus_the_biases_share_is_the_logit(moe_models
     assert not any(p.requires_grad for p in model.parameters())
 
 
-def _value_relevance(loaded, layer: int, target: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Under LRP, one recurrent layer's ([T, C] relevance at the values' pre-activation, [T, C] gradient at the
-    recurrence's output, the captured internals)."""
+def _value_relevance(loaded, layer: int, target: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]:
+    """Under LRP, one recurrent layer's [T, C] relevance at the values' pre-activation, the relevance at the
+    queries' and keys', the [T, C] gradient at the recurrence's output and the captured internals."""
     ids = _ids(loaded)
     inn = family_of(loaded).require("capture")(loaded, ids, [layer])[layer]
     block = loaded.adapter.block(layer)
@@ -128,21 +130,24 @@ def _value_relevance(loaded, layer: int, target: int) -> tuple[torch.Tensor, tor
             target_logit(loaded, embeds, target, linear_cap=True).sum().backward()
     length, channels = inn.length, inn.n_channels
     relevance = (seen["source"] * seen["source"].grad).detach()
-    if conv:  # [1, conv channels, T]: the value channels are the last C
-        relevance = relevance[0, -channels:, :length].T
+    if conv:  # [1, conv channels, T]: q, k, then the C value channels
+        queries_keys, values = relevance[0, :-channels, :length], relevance[0, -channels:, :length].T
     else:  # MiniMax: [1, T, heads * (q | k | v)]
-        relevance = relevance[0].reshape(length, inn.n_heads, 3, -1)[:, :, 2].reshape(length, channels)
-    return relevance, seen["core"].grad.reshape(length, channels), inn
+        per_head = relevance[0].reshape(length, inn.n_heads, 3, -1)
+        queries_keys, values = per_head[:, :, :2], per_head[:, :, 2].reshape(length, channels)
+    return values, queries_keys, seen["core"].grad.reshape(length, channels), inn
 
 
 @pytest.mark.parametrize("model_type", TYPES)
 def test_relevance_reaching_the_values_is_the_recurrences_operator(moe_models, tiny_loaded, model_type):
     """Independent of the rules: given q, k, beta and the decay the recurrence is o = A v per head (A from the
     float64 position loop, recurrence_loop), so with g = dF/do the relevance at the values is v * (A^T g), and
-    the linearised SiLU hands it unchanged to the pre-activation. Undoing the q/k detach fails it."""
+    the linearised SiLU hands it unchanged to the pre-activation (a plain SiLU fails it); the queries and keys
+    are detached, so none reaches them."""
     loaded = moe_models.get(model_type) or tiny_loaded(model_type)
     layer, target = 0, top_prediction(loaded, _ids(loaded))
-    relevance, grad, inn = _value_relevance(loaded, layer, target)
+    relevance, queries_keys, grad, inn = _value_relevance(loaded, layer, target)
+    assert queries_keys.numel() and not queries_keys.any()
     alpha = recurrence_loop(inn.q, inn.k, inn.beta, inn.log_decay).double()  # [H, T, T]
     assert float(alpha.tril(-1).abs().sum() / alpha.abs().sum()) > 0.3  # real mixing below the diagonal
     heads = grad.double().reshape(inn.length, inn.n_heads, -1)
