@@ -158,7 +158,7 @@ def test_relevance_reaching_the_values_is_the_recurrences_operator(moe_models, t
 
 def test_bfloat16_conserves_to_its_precision(tiny_dirs):
     """CUDA's default dtype: each replacement passes its check to a few bfloat16 roundings and relevance is
-    conserved to about bfloat16's precision (measured: 0.1 %)."""
+    conserved to about bfloat16's precision (measured: 0.6 % on this prompt, 0.03-1.2 % on five)."""
     loaded = load_model(tiny_dirs["qwen3_next"], device="cpu", dtype="bfloat16")
     budget = lrp_conservation(loaded, TEXT)
     assert abs(budget.error) < 1e-2, budget
