@@ -26,6 +26,9 @@ class TwoLayers:
 
     n_layers = 2
 
+    def site_norm(self, layer):  # no normalised sites: every layer goes through the checked rules
+        return None
+
 
 def two_layers():
     return SimpleNamespace(adapter=TwoLayers())  # a fresh one per test: nothing remembered from other tests

@@ -1,5 +1,5 @@
 """The results shipped in assets/precomputed answer every page's default requests on both real built-in models
-in a fresh process with an empty cache and another HOME, as on a new host: nothing is computed (a write to the
+in a fresh process with an empty results cache and another HOME, as on a new host: nothing is computed (a write to the
 results cache, which every computation ends with, fails the run)."""
 
 from __future__ import annotations
@@ -63,6 +63,12 @@ SCRIPT = textwrap.dedent("""
 
 @pytest.mark.parametrize("model", ["default", "gemma3-270m"])
 def test_a_new_host_finds_every_shipped_default_result(tmp_path, model):
+    """The dequantized weights are the suite's shared copy (as for every test: tests/conftest.py), so on a
+    clean machine they were dequantized in this run; the results cache is empty."""
+    from analysis.paths import cache_dir
+
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "models").symlink_to(cache_dir() / "models", target_is_directory=True)
     env = dict(os.environ, HOME=str(tmp_path / "home"), PRUNESCOPE_CACHE=str(tmp_path / "cache"),
                OMP_NUM_THREADS="2")
     run = subprocess.run([sys.executable, "-c", SCRIPT, model], cwd=ROOT, env=env, capture_output=True, text=True,

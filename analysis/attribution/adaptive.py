@@ -40,10 +40,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
+from analysis.attribution import normalised
 from analysis.attribution.passes import Prompt, clean_pass, gradient_pass
+from analysis.attribution.quadrature import gauss_legendre
 from analysis.attribution.ragged import stack_layers
 from analysis.attribution.targets import AttributionInput
 from analysis.models.loader import LoadedModel
@@ -66,23 +67,17 @@ VERIFY_BELOW = 8  # pieces with fewer nodes are verified per neuron (8 Gauss-Leg
 ROUNDS = 4
 
 
-def gauss_legendre(k: int, start: float = 0.0, end: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """k-node Gauss-Legendre nodes and weights on [start, end] (float64)."""
-    nodes, weights = np.polynomial.legendre.leggauss(k)
-    return (torch.from_numpy(start + (end - start) * (nodes + 1) / 2),
-            torch.from_numpy(weights * (end - start) / 2))
-
-
 @dataclass
 class LayerPlan:
     """Where one layer's integration stands: its measured F at the cuts and its current pieces. A piece is
     (interval index, or None for the whole of [0, 1]; nodes; weights; IG contribution [neurons] or None;
     the contribution of the rule it replaced, or None)."""
 
-    f_cuts: torch.Tensor  # float64 [len(CUTS)]: F at each cut, F(1) the clean value
+    f_cuts: torch.Tensor  # float64 [len(CUTS)]: F at each cut, F(1) the clean value ([F(0), F(1)] with shares)
     structured: bool
     pieces: list[list] = field(default_factory=list)
     evaluations: int = 0
+    shares: torch.Tensor | None = None  # a normalised site's c (analysis/attribution/normalised.py): one round
 
     @property
     def gap(self) -> float:
@@ -101,7 +96,8 @@ class LayerPlan:
         return abs(float(ig.double().sum()) - measured) / self.scale
 
     def ig(self) -> torch.Tensor:
-        return torch.stack([piece[3] for piece in self.pieces]).sum(dim=0)
+        ig = torch.stack([piece[3] for piece in self.pieces]).sum(dim=0)
+        return ig if self.shares is None else normalised.shared_residual(ig, self.shares, self.gap)
 
 
 def _piece(index: int | None, k: int, previous: torch.Tensor | None = None) -> list:
@@ -128,13 +124,14 @@ def _structured(f_cuts: torch.Tensor) -> bool:
 class AdaptiveRun:
     """One prompt's adaptive IG: ``ig`` [layers, widest] (NaN-padded where layers differ), F(a), F(0) per
     layer, each layer's final rule as (nodes, weights), and each layer's gradient evaluations (the final rule's
-    nodes and those of the rounds it replaced)."""
+    nodes and those of the rounds it replaced), and each normalised site's shares (None elsewhere)."""
 
     ig: torch.Tensor
     f_clean: float
     f_zero: torch.Tensor
     rules: list[tuple[torch.Tensor, torch.Tensor]]
     evaluations: list[int]
+    shares: list[torch.Tensor | None]
 
 
 def _key(layer: int, piece: list) -> tuple[int, int | None, int]:
@@ -145,14 +142,22 @@ def _key(layer: int, piece: list) -> tuple[int, int | None, int]:
 def adaptive_ig(loaded: LoadedModel, item: AttributionInput, steps: int, budget: int) -> AdaptiveRun:
     """Neuron IG of one prepared prompt at every layer with the adaptive rule (see the module docstring)."""
     n_layers = loaded.adapter.n_layers
-    probes = torch.tensor(CUTS[:-1], dtype=torch.float64)
-    prompt, values = clean_pass(loaded, item, {layer: probes for layer in range(n_layers)}, budget)
+    norms = {layer: norm for layer in range(n_layers) if (norm := loaded.adapter.site_norm(layer)) is not None}
+    cuts, zero = torch.tensor(CUTS[:-1], dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+    prompt, values = clean_pass(loaded, item, {layer: zero if layer in norms else cuts for layer in range(n_layers)},
+                                budget)
     plans = []
     for layer in range(n_layers):
         f_cuts = torch.cat([values[layer], torch.tensor([prompt.f_clean], dtype=torch.float64)])
-        structured = _structured(f_cuts)
-        plan = LayerPlan(f_cuts, structured)
-        plan.pieces = _first_pieces(plan) if structured else [_piece(None, steps)]
+        if layer in norms:  # one round: the sum exact by the shares, the rest smooth in tau
+            shares, alpha_star = normalised.site_shares(norms[layer], prompt.acts[layer])
+            plan = LayerPlan(f_cuts, False, shares=shares)
+            plan.pieces = [[None, *normalised.sinh_rule(alpha_star), None, None] if alpha_star < 1
+                           else _piece(None, steps)]
+        else:
+            structured = _structured(f_cuts)
+            plan = LayerPlan(f_cuts, structured)
+            plan.pieces = _first_pieces(plan) if structured else [_piece(None, steps)]
         plans.append(plan)
     known: dict[tuple[int, int | None, int], torch.Tensor] = {}
     rounds, done = [0] * n_layers, [False] * n_layers
@@ -167,7 +172,8 @@ def adaptive_ig(loaded: LoadedModel, item: AttributionInput, steps: int, budget:
         _integrate(loaded, prompt, plans, needs, known, budget)
     rules = [(torch.cat([p[1] for p in plan.pieces]), torch.cat([p[2] for p in plan.pieces])) for plan in plans]
     return AdaptiveRun(stack_layers([plan.ig() for plan in plans]), prompt.f_clean,
-                       torch.stack([plan.f_cuts[0] for plan in plans]), rules, [plan.evaluations for plan in plans])
+                       torch.stack([plan.f_cuts[0] for plan in plans]), rules, [plan.evaluations for plan in plans],
+                       [plan.shares for plan in plans])
 
 
 def _advance(layer: int, plan: LayerPlan, known: dict, rounds: list[int], done: list[bool],
@@ -206,6 +212,8 @@ def _integrate(loaded: LoadedModel, prompt: Prompt, plans: list[LayerPlan], piec
 
 def _refine(plan: LayerPlan, steps: int) -> bool:
     """Set up one layer's next round of pieces; False when it needs none."""
+    if plan.shares is not None:
+        return False
     if not plan.structured:
         error = abs(float(plan.ig().double().sum()) - plan.gap) / plan.scale
         if error > SMOOTH_TOL:  # Gauss-Legendre missed something: integrate interval by interval

@@ -47,7 +47,7 @@ def lrp_conservation(loaded: LoadedModel, text: str, target_id: int | None = Non
             for p in frozen:
                 p.requires_grad_(True)
             with conservative_propagation(loaded), torch.enable_grad():
-                embeds = loaded.model.get_input_embeddings()(ids).detach().requires_grad_(True)
+                embeds = loaded.adapter.embed(ids).detach().requires_grad_(True)  # as token_relevance's
                 logit = target_logit(loaded, embeds, target, linear_cap=True).sum()
                 grads = torch.autograd.grad(logit, [embeds, *biases], allow_unused=True)
         finally:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import torch
 
 from analysis.attribution.adaptive import adaptive_ig
+from analysis.attribution.normalised import shared_residual
 from analysis.attribution.passes import clean_pass, gradient_pass
 from analysis.attribution.quadrature import Quadrature, check_quadrature
 from analysis.attribution.quadrature import quadrature as quadrature_rule
@@ -130,16 +131,23 @@ def neuron_ig(loaded: LoadedModel, inputs: Sequence[AttributionInput], steps: in
     rows, clean, zeros, evaluations = [], [], [], []
     for i, item in enumerate(inputs):
         with loaded.lock:  # per prompt: other sessions' work interleaves with a long job
+            shares: list[torch.Tensor | None] = [None] * loaded.n_layers
             if fixed is None:
                 run = adaptive_ig(loaded, item, steps, max_rows)
                 ig, f, f_zero, layer_rules, counts = run.ig, run.f_clean, run.f_zero, run.rules, run.evaluations
+                shares = run.shares
             else:
                 layer_rules = [fixed] * loaded.n_layers
                 counts = [len(fixed[0])] * loaded.n_layers
                 if method == "fast":
                     ig, f, f_zero = _fast_fixed(loaded, item, *fixed, max_rows)
-            if method == "reference":
+            if method == "reference":  # the same rules, a pass per (layer, node); normalised sites as the rule
                 ig, f, f_zero = _reference_one(loaded, item, layer_rules)
+                for layer, layer_shares in enumerate(shares):
+                    if layer_shares is not None:
+                        width = len(layer_shares)
+                        ig[layer, :width] = shared_residual(ig[layer, :width], layer_shares,
+                                                            f - float(f_zero[layer]))
         rows.append(ig)
         clean.append(f)
         zeros.append(f_zero)

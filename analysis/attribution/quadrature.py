@@ -26,6 +26,13 @@ def check_quadrature(name: str) -> Quadrature:
     return check_choice(name, QUADRATURES, "quadrature", " or ")
 
 
+def gauss_legendre(k: int, start: float = 0.0, end: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """k-node Gauss-Legendre nodes and weights on [start, end] (float64)."""
+    nodes, weights = np.polynomial.legendre.leggauss(k)
+    return (torch.from_numpy(start + (end - start) * (nodes + 1) / 2),
+            torch.from_numpy(weights * (end - start) / 2))
+
+
 def quadrature(method: str, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(alphas, weights) as float64 tensors.
 
@@ -41,5 +48,4 @@ def quadrature(method: str, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     if rule == "riemann":
         alphas = torch.arange(1, steps + 1, dtype=torch.float64) / steps
         return alphas, torch.full((steps,), 1.0 / steps, dtype=torch.float64)
-    nodes, weights = np.polynomial.legendre.leggauss(steps)  # gauss-legendre
-    return torch.from_numpy((nodes + 1) / 2), torch.from_numpy(weights / 2)
+    return gauss_legendre(steps)

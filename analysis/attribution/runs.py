@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from analysis.attribution.neuron_ig import NeuronIGResult, neuron_ig
+from analysis.attribution.normalised import rule_parts
 from analysis.attribution.quadrature import Quadrature, check_quadrature
 from analysis.attribution.ragged import ragged_meta
 from analysis.attribution.targets import TargetKind, prepare_inputs
@@ -42,7 +43,7 @@ class Attribution(Request[NeuronIGResult]):
     def parts(self, loaded: LoadedModel) -> dict:
         return {"model": loaded.fingerprint(), "task": task_fingerprint(self.task), "target": self.target,
                 "n": self.n, "shots": self.shots, "seed": self.seed, "steps": self.steps,
-                "quadrature": self.quadrature}
+                "quadrature": self.quadrature, **rule_parts(loaded.adapter, self.quadrature)}
 
     def compute(self, loaded: LoadedModel, progress: Callable[[int, int], None] | None,
                 pool: Runner | None) -> NeuronIGResult:

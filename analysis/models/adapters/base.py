@@ -84,6 +84,16 @@ class NeuronSite:
     kind: str = "mlp"  # the layer's kind for labels (SiteChoice.kind)
 
 
+@dataclass(frozen=True)
+class SiteNorm:
+    """A layer whose neurons reach the residual only as ``norm(down(a))``, a bias-free linear map then an RMS
+    norm without centring: F then depends on the scaled site ``alpha a`` only through ``alpha / sqrt(alpha^2
+    ms(down a) + eps)`` (analysis/attribution/normalised.py)."""
+
+    down: nn.Module  # a Linear without bias
+    eps: float
+
+
 @dataclass
 class PrefixState:
     """A prompt prefix already run through the model: its length and its (batch-1) cache or state."""
@@ -158,6 +168,10 @@ class ModelAdapter:
         """Layers whose block mixes no tokens (an MLP or MoE block of its own, as in Nemotron-H): their attention
         map is the identity. None in families whose every block has attention or a recurrence."""
         return []
+
+    def site_norm(self, layer: int) -> SiteNorm | None:
+        """The norm right after the layer's neurons, where the family has one (transformers: Gemma 2/3)."""
+        return None
 
     def site_kinds(self) -> list[str]:
         """Each layer's kind of neuron site ("mlp", "moe", "mixer", "attention-out", ...), for labels."""
