@@ -182,7 +182,7 @@ def test_granite_logits_are_scaled_like_the_model(tmp_path):
 @pytest.mark.parametrize("model_type", HYBRIDS)
 def test_token_relevance_every_method(tiny_loaded, model_type):
     """Every method runs through the mixed layers (Nemotron-H's MLP and MoE blocks: identity maps); LRP, where the
-    family has no rules (tests/test_lrp_m2h.py and tests/test_lrp_zj.py check those that have), is refused in one line."""
+    family has no rules (tests/test_lrp_*.py check those that have), is refused in one line."""
     loaded = tiny_loaded(model_type)
     length = _ids(loaded).shape[1]
     for method in METHODS:
