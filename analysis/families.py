@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 from analysis.errors import PrunescopeError, UnsupportedArchitectureError
 from analysis.implicit_attention import (
     conservative,
+    conservative_delta,
     conservative_lx,
     conservative_m2h,
     conservative_zj,
@@ -171,9 +172,10 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("zamba2", Zamba2Adapter, mamba_hybrid.HYBRID_MAMBA2_OPS, lrp=conservative_zj.ZAMBA2),
     Family("lfm2", Lfm2Adapter, lfm2.LFM2_OPS, lrp=conservative_lx.LFM2),
     Family("xlstm", XlstmAdapter, xlstm.XLSTM_OPS, lrp=conservative_lx.XLSTM),
-    Family("gated_deltanet", GatedDeltaNetAdapter, delta_families.GATED_DELTANET_OPS),
-    Family("kimi_delta", KimiDeltaAdapter, delta_families.KIMI_DELTA_OPS),
-    Family("minimax", MiniMaxAdapter, delta_families.MINIMAX_OPS),
+    Family("gated_deltanet", GatedDeltaNetAdapter, delta_families.GATED_DELTANET_OPS,
+           lrp=conservative_delta.GATED_DELTANET),
+    Family("kimi_delta", KimiDeltaAdapter, delta_families.KIMI_DELTA_OPS, lrp=conservative_delta.KIMI_DELTA),
+    Family("minimax", MiniMaxAdapter, delta_families.MINIMAX_OPS, lrp=conservative_delta.MINIMAX),
     Family("jamba", JambaAdapter, hybrid.JAMBA_OPS, lrp=conservative_zj.JAMBA),
     Family("granitemoehybrid", GraniteMoeHybridAdapter, hybrid.GRANITE_OPS, lrp=conservative_m2h.GRANITE_MOE_HYBRID),
     Family("nemotron_h", NemotronHAdapter, hybrid.NEMOTRON_H_OPS, lrp=conservative_m2h.NEMOTRON_H),

@@ -121,6 +121,7 @@ TIERS = {
         "test_implicit_rwkv_griffin.py",
         "test_jobs.py",
         "test_joined.py",
+        "test_lrp_delta.py",
         "test_lrp_lx.py",
         "test_lrp_m2h.py",
         "test_lrp_recurrent.py",

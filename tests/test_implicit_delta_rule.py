@@ -234,17 +234,15 @@ def check_moe_neurons(loaded, layer: int, text: str, experts: int, width: int) -
 
 
 @pytest.mark.parametrize("model_type", list(KINDS))
-def test_token_relevance_every_method_and_lrp_refused(tiny_loaded, model_type):
-    """raw / rollout / gradattn read both kinds of layer; ig / gxi the embeddings; no LRP rules for the
-    delta rule, so lrp is a one-line error."""
+def test_token_relevance_every_method(tiny_loaded, model_type):
+    """raw / rollout / gradattn read both kinds of layer; ig / gxi the embeddings; lrp through the delta rule's
+    conservative rules (conservation: tests/test_lrp_delta.py)."""
     loaded = tiny_loaded(model_type)
     length = len(loaded.tokenizer(TEXT).input_ids)
-    for method in (m for m in METHODS if m != "lrp"):
+    for method in METHODS:
         result = token_relevance(loaded, TEXT, method, steps=8)
         assert result.scores.shape == (length,) and torch.isfinite(result.scores).all(), method
         assert result.scores.abs().max() > 0, method
-    with pytest.raises(PrunescopeError, match=r"^lrp \(conservative propagation\) supports transformer, .*models"):
-        token_relevance(loaded, TEXT, "lrp")
 
 
 @pytest.mark.parametrize("model_type", list(KINDS))

@@ -1,7 +1,8 @@
 """MiniMax (lightning attention + softmax attention, a sparse MoE in every layer) as a registered family, on the
 tiny model of ``TINY_FAMILIES``: the lightning layer's matrices against the layer's own output, a float64
 position loop and their closed form; both kinds of layer in one view; the MoE neuron site; the forked cache
-(``MiniMaxCache.linear_cache``) over multi-token continuations and joined rows; gradattn; lrp refused."""
+(``MiniMaxCache.linear_cache``) over multi-token continuations and joined rows; gradattn; every token-relevance
+method."""
 
 from __future__ import annotations
 
@@ -121,14 +122,12 @@ def test_gradattn_equals_differentiable_matrices(tiny_loaded):
         torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-5 * float(expected.abs().max()))
 
 
-def test_token_relevance_every_method_and_lrp_refused(tiny_loaded):
+def test_token_relevance_every_method_and_a_wrong_form(tiny_loaded):
     loaded = tiny_loaded("minimax")
     length = len(loaded.tokenizer(TEXT).input_ids)
-    for method in (m for m in METHODS if m != "lrp"):
+    for method in METHODS:  # lrp's conservation: tests/test_lrp_delta.py
         result = token_relevance(loaded, TEXT, method, steps=8)
         assert result.scores.shape == (length,) and torch.isfinite(result.scores).all(), method
         assert result.scores.abs().max() > 0, method
-    with pytest.raises(PrunescopeError, match=r"^lrp \(conservative propagation\) supports transformer, .*models"):
-        token_relevance(loaded, TEXT, "lrp")
     with pytest.raises(PrunescopeError, match="no 'kda' attention form"):
         attention_maps(loaded, TEXT, form="kda")

@@ -52,10 +52,6 @@ def test_every_family_has_every_field(name):
                                                 "gated_deltanet", "kimi_delta", "minimax", *HYBRIDS))
     if entry.has_softmax_layers:
         assert callable(entry.ops.softmax_maps)
-    # no conservative rules for these mixers yet
-    if name in ("gated_deltanet", "kimi_delta", "minimax"):
-        assert not entry.supports_lrp and entry.lrp is None
-        return
     assert entry.supports_lrp and entry.lrp is not None  # MambaLRP rules for the recurrent families
     assert bool(entry.lrp) is (name != "transformer")  # transformers: softmax and norms only, no mixer rules
 
@@ -93,8 +89,7 @@ def test_forms_and_lrp_families_come_from_the_registry():
                                                       "gated_deltanet": "delta", "kimi_delta": "kda",
                                                       "minimax": "lightning",
                                                       **dict.fromkeys(HYBRIDS, "s6")}
-    assert LRP_FAMILIES == ("transformer", "mamba", "mamba2", "rwkv", "griffin", "mamba2_hybrid", "zamba2", "lfm2",
-                            "xlstm", "jamba", "granitemoehybrid", "nemotron_h")
+    assert LRP_FAMILIES == tuple(FAMILIES)  # every family has conservative rules
 
 
 def test_griffin_recurrent_layers_have_one_definition(tiny_loaded):
