@@ -90,7 +90,7 @@ class SiteNorm:
     norm without centring: F then depends on the scaled site ``alpha a`` only through ``alpha / sqrt(alpha^2
     ms(down a) + eps)`` (analysis/attribution/normalised.py)."""
 
-    down: nn.Module  # a Linear without bias
+    down: nn.Linear  # without bias
     eps: float
 
 
