@@ -1,11 +1,16 @@
 """The adaptive quadrature, the default rule of neuron IG: accurate at every layer, per neuron and in sum, for
-about 7 gradient evaluations per layer on SmolLM2 and 50 on Gemma 3 (bench/ig_bench.py).
+about 7 gradient evaluations per layer on SmolLM2 and 9 on Gemma 3 (bench/ig_bench.py).
+
+Layers whose neurons are RMS-normalised on their way out (Gemma 2/3, OLMo 2: the adapter's ``site_norm``) take
+one round of a rule made for that shape (analysis/attribution/normalised.py): exact in sum, 9 nodes. Every
+other layer goes through the checked rules below.
 
 Most layers' ``F(alpha a)`` is smooth on [0, 1] and ``steps``-node Gauss-Legendre (4 by default) integrates
 it to the float32 floor (~3e-5 completeness error on SmolLM2, as with 8 nodes). Some are not: layer 0 of
 SmolLM2 swings by 8 logits on alpha in [1e-4, 0.05] and oscillates up to 0.4 (the answer position's first MLP
 carries a massive activation), and Gemma 3 normalises every MLP's output, so each layer's F moves only where
-``alpha^2 ms(out) ~ eps``, over alpha ~ 1e-5 .. 0.05, and is flat above. Gauss-Legendre on [0, 1] puts no
+``alpha^2 ms(out) ~ eps``, over alpha ~ 1e-5 .. 0.05, and is flat above (the checked rules took ~50
+evaluations per layer there; the normalised-site rule now takes 9). Gauss-Legendre on [0, 1] puts no
 node there (its first is 0.02): 119 % completeness error at SmolLM2's layer 0 and 87 % median on Gemma with
 8 nodes, 200 % at layer 0 with 20 Riemann steps.
 

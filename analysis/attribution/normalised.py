@@ -2,7 +2,7 @@
 
 With the site scaled, ``down(alpha a) = alpha y`` and the norm's output is ``w * (y / r) * t`` with
 ``r = rms(y)`` and ``t = alpha r / sqrt(alpha^2 r^2 + eps)``: F moves only while ``alpha`` is near
-``alpha* = sqrt(eps) / r`` (1e-4 .. 0.02 on Gemma 3) and is flat above, which Gauss-Legendre on [0, 1] cannot see
+``alpha* = sqrt(eps) / r`` (5e-4 .. 0.02 on Gemma 3) and is flat above, which Gauss-Legendre on [0, 1] cannot see
 (87 % median completeness error with 8 nodes) and which cost the checked composite rule ~50 evaluations per
 layer. Two exact facts make it cheap:
 
