@@ -99,3 +99,29 @@ def test_the_cli_loads_with_a_device_map(tiny_dirs, tiny_loaded, capsys):
         with pytest.raises(SystemExit) as exited:  # argparse's one line, exit 2
             main(["eval", "--model", tiny_dirs["llama"], "--task", "antonyms", option, value])
         assert exited.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model_type", ["zamba2", "zamba"])
+@pytest.mark.parametrize("on_disk", ["half", "all"])
+def test_tied_shared_blocks_offload(tmp_path, model_type, on_disk):
+    """Real Zamba checkpoints tie their shared transformer block across the layers that run it; accelerate
+    indexes the tied weights under one name and failed to load (or fingerprint) a copy under its own name. With
+    the copies on disk and in memory (half) or all on disk: the same fingerprint and logits as the plain model,
+    and the in-memory copy still holds its weights after a forward."""
+    from analysis.models.tiny import build_tiny_model
+
+    path = build_tiny_model(model_type, tmp_path / "m", num_hidden_layers=3,
+                            layers_block_type=["hybrid", "mamba", "hybrid"], tie_word_embeddings=True)
+    plain = load_model(str(path), device="cpu")
+    placement = half_on_disk(plain)
+    if on_disk == "all":
+        placement = {name: "disk" if name.startswith("model.layers") else device for name, device in placement.items()}
+    offloaded = load_model(str(path), device="cpu", device_map=placement)
+    assert offloaded.fingerprint() == plain.fingerprint()
+    ids = torch.tensor([plain.tokenizer("a:1 b:2 | a:").input_ids])
+    with plain.lock, offloaded.lock, torch.no_grad():
+        torch.testing.assert_close(offloaded.model(ids).logits, plain.model(ids).logits, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(offloaded.model(ids).logits, plain.model(ids).logits, rtol=1e-5, atol=1e-5)
+    layer = offloaded.model.model.layers[0]
+    shared = getattr(layer, "shared_transformer", None) or layer.shared_transf  # Zamba2's name, Zamba's
+    assert all(p.device.type != "meta" for p in shared.parameters()) is (on_disk == "half")

@@ -128,6 +128,41 @@ def _offload_hook(module: torch.nn.Module) -> Any:
     return hook if getattr(hook, "offload", False) else None
 
 
+def _mend_tied_offload(model: torch.nn.Module, spec: str) -> None:
+    """Make accelerate's offload hooks work on tied copies (Zamba's shared blocks: one module per layer, the
+    same weights). accelerate indexes a tied weight under one name, yet gives each copy's modules a hook that
+    loads them under their own name (KeyError in the forward) and sets them to meta afterwards. A module whose
+    weights are all in memory (tied to a copy kept on a device) keeps them: its hook stops offloading; one whose
+    weights are on disk under another name reads them from there."""
+    names: dict[int, list[str]] = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        names.setdefault(id(tensor), []).append(name)
+    for _, module in model.named_modules():
+        hook = _offload_hook(module)
+        if hook is None:
+            continue
+        own = dict(module.named_parameters(recurse=hook.place_submodules))
+        own.update(module.named_buffers(recurse=hook.place_submodules))
+        if all(t.device.type != "meta" for t in own.values()):
+            hook.offload = False
+            continue
+        loader, prefix = hook.weights_map.dataset, hook.weights_map.prefix
+        for local, tensor in own.items():
+            key = prefix + local
+            if key in loader.state_dict or key in loader.index:
+                continue
+            source = next((n for n in names.get(id(tensor), []) if n in loader.state_dict or n in loader.index), None)
+            if source is not None and source in loader.index:
+                loader.index[key] = loader.index[source]
+            elif source is not None:
+                loader.state_dict[key] = loader.state_dict[source]
+            elif tensor.device.type != "meta":
+                loader.state_dict[key] = tensor.detach()
+            else:
+                raise ModelLoadError(f"model {spec!r}: the offloaded weight {key} is nowhere on disk")
+            loader.all_keys.append(key)
+
+
 def input_embedding_weight(model: PreTrainedModel) -> torch.Tensor:
     """The input embedding matrix [vocab, H] (every supported model's input embedding has a ``weight``)."""
     weight = model.get_input_embeddings().weight
@@ -142,12 +177,27 @@ def decode_text(tokenizer: PreTrainedTokenizerBase, ids: list[int] | torch.Tenso
 
 def _full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Every weight with its values, also where a device map offloaded some to disk (their parameters are then
-    on the meta device; accelerate loads each module's weights in turn)."""
-    if any(p.device.type == "meta" for p in model.parameters()):
-        from accelerate.utils.modeling import get_state_dict_offloaded_model
-
-        return get_state_dict_offloaded_model(model)
-    return model.state_dict()
+    on the meta device): each offloading module's weights are loaded in turn and every tensor is read once,
+    so a tied copy (Zamba's shared blocks, which accelerate indexes under one name only) takes its values from
+    the copy that holds them instead of failing as accelerate's ``get_state_dict_offloaded_model`` does."""
+    state = model.state_dict(keep_vars=True)
+    if not any(t.device.type == "meta" for t in state.values()):
+        return model.state_dict()
+    values = {id(t): t.detach() for t in state.values() if t.device.type != "meta"}
+    for _, module in model.named_modules(remove_duplicate=False):
+        if _offload_hook(module) is None:
+            continue
+        before = module.state_dict(keep_vars=True)
+        if all(id(t) in values or t.device.type != "meta" for t in before.values()):
+            continue
+        with onloaded(module):
+            loaded = module.state_dict()
+            for name, tensor in before.items():
+                values.setdefault(id(tensor), loaded[name].detach().to("cpu", copy=True))
+    missing = [name for name, t in state.items() if id(t) not in values]
+    if missing:
+        raise ModelLoadError(f"the offloaded weight {missing[0]} could not be read back from disk")
+    return {name: values[id(t)] for name, t in state.items()}
 
 
 PROVENANCE_KEYS = frozenset({"name_or_path", "transformers_version"})
@@ -278,6 +328,7 @@ def load_model(spec: str | os.PathLike = DEFAULT_MODEL, device: str | None = "au
         raise ModelLoadError(f"out of memory loading model {spec!r} on {torch_device}; "
                              "try --device cpu or a smaller dtype") from None
     if placement:  # accelerate placed the layers; inputs start where the embedding lives
+        _mend_tied_offload(model, spec)
         model.eval().requires_grad_(False)
         torch_device = input_embedding_weight(model).device
         if torch_device.type == "meta":
