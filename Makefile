@@ -44,7 +44,7 @@ TEST_WORKERS ?= 2
 test: setup browser
 	$(PY) -m ruff check analysis components app tests bench
 	$(PY) -m mypy analysis components app
-	$(PY) -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+	$(PY) -m pytest --durations=15 $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 # The unit tier only (pure functions; every test module's tier is in tests/conftest.py): under two minutes,
 # a quick check while editing. `make test` still runs every tier.
