@@ -92,7 +92,8 @@ def test_chunked_gguf_is_assembled_in_scratch_and_only_the_dequantized_copy_kept
         "config.json", "model.safetensors", "prunescope.json"]
     assert json.loads((target / "prunescope.json").read_text()) == {"source": GEMMA_REQUIREMENTS[0],
                                                                     "file": "model.gguf"}
-    assert not seen[0].exists() and [p.name for p in (tmp_path / "models").iterdir()] == ["fake-q4"]
+    kept = [p.name for p in (tmp_path / "models").iterdir() if not p.name.endswith(".lock")]  # empty lock file
+    assert not seen[0].exists() and kept == ["fake-q4"]
     monkeypatch.setattr(builtin, "_dequantize", lambda *a: pytest.fail("the cache must be read, not rebuilt"))
     assert builtin.builtin_model_dir("fake") == target
 
@@ -107,7 +108,7 @@ def test_missing_chunk_is_one_line_without_server_paths(monkeypatch, tmp_path):
     message = str(info.value)
     assert message.startswith("the GGUF file of 'fake' could not be read (FileNotFoundError); reinstall it: pip")
     assert "/srv" not in message and "\n" not in message
-    assert list((tmp_path / "models").iterdir()) == []  # the scratch folder is gone
+    assert [p.name for p in (tmp_path / "models").iterdir()] == [".fake-q4.lock"]  # the scratch folder is gone
 
 
 def test_sidebar_picker_shows_real_names_and_keeps_short_values(tmp_path, monkeypatch):
@@ -123,3 +124,30 @@ def test_sidebar_picker_shows_real_names_and_keeps_short_values(tmp_path, monkey
     assert picker.options[:3] == ["SmolLM2-135M-Instruct (default)", "Gemma 3 270M (base)", "toy-griffin"]
     assert picker.value == LOCAL_OPTION  # values stay the short names (deep links, CLI)
     assert app.success[0].value.endswith("(transformer, 3 layers, 192 neurons, cpu, float32)")
+
+
+def test_processes_asking_at_once_dequantize_once(monkeypatch, tmp_path):
+    """Two workers loading the same built-in at once (the test suite's, a host's) wait for one dequantization
+    instead of each spending minutes on it; both get the finished folder."""
+    import threading
+    import time
+
+    monkeypatch.setenv("PRUNESCOPE_CACHE", str(tmp_path))
+    calls = []
+
+    def write(entry, target):
+        calls.append(entry.name)
+        time.sleep(0.3)  # long enough for the other thread to arrive while this one works
+        target.mkdir(parents=True)
+        (target / "model.safetensors").write_bytes(b"x")
+        (target / "config.json").write_text("{}")
+
+    monkeypatch.setattr(builtin, "_write_dequantized", write)
+    found = []
+    threads = [threading.Thread(target=lambda: found.append(builtin.builtin_model_dir("default"))) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert calls == ["default"] and len(found) == 2 and found[0] == found[1]
+    assert (found[0] / "model.safetensors").is_file()
