@@ -67,7 +67,7 @@ def shared_residual(ig: torch.Tensor, shares: torch.Tensor, gap: float) -> torch
     """``ig`` (float32 [neurons], a rule's IG of the layer) with its completeness residual ``gap - sum(ig)``
     added along the shares c: the parallel part exact, the orthogonal part the rule's."""
     residual = gap - float(ig.double().sum())
-    return (ig.double() + shares * residual).to(ig.dtype)
+    return (ig.double() + shares.to(ig.device) * residual).to(ig.dtype)
 
 
 def rule_parts(adapter, quadrature: str) -> dict:
