@@ -172,3 +172,14 @@ def test_a_rule_that_does_not_reproduce_its_module_is_refused(tiny_loaded, monke
         token_relevance(loaded, TEXT, "lrp")
     assert len(str(raised.value).splitlines()) == 1
     assert not any("forward" in m.__dict__ for m in loaded.model.modules())
+
+
+def test_a_gated_norm_without_a_rule_is_refused_in_one_line(tiny_loaded, monkeypatch):
+    """A gated RMSNorm (``y * act(gate)`` inside) is not a plain norm: without its family's rule, one line
+    instead of a TypeError from the plain norm's forward."""
+    loaded = tiny_loaded("mamba2")
+    monkeypatch.delitem(FAMILIES["mamba2"].lrp, "MambaRMSNormGated")
+    with pytest.raises(PrunescopeError, match="no rule for the gated normalisation MambaRMSNormGated") as raised:
+        token_relevance(loaded, TEXT, "lrp")
+    assert len(str(raised.value).splitlines()) == 1
+    assert not any("forward" in m.__dict__ for m in loaded.model.modules())

@@ -32,6 +32,7 @@ Methods (``METHODS``), all batch 1, ``use_cache=False``, under ``loaded.lock``:
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
@@ -267,6 +268,8 @@ def conservative_propagation(loaded: LoadedModel) -> Iterator[None]:
                 elif isinstance(module, nn.LayerNorm):
                     forward = layer_norm_forward(module)
                 elif "rmsnorm" in name.lower() and (hasattr(module, "variance_epsilon") or hasattr(module, "eps")):
+                    if "gate" in inspect.signature(module.forward).parameters:  # y * act(gate): a rule's work
+                        raise PrunescopeError(f"lrp has no rule for the gated normalisation {name}")
                     forward = rms_forward(module)
                 elif "norm" in name.lower() and any(True for _ in module.parameters(recurse=False)):
                     raise PrunescopeError(f"lrp does not know how to detach the normalisation {name}")
