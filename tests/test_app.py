@@ -238,6 +238,8 @@ def test_attribution_page_runs_ig_and_shows_top_neurons(app):
     assert len(top) == 20 and (top.score.abs().diff().dropna() <= 1e-12).all()  # sorted by |score|
     assert app.dataframe[0].value.shape[0] == 20
     assert app.subheader[0].value.startswith("vowel-count, 2-shot")  # the heading names task and settings
+    evaluations = shown["result"].meta["evaluations_per_layer"]  # what the rule spent, not its "steps"
+    assert app.subheader[0].value.endswith(f"the adaptive rule ({evaluations:.1f} evaluations per layer)")
     assert not app.error, [e.value for e in app.error]  # the defaults are all valid choices: no red line
     app.selectbox(key="_w_task").set_value("antonyms").run()  # a change hides the old result and says so
     assert not app.get("plotly_chart") and not app.dataframe

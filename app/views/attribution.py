@@ -79,8 +79,10 @@ if task is not None:
 shown = results.shown("ig_result", key, "attribution", "click Attribute")  # only under its own settings
 if shown:
     result = shown["result"]
-    st.subheader(f"{shown['label']}: {result.target} target, {len(result.inputs)} prompts, {result.steps} "
-                 f"{result.quadrature} steps")
+    evaluations = result.meta.get("evaluations_per_layer")
+    rule = (f"the adaptive rule ({evaluations:.1f} evaluations per layer)" if result.quadrature == "adaptive"
+            and evaluations else f"{result.steps} {result.quadrature} steps")
+    st.subheader(f"{shown['label']}: {result.target} target, {len(result.inputs)} prompts, {rule}")
     st.caption(f"Model run in {dtype_name(loaded.dtype)} on {loaded.placement}; attributions accumulated in "
                f"{dtype_name(result.per_prompt.dtype)}.")
     with present.controls("Colour scale"):
