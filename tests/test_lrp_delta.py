@@ -22,24 +22,15 @@ from analysis.implicit_attention.delta_rule import recurrence_loop
 from analysis.models import load_model
 from analysis.models.hooks import hook_scope
 from analysis.models.tiny import build_tiny_model
+from tests.test_lrp_recurrent import TEXT, _ids, _logit, retaining
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TEXT = "a:3 b:5 c:1 d:7 | b:5 a:"
 TYPES = ["qwen3_next", "kimi_linear", "minimax"]
 # MoE variants (the released models' layout) with biases on the attention projections
 MOE = {"qwen3_next": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=8, attention_bias=True),
        "kimi_linear": dict(mlp_layer_types=["dense", "sparse", "dense"], num_experts=4, num_experts_per_tok=2,
                            moe_intermediate_size=8, attention_bias=True)}
-
-
-def _ids(loaded):
-    return torch.tensor([loaded.tokenizer(TEXT).input_ids])
-
-
-def _logit(loaded, target):
-    with loaded.lock, torch.no_grad():
-        return float(loaded.model(_ids(loaded), use_cache=False).logits[0, -1, target])
 
 
 @pytest.fixture(scope="module")
@@ -115,12 +106,7 @@ def _value_relevance(loaded, layer: int, target: int) -> tuple[torch.Tensor, tor
     seen: dict[str, torch.Tensor] = {}
 
     def keep(name, output):
-        def hook(module, args, *out):
-            tensor = out[0] if output else args[0]
-            if tensor.requires_grad:  # not the replacement checks' probes
-                seen[name] = tensor
-                tensor.retain_grad()
-        return hook
+        return retaining(seen, name, output)
 
     with loaded.lock, hook_scope(loaded.model) as add, torch.enable_grad():
         add(source, keep("source", output=True))

@@ -19,21 +19,12 @@ from analysis.implicit_attention.xlstm import capture_xlstm, xlstm_matrices
 from analysis.models import load_model
 from analysis.models.hooks import hook_scope
 from analysis.models.tiny import build_tiny_model
+from tests.test_lrp_recurrent import TEXT, _ids, _logit, retaining
 
-TEXT = "a:3 b:5 c:1 d:7 | b:5 a:"
 MODEL_TYPES = ["lfm2", "xlstm"]
 BIASED = {"lfm2": {"conv_bias": True}, "xlstm": {"use_bias": True}}  # the tiny models have no biases otherwise
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _ids(loaded):
-    return torch.tensor([loaded.tokenizer(TEXT).input_ids])
-
-
-def _logit(loaded, target):
-    with loaded.lock, torch.no_grad():
-        return float(loaded.model(_ids(loaded), use_cache=False).logits[0, -1, target])
 
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
@@ -94,12 +85,7 @@ def _lrp_backward(loaded, taps):
     seen: dict[str, torch.Tensor] = {}
 
     def keep(name, output):
-        def hook(module, args, *out):
-            tensor = out[0] if output else args[0]
-            if tensor.requires_grad:  # not the replacement checks' probes
-                seen[name] = tensor
-                tensor.retain_grad()
-        return hook
+        return retaining(seen, name, output)
 
     target = top_prediction(loaded, _ids(loaded))
     with loaded.lock, hook_scope(loaded.model) as add, torch.enable_grad():

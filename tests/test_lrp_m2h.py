@@ -16,8 +16,8 @@ from analysis.implicit_attention import conservative_m2h
 from analysis.implicit_attention.conservative import Rule
 from analysis.models import load_model
 from analysis.models.tiny import build_tiny_model
+from tests.test_lrp_recurrent import TEXT, _ids, _logit
 
-TEXT = "a:3 b:5 c:1 d:7 | b:5 a:"
 HYBRIDS = ["bamba", "falcon_h1", "granitemoehybrid", "nemotron_h"]
 # every bias the configs offer switched on (the tiny models have only the conv's), Falcon-H1 also with its
 # optional gated RMSNorm in the mixer
@@ -29,15 +29,6 @@ BIASED = {"bamba": dict(attention_bias=True, mamba_proj_bias=True, mlp_bias=True
           "nemotron_h": dict(attention_bias=True, use_bias=True, mlp_bias=True)}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _ids(loaded):
-    return torch.tensor([loaded.tokenizer(TEXT).input_ids])
-
-
-def _logit(loaded, target):
-    with loaded.lock, torch.no_grad():
-        return float(loaded.model(_ids(loaded), use_cache=False).logits[0, -1, target])
 
 
 @pytest.mark.parametrize("model_type", HYBRIDS)

@@ -34,6 +34,17 @@ def _logit(loaded, target):
         return float(loaded.model(_ids(loaded), use_cache=False).logits[0, -1, target])
 
 
+def retaining(seen: dict, name: str, output: bool = False):
+    """A hook keeping the module's output (or input) as ``seen[name]`` with its gradient retained, from the LRP
+    pass only (the replacement checks' random probes carry no gradient)."""
+    def hook(module, args, *out):
+        tensor = out[0] if output else args[0]
+        if tensor.requires_grad:
+            seen[name] = tensor
+            tensor.retain_grad()
+    return hook
+
+
 @pytest.mark.parametrize("model_type", RECURRENT)
 def test_relevance_sums_to_the_logit(tiny_loaded, model_type):
     """The tiny models' biases on the relevance path are all zero (the time-step and gate biases are not, but
@@ -122,12 +133,7 @@ def test_mambas_relevance_flows_through_its_implicit_attention(tiny_loaded):
     seen: dict[str, torch.Tensor] = {}
 
     def keep(name, output=False):
-        def hook(module, args, *out):
-            tensor = out[0] if output else args[0]
-            if tensor.requires_grad:  # not the replacement checks' probes
-                seen[name] = tensor
-                tensor.retain_grad()
-        return hook
+        return retaining(seen, name, output)
 
     with loaded.lock, hook_scope(loaded.model) as add, torch.enable_grad():
         add(mixer.in_proj, keep("in_proj", output=True))

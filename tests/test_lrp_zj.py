@@ -19,8 +19,8 @@ from analysis.implicit_attention.mamba import capture_mamba, mamba_loop_matrices
 from analysis.models import load_model
 from analysis.models.hooks import hook_scope
 from analysis.models.tiny import build_tiny_model
+from tests.test_lrp_recurrent import TEXT, _ids, _logit, retaining
 
-TEXT = "a:3 b:5 c:1 d:7 | b:5 a:"
 MODEL_TYPES = ["zamba", "zamba2", "jamba"]
 # variants that reach every rule and carry biases: Zamba's in/out_proj biases; Zamba2's attention and MLP LoRA
 # adapters with two shared blocks (each hybrid layer its own) and Linear biases; Jamba's dense MLP (layer 1)
@@ -30,15 +30,6 @@ VARIANTS = {"zamba": dict(mamba_proj_bias=True),
             "jamba": dict(expert_layer_period=2, mamba_proj_bias=True)}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _ids(loaded):
-    return torch.tensor([loaded.tokenizer(TEXT).input_ids])
-
-
-def _logit(loaded, target):
-    with loaded.lock, torch.no_grad():
-        return float(loaded.model(_ids(loaded), use_cache=False).logits[0, -1, target])
 
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
@@ -118,12 +109,7 @@ def test_zambas_relevance_flows_through_its_implicit_attention(tiny_loaded, laye
     seen: dict[str, torch.Tensor] = {}
 
     def keep(name, output=False):
-        def hook(module, args, *out):
-            tensor = out[0] if output else args[0]
-            if tensor.requires_grad:  # not the replacement checks' probes
-                seen[name] = tensor
-                tensor.retain_grad()
-        return hook
+        return retaining(seen, name, output)
 
     with loaded.lock, hook_scope(loaded.model) as add, torch.enable_grad():
         add(mixer.in_proj, keep("in_proj", output=True))
