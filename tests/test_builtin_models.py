@@ -151,3 +151,31 @@ def test_processes_asking_at_once_dequantize_once(monkeypatch, tmp_path):
         thread.join()
     assert calls == ["default"] and len(found) == 2 and found[0] == found[1]
     assert (found[0] / "model.safetensors").is_file()
+
+
+def test_a_gguf_file_is_parsed_once_while_dequantizing(monkeypatch, tmp_path):
+    """transformers opens the GGUF file for the config, the weights and the tokenizer: one parse serves all
+    three (Gemma 3: 55 s instead of 110 s), and the reader is gguf's own again afterwards."""
+    import gguf
+
+    opened = []
+
+    class Reader:
+        def __init__(self, path, mode="r"):
+            opened.append((str(path), mode))
+
+    monkeypatch.setattr(gguf, "GGUFReader", Reader)
+    seen = []
+
+    def from_pretrained(folder, gguf_file, **_):
+        first, second = gguf.GGUFReader(folder / gguf_file), gguf.GGUFReader(str(folder / gguf_file))
+        seen.append(first is second)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained", from_pretrained)
+    with pytest.raises(RuntimeError, match="stop here"):
+        builtin._dequantize(tmp_path / "model.gguf", tmp_path / "out", {})
+    assert seen == [True] and opened == [(str(tmp_path / "model.gguf"), "r")]
+    assert gguf.GGUFReader is Reader
+    gguf.GGUFReader(tmp_path / "model.gguf")
+    assert len(opened) == 2  # outside, every open parses again
