@@ -343,3 +343,24 @@ def test_gradattn_on_a_one_token_text_is_a_one_line_error(tiny_loaded, model_typ
     text = next(t for t in ("a", "x", "1", " ") if len(prompt_ids(loaded, t)) == 1)
     with pytest.raises(PrunescopeError, match="gradattn needs a text of at least 2 tokens"):
         token_relevance(loaded, text, "gradattn")
+
+
+def test_xlstm_past_its_gradient_chunk_is_a_one_line_error(tiny_loaded, monkeypatch):
+    """transformers' xLSTM runs a prompt longer than ``max_inference_chunksize`` in chunks under no_grad: the
+    gradient methods name that limit instead of failing inside torch; shorter texts and raw maps still run."""
+    from analysis.attribution.answer_tokens import attribute_answer
+    from analysis.errors import PromptTooLongError
+
+    loaded = tiny_loaded("xlstm")
+    n = len(prompt_ids(loaded, TEXT))
+    monkeypatch.setattr(loaded.model.config, "max_inference_chunksize", n - 1)
+    for method in ("gxi", "ig", "lrp", "gradattn"):
+        with pytest.raises(PromptTooLongError, match=f"{method} needs gradients through all {n} tokens; xlstm "
+                                                     f"passes gradients through at most {n - 1}"):
+            token_relevance(loaded, TEXT, method)
+    with pytest.raises(PromptTooLongError, match="at most"):
+        attribute_answer(loaded, TEXT, "gxi", source="gold", gold="5")
+    assert token_relevance(loaded, TEXT, "raw").scores.isfinite().all()
+    monkeypatch.setattr(loaded.model.config, "max_inference_chunksize", n)
+    scores = token_relevance(loaded, TEXT, "gxi").scores
+    assert scores.isfinite().all() and scores.abs().sum() > 0

@@ -73,7 +73,8 @@ def attribute_answer(loaded: LoadedModel, prompt_text: str, method: str = "gxi",
         steps: IG's nodes.
 
     Raises:
-        PrunescopeError: an unknown method or source, an empty answer, LRP on a family without it.
+        PrunescopeError: an unknown method or source, an empty answer, LRP on a family without it, a text
+            longer than the model's gradients pass (xLSTM).
     """
     if method not in ANSWER_METHODS:
         raise PrunescopeError(f"per-token attribution uses {', '.join(ANSWER_METHODS)}, not {method!r}")
@@ -93,6 +94,7 @@ def attribute_answer(loaded: LoadedModel, prompt_text: str, method: str = "gxi",
     if not answer:
         raise PrunescopeError("the model's answer is empty (it starts with the delimiter)")
     width = len(ids) + len(answer) - 1
+    relevance.check_gradient_length(loaded, width, method)
     scores = torch.full((len(answer), width), float("nan"))
     logits, deltas = [], []
     for s, target in enumerate(answer):

@@ -52,6 +52,7 @@ from analysis.models.hooks import hook_scope
 from analysis.models.loader import LoadedModel, decode_text, onloaded
 
 METHODS = ("raw", "rollout", "gradattn", "ig", "gxi", "lrp")
+GRADIENT_METHODS = ("gradattn", "ig", "gxi", "lrp")
 LRP_FAMILIES = tuple(name for name, entry in FAMILIES.items() if entry.supports_lrp)
 PROBE, CONSERVATIVE = "prunescope_probe", "prunescope_conservative"  # registered attention implementations
 _STATE = threading.local()  # per-thread recorder of (module, probs) while PROBE runs
@@ -87,7 +88,8 @@ def token_relevance(loaded: LoadedModel, text: str, method: str, target_id: int 
         A :class:`TokenRelevance`: one score per token, the tokens and the target.
 
     Raises:
-        PrunescopeError: an unknown method, LRP on a family without it, fewer than 1 IG step.
+        PrunescopeError: an unknown method, LRP on a family without it, fewer than 1 IG step, a text
+            longer than the model's context or than its gradients pass (xLSTM).
 
     Example::
 
@@ -104,6 +106,8 @@ def token_relevance(loaded: LoadedModel, text: str, method: str, target_id: int 
     if method == "ig" and int(steps) < 1:
         raise PrunescopeError(f"ig needs at least 1 step (got {steps})")
     ids = prompt_ids(loaded, text)
+    if method in GRADIENT_METHODS:
+        check_gradient_length(loaded, len(ids), method)
     if method == "gradattn" and len(ids) < 2:  # one position: no attention to weigh (block_tree raised here)
         raise PrunescopeError(f"gradattn needs a text of at least 2 tokens; {text[:40]!r} is {len(ids)}")
     delta = None
@@ -134,6 +138,15 @@ def prompt_ids(loaded: LoadedModel, text: str) -> list[int]:
     if limit is not None and len(ids) > limit:
         raise PromptTooLongError(f"text of {len(ids)} tokens exceeds the model's context of {limit}")
     return ids
+
+
+def check_gradient_length(loaded: LoadedModel, tokens: int, method: str) -> None:
+    """A one-line error where ``method``'s gradient could not flow through ``tokens`` tokens (xLSTM runs longer
+    prompts without gradients)."""
+    limit = loaded.adapter.gradient_context()
+    if limit is not None and tokens > limit:
+        raise PromptTooLongError(f"{method} needs gradients through all {tokens} tokens; {loaded.family} passes "
+                                 f"gradients through at most {limit}")
 
 
 def _check_target(loaded: LoadedModel, target_id) -> int:

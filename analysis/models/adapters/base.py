@@ -185,6 +185,10 @@ class ModelAdapter:
                 return int(getattr(cfg, key))
         return None
 
+    def gradient_context(self) -> int | None:
+        """Longest prompt a gradient can flow through in one forward (None: only memory limits it)."""
+        return self.max_context()
+
     def layer_chunk_multiple(self) -> int:
         """Continuations may only start at layers that are multiples of this."""
         return 1

@@ -63,6 +63,10 @@ class XlstmAdapter(ModelAdapter):
     def max_context(self) -> int | None:
         return None
 
+    def gradient_context(self) -> int | None:
+        """transformers runs longer prompts in chunks under ``no_grad``: no gradient reaches the input."""
+        return int(self.model.config.max_inference_chunksize)
+
     def _cache_from(self, output):
         return output.cache_params
 
