@@ -184,3 +184,24 @@ def test_cache_round_trip_keeps_widths_and_padding(ragged, result):
     assert back.widths == WIDTHS
     assert torch.equal(back.per_prompt.nan_to_num(7.0), result.per_prompt.nan_to_num(7.0))
     _assert_padding(back.per_prompt)
+
+
+def test_a_genuine_nan_is_an_error_not_padding(ragged, tiny_dirs):
+    """NaN marks layer 0's missing neurons (selections skip it, sums read 0), so a real neuron's NaN must stop
+    the run with one line instead of vanishing from masks and sums."""
+    from analysis.attribution.neuron_ig import _check_finite
+
+    ig = torch.full((2, 64), float("nan"))
+    for layer, width in enumerate(WIDTHS):
+        ig[layer, :width] = 0.5
+    _check_finite(ragged, ig, 1.0, 0)  # padding only: fine
+    ig[0, 3] = float("nan")
+    with pytest.raises(PrunescopeError, match="neuron IG of prompt 3 is not finite at layer\\(s\\) 0 \\(F = 1\\): "
+                                              "the model's float32 forward gives NaN or inf there"):
+        _check_finite(ragged, ig, 1.0, 2)
+
+    broken = load_model(tiny_dirs["llama"], device="cpu")  # its own copy: the suite's stays intact
+    with torch.no_grad():
+        broken.model.model.layers[1].mlp.down_proj.weight[:, 3] = float("nan")
+    with pytest.raises(PrunescopeError, match="neuron IG of prompt 1 is not finite .*F = nan"):
+        neuron_ig(broken, prepare_inputs(broken, copying_prompts(1), "copy"))

@@ -24,6 +24,7 @@ models, so equal-width results and their cache entries are as before). Every sel
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -148,6 +149,7 @@ def neuron_ig(loaded: LoadedModel, inputs: Sequence[AttributionInput], steps: in
                         width = len(layer_shares)
                         ig[layer, :width] = shared_residual(ig[layer, :width], layer_shares,
                                                             f - float(f_zero[layer]))
+        _check_finite(loaded, ig, f, i)
         rows.append(ig)
         clean.append(f)
         zeros.append(f_zero)
@@ -160,6 +162,18 @@ def neuron_ig(loaded: LoadedModel, inputs: Sequence[AttributionInput], steps: in
             **ragged_meta(loaded)}
     return NeuronIGResult(per_prompt, list(inputs), inputs[0].target.kind, steps, rule, f_clean, meta=meta,
                           delta=completeness_delta(per_prompt, f_clean, torch.stack(zeros)))
+
+
+def _check_finite(loaded: LoadedModel, ig: torch.Tensor, f_clean: float, prompt: int) -> None:
+    """A one-line error where a prompt's F or a real neuron's IG is NaN or infinite (an overflowing forward in
+    half precision, a broken checkpoint): NaN also marks the neurons a narrower layer lacks, which selections
+    skip and sums read as 0, so a genuine one must not get that far."""
+    widths = loaded.adapter.neuron_counts()
+    bad = [layer for layer, width in enumerate(widths) if not torch.isfinite(ig[layer, :width]).all()]
+    if bad or not math.isfinite(f_clean):
+        where = f"at layer(s) {', '.join(map(str, bad[:5]))}{' ...' if len(bad) > 5 else ''}" if bad else "in F"
+        raise PrunescopeError(f"neuron IG of prompt {prompt + 1} is not finite {where} (F = {f_clean:.4g}): the "
+                              f"model's {str(loaded.dtype).removeprefix('torch.')} forward gives NaN or inf there")
 
 
 def completeness_delta(per_prompt: torch.Tensor, f_clean: torch.Tensor, f_zero: torch.Tensor) -> torch.Tensor:
