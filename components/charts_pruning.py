@@ -63,6 +63,12 @@ def pruning_bars(summary: pd.DataFrame, title: str = "") -> go.Figure:
     return fig
 
 
+def points(share: pd.Series) -> pd.Series:
+    """A change in shares as percentage points, with float noise (-5.6e-15 from 0.1 + 0.2 - 0.3) and negative
+    zero read as 0, so a hover never says "-0.0 points" for no change."""
+    return (100 * share.astype(float)).round(9) + 0.0
+
+
 def interval_bars(value: pd.Series, low: pd.Series, high: pd.Series, thickness: float) -> dict:
     """Plotly error bars drawing [low, high] around ``value`` (a 95 % interval, not symmetric)."""
     return dict(type="data", symmetric=False, array=(high - value).tolist(), arrayminus=(value - low).tolist(),
@@ -85,8 +91,8 @@ def change_forest(summary: pd.DataFrame, title: str = "") -> go.Figure:
             column = f"d_{metric}_vs_{against}"
             if column not in summary:
                 continue
-            delta = 100 * summary[column].astype(float)
-            low, high = 100 * summary[f"{column}_lo"], 100 * summary[f"{column}_hi"]
+            delta = points(summary[column])
+            low, high = points(summary[f"{column}_lo"]), points(summary[f"{column}_hi"])
             shift = FOREST_OFFSET if against == "random" else -FOREST_OFFSET  # the y axis runs downwards
             fig.add_trace(go.Scatter(
                 x=delta, y=[row + shift for row in range(len(labels))], text=labels, mode="markers", name=name,
@@ -121,8 +127,8 @@ def shot_sweep_chart(summary: pd.DataFrame, title: str = "") -> go.Figure:
             column = f"d_{metric}_vs_{against}"
             if column not in average or average[column].isna().all():
                 continue
-            delta = 100 * average[column].astype(float)
-            low, high = 100 * average[f"{column}_lo"], 100 * average[f"{column}_hi"]
+            delta = points(average[column])
+            low, high = points(average[f"{column}_lo"]), points(average[f"{column}_hi"])
             fig.add_trace(go.Scatter(
                 x=shots, y=delta, mode="lines+markers", name=name, legendgroup=name, showlegend=col == 1,
                 line=dict(color=colour, width=2, dash="dot" if against == "random" else "solid"),
@@ -146,16 +152,16 @@ def k_sweep_chart(sweep) -> go.Figure:
     fig = go.Figure()
     for task, rows in table[table.task != "average"].groupby("task", sort=False):
         rows = rows.sort_values("k")
-        fig.add_trace(go.Scatter(x=rows.k.astype(str), y=100 * rows.d_accuracy, mode="lines", name=f"{task}",
+        fig.add_trace(go.Scatter(x=rows.k.astype(str), y=points(rows.d_accuracy), mode="lines", name=f"{task}",
                                  line=dict(width=1), opacity=0.5, visible="legendonly",
                                  hovertemplate=f"{task}<br>k=%{{x}}: %{{y:+.1f}} accuracy points<extra></extra>"))
     for metric, name, colour, dash in (("accuracy", "accuracy (average)", "#15803d", "solid"),
                                        ("copy_error_rate", "copy errors (average)", "#c2410c", "dash")):
-        delta = 100 * average[f"d_{metric}"]
+        delta = points(average[f"d_{metric}"])
         fig.add_trace(go.Scatter(
             x=average.k.astype(str), y=delta, mode="lines+markers", name=name, line=dict(color=colour, dash=dash),
-            error_y=dict(type="data", symmetric=False, array=(100 * average[f"d_{metric}_hi"] - delta).tolist(),
-                         arrayminus=(delta - 100 * average[f"d_{metric}_lo"]).tolist()),
+            error_y=dict(type="data", symmetric=False, array=(points(average[f"d_{metric}_hi"]) - delta).tolist(),
+                         arrayminus=(delta - points(average[f"d_{metric}_lo"])).tolist()),
             hovertemplate=f"{name}<br>k=%{{x}}: %{{y:+.1f}} points<extra></extra>"))
     fig.add_hline(y=0, line_color="#18181b", line_width=1)
     if sweep.chosen:

@@ -6,6 +6,7 @@ dark text."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from components.charts import attention_heatmap, neuron_heatmap
@@ -114,3 +115,19 @@ def test_a_slides_figures_have_large_dark_labels():
                 assert trace.colorbar.tickfont.size >= 16 and trace.colorbar.tickfont.color == SLIDE_INK
     crowded = slide_figure(attention_heatmap(_softmax(60).tolist(), TOKENS))
     assert crowded.layout.xaxis.tickfont.size == 10 and crowded.layout.xaxis.tickfont.color == SLIDE_INK
+
+
+def test_no_change_is_zero_points_not_minus_zero():
+    """A paired change that is zero up to float noise (0.3 - (0.1 + 0.2) = -5.6e-17) or negative zero is drawn
+    and hovered as 0, never "-0.0 points"; real changes stay as they were."""
+    import math
+
+    from components.charts_pruning import points
+
+    drawn = points(pd.Series([0.3 - (0.1 + 0.2), -0.0, -0.025, 0.5]))
+    assert [math.copysign(1, v) for v in drawn[:2]] == [1, 1] and list(drawn) == [0.0, 0.0, -2.5, 50.0]
+    summary = _paired_summary()
+    summary["d_accuracy_vs_baseline"] = 0.3 - (0.1 + 0.2)
+    fig = change_forest(summary)
+    trace = next(t for t in fig.data if t.name == "vs unpruned" and t.xaxis == "x")
+    assert all(math.copysign(1, x) == 1 and x == 0 for x in trace.x)
