@@ -169,3 +169,26 @@ def test_a_slides_charts_have_large_dark_tick_labels(monkeypatch):
             assert layout[axis]["tickfont"] == {"size": 16, "color": "#18181b"}, (key, axis)
         assert specs[key]["data"][0]["colorbar"]["tickfont"]["size"] == 16
     assert specs["attn_chart"]["data"][0]["zmin"] == 0  # softmax weights: a scale from 0, not -1..1
+
+
+def test_a_slide_keeps_every_input_behind_its_toolbar_buttons(monkeypatch):
+    """In presentation mode the attention page's inputs (the relevance methods too) sit in the toolbar's
+    popovers, so the slide shows figures, not a form."""
+    monkeypatch.setenv("PRUNESCOPE_MODEL", "toy-transformer")
+    at = AppTest.from_file(str(MAIN), default_timeout=TIMEOUT)
+    at.query_params.update({"page": "attention", "present": "1"})
+    _ok(at.run())
+    inputs = ("text_area", "text_input", "selectbox", "multiselect", "number_input", "toggle", "button")
+    found: list[tuple[str, bool]] = []
+
+    def walk(node, inside: bool) -> None:
+        kind = getattr(node, "type", None)
+        if kind in inputs:
+            found.append((node.key, inside))
+        children = getattr(node, "children", None)
+        for child in children.values() if isinstance(children, dict) else ():
+            walk(child, inside or kind == "popover")
+
+    walk(at.main, False)
+    assert "rel_methods" in dict(found) and len(found) >= 10
+    assert [key for key, inside in found if not inside] == []

@@ -137,8 +137,9 @@ st.subheader("Token relevance")
 methods = [m for m in METHODS if m != "lrp" or loaded.family in LRP_FAMILIES]
 state.put("rel_methods", ",".join(m for m in str(state.get("rel_methods")).split(",")  # another family's
                                   if m in methods or m not in METHODS))  # methods leave quietly, unknown ones say so
-chosen = state.bound(st.multiselect, "Methods", "rel_methods", widget_key="rel_methods", options=methods,
-                     help="relevance of each token for the model's top next-token prediction")
+with present.controls("Relevance methods"):  # on a slide, behind a button like the page's other inputs
+    chosen = state.bound(st.multiselect, "Methods", "rel_methods", widget_key="rel_methods", options=methods,
+                         help="relevance of each token for the model's top next-token prediction")
 if chosen:
     with guarded("token relevance"):
         queries = {m: RelevanceQuery(text, m, form) for m in chosen}
