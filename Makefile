@@ -38,13 +38,14 @@ browser:
 	     --no-install-recommends chromium; then :; else echo "note: chromium not installed; the browser test will skip"; fi; }
 
 # pytest runs on TEST_WORKERS processes (pytest-xdist), each test module on one of them (--dist loadfile keeps a
-# module's fixtures in one process); each process takes its share of the cores (tests/conftest.py).
+# module's fixtures in one process, longest modules first: tests/conftest.py); each process takes its share
+# of the cores.
 # TEST_WORKERS=0 runs everything in this process.
 TEST_WORKERS ?= 2
 test: setup browser
 	$(PY) -m ruff check analysis components app tests bench
 	$(PY) -m mypy analysis components app
-	$(PY) -m pytest --durations=15 $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+	$(PY) -m pytest --durations=15 $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 # The unit tier only (pure functions; every test module's tier is in tests/conftest.py): under two minutes,
 # a quick check while editing. `make test` still runs every tier.

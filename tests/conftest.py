@@ -158,11 +158,25 @@ TIER_OF = {module: tier for tier, modules in TIERS.items() for module in modules
 TESTS = Path(__file__).resolve().parent
 
 
+# `make test` hands whole modules to its two workers in collection order (--no-loadscope-reorder), one as a worker
+# runs out: these longest ones first, so none of them starts last and runs alone. The two real models' modules
+# lead, each dequantizing its model beside the other; the shipped-results check, which needs both, follows.
+LONGEST_FIRST = ("test_gemma3_model.py", "test_default_model.py", "test_shipped_results.py", "test_browser.py",
+                 "test_ray_app.py", "test_ray.py")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Mark every test with its module's tier; a module in no tier is an error, so none runs untiered."""
+    """Mark every test with its module's tier (a module in no tier is an error, so none runs untiered), and
+    order modules longest first: ``LONGEST_FIRST``, then by test count (xdist's own order)."""
     ours = [item for item in items if item.path.parent == TESTS]
     missing = sorted({item.path.name for item in ours} - TIER_OF.keys())
     if missing:
         raise pytest.UsageError(f"tests/conftest.py: give {', '.join(missing)} a tier in TIERS")
     for item in ours:
         item.add_marker(getattr(pytest.mark, TIER_OF[item.path.name]))
+    counts: dict[Path, int] = {}
+    for item in items:
+        counts[item.path] = counts.get(item.path, 0) + 1
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: (rank.get(item.path.name, len(rank)), -counts[item.path]))  # stable: a module's
+    # tests keep their order
