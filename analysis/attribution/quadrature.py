@@ -11,8 +11,8 @@ from analysis.errors import PrunescopeError, check_choice
 
 Quadrature = Literal["adaptive", "riemann", "gauss-legendre"]
 QUADRATURES: tuple[Quadrature, ...] = get_args(Quadrature)
-# what one prompt of the adaptive rule costs, in prompt-steps of a fixed rule: it took 0.8x the time of
-# Riemann-20 on SmolLM2 and more on Gemma 3 (bench/ig_bench.py), so 20 errs on the cheap side for SmolLM2
+# what one prompt of the adaptive rule costs, in prompt-steps of a fixed rule: it takes 0.8-0.9x the time of
+# Riemann-20 on SmolLM2 and 0.57x on Gemma 3 (bench/ig_bench.py), so 20 errs on the expensive side
 ADAPTIVE_COST_STEPS = 20
 
 
