@@ -38,16 +38,17 @@ the line names the session whose numbers it shows, if any); a red line, an excep
 shows its result counts as an error. Meanwhile a thread polls the health check every 0.5 s. One line per
 session, then a summary and the last line:
 ``sessions=<N> errors=<e> health_p99_s=<x> kinds=<k> mixed_results=<0|1>``.
+
+Beside this script: load_bench_session.py (a session and the page's number formats), load_bench_pages.py (the
+browser side) and load_bench_expect.py (the library's numbers and the verdict).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import os
 import random
-import re
 import socket
 import subprocess
 import sys
@@ -55,95 +56,22 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlencode
 
 import torch
 
-from analysis.attention import FORMS, attention_maps
-from analysis.attribution import attribute_task
-from analysis.attribution.summary import top_neurons
-from analysis.attribution.tokens import LRP_FAMILIES, METHODS, token_relevance
-from analysis.demo import PRUNE_CONTROLS, PRUNE_TASKS, pruning_tasks
-from analysis.evaluation import evaluate_task
-from analysis.evaluation.faithfulness import faithfulness
-from analysis.evaluation.task_vectors import task_vectors
+from analysis.attribution.tokens import LRP_FAMILIES, METHODS
 from analysis.models import LoadedModel, load_model
 from analysis.pruning import NeuronMask
-from analysis.pruning.evaluate import prune_eval
-from analysis.tasks import builtin_tasks
-from components.charts import visible_token
+from load_bench_expect import EXPECT, verdict  # bench/ is on the path when a bench runs as a script
+from load_bench_pages import run_sessions
+from load_bench_session import SHOTS, Session
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
-SHOTS = 2
 # (kind, with a mask): session i runs VARIANTS[i % len(VARIANTS)]
 VARIANTS = (("prune", True), ("evaluate", False), ("compare", True), ("attribution", False),
             ("task-vectors", False), ("task-vectors", True), ("attention", False), ("faithfulness", False))
 TASKS = ("next-letter", "list-first", "prev-letter", "list-last", "antonyms", "to-upper")  # the toy: 30-100 %
-PAGES = {"prune": "pruning", "evaluate": "evaluate", "compare": "compare", "attribution": "attribution",
-         "task-vectors": "task-vectors", "attention": "attention", "faithfulness": "attention"}
-BUTTONS = {"evaluate": "Evaluate", "compare": "Compare", "attribution": "Attribute",
-           "task-vectors": "Run task vectors", "faithfulness": "Run faithfulness"}
-PRUNE_VERDICTS = ("Against the unpruned model", "Against random masks")  # red when pruning costs accuracy
-RED = '[data-testid="stAlertContentError"], [data-testid="stException"]'
-PLOTS_JS = """() => {
-  const plain = v => (Array.isArray(v) || ArrayBuffer.isView(v)) ? Array.from(v, plain) : v;
-  return Array.from(document.querySelectorAll('.js-plotly-plot'), g => ({
-    title: (g.layout && g.layout.title && g.layout.title.text) || '',
-    traces: (g.data || []).map(t => ({name: t.name || '', mode: t.mode || '', x: plain(t.x || null),
-                                      y: plain(t.y || null), z: plain(t.z || null),
-                                      customdata: plain(t.customdata || null)}))}));
-}"""
-TABLE_JS = """frame => {
-  const table = frame.querySelector('table');
-  if (!table) return null;
-  return {columns: Array.from(table.querySelectorAll('thead th'), th => th.textContent),
-          rows: Array.from(table.querySelectorAll('tbody tr'),
-                           tr => [Number(tr.getAttribute('aria-rowindex')) - 2,
-                                  Array.from(tr.querySelectorAll('td'), td => td.textContent)])};
-}"""
-
-class NotDrawn(RuntimeError):
-    """A chart or table the result comes with is not drawn yet (Plotly and the data grid draw after the script's
-    run, later under load): read again."""
-
-
-Values = dict[str, str]  # what one session shows (or should show): label -> value as the page writes it
-TABLE = "table: "  # a label from a data grid, which draws only the rows in view: one it did not draw is not compared
-
-
-def pct(value) -> str:
-    return f"{float(value):.1%}"
-
-
-def cell(value) -> str:
-    """A float as st.dataframe draws it: at most 4 decimals, trailing zeros dropped (the grid's accessible text
-    holds the full value)."""
-    number = float(value)
-    if math.isnan(number):
-        return "nan"
-    text = f"{number:.4f}".rstrip("0").rstrip(".")
-    return "0" if text in ("-0", "") else text
-
-
-@dataclass
-class Session:
-    index: int
-    kind: str
-    model: str
-    mask: NeuronMask | None
-    params: dict[str, str | int]
-    beside: str = ""  # attention: the model whose map the page shows beside (none: "")
-    shown: Values | None = None
-    errors: list[str] = field(default_factory=list)
-    seconds: float | None = None
-    redraws: int = 0  # reads that found a chart or table not drawn yet
-
-    def link(self, url: str) -> str:
-        return f"{url}/?" + urlencode({"page": PAGES[self.kind], **self.params})
 
 
 def free_port() -> int:
@@ -212,329 +140,6 @@ def poll_health(url: str, stop: threading.Event, latencies: list[float], failure
         except OSError as exc:
             failures.append(type(exc).__name__)
         stop.wait(0.5)
-
-
-# -- reading what a page shows ------------------------------------------------------------------------------
-async def idle(page, timeout_s: float) -> None:
-    """Until the script run has finished (Streamlit shows its running indicator meanwhile)."""
-    await page.wait_for_timeout(300)
-    await page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')",
-                                 timeout=timeout_s * 1000)
-
-
-async def red_lines(page, kind: str) -> list[str]:
-    texts = await page.locator(RED).all_inner_texts()
-    return [t.strip()[:160] for t in texts if not (kind == "prune" and any(v in t for v in PRUNE_VERDICTS))]
-
-
-async def wait_ready(page, ready, session: Session, deadline: float) -> None:
-    """Until ``ready`` shows; gives up early when the page has finished its run with a red line and no result
-    (a refused or failed job: nothing more will come)."""
-    stalled = 0
-    while not (await ready.count() and await ready.first.is_visible()):
-        if time.monotonic() > deadline:
-            raise TimeoutError("no result within the timeout")
-        busy = await page.locator('[data-testid="stStatusWidget"]').count()
-        stalled = stalled + 1 if not busy and await red_lines(page, session.kind) else 0
-        if stalled >= 5:
-            raise RuntimeError("the page finished without a result")
-        await page.wait_for_timeout(500)
-
-
-async def metric(page, label: str) -> str:
-    card = page.locator('[data-testid="stMetric"]').filter(has_text=label).first
-    return (await card.locator('[data-testid="stMetricValue"]').inner_text()).strip()
-
-
-async def plots(page) -> list[dict]:
-    return await page.evaluate(PLOTS_JS)
-
-
-async def table_rows(frame) -> list[dict[str, str]]:
-    """The rows a data grid has drawn (its first ten or so, in order), as column -> cell text."""
-    got = await frame.evaluate(TABLE_JS)
-    if not got or not got["rows"]:
-        raise NotDrawn("the table has no rows drawn")
-    return [dict(zip(got["columns"], cells)) for _, cells in sorted(got["rows"])]
-
-
-def plot_titled(figures: list[dict], prefix: str) -> dict:
-    found = [f for f in figures if re.sub(r"<[^>]+>", "", f["title"]).startswith(prefix)]
-    if not found:
-        titles = [re.sub(r"<[^>]+>", "", f["title"])[:40] for f in figures]
-        raise NotDrawn(f"no chart titled {prefix!r} (charts: {titles})")
-    return found[0]
-
-
-def trace_named(figures: list[dict], name: str) -> dict:
-    """The chart with a trace called ``name``."""
-    found = [f for f in figures if any(t["name"] == name for t in f["traces"])]
-    if not found:
-        raise NotDrawn(f"no chart with a trace {name!r}")
-    return found[0]
-
-
-def heatmap_values(figure: dict, label: str) -> Values:
-    [trace] = figure["traces"]
-    return {f"{label} [{i},{j}]": f"{v:.4g}" for i, row in enumerate(trace["z"]) for j, v in enumerate(row)}
-
-
-async def read_prune(page, session: Session) -> Values:
-    return {"accuracy, pruned": await metric(page, "Accuracy, pruned"),
-            "copy errors, pruned": await metric(page, "Copy errors, pruned")}
-
-
-async def read_evaluate(page, session: Session) -> Values:
-    return {label: await metric(page, label) for label in ("Accuracy", "Copy errors", "Echoes", "Other errors", "n")}
-
-
-async def read_compare(page, session: Session) -> Values:
-    figure = trace_named(await plots(page), "Accuracy")
-    return {f"{x} {trace['name']}": pct(y) for trace in figure["traces"] for x, y in zip(trace["x"], trace["y"])}
-
-
-async def read_attribution(page, session: Session) -> Values:
-    figures = await plots(page)
-    heat = plot_titled(figures, "mean attribution per neuron")
-    [trace] = heat["traces"]
-    values = {f"L{layer}.{neuron}": f"{score:.3g}" for layer, row in enumerate(trace["customdata"])
-              for neuron, score in row}
-    totals = trace_named(figures, "signed sum")
-    for trace in totals["traces"]:
-        values.update({f"L{x} {trace['name']}": f"{y:.3g}" for x, y in zip(trace["x"], trace["y"])})
-    rows = await table_rows(page.locator('[data-testid="stDataFrame"]').first)
-    for r, row in enumerate(rows):
-        values[f"{TABLE}top {r}"] = (f"{row['layer']}.{row['neuron']} {cell(row['score'])} "
-                                     f"{cell(row['max_activation'])} {row['fires_most_on']}")
-    return values
-
-
-async def read_task_vectors(page, session: Session) -> Values:
-    values: Values = {}
-    expander = page.locator('[data-testid="stExpander"]').filter(has_text="Per layer:").first
-    if await expander.locator("details").get_attribute("open") is None:  # its grid draws once it is open
-        await expander.locator("summary").click()
-    for row in await table_rows(expander.locator('[data-testid="stDataFrame"]').first):
-        for column in ("accuracy", "copy_rate", "p_adjusted"):
-            values[f"{TABLE}{row['condition']} L{row['layer']} {column}"] = cell(row[column])
-    for row in await table_rows(page.locator('[data-testid="stDataFrame"]').first):  # the summary
-        for column in ("zero_shot_accuracy", "icl_accuracy"):
-            values[f"{TABLE}{row['condition']} {column}"] = cell(row[column])
-    figure = trace_named(await plots(page), "unpruned")
-    for trace in figure["traces"]:
-        if trace["mode"] == "lines+markers":  # a condition's curve (not its stars)
-            values.update({f"{trace['name']} L{x} chart": pct(y) for x, y in zip(trace["x"], trace["y"])})
-    return values
-
-
-async def read_attention(page, session: Session) -> Values:
-    figures = await plots(page)
-    layer = int(session.params["layer"])
-    values: Values = {}
-    main = plot_titled(figures, f"{session.model} layer {layer} (")
-    values["tokens"] = " ".join(main["traces"][0]["x"])
-    values.update(heatmap_values(main, "attention"))
-    if session.beside:
-        values.update(heatmap_values(plot_titled(figures, f"{session.beside} layer "), session.beside))
-    relevance = plot_titled(figures, "relevance for the predicted next token")
-    [trace] = relevance["traces"]
-    for method, row in zip(trace["y"], trace["customdata"]):
-        values.update({f"{method} t{j}": f"{v:.4g}" for j, v in enumerate(row)})
-    return values
-
-
-async def read_faithfulness(page, session: Session) -> Values:
-    values: Values = {}
-    for row in await table_rows(page.locator('[data-testid="stDataFrame"]').first):
-        values[f"{TABLE}{row['method']}/{row['order']}"] = (f"{cell(row['auc_mean'])} ± {cell(row['auc_std'])}, "
-                                                            f"n={row['n']}")
-    return values
-
-
-READERS: dict[str, Callable[..., Awaitable[Values]]] = {
-    "prune": read_prune, "evaluate": read_evaluate, "compare": read_compare, "attribution": read_attribution,
-    "task-vectors": read_task_vectors, "attention": read_attention, "faithfulness": read_faithfulness}
-
-
-def ready_locator(page, session: Session):
-    kind = session.kind
-    if kind == "prune":
-        return page.locator('[data-testid="stMetric"]').filter(has_text="Copy errors, pruned")
-    if kind == "evaluate":
-        return page.locator('[data-testid="stMetric"]').filter(has_text="Other errors")
-    if kind == "attention":  # its maps and the relevance chart
-        return page.locator(".js-plotly-plot").nth(2 + bool(session.beside) - 1)
-    if kind == "compare":
-        return page.locator(".js-plotly-plot")
-    return page.locator('[data-testid="stDataFrame"]')  # attribution, task vectors, faithfulness: a table
-
-
-async def one_session(browser, url: str, session: Session, timeout_s: float) -> None:
-    context = await browser.new_context(viewport={"width": 1440, "height": 1000})
-    page = await context.new_page()
-    start = time.perf_counter()
-    deadline = time.monotonic() + timeout_s
-    try:
-        await page.goto(session.link(url))
-        button = BUTTONS.get(session.kind)
-        if button:
-            target = page.get_by_role("button", name=button, exact=True)
-            await target.wait_for(timeout=timeout_s * 1000)
-            await idle(page, timeout_s)  # the link's settings are in (the first run switches page)
-            await target.click()
-        await wait_ready(page, ready_locator(page, session), session, deadline)
-        await idle(page, max(deadline - time.monotonic(), 1))
-        while session.shown is None:
-            try:
-                session.shown = await READERS[session.kind](page, session)
-            except NotDrawn:
-                if time.monotonic() > deadline:
-                    raise
-                session.redraws += 1
-                await page.wait_for_timeout(500)
-        session.seconds = time.perf_counter() - start
-    except Exception as exc:  # noqa: BLE001 - a session that fails is counted, not fatal
-        session.errors.append(f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:160]}")
-    finally:
-        try:
-            session.errors += await red_lines(page, session.kind)
-        except Exception:  # noqa: BLE001 - the page is gone: nothing more to read
-            pass
-        await context.close()
-
-
-async def run_sessions(url: str, sessions: list[Session], timeout_s: float) -> None:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as driver:
-        browser = await driver.chromium.launch(executable_path=CHROMIUM,
-                                               args=["--headless", "--no-sandbox", "--disable-gpu"])
-        try:
-            await asyncio.gather(*(one_session(browser, url, s, timeout_s) for s in sessions))
-        finally:
-            await browser.close()
-
-
-# -- the same computations through the library ---------------------------------------------------------------
-def expect_prune(loaded, session: Session, args, models) -> Values:
-    tasks = [pruning_tasks()[name] for name in PRUNE_TASKS]
-    direct = prune_eval(loaded, session.mask, tasks, shots=[SHOTS], n=args.n, random_controls=PRUNE_CONTROLS, seed=0)
-    rates = direct.cell(shots=SHOTS).rates["pruned"]
-    return {"accuracy, pruned": pct(rates["accuracy"].value),
-            "copy errors, pruned": pct(rates["copy_error_rate"].value)}
-
-
-def expect_evaluate(loaded, session: Session, args, models) -> Values:
-    p = session.params
-    s = evaluate_task(loaded, builtin_tasks()[p["task"]], SHOTS, args.n, seed=int(p["seed"])).summary()
-    return {"Accuracy": pct(s["accuracy"]), "Copy errors": pct(s["copy_error_rate"]), "Echoes": pct(s["echo_rate"]),
-            "Other errors": pct(s["other_error_rate"]), "n": str(s["n"])}
-
-
-def expect_compare(loaded, session: Session, args, models) -> Values:
-    p, values = session.params, {}
-    sides = (("A", "no mask", None), ("B", "active mask", session.mask))
-    runs = [evaluate_task(loaded, builtin_tasks()[p["task"]], SHOTS, args.n, seed=int(p["seed"]), mask=m).summary()
-            for _, _, m in sides]
-    for name, key in (("Accuracy", "accuracy"), ("Copy errors", "copy_error_rate"), ("Echoes", "echo_rate"),
-                      ("Other errors", "other_error_rate")):
-        for i, ((side, choice, m), s) in enumerate(zip(sides, runs)):
-            values[f"#{i + 1} {side}: {loaded.name} ({choice}, {len(m or ())} neurons) {name}"] = pct(s[key])
-    return values
-
-
-def expect_attribution(loaded, session: Session, args, models) -> Values:
-    p = session.params
-    result = attribute_task(loaded, builtin_tasks()[p["task"]], "copy", args.ig_n, SHOTS, int(p["seed"]),
-                            args.ig_steps, "riemann")
-    values: Values = {}
-    top = top_neurons(loaded, result)
-    for r, row in enumerate(top.itertuples()):
-        values[f"{TABLE}top {r}"] = (f"{row.layer}.{row.neuron} {cell(row.score)} {cell(row.max_activation)} "
-                              f"{visible_token(row.fires_most_on)}")
-    rows = [[float(v) for v in layer] for layer in result.scores.tolist()]
-    size = max(1, -(-len(rows[0]) // 256))  # the heatmap's bins: each shows its strongest neuron
-    for layer, row in enumerate(rows):
-        for start in range(0, len(row), size):
-            chunk = row[start:start + size]
-            offset = max(range(len(chunk)), key=lambda i: abs(chunk[i]))
-            values[f"L{layer}.{start + offset}"] = f"{chunk[offset]:.3g}"
-    for layer, row in enumerate(rows):
-        values[f"L{layer} signed sum"] = f"{float(sum(row)):.3g}"
-        values[f"L{layer} sum of |attribution|"] = f"{float(sum(abs(v) for v in row)):.3g}"
-    return values
-
-
-def expect_task_vectors(loaded, session: Session, args, models) -> Values:
-    p = session.params
-    conditions = {"unpruned": None, **({"pruned": session.mask} if session.mask is not None else {})}
-    results = {name: task_vectors(loaded, builtin_tasks()[p["task"]], SHOTS, args.tv_n, 1, seed=int(p["seed"]),
-                                  mask=mask) for name, mask in conditions.items()}
-    values = {f"{name} L{layer} chart": pct(r.table.accuracy[layer])  # the curves, conditions side by side
-              for layer in range(loaded.n_layers) for name, r in results.items()}
-    for name, r in results.items():
-        for row in r.table.itertuples():
-            for column in ("accuracy", "copy_rate", "p_adjusted"):
-                values[f"{TABLE}{name} L{row.layer} {column}"] = cell(getattr(row, column))
-        values[f"{TABLE}{name} zero_shot_accuracy"] = cell(r.zero_shot_accuracy)
-        values[f"{TABLE}{name} icl_accuracy"] = cell(r.icl_accuracy)
-    return values
-
-
-def expect_attention(loaded, session: Session, args, models) -> Values:
-    text, layer = str(session.params["text"]), int(session.params["layer"])
-    form = FORMS[loaded.family][0]
-    maps = attention_maps(loaded, text, form=form, reduce="mean", layers=[layer])
-    values = {"tokens": " ".join(f"{i}:{visible_token(t)}"[:24] for i, t in enumerate(maps.tokens))}
-    for method in str(session.params["rel_methods"]).split(","):
-        scores = token_relevance(loaded, text, method, form=form).scores.tolist()
-        values.update({f"{method} t{j}": f"{float(v):.4g}" for j, v in enumerate(scores)})
-    values.update({f"attention [{i},{j}]": f"{float(v):.4g}" for i, row in enumerate(maps.attn[0].tolist())
-                   for j, v in enumerate(row)})
-    if session.beside:
-        other = models(session.beside)
-        other_maps = attention_maps(other, text, layers=[min(layer, other.n_layers - 1)])
-        values.update({f"{session.beside} [{i},{j}]": f"{float(v):.4g}"
-                       for i, row in enumerate(other_maps.attn[0].tolist()) for j, v in enumerate(row)})
-    return values
-
-
-def expect_faithfulness(loaded, session: Session, args, models) -> Values:
-    p = session.params
-    frame = faithfulness(loaded, builtin_tasks()[p["faith_task"]], str(p["rel_methods"]).split(","), int(p["faith_n"]),
-                         shots=2)
-    return {f"{TABLE}{row.method}/{row.order}": f"{cell(row.auc_mean)} ± {cell(row.auc_std)}, n={row.n}"
-            for row in frame.itertuples()}
-
-
-EXPECT: dict[str, Callable[..., Values]] = {
-    "prune": expect_prune, "evaluate": expect_evaluate, "compare": expect_compare, "attribution": expect_attribution,
-    "task-vectors": expect_task_vectors, "attention": expect_attention, "faithfulness": expect_faithfulness}
-
-
-def verdict(session: Session, expected: Values, others: dict[int, Values]) -> tuple[bool, str]:
-    """(mixed up?, the line's comparison): the shown values against the expected ones. Every label on one side
-    must be on the other, except a table's rows that the grid did not draw (:data:`TABLE`)."""
-    head = list(expected)[:2]
-
-    def brief(values: Values) -> str:
-        return ", ".join(values.get(k, "-")[:40] for k in head)
-
-    if session.shown is None:
-        return False, f"nothing shown, expected {brief(expected)}"
-    shown = session.shown
-    compared = [k for k in expected if k in shown]
-    missing = [k for k in expected if k not in shown and not k.startswith(TABLE)]
-    differ = [k for k in compared if shown[k] != expected[k]] + missing + [k for k in shown if k not in expected]
-    text = f"{len(compared)} values, shown {brief(shown)}; expected {brief(expected)}"
-    if not differ:
-        return False, text
-    first = differ[0]
-    text += (f"  MISMATCH: {len(differ)} differ, first {first}: shown {shown.get(first, '-')} expected "
-             f"{expected.get(first, '-')}")
-    like = [j for j, values in others.items() if all(shown.get(k) == values.get(k) for k in compared)]
-    return True, text + (f"; shows session {like[0]}'s numbers" if like else "")
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

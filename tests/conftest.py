@@ -147,7 +147,7 @@ TIERS = {
     ],
     # the app's pages through Streamlit's AppTest, or a real browser
     "ui": ["test_app.py", "test_app_hosting.py", "test_app_links.py", "test_app_pages.py", "test_app_scheduler.py",
-           "test_attention_page.py",
+           "test_app_pages_links.py", "test_attention_page.py",
            "test_browser.py", "test_builtin_models.py", "test_export.py", "test_ig_delta.py", "test_markup.py",
            "test_page_settings.py", "test_pruning_page.py"],
     # the real built-in models (SmolLM2-135M, Gemma 3 270M), a Ray cluster or a notebook kernel

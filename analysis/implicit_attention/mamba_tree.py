@@ -25,8 +25,8 @@ from analysis.implicit_attention.block_tree import (
 )
 from analysis.implicit_attention.common import DEFAULT_BUDGET_BYTES
 
-if TYPE_CHECKING:  # mamba.py imports this module
-    from analysis.implicit_attention.mamba import MambaInternals
+if TYPE_CHECKING:  # mamba_internals.py imports this module
+    from analysis.implicit_attention.mamba_internals import MambaInternals
 
 MambaForm = Literal["s6", "unified"]
 

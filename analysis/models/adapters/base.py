@@ -19,15 +19,27 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, cast, get_args
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 
 from analysis.errors import UnsupportedArchitectureError
+from analysis.models.adapters.sites import (
+    SITE_IOS,
+    Layout,
+    NeuronSite,
+    SiteChoice,
+    SiteFn,
+    SiteIO,
+    SiteNorm,
+    block_input_hook,
+    site_post_hook,
+    site_pre_hook,
+)
 from analysis.models.experts import install_expert_neurons
 from analysis.models.hooks import hook_scope, model_lock
 
@@ -36,62 +48,9 @@ if TYPE_CHECKING:
 
     from transformers import PreTrainedModel
 
-SiteFn = Callable[[int, torch.Tensor], "torch.Tensor | None"]
-SiteIO = Literal["input", "output"]  # which tensor of the site module is the neuron activation
-SITE_IOS: tuple[SiteIO, ...] = get_args(SiteIO)
-
-
-@dataclass(frozen=True)
-class SiteChoice:
-    """One candidate neuron site of a block (paths relative to the block) and the ``kind`` of layer it makes
-    (a label for legends: "mlp", "moe", "mixer", "attention-out", ...)."""
-
-    path: str
-    io: SiteIO
-    width_from: str
-    kind: str = "mlp"
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where a model type keeps its blocks and its neuron site (paths relative to a block). ``also``: further
-    candidate sites, for hybrids whose blocks differ; a block's site is the first candidate (``site`` first)
-    whose modules it has."""
-
-    layers: str
-    site: str
-    io: SiteIO  # the site module's input or output
-    width_from: str  # a module whose input width is the neuron count
-    kind: str = "mlp"  # what kind of layer the main site makes
-    also: tuple[SiteChoice, ...] = ()
-
-    @property
-    def choices(self) -> tuple[SiteChoice, ...]:
-        return (SiteChoice(self.site, self.io, self.width_from, self.kind), *self.also)
-
-
-@dataclass(frozen=True)
-class NeuronSite:
-    """Where a layer's neurons live: the module at ``path`` whose input or output (``io``) is the [.., width]
-    activation that neuron IG attributes and a mask zeroes: the input of the MLP's down projection in
-    transformers and Griffin, the gated mixer output before ``out_proj`` in Mamba, the squared-ReLU key of
-    RWKV's channel mixing."""
-
-    layer: int
-    path: str
-    io: SiteIO
-    width: int
-    kind: str = "mlp"  # the layer's kind for labels (SiteChoice.kind)
-
-
-@dataclass(frozen=True)
-class SiteNorm:
-    """A layer whose neurons reach the residual only as ``norm(down(a))``, a bias-free linear map then an RMS
-    norm without centring: F then depends on the scaled site ``alpha a`` only through ``alpha / sqrt(alpha^2
-    ms(down a) + eps)`` (analysis/attribution/normalised.py)."""
-
-    down: nn.Linear  # without bias
-    eps: float
+# The site descriptions live in sites.py; adapters and analysis modules import them from here too.
+__all__ = ["SITE_IOS", "Layout", "ModelAdapter", "NeuronSite", "PrefixState", "SiteChoice", "SiteFn", "SiteIO",
+           "SiteNorm", "repeat_cache"]
 
 
 @dataclass
@@ -203,9 +162,9 @@ class ModelAdapter:
         with hook_scope(self.model) as add:
             for layer in range(self.n_layers) if layers is None else layers:
                 if self._sites[layer].io == "input":
-                    add(self.site_module(layer), _pre_hook(fn, layer), pre=True)
+                    add(self.site_module(layer), site_pre_hook(fn, layer), pre=True)
                 else:
-                    add(self.site_module(layer), _post_hook(fn, layer))
+                    add(self.site_module(layer), site_post_hook(fn, layer))
             yield
 
     @contextmanager
@@ -213,7 +172,7 @@ class ModelAdapter:
         """Like :meth:`hook_sites`, for the residual-stream input of each block."""
         with hook_scope(self.model) as add:
             for layer in range(self.n_layers) if layers is None else layers:
-                add(self._blocks[layer], _block_hook(fn, layer), pre=True, with_kwargs=True)
+                add(self._blocks[layer], block_input_hook(fn, layer), pre=True, with_kwargs=True)
             yield
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -412,27 +371,3 @@ def repeat_cache(cache, rows: int | Sequence[int]):
                                      else tensor for key, tensor in value.items()})
         forked.layers.append(twin)
     return forked
-
-
-def _pre_hook(fn: SiteFn, layer: int):
-    def hook(module, args):
-        replaced = fn(layer, args[0])
-        return None if replaced is None else (replaced, *args[1:])
-    return hook
-
-
-def _post_hook(fn: SiteFn, layer: int):
-    def hook(module, args, output):
-        return fn(layer, output)
-    return hook
-
-
-def _block_hook(fn: SiteFn, layer: int):
-    def hook(module, args, kwargs):
-        if args:
-            replaced = fn(layer, args[0])
-            return None if replaced is None else ((replaced, *args[1:]), kwargs)
-        key = next(k for k in ("hidden_states", "activations", "hidden") if k in kwargs)
-        replaced = fn(layer, kwargs[key])
-        return None if replaced is None else (args, {**kwargs, key: replaced})
-    return hook
