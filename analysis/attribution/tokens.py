@@ -106,8 +106,7 @@ def token_relevance(loaded: LoadedModel, text: str, method: str, target_id: int 
     if method == "ig" and int(steps) < 1:
         raise PrunescopeError(f"ig needs at least 1 step (got {steps})")
     ids = prompt_ids(loaded, text)
-    if method in GRADIENT_METHODS:
-        check_gradient_length(loaded, len(ids), method)
+    check_gradient_length(loaded, len(ids), method)
     if method == "gradattn" and len(ids) < 2:  # one position: no attention to weigh (block_tree raised here)
         raise PrunescopeError(f"gradattn needs a text of at least 2 tokens; {text[:40]!r} is {len(ids)}")
     delta = None
@@ -141,10 +140,9 @@ def prompt_ids(loaded: LoadedModel, text: str) -> list[int]:
 
 
 def check_gradient_length(loaded: LoadedModel, tokens: int, method: str) -> None:
-    """A one-line error where ``method``'s gradient could not flow through ``tokens`` tokens (xLSTM runs longer
-    prompts without gradients)."""
-    limit = loaded.adapter.gradient_context()
-    if limit is not None and tokens > limit:
+    """A one-line error where gradient method ``method`` could not flow through ``tokens`` tokens (xLSTM runs
+    longer prompts without gradients)."""
+    if method in GRADIENT_METHODS and (limit := loaded.adapter.gradient_context()) is not None and tokens > limit:
         raise PromptTooLongError(f"{method} needs gradients through all {tokens} tokens; {loaded.family} passes "
                                  f"gradients through at most {limit}")
 
