@@ -343,8 +343,7 @@ def generate_batch(loaded: LoadedModel, batch: list[list[int]], budget: int, del
     try:
         with torch.inference_mode():
             model = cast("CausalLM", loaded.model)  # loaded by AutoModelForCausalLM: its classes mix in generate
-            # transformers' generate, wrapped by torch.no_grad(), is typed with a second ``self`` parameter
-            out = model.generate(  # type: ignore[misc]
+            out = model.generate(
                 input_ids=input_ids.to(loaded.device), attention_mask=attention_mask.to(loaded.device),
                 generation_config=config, stopping_criteria=StoppingCriteriaList([stop]))
     except torch.OutOfMemoryError:

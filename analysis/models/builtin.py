@@ -192,11 +192,11 @@ def _one_gguf_parse() -> Iterator[None]:
             readers[key] = original(path, mode)
         return readers[key]
 
-    gguf.GGUFReader = reader  # type: ignore[misc,assignment]  # transformers imports it from gguf at each call
+    gguf.GGUFReader = reader  # transformers imports it from gguf at each call
     try:
         yield
     finally:
-        gguf.GGUFReader = original  # type: ignore[misc]
+        gguf.GGUFReader = original
 
 
 def _dequantize(gguf: Path, out: Path, provenance: dict) -> None:
