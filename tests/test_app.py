@@ -13,8 +13,8 @@ from analysis.errors import TaskError
 from analysis.models.tiny import build_tiny_model
 from components.charts import outcome_bar_chart
 from components.widgets import HUB_OPTION, MODEL_KEY, UPLOAD_OPTION, parse_upload
+from tests.app_helpers import MAIN
 
-MAIN = Path(__file__).resolve().parents[1] / "app" / "main.py"
 TIMEOUT = 60
 GOOD_CSV = b"input,output\n" + b"".join(f"w{i},{i}\n".encode() for i in range(6))
 BAD_CSV = b"question,answer\ncat,dog\n"

@@ -9,7 +9,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from components.widgets import MODEL_KEY
-from tests.test_app_pages import MAIN, TIMEOUT, _ok, _start
+from tests.app_helpers import MAIN, TIMEOUT, no_exception, open_app
 
 
 def test_a_hostile_link_is_clamped_and_written_back_on_a_page_without_the_widget():
@@ -18,7 +18,7 @@ def test_a_hostile_link_is_clamped_and_written_back_on_a_page_without_the_widget
     at = AppTest.from_file(str(MAIN), default_timeout=TIMEOUT)
     at.query_params.update({"page": "attention", "model": "toy-mamba", "n": "1000000000000", "shots": "-5",
                             "score_steps": "99999", "seed": "x" * 10_000, "k": "-1", "layers": "0-" + "9" * 5000})
-    _ok(at.run())
+    no_exception(at.run())
     settings = {name: at.session_state[f"setting_{name}"] for name in ("n", "shots", "score_steps", "seed", "k")}
     assert settings == {"n": 1000, "shots": 0, "score_steps": 256, "seed": 0, "k": 0}
     assert len(at.session_state["setting_layers"]) == 16  # texts are cut at their limit
@@ -53,7 +53,7 @@ def test_public_mode_offers_built_in_models_only_and_shows_no_server_path(monkey
         at = AppTest.from_file(str(MAIN), default_timeout=TIMEOUT)
         monkeypatch.setenv("PRUNESCOPE_MODEL", "toy-mamba")
         at.query_params.update({"page": "model", "model": spec})
-        _ok(at.run())
+        no_exception(at.run())
         errors = [e.value for e in at.error]
         assert len(errors) == 1 and "is not offered on this demo" in errors[0], errors
         assert str(tmp_path) not in errors[0] and str(PROJECT_ROOT) not in errors[0]
@@ -65,7 +65,7 @@ def test_public_mode_offers_built_in_models_only_and_shows_no_server_path(monkey
     allowed.write_text("# a lab's demo\nsome-lab/tiny-model  # reviewed\n")
     monkeypatch.setenv("PRUNESCOPE_ALLOWED_MODELS", str(allowed))
     at = AppTest.from_file(str(MAIN), default_timeout=TIMEOUT)
-    _ok(at.run())
+    no_exception(at.run())
     assert at.selectbox(key="model_choice").options[-1] == "some-lab/tiny-model"
 
 
@@ -73,7 +73,7 @@ def test_without_public_mode_the_picker_keeps_hub_ids_and_directories(monkeypatc
     from components.widgets import HUB_OPTION, LOCAL_OPTION
 
     monkeypatch.delenv("PRUNESCOPE_PUBLIC", raising=False)
-    at = _start("toy-mamba", monkeypatch)
+    at = open_app("toy-mamba", monkeypatch)
     assert at.selectbox(key="model_choice").options[-2:] == [HUB_OPTION, LOCAL_OPTION]
 
 
@@ -88,7 +88,7 @@ def test_messages_lose_server_folders_in_public_mode(monkeypatch):
 
 
 def test_a_big_uncached_evaluation_says_its_cost_and_waits_for_a_click(monkeypatch):
-    at = _start("toy-transformer", monkeypatch, "views/pruning.py", n=300)
+    at = open_app("toy-transformer", monkeypatch, "views/pruning.py", n=300)
     (gate,) = [i.value for i in at.info if i.value.startswith("This runs")]
     assert gate.startswith("This runs 1,200 prompts that are not cached")  # 4 default tasks x 300
     assert not at.metric and at.button(key="prune_approve").label == "Run 1,200 prompts"
@@ -136,15 +136,15 @@ def test_hostile_uploads_give_one_line(name, data, monkeypatch):
     """Task and mask uploads: a deeply nested JSON once showed Streamlit's exception box with server paths."""
     from components.widgets import UPLOAD_OPTION
 
-    at = _start("toy-transformer", monkeypatch, "views/evaluate.py")
+    at = open_app("toy-transformer", monkeypatch, "views/evaluate.py")
     at.selectbox(key="_w_task").set_value(UPLOAD_OPTION).run()
     at.file_uploader(key="task_upload").set_value((name, data, "text/plain"))
-    _ok(at.run())
+    no_exception(at.run())
     assert len(at.error) <= 1 and all(e.value.startswith(f"task file {name}: ") for e in at.error)
-    _ok(at.switch_page("views/pruning.py").run())
+    no_exception(at.switch_page("views/pruning.py").run())
     mask_name = name.rsplit(".", 1)[0] + ".json"  # the uploader (and the browser) take .json only
     at.file_uploader(key="mask_upload").set_value((mask_name, data, "application/json"))
-    _ok(at.run())
+    no_exception(at.run())
     errors = [e.value for e in at.error]
     assert len(errors) == 1 and errors[0].startswith(f"mask file {mask_name}: "), errors
 
@@ -157,7 +157,7 @@ def test_a_job_measured_slow_says_its_cost_before_it_runs(monkeypatch):
 
     fingerprint = load_model("toy-transformer", device="cpu").fingerprint()
     monkeypatch.setattr(widgets, "_SECONDS_PER_UNIT", {(fingerprint, "eval"): 0.5})
-    at = _start("toy-transformer", monkeypatch, "views/evaluate.py", n=200)
+    at = open_app("toy-transformer", monkeypatch, "views/evaluate.py", n=200)
     assert any("200 prompts: about 2 min on this machine" in c.value for c in at.caption)
     at.number_input(key="_w_n").set_value(20).run()
     assert not any("on this machine" in c.value for c in at.caption)  # 10 s: not worth a line
@@ -173,19 +173,19 @@ def test_with_several_gpus_the_sidebar_spreads_layers_with_a_device_map(monkeypa
 
     from components import widgets
 
-    at = _start("toy-mamba", monkeypatch)
+    at = open_app("toy-mamba", monkeypatch)
     assert not [s for s in at.selectbox if s.key == "model_placement"]  # one device (or none): no picker
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    _ok(at.run())
+    no_exception(at.run())
     calls = []
     real = widgets.load_model
     monkeypatch.setattr(widgets, "load_model", lambda *a, **k: calls.append(k) or real(*a, **k))
     at.selectbox(key="model_placement").set_value("balanced")
-    _ok(at.run())
+    no_exception(at.run())
     assert calls and calls[-1]["device_map"] == "balanced"  # through accelerate's big-model loading
     assert at.session_state[MODEL_KEY].name == "toy-mamba"
     monkeypatch.setenv("PRUNESCOPE_PUBLIC", "1")
-    _ok(at.run())
+    no_exception(at.run())
     assert not [s for s in at.selectbox if s.key == "model_placement"]
 
 
@@ -200,15 +200,15 @@ def test_a_bad_link_mask_is_one_line_and_the_page_stays(mask, shown, monkeypatch
     monkeypatch.setenv("PRUNESCOPE_MODEL", "toy-transformer")
     at = AppTest.from_file(str(MAIN), default_timeout=TIMEOUT)
     at.query_params.update({"page": "compare", "mask": mask})
-    _ok(at.run())
+    no_exception(at.run())
     assert [e.value for e in at.error] == [LINK_MASK_ERROR.format(shown)]
     assert at.radio(key="cmp_mode").value == "two masks" and at.selectbox(key="cmp_mask_B").value == "active mask"
     assert at.button(key="cmp_run").disabled
     at.radio(key="cmp_mode").set_value("two models")
-    _ok(at.run())  # the link's mask plays no part in comparing two models
+    no_exception(at.run())  # the link's mask plays no part in comparing two models
     assert not at.error and not at.button(key="cmp_run").disabled
     pruning = AppTest.from_file(str(MAIN), default_timeout=TIMEOUT)
     pruning.query_params.update({"page": "pruning", "mask": mask})
-    _ok(pruning.run())
+    no_exception(pruning.run())
     assert [e.value for e in pruning.error] == [LINK_MASK_ERROR.format(shown)]
     assert any("No mask is active" in c.value for c in pruning.caption)

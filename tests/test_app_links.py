@@ -8,7 +8,7 @@ from urllib.parse import parse_qs
 
 from streamlit.testing.v1 import AppTest
 
-from tests.test_app_pages import MAIN, TIMEOUT, _ok, _start
+from tests.app_helpers import MAIN, TIMEOUT, no_exception, open_app
 
 
 def _address(at: AppTest) -> dict[str, str]:
@@ -23,7 +23,7 @@ def _open(monkeypatch, **params: str) -> AppTest:
     monkeypatch.setenv("PRUNESCOPE_MODEL", "toy-transformer")
     at = AppTest.from_file(str(MAIN), default_timeout=TIMEOUT)
     at.query_params.update(params)
-    return _ok(at.run())
+    return no_exception(at.run())
 
 
 def test_a_rejected_link_value_leaves_the_address_bar_and_copy_link(monkeypatch):
@@ -34,7 +34,7 @@ def test_a_rejected_link_value_leaves_the_address_bar_and_copy_link(monkeypatch)
     assert _address(at) == {"page": "compare", "model": "toy-transformer", "n": "12", "shots": "2"}
     assert _copy_link(at) == _address(at)
     at.radio(key="cmp_mode").set_value("two models")  # a rerun where no page reads the mask: still left out
-    _ok(at.run())
+    no_exception(at.run())
     assert "mask" not in _address(at) and _address(at)["cmp_mode"] == "two models"
     pruning = _open(monkeypatch, page="pruning", mask="0.1,9.4", layers="x-y", k="7")
     errors = [e.value for e in pruning.error]
@@ -42,7 +42,7 @@ def test_a_rejected_link_value_leaves_the_address_bar_and_copy_link(monkeypatch)
     assert "layer range 'x-y' is not 'first-last' (e.g. 10-20)" in errors, errors
     assert _address(pruning) == {"page": "pruning", "model": "toy-transformer", "k": "7"} == _copy_link(pruning)
     pruning.session_state["setting_mask"] = "0.1,1.2"  # a new, valid value is linked again
-    _ok(pruning.run())
+    no_exception(pruning.run())
     assert _address(pruning)["mask"] == "0.1,1.2" and not any("mask in the link" in e.value for e in pruning.error)
 
 
@@ -51,13 +51,13 @@ def test_a_toy_models_attention_says_it_was_trained_on_synthetic_data(monkeypatc
     shown (the sidebar's model and the one beside it), and says nothing of the kind for other models."""
     from analysis.models.toy import TRAINING_DATA, synthetic_note
 
-    at = _start("toy-mamba", monkeypatch, "views/attention.py", text="The cat sat on the mat.")
+    at = open_app("toy-mamba", monkeypatch, "views/attention.py", text="The cat sat on the mat.")
     notes = [c.value for c in at.caption if "trained only on" in c.value]
     assert notes == [f"toy-mamba and toy-transformer were trained only on {TRAINING_DATA} (analysis/models/toy.py): "
                      "on natural text the maps show what that corpus taught, not how a language model reads."]
     assert "key:value recall lines" in notes[0]
     at.selectbox(key="attn_beside_toy-mamba").set_value("none")
-    _ok(at.run())
+    no_exception(at.run())
     assert [c.value for c in at.caption if "trained only on" in c.value] == [notes[0].replace(
         "toy-mamba and toy-transformer were", "toy-mamba was")]
     assert synthetic_note(["HuggingFaceTB/SmolLM2-135M-Instruct", "default"]) is None
@@ -72,7 +72,7 @@ def test_compare_as_a_slide_shows_the_stored_comparison(monkeypatch):
     link = dict(page="compare", task="to-upper", shots="2", n="6", mask="0.1,1.5")
     at = _open(monkeypatch, **link)  # computed once in another session (a click): stored on disk
     at.button(key="cmp_run").click()
-    _ok(at.run())
+    no_exception(at.run())
     runs = at.session_state["cmp_runs"]["value"]["runs"]
     assert list(runs) == ["A: no mask", "B: active mask (2 neurons)"]
     slide = _open(monkeypatch, **link, present="1")
@@ -92,11 +92,11 @@ def test_pruning_results_come_before_the_folded_controls(monkeypatch):
     task names run straight down in a figure tall enough for them; the forest has few x ticks per panel."""
     from components.charts_pruning import FOREST_TICKS, TICK_CHAR_PX, change_forest
 
-    at = _start("toy-transformer", monkeypatch, "views/pruning.py", shots=2, n=4, score_n=4, score_steps=2)
+    at = open_app("toy-transformer", monkeypatch, "views/pruning.py", shots=2, n=4, score_n=4, score_steps=2)
     assert at.expander[0].label == "Copying scores and mask" and at.expander[0].proto.expanded
     at.button(key="score_run").click()
-    _ok(at.run())  # the scores are computed in this run, under the open expander; the next run folds it
-    _ok(at.run())
+    no_exception(at.run())  # the scores are computed in this run, under the open expander; the next run folds it
+    no_exception(at.run())
     folded = {e.label: e.proto.expanded for e in at.expander}
     assert folded["Copying scores and mask"] is False and folded["Tasks and random masks"] is False
     labels = [e.label for e in at.main if getattr(e, "label", None)]

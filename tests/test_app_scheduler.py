@@ -13,7 +13,7 @@ from analysis.jobs import Scheduler
 from analysis.pruning import NeuronMask
 from components import speculation
 from components.widgets import CANCELLED_KEY
-from tests.test_app_pages import TIMEOUT, _ok, _start
+from tests.app_helpers import TIMEOUT, no_exception, open_app
 
 
 @pytest.fixture
@@ -25,7 +25,7 @@ def scheduler(monkeypatch):
 
 
 def attribution_page(monkeypatch):
-    return _start("toy-transformer", monkeypatch, "views/attribution.py")
+    return open_app("toy-transformer", monkeypatch, "views/attribution.py")
 
 
 def captions(at) -> list[str]:
@@ -36,9 +36,9 @@ def attribute(at, n: int, steps: int):
     at.number_input(key="ig_n").set_value(n)
     at.number_input(key="ig_steps").set_value(steps)
     at.selectbox(key="ig_rule").set_value("riemann")  # a fixed rule: cost in prompts x steps
-    _ok(at.run())
+    no_exception(at.run())
     at.button(key="ig_run").click()
-    return _ok(at.run())
+    return no_exception(at.run())
 
 
 def test_public_mode_states_the_cap_and_refuses_a_job_above_it_private_mode_runs_it(scheduler, monkeypatch):
@@ -100,7 +100,7 @@ def test_a_waiting_speculation_says_its_place_in_the_queue(monkeypatch):
     blocker = single.submit(("", "other"), "job_k_sweep", 1, lambda progress: gate.wait(TIMEOUT), cost_s=40)
     try:
         mask = NeuronMask.from_pairs([(0, i) for i in range(10)]).to_text()
-        at = _start("toy-transformer", monkeypatch, "views/pruning.py", n=12, mask=mask)
+        at = open_app("toy-transformer", monkeypatch, "views/pruning.py", n=12, mask=mask)
         assert not at.error, [e.value for e in at.error]
         job = at.session_state["speculative_job"]
         assert job.state == "queued" and single.position(job) == 1
@@ -145,11 +145,11 @@ def test_cancel_stops_the_pages_own_job_within_a_batch_and_leaves_the_pruning_jo
 def test_a_copy_target_that_cannot_apply_is_said_before_attribute_is_clicked(monkeypatch):
     """to-upper's demonstrations never start with a token other than the gold one's for some queries: the page
     says so under the settings and disables Attribute (it used to fail only after the click)."""
-    at = _start("toy-transformer", monkeypatch, "views/attribution.py", task="to-upper", ig_n=64)
+    at = open_app("toy-transformer", monkeypatch, "views/attribution.py", task="to-upper", ig_n=64)
     at.selectbox(key="ig_target").set_value("copy")
-    _ok(at.run())
+    no_exception(at.run())
     assert any("copy target: no demonstration answer of the prompt for" in w.value for w in at.warning)
     assert at.button(key="ig_run").disabled and not at.error
     at.selectbox(key="ig_target").set_value("gold")
-    _ok(at.run())
+    no_exception(at.run())
     assert not at.button(key="ig_run").disabled and not at.warning

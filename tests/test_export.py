@@ -14,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 
 from analysis.export import neutralize, safe_csv
 from analysis.tasks.task import Task
-from tests.test_app_pages import MAIN, TIMEOUT, _ok
+from tests.app_helpers import MAIN, TIMEOUT, no_exception
 from tests.test_cli import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,13 +86,13 @@ def test_a_table_download_defuses_an_uploaded_tasks_formulas(monkeypatch):
     at = AppTest.from_file(str(MAIN), default_timeout=TIMEOUT)
     at.session_state["setting_shots"], at.session_state["setting_n"] = 1, len(FORMULAS)
     at.switch_page("views/evaluate.py")
-    _ok(at.run())
+    no_exception(at.run())
     at.selectbox(key="_w_task").set_value(UPLOAD_OPTION).run()
     body = "input,output\n" + "".join(f'"{item}",{item}\n' for item in FORMULAS)
     at.file_uploader(key="task_upload").set_value(("formulas.csv", body.encode(), "text/csv"))
-    _ok(at.run())
+    no_exception(at.run())
     at.button(key="eval_run").click()
-    _ok(at.run())
+    no_exception(at.run())
     assert not at.error, [e.value for e in at.error]
     table = rows(downloads["evaluate-run1.csv"]())
     assert sorted(r["query"] for r in table) == sorted("'" + f for f in FORMULAS)
@@ -141,7 +141,7 @@ def test_the_attention_pages_report_keeps_its_labels(monkeypatch):
     monkeypatch.setenv("PRUNESCOPE_MODEL", "toy-transformer")
     at = AppTest.from_file(str(MAIN), default_timeout=TIMEOUT)
     at.switch_page("views/attention.py")
-    _ok(at.run())
+    no_exception(at.run())
     tokens = at.session_state["attn_last"]["tokens"]
     report = downloads["prunescope-implicit-attention.html"]()
     attention = _figure_specs(report)[0]
@@ -160,7 +160,7 @@ def test_a_slides_charts_have_large_dark_tick_labels(monkeypatch):
     monkeypatch.setenv("PRUNESCOPE_MODEL", "toy-transformer")
     at = AppTest.from_file(str(MAIN), default_timeout=TIMEOUT)
     at.query_params.update({"page": "attention", "present": "1"})
-    _ok(at.run())
+    no_exception(at.run())
     specs = {c.key: json.loads(c.proto.spec) for c in at.get("plotly_chart")}
     assert {"attn_chart", "rel_chart"} <= set(specs)
     for key in ("attn_chart", "rel_chart"):
@@ -177,7 +177,7 @@ def test_a_slide_keeps_every_input_behind_its_toolbar_buttons(monkeypatch):
     monkeypatch.setenv("PRUNESCOPE_MODEL", "toy-transformer")
     at = AppTest.from_file(str(MAIN), default_timeout=TIMEOUT)
     at.query_params.update({"page": "attention", "present": "1"})
-    _ok(at.run())
+    no_exception(at.run())
     inputs = ("text_area", "text_input", "selectbox", "multiselect", "number_input", "toggle", "button")
     found: list[tuple[str, bool]] = []
 

@@ -11,7 +11,7 @@ from markdown_it import MarkdownIt
 from streamlit.testing.v1 import AppTest
 
 from components.markup import LINE_LIMIT, echo, plain
-from tests.test_app_pages import MAIN, TIMEOUT, _ok
+from tests.app_helpers import MAIN, TIMEOUT, no_exception
 
 RENDER = MarkdownIt("commonmark")  # raw HTML enabled: what a renderer that trusted these lines would do
 LINK = "[Session expired, log in](https://evil.example)"
@@ -60,7 +60,7 @@ def _app(monkeypatch, public: bool = False, **query) -> AppTest:
         monkeypatch.setenv("PRUNESCOPE_PUBLIC", "1")
     at = AppTest.from_file(str(MAIN), default_timeout=TIMEOUT)
     at.query_params.update(query)
-    return _ok(at.run())
+    return no_exception(at.run())
 
 
 def _lines(at: AppTest) -> list[str]:
@@ -92,7 +92,7 @@ def test_a_hostile_upload_name_and_header_render_inert(monkeypatch):
     at.selectbox(key="_w_task").set_value(UPLOAD_OPTION).run()
     name = f"{LINK}{ONERROR}.csv"
     at.file_uploader(key="task_upload").set_value((name, f"{IMAGE},{ANCHOR}\na,b\n".encode(), "text/csv"))
-    _ok(at.run())
+    no_exception(at.run())
     [line] = _lines(at)
     text = assert_inert(line)
     assert text.startswith(f"task file {LINK}{ONERROR}.csv: line 1: expected the columns input,output; got ")

@@ -4,14 +4,11 @@ address bar."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from streamlit.testing.v1 import AppTest
 
 from components.settings import TABLE
 from components.state import DEFAULTS
-
-MAIN = Path(__file__).resolve().parents[1] / "app" / "main.py"
+from tests.app_helpers import MAIN
 
 
 def _app(monkeypatch, **query) -> AppTest:

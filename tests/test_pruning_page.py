@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from tests.test_app_pages import TIMEOUT, _ok, _start
+from tests.app_helpers import TIMEOUT, no_exception, open_app
 
 
 def test_switching_prune_on_follows_the_background_run_instead_of_asking(monkeypatch):
@@ -23,12 +23,12 @@ def test_switching_prune_on_follows_the_background_run_instead_of_asking(monkeyp
         return original(loaded, task, shots, n, seed, masks, *args)
 
     monkeypatch.setattr(conditions, "_run", held)
-    at = _start("toy-transformer", monkeypatch, "views/pruning.py", mask=",".join(f"1.{i}" for i in range(40)))
+    at = open_app("toy-transformer", monkeypatch, "views/pruning.py", mask=",".join(f"1.{i}" for i in range(40)))
     job = at.session_state["speculative_job"]
     assert job.running and job.key[3].mask.neurons == {(1, i) for i in range(40)}
     at.toggle(key="prune_on").set_value(True)
     threading.Timer(2.0, release.set).start()
-    _ok(at.run())
+    no_exception(at.run())
     assert not [i.value for i in at.info if i.value.startswith("This runs")]
     assert job.state == "done"
     assert "Pruned" in json.dumps([c.proto.spec for c in at.get("plotly_chart") if c.key == "prune_bars"])
@@ -37,14 +37,14 @@ def test_switching_prune_on_follows_the_background_run_instead_of_asking(monkeyp
 def test_the_k_sweeps_dev_tasks_default_to_echo_heavy_tasks_for_the_echo_target(monkeypatch):
     from analysis.pruning.autok import ECHO_DEV_TASKS
 
-    at = _start("toy-transformer", monkeypatch, "views/pruning.py", score_n=2, score_steps=2, score_shots=2,
+    at = open_app("toy-transformer", monkeypatch, "views/pruning.py", score_n=2, score_steps=2, score_shots=2,
                 score_target="echo", sweep_tasks="bogus,to-lower")
     at.button(key="score_run").click()
-    _ok(at.run())
+    no_exception(at.run())
     assert any(e.value.startswith("sweep_tasks: `bogus` not among the built-in tasks") for e in at.error)
     assert at.multiselect(key="sweep_tasks_pick").value == ["to-lower"]
     assert at.query_params["sweep_tasks"] in ("to-lower", ["to-lower"])
     at.multiselect(key="sweep_tasks_pick").set_value([])  # none picked: the echo target's default again
-    _ok(at.run())
+    no_exception(at.run())
     assert not at.error and at.multiselect(key="sweep_tasks_pick").value == list(ECHO_DEV_TASKS)
     assert "sweep_tasks" not in at.query_params  # a link carries only a choice that differs from the default

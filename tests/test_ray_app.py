@@ -3,8 +3,6 @@ cluster (here a local instance), the browser session only polls it, and the numb
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -16,8 +14,7 @@ from analysis.demo import PRUNE_TASKS, pruning_tasks  # noqa: E402
 from analysis.models import load_model  # noqa: E402
 from analysis.pruning import NeuronMask  # noqa: E402
 from analysis.pruning.evaluate import prune_eval  # noqa: E402
-
-MAIN = Path(__file__).resolve().parents[1] / "app" / "main.py"
+from tests.app_helpers import MAIN  # noqa: E402
 
 
 @pytest.fixture
