@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, cast
 import torch
 
 from analysis.implicit_attention.common import Reduction, check_layers
-from analysis.implicit_attention.mamba import MAMBA_OPS, MambaInternals, capture_mamba
+from analysis.implicit_attention.mamba import MAMBA_OPS
+from analysis.implicit_attention.mamba_internals import MambaInternals, capture_mamba
 from analysis.implicit_attention.ops import FamilyOps
 from analysis.implicit_attention.softmax import attention_module_maps
 from analysis.models.adapters import HybridAdapter
