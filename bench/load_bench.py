@@ -60,7 +60,8 @@ from pathlib import Path
 
 import torch
 
-from analysis.attribution.tokens import LRP_FAMILIES, METHODS
+from analysis.attribution.propagation import LRP_FAMILIES
+from analysis.attribution.tokens import METHODS
 from analysis.models import LoadedModel, load_model
 from analysis.pruning import NeuronMask
 from load_bench_expect import EXPECT, verdict  # bench/ is on the path when a bench runs as a script

@@ -8,7 +8,7 @@ import streamlit as st
 
 from analysis.attribution.answer_tokens import ANSWER_METHODS, AnswerSource
 from analysis.attribution.neuron_ig import NeuronIGResult
-from analysis.attribution.tokens import LRP_FAMILIES
+from analysis.attribution.propagation import LRP_FAMILIES
 from analysis.models import LoadedModel
 from analysis.queries import AnswerQuery
 from components.charts import visible_token

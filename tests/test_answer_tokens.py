@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from analysis.attribution.answer_tokens import attribute_answer, greedy_answer
+from analysis.attribution.propagation import LRP_FAMILIES
 from analysis.attribution.targets import answer_tokens
-from analysis.attribution.tokens import LRP_FAMILIES, token_relevance
+from analysis.attribution.tokens import token_relevance
 from analysis.errors import PrunescopeError
 from analysis.tasks import builtin_tasks
 

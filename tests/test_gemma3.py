@@ -125,7 +125,8 @@ def test_normalised_mlp_output_hides_the_jump_from_fixed_rules_not_from_the_adap
 def test_lrp_detaches_gemmas_rms_norm(gemma):
     """Gemma's norms compute (1 + weight) * x / rms in float32 (q/k norms too); inside conservative propagation
     the forward is unchanged and the Jacobian is diagonal, (1 + weight) * v / rms."""
-    from analysis.attribution.tokens import conservative_propagation, token_relevance
+    from analysis.attribution.propagation import conservative_propagation
+    from analysis.attribution.tokens import token_relevance
 
     ids = _ids(gemma, TEXTS[0])
     with torch.no_grad():

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from analysis.attention import attention_maps
 from analysis.attribution import neuron_ig, prepare_inputs
-from analysis.attribution.tokens import LRP_FAMILIES, METHODS, gradient_weighted_maps, token_relevance
+from analysis.attribution.propagation import LRP_FAMILIES
+from analysis.attribution.tokens import METHODS, gradient_weighted_maps, token_relevance
 from analysis.errors import PrunescopeError
 from analysis.head_grid import head_grid
 from analysis.implicit_attention.common import Reduction

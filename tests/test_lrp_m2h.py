@@ -9,14 +9,15 @@ import pytest
 import torch
 
 from analysis.attribution.conservation import lrp_conservation
-from analysis.attribution.tokens import conservative_propagation, token_relevance, top_prediction
+from analysis.attribution.propagation import conservative_propagation
+from analysis.attribution.tokens import token_relevance, top_prediction
 from analysis.errors import PrunescopeError
 from analysis.families import FAMILIES
 from analysis.implicit_attention import conservative_m2h
 from analysis.implicit_attention.conservative import Rule
 from analysis.models import load_model
 from analysis.models.tiny import build_tiny_model
-from tests.test_lrp_recurrent import TEXT, _ids, _logit
+from tests.test_lrp_recurrent import TEXT, _ids, _logit, assert_conserved_where_gxi_is_not
 
 HYBRIDS = ["bamba", "falcon_h1", "granitemoehybrid", "nemotron_h"]
 # every bias the configs offer switched on (the tiny models have only the conv's), Falcon-H1 also with its
@@ -36,14 +37,7 @@ def test_relevance_sums_to_the_logit(tiny_loaded, model_type):
     """The tiny models' biases on the relevance path are zero (the conv biases are; dt_bias only feeds detached
     factors), so the LRP scores sum to the model's own logit (Falcon-H1: with its embedding and LM-head
     multipliers; measured: < 3e-7 relative); gradient x input does not (sums -0.22 .. 1.0 against F ~ 7-9)."""
-    loaded = tiny_loaded(model_type)
-    lrp = token_relevance(loaded, TEXT, "lrp")
-    assert lrp_conservation(loaded, TEXT, lrp.target_id).bias_share == 0
-    gxi = token_relevance(loaded, TEXT, "gxi", target_id=lrp.target_id).scores
-    logit = _logit(loaded, lrp.target_id)
-    assert abs(float(lrp.scores.sum()) - logit) <= 1e-5 * abs(logit)
-    assert abs(float(gxi.sum()) - logit) > 0.5  # not conserved without the rules
-    assert not torch.allclose(lrp.scores, gxi, atol=1e-3)
+    assert_conserved_where_gxi_is_not(tiny_loaded(model_type), 0.5, 1e-3)
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from analysis.attention import attention_maps
+from analysis.attribution.propagation import LRP_FAMILIES
 from analysis.attribution.runs import attribute_task
-from analysis.attribution.tokens import LRP_FAMILIES, METHODS, token_relevance
+from analysis.attribution.tokens import METHODS, token_relevance
 from analysis.errors import ModelLoadError
 from analysis.evaluation import evaluate_task
 from analysis.evaluation.task_vectors import task_vectors

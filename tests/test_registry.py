@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from analysis.attention import FORMS, attention_maps, default_form
-from analysis.attribution.tokens import LRP_FAMILIES
+from analysis.attribution.propagation import LRP_FAMILIES
 from analysis.errors import PrunescopeError, UnsupportedArchitectureError
 from analysis.families import FAMILIES, Family, FamilyOps, RelevanceTarget, family, family_for, family_of, forms
 from analysis.implicit_attention.griffin import griffin_recurrent_layers

@@ -7,13 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from analysis.attribution.propagation import CONSERVATIVE, LRP_FAMILIES, PROBE, attention_mode, conservative_propagation
 from analysis.attribution.tokens import (
-    CONSERVATIVE,
-    LRP_FAMILIES,
     METHODS,
-    PROBE,
-    attention_mode,
-    conservative_propagation,
     gradient_weighted_maps,
     prompt_ids,
     rollout,

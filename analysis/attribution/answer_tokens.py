@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 
 from analysis.attribution import tokens as relevance
+from analysis.attribution.propagation import LRP_FAMILIES, conservative_propagation
 from analysis.attribution.targets import answer_tokens, clean_logits
 from analysis.errors import PrunescopeError
 from analysis.models.loader import LoadedModel, decode_text
@@ -78,8 +79,8 @@ def attribute_answer(loaded: LoadedModel, prompt_text: str, method: str = "gxi",
     """
     if method not in ANSWER_METHODS:
         raise PrunescopeError(f"per-token attribution uses {', '.join(ANSWER_METHODS)}, not {method!r}")
-    if method == "lrp" and loaded.family not in relevance.LRP_FAMILIES:
-        raise PrunescopeError(f"lrp (conservative propagation) supports {', '.join(relevance.LRP_FAMILIES)} "
+    if method == "lrp" and loaded.family not in LRP_FAMILIES:
+        raise PrunescopeError(f"lrp (conservative propagation) supports {', '.join(LRP_FAMILIES)} "
                               f"models, not {loaded.family}")
     ids = relevance.prompt_ids(loaded, prompt_text)
     if source == "gold":
@@ -115,5 +116,5 @@ def _relevance(loaded: LoadedModel, context: torch.Tensor, target: int, method: 
             return relevance.integrated_gradients(loaded, context, target, steps)
         if method == "gradattn":
             return relevance.rollout(relevance.gradient_weighted_maps(loaded, context, target, None, None))[-1], 0.0
-        with relevance.conservative_propagation(loaded) if method == "lrp" else nullcontext():
+        with conservative_propagation(loaded) if method == "lrp" else nullcontext():
             return relevance.gradient_x_input(loaded, context, target), 0.0

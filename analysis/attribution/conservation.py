@@ -1,6 +1,6 @@
 """How well LRP conserves relevance: the sum of the input relevances against the explained logit F.
 
-Under :func:`~analysis.attribution.tokens.conservative_propagation` a family with conservative rules is,
+Under :func:`~analysis.attribution.propagation.conservative_propagation` a family with conservative rules is,
 given its detached factors, an affine function of the input embeddings: every op is linear, a product with
 a detached factor, or a product split half and half, so Euler's identity holds for gradient x input over
 the embeddings *and* the additive constants. The constants are the bias parameters (Linear, conv and norm
@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from analysis.attribution.tokens import conservative_propagation, prompt_ids, target_logit, top_prediction
+from analysis.attribution.propagation import conservative_propagation
+from analysis.attribution.tokens import prompt_ids, target_logit, top_prediction
 from analysis.models.loader import LoadedModel
 
 

@@ -1,6 +1,6 @@
 """Normalisations with their scale detached, for conservative propagation (LRP, arXiv 2202.07304): the same
 forward values, but autograd treats each norm's 1/sigma as a constant. Used by
-:func:`analysis.attribution.tokens.conservative_propagation`, which swaps them in and checks each one (and the
+:func:`analysis.attribution.propagation.conservative_propagation`, which swaps them in and checks each one (and the
 family's mixer replacements, :mod:`analysis.implicit_attention.conservative`) against the module."""
 
 from __future__ import annotations

@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analysis.attribution.tokens import LRP_FAMILIES, METHODS, prompt_ids, token_relevance, top_prediction
+from analysis.attribution.propagation import LRP_FAMILIES
+from analysis.attribution.tokens import METHODS, prompt_ids, token_relevance, top_prediction
 from analysis.errors import PrunescopeError
 from analysis.models.loader import LoadedModel, input_embedding_weight
 from analysis.runner import Runner

@@ -16,7 +16,7 @@ Three rules, shared by all families:
 Per family (module class -> :class:`Rule`): Mamba's (and Falcon-Mamba's) and Mamba-2's mixers (and Mamba-2's
 gated RMSNorm), RWKV's time and channel mixing, Griffin's recurrent block (with its RG-LRU) and MLP. Softmax
 attention (Griffin's local attention) and plain norms are detached by the caller for every family
-(:func:`analysis.attribution.tokens.conservative_propagation`), which also checks each replacement against the
+(:func:`analysis.attribution.propagation.conservative_propagation`), which also checks each replacement against the
 real module on a random probe. The replacements run without a cache (``use_cache=False``), batch any size.
 :data:`LRP_RULES` is what the family registry names (analysis/families.py); nothing here imports it.
 """

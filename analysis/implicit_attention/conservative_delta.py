@@ -22,7 +22,7 @@ half, data-dependent gates and coefficients detached).
 Modules whose transformers forward needs only some of its children's outputs detached (or replaced by a
 linearised value) run that forward itself with temporary hooks (:func:`own_forward_with`), so transformers'
 code stays the one computing the values; each replacement is checked against the module on a probe by
-:func:`analysis.attribution.tokens.conservative_propagation`.
+:func:`analysis.attribution.propagation.conservative_propagation`.
 """
 
 from __future__ import annotations

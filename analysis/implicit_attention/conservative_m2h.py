@@ -16,7 +16,7 @@ and half, data-dependent coefficients detached).
 
 Softmax attention (its multipliers included: Falcon-H1's key multiplier and Granite's attention multiplier sit
 inside the detached softmax) and the plain RMSNorms are the caller's generic part
-(:func:`analysis.attribution.tokens.conservative_propagation`), which checks every replacement on its probe.
+(:func:`analysis.attribution.propagation.conservative_propagation`), which checks every replacement on its probe.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ split half and half, data-dependent coefficients detached).
   :data:`~conservative.EXPERTS_RULE` (the router's weights detached), its dense layers' ``JambaMLP`` the gated MLP.
 
 Softmax attention and the plain RMS norms are detached by the caller
-(:func:`analysis.attribution.tokens.conservative_propagation`), which checks every replacement on its probe.
+(:func:`analysis.attribution.propagation.conservative_propagation`), which checks every replacement on its probe.
 """
 
 from __future__ import annotations

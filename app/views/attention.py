@@ -8,7 +8,8 @@ import pandas as pd
 import streamlit as st
 
 from analysis.attention import FORMS
-from analysis.attribution.tokens import LRP_FAMILIES, METHODS
+from analysis.attribution.propagation import LRP_FAMILIES
+from analysis.attribution.tokens import METHODS
 from analysis.cache import ResultsCache
 from analysis.device import dtype_name
 from analysis.distributed import env_pool
